@@ -1,0 +1,110 @@
+//! Backends: the only code that reads or changes live systems.
+//!
+//! Each backend has the same shape — read live → plan(desired, live) →
+//! apply(plan) → health — expressed by [`Backend`]. The daemon and the CLI
+//! drive every backend through this trait; tests drive the pipeline with a
+//! fake one.
+
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::Allow;
+use crate::model::TargetState;
+use crate::plan::Change;
+use crate::secrets::Masker;
+
+/// What a backend needs besides the desired state to plan and apply.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub environment: &'a str,
+    pub masker: &'a Masker,
+    /// The environment's opt-ins for destructive actions.
+    pub allow: &'a Allow,
+}
+
+/// A backend failure, with what to do when there is something to say.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The live system could not be reached or answered with an error.
+    #[error("{target}: {message}")]
+    Unavailable { target: String, message: String },
+    /// The plan is refused by a safety rule (mass removal, volume deletion).
+    #[error("{target}: {message}")]
+    Refused { target: String, message: String },
+    /// Applying a change failed; earlier changes were applied.
+    #[error("{target}: {resource}: {message}")]
+    Apply {
+        target: String,
+        resource: String,
+        message: String,
+    },
+}
+
+/// The health of one resource after an apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub target: String,
+    pub resource: crate::plan::Resource,
+    pub health: Health,
+    /// Why, in words: `container restarted 3 times`, `1/2 replicas available`.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Healthy,
+    /// Not there yet; verify keeps waiting until its deadline.
+    Progressing,
+    /// Failed; verify gives up and the daemon rolls back.
+    Degraded,
+}
+
+/// What an apply did, resource by resource.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyReport {
+    /// Changes applied, in order.
+    pub applied: Vec<Change>,
+    /// Resolved image ids per service (`project/service` → `sha256:…`), so a
+    /// rollback can pin exactly what ran.
+    pub image_ids: std::collections::BTreeMap<String, String>,
+}
+
+/// A kind of live system. `Live` is the backend's snapshot of live state.
+pub trait Backend: Send + Sync {
+    type Live: Send + Sync;
+
+    /// Reads the live state relevant to `desired` (one list call per kind).
+    fn read_live(
+        &self,
+        desired: &TargetState,
+        ctx: Context<'_>,
+    ) -> impl Future<Output = Result<Self::Live, BackendError>> + Send;
+
+    /// Compares desired with live. Returns every resource with its action,
+    /// unchanged ones included, in apply order.
+    fn plan(
+        &self,
+        desired: &TargetState,
+        live: &Self::Live,
+        ctx: Context<'_>,
+    ) -> impl Future<Output = Result<Vec<Change>, BackendError>> + Send;
+
+    /// Executes `changes` (as returned by `plan`) against the target,
+    /// stopping at the first hard error.
+    fn apply(
+        &self,
+        desired: &TargetState,
+        changes: &[Change],
+        ctx: Context<'_>,
+    ) -> impl Future<Output = Result<ApplyReport, BackendError>> + Send;
+
+    /// One verdict per desired resource, as of now (verify polls this until
+    /// its deadline).
+    fn health(
+        &self,
+        desired: &TargetState,
+        ctx: Context<'_>,
+    ) -> impl Future<Output = Result<Vec<Verdict>, BackendError>> + Send;
+}

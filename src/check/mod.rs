@@ -1,0 +1,3 @@
+//! Check: everything that can be known without touching live systems.
+//! Rendered files become a validated [`crate::model::DesiredState`], or a
+//! list of every problem found.

@@ -1,0 +1,28 @@
+//! driftless keeps live infrastructure equal to a Git repository.
+//!
+//! One pass for one environment runs the pipeline, in module order:
+//!
+//! ```text
+//! source ──► render ──► check ──► plan ──► apply ──► verify ──► record
+//! ```
+//!
+//! [`source`] reads the repo at a commit into a [`source::Snapshot`];
+//! [`render`] turns it into one environment's files with minijinja;
+//! [`check`] parses and validates them into a [`model::DesiredState`];
+//! [`backend`]s compare that with live systems and return a [`plan::Plan`],
+//! apply it, and judge health. [`manifest`] is `driftless.yaml`,
+//! [`secrets`] keeps secret values out of every output, [`diag`] is how
+//! every stage reports problems.
+
+pub mod diag;
+pub mod duration;
+pub mod secrets;
+pub mod yaml;
+
+pub mod backend;
+pub mod check;
+pub mod manifest;
+pub mod model;
+pub mod plan;
+pub mod render;
+pub mod source;

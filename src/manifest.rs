@@ -1,0 +1,771 @@
+//! `driftless.yaml`, the repo's root manifest: raw serde types that mirror
+//! the file (unknown keys are errors) turned into validated types in one place,
+//! [`Manifest::parse`].
+//!
+//! Every later stage reads settings from the validated [`Manifest`]; nothing
+//! else parses `driftless.yaml`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::duration;
+use crate::yaml;
+
+/// The manifest's file name at the repo root.
+pub const FILE: &str = "driftless.yaml";
+/// The one supported `apiVersion`.
+pub const API_VERSION: &str = "driftless/v1";
+
+// ---------------------------------------------------------------------------
+// Raw types: exactly the file's shape.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    #[serde(rename = "apiVersion")]
+    api_version: Spanned<String>,
+    #[serde(default)]
+    paths: RawPaths,
+    #[serde(default)]
+    targets: BTreeMap<String, Spanned<RawTarget>>,
+    environments: BTreeMap<String, Spanned<RawEnvironment>>,
+    #[serde(default)]
+    policies: BTreeMap<String, PolicyMode>,
+    #[serde(default)]
+    notifications: BTreeMap<String, Spanned<RawNotification>>,
+    #[serde(default)]
+    daemons: Vec<Spanned<String>>,
+    #[serde(default)]
+    prune_removed_environments: bool,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPaths {
+    stacks: Option<Vec<String>>,
+    manifests: Option<Vec<String>>,
+    rules: Option<Vec<String>>,
+    backups: Option<Vec<String>>,
+    policies: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    owner: Option<String>,
+    docker: Option<DockerTarget>,
+    kubernetes: Option<RawKubernetesTarget>,
+    prometheus: Option<RawPrometheusTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKubernetesTarget {
+    kubeconfig: Option<String>,
+    context: Option<String>,
+    namespace: String,
+    qps: Option<f32>,
+    burst: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrometheusTarget {
+    rules_dir: String,
+    container: Option<String>,
+    docker_target: Option<String>,
+    url: String,
+    version: Option<u8>,
+    lint_fatal: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnvironment {
+    branch: Option<String>,
+    values: Option<String>,
+    #[serde(default)]
+    targets: Vec<Spanned<String>>,
+    paths: Option<RawPaths>,
+    #[serde(default)]
+    policies: BTreeMap<String, PolicyMode>,
+    #[serde(default)]
+    health: RawHealth,
+    #[serde(default)]
+    rollback: RawRollback,
+    #[serde(default)]
+    allow: Allow,
+    drift_interval: Option<String>,
+    notify: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    deadline: Option<String>,
+    settle: Option<String>,
+    #[serde(default)]
+    probes: Vec<RawProbe>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    name: String,
+    http: Option<RawHttpProbe>,
+    tcp: Option<String>,
+    interval: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpProbe {
+    url: String,
+    status: Option<u16>,
+    contains: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRollback {
+    automatic: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotification {
+    webhook: Option<String>,
+    alertmanager: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Validated types.
+
+/// The validated manifest.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Manifest {
+    pub targets: BTreeMap<String, Target>,
+    pub environments: BTreeMap<String, Environment>,
+    pub notifications: BTreeMap<String, Notification>,
+    /// Daemon identities known to this repo (for `validate`'s ownership report).
+    pub daemons: Vec<String>,
+    /// Whether resources of an environment removed from the manifest are pruned.
+    pub prune_removed_environments: bool,
+}
+
+/// Where each kind of desired state lives in the repo: globs over the
+/// *rendered* paths (a `compose/stack.yaml.j2` is matched as `compose/stack.yaml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Paths {
+    /// Compose files; each file is one Compose project.
+    pub stacks: Vec<String>,
+    /// Kubernetes manifests (multi-document YAML).
+    pub manifests: Vec<String>,
+    /// Prometheus rule files.
+    pub rules: Vec<String>,
+    /// Backup job files.
+    pub backups: Vec<String>,
+    /// The repo's own Rego policies, added to the built-in ones.
+    pub policies: Vec<String>,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        let v = |globs: &[&str]| globs.iter().map(|g| (*g).to_owned()).collect();
+        Paths {
+            stacks: v(&["compose/*.yaml", "compose/*.yml"]),
+            manifests: v(&["kubernetes/**/*.yaml", "kubernetes/**/*.yml"]),
+            rules: v(&["rules/**/*.yaml", "rules/**/*.yml"]),
+            backups: v(&["backups/**/*.yaml", "backups/**/*.yml"]),
+            policies: v(&["policies/**/*.rego"]),
+        }
+    }
+}
+
+impl Paths {
+    fn overlay(&self, raw: &RawPaths) -> Paths {
+        Paths {
+            stacks: raw.stacks.clone().unwrap_or_else(|| self.stacks.clone()),
+            manifests: raw
+                .manifests
+                .clone()
+                .unwrap_or_else(|| self.manifests.clone()),
+            rules: raw.rules.clone().unwrap_or_else(|| self.rules.clone()),
+            backups: raw.backups.clone().unwrap_or_else(|| self.backups.clone()),
+            policies: raw
+                .policies
+                .clone()
+                .unwrap_or_else(|| self.policies.clone()),
+        }
+    }
+}
+
+/// A live system driftless changes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Target {
+    pub name: String,
+    /// The daemon identity that drives this target (`None`: any daemon).
+    pub owner: Option<String>,
+    pub kind: TargetKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TargetKind {
+    Docker(DockerTarget),
+    Kubernetes(KubernetesTarget),
+    Prometheus(PrometheusTarget),
+}
+
+impl TargetKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TargetKind::Docker(_) => "docker",
+            TargetKind::Kubernetes(_) => "kubernetes",
+            TargetKind::Prometheus(_) => "prometheus",
+        }
+    }
+}
+
+/// A Docker engine. Credentials are paths on the daemon's host, never repo content.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerTarget {
+    /// `unix:///var/run/docker.sock`, `tcp://host:2376`, `ssh://user@host`;
+    /// unset: `DOCKER_HOST` or the local socket.
+    pub host: Option<String>,
+    /// Directory with `ca.pem`, `cert.pem`, `key.pem` (the `DOCKER_CERT_PATH` layout)
+    /// for `tcp://` with TLS.
+    pub tls_cert_path: Option<String>,
+    /// Private key file for `ssh://` hosts.
+    pub ssh_key_file: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KubernetesTarget {
+    /// Kubeconfig file on the daemon's host (unset: the default search, or in-cluster).
+    pub kubeconfig: Option<String>,
+    pub context: Option<String>,
+    /// Namespace for namespaced objects that do not name one.
+    pub namespace: String,
+    /// Client-side rate limit (default 50 requests/s, burst 100, as Argo CD and Flux).
+    pub qps: f32,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PrometheusTarget {
+    /// Directory Prometheus loads rule files from (on the Docker host, or in `container`).
+    pub rules_dir: String,
+    /// Container holding `rules_dir`, when Prometheus runs in Docker.
+    pub container: Option<String>,
+    /// Docker target that runs `container`.
+    pub docker_target: Option<String>,
+    /// Base URL of Prometheus (`/-/reload` and `/api/v1/rules` are under it).
+    pub url: String,
+    /// Prometheus major version, which decides name validation (2 or 3).
+    pub version: u8,
+    /// Treat rule lint warnings (duplicates) as errors.
+    pub lint_fatal: bool,
+}
+
+/// One environment: what to render, where to apply it, how to judge health.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Environment {
+    pub name: String,
+    /// Branch whose head this environment follows (default `main`).
+    pub branch: String,
+    /// Values file, repo path (default `environments/<name>.yaml`).
+    pub values: String,
+    /// Target names, in manifest order.
+    pub targets: Vec<String>,
+    /// Effective paths (manifest defaults overlaid with the environment's).
+    pub paths: Paths,
+    /// Policy modes: manifest-wide modes overlaid with the environment's.
+    pub policies: BTreeMap<String, PolicyMode>,
+    pub health: Health,
+    pub rollback: Rollback,
+    pub allow: Allow,
+    /// Re-plan without a new commit this often, to correct drift (default 5 min).
+    pub drift_interval: Duration,
+    /// Notification names to send to.
+    pub notify: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyMode {
+    Deny,
+    Warn,
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Health {
+    /// How long verify waits for everything to be healthy (default 2 min).
+    pub deadline: Duration,
+    /// How long containers must run without restarting (default 10 s).
+    pub settle: Duration,
+    pub probes: Vec<Probe>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Probe {
+    pub name: String,
+    pub check: ProbeCheck,
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ProbeCheck {
+    Http {
+        url: String,
+        status: u16,
+        contains: Option<String>,
+    },
+    Tcp {
+        address: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rollback {
+    /// Roll back to the last good commit when verify fails (default true).
+    pub automatic: bool,
+}
+
+/// Opt-ins for destructive actions. All default to off.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Allow {
+    /// Delete named volumes and PVCs that are no longer desired.
+    #[serde(default)]
+    pub prune_volumes: bool,
+    /// Apply a plan that removes most of what is deployed.
+    #[serde(default)]
+    pub mass_removal: bool,
+    /// Force server-side apply over other field managers.
+    #[serde(default)]
+    pub force_conflicts: bool,
+    /// Remove what a failed first deploy created.
+    #[serde(default)]
+    pub remove_on_failed_first_deploy: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Notification {
+    /// A generic JSON POST.
+    Webhook { url: String },
+    /// Alertmanager's `/api/v2/alerts`.
+    Alertmanager { url: String },
+}
+
+// ---------------------------------------------------------------------------
+// Raw → validated.
+
+impl Manifest {
+    /// Parses and validates `driftless.yaml`. All problems are returned at
+    /// once, each with the manifest's file name and a line where known.
+    pub fn parse(text: &str) -> Result<Manifest, Diagnostics> {
+        let raw: RawManifest =
+            yaml::from_str(text).map_err(|e| Diagnostics::from(e.into_diagnostic(FILE)))?;
+        let mut diags = Diagnostics::new();
+        let err =
+            |message: String, line: u64| Diagnostic::error(message).file(FILE).line(line as u32);
+
+        if raw.api_version.value != API_VERSION {
+            diags.push(
+                err(
+                    format!(
+                        "apiVersion is `{}`, expected `{API_VERSION}`",
+                        raw.api_version.value
+                    ),
+                    raw.api_version.referenced.line(),
+                )
+                .hint(format!(
+                    "set `apiVersion: {API_VERSION}` at the top of {FILE}"
+                )),
+            );
+        }
+
+        let paths = Paths::default().overlay(&raw.paths);
+        let mut globs_ok = true;
+        for glob in paths_globs(&paths) {
+            if let Err(e) = compile_glob(glob) {
+                diags.push(err(format!("paths: invalid glob `{glob}`: {e}"), 0));
+                globs_ok = false;
+            }
+        }
+
+        let mut targets = BTreeMap::new();
+        for (name, raw_target) in raw.targets {
+            let line = raw_target.referenced.line();
+            let raw_target = raw_target.value;
+            if !valid_name(&name) {
+                diags.push(err(
+                    format!("target name `{name}` must be lowercase letters, digits and `-`"),
+                    line,
+                ));
+            }
+            let mut kinds = Vec::new();
+            if let Some(d) = raw_target.docker {
+                kinds.push(TargetKind::Docker(d));
+            }
+            if let Some(k) = raw_target.kubernetes {
+                kinds.push(TargetKind::Kubernetes(KubernetesTarget {
+                    kubeconfig: k.kubeconfig,
+                    context: k.context,
+                    namespace: k.namespace,
+                    qps: k.qps.unwrap_or(50.0),
+                    burst: k.burst.unwrap_or(100),
+                }));
+            }
+            if let Some(p) = raw_target.prometheus {
+                let version = p.version.unwrap_or(3);
+                if version != 2 && version != 3 {
+                    diags.push(err(
+                        format!("targets.{name}.prometheus.version is {version}; supported: 2, 3"),
+                        line,
+                    ));
+                }
+                kinds.push(TargetKind::Prometheus(PrometheusTarget {
+                    rules_dir: p.rules_dir,
+                    container: p.container,
+                    docker_target: p.docker_target,
+                    url: p.url,
+                    version,
+                    lint_fatal: p.lint_fatal.unwrap_or(false),
+                }));
+            }
+            if kinds.len() != 1 {
+                diags.push(
+                    err(format!("target `{name}` must have exactly one of `docker`, `kubernetes`, `prometheus` (it has {})", kinds.len()), line),
+                );
+                continue;
+            }
+            let kind = kinds.pop().expect("checked len");
+            if let TargetKind::Kubernetes(k) = &kind
+                && (k.qps <= 0.0 || !k.qps.is_finite() || k.burst == 0)
+            {
+                diags.push(err(
+                    format!("targets.{name}.kubernetes: qps and burst must be positive"),
+                    line,
+                ));
+            }
+            targets.insert(
+                name.clone(),
+                Target {
+                    name,
+                    owner: raw_target.owner,
+                    kind,
+                },
+            );
+        }
+
+        let mut notifications = BTreeMap::new();
+        for (name, n) in raw.notifications {
+            let line = n.referenced.line();
+            match (n.value.webhook, n.value.alertmanager) {
+                (Some(url), None) => {
+                    notifications.insert(name, Notification::Webhook { url });
+                }
+                (None, Some(url)) => {
+                    notifications.insert(name, Notification::Alertmanager { url });
+                }
+                _ => diags.push(err(
+                    format!(
+                        "notification `{name}` must have exactly one of `webhook`, `alertmanager`"
+                    ),
+                    line,
+                )),
+            }
+        }
+
+        // Prometheus targets that point at a Docker target must name one that exists.
+        for target in targets.values() {
+            if let TargetKind::Prometheus(p) = &target.kind
+                && let Some(d) = &p.docker_target
+                && !matches!(targets.get(d).map(|t| &t.kind), Some(TargetKind::Docker(_)))
+            {
+                diags.push(err(
+                    format!(
+                        "targets.{}.prometheus.docker_target `{d}` is not a docker target",
+                        target.name
+                    ),
+                    0,
+                ));
+            }
+        }
+
+        if raw.environments.is_empty() {
+            diags.push(err(
+                "no environments defined; add at least one under `environments:`".to_owned(),
+                0,
+            ));
+        }
+        let mut environments = BTreeMap::new();
+        for (name, raw_env) in raw.environments {
+            let line = raw_env.referenced.line();
+            let env = raw_env.value;
+            if !valid_name(&name) {
+                diags.push(err(
+                    format!("environment name `{name}` must be lowercase letters, digits and `-`"),
+                    line,
+                ));
+            }
+            let mut env_targets = Vec::new();
+            let mut seen = BTreeSet::new();
+            for t in &env.targets {
+                if !targets.contains_key(&t.value) {
+                    diags.push(
+                        err(
+                            format!("environments.{name}.targets: unknown target `{}`", t.value),
+                            t.referenced.line(),
+                        )
+                        .hint(format!(
+                            "define it under `targets:`; known: {}",
+                            join_keys(&targets)
+                        )),
+                    );
+                } else if !seen.insert(t.value.clone()) {
+                    diags.push(err(
+                        format!("environments.{name}.targets: `{}` listed twice", t.value),
+                        t.referenced.line(),
+                    ));
+                } else {
+                    env_targets.push(t.value.clone());
+                }
+            }
+            let notify = match env.notify {
+                Some(list) => {
+                    let mut out = Vec::new();
+                    for n in list {
+                        if notifications.contains_key(&n.value) {
+                            out.push(n.value);
+                        } else {
+                            diags.push(err(
+                                format!(
+                                    "environments.{name}.notify: unknown notification `{}`",
+                                    n.value
+                                ),
+                                n.referenced.line(),
+                            ));
+                        }
+                    }
+                    out
+                }
+                None => notifications.keys().cloned().collect(),
+            };
+            let env_paths = match &env.paths {
+                Some(p) => paths.overlay(p),
+                None => paths.clone(),
+            };
+            if globs_ok {
+                for glob in paths_globs(&env_paths) {
+                    if let Err(e) = compile_glob(glob) {
+                        diags.push(err(
+                            format!("environments.{name}.paths: invalid glob `{glob}`: {e}"),
+                            line,
+                        ));
+                    }
+                }
+            }
+            let dur = |field: &str,
+                       value: &Option<String>,
+                       default: Duration,
+                       diags: &mut Diagnostics| match value {
+                None => default,
+                Some(s) => duration::parse(s).unwrap_or_else(|e| {
+                    diags.push(err(format!("environments.{name}.{field}: {e}"), line));
+                    default
+                }),
+            };
+            let deadline = dur(
+                "health.deadline",
+                &env.health.deadline,
+                Duration::from_secs(120),
+                &mut diags,
+            );
+            let settle = dur(
+                "health.settle",
+                &env.health.settle,
+                Duration::from_secs(10),
+                &mut diags,
+            );
+            let drift_interval = dur(
+                "drift_interval",
+                &env.drift_interval,
+                Duration::from_secs(300),
+                &mut diags,
+            );
+            let mut probes = Vec::new();
+            for p in env.health.probes {
+                let field = format!("health.probes.{}.interval", p.name);
+                let interval = dur(&field, &p.interval, Duration::from_secs(2), &mut diags);
+                let check = match (p.http, p.tcp) {
+                    (Some(h), None) => ProbeCheck::Http {
+                        url: h.url,
+                        status: h.status.unwrap_or(200),
+                        contains: h.contains,
+                    },
+                    (None, Some(address)) => ProbeCheck::Tcp { address },
+                    _ => {
+                        diags.push(err(format!("environments.{name}.health.probes.{}: needs exactly one of `http`, `tcp`", p.name), line));
+                        continue;
+                    }
+                };
+                probes.push(Probe {
+                    name: p.name,
+                    check,
+                    interval,
+                });
+            }
+            let mut policies = raw.policies.clone();
+            policies.extend(env.policies);
+            environments.insert(
+                name.clone(),
+                Environment {
+                    branch: env.branch.unwrap_or_else(|| "main".to_owned()),
+                    values: env
+                        .values
+                        .unwrap_or_else(|| format!("environments/{name}.yaml")),
+                    targets: env_targets,
+                    paths: env_paths,
+                    policies,
+                    health: Health {
+                        deadline,
+                        settle,
+                        probes,
+                    },
+                    rollback: Rollback {
+                        automatic: env.rollback.automatic.unwrap_or(true),
+                    },
+                    allow: env.allow,
+                    drift_interval,
+                    notify,
+                    name,
+                },
+            );
+        }
+
+        if diags.has_errors() {
+            return Err(diags);
+        }
+        Ok(Manifest {
+            targets,
+            environments,
+            notifications,
+            daemons: raw.daemons.into_iter().map(|d| d.value).collect(),
+            prune_removed_environments: raw.prune_removed_environments,
+        })
+    }
+
+    /// The environment by name, or a diagnostic listing the known ones.
+    pub fn environment(&self, name: &str) -> Result<&Environment, Diagnostic> {
+        self.environments.get(name).ok_or_else(|| {
+            Diagnostic::error(format!("no environment `{name}` in {FILE}"))
+                .file(FILE)
+                .hint(format!(
+                    "known environments: {}",
+                    join_keys(&self.environments)
+                ))
+        })
+    }
+
+    /// The targets of an environment, in its order.
+    pub fn targets_of<'a>(&'a self, env: &'a Environment) -> impl Iterator<Item = &'a Target> + 'a {
+        env.targets.iter().filter_map(|t| self.targets.get(t))
+    }
+}
+
+fn paths_globs(p: &Paths) -> impl Iterator<Item = &String> {
+    p.stacks
+        .iter()
+        .chain(&p.manifests)
+        .chain(&p.rules)
+        .chain(&p.backups)
+        .chain(&p.policies)
+}
+
+/// Compiles a path glob the way driftless matches it: `*` stays within one
+/// directory, `**` crosses directories.
+pub fn compile_glob(glob: &str) -> Result<globset::GlobMatcher, globset::Error> {
+    Ok(globset::GlobBuilder::new(glob)
+        .literal_separator(true)
+        .build()?
+        .compile_matcher())
+}
+
+fn join_keys<V>(map: &BTreeMap<String, V>) -> String {
+    if map.is_empty() {
+        return "none".to_owned();
+    }
+    map.keys()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Names used in labels, project names and file names: `[a-z0-9][a-z0-9-]*`.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.len() <= 63
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {}\nenvironments:\n  dev:\n    targets: [local]\n";
+
+    #[test]
+    fn minimal_manifest_gets_defaults() {
+        let m = Manifest::parse(MINIMAL).unwrap();
+        let dev = m.environment("dev").unwrap();
+        assert_eq!(dev.branch, "main");
+        assert_eq!(dev.values, "environments/dev.yaml");
+        assert_eq!(dev.targets, vec!["local"]);
+        assert_eq!(dev.health.deadline, Duration::from_secs(120));
+        assert!(dev.rollback.automatic);
+        assert!(!dev.allow.prune_volumes);
+        assert_eq!(dev.paths, Paths::default());
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_a_line() {
+        let text = format!("{MINIMAL}    replicas: 3\n");
+        let diags = Manifest::parse(&text).unwrap_err();
+        let d = diags.errors().next().unwrap();
+        assert_eq!(d.file.as_deref(), Some(FILE));
+        assert!(d.message.contains("replicas"), "{d}");
+        assert_eq!(d.line, Some(8), "{d}");
+    }
+
+    #[test]
+    fn all_semantic_errors_are_reported_together() {
+        let text = "apiVersion: driftless/v2\ntargets:\n  a:\n    docker: {}\n    kubernetes: {namespace: x}\nenvironments:\n  Dev:\n    targets: [nope]\n    health: {deadline: soon}\n";
+        let diags = Manifest::parse(text).unwrap_err();
+        let all = diags.to_string();
+        assert!(all.contains("apiVersion is `driftless/v2`"), "{all}");
+        assert!(all.contains("exactly one of `docker`"), "{all}");
+        assert!(all.contains("environment name `Dev`"), "{all}");
+        assert!(all.contains("unknown target `nope`"), "{all}");
+        assert!(all.contains("health.deadline"), "{all}");
+        assert!(diags.len() >= 5);
+    }
+
+    #[test]
+    fn unknown_environment_lists_known_ones() {
+        let m = Manifest::parse(MINIMAL).unwrap();
+        let d = m.environment("prod").unwrap_err();
+        assert!(d.to_string().contains("known environments: dev"), "{d}");
+    }
+}

@@ -1,0 +1,259 @@
+//! Secrets: values that never come from Git and never leave driftless
+//! unmasked.
+//!
+//! `secret("name")` in a template reads `<secrets-dir>/<name>` or the
+//! environment variable `DRIFTLESS_SECRET_<NAME>` ([`SecretSource`]). Every
+//! value handed out is recorded, and a [`Masker`] built from them replaces
+//! each occurrence — raw, base64, JSON-escaped, URL-encoded — in anything
+//! driftless prints, logs, stores or serves.
+
+use std::borrow::Cow;
+
+use base64::Engine as _;
+
+/// What masked text shows instead of a secret.
+pub const MASK: &str = "******";
+
+/// Replaces every known secret value, in each encoding it may appear in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Masker {
+    /// Needles, longest first, so a longer encoding wins over a substring.
+    needles: Vec<String>,
+}
+
+/// Values shorter than this cannot be masked without wrecking the output.
+pub const MIN_SECRET_LEN: usize = 4;
+
+impl Masker {
+    pub fn from_values<I, S>(values: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut m = Masker::default();
+        for v in values {
+            m.add(v.as_ref());
+        }
+        m
+    }
+
+    /// Adds a secret value and its encodings.
+    pub fn add(&mut self, value: &str) {
+        if value.len() < MIN_SECRET_LEN {
+            return;
+        }
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let json = serde_json::to_string(value).expect("string serialises");
+        let forms = [
+            value.to_owned(),
+            b64.encode(value),
+            b64url.encode(value),
+            json[1..json.len() - 1].to_owned(),
+            url_encode(value),
+        ];
+        for f in forms {
+            if f.len() >= MIN_SECRET_LEN && !self.needles.contains(&f) {
+                self.needles.push(f);
+            }
+        }
+        self.needles
+            .sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    }
+
+    /// Adds every value of another masker.
+    pub fn merge(&mut self, other: &Masker) {
+        for n in &other.needles {
+            if !self.needles.contains(n) {
+                self.needles.push(n.clone());
+            }
+        }
+        self.needles
+            .sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.needles.is_empty()
+    }
+
+    /// `text` with every secret occurrence replaced by [`MASK`].
+    pub fn mask<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let mut out = Cow::Borrowed(text);
+        for needle in &self.needles {
+            if out.contains(needle.as_str()) {
+                out = Cow::Owned(out.replace(needle.as_str(), MASK));
+            }
+        }
+        out
+    }
+
+    /// Masks a JSON value in place (every string, keys included).
+    pub fn mask_json(&self, value: &mut serde_json::Value) {
+        if self.is_empty() {
+            return;
+        }
+        match value {
+            serde_json::Value::String(s) => {
+                if let Cow::Owned(m) = self.mask(s) {
+                    *s = m;
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| self.mask_json(v)),
+            serde_json::Value::Object(map) => {
+                let entries = std::mem::take(map);
+                for (k, mut v) in entries {
+                    self.mask_json(&mut v);
+                    map.insert(self.mask(&k).into_owned(), v);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Where secret values come from: a directory of files and/or environment
+/// variables. Never the repo.
+#[derive(Debug, Clone, Default)]
+pub struct SecretSource {
+    /// Directory holding one file per secret (`--secrets-dir`).
+    pub dir: Option<std::path::PathBuf>,
+    /// Read `DRIFTLESS_SECRET_<NAME>` variables (on by default in the CLI;
+    /// tests turn it off to stay hermetic).
+    pub from_env: bool,
+}
+
+/// Why a secret could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error(
+        "secret `{0}` is not set; put it in the secrets directory as a file named `{0}` or set {1}"
+    )]
+    Missing(String, String),
+    #[error("secret name `{0}` is invalid; use letters, digits, `_` and `-`")]
+    BadName(String),
+    #[error(
+        "secret `{0}` is shorter than {MIN_SECRET_LEN} characters and could not be masked in output"
+    )]
+    TooShort(String),
+    #[error("secret `{name}`: {message}")]
+    Unreadable { name: String, message: String },
+}
+
+impl SecretSource {
+    /// The environment variable that holds secret `name`.
+    pub fn env_var(name: &str) -> String {
+        let upper: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("DRIFTLESS_SECRET_{upper}")
+    }
+
+    /// Looks a secret up: file first, then environment variable. A trailing
+    /// newline in a file is dropped (as `echo pw > file` writes one).
+    pub fn get(&self, name: &str) -> Result<String, SecretError> {
+        let valid = !name.is_empty()
+            && name.len() <= 128
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid {
+            return Err(SecretError::BadName(name.to_owned()));
+        }
+        let mut value = None;
+        if let Some(dir) = &self.dir {
+            match std::fs::read_to_string(dir.join(name)) {
+                Ok(s) => {
+                    let trimmed = s.strip_suffix('\n').unwrap_or(&s);
+                    let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
+                    value = Some(trimmed.to_owned());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(SecretError::Unreadable {
+                        name: name.to_owned(),
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        if value.is_none() && self.from_env {
+            value = std::env::var(Self::env_var(name)).ok();
+        }
+        let value =
+            value.ok_or_else(|| SecretError::Missing(name.to_owned(), Self::env_var(name)))?;
+        if value.len() < MIN_SECRET_LEN {
+            return Err(SecretError::TooShort(name.to_owned()));
+        }
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_raw_base64_json_and_url_forms() {
+        let secret = "p@ss \"word\"/+=";
+        let m = Masker::from_values([secret]);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+        let json = serde_json::to_string(secret).unwrap();
+        let text = format!(
+            "raw={secret} b64={b64} json={json} url={}",
+            url_encode(secret)
+        );
+        let masked = m.mask(&text);
+        assert!(!masked.contains("ss \"word"), "{masked}");
+        assert!(!masked.contains(&b64), "{masked}");
+        assert!(!masked.contains("p%40ss"), "{masked}");
+        assert!(!masked.contains(r#"p@ss \"word\""#), "{masked}");
+        assert_eq!(masked.matches(MASK).count(), 4, "{masked}");
+    }
+
+    #[test]
+    fn mask_json_masks_nested_strings_and_keys() {
+        let m = Masker::from_values(["topsecret"]);
+        let mut v = serde_json::json!({"a": ["x topsecret y"], "topsecret": 1});
+        m.mask_json(&mut v);
+        assert_eq!(v, serde_json::json!({"a": ["x ****** y"], "******": 1}));
+    }
+
+    #[test]
+    fn reads_files_then_env_and_names_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("db_password"), "s3cr3t-value\n").unwrap();
+        let src = SecretSource {
+            dir: Some(dir.path().to_owned()),
+            from_env: false,
+        };
+        assert_eq!(src.get("db_password").unwrap(), "s3cr3t-value");
+        let err = src.get("api_token").unwrap_err().to_string();
+        assert!(err.contains("DRIFTLESS_SECRET_API_TOKEN"), "{err}");
+        assert!(matches!(
+            src.get("../etc/passwd"),
+            Err(SecretError::BadName(_))
+        ));
+        std::fs::write(dir.path().join("short"), "ab").unwrap();
+        assert!(matches!(src.get("short"), Err(SecretError::TooShort(_))));
+    }
+}

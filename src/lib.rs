@@ -26,3 +26,5 @@ pub mod model;
 pub mod plan;
 pub mod render;
 pub mod source;
+pub mod backup;
+pub mod reconcile;

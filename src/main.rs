@@ -1,1 +1,27 @@
-fn main() {}
+//! The driftless binary: parse the command line, set up logging, run, and
+//! map the outcome to an exit code (0 ok, 1 failure or errors found, 2 usage).
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+mod cli;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    // One TLS crypto provider for every client (gix over reqwest, later kube).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let filter = EnvFilter::try_from_env("DRIFTLESS_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        cli::LogFormat::Json => subscriber.json().init(),
+        cli::LogFormat::Text => subscriber.init(),
+    }
+    let code = match cli::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}

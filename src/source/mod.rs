@@ -12,7 +12,11 @@ use std::sync::Arc;
 use serde::Serialize;
 
 pub mod git;
+mod origin;
 pub mod worktree;
+
+pub use git::{Auth, Repo};
+pub use origin::Source;
 
 /// Which revision a snapshot holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

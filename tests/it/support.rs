@@ -19,3 +19,79 @@ pub fn corpus() -> PathBuf {
 pub fn example_repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/repo-layout")
 }
+
+/// Builds a desired-state repo in a temp dir, file by file.
+#[allow(dead_code)]
+pub struct RepoBuilder {
+    dir: tempfile::TempDir,
+}
+
+#[allow(dead_code)]
+impl RepoBuilder {
+    pub fn new() -> Self {
+        RepoBuilder {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// A minimal valid repo: one docker target, environment `dev`, no files.
+    pub fn minimal() -> Self {
+        RepoBuilder::new()
+            .file(
+                "driftless.yaml",
+                "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {}\nenvironments:\n  dev:\n    targets: [local]\n",
+            )
+            .file("environments/dev.yaml", "replicas: 1\n")
+    }
+
+    pub fn file(self, path: &str, content: impl AsRef<[u8]>) -> Self {
+        let dest = self.dir.path().join(path);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::write(dest, content).unwrap();
+        self
+    }
+
+    pub fn symlink(self, path: &str, target: &str) -> Self {
+        let dest = self.dir.path().join(path);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, dest).unwrap();
+        self
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Runs the driftless binary on this repo with `args` (`--repo` added).
+    pub fn driftless(&self, args: &[&str]) -> Run {
+        driftless(self.path(), args)
+    }
+}
+
+/// What one run of the binary printed and returned.
+#[allow(dead_code)]
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `driftless <args> --repo <repo>` hermetically (no secrets from the
+/// caller's environment).
+#[allow(dead_code)]
+pub fn driftless(repo: &std::path::Path, args: &[&str]) -> Run {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_driftless"));
+    cmd.args(args).arg("--repo").arg(repo);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("DRIFTLESS_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.output().expect("run driftless");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

@@ -1,0 +1,273 @@
+//! The command line: `render`, `validate` (and the commands later issues add).
+//! Parsing lives here; each command is a function returning an exit code.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use driftless::diag::Diagnostics;
+use driftless::reconcile::{self, RenderOptions};
+use driftless::render::SecretMode;
+use driftless::secrets::{Masker, SecretSource};
+use driftless::source::{Auth, Limits, Source};
+
+#[derive(Debug, Parser)]
+#[command(name = "driftless", version, about = "Keeps Docker Compose stacks, Kubernetes objects, Prometheus rules and backups equal to a Git repository")]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "DRIFTLESS_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print (or write) the files an environment renders to.
+    Render(RenderArgs),
+    /// Render and check environments; list every error; exit 1 on any.
+    Validate(ValidateArgs),
+}
+
+/// Where the desired-state repo is and how to read it.
+#[derive(Debug, Args)]
+pub struct RepoArgs {
+    /// Local path or URL (`file://`, `https://`, `ssh://`) of the desired-state repo.
+    #[arg(long, default_value = ".", env = "DRIFTLESS_REPO")]
+    pub repo: String,
+    /// Branch, tag or commit to read. Without it a local path is read as it
+    /// is (uncommitted edits included) and a URL per environment branch.
+    #[arg(long)]
+    pub rev: Option<String>,
+    /// Directory holding one file per secret (or set DRIFTLESS_SECRET_<NAME>).
+    #[arg(long, env = "DRIFTLESS_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
+    /// Where remote repos are cloned.
+    #[arg(long, env = "DRIFTLESS_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Environment variable holding an HTTPS token for the repo.
+    #[arg(long, env = "DRIFTLESS_GIT_TOKEN_ENV")]
+    pub git_token_env: Option<String>,
+    /// Deploy key file for `ssh://` repos.
+    #[arg(long, env = "DRIFTLESS_GIT_SSH_KEY")]
+    pub git_ssh_key: Option<PathBuf>,
+    /// Largest file in the repo, in bytes.
+    #[arg(long, default_value_t = Limits::default().max_file_bytes)]
+    pub max_file_bytes: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Environment to render.
+    #[arg(long)]
+    pub env: String,
+    /// Write the files under this directory instead of printing them.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Environment to validate (default: all).
+    #[arg(long, conflicts_with = "all")]
+    pub env: Option<String>,
+    /// Validate every environment (the default).
+    #[arg(long)]
+    pub all: bool,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+impl RepoArgs {
+    fn source(&self) -> Result<Source> {
+        let auth = match (&self.git_token_env, &self.git_ssh_key) {
+            (Some(var), _) => Auth::Token { env_var: var.clone() },
+            (None, Some(key)) => Auth::SshKey { path: key.clone() },
+            (None, None) => Auth::None,
+        };
+        let cache = self.cache_dir.clone().unwrap_or_else(default_cache_dir);
+        Source::open(&self.repo, self.rev.as_deref(), &cache, &auth).with_context(|| format!("cannot open repo `{}`", self.repo))
+    }
+
+    fn options(&self, mode: SecretMode) -> RenderOptions {
+        RenderOptions {
+            secrets: SecretSource {
+                dir: self.secrets_dir.clone(),
+                from_env: true,
+            },
+            mode,
+            limits: Limits {
+                max_file_bytes: self.max_file_bytes,
+                ..Limits::default()
+            },
+        }
+    }
+}
+
+fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("driftless");
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        return PathBuf::from(home).join(".cache/driftless");
+    }
+    std::env::temp_dir().join("driftless-cache")
+}
+
+/// Runs a parsed command; returns the process exit code.
+pub fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Render(args) => render(args),
+        Command::Validate(args) => validate(args),
+    }
+}
+
+fn print_diagnostics(diags: &Diagnostics, masker: &Masker) {
+    let mut err = std::io::stderr().lock();
+    for d in diags.iter() {
+        let _ = writeln!(err, "{}", masker.mask(&d.to_string()));
+    }
+}
+
+fn render(args: RenderArgs) -> Result<i32> {
+    let source = args.repo.source()?;
+    let loaded = match reconcile::load(&source, &args.env, &args.repo.options(SecretMode::Placeholder)) {
+        Ok(l) => l,
+        Err(diags) => {
+            print_diagnostics(&diags, &Masker::default());
+            return Ok(1);
+        }
+    };
+    let masker = loaded.renderer.masker();
+    for w in &loaded.checked.warnings {
+        eprintln!("{}", masker.mask(&w.to_string()));
+    }
+    let missing = loaded.renderer.missing_secrets();
+    if !missing.is_empty() {
+        eprintln!("note: secrets not set, rendered as placeholders: {}", missing.join(", "));
+    }
+    match &args.out {
+        Some(dir) => {
+            for (path, file) in &loaded.checked.files {
+                let dest = dir.join(path);
+                if let Some(parent) = dest.parent() {
+                    std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+                }
+                let content: Vec<u8> = match std::str::from_utf8(&file.content) {
+                    Ok(text) => masker.mask(text).into_owned().into_bytes(),
+                    Err(_) => file.content.to_vec(),
+                };
+                std::fs::write(&dest, content).with_context(|| format!("write {}", dest.display()))?;
+            }
+            eprintln!("wrote {} files to {}", loaded.checked.files.len(), dir.display());
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            for (path, file) in &loaded.checked.files {
+                writeln!(out, "# ---- {path} (from {})", file.source)?;
+                match std::str::from_utf8(&file.content) {
+                    Ok(text) => {
+                        let masked = masker.mask(text);
+                        out.write_all(masked.as_bytes())?;
+                        if !masked.ends_with('\n') {
+                            writeln!(out)?;
+                        }
+                    }
+                    Err(_) => writeln!(out, "<{} bytes of binary content>", file.content.len())?,
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn validate(args: ValidateArgs) -> Result<i32> {
+    let source = args.repo.source()?;
+    let options = args.repo.options(SecretMode::Placeholder);
+    let envs: Vec<String> = match &args.env {
+        Some(env) => vec![env.clone()],
+        None => match reconcile::root_manifest(&source, options.limits) {
+            Ok((_, m)) => m.environments.keys().cloned().collect(),
+            Err(diags) => {
+                report(&args, &[], &diags);
+                return Ok(1);
+            }
+        },
+    };
+    let mut all = Diagnostics::new();
+    let mut summaries = Vec::new();
+    for env in &envs {
+        match reconcile::load(&source, env, &options) {
+            Ok(loaded) => {
+                let s = &loaded.checked.state;
+                let count = |kind: &str| {
+                    s.targets
+                        .iter()
+                        .filter(|t| t.target.kind.as_str() == kind)
+                        .map(|t| t.resources.count())
+                        .max()
+                        .unwrap_or(0)
+                };
+                summaries.push(serde_json::json!({
+                    "environment": env,
+                    "ok": true,
+                    "revision": s.revision,
+                    "services": count("docker"),
+                    "objects": count("kubernetes"),
+                    "rule_files": count("prometheus"),
+                    "backup_jobs": s.backups.len(),
+                    "missing_secrets": loaded.renderer.missing_secrets(),
+                }));
+                all.extend(loaded.checked.warnings);
+            }
+            Err(diags) => {
+                summaries.push(serde_json::json!({"environment": env, "ok": false, "errors": diags.errors().count()}));
+                all.extend(diags);
+            }
+        }
+    }
+    report(&args, &summaries, &all);
+    Ok(if all.has_errors() { 1 } else { 0 })
+}
+
+fn report(args: &ValidateArgs, summaries: &[serde_json::Value], diags: &Diagnostics) {
+    if args.output == Output::Json {
+        let doc = serde_json::json!({"environments": summaries, "diagnostics": diags});
+        println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
+        return;
+    }
+    print_diagnostics(diags, &Masker::default());
+    let color = std::io::stdout().is_terminal();
+    for s in summaries {
+        let env = s["environment"].as_str().unwrap_or("?");
+        if s["ok"].as_bool() == Some(true) {
+            let mark = if color { "\x1b[32mok\x1b[0m" } else { "ok" };
+            println!(
+                "{env}: {mark} at {} — {} services, {} Kubernetes objects, {} rule files, {} backup jobs",
+                s["revision"].get("id").or(s["revision"].get("head")).and_then(|v| v.as_str()).map(|id| &id[..id.len().min(7)]).unwrap_or("worktree"),
+                s["services"], s["objects"], s["rule_files"], s["backup_jobs"]
+            );
+        } else {
+            let mark = if color { "\x1b[31mfailed\x1b[0m" } else { "failed" };
+            println!("{env}: {mark} — {} errors", s["errors"]);
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! One pass for one environment: the pipeline, start to end.
+//!
+//! [`load`] is the pure half — source → render → check — shared by `render`,
+//! `validate` and `reconcile`. [`plan`], [`apply`] and [`verify`] drive a
+//! [`Backend`] over the targets of a [`DesiredState`]; the daemon strings
+//! them together with the record stage.
+
+use std::time::Duration;
+
+use crate::backend::{ApplyReport, Backend, BackendError, Context, Health, Verdict};
+use crate::check::{self, Checked};
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::manifest::{self, Manifest};
+use crate::model::{DesiredState, TargetState};
+use crate::plan::Plan;
+use crate::render::{Renderer, SecretMode};
+use crate::secrets::{Masker, SecretSource};
+use crate::source::{Limits, Snapshot, Source};
+
+/// How to render: where secrets come from and whether missing ones are errors.
+#[derive(Debug, Clone)]
+pub struct RenderOptions {
+    pub secrets: SecretSource,
+    pub mode: SecretMode,
+    pub limits: Limits,
+}
+
+/// An environment loaded and checked at one revision.
+#[derive(Debug)]
+pub struct Loaded {
+    pub manifest: Manifest,
+    pub renderer: Renderer,
+    pub checked: Checked,
+}
+
+/// Reads and validates the manifest of a snapshot.
+pub fn manifest_of(snapshot: &Snapshot) -> Result<Manifest, Diagnostics> {
+    let text = snapshot.text(manifest::FILE).map_err(|e| {
+        Diagnostics::from(
+            Diagnostic::error(e.to_string())
+                .file(manifest::FILE)
+                .hint("a desired-state repo has a `driftless.yaml` at its root; see examples/repo-layout"),
+        )
+    })?;
+    Manifest::parse(text)
+}
+
+/// The manifest that lists the environments: the one in the work tree, at
+/// the pinned revision, or on the default branch.
+pub fn root_manifest(source: &Source, limits: Limits) -> Result<(Snapshot, Manifest), Diagnostics> {
+    let snapshot = source.root_snapshot(limits).map_err(source_error)?;
+    let manifest = manifest_of(&snapshot)?;
+    Ok((snapshot, manifest))
+}
+
+/// Source → render → check for one environment. The environment's own
+/// branch is read (manifest included) unless the source is a work tree or
+/// pinned to a revision.
+pub fn load(source: &Source, env_name: &str, options: &RenderOptions) -> Result<Loaded, Diagnostics> {
+    let (root, root_manifest) = root_manifest(source, options.limits)?;
+    let env = root_manifest.environment(env_name).map_err(Diagnostics::from)?;
+    let snapshot = source
+        .snapshot_for_branch(&env.branch, options.limits)
+        .map_err(|e| Diagnostics::from(Diagnostic::error(e.to_string()).env(env_name)))?
+        .unwrap_or(root);
+    let manifest = manifest_of(&snapshot).map_err(|d| Diagnostics(d.into_iter().map(|d| d.or_env(env_name)).collect()))?;
+    let env = manifest.environment(env_name).map_err(|d| {
+        Diagnostics::from(d.env(env_name).hint(format!(
+            "the environment is listed on the default branch but not in {} on its own branch",
+            manifest::FILE
+        )))
+    })?;
+    let renderer = Renderer::new(snapshot, &env.name, &env.values, options.secrets.clone(), options.mode)?;
+    let checked = check::environment(&manifest, env, &renderer)?;
+    Ok(Loaded {
+        manifest,
+        renderer,
+        checked,
+    })
+}
+
+fn source_error(e: crate::source::SourceError) -> Diagnostics {
+    Diagnostics::from(Diagnostic::error(e.to_string()))
+}
+
+/// Plans every target of `desired` that `backend` drives, in manifest order.
+pub async fn plan<B: Backend>(backend: &B, desired: &DesiredState, masker: &Masker) -> Result<Plan, BackendError> {
+    let mut plan = Plan::new(&desired.environment.name, desired.revision.clone());
+    let ctx = context(desired, masker);
+    for target in targets_of(backend, desired) {
+        let live = backend.read_live(target, ctx).await?;
+        plan.changes.extend(backend.plan(target, &live, ctx).await?);
+    }
+    Ok(plan)
+}
+
+/// Applies `plan` — the very value a dry-run printed — target by target,
+/// stopping at the first error.
+pub async fn apply<B: Backend>(
+    backend: &B,
+    desired: &DesiredState,
+    plan: &Plan,
+    masker: &Masker,
+) -> Result<ApplyReport, BackendError> {
+    let ctx = context(desired, masker);
+    let mut report = ApplyReport::default();
+    for target in targets_of(backend, desired) {
+        let changes: Vec<_> = plan
+            .changes
+            .iter()
+            .filter(|c| c.target == target.target.name)
+            .cloned()
+            .collect();
+        let r = backend.apply(target, &changes, ctx).await?;
+        report.applied.extend(r.applied);
+        report.image_ids.extend(r.image_ids);
+    }
+    Ok(report)
+}
+
+/// Polls health until every resource is healthy, one is degraded, or the
+/// environment's deadline passes (then the progressing ones count as failed).
+pub async fn verify<B: Backend>(
+    backend: &B,
+    desired: &DesiredState,
+    masker: &Masker,
+    poll: Duration,
+) -> Result<Vec<Verdict>, BackendError> {
+    let ctx = context(desired, masker);
+    let deadline = tokio::time::Instant::now() + desired.environment.health.deadline;
+    loop {
+        let mut verdicts = Vec::new();
+        for target in targets_of(backend, desired) {
+            verdicts.extend(backend.health(target, ctx).await?);
+        }
+        let settled = verdicts.iter().all(|v| v.health == Health::Healthy)
+            || verdicts.iter().any(|v| v.health == Health::Degraded);
+        if settled {
+            return Ok(verdicts);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            for v in &mut verdicts {
+                if v.health == Health::Progressing {
+                    v.health = Health::Degraded;
+                    v.reason = format!("not healthy within {}: {}", crate::duration::format(desired.environment.health.deadline), v.reason);
+                }
+            }
+            return Ok(verdicts);
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+fn context<'a>(desired: &'a DesiredState, masker: &'a Masker) -> Context<'a> {
+    Context {
+        environment: &desired.environment.name,
+        masker,
+        allow: &desired.environment.allow,
+    }
+}
+
+fn targets_of<'a, B: Backend>(backend: &'a B, desired: &'a DesiredState) -> impl Iterator<Item = &'a TargetState> + 'a {
+    desired.targets.iter().filter(move |t| t.target.kind.as_str() == backend.kind())
+}

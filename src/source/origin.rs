@@ -1,0 +1,72 @@
+//! Where the desired-state repo is: a local work tree, a local repo pinned
+//! to a revision, or a remote cloned into a cache. [`Source`] answers the two
+//! questions the pipeline asks: "which snapshot lists the environments?" and
+//! "which snapshot does this environment's branch hold?".
+
+use std::path::{Path, PathBuf};
+
+use super::git::{Auth, Repo};
+use super::{Limits, Snapshot, SourceError, worktree};
+
+/// An opened desired-state repo.
+pub enum Source {
+    /// A local directory read as it is, uncommitted edits included.
+    WorkTree { root: PathBuf },
+    /// A Git repo; `pinned` is a revision every environment is read at
+    /// (`--rev`), else each environment reads its own branch.
+    Git { repo: Repo, pinned: Option<String> },
+}
+
+impl Source {
+    /// Opens `--repo` (a path or URL) with an optional `--rev`. A local path
+    /// without a revision is read as a work tree.
+    pub fn open(repo: &str, rev: Option<&str>, cache_dir: &Path, auth: &Auth) -> Result<Source, SourceError> {
+        let is_url = repo.contains("://") || (repo.contains('@') && repo.contains(':') && !Path::new(repo).exists());
+        if !is_url {
+            let path = Path::new(repo);
+            if !path.exists() {
+                return Err(SourceError::Io {
+                    path: repo.to_owned(),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
+                });
+            }
+            return match rev {
+                None => Ok(Source::WorkTree { root: path.to_owned() }),
+                Some(rev) => {
+                    let repo = Repo::open(path)?;
+                    let commit = repo.resolve(rev)?;
+                    Ok(Source::Git { repo, pinned: Some(commit) })
+                }
+            };
+        }
+        let repo = Repo::open_remote(repo, cache_dir, auth)?;
+        repo.fetch()?;
+        let pinned = rev.map(|r| repo.resolve(r)).transpose()?;
+        Ok(Source::Git { repo, pinned })
+    }
+
+    /// The snapshot whose `driftless.yaml` lists the environments: the work
+    /// tree, the pinned commit, or the default branch (`HEAD`, else `main`).
+    pub fn root_snapshot(&self, limits: Limits) -> Result<Snapshot, SourceError> {
+        match self {
+            Source::WorkTree { root } => worktree::snapshot(root, limits),
+            Source::Git { repo, pinned: Some(commit) } => repo.snapshot(commit, limits),
+            Source::Git { repo, pinned: None } => {
+                let commit = repo.resolve("HEAD").or_else(|_| repo.resolve("main"))?;
+                repo.snapshot(&commit, limits)
+            }
+        }
+    }
+
+    /// The snapshot of an environment's branch, or `None` when the root
+    /// snapshot is the one to use (work tree or pinned revision).
+    pub fn snapshot_for_branch(&self, branch: &str, limits: Limits) -> Result<Option<Snapshot>, SourceError> {
+        match self {
+            Source::WorkTree { .. } | Source::Git { pinned: Some(_), .. } => Ok(None),
+            Source::Git { repo, pinned: None } => {
+                let commit = repo.resolve(branch)?;
+                repo.snapshot(&commit, limits).map(Some)
+            }
+        }
+    }
+}

@@ -2,3 +2,5 @@
 //! `support`; each module covers one stage or feature from the user's side.
 
 mod support;
+
+mod render;

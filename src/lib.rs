@@ -14,6 +14,8 @@
 //! [`secrets`] keeps secret values out of every output, [`diag`] is how
 //! every stage reports problems.
 
+#![allow(clippy::result_large_err)] // a Diagnostic is the error value by design; none is on a hot path
+
 pub mod diag;
 pub mod duration;
 pub mod secrets;

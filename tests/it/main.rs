@@ -2,5 +2,7 @@
 //! `support`; each module covers one stage or feature from the user's side.
 
 mod support;
+
 mod pipeline;
+mod render;
 mod validate;

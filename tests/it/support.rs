@@ -9,9 +9,14 @@ pub fn corpus() -> PathBuf {
     if let Ok(dir) = std::env::var("DRIFTLESS_CORPUS") {
         return PathBuf::from(dir);
     }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
-    assert!(dir.is_dir(), "test corpus not found at {}; set DRIFTLESS_CORPUS", dir.display());
-    dir
+    // `../shared` beside the clone; `../../shared` from a git worktree under /work/wt.
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let candidates = [root.join("../shared/corpus"), root.join("../../shared/corpus")];
+    candidates
+        .iter()
+        .find(|d| d.is_dir())
+        .cloned()
+        .unwrap_or_else(|| panic!("test corpus not found at {}; set DRIFTLESS_CORPUS", candidates[0].display()))
 }
 
 /// The bundled example repo.

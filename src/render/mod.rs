@@ -150,6 +150,11 @@ impl Renderer {
         &self.env
     }
 
+    /// The revision of the snapshot being rendered.
+    pub fn revision(&self) -> &crate::source::Revision {
+        self.snapshot.revision()
+    }
+
     /// Every output path of the snapshot (`x.j2` listed as `x`), sorted.
     pub fn outputs(&self) -> Vec<String> {
         let outputs: BTreeSet<&str> = self.snapshot.paths().map(output_of).collect();

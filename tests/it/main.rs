@@ -3,6 +3,7 @@
 
 mod support;
 
+mod example;
 mod pipeline;
 mod render;
 mod validate;

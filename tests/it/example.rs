@@ -1,0 +1,122 @@
+//! The bundled example repo (`examples/repo-layout`): every environment
+//! validates, renders to the reviewed snapshot, and differs from the others
+//! in the ways the example promises.
+
+use driftless::model::Resources;
+use driftless::reconcile::{self, Loaded, RenderOptions};
+use driftless::render::SecretMode;
+use driftless::secrets::SecretSource;
+use driftless::source::{Auth, Limits, Source};
+
+use crate::support::{driftless, example_repo};
+
+fn load(env: &str) -> Loaded {
+    let repo = example_repo();
+    let source = Source::open(repo.to_str().unwrap(), None, &std::env::temp_dir(), &Auth::None).unwrap();
+    let options = RenderOptions {
+        secrets: SecretSource::default(),
+        mode: SecretMode::Placeholder,
+        limits: Limits::default(),
+    };
+    reconcile::load(&source, env, &options).unwrap_or_else(|d| panic!("{env}:\n{d}"))
+}
+
+/// The rendered files of an environment as `driftless render` prints them.
+fn rendered(loaded: &Loaded) -> String {
+    let mut out = String::new();
+    for (path, file) in &loaded.checked.files {
+        out.push_str(&format!("# ---- {path} (from {})\n", file.source));
+        out.push_str(&String::from_utf8_lossy(&file.content));
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn every_environment_validates_with_the_cli() {
+    let run = driftless(&example_repo(), &["validate", "--all"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    for env in ["dev", "staging", "prod"] {
+        assert!(run.stdout.contains(&format!("{env}: ok")), "{run:?}");
+    }
+}
+
+#[test]
+fn rendered_environments_match_their_snapshots() {
+    for env in ["dev", "staging", "prod"] {
+        let loaded = load(env);
+        insta::assert_snapshot!(format!("example-{env}"), rendered(&loaded));
+    }
+}
+
+#[test]
+fn environments_differ_in_replicas_and_kubernetes() {
+    let services = |l: &Loaded, name: &str| -> u32 {
+        l.checked
+            .state
+            .targets
+            .iter()
+            .find_map(|t| match &t.resources {
+                Resources::Compose(p) => p[0].services.get(name).map(|s| s.replicas),
+                _ => None,
+            })
+            .unwrap_or(0)
+    };
+    let objects = |l: &Loaded| -> usize {
+        l.checked
+            .state
+            .targets
+            .iter()
+            .map(|t| match &t.resources {
+                Resources::Kubernetes(o) => o.len(),
+                _ => 0,
+            })
+            .sum()
+    };
+    let (dev, staging, prod) = (load("dev"), load("staging"), load("prod"));
+    assert_eq!(services(&dev, "api-gateway"), 1);
+    assert_eq!(services(&staging, "api-gateway"), 2);
+    assert_eq!(services(&prod, "api-gateway"), 3);
+    assert_eq!(objects(&dev), 0);
+    assert_eq!(objects(&staging), 0);
+    assert!(objects(&prod) >= 7, "prod has the ai-engine manifests");
+    let hpa = prod
+        .checked
+        .state
+        .targets
+        .iter()
+        .find_map(|t| match &t.resources {
+            Resources::Kubernetes(o) => o.iter().find(|o| o.kind == "HorizontalPodAutoscaler").cloned(),
+            _ => None,
+        })
+        .expect("prod has an HPA");
+    assert_eq!(hpa.api_version, "autoscaling/v2");
+    assert_eq!(hpa.body["spec"]["minReplicas"], 2);
+    assert_eq!(hpa.body["spec"]["maxReplicas"], 10);
+}
+
+#[test]
+fn no_image_uses_latest_and_every_service_has_limits() {
+    for env in ["dev", "staging", "prod"] {
+        let loaded = load(env);
+        for t in &loaded.checked.state.targets {
+            let Resources::Compose(projects) = &t.resources else { continue };
+            for p in projects {
+                for (name, s) in &p.services {
+                    assert!(!s.image.ends_with(":latest") && s.image.contains(':'), "{env}/{name}: {}", s.image);
+                    assert!(s.resources.limits.memory.is_some() && s.resources.limits.cpus.is_some(), "{env}/{name} limits");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn secrets_are_placeholders_without_a_secrets_dir() {
+    let loaded = load("prod");
+    let missing = loaded.renderer.missing_secrets();
+    assert!(missing.contains(&"postgres_password".to_owned()), "{missing:?}");
+    assert!(rendered(&loaded).contains("<secret:postgres_password>"));
+}

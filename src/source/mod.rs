@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 pub mod git;
+mod tree;
 pub mod worktree;
 
 /// Which revision a snapshot holds.
@@ -136,6 +137,18 @@ impl Snapshot {
         Snapshot {
             revision,
             files: Arc::new(files),
+        }
+    }
+
+    /// Like [`Snapshot::from_files`], with contents that may already be
+    /// shared (a symlinked file appears under several paths, stored once).
+    pub fn from_shared(
+        revision: Revision,
+        files: impl IntoIterator<Item = (String, Arc<[u8]>)>,
+    ) -> Self {
+        Snapshot {
+            revision,
+            files: Arc::new(files.into_iter().collect()),
         }
     }
 

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 pub mod git;
 mod origin;
+mod tree;
 pub mod worktree;
 
 pub use git::{Auth, Repo};
@@ -140,6 +141,18 @@ impl Snapshot {
         Snapshot {
             revision,
             files: Arc::new(files),
+        }
+    }
+
+    /// Like [`Snapshot::from_files`], with contents that may already be
+    /// shared (a symlinked file appears under several paths, stored once).
+    pub fn from_shared(
+        revision: Revision,
+        files: impl IntoIterator<Item = (String, Arc<[u8]>)>,
+    ) -> Self {
+        Snapshot {
+            revision,
+            files: Arc::new(files.into_iter().collect()),
         }
     }
 

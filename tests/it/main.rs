@@ -1,6 +1,7 @@
 //! driftless's one integration-test binary. Fixtures and helpers live in
 //! `support`; each module covers one stage or feature from the user's side.
 
+mod source;
 mod support;
 
 mod example;

@@ -1,10 +1,10 @@
 //! driftless's one integration-test binary. Fixtures and helpers live in
 //! `support`; each module covers one stage or feature from the user's side.
 
-mod source;
 mod support;
 
 mod example;
 mod pipeline;
 mod render;
+mod source;
 mod validate;

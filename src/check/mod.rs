@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::manifest::{Environment, Manifest, TargetKind, compile_glob};
-use crate::model::{BackupJob, BackupSource, DesiredState, KubeObject, Resources, RuleFile, TargetState, compose};
+use crate::model::compose::Project;
+use crate::model::{BackupJob, BackupSource, DesiredState, KubeObject, Resources, RuleFile, TargetState};
 use crate::render::{Rendered, Renderer};
 
 pub mod backups;
@@ -151,7 +152,7 @@ pub fn environment(manifest: &Manifest, env: &Environment, renderer: &Renderer) 
 
     // Compose projects.
     let variables = compose_variables(renderer.values());
-    let mut projects: Vec<compose::Project> = Vec::new();
+    let mut projects: Vec<Project> = Vec::new();
     for path in &sel.stacks {
         let Some((rendered, text)) = text_of(path, &mut diags) else { continue };
         let read = |p: &str| -> Option<Result<Arc<[u8]>, Diagnostic>> {
@@ -319,7 +320,7 @@ pub fn environment(manifest: &Manifest, env: &Environment, renderer: &Renderer) 
 }
 
 /// A backup job's source must name a service (and project) the environment has.
-fn check_backup_source(job: &BackupJob, projects: &[compose::Project]) -> Result<(), Diagnostic> {
+fn check_backup_source(job: &BackupJob, projects: &[Project]) -> Result<(), Diagnostic> {
     let (project, service) = match &job.source {
         BackupSource::Exec { project, service, .. } | BackupSource::Path { project, service, .. } => {
             (project.as_deref(), Some(service.as_str()))
@@ -327,7 +328,7 @@ fn check_backup_source(job: &BackupJob, projects: &[compose::Project]) -> Result
         BackupSource::Volume { project, service, .. } => (project.as_deref(), service.as_deref()),
         BackupSource::Config => return Ok(()),
     };
-    let candidates: Vec<&compose::Project> = projects.iter().filter(|p| project.is_none_or(|n| p.name == n)).collect();
+    let candidates: Vec<&Project> = projects.iter().filter(|p| project.is_none_or(|n| p.name == n)).collect();
     if let Some(name) = project
         && candidates.is_empty()
     {

@@ -14,7 +14,7 @@ pub enum Source {
     WorkTree { root: PathBuf },
     /// A Git repo; `pinned` is a revision every environment is read at
     /// (`--rev`), else each environment reads its own branch.
-    Git { repo: Repo, pinned: Option<String> },
+    Git { repo: Box<Repo>, pinned: Option<String> },
 }
 
 impl Source {
@@ -35,14 +35,20 @@ impl Source {
                 Some(rev) => {
                     let repo = Repo::open(path)?;
                     let commit = repo.resolve(rev)?;
-                    Ok(Source::Git { repo, pinned: Some(commit) })
+                    Ok(Source::Git {
+                        repo: Box::new(repo),
+                        pinned: Some(commit),
+                    })
                 }
             };
         }
         let repo = Repo::open_remote(repo, cache_dir, auth)?;
         repo.fetch()?;
         let pinned = rev.map(|r| repo.resolve(r)).transpose()?;
-        Ok(Source::Git { repo, pinned })
+        Ok(Source::Git {
+            repo: Box::new(repo),
+            pinned,
+        })
     }
 
     /// The snapshot whose `driftless.yaml` lists the environments: the work

@@ -75,6 +75,10 @@ pub struct ApplyReport {
 pub trait Backend: Send + Sync {
     type Live: Send + Sync;
 
+    /// The target kind this backend drives (`docker`, `kubernetes`,
+    /// `prometheus`, as [`crate::manifest::TargetKind::as_str`]).
+    fn kind(&self) -> &'static str;
+
     /// Reads the live state relevant to `desired` (one list call per kind).
     fn read_live(
         &self,

@@ -1,4 +1,6 @@
 //! driftless's one integration-test binary. Fixtures and helpers live in
 //! `support`; each module covers one stage or feature from the user's side.
 
+mod compose_backend;
+mod docker_support;
 mod support;

@@ -21,7 +21,9 @@ use driftless::plan::{Action, Change};
 use driftless::secrets::Masker;
 use futures_util::StreamExt;
 
-use crate::docker_support::{BUSYBOX, BUSYBOX_2, Cleanup, engine, local_target, project_name};
+use crate::docker_support::{
+    BUSYBOX, BUSYBOX_2, Cleanup, CountingProxy, engine, local_target, project_name,
+};
 
 fn desired(projects: Vec<Project>) -> TargetState {
     TargetState {
@@ -804,4 +806,51 @@ async fn a_missing_socket_is_named_in_the_error() {
         err.contains("/nonexistent/docker.sock does not exist"),
         "{err}"
     );
+}
+
+/// The no-op plan of a 14-service stack costs four API calls (containers,
+/// networks, volumes, images) whatever the number of services, and the
+/// no-op apply one more (image ids for the report).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noop_plan_of_fourteen_services_is_four_calls() {
+    let Some(b) = engine().await else { return };
+    let name = project_name("calls");
+    let _cleanup = Cleanup::new(&[&name]);
+    let services: Vec<(String, Service)> =
+        (1..=14).map(|i| (format!("s{i:02}"), sleeper())).collect();
+    let p = project(
+        &name,
+        services
+            .iter()
+            .map(|(n, s)| (n.as_str(), s.clone()))
+            .collect(),
+    );
+    let d = desired(vec![p]);
+    reconcile(&b, &name, &d).await;
+
+    let proxy = CountingProxy::start();
+    let target = driftless::manifest::DockerTarget {
+        host: Some(proxy.host.clone()),
+        ..local_target()
+    };
+    let counted = ComposeBackend::connect(&target).await.unwrap();
+    assert_eq!(proxy.take(), 1, "connect negotiates the API version once");
+
+    let allow = Allow::default();
+    let start = Instant::now();
+    let changes = dry_run(&counted, &name, &d, &allow).await.unwrap();
+    let elapsed = start.elapsed();
+    assert!(changed(&changes).is_empty(), "{changes:#?}");
+    assert_eq!(changes.len(), 15, "14 services and the default network");
+    assert_eq!(proxy.take(), 4, "a no-op plan is one list call per kind");
+    eprintln!("no-op plan of 14 services: 4 API calls, {elapsed:?}");
+
+    let masker = Masker::default();
+    let report = counted
+        .apply(&d, &changes, ctx(&name, &masker, &allow))
+        .await
+        .unwrap();
+    assert!(report.applied.is_empty());
+    assert_eq!(report.image_ids.len(), 14);
+    assert_eq!(proxy.take(), 1, "a no-op apply lists images only");
 }

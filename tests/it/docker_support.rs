@@ -243,3 +243,55 @@ async fn remove_projects(projects: &[String], images: &[String]) {
             .await;
     }
 }
+
+/// A unix socket that forwards to the engine's and counts connections.
+/// bollard keeps no idle connections (one per request), so the count is
+/// the number of API calls made through it.
+pub struct CountingProxy {
+    pub host: String,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl CountingProxy {
+    pub fn start() -> Self {
+        let upstream = std::env::var("DOCKER_HOST")
+            .ok()
+            .and_then(|h| h.strip_prefix("unix://").map(str::to_owned))
+            .unwrap_or_else(|| "/var/run/docker.sock".to_owned());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("docker.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = count.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut engine) = tokio::net::UnixStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
+                    }
+                });
+            }
+        });
+        CountingProxy {
+            host: format!("unix://{}", path.display()),
+            count,
+            task,
+            _dir: dir,
+        }
+    }
+
+    /// Calls since the last `take`.
+    pub fn take(&self) -> usize {
+        self.count.swap(0, Ordering::SeqCst)
+    }
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -108,6 +108,17 @@ impl<'a> Applier<'a> {
             }
         }
 
+        if changes.iter().all(|c| c.action == Action::Unchanged) {
+            // Nothing to do: one call for the image ids the report carries.
+            let listed = self
+                .docker()
+                .list_images(Some(ListImagesOptionsBuilder::default().build()))
+                .await
+                .map_err(|e| self.backend.unavailable(e))?;
+            let mut report = ApplyReport::default();
+            self.report_images(&image::resolve(self.references(), &listed), &mut report);
+            return Ok(report);
+        }
         let live = live::read(self.docker(), self.ctx.environment, self.projects)
             .await
             .map_err(|e| self.backend.unavailable(e))?;
@@ -130,16 +141,28 @@ impl<'a> Applier<'a> {
             }
             report.applied.push(c.clone());
         }
+        self.report_images(&state.images, &mut report);
+        Ok(report)
+    }
+
+    /// Every desired image reference.
+    fn references(&self) -> BTreeSet<&'a str> {
+        self.projects
+            .iter()
+            .flat_map(|p| p.services.values().map(|s| s.image.as_str()))
+            .collect()
+    }
+
+    fn report_images(&self, images: &BTreeMap<String, String>, report: &mut ApplyReport) {
         for p in self.projects {
             for (name, s) in &p.services {
-                if let Some(id) = state.images.get(&s.image) {
+                if let Some(id) = images.get(&s.image) {
                     report
                         .image_ids
                         .insert(format!("{}/{name}", p.name), id.clone());
                 }
             }
         }
-        Ok(report)
     }
 
     /// Pulls the references that are not present; returns reference → id
@@ -157,21 +180,16 @@ impl<'a> Applier<'a> {
         if missing.is_empty() {
             return Ok(live.images.clone());
         }
-        let config = image::docker_config_path();
         for reference in &missing {
-            self.pull(reference, config.as_deref()).await?;
+            self.pull(reference, self.backend.docker_config.as_deref())
+                .await?;
         }
         let listed = self
             .docker()
             .list_images(Some(ListImagesOptionsBuilder::default().build()))
             .await
             .map_err(|e| self.backend.unavailable(e))?;
-        let all: BTreeSet<&str> = self
-            .projects
-            .iter()
-            .flat_map(|p| p.services.values().map(|s| s.image.as_str()))
-            .collect();
-        let resolved = image::resolve(all, &listed);
+        let resolved = image::resolve(self.references(), &listed);
         for reference in &missing {
             if !resolved.contains_key(*reference) {
                 return Err(self.error(

@@ -11,7 +11,7 @@
 //! ([`labels`]), so `docker ps --filter label=com.docker.compose.project=…`
 //! and Compose itself recognise driftless's stacks.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -68,6 +68,7 @@ pub struct ComposeBackend {
     host: String,
     settle: Duration,
     dependency_timeout: Duration,
+    docker_config: Option<PathBuf>,
 }
 
 impl ComposeBackend {
@@ -110,6 +111,7 @@ impl ComposeBackend {
             host,
             settle: Duration::from_secs(10),
             dependency_timeout: Duration::from_secs(120),
+            docker_config: image::docker_config_path(),
         })
     }
 
@@ -124,6 +126,13 @@ impl ComposeBackend {
     /// `service_completed_successfully` dependency (default 120 s).
     pub fn with_dependency_timeout(mut self, timeout: Duration) -> Self {
         self.dependency_timeout = timeout;
+        self
+    }
+
+    /// The Docker client config whose `auths` hold registry credentials
+    /// (default `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`).
+    pub fn with_docker_config(mut self, path: impl Into<PathBuf>) -> Self {
+        self.docker_config = Some(path.into());
         self
     }
 

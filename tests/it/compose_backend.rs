@@ -22,7 +22,7 @@ use driftless::secrets::Masker;
 use futures_util::StreamExt;
 
 use crate::docker_support::{
-    BUSYBOX, BUSYBOX_2, Cleanup, CountingProxy, engine, local_target, project_name,
+    BUSYBOX, BUSYBOX_2, Cleanup, CountingProxy, Registry, engine, local_target, project_name,
 };
 
 fn desired(projects: Vec<Project>) -> TargetState {
@@ -853,4 +853,58 @@ async fn noop_plan_of_fourteen_services_is_four_calls() {
     assert!(report.applied.is_empty());
     assert_eq!(report.image_ids.len(), 14);
     assert_eq!(proxy.take(), 1, "a no-op apply lists images only");
+}
+
+/// An image in a registry that needs a login: without credentials the pull
+/// fails before anything changes; with the Docker config's `auths` it is
+/// pulled and runs, and its id is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticated_pull_from_a_local_registry() {
+    let Some(b) = engine().await else { return };
+    let registry = Registry::start().await;
+    let name = project_name("auth");
+    let reference = registry
+        .push(b.docker(), BUSYBOX, &format!("driftless/{name}"), "v1")
+        .await;
+    let _cleanup = Cleanup::new(&[&name]).image(&reference);
+    let mut svc = sleeper();
+    svc.image = reference.clone();
+    let d = desired(vec![project(&name, vec![("app", svc)])]);
+    let allow = Allow::default();
+    let masker = Masker::default();
+
+    // No credentials (an empty client config): the registry says no.
+    let empty = registry.dir.path().join("empty.json");
+    std::fs::write(&empty, "{}").unwrap();
+    let anonymous = b.clone().with_docker_config(&empty);
+    let changes = dry_run(&anonymous, &name, &d, &allow).await.unwrap();
+    let c = &changes
+        .iter()
+        .find(|c| c.resource.kind == "service")
+        .unwrap();
+    assert!(
+        c.detail
+            .as_deref()
+            .unwrap()
+            .contains(&format!("pull {reference}")),
+        "{c:?}"
+    );
+    let err = anonymous
+        .apply(&d, &changes, ctx(&name, &masker, &allow))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&reference) && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert!(container_ids(&b, &name).await.is_empty());
+
+    // With the registry's entry in the client config: pulled and running.
+    let authed = b.clone().with_docker_config(registry.docker_config());
+    let (_, report) = reconcile(&authed, &name, &d).await;
+    let id = b.docker().inspect_image(BUSYBOX).await.unwrap().id.unwrap();
+    assert_eq!(report.image_ids[&format!("{name}/app")], id);
+    assert!(!err.contains(&registry.password));
+    wait_healthy(&authed, &name, &d).await;
 }

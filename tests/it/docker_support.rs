@@ -295,3 +295,148 @@ impl Drop for CountingProxy {
         self.task.abort();
     }
 }
+
+/// Debian's `docker-registry` on 127.0.0.1 with htpasswd auth, in a temp
+/// dir, stopped on drop. Needs `apt-get install docker-registry apache2-utils`.
+pub struct Registry {
+    /// `127.0.0.1:PORT`.
+    pub address: String,
+    pub user: String,
+    pub password: String,
+    child: std::process::Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub async fn start() -> Registry {
+        for tool in ["/usr/bin/docker-registry", "/usr/bin/htpasswd"] {
+            assert!(
+                std::path::Path::new(tool).exists(),
+                "{tool} is needed for the registry tests (apt-get install docker-registry apache2-utils)"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let user = "driftless".to_owned();
+        let password = format!("pw-{}", std::process::id());
+        // The registry accepts only bcrypt entries.
+        let out = std::process::Command::new("/usr/bin/htpasswd")
+            .args(["-Bbn", &user, &password])
+            .output()
+            .expect("htpasswd");
+        assert!(out.status.success(), "htpasswd failed");
+        std::fs::write(dir.path().join("htpasswd"), &out.stdout).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let config = format!(
+            "version: 0.1\n\
+             storage:\n  filesystem:\n    rootdirectory: {root}\n\
+             http:\n  addr: {address}\n\
+             auth:\n  htpasswd:\n    realm: driftless-test\n    path: {root}/htpasswd\n",
+            root = dir.path().display()
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = std::process::Command::new("/usr/bin/docker-registry")
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry");
+        let registry = Registry {
+            address,
+            user,
+            password,
+            child,
+            dir,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(&registry.address)
+            .await
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "docker-registry did not listen on {}: {}",
+                registry.address,
+                std::fs::read_to_string(registry.dir.path().join("registry.log"))
+                    .unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        registry
+    }
+
+    pub fn credentials(&self) -> bollard::auth::DockerCredentials {
+        bollard::auth::DockerCredentials {
+            username: Some(self.user.clone()),
+            password: Some(self.password.clone()),
+            serveraddress: Some(self.address.clone()),
+            ..Default::default()
+        }
+    }
+
+    /// A Docker client config (`config.json`) with this registry's `auths`.
+    pub fn docker_config(&self) -> std::path::PathBuf {
+        use base64::Engine as _;
+        let auth = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", self.user, self.password));
+        let path = self.dir.path().join("config.json");
+        std::fs::write(
+            &path,
+            format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, self.address),
+        )
+        .unwrap();
+        path
+    }
+
+    /// Pushes local image `source` as `<registry>/<repo>:<tag>` and removes
+    /// the local tag, so the next use must pull it. Returns the reference.
+    pub async fn push(&self, docker: &Docker, source: &str, repo: &str, tag: &str) -> String {
+        let remote = format!("{}/{repo}", self.address);
+        docker
+            .tag_image(
+                source,
+                Some(
+                    bollard::query_parameters::TagImageOptionsBuilder::default()
+                        .repo(&remote)
+                        .tag(tag)
+                        .build(),
+                ),
+            )
+            .await
+            .unwrap();
+        let mut push = docker.push_image(
+            &remote,
+            Some(
+                bollard::query_parameters::PushImageOptionsBuilder::default()
+                    .tag(tag)
+                    .build(),
+            ),
+            Some(self.credentials()),
+        );
+        while let Some(item) = push.next().await {
+            if let Err(e) = item {
+                panic!("push {remote}:{tag}: {e}");
+            }
+        }
+        let reference = format!("{remote}:{tag}");
+        docker
+            .remove_image(&reference, None::<RemoveImageOptions>, None)
+            .await
+            .unwrap();
+        reference
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

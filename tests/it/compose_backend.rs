@@ -442,6 +442,36 @@ async fn scaling_up_and_down() {
     let one = format!("{name}-worker-1");
     assert_eq!(three[&one], first[&one], "scaling up recreated replica 1");
 
+    // Replica 2 removed out of band: a missing container, and only it is
+    // created again.
+    b.docker()
+        .remove_container(
+            &format!("{name}-worker-2"),
+            Some(
+                bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+                    .force(true)
+                    .build(),
+            ),
+        )
+        .await
+        .unwrap();
+    let (changes, _) = reconcile(&b, &name, &desired(vec![p.clone()])).await;
+    let c = changes
+        .iter()
+        .find(|c| c.resource.name.ends_with("/worker"))
+        .unwrap();
+    assert_eq!(
+        c.action,
+        Action::Recreate {
+            reason: "container missing".into()
+        }
+    );
+    let restored = container_ids(&b, &name).await;
+    assert_eq!(restored.len(), 3);
+    let three_name = format!("{name}-worker-3");
+    assert_eq!(restored[&one], three[&one]);
+    assert_eq!(restored[&three_name], three[&three_name]);
+
     p.services.get_mut("worker").unwrap().replicas = 1;
     let (changes, _) = reconcile(&b, &name, &desired(vec![p.clone()])).await;
     let c = changes
@@ -907,4 +937,37 @@ async fn authenticated_pull_from_a_local_registry() {
     assert_eq!(report.image_ids[&format!("{name}/app")], id);
     assert!(!err.contains(&registry.password));
     wait_healthy(&authed, &name, &d).await;
+}
+
+/// A `service_completed_successfully` dependency that fails stops the
+/// apply with an error naming it; its dependents are not created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_dependency_stops_the_apply() {
+    let Some(b) = engine().await else { return };
+    let name = project_name("depfail");
+    let _cleanup = Cleanup::new(&[&name]);
+    let migrate = Service {
+        command: Some(vec!["sh".into(), "-c".into(), "exit 3".into()]),
+        ..sleeper()
+    };
+    let mut app = sleeper();
+    app.depends_on = depends(&[("migrate", DependencyCondition::ServiceCompletedSuccessfully)]);
+    let d = desired(vec![project(
+        &name,
+        vec![("migrate", migrate), ("app", app)],
+    )]);
+    let allow = Allow::default();
+    let changes = dry_run(&b, &name, &d, &allow).await.unwrap();
+    let masker = Masker::default();
+    let err = b
+        .apply(&d, &changes, ctx(&name, &masker, &allow))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("dependency `migrate` of `app` failed") && err.contains("exited with code 3"),
+        "{err}"
+    );
+    let ids = container_ids(&b, &name).await;
+    assert!(!ids.contains_key(&format!("{name}-app-1")), "{ids:?}");
 }

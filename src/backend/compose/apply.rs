@@ -27,7 +27,7 @@ use super::live::{Live, LiveContainer};
 use super::{ComposeBackend, archive, hash, image, labels, live, plan, project, spec};
 use crate::backend::{ApplyReport, BackendError, Context};
 use crate::model::TargetState;
-use crate::model::compose::{DependencyCondition, Project, Service};
+use crate::model::compose::{DependencyCondition, Mount, Project, Service};
 use crate::plan::{Action, Change};
 
 /// Executes one apply of one target.
@@ -91,6 +91,16 @@ impl<'a> Applier<'a> {
                     let (_, _, s) = self.service(name).ok_or_else(|| {
                         self.error(name, "the change names a service that is not desired")
                     })?;
+                    if let Some(f) = unwritable_file(s) {
+                        return Err(self.error(
+                            name,
+                            format!(
+                                "config file {f} cannot be copied in: the service is `read_only` \
+                                 and the engine refuses to write to a read-only root file system; \
+                                 mount a volume at its directory or drop `read_only`"
+                            ),
+                        ));
+                    }
                     references.insert(s.image.as_str());
                 }
                 ("volume", Action::Delete) if !self.ctx.allow.prune_volumes => {
@@ -369,8 +379,11 @@ impl<'a> Applier<'a> {
             .ok_or_else(|| self.error(name, "the change names a service that is not desired"))?;
         // A recreate for a changed definition replaces every replica; other
         // changes (scale, exited containers) replace only what is wrong.
-        let force =
-            matches!(&c.action, Action::Recreate { reason } if reason != "container exited");
+        let force = matches!(
+            &c.action,
+            Action::Recreate { reason }
+                if matches!(reason.as_str(), "image changed" | "config changed" | "network changed")
+        );
         self.converge(p, service_name, service, force, state).await
     }
 
@@ -660,6 +673,37 @@ impl<'a> Applier<'a> {
     }
 }
 
+/// A config file the engine cannot write: in a `read_only` service and not
+/// under a volume or bind mount (the archive API writes through mounts).
+fn unwritable_file(s: &Service) -> Option<&str> {
+    if !s.read_only {
+        return None;
+    }
+    let mounts: Vec<&str> = s
+        .volumes
+        .iter()
+        .filter_map(|m| match m {
+            Mount::Volume {
+                target,
+                read_only: false,
+                ..
+            }
+            | Mount::Bind {
+                target,
+                read_only: false,
+                ..
+            } => Some(target.as_str()),
+            _ => None,
+        })
+        .collect();
+    s.files.iter().map(|f| f.target.as_str()).find(|t| {
+        !mounts.iter().any(|m| {
+            t.strip_prefix(m.trim_end_matches('/'))
+                .is_some_and(|rest| rest.starts_with('/'))
+        })
+    })
+}
+
 enum DepState {
     Ready,
     Waiting(String),
@@ -691,5 +735,36 @@ fn not_modified(e: bollard::errors::Error) -> std::result::Result<(), bollard::e
             status_code: 304, ..
         } => Ok(()),
         e => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::compose::FileMount;
+
+    #[test]
+    fn read_only_services_take_files_only_under_writable_mounts() {
+        let file = |target: &str| FileMount {
+            target: target.into(),
+            source: "x".into(),
+            content: Vec::new(),
+            mode: 0o444,
+        };
+        let mut s = Service {
+            read_only: true,
+            files: vec![file("/conf/app.conf")],
+            volumes: vec![Mount::Volume {
+                source: None,
+                target: "/conf".into(),
+                read_only: false,
+            }],
+            ..Service::default()
+        };
+        assert_eq!(unwritable_file(&s), None);
+        s.files.push(file("/etc/other.conf"));
+        assert_eq!(unwritable_file(&s), Some("/etc/other.conf"));
+        s.read_only = false;
+        assert_eq!(unwritable_file(&s), None);
     }
 }

@@ -316,11 +316,35 @@ fn service_change(
             })
             .collect();
         c.detail = Some(states.join(", "));
+    } else if let Some(gaps) = gaps(&containers, service) {
+        c.action = recreate("container missing");
+        c.detail = Some(
+            gaps.iter()
+                .map(|n| {
+                    format!(
+                        "{} missing",
+                        project::container_name(&p.name, name, service, *n)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
     } else if let Some(scale) = scale_text(&containers, service) {
         c.action = Action::Update;
         c.detail = Some(scale);
     }
     c
+}
+
+/// Replica numbers missing below the highest live one: containers removed
+/// out of band (a missing number above it may as well be a scale up).
+fn gaps(containers: &[&LiveContainer], service: &Service) -> Option<Vec<u32>> {
+    let numbers: BTreeSet<u32> = containers.iter().map(|c| c.number).collect();
+    let highest = numbers.iter().copied().max().unwrap_or(0);
+    let gaps: Vec<u32> = (1..highest.min(service.replicas + 1))
+        .filter(|n| !numbers.contains(n))
+        .collect();
+    (!gaps.is_empty()).then_some(gaps)
 }
 
 /// `scale 1 → 3` when the live replicas are not exactly numbers 1..=n.
@@ -330,12 +354,7 @@ fn scale_text(containers: &[&LiveContainer], service: &Service) -> Option<String
     if numbers == wanted && containers.len() == wanted.len() {
         return None;
     }
-    let missing: Vec<String> = wanted.difference(&numbers).map(u32::to_string).collect();
-    let mut text = format!("scale {} → {}", containers.len(), service.replicas);
-    if !missing.is_empty() && containers.len() >= service.replicas as usize {
-        text.push_str(&format!(" (replica {} missing)", missing.join(", ")));
-    }
-    Some(text)
+    Some(format!("scale {} → {}", containers.len(), service.replicas))
 }
 
 /// Whether a container counts as up: running, or — for a one-shot service
@@ -643,6 +662,26 @@ mod tests {
             (web.action.clone(), web.detail.as_deref()),
             (Action::Update, Some("scale 1 → 3"))
         );
+    }
+
+    #[test]
+    fn a_replica_removed_out_of_band_is_a_missing_container() {
+        let mut p = project();
+        p.services.get_mut("web").unwrap().replicas = 3;
+        let mut live = deployed(&p);
+        live.containers.push(container(&p, "web", 3));
+        let changes = run(&[p], &live, &Allow::default()).unwrap();
+        let web = changes
+            .iter()
+            .find(|c| c.resource.name == "shop/web")
+            .unwrap();
+        assert_eq!(
+            web.action,
+            Action::Recreate {
+                reason: "container missing".into()
+            }
+        );
+        assert_eq!(web.detail.as_deref(), Some("shop-web-2 missing"));
     }
 
     #[test]

@@ -13,8 +13,8 @@ use driftless::backend::compose::{ComposeBackend, hash, labels};
 use driftless::backend::{ApplyReport, Backend, BackendError, Context, Health};
 use driftless::manifest::{Allow, Target, TargetKind};
 use driftless::model::compose::{
-    Dependency, DependencyCondition, FileMount, Healthcheck, Mount, Network, Project, Service,
-    Volume,
+    Dependency, DependencyCondition, FileMount, Healthcheck, Mount, Network, Port, Project,
+    Service, Volume,
 };
 use driftless::model::{Resources, TargetState};
 use driftless::plan::{Action, Change};
@@ -240,10 +240,18 @@ fn stack(name: &str) -> Project {
         command: Some(vec!["sh".into(), "-c".into(), "echo migrated".into()]),
         ..sleeper()
     };
+    // An ephemeral host port on loopback: parallel tests never collide.
+    let mut db = web();
+    db.ports = vec![Port {
+        host_ip: Some("127.0.0.1".into()),
+        published: None,
+        target: 80,
+        protocol: "tcp".into(),
+    }];
     project(
         name,
         vec![
-            ("db", web()),
+            ("db", db),
             ("api", api),
             ("migrate", migrate),
             ("front", front),
@@ -307,6 +315,25 @@ async fn deploy_noop_env_change_and_compose_labels() {
         read_file(&b, &api_name, "/etc/app/app.conf").await,
         "mode = one\n"
     );
+
+    // The published port answers on the host.
+    let db = b
+        .docker()
+        .inspect_container(&format!("{name}-db-1"), None::<InspectContainerOptions>)
+        .await
+        .unwrap();
+    let ports = db.network_settings.unwrap().ports.unwrap();
+    let binding = &ports["80/tcp"].as_ref().unwrap()[0];
+    assert_eq!(binding.host_ip.as_deref(), Some("127.0.0.1"));
+    let port = binding.host_port.clone().unwrap();
+    let mut conn = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut page = String::new();
+    conn.read_to_string(&mut page).await.unwrap();
+    assert!(page.contains("driftless test page"), "{page}");
 
     // Docker's own CLI recognises the project (argument vector, no shell).
     let out = std::process::Command::new("docker")
@@ -856,7 +883,9 @@ async fn noop_plan_of_fourteen_services_is_four_calls() {
             .collect(),
     );
     let d = desired(vec![p]);
+    let start = Instant::now();
     reconcile(&b, &name, &d).await;
+    eprintln!("cold deploy of 14 services: {:?}", start.elapsed());
 
     let proxy = CountingProxy::start();
     let target = driftless::manifest::DockerTarget {

@@ -2,12 +2,14 @@
 //! given, stopping at the first error.
 //!
 //! It never re-plans: it acts only on the resources the changes name, with
-//! the action they carry. It does read live state once (four list calls)
-//! to know container ids and numbers, and pulls every image it will need
-//! before it stops anything, so an unpullable image leaves the running
-//! stack untouched.
+//! the action they carry; consecutive service changes that do not depend on
+//! each other run concurrently (a failure stops the apply after its group).
+//! It does read live state once (four list calls) to know container ids
+//! and numbers, and pulls every image it will need before it stops
+//! anything, so an unpullable image leaves the running stack untouched.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -134,25 +136,69 @@ impl<'a> Applier<'a> {
             .map_err(|e| self.backend.unavailable(e))?;
         let images = self.ensure_images(&references, &live).await?;
 
-        let mut state = State {
+        let state = State {
             live,
             images,
-            removed: BTreeSet::new(),
+            removed: Mutex::new(BTreeSet::new()),
         };
         let mut report = ApplyReport::default();
-        for c in changes {
-            if c.action == Action::Unchanged {
+        let pending: Vec<&Change> = changes
+            .iter()
+            .filter(|c| c.action != Action::Unchanged)
+            .collect();
+        let mut i = 0;
+        while i < pending.len() {
+            let c = pending[i];
+            if c.resource.kind != "service" {
+                match c.resource.kind.as_str() {
+                    "network" => self.network(c, &state).await?,
+                    _ => self.volume(c).await?,
+                }
+                report.applied.push(c.clone());
+                i += 1;
                 continue;
             }
-            match c.resource.kind.as_str() {
-                "network" => self.network(c, &mut state).await?,
-                "volume" => self.volume(c).await?,
-                _ => self.service_change(c, &mut state).await?,
+            // Consecutive service changes none of which depends on another
+            // run side by side (as Compose does): the plan's order already
+            // puts every dependency in an earlier group.
+            let mut group = vec![c];
+            while let Some(next) = pending.get(i + group.len()) {
+                if next.resource.kind != "service" || self.depends_on_any(next, &group) {
+                    break;
+                }
+                group.push(next);
             }
-            report.applied.push(c.clone());
+            i += group.len();
+            // Collected first: a closure inside the stream type trips the
+            // `Send` check of the trait's future (higher-ranked lifetimes).
+            let futures: Vec<_> = group
+                .iter()
+                .map(|c| self.service_change(c, &state))
+                .collect();
+            let results: Vec<Result<()>> = futures_util::stream::iter(futures)
+                .buffered(PARALLEL)
+                .collect()
+                .await;
+            for (c, result) in group.iter().zip(results) {
+                result?;
+                report.applied.push((*c).clone());
+            }
         }
         self.report_images(&state.images, &mut report);
         Ok(report)
+    }
+
+    /// Whether the service `c` names depends on a service of `group`.
+    fn depends_on_any(&self, c: &Change, group: &[&Change]) -> bool {
+        let Some((p, _, service)) = self.service(&c.resource.name) else {
+            return false;
+        };
+        group.iter().any(|g| {
+            g.resource
+                .name
+                .split_once('/')
+                .is_some_and(|(gp, gs)| gp == p.name && service.depends_on.contains_key(gs))
+        })
     }
 
     /// Every desired image reference.
@@ -238,7 +284,7 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
-    async fn network(&self, c: &Change, state: &mut State) -> Result<()> {
+    async fn network(&self, c: &Change, state: &State) -> Result<()> {
         let name = &c.resource.name;
         match &c.action {
             Action::Create => self.create_network(name).await,
@@ -361,7 +407,7 @@ impl<'a> Applier<'a> {
         }
     }
 
-    async fn service_change(&self, c: &Change, state: &mut State) -> Result<()> {
+    async fn service_change(&self, c: &Change, state: &State) -> Result<()> {
         let name = &c.resource.name;
         if c.action == Action::Delete {
             let (p, s) = name
@@ -396,7 +442,7 @@ impl<'a> Applier<'a> {
         name: &str,
         service: &Service,
         force: bool,
-        state: &mut State,
+        state: &State,
     ) -> Result<()> {
         let resource = format!("{}/{name}", p.name);
         if service.container_name.is_some() && service.replicas > 1 {
@@ -418,7 +464,7 @@ impl<'a> Applier<'a> {
         let live: Vec<LiveContainer> = state
             .live
             .service_containers(&p.name, name)
-            .filter(|c| !state.removed.contains(&c.id))
+            .filter(|c| !state.is_removed(&c.id))
             .cloned()
             .collect();
         let mut kept = BTreeSet::new();
@@ -507,9 +553,9 @@ impl<'a> Applier<'a> {
         &self,
         c: &LiveContainer,
         service: Option<&Service>,
-        state: &mut State,
+        state: &State,
     ) -> Result<()> {
-        if state.removed.contains(&c.id) {
+        if state.is_removed(&c.id) {
             return Ok(());
         }
         let resource = format!("{}/{}", c.project, c.service);
@@ -543,7 +589,11 @@ impl<'a> Applier<'a> {
             .await
             .or_else(not_found)
             .map_err(|e| self.error(&resource, format!("remove {}: {e}", c.name)))?;
-        state.removed.insert(c.id.clone());
+        state
+            .removed
+            .lock()
+            .expect("no panics while held")
+            .insert(c.id.clone());
         Ok(())
     }
 
@@ -714,9 +764,22 @@ enum DepState {
 struct State {
     live: Live,
     images: BTreeMap<String, String>,
-    /// Container ids removed by this apply.
-    removed: BTreeSet<String>,
+    /// Container ids removed by this apply (services in one group run
+    /// concurrently; the lock is never held across an await).
+    removed: Mutex<BTreeSet<String>>,
 }
+
+impl State {
+    fn is_removed(&self, id: &str) -> bool {
+        self.removed
+            .lock()
+            .expect("no panics while held")
+            .contains(id)
+    }
+}
+
+/// Service changes run at once within a group.
+const PARALLEL: usize = 8;
 
 /// A 404 from a removal means it is already gone: the desired outcome.
 fn not_found(e: bollard::errors::Error) -> std::result::Result<(), bollard::errors::Error> {

@@ -10,11 +10,7 @@ pub fn corpus() -> PathBuf {
         return PathBuf::from(dir);
     }
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
-    assert!(
-        dir.is_dir(),
-        "test corpus not found at {}; set DRIFTLESS_CORPUS",
-        dir.display()
-    );
+    assert!(dir.is_dir(), "test corpus not found at {}; set DRIFTLESS_CORPUS", dir.display());
     dir
 }
 

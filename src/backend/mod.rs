@@ -14,6 +14,8 @@ use crate::model::TargetState;
 use crate::plan::Change;
 use crate::secrets::Masker;
 
+pub mod compose;
+
 /// What a backend needs besides the desired state to plan and apply.
 #[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {

@@ -1,8 +1,11 @@
 //! driftless's one integration-test binary. Fixtures and helpers live in
-//! `support`; each module covers one stage or feature from the user's side.
+//! `support` and `docker_support`; each module covers one stage or feature
+//! from the user's side.
 
+mod docker_support;
 mod support;
 
+mod compose_backend;
 mod example;
 mod pipeline;
 mod render;

@@ -1,0 +1,833 @@
+//! Apply: executes planned [`Change`]s against the engine, in the order
+//! given, stopping at the first error.
+//!
+//! It never re-plans: it acts only on the resources the changes name, with
+//! the action they carry; consecutive service changes that do not depend on
+//! each other run concurrently (a failure stops the apply after its group).
+//! It does read live state once (four list calls) to know container ids
+//! and numbers, and pulls every image it will need before it stops
+//! anything, so an unpullable image leaves the running stack untouched.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::{
+    ContainerStateStatusEnum, HealthStatusEnum, NetworkConnectRequest, NetworkCreateRequest,
+    VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectContainerOptions,
+    InspectNetworkOptions, ListImagesOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveVolumeOptions, StartContainerOptions, StopContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+
+use super::live::{Live, LiveContainer};
+use super::{ComposeBackend, archive, hash, image, labels, live, plan, project, spec};
+use crate::backend::{ApplyReport, BackendError, Context};
+use crate::model::TargetState;
+use crate::model::compose::{DependencyCondition, Mount, Project, Service};
+use crate::plan::{Action, Change};
+
+/// Executes one apply of one target.
+pub struct Applier<'a> {
+    backend: &'a ComposeBackend,
+    desired: &'a TargetState,
+    projects: &'a [Project],
+    ctx: Context<'a>,
+}
+
+type Result<T> = std::result::Result<T, BackendError>;
+
+impl<'a> Applier<'a> {
+    pub fn new(
+        backend: &'a ComposeBackend,
+        desired: &'a TargetState,
+        ctx: Context<'a>,
+    ) -> Result<Self> {
+        Ok(Applier {
+            backend,
+            desired,
+            projects: super::projects(desired)?,
+            ctx,
+        })
+    }
+
+    fn docker(&self) -> &Docker {
+        &self.backend.docker
+    }
+
+    fn target(&self) -> &str {
+        &self.desired.target.name
+    }
+
+    fn error(&self, resource: &str, message: impl std::fmt::Display) -> BackendError {
+        BackendError::Apply {
+            target: self.target().to_owned(),
+            resource: resource.to_owned(),
+            message: self.ctx.masker.mask(&message.to_string()).into_owned(),
+        }
+    }
+
+    /// The desired service a change names (`project/service`).
+    fn service(&self, name: &str) -> Option<(&'a Project, &'a str, &'a Service)> {
+        let (p, s) = name.split_once('/')?;
+        let project = self.projects.iter().find(|x| x.name == p)?;
+        let (key, service) = project.services.get_key_value(s)?;
+        Some((project, key.as_str(), service))
+    }
+
+    /// Runs `changes`; returns what was applied and every desired service's
+    /// image id.
+    pub async fn run(&self, changes: &[Change]) -> Result<ApplyReport> {
+        // Check the whole list before touching anything.
+        let mut references = BTreeSet::new();
+        for c in changes {
+            let name = &c.resource.name;
+            match (c.resource.kind.as_str(), &c.action) {
+                ("service", Action::Delete | Action::Unchanged) => {}
+                ("service", _) => {
+                    let (_, _, s) = self.service(name).ok_or_else(|| {
+                        self.error(name, "the change names a service that is not desired")
+                    })?;
+                    if let Some(f) = unwritable_file(s) {
+                        return Err(self.error(
+                            name,
+                            format!(
+                                "config file {f} cannot be copied in: the service is `read_only` \
+                                 and the engine refuses to write to a read-only root file system; \
+                                 mount a volume at its directory or drop `read_only`"
+                            ),
+                        ));
+                    }
+                    references.insert(s.image.as_str());
+                }
+                ("volume", Action::Delete) if !self.ctx.allow.prune_volumes => {
+                    return Err(BackendError::Refused {
+                        target: self.target().to_owned(),
+                        message: format!(
+                            "volume {name}: deleting a named volume needs `allow.prune_volumes: true`"
+                        ),
+                    });
+                }
+                ("network" | "volume", _) => {}
+                (kind, _) => {
+                    return Err(self.error(name, format!("unknown resource kind `{kind}`")));
+                }
+            }
+        }
+
+        if changes.iter().all(|c| c.action == Action::Unchanged) {
+            // Nothing to do: one call for the image ids the report carries.
+            let listed = self
+                .docker()
+                .list_images(Some(ListImagesOptionsBuilder::default().build()))
+                .await
+                .map_err(|e| self.backend.unavailable(e))?;
+            let mut report = ApplyReport::default();
+            self.report_images(&image::resolve(self.references(), &listed), &mut report);
+            return Ok(report);
+        }
+        let live = live::read(self.docker(), self.ctx.environment, self.projects)
+            .await
+            .map_err(|e| self.backend.unavailable(e))?;
+        let images = self.ensure_images(&references, &live).await?;
+
+        let state = State {
+            live,
+            images,
+            removed: Mutex::new(BTreeSet::new()),
+        };
+        let mut report = ApplyReport::default();
+        let pending: Vec<&Change> = changes
+            .iter()
+            .filter(|c| c.action != Action::Unchanged)
+            .collect();
+        let mut i = 0;
+        while i < pending.len() {
+            let c = pending[i];
+            if c.resource.kind != "service" {
+                match c.resource.kind.as_str() {
+                    "network" => self.network(c, &state).await?,
+                    _ => self.volume(c).await?,
+                }
+                report.applied.push(c.clone());
+                i += 1;
+                continue;
+            }
+            // Consecutive service changes none of which depends on another
+            // run side by side (as Compose does): the plan's order already
+            // puts every dependency in an earlier group.
+            let mut group = vec![c];
+            while let Some(next) = pending.get(i + group.len()) {
+                if next.resource.kind != "service" || self.depends_on_any(next, &group) {
+                    break;
+                }
+                group.push(next);
+            }
+            i += group.len();
+            // Collected first: a closure inside the stream type trips the
+            // `Send` check of the trait's future (higher-ranked lifetimes).
+            let futures: Vec<_> = group
+                .iter()
+                .map(|c| self.service_change(c, &state))
+                .collect();
+            let results: Vec<Result<()>> = futures_util::stream::iter(futures)
+                .buffered(PARALLEL)
+                .collect()
+                .await;
+            for (c, result) in group.iter().zip(results) {
+                result?;
+                report.applied.push((*c).clone());
+            }
+        }
+        self.report_images(&state.images, &mut report);
+        Ok(report)
+    }
+
+    /// Whether the service `c` names depends on a service of `group`.
+    fn depends_on_any(&self, c: &Change, group: &[&Change]) -> bool {
+        let Some((p, _, service)) = self.service(&c.resource.name) else {
+            return false;
+        };
+        group.iter().any(|g| {
+            g.resource
+                .name
+                .split_once('/')
+                .is_some_and(|(gp, gs)| gp == p.name && service.depends_on.contains_key(gs))
+        })
+    }
+
+    /// Every desired image reference.
+    fn references(&self) -> BTreeSet<&'a str> {
+        self.projects
+            .iter()
+            .flat_map(|p| p.services.values().map(|s| s.image.as_str()))
+            .collect()
+    }
+
+    fn report_images(&self, images: &BTreeMap<String, String>, report: &mut ApplyReport) {
+        for p in self.projects {
+            for (name, s) in &p.services {
+                if let Some(id) = images.get(&s.image) {
+                    report
+                        .image_ids
+                        .insert(format!("{}/{name}", p.name), id.clone());
+                }
+            }
+        }
+    }
+
+    /// Pulls the references that are not present; returns reference → id
+    /// for every desired image present afterwards. Runs before any change.
+    async fn ensure_images(
+        &self,
+        references: &BTreeSet<&str>,
+        live: &Live,
+    ) -> Result<BTreeMap<String, String>> {
+        let missing: Vec<&str> = references
+            .iter()
+            .copied()
+            .filter(|r| !live.images.contains_key(*r))
+            .collect();
+        if missing.is_empty() {
+            return Ok(live.images.clone());
+        }
+        for reference in &missing {
+            self.pull(reference, self.backend.docker_config.as_deref())
+                .await?;
+        }
+        let listed = self
+            .docker()
+            .list_images(Some(ListImagesOptionsBuilder::default().build()))
+            .await
+            .map_err(|e| self.backend.unavailable(e))?;
+        let resolved = image::resolve(self.references(), &listed);
+        for reference in &missing {
+            if !resolved.contains_key(*reference) {
+                return Err(self.error(
+                    reference,
+                    "pulled, but the engine does not list the image under this reference",
+                ));
+            }
+        }
+        Ok(resolved)
+    }
+
+    async fn pull(&self, reference: &str, config: Option<&std::path::Path>) -> Result<()> {
+        let registry = image::registry(reference);
+        let credentials = match config {
+            Some(path) => image::credentials(path, registry)
+                .map_err(|e| self.error(reference, format!("registry credentials: {e}")))?,
+            None => None,
+        };
+        let (from_image, tag) = image::pull_parts(reference);
+        let mut options = CreateImageOptionsBuilder::default().from_image(&from_image);
+        if let Some(tag) = &tag {
+            options = options.tag(tag);
+        }
+        tracing::info!(image = reference, registry, "pulling image");
+        let mut stream = self
+            .docker()
+            .create_image(Some(options.build()), None, credentials);
+        while let Some(item) = stream.next().await {
+            if let Err(e) = item {
+                return Err(self.error(
+                    reference,
+                    format!("cannot pull image {reference}: {e}; nothing was changed"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn network(&self, c: &Change, state: &State) -> Result<()> {
+        let name = &c.resource.name;
+        match &c.action {
+            Action::Create => self.create_network(name).await,
+            Action::Recreate { .. } => {
+                // The engine removes a network only with no endpoints: our
+                // containers on it go (their services are recreated later in
+                // this plan), anything else is disconnected.
+                let net = self
+                    .docker()
+                    .inspect_network(name, None::<InspectNetworkOptions>)
+                    .await
+                    .map_err(|e| self.error(name, e))?;
+                for id in net.containers.unwrap_or_default().into_keys() {
+                    match state.live.containers.iter().find(|c| c.id == id) {
+                        Some(ours) => {
+                            let ours = ours.clone();
+                            self.remove_container(&ours, None, state).await?;
+                        }
+                        None => self
+                            .docker()
+                            .disconnect_network(
+                                name,
+                                bollard::models::NetworkDisconnectRequest {
+                                    container: id.clone(),
+                                    force: Some(true),
+                                },
+                            )
+                            .await
+                            .map_err(|e| self.error(name, e))?,
+                    }
+                }
+                self.docker()
+                    .remove_network(name)
+                    .await
+                    .map_err(|e| self.error(name, e))?;
+                self.create_network(name).await
+            }
+            Action::Delete => self
+                .docker()
+                .remove_network(name)
+                .await
+                .or_else(not_found)
+                .map_err(|e| self.error(name, e)),
+            Action::Update | Action::Unchanged => Ok(()),
+        }
+    }
+
+    async fn create_network(&self, name: &str) -> Result<()> {
+        let (project, key, net) = self
+            .projects
+            .iter()
+            .find_map(|p| {
+                project::networks(p)
+                    .into_iter()
+                    .find(|(_, n)| n.name == name)
+                    .map(|(k, n)| (p, k, n))
+            })
+            .ok_or_else(|| self.error(name, "the change names a network that is not desired"))?;
+        let mut labels_map: HashMap<String, String> = net.labels.clone().into_iter().collect();
+        labels_map.insert(labels::PROJECT.into(), project.name.clone());
+        labels_map.insert(labels::NETWORK.into(), key);
+        labels_map.insert(labels::VERSION.into(), labels::VERSION_VALUE.into());
+        labels_map.insert(labels::ENVIRONMENT.into(), self.ctx.environment.into());
+        self.docker()
+            .create_network(NetworkCreateRequest {
+                name: name.to_owned(),
+                driver: Some(net.driver.clone().unwrap_or_else(|| "bridge".into())),
+                internal: Some(net.internal),
+                options: Some(net.driver_opts.clone().into_iter().collect()),
+                labels: Some(labels_map),
+                ..NetworkCreateRequest::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error(name, e))
+    }
+
+    async fn volume(&self, c: &Change) -> Result<()> {
+        let name = &c.resource.name;
+        match &c.action {
+            Action::Create => {
+                let (project, key, vol) = self
+                    .projects
+                    .iter()
+                    .find_map(|p| {
+                        p.volumes
+                            .iter()
+                            .find(|(_, v)| &v.name == name)
+                            .map(|(k, v)| (p, k, v))
+                    })
+                    .ok_or_else(|| {
+                        self.error(name, "the change names a volume that is not desired")
+                    })?;
+                let mut labels_map: HashMap<String, String> =
+                    vol.labels.clone().into_iter().collect();
+                labels_map.insert(labels::PROJECT.into(), project.name.clone());
+                labels_map.insert(labels::VOLUME.into(), key.clone());
+                labels_map.insert(labels::VERSION.into(), labels::VERSION_VALUE.into());
+                labels_map.insert(labels::ENVIRONMENT.into(), self.ctx.environment.into());
+                self.docker()
+                    .create_volume(VolumeCreateRequest {
+                        name: Some(name.clone()),
+                        driver: Some(vol.driver.clone().unwrap_or_else(|| "local".into())),
+                        driver_opts: Some(vol.driver_opts.clone().into_iter().collect()),
+                        labels: Some(labels_map),
+                        ..VolumeCreateRequest::default()
+                    })
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.error(name, e))
+            }
+            // Checked in `run`: only with `allow.prune_volumes`.
+            Action::Delete => self
+                .docker()
+                .remove_volume(name, None::<RemoveVolumeOptions>)
+                .await
+                .or_else(not_found)
+                .map_err(|e| self.error(name, e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn service_change(&self, c: &Change, state: &State) -> Result<()> {
+        let name = &c.resource.name;
+        if c.action == Action::Delete {
+            let (p, s) = name
+                .split_once('/')
+                .ok_or_else(|| self.error(name, "not a `project/service` name"))?;
+            let doomed: Vec<LiveContainer> = state.live.service_containers(p, s).cloned().collect();
+            // Highest numbers first, as a scale down does.
+            for container in doomed.iter().rev() {
+                self.remove_container(container, None, state).await?;
+            }
+            return Ok(());
+        }
+        let (p, service_name, service) = self
+            .service(name)
+            .ok_or_else(|| self.error(name, "the change names a service that is not desired"))?;
+        // A recreate for a changed definition replaces every replica; other
+        // changes (scale, exited containers) replace only what is wrong.
+        let force = matches!(
+            &c.action,
+            Action::Recreate { reason }
+                if matches!(reason.as_str(), "image changed" | "config changed" | "network changed")
+        );
+        self.converge(p, service_name, service, force, state).await
+    }
+
+    /// Brings one service to its desired replicas: removes extra and
+    /// outdated containers (highest numbers first), then creates and starts
+    /// the missing numbers after waiting for the service's dependencies.
+    async fn converge(
+        &self,
+        p: &Project,
+        name: &str,
+        service: &Service,
+        force: bool,
+        state: &State,
+    ) -> Result<()> {
+        let resource = format!("{}/{name}", p.name);
+        if service.container_name.is_some() && service.replicas > 1 {
+            return Err(self.error(
+                &resource,
+                "`container_name` cannot be used with more than one replica",
+            ));
+        }
+        let image_id = state.images.get(&service.image).cloned().ok_or_else(|| {
+            self.error(&resource, format!("image {} is not present", service.image))
+        })?;
+        let config_hash = hash::config_hash(service, &image_id);
+        let definition = self
+            .ctx
+            .masker
+            .mask(&hash::definition_text(service, Some(&image_id)))
+            .into_owned();
+
+        let live: Vec<LiveContainer> = state
+            .live
+            .service_containers(&p.name, name)
+            .filter(|c| !state.is_removed(&c.id))
+            .cloned()
+            .collect();
+        let mut kept = BTreeSet::new();
+        for c in live.iter().rev() {
+            let outdated = force
+                || c.config_hash.as_deref() != Some(config_hash.as_str())
+                || c.image_id != image_id
+                || !plan::is_up(c, service);
+            if c.number == 0 || c.number > service.replicas || kept.contains(&c.number) || outdated
+            {
+                self.remove_container(c, Some(service), state).await?;
+            } else {
+                kept.insert(c.number);
+            }
+        }
+        let missing: Vec<u32> = (1..=service.replicas)
+            .filter(|n| !kept.contains(n))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        self.wait_for_dependencies(p, name, service, &resource)
+            .await?;
+        for number in missing {
+            let replica = spec::Replica {
+                project: p,
+                service_name: name,
+                service,
+                number,
+                image_id: &image_id,
+                config_hash: &config_hash,
+                definition: &definition,
+                environment: self.ctx.environment,
+            };
+            self.create_and_start(&replica, &resource).await?;
+        }
+        Ok(())
+    }
+
+    async fn create_and_start(&self, r: &spec::Replica<'_>, resource: &str) -> Result<()> {
+        let (body, extra_networks) = spec::container(r);
+        let name = project::container_name(&r.project.name, r.service_name, r.service, r.number);
+        tracing::info!(container = %name, "creating container");
+        let created = self
+            .docker()
+            .create_container(
+                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+                body,
+            )
+            .await
+            .map_err(|e| self.error(resource, format!("create {name}: {e}")))?;
+        let id = created.id;
+        if !r.service.files.is_empty() {
+            let tar = archive::files_tar(&r.service.files)
+                .map_err(|e| self.error(resource, format!("config files archive: {e}")))?;
+            self.docker()
+                .upload_to_container(
+                    &id,
+                    Some(UploadToContainerOptionsBuilder::default().path("/").build()),
+                    bollard::body_full(tar.into()),
+                )
+                .await
+                .map_err(|e| self.error(resource, format!("copy config files into {name}: {e}")))?;
+        }
+        for (network, endpoint) in extra_networks {
+            self.docker()
+                .connect_network(
+                    &network,
+                    NetworkConnectRequest {
+                        container: id.clone(),
+                        endpoint_config: Some(endpoint),
+                    },
+                )
+                .await
+                .map_err(|e| self.error(resource, format!("connect {name} to {network}: {e}")))?;
+        }
+        self.docker()
+            .start_container(&id, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| self.error(resource, format!("start {name}: {e}")))?;
+        Ok(())
+    }
+
+    /// Stops (with the service's grace period) and removes a container.
+    async fn remove_container(
+        &self,
+        c: &LiveContainer,
+        service: Option<&Service>,
+        state: &State,
+    ) -> Result<()> {
+        if state.is_removed(&c.id) {
+            return Ok(());
+        }
+        let resource = format!("{}/{}", c.project, c.service);
+        tracing::info!(container = %c.name, "removing container");
+        let grace = service
+            .and_then(|s| s.stop_grace_period)
+            .unwrap_or(Duration::from_secs(10));
+        self.docker()
+            .stop_container(
+                &c.id,
+                Some(
+                    StopContainerOptionsBuilder::default()
+                        .t(i32::try_from(grace.as_secs()).unwrap_or(i32::MAX))
+                        .build(),
+                ),
+            )
+            .await
+            .or_else(not_modified)
+            .or_else(not_found)
+            .map_err(|e| self.error(&resource, format!("stop {}: {e}", c.name)))?;
+        self.docker()
+            .remove_container(
+                &c.id,
+                Some(
+                    RemoveContainerOptionsBuilder::default()
+                        .force(true)
+                        .v(false)
+                        .build(),
+                ),
+            )
+            .await
+            .or_else(not_found)
+            .map_err(|e| self.error(&resource, format!("remove {}: {e}", c.name)))?;
+        state
+            .removed
+            .lock()
+            .expect("no panics while held")
+            .insert(c.id.clone());
+        Ok(())
+    }
+
+    /// Waits until each `service_healthy` dependency is healthy and each
+    /// `service_completed_successfully` one has exited with code 0.
+    async fn wait_for_dependencies(
+        &self,
+        p: &Project,
+        name: &str,
+        service: &Service,
+        resource: &str,
+    ) -> Result<()> {
+        for (dep, d) in &service.depends_on {
+            if d.condition == DependencyCondition::ServiceStarted {
+                continue;
+            }
+            let Some(dep_service) = p.services.get(dep) else {
+                if d.required {
+                    return Err(self.error(
+                        resource,
+                        format!("depends on `{dep}`, which is not in the project"),
+                    ));
+                }
+                continue;
+            };
+            let deadline = Instant::now() + self.backend.dependency_timeout;
+            let started = Instant::now();
+            loop {
+                match self
+                    .dependency_state(p, dep, dep_service, d.condition)
+                    .await?
+                {
+                    DepState::Ready => break,
+                    DepState::Failed(why) => {
+                        return Err(self.error(
+                            resource,
+                            format!("dependency `{dep}` of `{name}` failed: {why}"),
+                        ));
+                    }
+                    DepState::Waiting(why) => {
+                        if Instant::now() >= deadline {
+                            return Err(self.error(
+                                resource,
+                                format!(
+                                    "gave up after {:?} waiting for dependency `{dep}` of `{name}` \
+                                     ({}): {why}",
+                                    started.elapsed(),
+                                    match d.condition {
+                                        DependencyCondition::ServiceHealthy => "service_healthy",
+                                        _ => "service_completed_successfully",
+                                    }
+                                ),
+                            ));
+                        }
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn dependency_state(
+        &self,
+        p: &Project,
+        dep: &str,
+        dep_service: &Service,
+        condition: DependencyCondition,
+    ) -> Result<DepState> {
+        for number in 1..=dep_service.replicas {
+            let cname = project::container_name(&p.name, dep, dep_service, number);
+            let inspect = match self
+                .docker()
+                .inspect_container(&cname, None::<InspectContainerOptions>)
+                .await
+            {
+                Ok(i) => i,
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => return Ok(DepState::Waiting(format!("{cname} does not exist"))),
+                Err(e) => return Err(self.backend.unavailable(e)),
+            };
+            let st = inspect.state.unwrap_or_default();
+            let exited = matches!(
+                st.status,
+                Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD)
+            );
+            match condition {
+                DependencyCondition::ServiceCompletedSuccessfully => {
+                    if exited {
+                        if st.exit_code != Some(0) {
+                            return Ok(DepState::Failed(format!(
+                                "{cname} exited with code {}",
+                                st.exit_code.unwrap_or(-1)
+                            )));
+                        }
+                    } else {
+                        return Ok(DepState::Waiting(format!("{cname} has not finished")));
+                    }
+                }
+                DependencyCondition::ServiceHealthy => {
+                    if exited {
+                        return Ok(DepState::Failed(format!(
+                            "{cname} exited with code {}",
+                            st.exit_code.unwrap_or(-1)
+                        )));
+                    }
+                    match st.health.and_then(|h| h.status) {
+                        Some(HealthStatusEnum::HEALTHY) => {}
+                        Some(HealthStatusEnum::UNHEALTHY) => {
+                            return Ok(DepState::Failed(format!("{cname} is unhealthy")));
+                        }
+                        None | Some(HealthStatusEnum::NONE) | Some(HealthStatusEnum::EMPTY) => {
+                            return Ok(DepState::Failed(format!(
+                                "{cname} has no healthcheck, so `service_healthy` cannot be met"
+                            )));
+                        }
+                        Some(HealthStatusEnum::STARTING) => {
+                            return Ok(DepState::Waiting(format!("{cname} health is starting")));
+                        }
+                    }
+                }
+                DependencyCondition::ServiceStarted => {}
+            }
+        }
+        Ok(DepState::Ready)
+    }
+}
+
+/// A config file the engine cannot write: in a `read_only` service and not
+/// under a volume or bind mount (the archive API writes through mounts).
+fn unwritable_file(s: &Service) -> Option<&str> {
+    if !s.read_only {
+        return None;
+    }
+    let mounts: Vec<&str> = s
+        .volumes
+        .iter()
+        .filter_map(|m| match m {
+            Mount::Volume {
+                target,
+                read_only: false,
+                ..
+            }
+            | Mount::Bind {
+                target,
+                read_only: false,
+                ..
+            } => Some(target.as_str()),
+            _ => None,
+        })
+        .collect();
+    s.files.iter().map(|f| f.target.as_str()).find(|t| {
+        !mounts.iter().any(|m| {
+            t.strip_prefix(m.trim_end_matches('/'))
+                .is_some_and(|rest| rest.starts_with('/'))
+        })
+    })
+}
+
+enum DepState {
+    Ready,
+    Waiting(String),
+    Failed(String),
+}
+
+/// What apply has learned and done so far.
+struct State {
+    live: Live,
+    images: BTreeMap<String, String>,
+    /// Container ids removed by this apply (services in one group run
+    /// concurrently; the lock is never held across an await).
+    removed: Mutex<BTreeSet<String>>,
+}
+
+impl State {
+    fn is_removed(&self, id: &str) -> bool {
+        self.removed
+            .lock()
+            .expect("no panics while held")
+            .contains(id)
+    }
+}
+
+/// Service changes run at once within a group.
+const PARALLEL: usize = 8;
+
+/// A 404 from a removal means it is already gone: the desired outcome.
+fn not_found(e: bollard::errors::Error) -> std::result::Result<(), bollard::errors::Error> {
+    match e {
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        } => Ok(()),
+        e => Err(e),
+    }
+}
+
+/// A 304 from a stop means the container was not running.
+fn not_modified(e: bollard::errors::Error) -> std::result::Result<(), bollard::errors::Error> {
+    match e {
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 304, ..
+        } => Ok(()),
+        e => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::compose::FileMount;
+
+    #[test]
+    fn read_only_services_take_files_only_under_writable_mounts() {
+        let file = |target: &str| FileMount {
+            target: target.into(),
+            source: "x".into(),
+            content: Vec::new(),
+            mode: 0o444,
+        };
+        let mut s = Service {
+            read_only: true,
+            files: vec![file("/conf/app.conf")],
+            volumes: vec![Mount::Volume {
+                source: None,
+                target: "/conf".into(),
+                read_only: false,
+            }],
+            ..Service::default()
+        };
+        assert_eq!(unwritable_file(&s), None);
+        s.files.push(file("/etc/other.conf"));
+        assert_eq!(unwritable_file(&s), Some("/etc/other.conf"));
+        s.read_only = false;
+        assert_eq!(unwritable_file(&s), None);
+    }
+}

@@ -1,0 +1,336 @@
+//! Live state: what the engine runs for the projects of one environment.
+//!
+//! Owns the read side. [`read`] makes exactly four list calls — containers,
+//! networks, volumes, images — whatever the number of services, and
+//! [`Live::from_listings`] turns their answers into plain data that the pure
+//! planner consumes (and that unit tests build by hand).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use bollard::Docker;
+use bollard::models::{ContainerSummary, ContainerSummaryStateEnum, ImageSummary, Network, Volume};
+use bollard::query_parameters::{
+    ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptionsBuilder,
+    ListVolumesOptionsBuilder,
+};
+
+use super::{image, labels};
+use crate::model::compose::Project;
+
+/// The live state relevant to one environment on one engine.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Live {
+    /// Containers of the desired projects and of projects this environment
+    /// deployed before (found by the environment label), one-off containers
+    /// (`compose run`) excluded.
+    pub containers: Vec<LiveContainer>,
+    pub networks: Vec<LiveNetwork>,
+    pub volumes: Vec<LiveVolume>,
+    /// Desired image reference → image id, for the references present.
+    pub images: BTreeMap<String, String>,
+}
+
+/// A container as listed (no inspect).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveContainer {
+    pub id: String,
+    /// Name without the leading `/`.
+    pub name: String,
+    pub project: String,
+    pub service: String,
+    /// `com.docker.compose.container-number` (0 when missing).
+    pub number: u32,
+    pub state: ContainerState,
+    /// Exit code parsed from the status text of an exited container.
+    pub exit_code: Option<i64>,
+    pub image_id: String,
+    pub config_hash: Option<String>,
+    /// The environment that deployed it (`None`: not driftless).
+    pub environment: Option<String>,
+    /// The masked readable definition it was created from.
+    pub definition: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Exited,
+    Dead,
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveNetwork {
+    pub id: String,
+    pub name: String,
+    /// Compose project and key (`com.docker.compose.network`), when labelled.
+    pub project: Option<String>,
+    pub key: Option<String>,
+    pub environment: Option<String>,
+    pub driver: String,
+    pub internal: bool,
+    pub labels: BTreeMap<String, String>,
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveVolume {
+    pub name: String,
+    pub project: Option<String>,
+    pub key: Option<String>,
+    pub environment: Option<String>,
+    pub driver: String,
+    pub labels: BTreeMap<String, String>,
+    pub options: BTreeMap<String, String>,
+}
+
+/// Reads the live state for `projects` of `environment`: four list calls.
+pub async fn read(
+    docker: &Docker,
+    environment: &str,
+    projects: &[Project],
+) -> Result<Live, bollard::errors::Error> {
+    // One filter on the presence of the project label returns every Compose
+    // resource on the engine; the environment's own ones (including those of
+    // projects it no longer renders) are picked out client-side, because the
+    // engine ANDs label filters and cannot express "project in … or env = …".
+    let compose_only = HashMap::from([("label", vec![labels::PROJECT])]);
+    let containers = docker.list_containers(Some(
+        ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&compose_only)
+            .build(),
+    ));
+    let networks = docker.list_networks(Some(
+        ListNetworksOptionsBuilder::default()
+            .filters(&compose_only)
+            .build(),
+    ));
+    let volumes = docker.list_volumes(Some(
+        ListVolumesOptionsBuilder::default()
+            .filters(&compose_only)
+            .build(),
+    ));
+    let images = docker.list_images(Some(ListImagesOptionsBuilder::default().build()));
+    let (containers, networks, volumes, images) =
+        futures_util::try_join!(containers, networks, volumes, images)?;
+    Ok(Live::from_listings(
+        environment,
+        projects,
+        &containers,
+        &networks,
+        &volumes.volumes.unwrap_or_default(),
+        &images,
+    ))
+}
+
+impl Live {
+    /// Builds the live state from the engine's list answers.
+    pub fn from_listings(
+        environment: &str,
+        projects: &[Project],
+        containers: &[ContainerSummary],
+        networks: &[Network],
+        volumes: &[Volume],
+        images: &[ImageSummary],
+    ) -> Live {
+        let desired: BTreeSet<&str> = projects.iter().map(|p| p.name.as_str()).collect();
+        let ours = |project: &str, env: Option<&String>| {
+            desired.contains(project) || env.is_some_and(|e| e == environment)
+        };
+
+        let mut live_containers = Vec::new();
+        for c in containers {
+            let labels: BTreeMap<String, String> =
+                c.labels.clone().unwrap_or_default().into_iter().collect();
+            let Some(project) = labels.get(labels::PROJECT).cloned() else {
+                continue;
+            };
+            if !ours(&project, labels.get(labels::ENVIRONMENT))
+                || labels.get(labels::ONEOFF).is_some_and(|v| v == "True")
+            {
+                continue;
+            }
+            let status = c.status.clone().unwrap_or_default();
+            let state = match c.state {
+                Some(ContainerSummaryStateEnum::CREATED) => ContainerState::Created,
+                Some(ContainerSummaryStateEnum::RUNNING) => ContainerState::Running,
+                Some(ContainerSummaryStateEnum::PAUSED) => ContainerState::Paused,
+                Some(ContainerSummaryStateEnum::RESTARTING) => ContainerState::Restarting,
+                Some(ContainerSummaryStateEnum::EXITED) => ContainerState::Exited,
+                Some(ContainerSummaryStateEnum::DEAD) => ContainerState::Dead,
+                _ => ContainerState::Other,
+            };
+            live_containers.push(LiveContainer {
+                id: c.id.clone().unwrap_or_default(),
+                name: c
+                    .names
+                    .as_ref()
+                    .and_then(|n| n.first())
+                    .map(|n| n.trim_start_matches('/').to_owned())
+                    .unwrap_or_default(),
+                service: labels.get(labels::SERVICE).cloned().unwrap_or_default(),
+                number: labels
+                    .get(labels::CONTAINER_NUMBER)
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0),
+                state,
+                exit_code: exit_code(&status),
+                image_id: c.image_id.clone().unwrap_or_default(),
+                config_hash: labels.get(labels::CONFIG_HASH).cloned(),
+                environment: labels.get(labels::ENVIRONMENT).cloned(),
+                definition: labels.get(labels::DEFINITION).cloned(),
+                project,
+                labels,
+            });
+        }
+        live_containers.sort_by(|a, b| {
+            (&a.project, &a.service, a.number).cmp(&(&b.project, &b.service, b.number))
+        });
+
+        let mut live_networks = Vec::new();
+        for n in networks {
+            let labels: BTreeMap<String, String> =
+                n.labels.clone().unwrap_or_default().into_iter().collect();
+            let project = labels.get(labels::PROJECT).cloned();
+            let name = n.name.clone().unwrap_or_default();
+            let desired_name = projects
+                .iter()
+                .any(|p| p.networks.values().any(|net| net.name == name));
+            if !desired_name
+                && !project
+                    .as_deref()
+                    .is_some_and(|p| ours(p, labels.get(labels::ENVIRONMENT)))
+            {
+                continue;
+            }
+            live_networks.push(LiveNetwork {
+                id: n.id.clone().unwrap_or_default(),
+                name,
+                project,
+                key: labels.get(labels::NETWORK).cloned(),
+                environment: labels.get(labels::ENVIRONMENT).cloned(),
+                driver: n.driver.clone().unwrap_or_default(),
+                internal: n.internal.unwrap_or(false),
+                options: n.options.clone().unwrap_or_default().into_iter().collect(),
+                labels,
+            });
+        }
+        live_networks.sort_by(|a, b| a.name.cmp(&b.name));
+
+        let mut live_volumes = Vec::new();
+        for v in volumes {
+            let labels: BTreeMap<String, String> = v.labels.clone().into_iter().collect();
+            let project = labels.get(labels::PROJECT).cloned();
+            if !project
+                .as_deref()
+                .is_some_and(|p| ours(p, labels.get(labels::ENVIRONMENT)))
+            {
+                continue;
+            }
+            live_volumes.push(LiveVolume {
+                name: v.name.clone(),
+                project,
+                key: labels.get(labels::VOLUME).cloned(),
+                environment: labels.get(labels::ENVIRONMENT).cloned(),
+                driver: v.driver.clone(),
+                options: v.options.clone().into_iter().collect(),
+                labels,
+            });
+        }
+        live_volumes.sort_by(|a, b| a.name.cmp(&b.name));
+
+        let references: BTreeSet<&str> = projects
+            .iter()
+            .flat_map(|p| p.services.values().map(|s| s.image.as_str()))
+            .collect();
+        Live {
+            containers: live_containers,
+            networks: live_networks,
+            volumes: live_volumes,
+            images: image::resolve(references, images),
+        }
+    }
+
+    /// Live containers of one service, by container number.
+    pub fn service_containers<'a>(
+        &'a self,
+        project: &'a str,
+        service: &'a str,
+    ) -> impl Iterator<Item = &'a LiveContainer> + 'a {
+        self.containers
+            .iter()
+            .filter(move |c| c.project == project && c.service == service)
+    }
+}
+
+/// `Exited (137) 3 seconds ago` → 137. The list call has no exit code
+/// field; its status text is stable across engine versions.
+fn exit_code(status: &str) -> Option<i64> {
+    let rest = status.strip_prefix("Exited (")?;
+    rest.split_once(')')?.0.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_exit_code_from_status() {
+        assert_eq!(exit_code("Exited (137) 3 seconds ago"), Some(137));
+        assert_eq!(exit_code("Exited (0) About a minute ago"), Some(0));
+        assert_eq!(exit_code("Up 2 minutes (healthy)"), None);
+    }
+
+    #[test]
+    fn keeps_desired_projects_and_the_environments_own_and_skips_oneoffs() {
+        let summary = |project: &str, env: Option<&str>, oneoff: bool| ContainerSummary {
+            id: Some(format!("id-{project}")),
+            names: Some(vec![format!("/{project}-web-1")]),
+            state: Some(ContainerSummaryStateEnum::RUNNING),
+            labels: Some(
+                [
+                    (labels::PROJECT.to_owned(), project.to_owned()),
+                    (labels::SERVICE.to_owned(), "web".to_owned()),
+                    (labels::CONTAINER_NUMBER.to_owned(), "1".to_owned()),
+                    (
+                        labels::ONEOFF.to_owned(),
+                        if oneoff { "True" } else { "False" }.to_owned(),
+                    ),
+                ]
+                .into_iter()
+                .chain(env.map(|e| (labels::ENVIRONMENT.to_owned(), e.to_owned())))
+                .collect(),
+            ),
+            ..ContainerSummary::default()
+        };
+        let projects = vec![Project {
+            name: "shop".into(),
+            services: BTreeMap::new(),
+            networks: BTreeMap::new(),
+            volumes: BTreeMap::new(),
+            origin: Default::default(),
+        }];
+        let live = Live::from_listings(
+            "dev",
+            &projects,
+            &[
+                summary("shop", None, false),
+                summary("shop", None, true),
+                summary("old", Some("dev"), false),
+                summary("other", Some("prod"), false),
+                summary("manual", None, false),
+            ],
+            &[],
+            &[],
+            &[],
+        );
+        let names: Vec<_> = live.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["old-web-1", "shop-web-1"]);
+        assert_eq!(live.containers[0].number, 1);
+    }
+}

@@ -1,0 +1,210 @@
+//! The Compose backend: Docker Compose v2 semantics over the Docker Engine
+//! API (bollard), so stacks run the same on a local or a remote engine.
+//!
+//! read live ([`live`], four list calls) → plan ([`plan`], pure) → apply
+//! ([`apply`], dependency order, pulls first) → health ([`health`]).
+//! [`hash`] decides what is recreated; [`spec`] maps the model onto the
+//! engine's container config; [`archive`] carries config files into
+//! containers; [`image`] resolves references and registry auth.
+//!
+//! What it creates carries the labels `docker compose` v2 writes
+//! ([`labels`]), so `docker ps --filter label=com.docker.compose.project=…`
+//! and Compose itself recognise driftless's stacks.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bollard::Docker;
+
+use crate::backend::{ApplyReport, Backend, BackendError, Context, Verdict};
+use crate::manifest::DockerTarget;
+use crate::model::compose::Project;
+use crate::model::{Resources, TargetState};
+use crate::plan::Change;
+
+pub mod apply;
+pub mod archive;
+pub mod hash;
+pub mod health;
+pub mod image;
+pub mod live;
+pub mod plan;
+pub mod project;
+pub mod spec;
+
+pub use live::Live;
+
+/// Label keys: Compose v2's, plus driftless's own under `io.driftless.`.
+pub mod labels {
+    pub const PROJECT: &str = "com.docker.compose.project";
+    pub const SERVICE: &str = "com.docker.compose.service";
+    pub const CONTAINER_NUMBER: &str = "com.docker.compose.container-number";
+    pub const CONFIG_HASH: &str = "com.docker.compose.config-hash";
+    pub const ONEOFF: &str = "com.docker.compose.oneoff";
+    pub const WORKING_DIR: &str = "com.docker.compose.project.working_dir";
+    pub const CONFIG_FILES: &str = "com.docker.compose.project.config_files";
+    pub const VERSION: &str = "com.docker.compose.version";
+    pub const IMAGE: &str = "com.docker.compose.image";
+    pub const DEPENDS_ON: &str = "com.docker.compose.depends_on";
+    pub const NETWORK: &str = "com.docker.compose.network";
+    pub const VOLUME: &str = "com.docker.compose.volume";
+    /// The driftless environment that deployed the resource: how a project
+    /// the environment no longer renders is still found and removed.
+    pub const ENVIRONMENT: &str = "io.driftless.environment";
+    /// The masked readable definition a container was created from, so the
+    /// next plan can diff against it without a call per container.
+    pub const DEFINITION: &str = "io.driftless.definition";
+    /// What goes into `com.docker.compose.version`.
+    pub const VERSION_VALUE: &str = concat!("driftless-", env!("CARGO_PKG_VERSION"));
+}
+
+/// The socket used when neither the target nor `DOCKER_HOST` names one.
+pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+
+/// A connection to one Docker engine, driving Compose projects on it.
+#[derive(Debug, Clone)]
+pub struct ComposeBackend {
+    docker: Docker,
+    host: String,
+    settle: Duration,
+    dependency_timeout: Duration,
+    docker_config: Option<PathBuf>,
+}
+
+impl ComposeBackend {
+    /// Connects to the target's engine (`host`, else `DOCKER_HOST`, else the
+    /// local socket) and agrees on an API version with it. Only `unix://`
+    /// hosts are supported; a missing socket is an error naming it.
+    pub async fn connect(target: &DockerTarget) -> Result<Self, BackendError> {
+        let host = match &target.host {
+            Some(h) => h.clone(),
+            None => std::env::var("DOCKER_HOST")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| DEFAULT_HOST.to_owned()),
+        };
+        let unavailable = |message: String| BackendError::Unavailable {
+            target: host.clone(),
+            message,
+        };
+        let Some(path) = host.strip_prefix("unix://") else {
+            return Err(unavailable(format!(
+                "only unix:// Docker hosts are supported yet, not `{host}`"
+            )));
+        };
+        if !Path::new(path).exists() {
+            return Err(unavailable(format!(
+                "Docker socket {path} does not exist; is the Docker engine running? \
+                 (set the target's `host` or DOCKER_HOST to another unix:// socket)"
+            )));
+        }
+        let docker = Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
+            .map_err(|e| unavailable(format!("cannot use Docker socket {path}: {e}")))?;
+        // bollard speaks the newest API by default; an older engine rejects
+        // that, so agree on the engine's version first (one call).
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| unavailable(format!("Docker engine at {path} does not answer: {e}")))?;
+        Ok(ComposeBackend {
+            docker,
+            host,
+            settle: Duration::from_secs(10),
+            dependency_timeout: Duration::from_secs(120),
+            docker_config: image::docker_config_path(),
+        })
+    }
+
+    /// How long a container must run without a restart to count as healthy
+    /// (the environment's `health.settle`, default 10 s).
+    pub fn with_settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
+    }
+
+    /// How long apply waits for a `service_healthy` or
+    /// `service_completed_successfully` dependency (default 120 s).
+    pub fn with_dependency_timeout(mut self, timeout: Duration) -> Self {
+        self.dependency_timeout = timeout;
+        self
+    }
+
+    /// The Docker client config whose `auths` hold registry credentials
+    /// (default `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`).
+    pub fn with_docker_config(mut self, path: impl Into<PathBuf>) -> Self {
+        self.docker_config = Some(path.into());
+        self
+    }
+
+    /// The engine's host URL, as connected.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The underlying client (for tests and backups).
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    fn unavailable(&self, e: impl std::fmt::Display) -> BackendError {
+        BackendError::Unavailable {
+            target: self.host.clone(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The Compose projects of a target's desired state.
+fn projects(desired: &TargetState) -> Result<&[Project], BackendError> {
+    match &desired.resources {
+        Resources::Compose(projects) => Ok(projects),
+        _ => Err(BackendError::Refused {
+            target: desired.target.name.clone(),
+            message: "the Compose backend was given non-Compose resources".to_owned(),
+        }),
+    }
+}
+
+impl Backend for ComposeBackend {
+    type Live = Live;
+
+    fn kind(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn read_live(
+        &self,
+        desired: &TargetState,
+        ctx: Context<'_>,
+    ) -> Result<Live, BackendError> {
+        live::read(&self.docker, ctx.environment, projects(desired)?)
+            .await
+            .map_err(|e| self.unavailable(e))
+    }
+
+    async fn plan(
+        &self,
+        desired: &TargetState,
+        live: &Live,
+        ctx: Context<'_>,
+    ) -> Result<Vec<Change>, BackendError> {
+        plan::plan(&desired.target.name, projects(desired)?, live, ctx)
+    }
+
+    async fn apply(
+        &self,
+        desired: &TargetState,
+        changes: &[Change],
+        ctx: Context<'_>,
+    ) -> Result<ApplyReport, BackendError> {
+        apply::Applier::new(self, desired, ctx)?.run(changes).await
+    }
+
+    async fn health(
+        &self,
+        desired: &TargetState,
+        ctx: Context<'_>,
+    ) -> Result<Vec<Verdict>, BackendError> {
+        health::health(self, desired, projects(desired)?, ctx).await
+    }
+}

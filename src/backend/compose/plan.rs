@@ -1,0 +1,789 @@
+//! The pure planner: desired projects + [`Live`] → ordered [`Change`]s.
+//!
+//! No IO and no clock: everything it needs is in its arguments, so the
+//! plan a dry run prints is exactly what apply executes, and every rule is
+//! unit-tested without Docker. Order of the result is apply order: networks
+//! and volumes to create, services in dependency order, then removals.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::hash;
+use super::live::{ContainerState, Live, LiveContainer};
+use super::project;
+use crate::backend::{BackendError, Context};
+use crate::model::compose::{Network, Project, Service};
+use crate::plan::{Action, Change, Resource, unified_diff};
+
+/// Plans `projects` against `live` for target `target`.
+///
+/// Refuses (unless the environment opts into mass removal) a plan that
+/// removes more than half of a project's services, or every project of the
+/// environment; refuses to take over a project deployed by another
+/// environment.
+pub fn plan(
+    target: &str,
+    projects: &[Project],
+    live: &Live,
+    ctx: Context<'_>,
+) -> Result<Vec<Change>, BackendError> {
+    let refuse = |message: String| BackendError::Refused {
+        target: target.to_owned(),
+        message,
+    };
+    let change = |kind: &str, name: String, action: Action| Change {
+        target: target.to_owned(),
+        resource: Resource::new(kind, name),
+        action,
+        detail: None,
+        diff: None,
+    };
+
+    for c in &live.containers {
+        if let Some(env) = &c.environment
+            && env != ctx.environment
+            && projects.iter().any(|p| p.name == c.project)
+        {
+            return Err(refuse(format!(
+                "project `{}` is deployed by environment `{env}` on this engine (container {}); \
+                 two environments cannot own one project",
+                c.project, c.name
+            )));
+        }
+    }
+    let desired_names: BTreeSet<&str> = projects.iter().map(|p| p.name.as_str()).collect();
+    let live_projects: BTreeSet<&str> =
+        live.containers.iter().map(|c| c.project.as_str()).collect();
+    if projects.is_empty() && !live_projects.is_empty() && !ctx.allow.mass_removal {
+        return Err(refuse(format!(
+            "the render has no Compose project, and this would remove every project of \
+             environment `{}` ({}); if that is intended, set `allow.mass_removal: true` for it",
+            ctx.environment,
+            live_projects.iter().copied().collect::<Vec<_>>().join(", ")
+        )));
+    }
+
+    let mut changes = Vec::new();
+    let mut services = Vec::new();
+    let mut removals = Vec::new();
+
+    for p in projects {
+        // Networks and volumes first: containers need them.
+        let mut recreated_networks = BTreeSet::new();
+        for (key, net) in project::networks(p) {
+            let existing = live.networks.iter().find(|n| n.name == net.name);
+            if net.external {
+                if existing.is_none() {
+                    return Err(refuse(format!(
+                        "external network `{}` (project `{}`) does not exist on the engine; \
+                         create it or drop `external: true`",
+                        net.name, p.name
+                    )));
+                }
+                continue;
+            }
+            let mut c = change("network", net.name.clone(), Action::Unchanged);
+            match existing {
+                None => c.action = Action::Create,
+                Some(n) => {
+                    let live_text = network_text_live(n);
+                    let desired_text = network_text(&net);
+                    if live_text != desired_text {
+                        c.action = Action::Recreate {
+                            reason: "config changed".into(),
+                        };
+                        c.detail = Some(
+                            "its containers are removed first and recreated with their services"
+                                .into(),
+                        );
+                        c.diff = unified_diff(&live_text, &desired_text, ctx.masker);
+                        recreated_networks.insert(key.clone());
+                    }
+                }
+            }
+            changes.push(c);
+        }
+        for vol in p.volumes.values() {
+            let existing = live.volumes.iter().find(|v| v.name == vol.name);
+            if vol.external {
+                if existing.is_none() {
+                    return Err(refuse(format!(
+                        "external volume `{}` (project `{}`) does not exist on the engine; \
+                         create it or drop `external: true`",
+                        vol.name, p.name
+                    )));
+                }
+                continue;
+            }
+            let mut c = change("volume", vol.name.clone(), Action::Unchanged);
+            match existing {
+                None => c.action = Action::Create,
+                Some(v) => {
+                    let driver = vol.driver.as_deref().unwrap_or("local");
+                    let opts_differ = vol
+                        .driver_opts
+                        .iter()
+                        .any(|(k, val)| v.options.get(k) != Some(val));
+                    if v.driver != driver || opts_differ {
+                        c.detail = Some(format!(
+                            "differs from the live volume (driver `{}`, options {:?}); \
+                             named volumes are never recreated, so it is left as it is",
+                            v.driver, v.options
+                        ));
+                    }
+                }
+            }
+            changes.push(c);
+        }
+
+        for name in project::start_order(p) {
+            let service = &p.services[name];
+            let mut c = service_change(target, p, name, service, live, ctx);
+            let joins_recreated = project::service_networks(service)
+                .iter()
+                .any(|n| recreated_networks.contains(n));
+            if joins_recreated && matches!(c.action, Action::Unchanged | Action::Update) {
+                c.action = Action::Recreate {
+                    reason: "network changed".into(),
+                };
+            }
+            services.push(c);
+        }
+
+        // Services that are live but no longer desired.
+        let live_services: BTreeSet<&str> = live
+            .containers
+            .iter()
+            .filter(|c| c.project == p.name)
+            .map(|c| c.service.as_str())
+            .collect();
+        let mut removed = 0;
+        for s in &live_services {
+            if !p.services.contains_key(*s) {
+                removed += 1;
+                removals.push(orphan_service(target, &p.name, s, live, ctx));
+            }
+        }
+        if removed * 2 > live_services.len() && !ctx.allow.mass_removal {
+            return Err(refuse(format!(
+                "the plan removes {removed} of {} services of project `{}`; if that is intended, \
+                 set `allow.mass_removal: true` for environment `{}`",
+                live_services.len(),
+                p.name,
+                ctx.environment
+            )));
+        }
+    }
+
+    // Projects this environment deployed that it no longer renders.
+    for gone in live_projects.difference(&desired_names) {
+        if !ctx.allow.mass_removal {
+            return Err(refuse(format!(
+                "project `{gone}` is no longer rendered and the plan would remove all of its \
+                 services; if that is intended, set `allow.mass_removal: true` for environment `{}`",
+                ctx.environment
+            )));
+        }
+        let gone_services: BTreeSet<&str> = live
+            .containers
+            .iter()
+            .filter(|c| c.project == *gone)
+            .map(|c| c.service.as_str())
+            .collect();
+        for s in gone_services {
+            removals.push(orphan_service(target, gone, s, live, ctx));
+        }
+    }
+
+    changes.extend(services);
+    changes.extend(removals);
+
+    // Networks of ours that no desired project uses any more.
+    let desired_networks: BTreeSet<String> = projects
+        .iter()
+        .flat_map(|p| project::networks(p).into_values().map(|n| n.name))
+        .collect();
+    for n in &live.networks {
+        if !desired_networks.contains(&n.name) && n.environment.as_deref() == Some(ctx.environment)
+        {
+            changes.push(change("network", n.name.clone(), Action::Delete));
+        }
+    }
+
+    // Named volumes are data: kept unless the environment opts in.
+    let desired_volumes: BTreeSet<&str> = projects
+        .iter()
+        .flat_map(|p| p.volumes.values().map(|v| v.name.as_str()))
+        .collect();
+    for v in &live.volumes {
+        if desired_volumes.contains(v.name.as_str())
+            || v.environment.as_deref() != Some(ctx.environment)
+        {
+            continue;
+        }
+        let mut c = change("volume", v.name.clone(), Action::Delete);
+        if !ctx.allow.prune_volumes {
+            c.action = Action::Unchanged;
+            c.detail = Some(
+                "no longer desired; kept (named volumes are deleted only with \
+                 `allow.prune_volumes: true`)"
+                    .into(),
+            );
+        }
+        changes.push(c);
+    }
+    Ok(changes)
+}
+
+/// The change for one desired service.
+fn service_change(
+    target: &str,
+    p: &Project,
+    name: &str,
+    service: &Service,
+    live: &Live,
+    ctx: Context<'_>,
+) -> Change {
+    let image_id = live.images.get(&service.image).map(String::as_str);
+    let desired_text = ctx
+        .masker
+        .mask(&hash::definition_text(service, image_id))
+        .into_owned();
+    let containers: Vec<&LiveContainer> = live.service_containers(&p.name, name).collect();
+    let mut c = Change {
+        target: target.to_owned(),
+        resource: Resource::new("service", format!("{}/{name}", p.name)),
+        action: Action::Unchanged,
+        detail: None,
+        diff: None,
+    };
+    let pull = image_id
+        .is_none()
+        .then(|| format!("pull {}", service.image));
+
+    if containers.is_empty() {
+        c.action = Action::Create;
+        c.detail = Some(join_detail([Some(replicas_text(service.replicas)), pull]));
+        c.diff = unified_diff("", &desired_text, ctx.masker);
+        return c;
+    }
+
+    let live_text = containers
+        .iter()
+        .find_map(|c| c.definition.clone())
+        .unwrap_or_default();
+    let recreate = |reason: &str| Action::Recreate {
+        reason: reason.to_owned(),
+    };
+    let desired_hash = image_id.map(|id| hash::config_hash(service, id));
+    let image_changed = match image_id {
+        None => true,
+        Some(id) => containers.iter().any(|c| c.image_id != id),
+    };
+    let config_changed = containers
+        .iter()
+        .any(|c| c.config_hash.as_deref() != desired_hash.as_deref());
+    let failed: Vec<&&LiveContainer> = containers.iter().filter(|c| !is_up(c, service)).collect();
+
+    if image_changed || config_changed {
+        c.action = recreate(if image_changed {
+            "image changed"
+        } else {
+            "config changed"
+        });
+        c.diff = unified_diff(&live_text, &desired_text, ctx.masker);
+        let masked_only = c.diff.is_none().then(|| {
+            if live_text.is_empty() {
+                "live containers carry no driftless definition to diff against".to_owned()
+            } else {
+                "the change is in a masked (secret) value".to_owned()
+            }
+        });
+        c.detail = Some(join_detail([
+            pull,
+            masked_only,
+            scale_text(&containers, service),
+        ]))
+        .filter(|d| !d.is_empty());
+    } else if !failed.is_empty() {
+        c.action = recreate("container exited");
+        let states: Vec<String> = failed
+            .iter()
+            .map(|f| match (f.state, f.exit_code) {
+                (ContainerState::Exited, Some(code)) => {
+                    format!("{} exited with code {code}", f.name)
+                }
+                (state, _) => format!("{} is {}", f.name, state_name(state)),
+            })
+            .collect();
+        c.detail = Some(states.join(", "));
+    } else if let Some(gaps) = gaps(&containers, service) {
+        c.action = recreate("container missing");
+        c.detail = Some(
+            gaps.iter()
+                .map(|n| {
+                    format!(
+                        "{} missing",
+                        project::container_name(&p.name, name, service, *n)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+    } else if let Some(scale) = scale_text(&containers, service) {
+        c.action = Action::Update;
+        c.detail = Some(scale);
+    }
+    c
+}
+
+/// Replica numbers missing below the highest live one: containers removed
+/// out of band (a missing number above it may as well be a scale up).
+fn gaps(containers: &[&LiveContainer], service: &Service) -> Option<Vec<u32>> {
+    let numbers: BTreeSet<u32> = containers.iter().map(|c| c.number).collect();
+    let highest = numbers.iter().copied().max().unwrap_or(0);
+    let gaps: Vec<u32> = (1..highest.min(service.replicas + 1))
+        .filter(|n| !numbers.contains(n))
+        .collect();
+    (!gaps.is_empty()).then_some(gaps)
+}
+
+/// `scale 1 → 3` when the live replicas are not exactly numbers 1..=n.
+fn scale_text(containers: &[&LiveContainer], service: &Service) -> Option<String> {
+    let numbers: BTreeSet<u32> = containers.iter().map(|c| c.number).collect();
+    let wanted: BTreeSet<u32> = (1..=service.replicas).collect();
+    if numbers == wanted && containers.len() == wanted.len() {
+        return None;
+    }
+    Some(format!("scale {} → {}", containers.len(), service.replicas))
+}
+
+/// Whether a container counts as up: running, or — for a one-shot service
+/// that is not restarted — exited with code 0 (a finished migration job is
+/// done, not broken, and must not run again on every reconcile).
+pub(crate) fn is_up(c: &LiveContainer, service: &Service) -> bool {
+    match c.state {
+        ContainerState::Running | ContainerState::Restarting => true,
+        ContainerState::Exited => {
+            c.exit_code == Some(0)
+                && matches!(
+                    service.restart.as_deref(),
+                    None | Some("no") | Some("on-failure")
+                )
+        }
+        _ => false,
+    }
+}
+
+fn state_name(state: ContainerState) -> &'static str {
+    match state {
+        ContainerState::Created => "created but not started",
+        ContainerState::Running => "running",
+        ContainerState::Paused => "paused",
+        ContainerState::Restarting => "restarting",
+        ContainerState::Exited => "exited",
+        ContainerState::Dead => "dead",
+        ContainerState::Other => "in an unknown state",
+    }
+}
+
+fn orphan_service(
+    target: &str,
+    project: &str,
+    service: &str,
+    live: &Live,
+    ctx: Context<'_>,
+) -> Change {
+    let containers: Vec<&LiveContainer> = live.service_containers(project, service).collect();
+    let live_text = containers
+        .iter()
+        .find_map(|c| c.definition.clone())
+        .unwrap_or_default();
+    Change {
+        target: target.to_owned(),
+        resource: Resource::new("service", format!("{project}/{service}")),
+        action: Action::Delete,
+        detail: Some(format!(
+            "no longer desired; remove {}",
+            containers
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        diff: unified_diff(&live_text, "", ctx.masker),
+    }
+}
+
+fn replicas_text(n: u32) -> String {
+    if n == 1 {
+        "1 replica".to_owned()
+    } else {
+        format!("{n} replicas")
+    }
+}
+
+fn join_detail<const N: usize>(parts: [Option<String>; N]) -> String {
+    parts.into_iter().flatten().collect::<Vec<_>>().join("; ")
+}
+
+/// The compared form of a desired network (what a recreate would change).
+pub(crate) fn network_text(net: &Network) -> String {
+    let opts: BTreeMap<&String, &String> = net.driver_opts.iter().collect();
+    format!(
+        "driver: {}\ninternal: {}\noptions: {:?}\n",
+        net.driver.as_deref().unwrap_or("bridge"),
+        net.internal,
+        opts
+    )
+}
+
+fn network_text_live(n: &super::live::LiveNetwork) -> String {
+    network_text(&Network {
+        name: n.name.clone(),
+        driver: Some(n.driver.clone()),
+        internal: n.internal,
+        driver_opts: n.options.clone(),
+        ..Network::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::compose::live::{LiveNetwork, LiveVolume};
+    use crate::manifest::Allow;
+    use crate::model::compose::Volume;
+    use crate::secrets::Masker;
+
+    const IMG: &str = "sha256:1111";
+
+    fn project() -> Project {
+        let svc = |env: &str| Service {
+            image: "app:1".into(),
+            environment: [("MODE".to_owned(), Some(env.to_owned()))].into(),
+            replicas: 1,
+            ..Service::default()
+        };
+        Project {
+            name: "shop".into(),
+            services: [
+                ("api".to_owned(), svc("api")),
+                ("web".to_owned(), svc("web")),
+                ("db".to_owned(), svc("db")),
+            ]
+            .into(),
+            networks: BTreeMap::new(),
+            volumes: [(
+                "data".to_owned(),
+                Volume {
+                    name: "shop_data".into(),
+                    ..Volume::default()
+                },
+            )]
+            .into(),
+            origin: Default::default(),
+        }
+    }
+
+    fn container(p: &Project, service: &str, number: u32) -> LiveContainer {
+        let s = &p.services[service];
+        LiveContainer {
+            id: format!("id-{service}-{number}"),
+            name: format!("{}-{service}-{number}", p.name),
+            project: p.name.clone(),
+            service: service.into(),
+            number,
+            state: ContainerState::Running,
+            exit_code: None,
+            image_id: IMG.into(),
+            config_hash: Some(hash::config_hash(s, IMG)),
+            environment: Some("dev".into()),
+            definition: Some(hash::definition_text(s, Some(IMG))),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// Live state exactly as an apply of `p` leaves it.
+    fn deployed(p: &Project) -> Live {
+        Live {
+            containers: p.services.keys().map(|s| container(p, s, 1)).collect(),
+            networks: vec![LiveNetwork {
+                id: "n1".into(),
+                name: "shop_default".into(),
+                project: Some("shop".into()),
+                key: Some("default".into()),
+                environment: Some("dev".into()),
+                driver: "bridge".into(),
+                internal: false,
+                labels: BTreeMap::new(),
+                options: BTreeMap::new(),
+            }],
+            volumes: vec![LiveVolume {
+                name: "shop_data".into(),
+                project: Some("shop".into()),
+                key: Some("data".into()),
+                environment: Some("dev".into()),
+                driver: "local".into(),
+                labels: BTreeMap::new(),
+                options: BTreeMap::new(),
+            }],
+            images: [("app:1".to_owned(), IMG.to_owned())].into(),
+        }
+    }
+
+    fn run(projects: &[Project], live: &Live, allow: &Allow) -> Result<Vec<Change>, BackendError> {
+        let masker = Masker::from_values(["supersecret"]);
+        plan(
+            "local",
+            projects,
+            live,
+            Context {
+                environment: "dev",
+                masker: &masker,
+                allow,
+            },
+        )
+    }
+
+    fn actions(changes: &[Change]) -> Vec<(String, Action)> {
+        changes
+            .iter()
+            .filter(|c| c.action != Action::Unchanged)
+            .map(|c| (c.resource.name.clone(), c.action.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn first_deploy_creates_network_volume_then_services_with_planned_pulls() {
+        let p = project();
+        let changes = run(&[p], &Live::default(), &Allow::default()).unwrap();
+        let names: Vec<_> = changes.iter().map(|c| c.resource.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "shop_default",
+                "shop_data",
+                "shop/api",
+                "shop/db",
+                "shop/web"
+            ]
+        );
+        assert!(changes.iter().all(|c| c.action == Action::Create));
+        assert_eq!(changes[2].detail.as_deref(), Some("1 replica; pull app:1"));
+        assert!(
+            changes[2]
+                .diff
+                .as_ref()
+                .unwrap()
+                .contains("+  \"image\": \"app:1\"")
+        );
+    }
+
+    #[test]
+    fn deployed_state_plans_no_change_and_twice_the_same() {
+        let p = project();
+        let live = deployed(&p);
+        let a = run(std::slice::from_ref(&p), &live, &Allow::default()).unwrap();
+        assert!(actions(&a).is_empty(), "{a:#?}");
+        let b = run(&[p], &live, &Allow::default()).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn env_change_recreates_only_that_service_with_a_masked_diff() {
+        let mut p = project();
+        let live = deployed(&p);
+        p.services
+            .get_mut("api")
+            .unwrap()
+            .environment
+            .insert("TOKEN".into(), Some("supersecret".into()));
+        let changes = run(&[p], &live, &Allow::default()).unwrap();
+        let acts = actions(&changes);
+        assert_eq!(
+            acts,
+            [(
+                "shop/api".to_owned(),
+                Action::Recreate {
+                    reason: "config changed".into()
+                }
+            )]
+        );
+        let diff = changes
+            .iter()
+            .find(|c| c.resource.name == "shop/api")
+            .unwrap()
+            .diff
+            .clone()
+            .unwrap();
+        assert!(diff.contains("+    \"TOKEN\": \"******\""), "{diff}");
+        assert!(!diff.contains("supersecret"));
+    }
+
+    #[test]
+    fn image_change_exited_and_scale() {
+        let p = project();
+        let mut live = deployed(&p);
+        live.images.insert("app:1".into(), "sha256:2222".into());
+        let acts = actions(&run(std::slice::from_ref(&p), &live, &Allow::default()).unwrap());
+        assert_eq!(acts.len(), 3);
+        assert!(acts.iter().all(|(_, a)| *a
+            == Action::Recreate {
+                reason: "image changed".into()
+            }));
+
+        let mut live = deployed(&p);
+        live.containers[0].state = ContainerState::Exited;
+        live.containers[0].exit_code = Some(137);
+        let changes = run(std::slice::from_ref(&p), &live, &Allow::default()).unwrap();
+        let api = changes
+            .iter()
+            .find(|c| c.resource.name == "shop/api")
+            .unwrap();
+        assert_eq!(
+            api.action,
+            Action::Recreate {
+                reason: "container exited".into()
+            }
+        );
+        assert_eq!(
+            api.detail.as_deref(),
+            Some("shop-api-1 exited with code 137")
+        );
+
+        let mut scaled = p.clone();
+        scaled.services.get_mut("web").unwrap().replicas = 3;
+        let changes = run(&[scaled], &deployed(&p), &Allow::default()).unwrap();
+        let web = changes
+            .iter()
+            .find(|c| c.resource.name == "shop/web")
+            .unwrap();
+        assert_eq!(
+            (web.action.clone(), web.detail.as_deref()),
+            (Action::Update, Some("scale 1 → 3"))
+        );
+    }
+
+    #[test]
+    fn a_replica_removed_out_of_band_is_a_missing_container() {
+        let mut p = project();
+        p.services.get_mut("web").unwrap().replicas = 3;
+        let mut live = deployed(&p);
+        live.containers.push(container(&p, "web", 3));
+        let changes = run(&[p], &live, &Allow::default()).unwrap();
+        let web = changes
+            .iter()
+            .find(|c| c.resource.name == "shop/web")
+            .unwrap();
+        assert_eq!(
+            web.action,
+            Action::Recreate {
+                reason: "container missing".into()
+            }
+        );
+        assert_eq!(web.detail.as_deref(), Some("shop-web-2 missing"));
+    }
+
+    #[test]
+    fn a_completed_one_shot_job_is_left_alone() {
+        let p = project();
+        let mut live = deployed(&p);
+        live.containers[0].state = ContainerState::Exited;
+        live.containers[0].exit_code = Some(0);
+        assert!(actions(&run(&[p], &live, &Allow::default()).unwrap()).is_empty());
+    }
+
+    #[test]
+    fn removed_service_is_deleted_and_its_volume_kept() {
+        let mut p = project();
+        let live = deployed(&p);
+        p.services.remove("web");
+        p.volumes.clear();
+        let changes = run(&[p], &live, &Allow::default()).unwrap();
+        assert_eq!(actions(&changes), [("shop/web".to_owned(), Action::Delete)]);
+        let vol = changes
+            .iter()
+            .find(|c| c.resource.name == "shop_data")
+            .unwrap();
+        assert_eq!(vol.action, Action::Unchanged);
+        assert!(vol.detail.as_deref().unwrap().contains("kept"), "{vol:?}");
+
+        let mut p = project();
+        p.services.remove("web");
+        p.volumes.clear();
+        let allow = Allow {
+            prune_volumes: true,
+            ..Allow::default()
+        };
+        let changes = run(&[p], &live, &allow).unwrap();
+        assert_eq!(
+            actions(&changes).last().unwrap(),
+            &("shop_data".to_owned(), Action::Delete)
+        );
+    }
+
+    #[test]
+    fn mass_removal_is_refused_unless_allowed() {
+        let mut p = project();
+        let live = deployed(&p);
+        p.services.remove("web");
+        p.services.remove("db");
+        let err = run(std::slice::from_ref(&p), &live, &Allow::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("removes 2 of 3 services of project `shop`"),
+            "{err}"
+        );
+        assert!(err.contains("allow.mass_removal"), "{err}");
+        let allow = Allow {
+            mass_removal: true,
+            ..Allow::default()
+        };
+        assert_eq!(actions(&run(&[p], &live, &allow).unwrap()).len(), 2);
+
+        let err = run(&[], &live, &Allow::default()).unwrap_err().to_string();
+        assert!(err.contains("no Compose project"), "{err}");
+    }
+
+    #[test]
+    fn network_config_change_recreates_it_and_its_services() {
+        let mut p = project();
+        let live = deployed(&p);
+        p.networks.insert(
+            "default".into(),
+            Network {
+                name: "shop_default".into(),
+                internal: true,
+                ..Network::default()
+            },
+        );
+        let changes = run(&[p], &live, &Allow::default()).unwrap();
+        let acts = actions(&changes);
+        assert_eq!(
+            acts[0],
+            (
+                "shop_default".to_owned(),
+                Action::Recreate {
+                    reason: "config changed".into()
+                }
+            )
+        );
+        assert_eq!(acts.len(), 4);
+        assert_eq!(
+            acts[1].1,
+            Action::Recreate {
+                reason: "network changed".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_project_of_another_environment_is_not_taken_over() {
+        let p = project();
+        let mut live = deployed(&p);
+        live.containers[0].environment = Some("prod".into());
+        let err = run(&[p], &live, &Allow::default()).unwrap_err().to_string();
+        assert!(err.contains("deployed by environment `prod`"), "{err}");
+    }
+}

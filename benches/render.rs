@@ -37,7 +37,10 @@ fn generated_repo(dir: &Path, services: usize, files: usize) {
         "driftless.yaml",
         "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {}\nenvironments:\n  dev:\n    targets: [local]\n".into(),
     );
-    write("environments/dev.yaml", "tag: \"1.2.3\"\nreplicas: 2\nmemory: 256M\n".into());
+    write(
+        "environments/dev.yaml",
+        "tag: \"1.2.3\"\nreplicas: 2\nmemory: 256M\n".into(),
+    );
     let per_file = services / files;
     for f in 0..files {
         let stack = format!(
@@ -49,16 +52,30 @@ fn generated_repo(dir: &Path, services: usize, files: usize) {
 
 fn bench(c: &mut Criterion) {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/repo-layout");
-    let source = Source::open(example.to_str().unwrap(), None, &std::env::temp_dir(), &Auth::None).unwrap();
+    let source = Source::open(
+        example.to_str().unwrap(),
+        None,
+        &std::env::temp_dir(),
+        &Auth::None,
+    )
+    .unwrap();
     c.bench_function("example: render + check dev, staging, prod", |b| {
         b.iter(|| load_all(&source, &["dev", "staging", "prod"]))
     });
 
     let dir = tempfile::tempdir().unwrap();
     generated_repo(dir.path(), 1000, 10);
-    let source = Source::open(dir.path().to_str().unwrap(), None, &std::env::temp_dir(), &Auth::None).unwrap();
+    let source = Source::open(
+        dir.path().to_str().unwrap(),
+        None,
+        &std::env::temp_dir(),
+        &Auth::None,
+    )
+    .unwrap();
     load_all(&source, &["dev"]);
-    c.bench_function("generated: render + check 1,000 services", |b| b.iter(|| load_all(&source, &["dev"])));
+    c.bench_function("generated: render + check 1,000 services", |b| {
+        b.iter(|| load_all(&source, &["dev"]))
+    });
 }
 
 criterion_group! {

@@ -14,7 +14,11 @@ use driftless::secrets::{Masker, SecretSource};
 use driftless::source::{Auth, Limits, Source};
 
 #[derive(Debug, Parser)]
-#[command(name = "driftless", version, about = "Keeps Docker Compose stacks, Kubernetes objects, Prometheus rules and backups equal to a Git repository")]
+#[command(
+    name = "driftless",
+    version,
+    about = "Keeps Docker Compose stacks, Kubernetes objects, Prometheus rules and backups equal to a Git repository"
+)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "DRIFTLESS_LOG_FORMAT")]
@@ -41,6 +45,9 @@ pub enum Command {
     Render(RenderArgs),
     /// Render and check environments; list every error; exit 1 on any.
     Validate(ValidateArgs),
+    /// Plan an environment against live systems and apply it (or only show
+    /// the plan with --dry-run).
+    Reconcile(ReconcileArgs),
 }
 
 /// Where the desired-state repo is and how to read it.
@@ -96,15 +103,39 @@ pub struct ValidateArgs {
     pub output: Output,
 }
 
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Environment to reconcile.
+    #[arg(long)]
+    pub env: String,
+    /// Show what would change; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Exit 0 when nothing changes, 2 when there are changes, 1 on error
+    /// (as `terraform plan -detailed-exitcode`), so CI can gate on it.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+    /// List unchanged resources too.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
 impl RepoArgs {
     fn source(&self) -> Result<Source> {
         let auth = match (&self.git_token_env, &self.git_ssh_key) {
-            (Some(var), _) => Auth::Token { env_var: var.clone() },
+            (Some(var), _) => Auth::Token {
+                env_var: var.clone(),
+            },
             (None, Some(key)) => Auth::SshKey { path: key.clone() },
             (None, None) => Auth::None,
         };
         let cache = self.cache_dir.clone().unwrap_or_else(default_cache_dir);
-        Source::open(&self.repo, self.rev.as_deref(), &cache, &auth).with_context(|| format!("cannot open repo `{}`", self.repo))
+        Source::open(&self.repo, self.rev.as_deref(), &cache, &auth)
+            .with_context(|| format!("cannot open repo `{}`", self.repo))
     }
 
     fn options(&self, mode: SecretMode) -> RenderOptions {
@@ -137,6 +168,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Render(args) => render(args),
         Command::Validate(args) => validate(args),
+        Command::Reconcile(args) => reconcile_cmd(args),
     }
 }
 
@@ -149,7 +181,11 @@ fn print_diagnostics(diags: &Diagnostics, masker: &Masker) {
 
 fn render(args: RenderArgs) -> Result<i32> {
     let source = args.repo.source()?;
-    let loaded = match reconcile::load(&source, &args.env, &args.repo.options(SecretMode::Placeholder)) {
+    let loaded = match reconcile::load(
+        &source,
+        &args.env,
+        &args.repo.options(SecretMode::Placeholder),
+    ) {
         Ok(l) => l,
         Err(diags) => {
             print_diagnostics(&diags, &Masker::default());
@@ -162,22 +198,31 @@ fn render(args: RenderArgs) -> Result<i32> {
     }
     let missing = loaded.renderer.missing_secrets();
     if !missing.is_empty() {
-        eprintln!("note: secrets not set, rendered as placeholders: {}", missing.join(", "));
+        eprintln!(
+            "note: secrets not set, rendered as placeholders: {}",
+            missing.join(", ")
+        );
     }
     match &args.out {
         Some(dir) => {
             for (path, file) in &loaded.checked.files {
                 let dest = dir.join(path);
                 if let Some(parent) = dest.parent() {
-                    std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("create {}", parent.display()))?;
                 }
                 let content: Vec<u8> = match std::str::from_utf8(&file.content) {
                     Ok(text) => masker.mask(text).into_owned().into_bytes(),
                     Err(_) => file.content.to_vec(),
                 };
-                std::fs::write(&dest, content).with_context(|| format!("write {}", dest.display()))?;
+                std::fs::write(&dest, content)
+                    .with_context(|| format!("write {}", dest.display()))?;
             }
-            eprintln!("wrote {} files to {}", loaded.checked.files.len(), dir.display());
+            eprintln!(
+                "wrote {} files to {}",
+                loaded.checked.files.len(),
+                dir.display()
+            );
         }
         None => {
             let mut out = std::io::stdout().lock();
@@ -262,12 +307,107 @@ fn report(args: &ValidateArgs, summaries: &[serde_json::Value], diags: &Diagnost
             let mark = if color { "\x1b[32mok\x1b[0m" } else { "ok" };
             println!(
                 "{env}: {mark} at {} — {} services, {} Kubernetes objects, {} rule files, {} backup jobs",
-                s["revision"].get("id").or(s["revision"].get("head")).and_then(|v| v.as_str()).map(|id| &id[..id.len().min(7)]).unwrap_or("worktree"),
-                s["services"], s["objects"], s["rule_files"], s["backup_jobs"]
+                s["revision"]
+                    .get("id")
+                    .or(s["revision"].get("head"))
+                    .and_then(|v| v.as_str())
+                    .map(|id| &id[..id.len().min(7)])
+                    .unwrap_or("worktree"),
+                s["services"],
+                s["objects"],
+                s["rule_files"],
+                s["backup_jobs"]
             );
         } else {
-            let mark = if color { "\x1b[31mfailed\x1b[0m" } else { "failed" };
+            let mark = if color {
+                "\x1b[31mfailed\x1b[0m"
+            } else {
+                "failed"
+            };
             println!("{env}: {mark} — {} errors", s["errors"]);
         }
     }
+}
+
+fn reconcile_cmd(args: ReconcileArgs) -> Result<i32> {
+    let source = args.repo.source()?;
+    // Reconcile needs every secret: a placeholder must never reach a live system.
+    let loaded = match reconcile::load(&source, &args.env, &args.repo.options(SecretMode::Require))
+    {
+        Ok(l) => l,
+        Err(diags) => {
+            print_diagnostics(&diags, &Masker::default());
+            return Ok(1);
+        }
+    };
+    let masker = loaded.renderer.masker();
+    for w in &loaded.checked.warnings {
+        eprintln!("{}", masker.mask(&w.to_string()));
+    }
+    let desired = &loaded.checked.state;
+    if !args.dry_run && desired.revision.commit().is_none() {
+        eprintln!(
+            "error[{}]: the work tree at {} has uncommitted changes (or is not a Git repository); commit first, or pass --dry-run to see the plan",
+            args.env, args.repo.repo
+        );
+        return Ok(1);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(async {
+        let fail = |e: driftless::backend::BackendError| {
+            eprintln!("error[{}]: {}", args.env, masker.mask(&e.to_string()));
+            Ok(1)
+        };
+        let drivers = match reconcile::connect(desired).await {
+            Ok(d) => d,
+            Err(e) => return fail(e),
+        };
+        let plan = match reconcile::plan(&drivers, desired, &masker).await {
+            Ok(p) => p,
+            Err(e) => return fail(e),
+        };
+        let color = std::io::stdout().is_terminal() && args.output == Output::Text;
+        if args.dry_run {
+            match args.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&plan.to_json())?),
+                Output::Text => print!("{}", plan.render_text(color, args.verbose)),
+            }
+            return Ok(if args.detailed_exitcode && plan.has_changes() { 2 } else { 0 });
+        }
+        if args.output == Output::Text {
+            print!("{}", plan.render_text(color, args.verbose));
+        }
+        let report = match reconcile::apply(&drivers, desired, &plan, &masker).await {
+            Ok(r) => r,
+            Err(e) => return fail(e),
+        };
+        let verdicts = match reconcile::verify(&drivers, desired, &masker, std::time::Duration::from_secs(1)).await {
+            Ok(v) => v,
+            Err(e) => return fail(e),
+        };
+        let healthy = verdicts.iter().all(|v| v.health == driftless::backend::Health::Healthy);
+        match args.output {
+            Output::Json => {
+                let mut doc = serde_json::json!({"plan": plan.to_json(), "image_ids": report.image_ids, "health": verdicts});
+                masker.mask_json(&mut doc);
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            }
+            Output::Text => {
+                println!("applied {} changes", report.applied.len());
+                for v in verdicts.iter().filter(|v| v.health != driftless::backend::Health::Healthy) {
+                    println!("unhealthy: {} {}: {}", v.target, v.resource.name, masker.mask(&v.reason));
+                }
+                if healthy {
+                    println!("{}: healthy at {}", args.env, desired.revision);
+                }
+            }
+        }
+        if !healthy {
+            return Ok(1);
+        }
+        Ok(if args.detailed_exitcode && plan.has_changes() { 2 } else { 0 })
+    })
 }

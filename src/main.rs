@@ -10,8 +10,11 @@ fn main() {
     let cli = cli::Cli::parse();
     // One TLS crypto provider for every client (gix over reqwest, later kube).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let filter = EnvFilter::try_from_env("DRIFTLESS_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
-    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_env("DRIFTLESS_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cli.log_format {
         cli::LogFormat::Json => subscriber.json().init(),
         cli::LogFormat::Text => subscriber.init(),

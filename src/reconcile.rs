@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::backend::{ApplyReport, Backend, BackendError, Context, Health, Verdict};
+use crate::backend::{ApplyReport, Backend, BackendError, Context, Driver, Health, Verdict};
 use crate::check::{self, Checked};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::manifest::{self, Manifest};
@@ -83,11 +83,20 @@ fn source_error(e: crate::source::SourceError) -> Diagnostics {
     Diagnostics::from(Diagnostic::error(e.to_string()))
 }
 
-/// Plans every target of `desired` that `backend` drives, in manifest order.
-pub async fn plan<B: Backend>(backend: &B, desired: &DesiredState, masker: &Masker) -> Result<Plan, BackendError> {
+/// Connects a driver to every target of the environment, in order.
+pub async fn connect(desired: &DesiredState) -> Result<Vec<Driver>, BackendError> {
+    let mut drivers = Vec::with_capacity(desired.targets.len());
+    for t in &desired.targets {
+        drivers.push(Driver::connect(&t.target, &desired.environment).await?);
+    }
+    Ok(drivers)
+}
+
+/// Plans every target of `desired`; `backends[i]` drives `desired.targets[i]`.
+pub async fn plan<B: Backend>(backends: &[B], desired: &DesiredState, masker: &Masker) -> Result<Plan, BackendError> {
     let mut plan = Plan::new(&desired.environment.name, desired.revision.clone());
     let ctx = context(desired, masker);
-    for target in targets_of(backend, desired) {
+    for (backend, target) in pairs(backends, desired) {
         let live = backend.read_live(target, ctx).await?;
         plan.changes.extend(backend.plan(target, &live, ctx).await?);
     }
@@ -97,14 +106,14 @@ pub async fn plan<B: Backend>(backend: &B, desired: &DesiredState, masker: &Mask
 /// Applies `plan` — the very value a dry-run printed — target by target,
 /// stopping at the first error.
 pub async fn apply<B: Backend>(
-    backend: &B,
+    backends: &[B],
     desired: &DesiredState,
     plan: &Plan,
     masker: &Masker,
 ) -> Result<ApplyReport, BackendError> {
     let ctx = context(desired, masker);
     let mut report = ApplyReport::default();
-    for target in targets_of(backend, desired) {
+    for (backend, target) in pairs(backends, desired) {
         let changes: Vec<_> = plan
             .changes
             .iter()
@@ -121,7 +130,7 @@ pub async fn apply<B: Backend>(
 /// Polls health until every resource is healthy, one is degraded, or the
 /// environment's deadline passes (then the progressing ones count as failed).
 pub async fn verify<B: Backend>(
-    backend: &B,
+    backends: &[B],
     desired: &DesiredState,
     masker: &Masker,
     poll: Duration,
@@ -130,7 +139,7 @@ pub async fn verify<B: Backend>(
     let deadline = tokio::time::Instant::now() + desired.environment.health.deadline;
     loop {
         let mut verdicts = Vec::new();
-        for target in targets_of(backend, desired) {
+        for (backend, target) in pairs(backends, desired) {
             verdicts.extend(backend.health(target, ctx).await?);
         }
         let settled = verdicts.iter().all(|v| v.health == Health::Healthy)
@@ -142,7 +151,11 @@ pub async fn verify<B: Backend>(
             for v in &mut verdicts {
                 if v.health == Health::Progressing {
                     v.health = Health::Degraded;
-                    v.reason = format!("not healthy within {}: {}", crate::duration::format(desired.environment.health.deadline), v.reason);
+                    v.reason = format!(
+                        "not healthy within {}: {}",
+                        crate::duration::format(desired.environment.health.deadline),
+                        v.reason
+                    );
                 }
             }
             return Ok(verdicts);
@@ -159,6 +172,9 @@ fn context<'a>(desired: &'a DesiredState, masker: &'a Masker) -> Context<'a> {
     }
 }
 
-fn targets_of<'a, B: Backend>(backend: &'a B, desired: &'a DesiredState) -> impl Iterator<Item = &'a TargetState> + 'a {
-    desired.targets.iter().filter(move |t| t.target.kind.as_str() == backend.kind())
+/// Each target with its backend. A backend whose kind differs from its
+/// target's is a programming error caught by the backend itself.
+fn pairs<'a, B: Backend>(backends: &'a [B], desired: &'a DesiredState) -> impl Iterator<Item = (&'a B, &'a TargetState)> + 'a {
+    debug_assert_eq!(backends.len(), desired.targets.len(), "one backend per target");
+    backends.iter().zip(&desired.targets)
 }

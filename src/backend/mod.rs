@@ -114,3 +114,70 @@ pub trait Backend: Send + Sync {
         ctx: Context<'_>,
     ) -> impl Future<Output = Result<Vec<Verdict>, BackendError>> + Send;
 }
+
+/// The backend for one target, chosen by the target's kind: the closed set
+/// of live systems driftless drives.
+#[derive(Debug)]
+pub enum Driver {
+    Compose(compose::ComposeBackend),
+}
+
+/// Live state read by a [`Driver`].
+#[derive(Debug)]
+pub enum DriverLive {
+    Compose(compose::Live),
+}
+
+impl Driver {
+    /// Connects to a target of an environment.
+    pub async fn connect(target: &crate::manifest::Target, env: &crate::manifest::Environment) -> Result<Driver, BackendError> {
+        use crate::manifest::TargetKind;
+        match &target.kind {
+            TargetKind::Docker(d) => Ok(Driver::Compose(
+                compose::ComposeBackend::connect(d).await?.with_settle(env.health.settle),
+            )),
+            other => Err(BackendError::Unavailable {
+                target: target.name.clone(),
+                message: format!(
+                    "{} targets cannot be planned or applied yet; validate and render work, the {} backend is not built",
+                    other.as_str(),
+                    other.as_str()
+                ),
+            }),
+        }
+    }
+}
+
+impl Backend for Driver {
+    type Live = DriverLive;
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Driver::Compose(b) => b.kind(),
+        }
+    }
+
+    async fn read_live(&self, desired: &TargetState, ctx: Context<'_>) -> Result<DriverLive, BackendError> {
+        match self {
+            Driver::Compose(b) => b.read_live(desired, ctx).await.map(DriverLive::Compose),
+        }
+    }
+
+    async fn plan(&self, desired: &TargetState, live: &DriverLive, ctx: Context<'_>) -> Result<Vec<Change>, BackendError> {
+        match (self, live) {
+            (Driver::Compose(b), DriverLive::Compose(l)) => b.plan(desired, l, ctx).await,
+        }
+    }
+
+    async fn apply(&self, desired: &TargetState, changes: &[Change], ctx: Context<'_>) -> Result<ApplyReport, BackendError> {
+        match self {
+            Driver::Compose(b) => b.apply(desired, changes, ctx).await,
+        }
+    }
+
+    async fn health(&self, desired: &TargetState, ctx: Context<'_>) -> Result<Vec<Verdict>, BackendError> {
+        match self {
+            Driver::Compose(b) => b.health(desired, ctx).await,
+        }
+    }
+}

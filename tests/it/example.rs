@@ -12,7 +12,13 @@ use crate::support::{driftless, example_repo};
 
 fn load(env: &str) -> Loaded {
     let repo = example_repo();
-    let source = Source::open(repo.to_str().unwrap(), None, &std::env::temp_dir(), &Auth::None).unwrap();
+    let source = Source::open(
+        repo.to_str().unwrap(),
+        None,
+        &std::env::temp_dir(),
+        &Auth::None,
+    )
+    .unwrap();
     let options = RenderOptions {
         secrets: SecretSource::default(),
         mode: SecretMode::Placeholder,
@@ -88,7 +94,10 @@ fn environments_differ_in_replicas_and_kubernetes() {
         .targets
         .iter()
         .find_map(|t| match &t.resources {
-            Resources::Kubernetes(o) => o.iter().find(|o| o.kind == "HorizontalPodAutoscaler").cloned(),
+            Resources::Kubernetes(o) => o
+                .iter()
+                .find(|o| o.kind == "HorizontalPodAutoscaler")
+                .cloned(),
             _ => None,
         })
         .expect("prod has an HPA");
@@ -102,11 +111,20 @@ fn no_image_uses_latest_and_every_service_has_limits() {
     for env in ["dev", "staging", "prod"] {
         let loaded = load(env);
         for t in &loaded.checked.state.targets {
-            let Resources::Compose(projects) = &t.resources else { continue };
+            let Resources::Compose(projects) = &t.resources else {
+                continue;
+            };
             for p in projects {
                 for (name, s) in &p.services {
-                    assert!(!s.image.ends_with(":latest") && s.image.contains(':'), "{env}/{name}: {}", s.image);
-                    assert!(s.resources.limits.memory.is_some() && s.resources.limits.cpus.is_some(), "{env}/{name} limits");
+                    assert!(
+                        !s.image.ends_with(":latest") && s.image.contains(':'),
+                        "{env}/{name}: {}",
+                        s.image
+                    );
+                    assert!(
+                        s.resources.limits.memory.is_some() && s.resources.limits.cpus.is_some(),
+                        "{env}/{name} limits"
+                    );
                 }
             }
         }
@@ -117,6 +135,9 @@ fn no_image_uses_latest_and_every_service_has_limits() {
 fn secrets_are_placeholders_without_a_secrets_dir() {
     let loaded = load("prod");
     let missing = loaded.renderer.missing_secrets();
-    assert!(missing.contains(&"postgres_password".to_owned()), "{missing:?}");
+    assert!(
+        missing.contains(&"postgres_password".to_owned()),
+        "{missing:?}"
+    );
     assert!(rendered(&loaded).contains("<secret:postgres_password>"));
 }

@@ -26,11 +26,16 @@ struct FakeEngine {
 }
 
 fn desired_services(target: &TargetState) -> BTreeMap<String, String> {
-    let Resources::Compose(projects) = &target.resources else { return BTreeMap::new() };
+    let Resources::Compose(projects) = &target.resources else {
+        return BTreeMap::new();
+    };
     let mut out = BTreeMap::new();
     for p in projects {
         for (name, svc) in &p.services {
-            out.insert(format!("{}/{}", p.name, name), serde_json::to_string_pretty(svc).unwrap() + "\n");
+            out.insert(
+                format!("{}/{}", p.name, name),
+                serde_json::to_string_pretty(svc).unwrap() + "\n",
+            );
         }
     }
     out
@@ -47,7 +52,12 @@ impl Backend for FakeEngine {
         Ok(self.live.lock().unwrap().clone())
     }
 
-    async fn plan(&self, desired: &TargetState, live: &Self::Live, ctx: Context<'_>) -> Result<Vec<Change>, BackendError> {
+    async fn plan(
+        &self,
+        desired: &TargetState,
+        live: &Self::Live,
+        ctx: Context<'_>,
+    ) -> Result<Vec<Change>, BackendError> {
         let want = desired_services(desired);
         let mut changes = Vec::new();
         let change = |name: &str, action, diff| Change {
@@ -59,11 +69,17 @@ impl Backend for FakeEngine {
         };
         for (name, def) in &want {
             match live.get(name) {
-                None => changes.push(change(name, Action::Create, unified_diff("", def, ctx.masker))),
+                None => changes.push(change(
+                    name,
+                    Action::Create,
+                    unified_diff("", def, ctx.masker),
+                )),
                 Some(old) if old == def => changes.push(change(name, Action::Unchanged, None)),
                 Some(old) => changes.push(change(
                     name,
-                    Action::Recreate { reason: "config changed".into() },
+                    Action::Recreate {
+                        reason: "config changed".into(),
+                    },
                     unified_diff(old, def, ctx.masker),
                 )),
             }
@@ -74,7 +90,12 @@ impl Backend for FakeEngine {
         Ok(changes)
     }
 
-    async fn apply(&self, desired: &TargetState, changes: &[Change], _: Context<'_>) -> Result<ApplyReport, BackendError> {
+    async fn apply(
+        &self,
+        desired: &TargetState,
+        changes: &[Change],
+        _: Context<'_>,
+    ) -> Result<ApplyReport, BackendError> {
         *self.applies.lock().unwrap() += 1;
         let want = desired_services(desired);
         let mut live = self.live.lock().unwrap();
@@ -87,7 +108,9 @@ impl Backend for FakeEngine {
                 }
                 _ => {
                     live.insert(c.resource.name.clone(), want[&c.resource.name].clone());
-                    report.image_ids.insert(c.resource.name.clone(), "sha256:fake".into());
+                    report
+                        .image_ids
+                        .insert(c.resource.name.clone(), "sha256:fake".into());
                 }
             }
             report.applied.push(c.clone());
@@ -95,7 +118,11 @@ impl Backend for FakeEngine {
         Ok(report)
     }
 
-    async fn health(&self, desired: &TargetState, _: Context<'_>) -> Result<Vec<Verdict>, BackendError> {
+    async fn health(
+        &self,
+        desired: &TargetState,
+        _: Context<'_>,
+    ) -> Result<Vec<Verdict>, BackendError> {
         Ok(desired_services(desired)
             .keys()
             .map(|name| {
@@ -103,8 +130,16 @@ impl Backend for FakeEngine {
                 Verdict {
                     target: desired.target.name.clone(),
                     resource: Resource::new("service", name),
-                    health: if stuck { Health::Progressing } else { Health::Healthy },
-                    reason: if stuck { "starting".into() } else { "running".into() },
+                    health: if stuck {
+                        Health::Progressing
+                    } else {
+                        Health::Healthy
+                    },
+                    reason: if stuck {
+                        "starting".into()
+                    } else {
+                        "running".into()
+                    },
                 }
             })
             .collect())
@@ -113,10 +148,22 @@ impl Backend for FakeEngine {
 
 const STACK: &str = "name: shop\nservices:\n  web:\n    image: busybox:1.36\n    environment:\n      GREETING: \"{{ greeting }}\"\n      TOKEN: \"{{ secret('api_token') }}\"\n  db:\n    image: postgres:16.4\n";
 
-fn load(repo: &RepoBuilder, secrets: &std::path::Path) -> (DesiredState, driftless::secrets::Masker) {
-    let source = Source::open(repo.path().to_str().unwrap(), None, repo.path(), &driftless::source::Auth::None).unwrap();
+fn load(
+    repo: &RepoBuilder,
+    secrets: &std::path::Path,
+) -> (DesiredState, driftless::secrets::Masker) {
+    let source = Source::open(
+        repo.path().to_str().unwrap(),
+        None,
+        repo.path(),
+        &driftless::source::Auth::None,
+    )
+    .unwrap();
     let options = RenderOptions {
-        secrets: SecretSource { dir: Some(secrets.to_owned()), from_env: false },
+        secrets: SecretSource {
+            dir: Some(secrets.to_owned()),
+            from_env: false,
+        },
         mode: SecretMode::Require,
         limits: Limits::default(),
     };
@@ -142,20 +189,34 @@ async fn first_apply_then_dry_run_shows_no_changes() {
     let secrets = secrets();
     let (desired, masker) = load(&repo("hello"), secrets.path());
 
-    let plan = reconcile::plan(&engine, &desired, &masker).await.unwrap();
+    let plan = reconcile::plan(std::slice::from_ref(&engine), &desired, &masker)
+        .await
+        .unwrap();
     let s = plan.summary();
     assert_eq!((s.create, s.unchanged), (2, 0));
     let text = plan.render_text(false, false);
     assert!(text.contains("+ local: service shop/web  create"), "{text}");
-    assert!(!text.contains("VERY-SECRET"), "secret in plan text:\n{text}");
+    assert!(
+        !text.contains("VERY-SECRET"),
+        "secret in plan text:\n{text}"
+    );
     assert!(!plan.to_json().to_string().contains("VERY-SECRET"));
 
-    let report = reconcile::apply(&engine, &desired, &plan, &masker).await.unwrap();
+    let report = reconcile::apply(std::slice::from_ref(&engine), &desired, &plan, &masker)
+        .await
+        .unwrap();
     // The apply executes exactly the plan the dry-run showed.
-    let planned: Vec<_> = plan.changes.iter().filter(|c| c.action != Action::Unchanged).cloned().collect();
+    let planned: Vec<_> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::Unchanged)
+        .cloned()
+        .collect();
     assert_eq!(report.applied, planned);
 
-    let again = reconcile::plan(&engine, &desired, &masker).await.unwrap();
+    let again = reconcile::plan(std::slice::from_ref(&engine), &desired, &masker)
+        .await
+        .unwrap();
     assert!(!again.has_changes(), "{}", again.render_text(false, true));
 }
 
@@ -164,17 +225,35 @@ async fn a_changed_value_recreates_only_its_service_with_a_diff() {
     let engine = FakeEngine::default();
     let secrets = secrets();
     let (v1, masker) = load(&repo("hello"), secrets.path());
-    let plan = reconcile::plan(&engine, &v1, &masker).await.unwrap();
-    reconcile::apply(&engine, &v1, &plan, &masker).await.unwrap();
+    let plan = reconcile::plan(std::slice::from_ref(&engine), &v1, &masker)
+        .await
+        .unwrap();
+    reconcile::apply(std::slice::from_ref(&engine), &v1, &plan, &masker)
+        .await
+        .unwrap();
 
     let (v2, masker) = load(&repo("bonjour"), secrets.path());
-    let plan = reconcile::plan(&engine, &v2, &masker).await.unwrap();
-    let changed: Vec<_> = plan.changes.iter().filter(|c| c.action != Action::Unchanged).collect();
+    let plan = reconcile::plan(std::slice::from_ref(&engine), &v2, &masker)
+        .await
+        .unwrap();
+    let changed: Vec<_> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::Unchanged)
+        .collect();
     assert_eq!(changed.len(), 1, "{}", plan.render_text(false, true));
     assert_eq!(changed[0].resource.name, "shop/web");
-    assert_eq!(changed[0].action, Action::Recreate { reason: "config changed".into() });
+    assert_eq!(
+        changed[0].action,
+        Action::Recreate {
+            reason: "config changed".into()
+        }
+    );
     let diff = changed[0].diff.as_deref().unwrap();
-    assert!(diff.contains("-      \"hello\"") && diff.contains("+      \"bonjour\""), "{diff}");
+    assert!(
+        diff.contains("-      \"hello\"") && diff.contains("+      \"bonjour\""),
+        "{diff}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -186,11 +265,24 @@ async fn verify_waits_until_the_deadline_then_reports_the_stuck_service() {
     let secrets = secrets();
     let (desired, masker) = load(&repo("hello"), secrets.path());
     let started = tokio::time::Instant::now();
-    let verdicts = reconcile::verify(&engine, &desired, &masker, Duration::from_secs(2)).await.unwrap();
+    let verdicts = reconcile::verify(
+        std::slice::from_ref(&engine),
+        &desired,
+        &masker,
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
     assert!(started.elapsed() >= desired.environment.health.deadline);
-    let db = verdicts.iter().find(|v| v.resource.name == "shop/db").unwrap();
+    let db = verdicts
+        .iter()
+        .find(|v| v.resource.name == "shop/db")
+        .unwrap();
     assert_eq!(db.health, Health::Degraded);
     assert!(db.reason.contains("not healthy within 2m"), "{}", db.reason);
-    let web = verdicts.iter().find(|v| v.resource.name == "shop/web").unwrap();
+    let web = verdicts
+        .iter()
+        .find(|v| v.resource.name == "shop/web")
+        .unwrap();
     assert_eq!(web.health, Health::Healthy);
 }

@@ -11,12 +11,20 @@ pub fn corpus() -> PathBuf {
     }
     // `../shared` beside the clone; `../../shared` from a git worktree under /work/wt.
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [root.join("../shared/corpus"), root.join("../../shared/corpus")];
+    let candidates = [
+        root.join("../shared/corpus"),
+        root.join("../../shared/corpus"),
+    ];
     candidates
         .iter()
         .find(|d| d.is_dir())
         .cloned()
-        .unwrap_or_else(|| panic!("test corpus not found at {}; set DRIFTLESS_CORPUS", candidates[0].display()))
+        .unwrap_or_else(|| {
+            panic!(
+                "test corpus not found at {}; set DRIFTLESS_CORPUS",
+                candidates[0].display()
+            )
+        })
 }
 
 /// The bundled example repo.

@@ -7,10 +7,18 @@ use crate::support::{RepoBuilder, Run};
 const STACK_HEAD: &str = "services:\n  web:\n    image: busybox:1.36\n";
 
 fn assert_clear_error(run: &Run, needles: &[&str]) {
-    assert_eq!(run.code, 1, "exit code\nstdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.code, 1,
+        "exit code\nstdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
     assert!(!run.stderr.contains("panicked"), "panic:\n{}", run.stderr);
     for n in needles {
-        assert!(run.stderr.contains(n), "stderr lacks {n:?}:\n{}", run.stderr);
+        assert!(
+            run.stderr.contains(n),
+            "stderr lacks {n:?}:\n{}",
+            run.stderr
+        );
     }
 }
 
@@ -25,14 +33,26 @@ fn valid_minimal_repo_passes() {
 
 #[test]
 fn template_syntax_error() {
-    let repo = RepoBuilder::minimal().file("compose/stack.yaml.j2", "services:\n  web:\n    image: {{ image \n");
-    assert_clear_error(&repo.driftless(&["validate"]), &["error[dev]", "compose/stack.yaml.j2:3"]);
+    let repo = RepoBuilder::minimal().file(
+        "compose/stack.yaml.j2",
+        "services:\n  web:\n    image: {{ image \n",
+    );
+    assert_clear_error(
+        &repo.driftless(&["validate"]),
+        &["error[dev]", "compose/stack.yaml.j2:3"],
+    );
 }
 
 #[test]
 fn undefined_variable() {
-    let repo = RepoBuilder::minimal().file("compose/stack.yaml.j2", "services:\n  web:\n    image: busybox:{{ tag }}\n");
-    assert_clear_error(&repo.driftless(&["validate"]), &["error[dev]", "compose/stack.yaml.j2:3", "tag"]);
+    let repo = RepoBuilder::minimal().file(
+        "compose/stack.yaml.j2",
+        "services:\n  web:\n    image: busybox:{{ tag }}\n",
+    );
+    assert_clear_error(
+        &repo.driftless(&["validate"]),
+        &["error[dev]", "compose/stack.yaml.j2:3", "tag"],
+    );
 }
 
 #[test]
@@ -41,7 +61,10 @@ fn include_escaping_the_repo() {
         "compose/stack.yaml.j2",
         "services:\n  web:\n    image: busybox:1\n{% include \"../../etc/passwd\" %}\n",
     );
-    assert_clear_error(&repo.driftless(&["validate"]), &["error[dev]", "compose/stack.yaml.j2:4", "repository"]);
+    assert_clear_error(
+        &repo.driftless(&["validate"]),
+        &["error[dev]", "compose/stack.yaml.j2:4", "repository"],
+    );
 }
 
 #[test]
@@ -49,32 +72,58 @@ fn symlink_escaping_the_repo() {
     let repo = RepoBuilder::minimal()
         .file("compose/stack.yaml", STACK_HEAD)
         .symlink("compose/secret.yaml", "/etc/passwd");
-    assert_clear_error(&repo.driftless(&["validate"]), &["compose/secret.yaml", "outside"]);
+    assert_clear_error(
+        &repo.driftless(&["validate"]),
+        &["compose/secret.yaml", "outside"],
+    );
 }
 
 #[test]
 fn invalid_yaml() {
-    let repo = RepoBuilder::minimal().file("compose/stack.yaml", "services:\n  web:\n    image: [busybox\n    ports: 1\n");
-    assert_clear_error(&repo.driftless(&["validate"]), &["error[dev]", "compose/stack.yaml:"]);
+    let repo = RepoBuilder::minimal().file(
+        "compose/stack.yaml",
+        "services:\n  web:\n    image: [busybox\n    ports: 1\n",
+    );
+    assert_clear_error(
+        &repo.driftless(&["validate"]),
+        &["error[dev]", "compose/stack.yaml:"],
+    );
 }
 
 #[test]
 fn billion_laughs_alias_bomb() {
-    let mut bomb = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+    let mut bomb = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
     for (i, c) in ('b'..='i').enumerate() {
         let prev = (b'a' + i as u8) as char;
-        bomb.push_str(&format!("{c}: &{c} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"));
+        bomb.push_str(&format!(
+            "{c}: &{c} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"
+        ));
     }
-    let text = format!("x-bomb:\n  {}\nservices:\n  web:\n    image: busybox:1\n", bomb.trim_end().replace('\n', "\n  "));
+    let text = format!(
+        "x-bomb:\n  {}\nservices:\n  web:\n    image: busybox:1\n",
+        bomb.trim_end().replace('\n', "\n  ")
+    );
     let repo = RepoBuilder::minimal().file("compose/stack.yaml", text);
-    assert_clear_error(&repo.driftless(&["validate"]), &["error[dev]", "compose/stack.yaml"]);
+    assert_clear_error(
+        &repo.driftless(&["validate"]),
+        &["error[dev]", "compose/stack.yaml"],
+    );
 }
 
 #[test]
 fn ten_thousand_deep_nesting() {
-    let text = format!("services:\n  web:\n    image: busybox:1\n    labels: {}{}\n", "[".repeat(10_000), "]".repeat(10_000));
+    let text = format!(
+        "services:\n  web:\n    image: busybox:1\n    labels: {}{}\n",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
     let repo = RepoBuilder::minimal().file("compose/stack.yaml", text);
-    assert_clear_error(&repo.driftless(&["validate"]), &["error[dev]", "compose/stack.yaml"]);
+    assert_clear_error(
+        &repo.driftless(&["validate"]),
+        &["error[dev]", "compose/stack.yaml"],
+    );
 }
 
 #[test]
@@ -94,25 +143,44 @@ fn unknown_manifest_key() {
             "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {}\nenvironments:\n  dev:\n    targets: [local]\n    replica: 2\n",
         )
         .file("environments/dev.yaml", "{}\n");
-    assert_clear_error(&repo.driftless(&["validate"]), &["driftless.yaml:8", "replica"]);
+    assert_clear_error(
+        &repo.driftless(&["validate"]),
+        &["driftless.yaml:8", "replica"],
+    );
 }
 
 #[test]
 fn unsupported_compose_key() {
-    let repo = RepoBuilder::minimal().file("compose/stack.yaml", format!("{STACK_HEAD}    devices: [/dev/fuse]\n"));
-    assert_clear_error(&repo.driftless(&["validate"]), &["error[dev]", "compose/stack.yaml:4", "devices"]);
+    let repo = RepoBuilder::minimal().file(
+        "compose/stack.yaml",
+        format!("{STACK_HEAD}    devices: [/dev/fuse]\n"),
+    );
+    assert_clear_error(
+        &repo.driftless(&["validate"]),
+        &["error[dev]", "compose/stack.yaml:4", "devices"],
+    );
 }
 
 #[test]
 fn build_key_says_to_push_images_first() {
-    let repo = RepoBuilder::minimal().file("compose/stack.yaml", "services:\n  web:\n    build: .\n");
-    assert_clear_error(&repo.driftless(&["validate"]), &["error[dev]", "compose/stack.yaml:3", "build", "image"]);
+    let repo =
+        RepoBuilder::minimal().file("compose/stack.yaml", "services:\n  web:\n    build: .\n");
+    assert_clear_error(
+        &repo.driftless(&["validate"]),
+        &["error[dev]", "compose/stack.yaml:3", "build", "image"],
+    );
 }
 
 #[test]
 fn duplicate_service_names() {
-    let repo = RepoBuilder::minimal().file("compose/stack.yaml", format!("{STACK_HEAD}  web:\n    image: busybox:2\n"));
-    assert_clear_error(&repo.driftless(&["validate"]), &["error[dev]", "compose/stack.yaml:4", "web"]);
+    let repo = RepoBuilder::minimal().file(
+        "compose/stack.yaml",
+        format!("{STACK_HEAD}  web:\n    image: busybox:2\n"),
+    );
+    assert_clear_error(
+        &repo.driftless(&["validate"]),
+        &["error[dev]", "compose/stack.yaml:4", "web"],
+    );
 }
 
 #[test]
@@ -121,21 +189,33 @@ fn extends_cycle() {
         "compose/stack.yaml",
         "services:\n  a:\n    image: busybox:1\n    extends: b\n  b:\n    image: busybox:1\n    extends: a\n",
     );
-    assert_clear_error(&repo.driftless(&["validate"]), &["error[dev]", "compose/stack.yaml", "cycle"]);
+    assert_clear_error(
+        &repo.driftless(&["validate"]),
+        &["error[dev]", "compose/stack.yaml", "cycle"],
+    );
 }
 
 #[test]
 fn all_errors_are_listed_not_only_the_first() {
     let repo = RepoBuilder::minimal()
         .file("compose/a.yaml", "services:\n  web:\n    build: .\n")
-        .file("compose/b.yaml", "services:\n  db:\n    image: postgres:16\n    devices: [/dev/fuse]\n");
-    assert_clear_error(&repo.driftless(&["validate"]), &["compose/a.yaml:3", "compose/b.yaml:4"]);
+        .file(
+            "compose/b.yaml",
+            "services:\n  db:\n    image: postgres:16\n    devices: [/dev/fuse]\n",
+        );
+    assert_clear_error(
+        &repo.driftless(&["validate"]),
+        &["compose/a.yaml:3", "compose/b.yaml:4"],
+    );
 }
 
 #[test]
 fn unknown_environment_lists_the_known_ones() {
     let repo = RepoBuilder::minimal().file("compose/stack.yaml", STACK_HEAD);
-    assert_clear_error(&repo.driftless(&["validate", "--env", "prod"]), &["no environment `prod`", "dev"]);
+    assert_clear_error(
+        &repo.driftless(&["validate", "--env", "prod"]),
+        &["no environment `prod`", "dev"],
+    );
 }
 
 #[test]
@@ -146,10 +226,20 @@ fn render_masks_secrets_and_lists_missing_ones() {
     );
     let secrets = tempfile::tempdir().unwrap();
     std::fs::write(secrets.path().join("api_token"), "tok-SUPERSECRET-123\n").unwrap();
-    let run = repo.driftless(&["render", "--env", "dev", "--secrets-dir", secrets.path().to_str().unwrap()]);
+    let run = repo.driftless(&[
+        "render",
+        "--env",
+        "dev",
+        "--secrets-dir",
+        secrets.path().to_str().unwrap(),
+    ]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(!run.stdout.contains("SUPERSECRET"), "{}", run.stdout);
     assert!(run.stdout.contains("A: \"******\""), "{}", run.stdout);
-    assert!(run.stdout.contains("<secret:db_password>"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("<secret:db_password>"),
+        "{}",
+        run.stdout
+    );
     assert!(run.stderr.contains("db_password"), "{}", run.stderr);
 }

@@ -59,8 +59,11 @@ pub const MAX_REPLAYED_EVENTS: usize = 100_000;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct YamlError {
+    /// One line, without the position.
     pub message: String,
+    /// 1-based line, 0 when unknown.
     pub line: u32,
+    /// 1-based column, 0 when unknown.
     pub column: u32,
 }
 

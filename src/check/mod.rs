@@ -2,4 +2,5 @@
 //! Rendered files become a validated [`crate::model::DesiredState`], or a
 //! list of every problem found.
 
+pub mod compose;
 pub mod kube;

@@ -176,9 +176,11 @@ pub fn node_options() -> serde_saphyr::Options {
     options
 }
 
-/// Deserializes one YAML document into `T`.
-pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> {
-    serde_saphyr::from_str_with_options(text, options()).map_err(convert)
+/// Deserializes one YAML document into `T`, on the parser thread (see
+/// [`parse_documents`]) so an untyped field nested to the budget's depth
+/// cannot overflow the caller's stack.
+pub fn from_str<T: DeserializeOwned + Send>(text: &str) -> Result<T, YamlError> {
+    on_parser_stack(|| serde_saphyr::from_str_with_options(text, options()).map_err(convert))
 }
 
 /// A YAML value with the 1-based line and column where it starts.
@@ -584,6 +586,28 @@ mod tests {
         assert_eq!(
             n.to_json(),
             serde_json::json!({"a": 1, "b": ["x", {"y": true}]})
+        );
+    }
+
+    #[test]
+    fn typed_reads_of_deep_untyped_values_do_not_overflow() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Loose {
+            any: serde_json::Value,
+        }
+        let deep = format!(
+            "any: {}{}\n",
+            "[".repeat(MAX_DEPTH - 1),
+            "]".repeat(MAX_DEPTH - 1)
+        );
+        from_str::<Loose>(&deep).unwrap();
+        let deeper = format!("any: {}{}\n", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(
+            from_str::<Loose>(&deeper)
+                .unwrap_err()
+                .message
+                .contains("limit")
         );
     }
 

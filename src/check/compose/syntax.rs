@@ -121,7 +121,7 @@ pub struct ShortVolume {
 pub fn parse_volume(spec: &str) -> Result<ShortVolume, String> {
     let mut parts: Vec<&str> = spec.split(':').collect();
     // A Windows drive letter (`C:\data:/data`) is part of the source.
-    if is_windows_path(spec) && parts.len() > 1 {
+    if is_windows_path(spec) && !spec.starts_with('\\') && parts.len() > 1 {
         let drive_len = parts[0].len() + 1 + parts[1].len();
         parts.splice(0..2, [&spec[..drive_len]]);
     }
@@ -338,6 +338,8 @@ mod tests {
             (Some("C:\\data"), "/data")
         );
         assert!(is_path("C:\\data") && is_windows_path("D:/x") && !is_windows_path("data:/x"));
+        let unc = parse_volume("\\\\server\\share:/data").unwrap();
+        assert_eq!(unc.source.as_deref(), Some("\\\\server\\share"));
     }
 
     #[test]

@@ -1,22 +1,74 @@
 //! YAML for everything driftless reads, through serde-saphyr with the
 //! settings chosen once here: strict booleans (`NO` stays a string), resource
-//! budgets against alias bombs and deep nesting, and errors that carry a line
-//! and column.
+//! budgets against alias bombs and deep nesting, duplicate mapping keys
+//! rejected, and errors that carry a line and column.
+//!
+//! Two ways in: [`from_str`] deserialises straight into a typed value (the
+//! manifest, rule files), and [`parse_document`] / [`parse_documents`] build
+//! a located [`Node`] tree for loaders that must point at the exact line of
+//! any value (Compose files, Kubernetes manifests).
+//!
+//! # Budgets
+//!
+//! The limits are sized from the largest inputs driftless is meant to read: a
+//! source file is at most 5 MiB ([`crate::source::Limits`]); the largest real
+//! manifest in the test corpus (a Prometheus CRD, 810 KB) has about 60,000
+//! nodes and nests 27 levels deep.
+//!
+//! | limit | value | accepts | rejects |
+//! | --- | --- | --- | --- |
+//! | nesting depth | [`MAX_DEPTH`] = 128 | any real manifest (27 deep) | 10,000-deep `[[[...` |
+//! | documents per stream | 10,000 | a 2,000-document bundle | separator storms |
+//! | nodes | 1,000,000 | a 100,000-item list; every 5 MiB file of real data | |
+//! | parser events | 2,000,000 | the same | |
+//! | scalar text | 32 MiB | | |
+//! | aliases | 10,000; at most 10 per anchor on average once past 100 | `<<: *defaults` in every service | |
+//! | alias replay | 100,000 events in total, 16 levels of alias-in-alias | a 5,000-event anchor used 20 times | billion laughs |
+//!
+//! A tree built from these limits is at most a few hundred MB for a hostile
+//! 5 MiB file, and no deeper than [`MAX_DEPTH`] (checked while building, alias
+//! expansions included), so every recursive walk over a [`Node`] is bounded.
 
-use serde::de::DeserializeOwned;
+use std::cell::Cell;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::budget::BudgetBreach;
 
 use crate::diag::Diagnostic;
+
+/// Deepest nesting of sequences and mappings accepted, alias expansions
+/// included. Real manifests stay under 30.
+pub const MAX_DEPTH: usize = 128;
+/// Most documents in one YAML stream.
+pub const MAX_DOCUMENTS: usize = 10_000;
+/// Most nodes (scalars, sequences, mappings) in one stream.
+pub const MAX_NODES: usize = 1_000_000;
+/// Most parser events in one stream.
+pub const MAX_EVENTS: usize = 2_000_000;
+/// Most scalar text in one stream, in bytes.
+pub const MAX_SCALAR_BYTES: usize = 32 * 1024 * 1024;
+/// Most alias (`*name`) uses in one stream.
+pub const MAX_ALIASES: usize = 10_000;
+/// Most events replayed from aliases in one stream (billion-laughs guard).
+pub const MAX_REPLAYED_EVENTS: usize = 100_000;
 
 /// A YAML error with its position (1-based; 0 when unknown).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct YamlError {
+    /// One line, without the position.
     pub message: String,
+    /// 1-based line, 0 when unknown.
     pub line: u32,
+    /// 1-based column, 0 when unknown.
     pub column: u32,
 }
 
 impl YamlError {
+    /// The error as a diagnostic of `file`.
     pub fn into_diagnostic(self, file: &str) -> Diagnostic {
         Diagnostic::error(self.message)
             .file(file)
@@ -26,8 +78,24 @@ impl YamlError {
 
 /// The parser options every driftless YAML read uses.
 pub fn options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = MAX_DEPTH;
+    budget.max_documents = MAX_DOCUMENTS;
+    budget.max_nodes = MAX_NODES;
+    budget.max_events = MAX_EVENTS;
+    budget.max_total_scalar_bytes = MAX_SCALAR_BYTES;
+    budget.max_aliases = MAX_ALIASES;
+    budget.max_anchors = MAX_ALIASES;
+
     let mut options = serde_saphyr::Options::default();
     options.strict_booleans = true;
+    options.budget = Some(budget);
+    options.duplicate_keys = serde_saphyr::options::DuplicateKeyPolicy::Error;
+    options.merge_keys = serde_saphyr::options::MergeKeyPolicy::Merge;
+    options.alias_limits.max_total_replayed_events = MAX_REPLAYED_EVENTS;
+    options.alias_limits.max_replay_stack_depth = 16;
+    // Messages are ours: one line, position in the fields.
+    options.with_snippet = false;
     options
 }
 
@@ -36,19 +104,450 @@ fn convert(e: serde_saphyr::Error) -> YamlError {
         .location()
         .map(|l| (l.line() as u32, l.column() as u32))
         .unwrap_or((0, 0));
-    // serde-saphyr's Display repeats the position; keep the first line of text.
-    let message = e.to_string();
-    let message = message.lines().next().unwrap_or("invalid YAML").to_owned();
     YamlError {
-        message,
+        message: message_of(&e),
         line,
         column,
     }
 }
 
-/// Deserializes one YAML document into `T`.
-pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> {
-    serde_saphyr::from_str_with_options(text, options()).map_err(convert)
+/// The message of a serde-saphyr error without its position (which goes in
+/// the [`YamlError`] fields), naming the limit when a budget was hit.
+fn message_of(e: &serde_saphyr::Error) -> String {
+    use serde_saphyr::{Error, MessageFormatter as _};
+    match e {
+        Error::AliasError { error, .. } | Error::WithSnippet { error, .. } => message_of(error),
+        Error::Budget { breach, .. } => budget_message(breach),
+        Error::AliasReplayLimitExceeded { .. } => format!(
+            "YAML limit hit: aliases expand to more than {MAX_REPLAYED_EVENTS} events (an alias bomb?)"
+        ),
+        Error::AliasExpansionLimitExceeded { .. } => {
+            "YAML limit hit: one anchor is expanded too many times (an alias bomb?)".to_owned()
+        }
+        Error::AliasReplayStackDepthExceeded { max_depth, .. } => {
+            format!("YAML limit hit: aliases nest more than {max_depth} levels deep")
+        }
+        Error::UnknownAnchor { .. } => {
+            "alias `*name` refers to an anchor `&name` that is not defined before it".to_owned()
+        }
+        Error::DuplicateMappingKey { key: Some(key), .. } => {
+            format!("duplicate key `{key}`: keys of a YAML mapping must be unique")
+        }
+        Error::DuplicateMappingKey { key: None, .. } => {
+            "duplicate key: keys of a YAML mapping must be unique".to_owned()
+        }
+        other => {
+            let message = serde_saphyr::UserMessageFormatter.format_message(other);
+            message.lines().next().unwrap_or("invalid YAML").to_owned()
+        }
+    }
+}
+
+/// Names the limit that was hit, with its value.
+fn budget_message(breach: &BudgetBreach) -> String {
+    let what = match breach {
+        BudgetBreach::Depth { .. } => {
+            format!("nesting deeper than {MAX_DEPTH} levels")
+        }
+        BudgetBreach::Documents { .. } => format!("more than {MAX_DOCUMENTS} documents"),
+        BudgetBreach::Nodes { .. } => format!("more than {MAX_NODES} nodes"),
+        BudgetBreach::Events { .. } => format!("more than {MAX_EVENTS} parser events"),
+        BudgetBreach::ScalarBytes { .. } => {
+            format!("more than {MAX_SCALAR_BYTES} bytes of scalar text")
+        }
+        BudgetBreach::Aliases { .. } => format!("more than {MAX_ALIASES} aliases"),
+        BudgetBreach::Anchors { .. } => format!("more than {MAX_ALIASES} anchors"),
+        BudgetBreach::AliasAnchorRatio { aliases, anchors } => format!(
+            "{aliases} aliases for {anchors} anchors (more than 10 uses per anchor: an alias bomb?)"
+        ),
+        other => format!("{other:?}"),
+    };
+    format!("YAML limit hit: {what}")
+}
+
+/// The options for [`Node`] trees: those of [`options`], plus integers with a
+/// leading zero read as octal (`0440` = 288). The files read as trees are
+/// Compose files and Kubernetes manifests, whose reference readers (Go's
+/// yaml.v3 and yaml.v2) do exactly that; a file mode written `0644` must mean
+/// what it means to `docker compose` and `kubectl`.
+pub fn node_options() -> serde_saphyr::Options {
+    let mut options = options();
+    options.legacy_octal_numbers = true;
+    options
+}
+
+/// Deserializes one YAML document into `T`, on the parser thread (see
+/// [`parse_documents`]) so an untyped field nested to the budget's depth
+/// cannot overflow the caller's stack.
+pub fn from_str<T: DeserializeOwned + Send>(text: &str) -> Result<T, YamlError> {
+    on_parser_stack(|| serde_saphyr::from_str_with_options(text, options()).map_err(convert))
+}
+
+/// A YAML value with the 1-based line and column where it starts.
+///
+/// Mappings keep their order and their key nodes (so an error about a key can
+/// point at it). Merge keys (`<<`) are already expanded and aliases already
+/// replaced by the anchored value; `tag` is an explicit tag as written
+/// (`!reset`), resolved standard tags (`!!str`) are absorbed into the value.
+///
+/// Invariant: a tree is never deeper than [`MAX_DEPTH`], so recursive walks
+/// over it cannot exhaust the stack.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub value: Value,
+    pub line: u32,
+    pub column: u32,
+    /// An application tag such as `!reset` or `!override`, when present.
+    pub tag: Option<String>,
+    /// The file this node was read from, set by loaders that combine trees
+    /// of several files (Compose `extends`); `None`: the file being loaded.
+    pub file: Option<Arc<str>>,
+}
+
+/// The value of a [`Node`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    String(String),
+    Seq(Vec<Node>),
+    /// Entries in document order; keys are unique.
+    Map(Vec<(Node, Node)>),
+}
+
+impl Node {
+    /// A node without a position (for values built by code).
+    pub fn new(value: Value) -> Node {
+        Node {
+            value,
+            line: 0,
+            column: 0,
+            tag: None,
+            file: None,
+        }
+    }
+
+    /// A node at the position (and file) of `self` holding `value`.
+    pub fn with_value(&self, value: Value) -> Node {
+        Node {
+            value,
+            line: self.line,
+            column: self.column,
+            tag: None,
+            file: self.file.clone(),
+        }
+    }
+
+    /// Marks this node and every node under it as read from `file`.
+    pub fn set_file(&mut self, file: &Arc<str>) {
+        self.file = Some(file.clone());
+        match &mut self.value {
+            Value::Seq(items) => items.iter_mut().for_each(|n| n.set_file(file)),
+            Value::Map(entries) => entries.iter_mut().for_each(|(k, v)| {
+                k.set_file(file);
+                v.set_file(file);
+            }),
+            _ => {}
+        }
+    }
+
+    /// The string, when this is a string scalar.
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.value {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The entries, when this is a mapping.
+    pub fn as_map(&self) -> Option<&[(Node, Node)]> {
+        match &self.value {
+            Value::Map(entries) => Some(entries),
+            _ => None,
+        }
+    }
+
+    /// The items, when this is a sequence.
+    pub fn as_seq(&self) -> Option<&[Node]> {
+        match &self.value {
+            Value::Seq(items) => Some(items),
+            _ => None,
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self.value, Value::Null)
+    }
+
+    /// The value under string key `key`, when this is a mapping that has it.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        self.as_map()?
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v)
+    }
+
+    /// A scalar as text, the way Compose turns YAML scalars into strings
+    /// (`8080` → `"8080"`, `true` → `"true"`); `None` for null and collections.
+    pub fn scalar_text(&self) -> Option<String> {
+        match &self.value {
+            Value::String(s) => Some(s.clone()),
+            Value::Bool(b) => Some(b.to_string()),
+            Value::Int(i) => Some(i.to_string()),
+            Value::Float(f) => Some(format_float(*f)),
+            Value::Null | Value::Seq(_) | Value::Map(_) => None,
+        }
+    }
+
+    /// What kind of value this is, for error messages (`a string`, `a mapping`).
+    pub fn kind(&self) -> &'static str {
+        match &self.value {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Int(_) => "an integer",
+            Value::Float(_) => "a number",
+            Value::String(_) => "a string",
+            Value::Seq(_) => "a sequence",
+            Value::Map(_) => "a mapping",
+        }
+    }
+
+    /// The value as JSON. Non-string keys become their text (`1: a` →
+    /// `{"1": "a"}`), as Kubernetes' YAML-to-JSON does; non-finite floats
+    /// become null.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match &self.value {
+            Value::Null => J::Null,
+            Value::Bool(b) => J::Bool(*b),
+            Value::Int(i) => J::from(*i),
+            Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+            Value::String(s) => J::String(s.clone()),
+            Value::Seq(items) => J::Array(items.iter().map(Node::to_json).collect()),
+            Value::Map(entries) => J::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.scalar_text().unwrap_or_else(|| "null".into()),
+                            v.to_json(),
+                        )
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// Formats a float the way Go's `%v` does for common values (`0.5`, `1`, `1e+21`).
+fn format_float(f: f64) -> String {
+    if f.is_nan() {
+        "NaN".to_owned()
+    } else if f.is_infinite() {
+        if f > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
+    } else if f == f.trunc() && f.abs() < 1e21 {
+        format!("{}", f as i128)
+    } else {
+        format!("{f}")
+    }
+}
+
+/// Parses a single-document YAML text into a located tree. An empty or
+/// comment-only text is [`Value::Null`]; more than one document is an error.
+pub fn parse_document(text: &str) -> Result<Node, YamlError> {
+    let mut docs = parse_documents(text)?;
+    match docs.len() {
+        0 => Ok(Node {
+            line: 1,
+            column: 1,
+            ..Node::new(Value::Null)
+        }),
+        1 => Ok(docs.remove(0)),
+        _ => Err(YamlError {
+            message: format!(
+                "expected one YAML document, found {} (separated by `---`)",
+                docs.len()
+            ),
+            line: docs[1].line,
+            column: 0,
+        }),
+    }
+}
+
+/// Parses a YAML stream into one located tree per document. Empty,
+/// comment-only and plain-null documents yield nothing.
+pub fn parse_documents(text: &str) -> Result<Vec<Node>, YamlError> {
+    on_parser_stack(|| {
+        DEPTH.with(|d| d.set(0));
+        serde_saphyr::from_multiple_with_options::<Node>(text, node_options()).map_err(convert)
+    })
+}
+
+/// Stack for the parser thread. serde recursion costs about 60 KB of stack per
+/// nesting level in a debug build (8 KB optimised), so [`MAX_DEPTH`] levels
+/// need more than the 2 MiB a Tokio worker or test thread has. The memory is
+/// reserved, not committed: only the pages a parse touches are used.
+const PARSER_STACK: usize = 32 * 1024 * 1024;
+
+/// Runs `f` on a scoped thread with [`PARSER_STACK`] bytes of stack, so
+/// hostile nesting up to the budget cannot overflow the caller's stack.
+fn on_parser_stack<R: Send>(
+    f: impl FnOnce() -> Result<R, YamlError> + Send,
+) -> Result<R, YamlError> {
+    std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new()
+            .name("driftless-yaml".to_owned())
+            .stack_size(PARSER_STACK)
+            .spawn_scoped(scope, f);
+        match spawned {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(e) => Err(YamlError {
+                message: format!("cannot start the YAML parser thread: {e}"),
+                line: 0,
+                column: 0,
+            }),
+        }
+    })
+}
+
+thread_local! {
+    /// Nesting depth of the tree being built on this thread. serde-saphyr
+    /// bounds the depth of the text; this also bounds alias expansions, which
+    /// can nest a deep anchor inside another deep anchor.
+    static DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Counts one level of nesting for as long as it lives.
+struct DepthGuard;
+
+impl DepthGuard {
+    fn enter<E: de::Error>() -> Result<DepthGuard, E> {
+        let depth = DEPTH.with(|d| {
+            let depth = d.get() + 1;
+            d.set(depth);
+            depth
+        });
+        let guard = DepthGuard;
+        if depth > MAX_DEPTH {
+            return Err(E::custom(format!(
+                "YAML limit hit: nesting deeper than {MAX_DEPTH} levels (aliases included)"
+            )));
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for DepthGuard {
+    fn drop(&mut self) {
+        DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Node, D::Error> {
+        let spanned =
+            serde_saphyr::Spanned::<serde_saphyr::Tagged<Bare>>::deserialize(deserializer)?;
+        let serde_saphyr::Tagged(Bare(value), tag) = spanned.value;
+        Ok(Node {
+            value,
+            line: spanned.referenced.line() as u32,
+            column: spanned.referenced.column() as u32,
+            // Standard tags (`!!str`, `!!int`) already shaped the value.
+            tag: tag.filter(|t| !t.starts_with("tag:yaml.org,2002:")),
+            file: None,
+        })
+    }
+}
+
+/// A value without its position (the part inside `Spanned`).
+struct Bare(Value);
+
+impl<'de> Deserialize<'de> for Bare {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Bare, D::Error> {
+        deserializer.deserialize_any(BareVisitor).map(Bare)
+    }
+}
+
+struct BareVisitor;
+
+impl<'de> Visitor<'de> for BareVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any YAML value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Int(v))
+    }
+
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
+        Ok(i64::try_from(v).map_or(Value::Float(v as f64), Value::Int))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        Ok(i64::try_from(v).map_or(Value::Float(v as f64), Value::Int))
+    }
+
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
+        Ok(i64::try_from(v).map_or(Value::Float(v as f64), Value::Int))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::Float(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Value, E> {
+        // `!!binary`: keep the bytes as text when they are text.
+        Ok(Value::String(String::from_utf8_lossy(v).into_owned()))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(BareVisitor)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let _depth = DepthGuard::enter()?;
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<Node>()? {
+            items.push(item);
+        }
+        Ok(Value::Seq(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let _depth = DepthGuard::enter()?;
+        let mut entries: Vec<(Node, Node)> = Vec::new();
+        while let Some(key) = map.next_key::<Node>()? {
+            let value = map.next_value::<Node>()?;
+            entries.push((key, value));
+        }
+        Ok(Value::Map(entries))
+    }
 }
 
 #[cfg(test)]
@@ -72,5 +571,158 @@ mod tests {
         let v: std::collections::BTreeMap<String, serde_json::Value> =
             from_str("country: NO\n").unwrap();
         assert_eq!(v["country"], serde_json::json!("NO"));
+    }
+
+    #[test]
+    fn nodes_carry_positions() {
+        let n = parse_document("a: 1\nb:\n  - x\n  - y: true\n").unwrap();
+        let b = n.get("b").unwrap();
+        assert_eq!((b.line, b.column), (3, 3), "{b:?}");
+        let items = b.as_seq().unwrap();
+        assert_eq!(items[1].line, 4);
+        let (k, v) = &items[1].as_map().unwrap()[0];
+        assert_eq!((k.line, k.column), (4, 5));
+        assert_eq!(v.value, Value::Bool(true));
+        assert_eq!(
+            n.to_json(),
+            serde_json::json!({"a": 1, "b": ["x", {"y": true}]})
+        );
+    }
+
+    #[test]
+    fn typed_reads_of_deep_untyped_values_do_not_overflow() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Loose {
+            any: serde_json::Value,
+        }
+        let deep = format!(
+            "any: {}{}\n",
+            "[".repeat(MAX_DEPTH - 1),
+            "]".repeat(MAX_DEPTH - 1)
+        );
+        from_str::<Loose>(&deep).unwrap();
+        let deeper = format!("any: {}{}\n", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(
+            from_str::<Loose>(&deeper)
+                .unwrap_err()
+                .message
+                .contains("limit")
+        );
+    }
+
+    #[test]
+    fn tags_are_kept_and_standard_tags_absorbed() {
+        let n = parse_document("a: !reset null\nb: !override [1]\nc: !!str 5\n").unwrap();
+        assert_eq!(n.get("a").unwrap().tag.as_deref(), Some("!reset"));
+        assert_eq!(n.get("b").unwrap().tag.as_deref(), Some("!override"));
+        let c = n.get("c").unwrap();
+        assert_eq!((c.tag.as_deref(), c.as_str()), (None, Some("5")));
+    }
+
+    #[test]
+    fn duplicate_keys_are_an_error_with_the_line() {
+        let e = parse_document("services:\n  web: {image: a}\n  web: {image: b}\n").unwrap_err();
+        assert_eq!(e.line, 3, "{e:?}");
+        assert!(e.message.contains("duplicate key `web`"), "{e:?}");
+    }
+
+    #[test]
+    fn merge_keys_are_expanded_explicit_keys_win() {
+        let n = parse_document("x: &x {p: 1, q: 2}\ny:\n  <<: *x\n  q: 3\n").unwrap();
+        let y = n.get("y").unwrap();
+        assert_eq!(y.to_json(), serde_json::json!({"p": 1, "q": 3}));
+        assert!(y.get("<<").is_none());
+    }
+
+    #[test]
+    fn multi_document_streams_skip_empty_documents() {
+        let docs =
+            parse_documents("# only a comment\n---\na: 1\n---\n---\n# c\n---\nb: 2\n").unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0].line, 3);
+        assert_eq!(docs[1].line, 8);
+        assert!(parse_document("# nothing\n").unwrap().is_null());
+        assert!(parse_document("a: 1\n---\nb: 2\n").is_err());
+    }
+
+    #[test]
+    fn leading_zero_integers_are_octal_as_in_go_yaml() {
+        let n = parse_document("mode: 0440\nplain: 440\nnine: 09\n").unwrap();
+        assert_eq!(n.get("mode").unwrap().value, Value::Int(0o440));
+        assert_eq!(n.get("plain").unwrap().value, Value::Int(440));
+        assert_eq!(n.get("nine").unwrap().scalar_text().as_deref(), Some("9"));
+    }
+
+    #[test]
+    fn billion_laughs_fails_fast_naming_the_limit() {
+        let mut text = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..10 {
+            let p = i - 1;
+            text.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let start = std::time::Instant::now();
+        let e = parse_document(&text).unwrap_err();
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+        assert!(e.message.starts_with("YAML limit hit"), "{e:?}");
+    }
+
+    #[test]
+    fn deep_nesting_fails_fast_naming_the_limit() {
+        for text in [
+            "[".repeat(10_000) + &"]".repeat(10_000),
+            (0..10_000)
+                .map(|i| format!("{}- \n", " ".repeat(i * 2)))
+                .collect(),
+            (0..10_000)
+                .map(|i| format!("{}k:\n", " ".repeat(i)))
+                .collect(),
+        ] {
+            let start = std::time::Instant::now();
+            let e = parse_document(&text).unwrap_err();
+            assert!(start.elapsed() < std::time::Duration::from_secs(2));
+            assert!(
+                e.message.contains("limit") || e.message.contains("nest"),
+                "{e:?}"
+            );
+        }
+        // At the limit is fine.
+        let ok = "[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH);
+        parse_document(&ok).unwrap();
+    }
+
+    #[test]
+    fn aliases_cannot_nest_past_the_depth_limit() {
+        // Each anchor nests 100 levels and contains the previous one.
+        let mut text = String::new();
+        for i in 0..20 {
+            let inner = if i == 0 {
+                "x".to_owned()
+            } else {
+                format!("*a{}", i - 1)
+            };
+            text.push_str(&format!(
+                "a{i}: &a{i} {}{inner}{}\n",
+                "[".repeat(100),
+                "]".repeat(100)
+            ));
+        }
+        let e = parse_document(&text).unwrap_err();
+        assert!(e.message.contains("limit"), "{e:?}");
+    }
+
+    #[test]
+    fn big_streams_and_lists_load() {
+        let docs: String = (0..2_000)
+            .map(|i| format!("---\nkind: ConfigMap\nmetadata: {{name: c{i}}}\n"))
+            .collect();
+        assert_eq!(parse_documents(&docs).unwrap().len(), 2_000);
+        let list: String = (0..100_000).map(|i| format!("- {i}\n")).collect();
+        assert_eq!(
+            parse_document(&list).unwrap().as_seq().unwrap().len(),
+            100_000
+        );
     }
 }

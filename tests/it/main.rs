@@ -6,6 +6,7 @@ mod docker_support;
 mod support;
 
 mod compose_backend;
+mod corpus;
 mod example;
 mod pipeline;
 mod render;

@@ -1,0 +1,616 @@
+//! The Compose loader: one rendered Compose file (plus the repo files it
+//! refers to) becomes a fully resolved [`Project`], or the list of every
+//! problem in it.
+//!
+//! The steps follow compose-go, the loader behind `docker compose`:
+//!
+//! 1. parse the YAML into a located tree ([`crate::yaml::Node`]);
+//! 2. read `.env` next to the file ([`dotenv`]) and overlay the environment's
+//!    values on it; the process environment is never read, so a render is the
+//!    same wherever it runs;
+//! 3. interpolate every string value ([`interpolate`]);
+//! 4. resolve `extends` with Compose's merge rules, `!reset` and `!override`
+//!    included ([`extends`]);
+//! 5. convert each service key by key, expanding short syntax ([`syntax`]),
+//!    reading `env_file`s, relative bind mounts and `configs` files from the
+//!    repo ([`service`]);
+//! 6. check references between services, networks, volumes and configs.
+//!
+//! Every key driftless does not apply is an error naming it, never silently
+//! dropped. Errors are collected for the whole file.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::model::Origin;
+use crate::model::compose::{Network, Project};
+use crate::yaml::{self, Node, Value};
+
+mod dotenv;
+mod extends;
+mod interpolate;
+mod read;
+mod resources;
+mod service;
+mod syntax;
+
+/// Reads a rendered repo file by repo path: `None` when it is not in the
+/// repo, an error diagnostic when it is there but cannot be read.
+pub type ReadFile<'a> = dyn Fn(&str) -> Option<Result<Arc<[u8]>, Diagnostic>> + 'a;
+
+/// What [`load`] needs: the file, its text, and access to the rest of the
+/// rendered repo, without IO of its own.
+pub struct Input<'a> {
+    /// Rendered repo path of the Compose file, e.g. `compose/stack.yaml`.
+    pub file: &'a str,
+    pub text: &'a str,
+    /// Project name when the file has no `name:` (normalised like Compose
+    /// normalises a directory name).
+    pub default_project_name: &'a str,
+    /// The environment's values; they override `.env`.
+    pub variables: &'a BTreeMap<String, String>,
+    /// Reads another rendered repo file by repo path; `None`: not in the repo.
+    pub read: &'a ReadFile<'a>,
+    /// Repo paths of the files under a repo directory, at any depth (empty
+    /// when the directory does not exist).
+    pub is_dir: &'a dyn Fn(&str) -> Vec<String>,
+}
+
+/// Loads one Compose file into a [`Project`]. On success, returns the
+/// warnings too (unset variables, obsolete `version`); on failure, every
+/// error and warning found.
+pub fn load(input: &Input) -> Result<(Project, Vec<Diagnostic>), Diagnostics> {
+    let mut ctx = Ctx::new(input);
+    let project = ctx.load();
+    let diags = std::mem::take(&mut ctx.diags);
+    match project {
+        Some(project) if !diags.iter().any(Diagnostic::is_error) => Ok((project, diags)),
+        _ => {
+            let mut all = Diagnostics::new();
+            all.extend(diags);
+            if !all.has_errors() {
+                // Unreachable in practice: a `None` project always comes with an error.
+                all.push(
+                    Diagnostic::error("the Compose file could not be loaded").file(input.file),
+                );
+            }
+            Err(all)
+        }
+    }
+}
+
+/// State of one load: the input, the variables, files read for `extends`,
+/// and the diagnostics found so far.
+pub(crate) struct Ctx<'a> {
+    input: &'a Input<'a>,
+    diags: Vec<Diagnostic>,
+    /// `.env` values overlaid with [`Input::variables`].
+    vars: BTreeMap<String, String>,
+    /// Variables already reported unset (Compose warns once per name).
+    warned: BTreeSet<String>,
+    /// Parsed and interpolated Compose files by repo path (`None`: failed).
+    files: HashMap<String, Option<Arc<Node>>>,
+    /// Services with `extends` resolved, by (file, service).
+    resolved: HashMap<(String, String), Option<Node>>,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(input: &'a Input<'a>) -> Self {
+        Ctx {
+            input,
+            diags: Vec::new(),
+            vars: BTreeMap::new(),
+            warned: BTreeSet::new(),
+            files: HashMap::new(),
+            resolved: HashMap::new(),
+        }
+    }
+
+    fn load(&mut self) -> Option<Project> {
+        let file = self.input.file;
+        let mut root = match yaml::parse_document(self.input.text) {
+            Ok(root) => root,
+            Err(e) => {
+                self.diags.push(e.into_diagnostic(file));
+                return None;
+            }
+        };
+        if root.is_null() {
+            self.diags.push(
+                Diagnostic::error("empty Compose file: no services")
+                    .file(file)
+                    .hint("define at least one service under `services:`"),
+            );
+            return None;
+        }
+        if root.as_map().is_none() {
+            self.error(
+                &root,
+                "",
+                format!("a Compose file must be a mapping, not {}", root.kind()),
+            );
+            return None;
+        }
+        self.read_dotenv();
+        self.interpolate(&mut root, "");
+        let root = Arc::new(root);
+        self.files.insert(file.to_owned(), Some(root.clone()));
+
+        let mut name = None;
+        for (k, v) in root.as_map().unwrap_or_default() {
+            let Some(key) = self.key(k, "") else { continue };
+            match key {
+                "version" => self.diags.push(
+                    Diagnostic::warning("`version` is obsolete and ignored")
+                        .file(file)
+                        .at(k.line, k.column)
+                        .object("version")
+                        .hint("remove it, as `docker compose` also suggests"),
+                ),
+                // An empty name (`name: ${UNSET}`) falls back to the default.
+                "name" => {
+                    name = self
+                        .text(v, "name")
+                        .filter(|n| !n.is_empty())
+                        .map(|n| (n, v))
+                }
+                "services" | "networks" | "volumes" | "configs" => {}
+                k if k.starts_with("x-") => {}
+                "build" | "image" | "ports" | "environment" => {
+                    self.unsupported_with(
+                        k,
+                        key,
+                        "a top-level key here looks like a service definition; put it under `services: <name>:`",
+                    );
+                }
+                _ => self.unsupported(k, key),
+            }
+        }
+        let project_name = self.project_name(name);
+
+        // Services keep their tags until `extends` is merged; the top-level
+        // resources are final as written.
+        let mut top = |key: &str| root.get(key).cloned().map(|n| self.apply_tags(n, key));
+        let (networks, volumes, configs) = (top("networks"), top("volumes"), top("configs"));
+        let networks = resources::networks(self, networks.as_ref(), &project_name);
+        let volumes = resources::volumes(self, volumes.as_ref(), &project_name);
+        let configs = resources::configs(self, configs.as_ref());
+
+        let mut project = Project {
+            name: project_name.clone().unwrap_or_default(),
+            services: BTreeMap::new(),
+            networks,
+            volumes,
+            origin: Origin {
+                file: file.to_owned(),
+                line: 1,
+            },
+        };
+
+        let services_node = root.get("services");
+        let entries = match services_node {
+            None => {
+                self.diags.push(
+                    Diagnostic::error("no `services:` in the Compose file")
+                        .file(file)
+                        .hint("define at least one service under `services:`"),
+                );
+                return None;
+            }
+            Some(node) => self.map(node, "services").unwrap_or_default(),
+        };
+        if entries.is_empty() && services_node.is_some_and(|n| n.as_map().is_some() || n.is_null())
+        {
+            self.error(
+                services_node.unwrap_or(&root),
+                "services",
+                "no services defined",
+            );
+        }
+        let names: BTreeSet<String> = entries
+            .iter()
+            .filter_map(|(k, _)| k.scalar_text())
+            .collect();
+        let refs = service::Refs {
+            services: &names,
+            networks: &project.networks,
+            volumes: &project.volumes,
+            configs: &configs,
+        };
+        for (k, _) in entries {
+            let Some(name) = self.key(k, "services") else {
+                continue;
+            };
+            let path = format!("services.{name}");
+            if !valid_service_name(name) {
+                self.error(
+                    k,
+                    &path,
+                    format!("invalid service name `{name}`: use letters, digits, `_`, `.` and `-`, starting with a letter or digit"),
+                );
+                continue;
+            }
+            let Some(node) = self.resolve_service(file, name, &mut Vec::new()) else {
+                continue;
+            };
+            let node = self.apply_tags(node, &path);
+            if let Some(svc) = service::service(self, name, k, &node, &refs) {
+                project.services.insert(name.to_owned(), svc);
+            }
+        }
+        self.check_project(&mut project);
+        project_name.map(|_| project)
+    }
+
+    /// The project name: `name:` (validated) or the default (normalised).
+    fn project_name(&mut self, name: Option<(String, &Node)>) -> Option<String> {
+        match name {
+            Some((name, node)) => {
+                if valid_project_name(&name) {
+                    Some(name)
+                } else {
+                    self.report(
+                        Diagnostic::error(format!(
+                            "invalid project name `{name}`: it must contain only lowercase letters, digits, `-` and `_`, and start with a letter or digit"
+                        ))
+                        .hint(format!("use `{}`", normalize_project_name(&name))),
+                        node,
+                        "name",
+                    );
+                    None
+                }
+            }
+            None => {
+                let name = normalize_project_name(self.input.default_project_name);
+                if name.is_empty() {
+                    self.diags.push(
+                        Diagnostic::error(format!(
+                            "no project name: the file has no `name:` and `{}` gives none",
+                            self.input.default_project_name
+                        ))
+                        .file(self.input.file)
+                        .hint("add `name: <project>` to the Compose file"),
+                    );
+                    return None;
+                }
+                Some(name)
+            }
+        }
+    }
+
+    /// Reads `.env` next to the Compose file into the variables, then
+    /// overlays [`Input::variables`].
+    fn read_dotenv(&mut self) {
+        let input = self.input;
+        self.vars = input.variables.clone();
+        let Ok(path) = crate::source::join_relative(input.file, ".env") else {
+            return;
+        };
+        let Some(text) = self.read_text(&path, None, "") else {
+            return;
+        };
+        let lookup = |k: &str| input.variables.get(k).cloned();
+        match dotenv::parse(&text, &lookup) {
+            Ok(parsed) => {
+                for (k, v) in parsed.entries {
+                    self.vars.entry(k).or_insert(v);
+                }
+                for name in parsed.unset {
+                    self.warn_unset(&name, &path, 0, "");
+                }
+            }
+            Err(e) => self.diags.push(
+                Diagnostic::error(e.message)
+                    .file(path)
+                    .line(e.line)
+                    .hint("see https://docs.docker.com/compose/how-tos/environment-variables/variable-interpolation/#env-file-syntax"),
+            ),
+        }
+    }
+
+    /// Interpolates a parsed file's tree with the project's variables.
+    fn interpolate(&mut self, root: &mut Node, path: &str) {
+        let vars = &self.vars;
+        let lookup = |k: &str| vars.get(k).cloned();
+        let mut subst = interpolate::Substitution::new(&lookup);
+        let mut failures = Vec::new();
+        interpolate::interpolate_tree(root, path, &mut subst, &mut failures);
+        let unset = std::mem::take(&mut subst.unset);
+        let unset_at = std::mem::take(&mut subst.unset_at);
+        drop(subst);
+        let file = root.file.as_deref().unwrap_or(self.input.file).to_owned();
+        for f in failures {
+            let d = match f.error {
+                interpolate::Error::Invalid(reason) => {
+                    Diagnostic::error(format!("invalid interpolation in `{}`: {reason}", f.value))
+                        .hint("write `$$` for a literal `$`")
+                }
+                interpolate::Error::Required { name, message } => Diagnostic::error(format!(
+                    "required variable `{name}` is missing a value: {message}"
+                ))
+                .hint(format!(
+                    "set `{name}` in the environment's values or in `.env` next to the Compose file"
+                )),
+            };
+            self.diags
+                .push(d.file(file.clone()).at(f.line, f.column).object(f.path));
+        }
+        for (name, (line, object)) in unset.iter().zip(unset_at) {
+            self.warn_unset(name, &file, line, &object);
+        }
+    }
+
+    fn warn_unset(&mut self, name: &str, file: &str, line: u32, object: &str) {
+        if !self.warned.insert(name.to_owned()) {
+            return;
+        }
+        let mut d = Diagnostic::warning(format!(
+            "variable `{name}` is not set; using an empty string"
+        ))
+        .file(file)
+        .line(line)
+        .hint(format!(
+            "set `{name}` in the environment's values or in `.env`, or give a default: `${{{name}:-default}}`"
+        ));
+        if !object.is_empty() {
+            d = d.object(object);
+        }
+        self.diags.push(d);
+    }
+
+    /// Reads a repo file as text. `None` when it is missing (no diagnostic
+    /// unless `missing` gives the node to report at) or unreadable (reported).
+    fn read_text(&mut self, path: &str, missing: Option<&Node>, object: &str) -> Option<String> {
+        let bytes = self.read_bytes(path, missing, object)?;
+        match String::from_utf8(bytes.to_vec()) {
+            Ok(text) => Some(text),
+            Err(_) => {
+                self.diags.push(
+                    Diagnostic::error(format!("`{path}` is not valid UTF-8 text")).file(path),
+                );
+                None
+            }
+        }
+    }
+
+    fn read_bytes(
+        &mut self,
+        path: &str,
+        missing: Option<&Node>,
+        object: &str,
+    ) -> Option<Arc<[u8]>> {
+        match (self.input.read)(path) {
+            Some(Ok(bytes)) => Some(bytes),
+            Some(Err(d)) => {
+                self.diags.push(d);
+                None
+            }
+            None => {
+                if let Some(node) = missing {
+                    self.error(node, object, format!("`{path}` is not in the repository"));
+                }
+                None
+            }
+        }
+    }
+
+    /// Parses another Compose file of the repo (for `extends`), interpolated
+    /// with this project's variables, its nodes marked with its path.
+    fn other_file(&mut self, path: &str, at: &Node, object: &str) -> Option<Arc<Node>> {
+        if let Some(cached) = self.files.get(path) {
+            return cached.clone();
+        }
+        // Insert first: a file that extends itself must not be read twice.
+        self.files.insert(path.to_owned(), None);
+        let text = self.read_text(path, Some(at), object)?;
+        let mut root = match yaml::parse_document(&text) {
+            Ok(root) => root,
+            Err(e) => {
+                self.diags.push(e.into_diagnostic(path));
+                return None;
+            }
+        };
+        root.set_file(&Arc::from(path));
+        self.interpolate(&mut root, "");
+        let root = Arc::new(root);
+        self.files.insert(path.to_owned(), Some(root.clone()));
+        Some(root)
+    }
+
+    /// Handles the `!reset` / `!override` tags left after merging (a reset
+    /// key is removed, an override is a plain value) and rejects other tags.
+    fn apply_tags(&mut self, mut node: Node, path: &str) -> Node {
+        match node.tag.as_deref() {
+            None | Some("!override") => node.tag = None,
+            Some(tag) => {
+                let tag = tag.to_owned();
+                self.report(
+                    Diagnostic::error(format!("YAML tag `{tag}` is not supported here"))
+                        .hint("Compose knows `!reset` and `!override` on the values of a mapping"),
+                    &node,
+                    path,
+                );
+                node.tag = None;
+            }
+        }
+        node.value = match std::mem::replace(&mut node.value, Value::Null) {
+            Value::Map(entries) => Value::Map(
+                entries
+                    .into_iter()
+                    .filter(|(_, v)| v.tag.as_deref() != Some("!reset"))
+                    .map(|(k, v)| {
+                        let child = format!("{path}.{}", k.scalar_text().unwrap_or_default());
+                        let v = self.apply_tags(v, &child);
+                        (k, v)
+                    })
+                    .collect(),
+            ),
+            Value::Seq(items) => Value::Seq(
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| self.apply_tags(v, &format!("{path}[{i}]")))
+                    .collect(),
+            ),
+            other => other,
+        };
+        node
+    }
+
+    /// Cross-checks: dependency cycles, `network_mode: service:x`, unique
+    /// container names; adds the `default` network when a service uses it.
+    fn check_project(&mut self, project: &mut Project) {
+        let uses_default = project.services.values().any(|s| {
+            (s.networks.is_empty() && s.network_mode.is_none())
+                || s.networks.contains_key("default")
+        });
+        if uses_default && !project.networks.contains_key("default") {
+            project.networks.insert(
+                "default".to_owned(),
+                Network {
+                    name: format!("{}_default", project.name),
+                    ..Network::default()
+                },
+            );
+        }
+
+        let mut container_names: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut errors = Vec::new();
+        for (name, svc) in &project.services {
+            if let Some(cn) = &svc.container_name {
+                if let Some(other) = container_names.insert(cn, name) {
+                    errors.push((
+                        name.clone(),
+                        format!("container name `{cn}` is also used by service `{other}`"),
+                    ));
+                }
+            }
+        }
+        for (name, message) in errors {
+            let line = project.services.get(&name).map_or(0, |s| s.origin.line);
+            self.diags.push(
+                Diagnostic::error(message)
+                    .file(self.input.file)
+                    .line(line)
+                    .object(format!("services.{name}.container_name")),
+            );
+        }
+
+        // Dependency cycles, reported once per cycle at its first service.
+        let mut reported: BTreeSet<Vec<String>> = BTreeSet::new();
+        for start in project.services.keys() {
+            if let Some(cycle) = find_cycle(project, start) {
+                let mut key = cycle.clone();
+                key.pop();
+                key.sort();
+                if reported.insert(key) {
+                    let line = project.services[start].origin.line;
+                    self.diags.push(
+                        Diagnostic::error(format!(
+                            "dependency cycle: {}",
+                            cycle.join(" -> ")
+                        ))
+                        .file(self.input.file)
+                        .line(line)
+                        .object(format!("services.{start}.depends_on"))
+                        .hint("services cannot depend on each other in a loop; remove one `depends_on` entry"),
+                    );
+                }
+            }
+        }
+    }
+
+    // ---- diagnostics --------------------------------------------------
+
+    /// Pushes `d` located at `node` (its file, line, column) for `object`.
+    pub(crate) fn report(&mut self, d: Diagnostic, node: &Node, object: &str) {
+        let file = node.file.as_deref().unwrap_or(self.input.file);
+        let mut d = d.file(file).at(node.line, node.column);
+        if !object.is_empty() {
+            d = d.object(object);
+        }
+        self.diags.push(d);
+    }
+
+    pub(crate) fn error(&mut self, node: &Node, object: &str, message: impl Into<String>) {
+        self.report(Diagnostic::error(message), node, object);
+    }
+
+    pub(crate) fn warning(&mut self, node: &Node, object: &str, message: impl Into<String>) {
+        self.report(Diagnostic::warning(message), node, object);
+    }
+
+    /// The key at `key_node` (object path `path`) is not one driftless applies.
+    pub(crate) fn unsupported(&mut self, key_node: &Node, path: &str) {
+        self.unsupported_with(
+            key_node,
+            path,
+            "driftless rejects keys it does not apply rather than ignore them; remove it, or deploy this stack without driftless",
+        );
+    }
+
+    /// Like [`Ctx::unsupported`] with a specific hint. `path` is the key's
+    /// object path (`services.web.deploy.placement`).
+    pub(crate) fn unsupported_with(&mut self, key_node: &Node, path: &str, hint: &str) {
+        self.report(
+            Diagnostic::error("key not supported by driftless").hint(hint),
+            key_node,
+            path,
+        );
+    }
+}
+
+/// Whether a `name:` is a valid Compose project name.
+pub fn valid_project_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// Normalises a name into a project name as Compose does for directory
+/// names: lowercase, only `[a-z0-9_-]`, starting with a letter or digit.
+pub fn normalize_project_name(name: &str) -> String {
+    let lower: String = name
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-')
+        .collect();
+    lower.trim_start_matches(['_', '-']).to_owned()
+}
+
+fn valid_service_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// A dependency cycle through `start`, as `a -> b -> a`.
+fn find_cycle(project: &Project, start: &str) -> Option<Vec<String>> {
+    // Iterative DFS with an explicit stack: no recursion on user data.
+    let mut stack: Vec<(String, Vec<String>)> = vec![(start.to_owned(), vec![start.to_owned()])];
+    let mut seen = BTreeSet::new();
+    while let Some((name, path)) = stack.pop() {
+        let Some(svc) = project.services.get(&name) else {
+            continue;
+        };
+        for dep in svc.depends_on.keys() {
+            if dep == start {
+                let mut cycle = path.clone();
+                cycle.push(dep.clone());
+                return Some(cycle);
+            }
+            if seen.insert(dep.clone()) {
+                let mut next = path.clone();
+                next.push(dep.clone());
+                stack.push((dep.clone(), next));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1290 @@
+//! One service, key by key, into a resolved [`Service`]: short syntax
+//! expanded, `env_file`s and relative bind mounts read from the repo,
+//! references to networks, volumes, configs and services checked.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::read::Entry;
+use super::resources::ConfigDef;
+use super::{Ctx, dotenv, syntax};
+use crate::diag::Diagnostic;
+use crate::model::Origin;
+use crate::model::compose::{
+    Dependency, DependencyCondition, FileMount, Healthcheck, Logging, Mount, Network, Port,
+    ResourceSet, Service, ServiceNetwork, Ulimit, Volume,
+};
+use crate::source::join_relative;
+use crate::yaml::{Node, Value};
+
+/// What a service may refer to.
+pub(crate) struct Refs<'r> {
+    pub services: &'r BTreeSet<String>,
+    pub networks: &'r BTreeMap<String, Network>,
+    pub volumes: &'r BTreeMap<String, Volume>,
+    pub configs: &'r BTreeMap<String, Option<ConfigDef>>,
+}
+
+/// Hints for keys people often write that driftless does not apply.
+fn unsupported_hint(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "secrets" => {
+            "Compose secrets are not supported; deliver files with `configs:` or values with `environment:`"
+        }
+        "links" => "services on a shared network reach each other by service name; remove `links`",
+        "volumes_from" => "declare the volumes on this service instead",
+        "tmpfs" => "use a `volumes:` entry with `type: tmpfs`",
+        "mem_limit" | "memswap_limit" | "mem_reservation" | "cpus" | "cpu_count" | "cpu_shares"
+        | "pids_limit" => "set resources under `deploy.resources.limits` / `reservations`",
+        "develop" => "`develop` (watch) is for local development; remove it from deployed stacks",
+        "include" => "`include` is not supported; merge the files, or load each as its own project",
+        _ => return None,
+    })
+}
+
+/// Converts service `name` (its key node and resolved definition).
+pub(crate) fn service(
+    ctx: &mut Ctx,
+    name: &str,
+    key: &Node,
+    node: &Node,
+    refs: &Refs,
+) -> Option<Service> {
+    let path = format!("services.{name}");
+    let entries = match &node.value {
+        Value::Map(entries) => entries.as_slice(),
+        Value::Null => {
+            ctx.report(
+                Diagnostic::error("service has neither `image` nor `build`")
+                    .hint("set `image:` to the image to run"),
+                key,
+                &path,
+            );
+            return None;
+        }
+        _ => {
+            ctx.error(
+                node,
+                &path,
+                format!("a service must be a mapping, not {}", node.kind()),
+            );
+            return None;
+        }
+    };
+    let mut s = Service {
+        replicas: 1,
+        origin: Origin {
+            file: ctx.input.file.to_owned(),
+            line: key.line,
+        },
+        ..Service::default()
+    };
+    let mut image = None;
+    let mut has_build = false;
+    let mut environment: Vec<Entry> = Vec::new();
+    let mut env_files: Vec<(String, bool, &Node, String)> = Vec::new();
+    let mut scale: Option<(i64, &Node)> = None;
+    let mut deploy_replicas: Option<(i64, &Node)> = None;
+    let mut container_name_node = None;
+
+    for (k, v) in entries {
+        let Some(field) = ctx.key(k, &path) else {
+            continue;
+        };
+        let fp = format!("{path}.{field}");
+        match field {
+            "image" => {
+                image = ctx.text(v, &fp);
+                if image.as_deref() == Some("") {
+                    ctx.error(v, &fp, "`image` is empty");
+                }
+            }
+            "build" => {
+                has_build = true;
+                ctx.report(
+                    Diagnostic::error(
+                        "`build` is not supported: build and push the image, then reference it with `image:`",
+                    )
+                    .hint("driftless deploys images from a registry; build them in CI"),
+                    k,
+                    &fp,
+                );
+            }
+            "command" => s.command = command(ctx, v, &fp),
+            "entrypoint" => s.entrypoint = command(ctx, v, &fp),
+            "environment" => environment = ctx.entries(v, &fp, '='),
+            "env_file" => env_files = env_file_list(ctx, v, &fp),
+            "ports" => s.ports = ports(ctx, v, &fp),
+            "expose" => s.expose = dedup(ctx.texts(v, &fp).into_iter().map(|(t, _)| t)),
+            "volumes" => {
+                let (mounts, files) = volumes(ctx, v, &fp, refs);
+                s.volumes = mounts;
+                s.files.extend(files);
+            }
+            "configs" => s.files.extend(configs(ctx, v, &fp, refs)),
+            "networks" => s.networks = networks(ctx, v, &fp, refs),
+            "network_mode" => {
+                if let Some(mode) = ctx.text(v, &fp) {
+                    if let Some(other) = mode.strip_prefix("service:")
+                        && !refs.services.contains(other)
+                    {
+                        ctx.error(
+                            v,
+                            &fp,
+                            format!("`network_mode` names service `{other}`, which is not defined"),
+                        );
+                    }
+                    s.network_mode = Some(mode);
+                }
+            }
+            "depends_on" => s.depends_on = depends_on(ctx, name, v, &fp, refs),
+            "healthcheck" => s.healthcheck = healthcheck(ctx, v, &fp),
+            "restart" => {
+                if let Some(policy) = ctx.text(v, &fp) {
+                    let valid = matches!(
+                        policy.as_str(),
+                        "no" | "always" | "unless-stopped" | "on-failure"
+                    ) || policy
+                        .strip_prefix("on-failure:")
+                        .is_some_and(|n| n.parse::<u32>().is_ok());
+                    if valid {
+                        s.restart = Some(policy);
+                    } else {
+                        ctx.error(
+                            v,
+                            &fp,
+                            format!("`{policy}` is not a restart policy (no, always, unless-stopped, on-failure[:N])"),
+                        );
+                    }
+                }
+            }
+            "labels" => s.labels = ctx.labels(v, &fp),
+            "container_name" => {
+                if let Some(cn) = ctx.text(v, &fp) {
+                    let mut chars = cn.chars();
+                    let valid = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+                        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+                    if !valid {
+                        ctx.error(v, &fp, format!("invalid container name `{cn}`: use letters, digits, `_`, `.` and `-`"));
+                    }
+                    s.container_name = Some(cn);
+                    container_name_node = Some(v);
+                }
+            }
+            "user" => s.user = ctx.text(v, &fp),
+            "working_dir" => s.working_dir = ctx.text(v, &fp),
+            "hostname" => s.hostname = ctx.text(v, &fp),
+            "stop_signal" => s.stop_signal = ctx.text(v, &fp),
+            "extra_hosts" => s.extra_hosts = extra_hosts(ctx, v, &fp),
+            "read_only" => s.read_only = ctx.bool(v, &fp).unwrap_or(false),
+            "privileged" => s.privileged = ctx.bool(v, &fp).unwrap_or(false),
+            "init" => s.init = ctx.bool(v, &fp),
+            "cap_add" => s.cap_add = dedup(ctx.texts(v, &fp).into_iter().map(|(t, _)| t)),
+            "cap_drop" => s.cap_drop = dedup(ctx.texts(v, &fp).into_iter().map(|(t, _)| t)),
+            "security_opt" => s.security_opt = dedup(ctx.texts(v, &fp).into_iter().map(|(t, _)| t)),
+            "stop_grace_period" => s.stop_grace_period = ctx.duration(v, &fp),
+            "ulimits" => s.ulimits = ulimits(ctx, v, &fp),
+            "logging" => s.logging = logging(ctx, v, &fp),
+            "deploy" => deploy(ctx, v, &fp, &mut s, &mut deploy_replicas),
+            "scale" => scale = ctx.int_in(v, &fp, 0..=10_000).map(|n| (n, v)),
+            "profiles" => {
+                let mut profiles = Vec::new();
+                for (p, n) in ctx.texts(v, &fp) {
+                    let mut chars = p.chars();
+                    let valid = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+                        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+                    if !valid {
+                        ctx.error(n, &fp, format!("invalid profile name `{p}`"));
+                    }
+                    profiles.push(p);
+                }
+                s.profiles = dedup(profiles);
+            }
+            f if f.starts_with("x-") => {}
+            f => match unsupported_hint(f) {
+                Some(hint) => ctx.unsupported_with(k, &fp, hint),
+                None => ctx.unsupported(k, &fp),
+            },
+        }
+    }
+
+    match (scale, deploy_replicas) {
+        (Some((a, node)), Some((b, _))) if a != b => ctx.error(
+            node,
+            &format!("{path}.scale"),
+            format!("`scale: {a}` and `deploy.replicas: {b}` disagree; set one of them"),
+        ),
+        (Some((n, _)), _) | (None, Some((n, _))) => s.replicas = n as u32,
+        (None, None) => {}
+    }
+    if let (Some(cn), Some(node)) = (&s.container_name, container_name_node)
+        && s.replicas > 1
+    {
+        ctx.report(
+            Diagnostic::error(format!(
+                "`container_name: {cn}` with {} replicas: container names must be unique",
+                s.replicas
+            ))
+            .hint("remove `container_name` or run one replica"),
+            node,
+            &format!("{path}.container_name"),
+        );
+    }
+    if s.network_mode.is_some() && !s.networks.is_empty() {
+        ctx.error(
+            node,
+            &path,
+            "`network_mode` and `networks` cannot be used together",
+        );
+    }
+
+    s.environment = resolve_environment(ctx, env_files, environment);
+    dedup_mounts(&mut s);
+
+    match image {
+        Some(image) => s.image = image,
+        None if has_build => return None,
+        None => {
+            ctx.report(
+                Diagnostic::error("service has neither `image` nor `build`")
+                    .hint("set `image:` to the image to run"),
+                key,
+                &path,
+            );
+            return None;
+        }
+    }
+    Some(s)
+}
+
+/// A command as a list, or a string split like Compose splits it.
+fn command(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Vec<String>> {
+    match &node.value {
+        Value::Null => None,
+        Value::Seq(_) => Some(ctx.texts(node, path).into_iter().map(|(t, _)| t).collect()),
+        _ => {
+            let text = ctx.text(node, path)?;
+            match syntax::split_command(&text) {
+                Ok(words) => Some(words),
+                Err(e) => {
+                    ctx.error(node, path, e);
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// `env_file`: a path, a list of paths, or the long form with `required`.
+/// Returns (repo path, required, node, object path).
+fn env_file_list<'n>(
+    ctx: &mut Ctx,
+    node: &'n Node,
+    path: &str,
+) -> Vec<(String, bool, &'n Node, String)> {
+    let items: Vec<&Node> = match &node.value {
+        Value::Seq(items) => items.iter().collect(),
+        _ => vec![node],
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let ipath = if node.as_seq().is_some() {
+            format!("{path}[{i}]")
+        } else {
+            path.to_owned()
+        };
+        let (rel, required) = match &item.value {
+            Value::Map(fields) => {
+                let mut rel = None;
+                let mut required = true;
+                for (k, v) in fields {
+                    let Some(key) = ctx.key(k, &ipath) else {
+                        continue;
+                    };
+                    let fp = format!("{ipath}.{key}");
+                    match key {
+                        "path" => rel = ctx.text(v, &fp),
+                        "required" => required = ctx.bool(v, &fp).unwrap_or(true),
+                        _ => ctx.unsupported(k, &fp),
+                    }
+                }
+                let Some(rel) = rel else {
+                    ctx.error(item, &ipath, "`env_file` entry needs `path:`");
+                    continue;
+                };
+                (rel, required)
+            }
+            _ => match ctx.text(item, &ipath) {
+                Some(rel) => (rel, true),
+                None => continue,
+            },
+        };
+        match join_relative(ctx.input.file, &rel) {
+            Ok(p) => out.push((p, required, item, ipath)),
+            Err(e) => ctx.error(item, &ipath, e.to_string()),
+        }
+    }
+    out
+}
+
+/// `env_file`s in order, then `environment` over them; a bare `KEY` takes
+/// its value from the project's variables, else stays pass-through (`None`).
+fn resolve_environment(
+    ctx: &mut Ctx,
+    env_files: Vec<(String, bool, &Node, String)>,
+    environment: Vec<Entry>,
+) -> BTreeMap<String, Option<String>> {
+    let mut env = BTreeMap::new();
+    for (repo_path, required, node, object) in env_files {
+        let missing = required.then_some(node);
+        let Some(text) = ctx.read_text(&repo_path, missing, &object) else {
+            continue;
+        };
+        let vars = ctx.vars.clone();
+        let lookup = |k: &str| vars.get(k).cloned();
+        match dotenv::parse(&text, &lookup) {
+            Ok(parsed) => {
+                for (k, v) in parsed.entries {
+                    env.insert(k, Some(v));
+                }
+                for name in parsed.unset {
+                    ctx.warn_unset(&name, &repo_path, 0, "");
+                }
+            }
+            Err(e) => ctx.diags.push(
+                Diagnostic::error(e.message)
+                    .file(repo_path)
+                    .line(e.line)
+                    .hint("see https://docs.docker.com/compose/how-tos/environment-variables/variable-interpolation/#env-file-syntax"),
+            ),
+        }
+    }
+    for e in environment {
+        let value = e.value.or_else(|| ctx.vars.get(&e.key).cloned());
+        env.insert(e.key, value);
+    }
+    env
+}
+
+fn ports(ctx: &mut Ctx, node: &Node, path: &str) -> Vec<Port> {
+    let mut out: Vec<Port> = Vec::new();
+    let Some(items) = ctx.seq(node, path) else {
+        return out;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let ipath = format!("{path}[{i}]");
+        let parsed = match &item.value {
+            Value::Map(fields) => long_port(ctx, item, fields, &ipath),
+            _ => match ctx.text(item, &ipath) {
+                Some(spec) => match syntax::parse_port(&spec) {
+                    Ok(ports) => ports,
+                    Err(e) => {
+                        ctx.error(item, &ipath, e);
+                        Vec::new()
+                    }
+                },
+                None => Vec::new(),
+            },
+        };
+        for p in parsed {
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn long_port(ctx: &mut Ctx, item: &Node, fields: &[(Node, Node)], path: &str) -> Vec<Port> {
+    let mut target = None;
+    let mut published = None;
+    let mut host_ip = None;
+    let mut protocol = "tcp".to_owned();
+    for (k, v) in fields {
+        let Some(key) = ctx.key(k, path) else {
+            continue;
+        };
+        let fp = format!("{path}.{key}");
+        match key {
+            "target" => target = ctx.int_in(v, &fp, 1..=65535).map(|t| t as u16),
+            "published" => {
+                if let Some(p) = ctx.text(v, &fp) {
+                    match syntax::port_range(&p, &p) {
+                        Ok(_) => published = Some(p),
+                        Err(e) => ctx.error(v, &fp, e),
+                    }
+                }
+            }
+            "host_ip" => {
+                if let Some(ip) = ctx.text(v, &fp) {
+                    if ip.parse::<std::net::IpAddr>().is_err() {
+                        ctx.error(v, &fp, format!("`{ip}` is not an IP address"));
+                    }
+                    host_ip = Some(ip);
+                }
+            }
+            "protocol" => {
+                if let Some(p) = ctx.text(v, &fp) {
+                    let p = p.to_ascii_lowercase();
+                    if matches!(p.as_str(), "tcp" | "udp" | "sctp") {
+                        protocol = p;
+                    } else {
+                        ctx.error(
+                            v,
+                            &fp,
+                            format!("protocol must be tcp, udp or sctp, not `{p}`"),
+                        );
+                    }
+                }
+            }
+            "mode" => {
+                if let Some(m) = ctx.text(v, &fp)
+                    && !matches!(m.as_str(), "host" | "ingress")
+                {
+                    ctx.error(
+                        v,
+                        &fp,
+                        format!("port mode must be `host` or `ingress`, not `{m}`"),
+                    );
+                }
+            }
+            k if k.starts_with("x-") => {}
+            _ => ctx.unsupported(k, &fp),
+        }
+    }
+    match target {
+        Some(target) => vec![Port {
+            host_ip,
+            published,
+            target,
+            protocol,
+        }],
+        None => {
+            ctx.error(item, path, "a port needs `target:`, the container port");
+            Vec::new()
+        }
+    }
+}
+
+/// Mounts and the files of relative bind mounts.
+fn volumes(ctx: &mut Ctx, node: &Node, path: &str, refs: &Refs) -> (Vec<Mount>, Vec<FileMount>) {
+    let mut mounts = Vec::new();
+    let mut files = Vec::new();
+    let Some(items) = ctx.seq(node, path) else {
+        return (mounts, files);
+    };
+    for (i, item) in items.iter().enumerate() {
+        let ipath = format!("{path}[{i}]");
+        let spec = match &item.value {
+            Value::Map(fields) => long_volume(ctx, item, fields, &ipath),
+            _ => ctx
+                .text(item, &ipath)
+                .and_then(|text| short_volume(ctx, item, &text, &ipath)),
+        };
+        let Some(spec) = spec else { continue };
+        if !spec.target.starts_with('/') {
+            ctx.error(
+                item,
+                &ipath,
+                format!("mount target `{}` must be an absolute path", spec.target),
+            );
+            continue;
+        }
+        match spec.kind {
+            Kind::Volume(source) => {
+                if let Some(name) = &source
+                    && !refs.volumes.contains_key(name)
+                {
+                    ctx.report(
+                        Diagnostic::error(format!("volume `{name}` is not defined"))
+                            .hint(format!("declare it under the top-level `volumes:` (`volumes: {{{name}: {{}}}}`)")),
+                        item,
+                        &ipath,
+                    );
+                }
+                mounts.push(Mount::Volume {
+                    source,
+                    target: spec.target,
+                    read_only: spec.read_only,
+                });
+            }
+            Kind::Tmpfs(size) => mounts.push(Mount::Tmpfs {
+                target: spec.target,
+                size,
+            }),
+            Kind::Bind(source) if syntax::is_windows_path(&source) => ctx.report(
+                Diagnostic::error(format!("bind source `{source}` is a Windows path"))
+                    .hint("driftless deploys to Linux Docker engines; use an absolute Linux path"),
+                item,
+                &ipath,
+            ),
+            Kind::Bind(source) if source.starts_with('/') => mounts.push(Mount::Bind {
+                source,
+                target: spec.target,
+                read_only: spec.read_only,
+            }),
+            Kind::Bind(source) if source.starts_with('~') => ctx.report(
+                Diagnostic::error(format!("bind source `{source}` depends on the home directory of whoever runs Compose"))
+                    .hint("use an absolute host path, or a path relative to the Compose file for files from the repo"),
+                item,
+                &ipath,
+            ),
+            Kind::Bind(source) => {
+                let mode = if spec.read_only { 0o444 } else { 0o644 };
+                files.extend(repo_files(ctx, item, &ipath, &source, &spec.target, mode));
+            }
+        }
+    }
+    (mounts, files)
+}
+
+enum Kind {
+    Volume(Option<String>),
+    Bind(String),
+    Tmpfs(Option<u64>),
+}
+
+struct VolumeSpec {
+    kind: Kind,
+    target: String,
+    read_only: bool,
+}
+
+fn short_volume(ctx: &mut Ctx, item: &Node, text: &str, path: &str) -> Option<VolumeSpec> {
+    let v = match syntax::parse_volume(text) {
+        Ok(v) => v,
+        Err(e) => {
+            ctx.error(item, path, e);
+            return None;
+        }
+    };
+    let mut read_only = false;
+    for option in &v.options {
+        match option.as_str() {
+            "ro" => read_only = true,
+            "rw" => read_only = false,
+            // Mount consistency is a Docker Desktop (macOS) hint; engines ignore it.
+            "cached" | "delegated" | "consistent" => {}
+            other => {
+                ctx.report(
+                    Diagnostic::error(format!(
+                        "volume option `{other}` is not supported by driftless"
+                    ))
+                    .hint("supported options: `ro`, `rw`"),
+                    item,
+                    path,
+                );
+            }
+        }
+    }
+    let kind = match v.source {
+        None => Kind::Volume(None),
+        Some(source) if syntax::is_path(&source) => Kind::Bind(source),
+        Some(source) => Kind::Volume(Some(source)),
+    };
+    Some(VolumeSpec {
+        kind,
+        target: v.target,
+        read_only,
+    })
+}
+
+fn long_volume(
+    ctx: &mut Ctx,
+    item: &Node,
+    fields: &[(Node, Node)],
+    path: &str,
+) -> Option<VolumeSpec> {
+    let mut kind = None;
+    let mut source = None;
+    let mut target = None;
+    let mut read_only = false;
+    let mut tmpfs_size = None;
+    for (k, v) in fields {
+        let Some(key) = ctx.key(k, path) else {
+            continue;
+        };
+        let fp = format!("{path}.{key}");
+        match key {
+            "type" => kind = ctx.text(v, &fp).map(|t| (t, v)),
+            "source" => source = ctx.text(v, &fp),
+            "target" => target = ctx.text(v, &fp),
+            "read_only" => read_only = ctx.bool(v, &fp).unwrap_or(false),
+            "consistency" => {}
+            "bind" => {
+                for (bk, bv) in ctx.map(v, &fp).unwrap_or_default() {
+                    let Some(bkey) = ctx.key(bk, &fp) else {
+                        continue;
+                    };
+                    let bp = format!("{fp}.{bkey}");
+                    match bkey {
+                        // Compose's default; files from the repo are always created.
+                        "create_host_path" if ctx.bool(bv, &bp) == Some(true) => {}
+                        _ => ctx.unsupported(bk, &bp),
+                    }
+                }
+            }
+            "tmpfs" => {
+                for (tk, tv) in ctx.map(v, &fp).unwrap_or_default() {
+                    let Some(tkey) = ctx.key(tk, &fp) else {
+                        continue;
+                    };
+                    let tp = format!("{fp}.{tkey}");
+                    match tkey {
+                        "size" => {
+                            tmpfs_size = match &tv.value {
+                                Value::Int(n) if *n >= 0 => Some(*n as u64),
+                                _ => {
+                                    ctx.text(tv, &tp)
+                                        .and_then(|t| match syntax::parse_bytes(&t) {
+                                            Ok(n) => Some(n),
+                                            Err(e) => {
+                                                ctx.error(tv, &tp, e);
+                                                None
+                                            }
+                                        })
+                                }
+                            }
+                        }
+                        _ => ctx.unsupported(tk, &tp),
+                    }
+                }
+            }
+            k if k.starts_with("x-") => {}
+            _ => ctx.unsupported(k, &fp),
+        }
+    }
+    let Some(target) = target else {
+        ctx.error(
+            item,
+            path,
+            "a mount needs `target:`, the path in the container",
+        );
+        return None;
+    };
+    let kind = match kind {
+        None => {
+            ctx.error(item, path, "a mount needs `type:` (volume, bind or tmpfs)");
+            return None;
+        }
+        Some((t, tnode)) => {
+            match t.as_str() {
+                "volume" => Kind::Volume(source),
+                "bind" => match source {
+                    Some(source) => Kind::Bind(source),
+                    None => {
+                        ctx.error(item, path, "a bind mount needs `source:`");
+                        return None;
+                    }
+                },
+                "tmpfs" => Kind::Tmpfs(tmpfs_size),
+                other => {
+                    ctx.error(
+                    tnode,
+                    &format!("{path}.type"),
+                    format!("mount type `{other}` is not supported by driftless (volume, bind, tmpfs)"),
+                );
+                    return None;
+                }
+            }
+        }
+    };
+    Some(VolumeSpec {
+        kind,
+        target,
+        read_only,
+    })
+}
+
+/// The repo file or directory at `rel` (relative to the Compose file) as
+/// files to place under `target`.
+fn repo_files(
+    ctx: &mut Ctx,
+    item: &Node,
+    path: &str,
+    rel: &str,
+    target: &str,
+    mode: u32,
+) -> Vec<FileMount> {
+    let repo_path = match join_relative(ctx.input.file, rel) {
+        Ok(p) => p,
+        Err(e) => {
+            ctx.error(item, path, e.to_string());
+            return Vec::new();
+        }
+    };
+    if let Some(bytes) = ctx.read_bytes(&repo_path, None, path) {
+        return vec![FileMount {
+            target: target.to_owned(),
+            source: repo_path,
+            content: bytes.to_vec(),
+            mode,
+        }];
+    }
+    let under = (ctx.input.is_dir)(&repo_path);
+    if under.is_empty() {
+        ctx.report(
+            Diagnostic::error(format!("bind source `{rel}` (`{repo_path}`) is not a file or directory in the repository"))
+                .hint("a relative bind mount delivers files from the repo; for data the container writes, use a named volume"),
+            item,
+            path,
+        );
+        return Vec::new();
+    }
+    let prefix = format!("{repo_path}/");
+    let mut files = Vec::new();
+    for file in under {
+        let Some(sub) = file.strip_prefix(&prefix) else {
+            continue;
+        };
+        let sub = sub.to_owned();
+        if let Some(bytes) = ctx.read_bytes(&file, Some(item), path) {
+            files.push(FileMount {
+                target: format!("{}/{sub}", target.trim_end_matches('/')),
+                source: file,
+                content: bytes.to_vec(),
+                mode,
+            });
+        }
+    }
+    files
+}
+
+/// Service-level `configs:` as files.
+fn configs(ctx: &mut Ctx, node: &Node, path: &str, refs: &Refs) -> Vec<FileMount> {
+    let mut out = Vec::new();
+    let Some(items) = ctx.seq(node, path) else {
+        return out;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let ipath = format!("{path}[{i}]");
+        let (source, target, mode) = match &item.value {
+            Value::Map(fields) => {
+                let mut source = None;
+                let mut target = None;
+                let mut mode = 0o444;
+                for (k, v) in fields {
+                    let Some(key) = ctx.key(k, &ipath) else {
+                        continue;
+                    };
+                    let fp = format!("{ipath}.{key}");
+                    match key {
+                        "source" => source = ctx.text(v, &fp),
+                        "target" => target = ctx.text(v, &fp),
+                        "mode" => mode = file_mode(ctx, v, &fp).unwrap_or(mode),
+                        k if k.starts_with("x-") => {}
+                        _ => ctx.unsupported(k, &fp),
+                    }
+                }
+                let Some(source) = source else {
+                    ctx.error(
+                        item,
+                        &ipath,
+                        "a config needs `source:`, the name of a top-level config",
+                    );
+                    continue;
+                };
+                (source, target, mode)
+            }
+            _ => match ctx.text(item, &ipath) {
+                Some(source) => (source, None, 0o444),
+                None => continue,
+            },
+        };
+        let target = match target {
+            Some(t) if t.starts_with('/') => t,
+            Some(t) => format!("/{t}"),
+            None => format!("/{source}"),
+        };
+        match refs.configs.get(&source) {
+            None => ctx.report(
+                Diagnostic::error(format!("config `{source}` is not defined"))
+                    .hint("declare it under the top-level `configs:` with `file:` or `content:`"),
+                item,
+                &ipath,
+            ),
+            Some(None) => {}
+            Some(Some(def)) => {
+                let mount = FileMount {
+                    target,
+                    source: def.source.clone(),
+                    content: def.content.clone(),
+                    mode,
+                };
+                match out
+                    .iter()
+                    .position(|m: &FileMount| m.target == mount.target)
+                {
+                    Some(j) => out[j] = mount,
+                    None => out.push(mount),
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A file mode: an integer (`0440` in YAML is octal, as in Compose) or an
+/// octal string (`"0440"`).
+fn file_mode(ctx: &mut Ctx, node: &Node, path: &str) -> Option<u32> {
+    let mode = match &node.value {
+        Value::Int(n) => u32::try_from(*n).ok(),
+        Value::String(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8).ok(),
+        _ => None,
+    };
+    match mode {
+        Some(m) if m <= 0o7777 => Some(m),
+        _ => {
+            ctx.error(node, path, "must be a file mode such as 0440");
+            None
+        }
+    }
+}
+
+fn networks(
+    ctx: &mut Ctx,
+    node: &Node,
+    path: &str,
+    refs: &Refs,
+) -> BTreeMap<String, ServiceNetwork> {
+    let mut out = BTreeMap::new();
+    let check = |ctx: &mut Ctx, name: &str, at: &Node, p: &str| {
+        if name != "default" && !refs.networks.contains_key(name) {
+            ctx.report(
+                Diagnostic::error(format!("network `{name}` is not defined")).hint(format!(
+                    "declare it under the top-level `networks:` (`networks: {{{name}: {{}}}}`)"
+                )),
+                at,
+                p,
+            );
+        }
+    };
+    match &node.value {
+        Value::Seq(_) => {
+            for (name, item) in ctx.texts(node, path) {
+                check(ctx, &name, item, path);
+                out.insert(name, ServiceNetwork::default());
+            }
+        }
+        Value::Map(entries) => {
+            for (k, v) in entries {
+                let Some(name) = ctx.key(k, path) else {
+                    continue;
+                };
+                let np = format!("{path}.{name}");
+                check(ctx, name, k, &np);
+                let mut attachment = ServiceNetwork::default();
+                for (fk, fv) in ctx.map(v, &np).unwrap_or_default() {
+                    let Some(field) = ctx.key(fk, &np) else {
+                        continue;
+                    };
+                    let fp = format!("{np}.{field}");
+                    match field {
+                        "aliases" => {
+                            attachment.aliases =
+                                dedup(ctx.texts(fv, &fp).into_iter().map(|(t, _)| t))
+                        }
+                        "ipv4_address" => {
+                            if let Some(ip) = ctx.text(fv, &fp) {
+                                if ip.parse::<std::net::Ipv4Addr>().is_err() {
+                                    ctx.error(fv, &fp, format!("`{ip}` is not an IPv4 address"));
+                                }
+                                attachment.ipv4_address = Some(ip);
+                            }
+                        }
+                        f if f.starts_with("x-") => {}
+                        _ => ctx.unsupported(fk, &fp),
+                    }
+                }
+                out.insert(name.to_owned(), attachment);
+            }
+        }
+        Value::Null => {}
+        _ => ctx.error(
+            node,
+            path,
+            format!(
+                "must be a list or a mapping of networks, not {}",
+                node.kind()
+            ),
+        ),
+    }
+    out
+}
+
+fn depends_on(
+    ctx: &mut Ctx,
+    me: &str,
+    node: &Node,
+    path: &str,
+    refs: &Refs,
+) -> BTreeMap<String, Dependency> {
+    let mut out = BTreeMap::new();
+    let mut deps: Vec<(String, &Node, Dependency)> = Vec::new();
+    let default = Dependency {
+        condition: DependencyCondition::ServiceStarted,
+        restart: false,
+        required: true,
+    };
+    match &node.value {
+        Value::Seq(_) => {
+            for (name, item) in ctx.texts(node, path) {
+                deps.push((name, item, default.clone()));
+            }
+        }
+        Value::Map(entries) => {
+            for (k, v) in entries {
+                let Some(name) = ctx.key(k, path) else {
+                    continue;
+                };
+                let dp = format!("{path}.{name}");
+                let mut dep = default.clone();
+                for (fk, fv) in ctx.map(v, &dp).unwrap_or_default() {
+                    let Some(field) = ctx.key(fk, &dp) else {
+                        continue;
+                    };
+                    let fp = format!("{dp}.{field}");
+                    match field {
+                        "condition" => match ctx.text(fv, &fp).as_deref() {
+                            Some("service_started") => dep.condition = DependencyCondition::ServiceStarted,
+                            Some("service_healthy") => dep.condition = DependencyCondition::ServiceHealthy,
+                            Some("service_completed_successfully") => {
+                                dep.condition = DependencyCondition::ServiceCompletedSuccessfully
+                            }
+                            Some(other) => ctx.error(
+                                fv,
+                                &fp,
+                                format!("`{other}` is not a condition (service_started, service_healthy, service_completed_successfully)"),
+                            ),
+                            None => {}
+                        },
+                        "restart" => dep.restart = ctx.bool(fv, &fp).unwrap_or(false),
+                        "required" => dep.required = ctx.bool(fv, &fp).unwrap_or(true),
+                        f if f.starts_with("x-") => {}
+                        _ => ctx.unsupported(fk, &fp),
+                    }
+                }
+                deps.push((name.to_owned(), k, dep));
+            }
+        }
+        Value::Null => {}
+        _ => ctx.error(
+            node,
+            path,
+            format!(
+                "must be a list or a mapping of services, not {}",
+                node.kind()
+            ),
+        ),
+    }
+    for (name, at, dep) in deps {
+        if name == me {
+            ctx.error(at, path, format!("service `{me}` depends on itself"));
+            continue;
+        }
+        if !refs.services.contains(&name) {
+            if dep.required {
+                ctx.error(at, path, format!("depends on undefined service `{name}`"));
+            } else {
+                ctx.warning(
+                    at,
+                    path,
+                    format!("optional dependency `{name}` is not defined; ignored"),
+                );
+            }
+            continue;
+        }
+        out.insert(name, dep);
+    }
+    out
+}
+
+fn healthcheck(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Healthcheck> {
+    let entries = ctx.map(node, path)?;
+    let mut hc = Healthcheck {
+        test: Vec::new(),
+        interval: None,
+        timeout: None,
+        retries: None,
+        start_period: None,
+        start_interval: None,
+        disable: false,
+    };
+    for (k, v) in entries {
+        let Some(key) = ctx.key(k, path) else {
+            continue;
+        };
+        let fp = format!("{path}.{key}");
+        match key {
+            "test" => match &v.value {
+                Value::Seq(_) => {
+                    let test: Vec<String> = ctx.texts(v, &fp).into_iter().map(|(t, _)| t).collect();
+                    match test.first().map(String::as_str) {
+                        Some("NONE" | "CMD" | "CMD-SHELL") => hc.test = test,
+                        _ => ctx.report(
+                            Diagnostic::error("a healthcheck test list must start with `CMD`, `CMD-SHELL` or `NONE`")
+                                .hint("e.g. `[\"CMD\", \"curl\", \"-f\", \"http://localhost\"]`, or a string for a shell command"),
+                            v,
+                            &fp,
+                        ),
+                    }
+                }
+                _ => {
+                    if let Some(cmd) = ctx.text(v, &fp) {
+                        if cmd.trim().is_empty() {
+                            ctx.error(v, &fp, "the healthcheck test is empty");
+                        }
+                        hc.test = vec!["CMD-SHELL".to_owned(), cmd];
+                    }
+                }
+            },
+            "interval" => hc.interval = ctx.duration(v, &fp),
+            "timeout" => hc.timeout = ctx.duration(v, &fp),
+            "start_period" => hc.start_period = ctx.duration(v, &fp),
+            "start_interval" => hc.start_interval = ctx.duration(v, &fp),
+            "retries" => {
+                hc.retries = ctx
+                    .int_in(v, &fp, 0..=i64::from(u32::MAX))
+                    .map(|n| n as u32)
+            }
+            "disable" => hc.disable = ctx.bool(v, &fp).unwrap_or(false),
+            k if k.starts_with("x-") => {}
+            _ => ctx.unsupported(k, &fp),
+        }
+    }
+    if hc.disable {
+        hc.test = vec!["NONE".to_owned()];
+    } else if hc.test.first().map(String::as_str) == Some("NONE") {
+        hc.disable = true;
+    }
+    Some(hc)
+}
+
+/// `extra_hosts` as `host:ip` (list of `host:ip` / `host=ip`, or a mapping
+/// of host to one IP or a list of them).
+fn extra_hosts(ctx: &mut Ctx, node: &Node, path: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut push = |ctx: &mut Ctx, host: &str, ip: &str, at: &Node| {
+        if host.is_empty() || ip.is_empty() {
+            ctx.error(at, path, format!("`{host}:{ip}`: expected `host:ip`"));
+            return;
+        }
+        let ip = ip.trim_start_matches('[').trim_end_matches(']');
+        if ip.parse::<std::net::IpAddr>().is_err() && ip != "host-gateway" {
+            ctx.error(
+                at,
+                path,
+                format!("`{ip}` is not an IP address (or `host-gateway`)"),
+            );
+            return;
+        }
+        let entry = format!("{host}:{ip}");
+        if !out.contains(&entry) {
+            out.push(entry);
+        }
+    };
+    match &node.value {
+        Value::Map(entries) => {
+            for (k, v) in entries {
+                let Some(host) = ctx.key(k, path) else {
+                    continue;
+                };
+                let hp = format!("{path}.{host}");
+                for (ip, at) in ctx.text_or_texts(v, &hp) {
+                    push(ctx, host, &ip, at);
+                }
+            }
+        }
+        _ => {
+            for (entry, at) in ctx.texts(node, path) {
+                let (host, ip) = entry
+                    .split_once('=')
+                    .or_else(|| entry.split_once(':'))
+                    .unwrap_or((&entry, ""));
+                push(ctx, host, ip, at);
+            }
+        }
+    }
+    out
+}
+
+fn ulimits(ctx: &mut Ctx, node: &Node, path: &str) -> BTreeMap<String, Ulimit> {
+    let mut out = BTreeMap::new();
+    for (k, v) in ctx.map(node, path).unwrap_or_default() {
+        let Some(name) = ctx.key(k, path) else {
+            continue;
+        };
+        let up = format!("{path}.{name}");
+        let limit = match &v.value {
+            Value::Map(fields) => {
+                let (mut soft, mut hard) = (None, None);
+                for (fk, fv) in fields {
+                    let Some(field) = ctx.key(fk, &up) else {
+                        continue;
+                    };
+                    let fp = format!("{up}.{field}");
+                    match field {
+                        "soft" => soft = ctx.int(fv, &fp),
+                        "hard" => hard = ctx.int(fv, &fp),
+                        _ => ctx.unsupported(fk, &fp),
+                    }
+                }
+                match (soft, hard) {
+                    (Some(soft), Some(hard)) => {
+                        if soft > hard {
+                            ctx.error(
+                                v,
+                                &up,
+                                format!("soft limit {soft} is above the hard limit {hard}"),
+                            );
+                        }
+                        Ulimit { soft, hard }
+                    }
+                    _ => {
+                        ctx.error(
+                            v,
+                            &up,
+                            "a ulimit needs both `soft:` and `hard:` (or a single number)",
+                        );
+                        continue;
+                    }
+                }
+            }
+            _ => match ctx.int(v, &up) {
+                Some(n) => Ulimit { soft: n, hard: n },
+                None => continue,
+            },
+        };
+        out.insert(name.to_owned(), limit);
+    }
+    out
+}
+
+fn logging(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Logging> {
+    let mut logging = Logging {
+        driver: None,
+        options: BTreeMap::new(),
+    };
+    for (k, v) in ctx.map(node, path)? {
+        let Some(key) = ctx.key(k, path) else {
+            continue;
+        };
+        let fp = format!("{path}.{key}");
+        match key {
+            "driver" => logging.driver = ctx.text(v, &fp),
+            "options" => logging.options = ctx.string_map(v, &fp),
+            k if k.starts_with("x-") => {}
+            _ => ctx.unsupported(k, &fp),
+        }
+    }
+    Some(logging)
+}
+
+fn deploy<'n>(
+    ctx: &mut Ctx,
+    node: &'n Node,
+    path: &str,
+    s: &mut Service,
+    replicas: &mut Option<(i64, &'n Node)>,
+) {
+    for (k, v) in ctx.map(node, path).unwrap_or_default() {
+        let Some(key) = ctx.key(k, path) else {
+            continue;
+        };
+        let fp = format!("{path}.{key}");
+        match key {
+            "replicas" => *replicas = ctx.int_in(v, &fp, 0..=10_000).map(|n| (n, v)),
+            "resources" => {
+                for (rk, rv) in ctx.map(v, &fp).unwrap_or_default() {
+                    let Some(rkey) = ctx.key(rk, &fp) else {
+                        continue;
+                    };
+                    let rp = format!("{fp}.{rkey}");
+                    match rkey {
+                        "limits" => s.resources.limits = resource_set(ctx, rv, &rp, true),
+                        "reservations" => {
+                            s.resources.reservations = resource_set(ctx, rv, &rp, false)
+                        }
+                        _ => ctx.unsupported(rk, &rp),
+                    }
+                }
+            }
+            k if k.starts_with("x-") => {}
+            _ => ctx.unsupported(k, &fp),
+        }
+    }
+}
+
+fn resource_set(ctx: &mut Ctx, node: &Node, path: &str, limits: bool) -> ResourceSet {
+    let mut set = ResourceSet::default();
+    for (k, v) in ctx.map(node, path).unwrap_or_default() {
+        let Some(key) = ctx.key(k, path) else {
+            continue;
+        };
+        let fp = format!("{path}.{key}");
+        match key {
+            "cpus" => {
+                set.cpus = ctx.float(v, &fp).filter(|c| {
+                    let ok = *c >= 0.0;
+                    if !ok {
+                        ctx.error(v, &fp, "cpus cannot be negative");
+                    }
+                    ok
+                })
+            }
+            "memory" => {
+                set.memory = match &v.value {
+                    Value::Int(n) if *n >= 0 => Some(*n as u64),
+                    _ => ctx
+                        .text(v, &fp)
+                        .and_then(|t| match syntax::parse_bytes(&t) {
+                            Ok(n) => Some(n),
+                            Err(e) => {
+                                ctx.error(v, &fp, e);
+                                None
+                            }
+                        }),
+                }
+            }
+            "pids" if limits => set.pids = ctx.int(v, &fp),
+            _ => ctx.unsupported(k, &fp),
+        }
+    }
+    set
+}
+
+/// Removes repeated entries, keeping the first position.
+fn dedup(items: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for item in items {
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out
+}
+
+/// Compose keeps one mount per container path: a later one replaces an
+/// earlier one in place.
+fn dedup_mounts(s: &mut Service) {
+    let target = |m: &Mount| match m {
+        Mount::Volume { target, .. } | Mount::Bind { target, .. } | Mount::Tmpfs { target, .. } => {
+            target.clone()
+        }
+    };
+    let mut mounts: Vec<Mount> = Vec::new();
+    for m in std::mem::take(&mut s.volumes) {
+        match mounts.iter().position(|x| target(x) == target(&m)) {
+            Some(i) => mounts[i] = m,
+            None => mounts.push(m),
+        }
+    }
+    s.volumes = mounts;
+    let mut files: Vec<FileMount> = Vec::new();
+    for f in std::mem::take(&mut s.files) {
+        match files.iter().position(|x| x.target == f.target) {
+            Some(i) => files[i] = f,
+            None => files.push(f),
+        }
+    }
+    s.files = files;
+}

@@ -22,11 +22,11 @@ pub mod secrets;
 pub mod yaml;
 
 pub mod backend;
+pub mod backup;
 pub mod check;
 pub mod manifest;
 pub mod model;
 pub mod plan;
+pub mod reconcile;
 pub mod render;
 pub mod source;
-pub mod backup;
-pub mod reconcile;

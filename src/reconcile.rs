@@ -36,11 +36,9 @@ pub struct Loaded {
 /// Reads and validates the manifest of a snapshot.
 pub fn manifest_of(snapshot: &Snapshot) -> Result<Manifest, Diagnostics> {
     let text = snapshot.text(manifest::FILE).map_err(|e| {
-        Diagnostics::from(
-            Diagnostic::error(e.to_string())
-                .file(manifest::FILE)
-                .hint("a desired-state repo has a `driftless.yaml` at its root; see examples/repo-layout"),
-        )
+        Diagnostics::from(Diagnostic::error(e.to_string()).file(manifest::FILE).hint(
+            "a desired-state repo has a `driftless.yaml` at its root; see examples/repo-layout",
+        ))
     })?;
     Manifest::parse(text)
 }
@@ -56,21 +54,34 @@ pub fn root_manifest(source: &Source, limits: Limits) -> Result<(Snapshot, Manif
 /// Source → render → check for one environment. The environment's own
 /// branch is read (manifest included) unless the source is a work tree or
 /// pinned to a revision.
-pub fn load(source: &Source, env_name: &str, options: &RenderOptions) -> Result<Loaded, Diagnostics> {
+pub fn load(
+    source: &Source,
+    env_name: &str,
+    options: &RenderOptions,
+) -> Result<Loaded, Diagnostics> {
     let (root, root_manifest) = root_manifest(source, options.limits)?;
-    let env = root_manifest.environment(env_name).map_err(Diagnostics::from)?;
+    let env = root_manifest
+        .environment(env_name)
+        .map_err(Diagnostics::from)?;
     let snapshot = source
         .snapshot_for_branch(&env.branch, options.limits)
         .map_err(|e| Diagnostics::from(Diagnostic::error(e.to_string()).env(env_name)))?
         .unwrap_or(root);
-    let manifest = manifest_of(&snapshot).map_err(|d| Diagnostics(d.into_iter().map(|d| d.or_env(env_name)).collect()))?;
+    let manifest = manifest_of(&snapshot)
+        .map_err(|d| Diagnostics(d.into_iter().map(|d| d.or_env(env_name)).collect()))?;
     let env = manifest.environment(env_name).map_err(|d| {
         Diagnostics::from(d.env(env_name).hint(format!(
             "the environment is listed on the default branch but not in {} on its own branch",
             manifest::FILE
         )))
     })?;
-    let renderer = Renderer::new(snapshot, &env.name, &env.values, options.secrets.clone(), options.mode)?;
+    let renderer = Renderer::new(
+        snapshot,
+        &env.name,
+        &env.values,
+        options.secrets.clone(),
+        options.mode,
+    )?;
     let checked = check::environment(&manifest, env, &renderer)?;
     Ok(Loaded {
         manifest,
@@ -93,7 +104,11 @@ pub async fn connect(desired: &DesiredState) -> Result<Vec<Driver>, BackendError
 }
 
 /// Plans every target of `desired`; `backends[i]` drives `desired.targets[i]`.
-pub async fn plan<B: Backend>(backends: &[B], desired: &DesiredState, masker: &Masker) -> Result<Plan, BackendError> {
+pub async fn plan<B: Backend>(
+    backends: &[B],
+    desired: &DesiredState,
+    masker: &Masker,
+) -> Result<Plan, BackendError> {
     let mut plan = Plan::new(&desired.environment.name, desired.revision.clone());
     let ctx = context(desired, masker);
     for (backend, target) in pairs(backends, desired) {
@@ -174,7 +189,14 @@ fn context<'a>(desired: &'a DesiredState, masker: &'a Masker) -> Context<'a> {
 
 /// Each target with its backend. A backend whose kind differs from its
 /// target's is a programming error caught by the backend itself.
-fn pairs<'a, B: Backend>(backends: &'a [B], desired: &'a DesiredState) -> impl Iterator<Item = (&'a B, &'a TargetState)> + 'a {
-    debug_assert_eq!(backends.len(), desired.targets.len(), "one backend per target");
+fn pairs<'a, B: Backend>(
+    backends: &'a [B],
+    desired: &'a DesiredState,
+) -> impl Iterator<Item = (&'a B, &'a TargetState)> + 'a {
+    debug_assert_eq!(
+        backends.len(),
+        desired.targets.len(),
+        "one backend per target"
+    );
     backends.iter().zip(&desired.targets)
 }

@@ -130,11 +130,16 @@ pub enum DriverLive {
 
 impl Driver {
     /// Connects to a target of an environment.
-    pub async fn connect(target: &crate::manifest::Target, env: &crate::manifest::Environment) -> Result<Driver, BackendError> {
+    pub async fn connect(
+        target: &crate::manifest::Target,
+        env: &crate::manifest::Environment,
+    ) -> Result<Driver, BackendError> {
         use crate::manifest::TargetKind;
         match &target.kind {
             TargetKind::Docker(d) => Ok(Driver::Compose(
-                compose::ComposeBackend::connect(d).await?.with_settle(env.health.settle),
+                compose::ComposeBackend::connect(d)
+                    .await?
+                    .with_settle(env.health.settle),
             )),
             other => Err(BackendError::Unavailable {
                 target: target.name.clone(),
@@ -157,25 +162,43 @@ impl Backend for Driver {
         }
     }
 
-    async fn read_live(&self, desired: &TargetState, ctx: Context<'_>) -> Result<DriverLive, BackendError> {
+    async fn read_live(
+        &self,
+        desired: &TargetState,
+        ctx: Context<'_>,
+    ) -> Result<DriverLive, BackendError> {
         match self {
             Driver::Compose(b) => b.read_live(desired, ctx).await.map(DriverLive::Compose),
         }
     }
 
-    async fn plan(&self, desired: &TargetState, live: &DriverLive, ctx: Context<'_>) -> Result<Vec<Change>, BackendError> {
+    async fn plan(
+        &self,
+        desired: &TargetState,
+        live: &DriverLive,
+        ctx: Context<'_>,
+    ) -> Result<Vec<Change>, BackendError> {
         match (self, live) {
             (Driver::Compose(b), DriverLive::Compose(l)) => b.plan(desired, l, ctx).await,
         }
     }
 
-    async fn apply(&self, desired: &TargetState, changes: &[Change], ctx: Context<'_>) -> Result<ApplyReport, BackendError> {
+    async fn apply(
+        &self,
+        desired: &TargetState,
+        changes: &[Change],
+        ctx: Context<'_>,
+    ) -> Result<ApplyReport, BackendError> {
         match self {
             Driver::Compose(b) => b.apply(desired, changes, ctx).await,
         }
     }
 
-    async fn health(&self, desired: &TargetState, ctx: Context<'_>) -> Result<Vec<Verdict>, BackendError> {
+    async fn health(
+        &self,
+        desired: &TargetState,
+        ctx: Context<'_>,
+    ) -> Result<Vec<Verdict>, BackendError> {
         match self {
             Driver::Compose(b) => b.health(desired, ctx).await,
         }

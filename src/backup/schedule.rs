@@ -25,9 +25,8 @@ impl Schedule {
         let fields: Vec<&str> = written.split_whitespace().collect();
         let translated = if written.starts_with('@') {
             match written.as_str() {
-                "@yearly" | "@annually" | "@monthly" | "@weekly" | "@daily" | "@midnight" | "@hourly" => {
-                    written.clone()
-                }
+                "@yearly" | "@annually" | "@monthly" | "@weekly" | "@daily" | "@midnight"
+                | "@hourly" => written.clone(),
                 other => {
                     return Err(format!(
                         "unknown schedule macro `{other}`; use @yearly, @monthly, @weekly, @daily or @hourly"
@@ -74,14 +73,23 @@ fn translate_five_fields(fields: &[&str]) -> Result<String, String> {
             fields.join(" ")
         ));
     }
-    let dow = if restricted(dow) { translate_dow(dow)? } else { dow.to_owned() };
-    Ok(format!("0 {} {} {} {} {}", fields[0], fields[1], dom, fields[3], dow))
+    let dow = if restricted(dow) {
+        translate_dow(dow)?
+    } else {
+        dow.to_owned()
+    };
+    Ok(format!(
+        "0 {} {} {} {} {}",
+        fields[0], fields[1], dom, fields[3], dow
+    ))
 }
 
 /// Expands a standard day-of-week field (0–7, names, ranges, steps, lists)
 /// into the cron crate's numbering (1 = Sunday … 7 = Saturday).
 fn translate_dow(field: &str) -> Result<String, String> {
-    let bad = || format!("day-of-week `{field}` is not valid (use 0-7 or SUN-SAT, ranges, steps and lists)");
+    let bad = || {
+        format!("day-of-week `{field}` is not valid (use 0-7 or SUN-SAT, ranges, steps and lists)")
+    };
     let mut days = [false; 7]; // index 0 = Sunday in standard numbering
     for item in field.split(',') {
         let (range, step) = match item.split_once('/') {
@@ -94,7 +102,10 @@ fn translate_dow(field: &str) -> Result<String, String> {
         let (start, end) = if range == "*" {
             (0, 6)
         } else if let Some((a, b)) = range.split_once('-') {
-            (day_number(a).ok_or_else(bad)?, day_number(b).ok_or_else(bad)?)
+            (
+                day_number(a).ok_or_else(bad)?,
+                day_number(b).ok_or_else(bad)?,
+            )
         } else {
             let a = day_number(range).ok_or_else(bad)?;
             // `a/step` means from a to the end of the week.
@@ -109,7 +120,10 @@ fn translate_dow(field: &str) -> Result<String, String> {
             d += step;
         }
     }
-    let list: Vec<String> = (0..7).filter(|&d| days[d]).map(|d| (d + 1).to_string()).collect();
+    let list: Vec<String> = (0..7)
+        .filter(|&d| days[d])
+        .map(|d| (d + 1).to_string())
+        .collect();
     if list.is_empty() {
         return Err(bad());
     }
@@ -146,7 +160,11 @@ mod tests {
     #[test]
     fn sunday_is_zero_and_seven_and_names_work() {
         for expr in ["0 3 * * 0", "0 3 * * 7", "0 3 * * SUN", "0 3 * * sun"] {
-            assert_eq!(next(expr, "2026-11-26T12:00:00Z").weekday(), Weekday::Sun, "{expr}");
+            assert_eq!(
+                next(expr, "2026-11-26T12:00:00Z").weekday(),
+                Weekday::Sun,
+                "{expr}"
+            );
         }
         let fri = next("30 1 * * 1-5", "2026-11-26T12:00:00Z");
         assert_eq!(fri.weekday(), Weekday::Fri);
@@ -166,16 +184,35 @@ mod tests {
         use chrono::FixedOffset;
         let tz = FixedOffset::east_opt(9 * 3600).unwrap();
         let from = tz.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).unwrap();
-        let t = Schedule::parse("0 3 * * 1").unwrap().next_after(&from).unwrap();
+        let t = Schedule::parse("0 3 * * 1")
+            .unwrap()
+            .next_after(&from)
+            .unwrap();
         assert_eq!(t.to_rfc3339(), "2026-11-30T03:00:00+09:00");
     }
 
     #[test]
     fn invalid_expressions_say_why() {
         assert!(Schedule::parse("* * *").unwrap_err().contains("3 fields"));
-        assert!(Schedule::parse("61 * * * *").unwrap_err().contains("not a valid cron"));
-        assert!(Schedule::parse("0 3 * * 8").unwrap_err().contains("day-of-week"));
-        assert!(Schedule::parse("@sometimes").unwrap_err().contains("unknown schedule macro"));
-        assert!(Schedule::parse("0 0 1 * 1").unwrap_err().contains("split it into two jobs"));
+        assert!(
+            Schedule::parse("61 * * * *")
+                .unwrap_err()
+                .contains("not a valid cron")
+        );
+        assert!(
+            Schedule::parse("0 3 * * 8")
+                .unwrap_err()
+                .contains("day-of-week")
+        );
+        assert!(
+            Schedule::parse("@sometimes")
+                .unwrap_err()
+                .contains("unknown schedule macro")
+        );
+        assert!(
+            Schedule::parse("0 0 1 * 1")
+                .unwrap_err()
+                .contains("split it into two jobs")
+        );
     }
 }

@@ -10,7 +10,8 @@ use crate::backup::schedule::Schedule;
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::duration;
 use crate::model::{
-    BackupJob, BackupSource, Compression, Consistency, Destination, Origin, RestoreTest, Retention, Verify,
+    BackupJob, BackupSource, Compression, Consistency, Destination, Origin, RestoreTest, Retention,
+    Verify,
 };
 use crate::yaml;
 
@@ -129,24 +130,40 @@ struct RawRestoreTest {
 
 /// Loads the backup jobs of one rendered file (`file` is its rendered path).
 pub fn load(file: &str, text: &str) -> Result<Vec<BackupJob>, Diagnostics> {
-    let raw: RawFile = yaml::from_str(text).map_err(|e| Diagnostics::from(e.into_diagnostic(file)))?;
+    let raw: RawFile =
+        yaml::from_str(text).map_err(|e| Diagnostics::from(e.into_diagnostic(file)))?;
     let mut diags = Diagnostics::new();
     let mut jobs = Vec::new();
     for spanned in raw.jobs {
         let line = spanned.referenced.line() as u32;
         let job = spanned.value;
-        let err = |msg: String| Diagnostic::error(msg).file(file).line(line).object(format!("jobs.{}", job.name));
+        let err = |msg: String| {
+            Diagnostic::error(msg)
+                .file(file)
+                .line(line)
+                .object(format!("jobs.{}", job.name))
+        };
         if !crate::manifest::valid_name(&job.name) {
-            diags.push(err(format!("backup job name `{}` must be lowercase letters, digits and `-`", job.name)));
+            diags.push(err(format!(
+                "backup job name `{}` must be lowercase letters, digits and `-`",
+                job.name
+            )));
         }
         if let Err(e) = Schedule::parse(&job.schedule) {
             diags.push(err(format!("schedule: {e}")));
         }
         let timezone = job.timezone.unwrap_or_else(|| "UTC".to_owned());
         if !plausible_timezone(&timezone) {
-            diags.push(err(format!("timezone `{timezone}` is not an IANA time zone name (e.g. `UTC`, `Europe/Berlin`)")));
+            diags.push(err(format!(
+                "timezone `{timezone}` is not an IANA time zone name (e.g. `UTC`, `Europe/Berlin`)"
+            )));
         }
-        let source = match (job.source.exec, job.source.volume, job.source.path, job.source.config) {
+        let source = match (
+            job.source.exec,
+            job.source.volume,
+            job.source.path,
+            job.source.config,
+        ) {
             (Some(e), None, None, None) => {
                 if e.command.is_empty() {
                     diags.push(err("source.exec.command is empty".to_owned()));
@@ -165,7 +182,10 @@ pub fn load(file: &str, text: &str) -> Result<Vec<BackupJob>, Diagnostics> {
             },
             (None, None, Some(p), None) => {
                 if !p.path.starts_with('/') {
-                    diags.push(err(format!("source.path.path `{}` must be absolute in the container", p.path)));
+                    diags.push(err(format!(
+                        "source.path.path `{}` must be absolute in the container",
+                        p.path
+                    )));
                 }
                 BackupSource::Path {
                     project: p.project,
@@ -175,21 +195,34 @@ pub fn load(file: &str, text: &str) -> Result<Vec<BackupJob>, Diagnostics> {
             }
             (None, None, None, Some(_)) => BackupSource::Config,
             _ => {
-                diags.push(err("source needs exactly one of `exec`, `volume`, `path`, `config`".to_owned()));
+                diags.push(err(
+                    "source needs exactly one of `exec`, `volume`, `path`, `config`".to_owned(),
+                ));
                 continue;
             }
         };
         let consistency = job.consistency.unwrap_or(Consistency::None);
-        if consistency != Consistency::None && !matches!(source, BackupSource::Volume { .. } | BackupSource::Path { .. }) {
-            diags.push(err("consistency `pause`/`stop` applies to volume and path sources only".to_owned()));
+        if consistency != Consistency::None
+            && !matches!(
+                source,
+                BackupSource::Volume { .. } | BackupSource::Path { .. }
+            )
+        {
+            diags.push(err(
+                "consistency `pause`/`stop` applies to volume and path sources only".to_owned(),
+            ));
         }
         let compression = match job.compression {
             None => Compression::Zstd { level: 3 },
             Some(RawCompression::Name(n)) if n == "zstd" => Compression::Zstd { level: 3 },
             Some(RawCompression::Name(n)) if n == "none" => Compression::None,
-            Some(RawCompression::Zstd { zstd }) if (1..=22).contains(&zstd) => Compression::Zstd { level: zstd },
+            Some(RawCompression::Zstd { zstd }) if (1..=22).contains(&zstd) => {
+                Compression::Zstd { level: zstd }
+            }
             Some(other) => {
-                diags.push(err(format!("compression {other:?} is not valid; use `zstd`, `none` or `{{zstd: 1..22}}`")));
+                diags.push(err(format!(
+                    "compression {other:?} is not valid; use `zstd`, `none` or `{{zstd: 1..22}}`"
+                )));
                 Compression::None
             }
         };
@@ -208,7 +241,9 @@ pub fn load(file: &str, text: &str) -> Result<Vec<BackupJob>, Diagnostics> {
                 region: s.region,
             },
             _ => {
-                diags.push(err("destination needs exactly one of `local`, `s3`".to_owned()));
+                diags.push(err(
+                    "destination needs exactly one of `local`, `s3`".to_owned()
+                ));
                 continue;
             }
         };
@@ -221,7 +256,10 @@ pub fn load(file: &str, text: &str) -> Result<Vec<BackupJob>, Diagnostics> {
             }
         };
         if job.retention.keep_last == Some(0) {
-            diags.push(err("retention.keep_last must be at least 1 (the last verified backup is always kept)".to_owned()));
+            diags.push(err(
+                "retention.keep_last must be at least 1 (the last verified backup is always kept)"
+                    .to_owned(),
+            ));
         }
         jobs.push(BackupJob {
             name: job.name,
@@ -256,7 +294,11 @@ pub fn load(file: &str, text: &str) -> Result<Vec<BackupJob>, Diagnostics> {
             },
         });
     }
-    if diags.has_errors() { Err(diags) } else { Ok(jobs) }
+    if diags.has_errors() {
+        Err(diags)
+    } else {
+        Ok(jobs)
+    }
 }
 
 /// `UTC`, `Etc/GMT+5`, `America/Argentina/Buenos_Aires`: the shape of an
@@ -265,7 +307,10 @@ fn plausible_timezone(tz: &str) -> bool {
     !tz.is_empty()
         && tz.len() <= 64
         && tz.split('/').all(|part| {
-            !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+'))
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+'))
         })
 }
 
@@ -295,7 +340,10 @@ mod tests {
         assert_eq!(jobs.len(), 2);
         assert_eq!(jobs[0].timezone, "UTC");
         assert_eq!(jobs[0].compression, Compression::Zstd { level: 3 });
-        assert_eq!(jobs[0].retention.max_age, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(
+            jobs[0].retention.max_age,
+            Some(Duration::from_secs(30 * 86_400))
+        );
         assert!(jobs[0].verify.read_back);
         assert_eq!(jobs[1].consistency, Consistency::Pause);
         assert_eq!(jobs[1].origin.line, 8);
@@ -313,9 +361,22 @@ mod tests {
 
     #[test]
     fn unknown_key_and_two_sources_are_errors() {
-        let text = GOOD.replace("    retention: { keep_last: 7, max_age: 30d }\n", "    keep: 7\n");
-        assert!(load("b.yaml", &text).unwrap_err().to_string().contains("keep"));
+        let text = GOOD.replace(
+            "    retention: { keep_last: 7, max_age: 30d }\n",
+            "    keep: 7\n",
+        );
+        assert!(
+            load("b.yaml", &text)
+                .unwrap_err()
+                .to_string()
+                .contains("keep")
+        );
         let text = GOOD.replace("source: { volume:", "source: { config: {}, volume:");
-        assert!(load("b.yaml", &text).unwrap_err().to_string().contains("exactly one of `exec`"));
+        assert!(
+            load("b.yaml", &text)
+                .unwrap_err()
+                .to_string()
+                .contains("exactly one of `exec`")
+        );
     }
 }

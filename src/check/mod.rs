@@ -13,7 +13,9 @@ use std::sync::Arc;
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::manifest::{Environment, Manifest, TargetKind, compile_glob};
 use crate::model::compose::Project;
-use crate::model::{BackupJob, BackupSource, DesiredState, KubeObject, Resources, RuleFile, TargetState};
+use crate::model::{
+    BackupJob, BackupSource, DesiredState, KubeObject, Resources, RuleFile, TargetState,
+};
 use crate::render::{Rendered, Renderer};
 
 pub mod backups;
@@ -47,7 +49,10 @@ fn select(env: &Environment, outputs: &[String]) -> Result<Selection, Diagnostic
             .filter_map(|g| match compile_glob(g) {
                 Ok(m) => Some(m),
                 Err(e) => {
-                    diags.push(Diagnostic::error(format!("invalid glob `{g}`: {e}")).file(crate::manifest::FILE));
+                    diags.push(
+                        Diagnostic::error(format!("invalid glob `{g}`: {e}"))
+                            .file(crate::manifest::FILE),
+                    );
                     None
                 }
             })
@@ -61,7 +66,9 @@ fn select(env: &Environment, outputs: &[String]) -> Result<Selection, Diagnostic
     ];
     let mut sel = Selection::default();
     for path in outputs {
-        let hits: Vec<usize> = (0..kinds.len()).filter(|&k| kinds[k].iter().any(|m| m.is_match(path))).collect();
+        let hits: Vec<usize> = (0..kinds.len())
+            .filter(|&k| kinds[k].iter().any(|m| m.is_match(path)))
+            .collect();
         if hits.len() > 1 {
             diags.push(
                 Diagnostic::error("file is matched by more than one kind of path (stacks, manifests, rules, backups)")
@@ -78,7 +85,11 @@ fn select(env: &Environment, outputs: &[String]) -> Result<Selection, Diagnostic
             _ => {}
         }
     }
-    if diags.has_errors() { Err(diags) } else { Ok(sel) }
+    if diags.has_errors() {
+        Err(diags)
+    } else {
+        Ok(sel)
+    }
 }
 
 /// Default Compose project name for a file: like `docker compose`, the
@@ -123,7 +134,11 @@ pub fn compose_variables(values: &serde_json::Value) -> BTreeMap<String, String>
 }
 
 /// Renders and checks one environment.
-pub fn environment(manifest: &Manifest, env: &Environment, renderer: &Renderer) -> Result<Checked, Diagnostics> {
+pub fn environment(
+    manifest: &Manifest,
+    env: &Environment,
+    renderer: &Renderer,
+) -> Result<Checked, Diagnostics> {
     let mut diags = Diagnostics::new();
     let mut warnings = Vec::new();
     let outputs = renderer.outputs();
@@ -154,7 +169,9 @@ pub fn environment(manifest: &Manifest, env: &Environment, renderer: &Renderer) 
     let variables = compose_variables(renderer.values());
     let mut projects: Vec<Project> = Vec::new();
     for path in &sel.stacks {
-        let Some((rendered, text)) = text_of(path, &mut diags) else { continue };
+        let Some((rendered, text)) = text_of(path, &mut diags) else {
+            continue;
+        };
         let read = |p: &str| -> Option<Result<Arc<[u8]>, Diagnostic>> {
             if !renderer.exists(p) {
                 return None;
@@ -163,7 +180,11 @@ pub fn environment(manifest: &Manifest, env: &Environment, renderer: &Renderer) 
         };
         let list_dir = |dir: &str| -> Vec<String> {
             let prefix = format!("{}/", dir.trim_end_matches('/'));
-            outputs.iter().filter(|o| o.starts_with(&prefix)).cloned().collect()
+            outputs
+                .iter()
+                .filter(|o| o.starts_with(&prefix))
+                .cloned()
+                .collect()
         };
         let default_name = default_project_name(path, &env.name);
         let input = compose::Input {
@@ -198,14 +219,20 @@ pub fn environment(manifest: &Manifest, env: &Environment, renderer: &Renderer) 
     let mut objects: Vec<KubeObject> = Vec::new();
     let mut seen_objects: BTreeMap<String, String> = BTreeMap::new();
     for path in &sel.manifests {
-        let Some((rendered, text)) = text_of(path, &mut diags) else { continue };
+        let Some((rendered, text)) = text_of(path, &mut diags) else {
+            continue;
+        };
         match kube::load(path, &text) {
             Ok(list) => {
                 for o in list {
                     let key = format!("{}/{}", o.api_version, o.key());
                     if let Some(first) = seen_objects.insert(key, o.origin.file.clone()) {
                         diags.push(located(
-                            Diagnostic::error(format!("{} is defined twice (first in {first})", o.key())).line(o.origin.line),
+                            Diagnostic::error(format!(
+                                "{} is defined twice (first in {first})",
+                                o.key()
+                            ))
+                            .line(o.origin.line),
                             &rendered,
                         ));
                     } else {
@@ -220,7 +247,9 @@ pub fn environment(manifest: &Manifest, env: &Environment, renderer: &Renderer) 
     // Prometheus rule files.
     let mut rule_files: Vec<RuleFile> = Vec::new();
     for path in &sel.rules {
-        let Some((rendered, text)) = text_of(path, &mut diags) else { continue };
+        let Some((rendered, text)) = text_of(path, &mut diags) else {
+            continue;
+        };
         match rules::load(path, &text) {
             Ok(f) => {
                 if let Some(other) = rule_files.iter().find(|r| r.name == f.name) {
@@ -242,13 +271,19 @@ pub fn environment(manifest: &Manifest, env: &Environment, renderer: &Renderer) 
     // Backup jobs.
     let mut jobs: Vec<BackupJob> = Vec::new();
     for path in &sel.backups {
-        let Some((rendered, text)) = text_of(path, &mut diags) else { continue };
+        let Some((rendered, text)) = text_of(path, &mut diags) else {
+            continue;
+        };
         match backups::load(path, &text) {
             Ok(list) => {
                 for job in list {
                     if jobs.iter().any(|j| j.name == job.name) {
                         diags.push(located(
-                            Diagnostic::error(format!("backup job `{}` is defined twice", job.name)).line(job.origin.line),
+                            Diagnostic::error(format!(
+                                "backup job `{}` is defined twice",
+                                job.name
+                            ))
+                            .line(job.origin.line),
                             &rendered,
                         ));
                     } else {
@@ -322,17 +357,28 @@ pub fn environment(manifest: &Manifest, env: &Environment, renderer: &Renderer) 
 /// A backup job's source must name a service (and project) the environment has.
 fn check_backup_source(job: &BackupJob, projects: &[Project]) -> Result<(), Diagnostic> {
     let (project, service) = match &job.source {
-        BackupSource::Exec { project, service, .. } | BackupSource::Path { project, service, .. } => {
-            (project.as_deref(), Some(service.as_str()))
+        BackupSource::Exec {
+            project, service, ..
         }
-        BackupSource::Volume { project, service, .. } => (project.as_deref(), service.as_deref()),
+        | BackupSource::Path {
+            project, service, ..
+        } => (project.as_deref(), Some(service.as_str())),
+        BackupSource::Volume {
+            project, service, ..
+        } => (project.as_deref(), service.as_deref()),
         BackupSource::Config => return Ok(()),
     };
-    let candidates: Vec<&Project> = projects.iter().filter(|p| project.is_none_or(|n| p.name == n)).collect();
+    let candidates: Vec<&Project> = projects
+        .iter()
+        .filter(|p| project.is_none_or(|n| p.name == n))
+        .collect();
     if let Some(name) = project
         && candidates.is_empty()
     {
-        return Err(Diagnostic::error(format!("backup job `{}`: no Compose project `{name}` in this environment", job.name)));
+        return Err(Diagnostic::error(format!(
+            "backup job `{}`: no Compose project `{name}` in this environment",
+            job.name
+        )));
     }
     if let Some(service) = service {
         let owners: Vec<&str> = candidates
@@ -367,7 +413,10 @@ fn located(d: Diagnostic, rendered: &Rendered) -> Diagnostic {
     if d.file.as_deref().is_none_or(|f| f == rendered.path) {
         d.file = Some(rendered.source.clone());
         if rendered.templated && d.line.is_some() && d.hint.is_none() {
-            d.hint = Some("line numbers are those of the rendered file; see it with `driftless render`".to_owned());
+            d.hint = Some(
+                "line numbers are those of the rendered file; see it with `driftless render`"
+                    .to_owned(),
+            );
         }
     }
     d
@@ -383,10 +432,22 @@ mod tests {
 
     #[test]
     fn default_project_names_follow_compose_and_add_the_environment() {
-        assert_eq!(default_project_name("compose/stack.yaml", "dev"), "stack-dev");
-        assert_eq!(default_project_name("shop/compose.yaml", "prod"), "shop-prod");
-        assert_eq!(default_project_name("docker-compose.yml", "dev"), "docker-compose-dev");
-        assert_eq!(default_project_name("compose/My App.yaml", "dev"), "myapp-dev");
+        assert_eq!(
+            default_project_name("compose/stack.yaml", "dev"),
+            "stack-dev"
+        );
+        assert_eq!(
+            default_project_name("shop/compose.yaml", "prod"),
+            "shop-prod"
+        );
+        assert_eq!(
+            default_project_name("docker-compose.yml", "dev"),
+            "docker-compose-dev"
+        );
+        assert_eq!(
+            default_project_name("compose/My App.yaml", "dev"),
+            "myapp-dev"
+        );
     }
 
     #[test]

@@ -36,16 +36,25 @@ struct RawRule {
 /// Loads one rule file. `file` is the rendered repo path; the file keeps its
 /// base name in the target's rules directory.
 pub fn load(file: &str, text: &str) -> Result<RuleFile, Diagnostics> {
-    let raw: RawFile = yaml::from_str(text).map_err(|e| Diagnostics::from(e.into_diagnostic(file)))?;
+    let raw: RawFile =
+        yaml::from_str(text).map_err(|e| Diagnostics::from(e.into_diagnostic(file)))?;
     let mut diags = Diagnostics::new();
     let mut names = BTreeSet::new();
     for group in &raw.groups {
         let line = group.referenced.line() as u32;
         let g = &group.value;
         if g.name.is_empty() {
-            diags.push(Diagnostic::error("group name must not be empty").file(file).line(line));
+            diags.push(
+                Diagnostic::error("group name must not be empty")
+                    .file(file)
+                    .line(line),
+            );
         } else if !names.insert(g.name.clone()) {
-            diags.push(Diagnostic::error(format!("group name `{}` is repeated in the file", g.name)).file(file).line(line));
+            diags.push(
+                Diagnostic::error(format!("group name `{}` is repeated in the file", g.name))
+                    .file(file)
+                    .line(line),
+            );
         }
         for rule in &g.rules {
             let line = rule.referenced.line() as u32;
@@ -53,15 +62,26 @@ pub fn load(file: &str, text: &str) -> Result<RuleFile, Diagnostics> {
             let object = format!("groups.{}", g.name);
             match (&r.alert, &r.record) {
                 (Some(_), Some(_)) => diags.push(
-                    Diagnostic::error("a rule has both `alert` and `record`; use one").file(file).line(line).object(object.clone()),
+                    Diagnostic::error("a rule has both `alert` and `record`; use one")
+                        .file(file)
+                        .line(line)
+                        .object(object.clone()),
                 ),
                 (None, None) => diags.push(
-                    Diagnostic::error("a rule needs `alert` or `record`").file(file).line(line).object(object.clone()),
+                    Diagnostic::error("a rule needs `alert` or `record`")
+                        .file(file)
+                        .line(line)
+                        .object(object.clone()),
                 ),
                 _ => {}
             }
             if r.expr.is_none() {
-                diags.push(Diagnostic::error("a rule needs `expr`").file(file).line(line).object(object));
+                diags.push(
+                    Diagnostic::error("a rule needs `expr`")
+                        .file(file)
+                        .line(line)
+                        .object(object),
+                );
             }
         }
     }

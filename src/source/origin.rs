@@ -14,14 +14,23 @@ pub enum Source {
     WorkTree { root: PathBuf },
     /// A Git repo; `pinned` is a revision every environment is read at
     /// (`--rev`), else each environment reads its own branch.
-    Git { repo: Box<Repo>, pinned: Option<String> },
+    Git {
+        repo: Box<Repo>,
+        pinned: Option<String>,
+    },
 }
 
 impl Source {
     /// Opens `--repo` (a path or URL) with an optional `--rev`. A local path
     /// without a revision is read as a work tree.
-    pub fn open(repo: &str, rev: Option<&str>, cache_dir: &Path, auth: &Auth) -> Result<Source, SourceError> {
-        let is_url = repo.contains("://") || (repo.contains('@') && repo.contains(':') && !Path::new(repo).exists());
+    pub fn open(
+        repo: &str,
+        rev: Option<&str>,
+        cache_dir: &Path,
+        auth: &Auth,
+    ) -> Result<Source, SourceError> {
+        let is_url = repo.contains("://")
+            || (repo.contains('@') && repo.contains(':') && !Path::new(repo).exists());
         if !is_url {
             let path = Path::new(repo);
             if !path.exists() {
@@ -31,7 +40,9 @@ impl Source {
                 });
             }
             return match rev {
-                None => Ok(Source::WorkTree { root: path.to_owned() }),
+                None => Ok(Source::WorkTree {
+                    root: path.to_owned(),
+                }),
                 Some(rev) => {
                     let repo = Repo::open(path)?;
                     let commit = repo.resolve(rev)?;
@@ -56,7 +67,10 @@ impl Source {
     pub fn root_snapshot(&self, limits: Limits) -> Result<Snapshot, SourceError> {
         match self {
             Source::WorkTree { root } => worktree::snapshot(root, limits),
-            Source::Git { repo, pinned: Some(commit) } => repo.snapshot(commit, limits),
+            Source::Git {
+                repo,
+                pinned: Some(commit),
+            } => repo.snapshot(commit, limits),
             Source::Git { repo, pinned: None } => {
                 let commit = repo.resolve("HEAD").or_else(|_| repo.resolve("main"))?;
                 repo.snapshot(&commit, limits)
@@ -66,9 +80,16 @@ impl Source {
 
     /// The snapshot of an environment's branch, or `None` when the root
     /// snapshot is the one to use (work tree or pinned revision).
-    pub fn snapshot_for_branch(&self, branch: &str, limits: Limits) -> Result<Option<Snapshot>, SourceError> {
+    pub fn snapshot_for_branch(
+        &self,
+        branch: &str,
+        limits: Limits,
+    ) -> Result<Option<Snapshot>, SourceError> {
         match self {
-            Source::WorkTree { .. } | Source::Git { pinned: Some(_), .. } => Ok(None),
+            Source::WorkTree { .. }
+            | Source::Git {
+                pinned: Some(_), ..
+            } => Ok(None),
             Source::Git { repo, pinned: None } => {
                 let commit = repo.resolve(branch)?;
                 repo.snapshot(&commit, limits).map(Some)

@@ -275,6 +275,7 @@ fn validate(args: ValidateArgs) -> Result<i32> {
                     "environment": env,
                     "ok": true,
                     "revision": s.revision,
+                    "revision_short": s.revision.short(),
                     "services": count("docker"),
                     "objects": count("kubernetes"),
                     "rule_files": count("prometheus"),
@@ -307,12 +308,7 @@ fn report(args: &ValidateArgs, summaries: &[serde_json::Value], diags: &Diagnost
             let mark = if color { "\x1b[32mok\x1b[0m" } else { "ok" };
             println!(
                 "{env}: {mark} at {} — {} services, {} Kubernetes objects, {} rule files, {} backup jobs",
-                s["revision"]
-                    .get("id")
-                    .or(s["revision"].get("head"))
-                    .and_then(|v| v.as_str())
-                    .map(|id| &id[..id.len().min(7)])
-                    .unwrap_or("worktree"),
+                s["revision_short"].as_str().unwrap_or("?"),
                 s["services"],
                 s["objects"],
                 s["rule_files"],

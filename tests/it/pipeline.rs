@@ -250,8 +250,14 @@ async fn a_changed_value_recreates_only_its_service_with_a_diff() {
         }
     );
     let diff = changed[0].diff.as_deref().unwrap();
-    assert!(diff.contains("-    \"GREETING\": \"hello\",\n+    \"GREETING\": \"bonjour\","), "{diff}");
-    assert!(diff.contains("\"TOKEN\": \"******\""), "secret masked in the diff:\n{diff}");
+    assert!(
+        diff.contains("-    \"GREETING\": \"hello\",\n+    \"GREETING\": \"bonjour\","),
+        "{diff}"
+    );
+    assert!(
+        diff.contains("\"TOKEN\": \"******\""),
+        "secret masked in the diff:\n{diff}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

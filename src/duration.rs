@@ -66,10 +66,18 @@ pub fn parse(input: &str) -> Result<Duration, String> {
 
 /// Formats a duration the way Go prints it, shortest form: `1m30s`, `500ms`.
 pub fn format(d: Duration) -> String {
-    let total_ms = d.as_millis();
-    if total_ms == 0 {
+    let nanos = d.as_nanos();
+    if nanos == 0 {
         return "0s".to_owned();
     }
+    if nanos % 1_000_000 != 0 {
+        return if nanos % 1_000 == 0 {
+            format!("{}us", nanos / 1_000)
+        } else {
+            format!("{nanos}ns")
+        };
+    }
+    let total_ms = d.as_millis();
     if total_ms % 1000 != 0 {
         return format!("{total_ms}ms");
     }
@@ -89,6 +97,15 @@ pub fn format(d: Duration) -> String {
         out.push_str(&format!("{secs}s"));
     }
     out
+}
+
+/// Serialises an optional duration as its Go form (`"1m30s"`), so stored
+/// definitions, diffs and hashes read as users wrote them.
+pub fn serialize_opt<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&format(*d)),
+        None => s.serialize_none(),
+    }
 }
 
 #[cfg(test)]
@@ -121,5 +138,7 @@ mod tests {
         assert_eq!(format(Duration::from_secs(90)), "1m30s");
         assert_eq!(format(Duration::from_millis(250)), "250ms");
         assert_eq!(format(Duration::from_secs(3600)), "1h");
+        assert_eq!(format(Duration::from_micros(10)), "10us");
+        assert_eq!(format(Duration::from_nanos(7)), "7ns");
     }
 }

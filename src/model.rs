@@ -173,6 +173,7 @@ pub enum Destination {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Retention {
     pub keep_last: Option<u32>,
+    #[serde(serialize_with = "crate::duration::serialize_opt")]
     pub max_age: Option<std::time::Duration>,
 }
 

@@ -56,6 +56,7 @@ pub struct Service {
     pub privileged: bool,
     pub init: Option<bool>,
     pub stop_signal: Option<String>,
+    #[serde(serialize_with = "crate::duration::serialize_opt")]
     pub stop_grace_period: Option<Duration>,
     pub ulimits: BTreeMap<String, Ulimit>,
     pub logging: Option<Logging>,
@@ -138,10 +139,14 @@ pub enum DependencyCondition {
 pub struct Healthcheck {
     /// `["CMD", ...]`, `["CMD-SHELL", "..."]` or `["NONE"]`.
     pub test: Vec<String>,
+    #[serde(serialize_with = "crate::duration::serialize_opt")]
     pub interval: Option<Duration>,
+    #[serde(serialize_with = "crate::duration::serialize_opt")]
     pub timeout: Option<Duration>,
     pub retries: Option<u32>,
+    #[serde(serialize_with = "crate::duration::serialize_opt")]
     pub start_period: Option<Duration>,
+    #[serde(serialize_with = "crate::duration::serialize_opt")]
     pub start_interval: Option<Duration>,
     pub disable: bool,
 }

@@ -384,7 +384,7 @@ async fn deploy_noop_env_change_and_compose_labels() {
         .find(|c| c.resource.name.ends_with("/front"))
         .and_then(|c| c.diff.clone())
         .unwrap();
-    assert!(diff.contains("+    \"LEVEL\": \"debug\""), "{diff}");
+    assert!(diff.contains("+  LEVEL: debug\n"), "{diff}");
     let after = container_ids(&b, &name).await;
     for (container, id) in &before {
         if container.contains("-front-") {

@@ -9,6 +9,7 @@ mod compose_backend;
 mod corpus;
 mod example;
 mod pipeline;
+mod reconcile_cli;
 mod render;
 mod source;
 mod validate;

@@ -187,8 +187,14 @@ pub fn definition_text(service: &Service, image_id: Option<&str>) -> String {
             serde_json::Value::String(image_id.unwrap_or("(not present: pull)").to_owned()),
         );
     }
-    let mut out = serde_json::to_string_pretty(&value).expect("plain data");
-    out.push('\n');
+    prune(&mut value);
+    // YAML, as users wrote the service; empty and default fields left out so
+    // a diff shows what is set, not the whole schema.
+    let mut out = serde_saphyr::to_string(&value)
+        .unwrap_or_else(|_| serde_json::to_string_pretty(&value).expect("plain data"));
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
     for f in &service.files {
         match std::str::from_utf8(&f.content) {
             Ok(text) if f.content.len() <= SHOWN_FILE_MAX => {
@@ -201,6 +207,28 @@ pub fn definition_text(service: &Service, image_id: Option<&str>) -> String {
         }
     }
     out
+}
+
+/// Drops nulls, `false`, empty strings, lists and maps, recursively.
+fn prune(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    let empty = |v: &Value| match v {
+        Value::Null | Value::Bool(false) => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        Value::Bool(true) | Value::Number(_) => false,
+    };
+    match value {
+        Value::Object(map) => {
+            for v in map.values_mut() {
+                prune(v);
+            }
+            map.retain(|_, v| !empty(v));
+        }
+        Value::Array(items) => items.iter_mut().for_each(prune),
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -247,7 +275,7 @@ mod tests {
         assert_eq!(h.len(), 64);
         assert_eq!(
             h,
-            "068f4b52af14dd4667ad3726d7539041c0c6e0d2872ab94214c06e394086dac7"
+            "25182fcccdff674c48bb824ed27ccc5e03bf88036a3b79c640349073bfc66c05"
         );
     }
 
@@ -272,7 +300,11 @@ mod tests {
     #[test]
     fn definition_text_shows_files_line_by_line() {
         let text = definition_text(&service(), Some("sha256:0123"));
-        assert!(text.contains("\"image_id\": \"sha256:0123\""), "{text}");
+        assert!(text.contains("image_id: sha256:0123\n"), "{text}");
+        assert!(
+            !text.contains("null") && !text.contains("privileged"),
+            "{text}"
+        );
         assert!(
             text.contains("--- file /etc/app.conf ---\nlisten 80\n"),
             "{text}"

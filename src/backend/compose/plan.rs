@@ -575,7 +575,7 @@ mod tests {
                 .diff
                 .as_ref()
                 .unwrap()
-                .contains("+  \"image\": \"app:1\"")
+                .contains("+image: app:1\n")
         );
     }
 
@@ -616,7 +616,7 @@ mod tests {
             .diff
             .clone()
             .unwrap();
-        assert!(diff.contains("+    \"TOKEN\": \"******\""), "{diff}");
+        assert!(diff.contains("+  TOKEN: ******\n"), "{diff}");
         assert!(!diff.contains("supersecret"));
     }
 

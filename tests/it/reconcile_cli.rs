@@ -1,0 +1,210 @@
+//! `driftless reconcile` from the command line against the real Docker
+//! engine: the dry-run plan is the plan that is applied, a second dry-run
+//! shows nothing to do, exit codes gate CI, and unsafe inputs are refused.
+
+use std::process::Command;
+
+use crate::docker_support::{BUSYBOX, Cleanup, engine, project_name};
+use crate::support::{RepoBuilder, Run, driftless};
+
+/// A committed repo with one environment (named uniquely: an environment
+/// owns every project it deployed) and a two-service stack.
+struct Fixture {
+    repo: RepoBuilder,
+    env: String,
+    project: String,
+    secrets: tempfile::TempDir,
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Fixture {
+    fn new(test: &str) -> Fixture {
+        let project = project_name(test);
+        let env = format!("e{}", project.trim_start_matches("dlt-").replace('_', "-"));
+        let manifest = format!(
+            "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {{}}\nenvironments:\n  {env}:\n    values: environments/values.yaml\n    targets: [local]\n    health: {{ deadline: 60s, settle: 1s }}\n"
+        );
+        let stack = format!(
+            "name: {project}\nservices:\n  web:\n    image: {BUSYBOX}\n    command: [httpd, -f, -p, \"8080\", -h, /www]\n    environment:\n      GREETING: \"{{{{ greeting }}}}\"\n      TOKEN: \"{{{{ secret('api_token') }}}}\"\n    volumes:\n      - ./www/index.html:/www/index.html:ro\n    healthcheck:\n      test: [\"CMD\", \"wget\", \"-q\", \"-O-\", \"http://127.0.0.1:8080/\"]\n      interval: 1s\n      retries: 30\n  worker:\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n    depends_on:\n      web: {{ condition: service_healthy }}\n"
+        );
+        let repo = RepoBuilder::new()
+            .file("driftless.yaml", manifest)
+            .file("environments/values.yaml", "greeting: hello\n")
+            .file("compose/stack.yaml.j2", stack)
+            .file("compose/www/index.html", "<h1>v1</h1>\n");
+        git(repo.path(), &["init", "-q"]);
+        git(repo.path(), &["add", "-A"]);
+        git(repo.path(), &["commit", "-q", "-m", "v1"]);
+        let secrets = tempfile::tempdir().unwrap();
+        std::fs::write(secrets.path().join("api_token"), "tok-CLI-SECRET-9000\n").unwrap();
+        Fixture {
+            repo,
+            env,
+            project,
+            secrets,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        let mut all = vec![
+            "reconcile",
+            "--env",
+            &self.env,
+            "--secrets-dir",
+            self.secrets.path().to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        driftless(self.repo.path(), &all)
+    }
+
+    fn commit(&self, path: &str, content: &str) {
+        std::fs::write(self.repo.path().join(path), content).unwrap();
+        git(self.repo.path(), &["commit", "-q", "-am", "change"]);
+    }
+}
+
+fn json(run: &Run) -> serde_json::Value {
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {run:?}"))
+}
+
+#[tokio::test]
+async fn dry_run_plan_is_what_apply_executes_and_then_nothing_is_left() {
+    let Some(_engine) = engine().await else {
+        return;
+    };
+    let f = Fixture::new("cli-apply");
+    let _cleanup = Cleanup::new(&[&f.project]);
+
+    let dry = f.run(&["--dry-run", "--output", "json", "--detailed-exitcode"]);
+    assert_eq!(dry.code, 2, "changes present: {dry:?}");
+    let planned = json(&dry);
+    assert!(
+        !dry.stdout.contains("CLI-SECRET"),
+        "secret in dry-run output"
+    );
+
+    let applied = f.run(&["--output", "json"]);
+    assert_eq!(applied.code, 0, "{applied:?}");
+    let applied = json(&applied);
+    assert_eq!(
+        applied["plan"], planned,
+        "apply executed a different plan than the dry-run showed"
+    );
+    assert!(
+        applied["image_ids"]
+            .as_object()
+            .is_some_and(|m| m.len() == 2),
+        "{applied}"
+    );
+
+    let again = f.run(&["--dry-run", "--detailed-exitcode"]);
+    assert_eq!(
+        again.code, 0,
+        "a dry-run after a successful apply shows zero changes: {again:?}"
+    );
+    assert!(
+        again
+            .stdout
+            .contains("0 to create, 0 to update, 0 to recreate, 0 to delete, 3 unchanged"),
+        "{again:?}"
+    );
+
+    // Docker's own tools recognise the project.
+    let ps = Command::new("docker")
+        .args([
+            "ps",
+            "--filter",
+            &format!("label=com.docker.compose.project={}", f.project),
+            "--format",
+            "{{.Names}}",
+        ])
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&ps.stdout);
+    assert!(
+        names.contains(&format!("{}-web-1", f.project))
+            && names.contains(&format!("{}-worker-1", f.project)),
+        "{names}"
+    );
+
+    // A committed change recreates only the service it touches, and shows the diff.
+    f.commit("compose/www/index.html", "<h1>v2</h1>\n");
+    let dry = f.run(&["--dry-run"]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert!(dry.stdout.contains("1 to recreate"), "{}", dry.stdout);
+    assert!(
+        dry.stdout.contains(&format!(
+            "service {}/web  recreate (config changed)",
+            f.project
+        )),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout.contains("-<h1>v1</h1>") && dry.stdout.contains("+<h1>v2</h1>"),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        !dry.stdout
+            .contains(&format!("{}/worker  recreate", f.project)),
+        "{}",
+        dry.stdout
+    );
+}
+
+#[tokio::test]
+async fn applying_an_uncommitted_work_tree_is_refused_but_dry_run_is_allowed() {
+    let Some(_engine) = engine().await else {
+        return;
+    };
+    let f = Fixture::new("cli-dirty");
+    let _cleanup = Cleanup::new(&[&f.project]);
+    std::fs::write(
+        f.repo.path().join("environments/values.yaml"),
+        "greeting: uncommitted\n",
+    )
+    .unwrap();
+
+    let apply = f.run(&[]);
+    assert_eq!(apply.code, 1, "{apply:?}");
+    assert!(
+        apply.stderr.contains("uncommitted changes") && apply.stderr.contains("commit first"),
+        "{apply:?}"
+    );
+    let dry = f.run(&["--dry-run"]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert!(dry.stdout.contains("3 to create"), "{dry:?}"); // two services and the default network
+}
+
+#[test]
+fn reconcile_needs_every_secret_even_for_a_dry_run() {
+    let f = Fixture::new("cli-secret");
+    std::fs::remove_file(f.secrets.path().join("api_token")).unwrap();
+    let run = f.run(&["--dry-run"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("api_token") && run.stderr.contains("DRIFTLESS_SECRET_API_TOKEN"),
+        "{run:?}"
+    );
+}

@@ -18,6 +18,7 @@
 
 pub mod diag;
 pub mod duration;
+pub mod glob;
 pub mod secrets;
 pub mod yaml;
 

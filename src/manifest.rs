@@ -397,7 +397,7 @@ impl Manifest {
         let paths = Paths::default().overlay(&raw.paths);
         let mut globs_ok = true;
         for glob in paths_globs(&paths) {
-            if let Err(e) = compile_glob(glob) {
+            if let Err(e) = crate::glob::Glob::new(glob) {
                 diags.push(err(format!("paths: invalid glob `{glob}`: {e}"), 0));
                 globs_ok = false;
             }
@@ -568,7 +568,7 @@ impl Manifest {
             };
             if globs_ok {
                 for glob in paths_globs(&env_paths) {
-                    if let Err(e) = compile_glob(glob) {
+                    if let Err(e) = crate::glob::Glob::new(glob) {
                         diags.push(err(
                             format!("environments.{name}.paths: invalid glob `{glob}`: {e}"),
                             line,
@@ -691,15 +691,6 @@ fn paths_globs(p: &Paths) -> impl Iterator<Item = &String> {
         .chain(&p.rules)
         .chain(&p.backups)
         .chain(&p.policies)
-}
-
-/// Compiles a path glob the way driftless matches it: `*` stays within one
-/// directory, `**` crosses directories.
-pub fn compile_glob(glob: &str) -> Result<globset::GlobMatcher, globset::Error> {
-    Ok(globset::GlobBuilder::new(glob)
-        .literal_separator(true)
-        .build()?
-        .compile_matcher())
 }
 
 fn join_keys<V>(map: &BTreeMap<String, V>) -> String {

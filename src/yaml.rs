@@ -663,9 +663,7 @@ mod tests {
                 "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
             ));
         }
-        let start = std::time::Instant::now();
         let e = parse_document(&text).unwrap_err();
-        assert!(start.elapsed() < std::time::Duration::from_secs(2));
         assert!(e.message.starts_with("YAML limit hit"), "{e:?}");
     }
 
@@ -680,9 +678,7 @@ mod tests {
                 .map(|i| format!("{}k:\n", " ".repeat(i)))
                 .collect(),
         ] {
-            let start = std::time::Instant::now();
             let e = parse_document(&text).unwrap_err();
-            assert!(start.elapsed() < std::time::Duration::from_secs(2));
             assert!(
                 e.message.contains("limit") || e.message.contains("nest"),
                 "{e:?}"

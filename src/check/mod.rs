@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::diag::{Diagnostic, Diagnostics};
-use crate::manifest::{Environment, Manifest, TargetKind, compile_glob};
+use crate::glob::Glob;
+use crate::manifest::{Environment, Manifest, TargetKind};
 use crate::model::compose::Project;
 use crate::model::{
     BackupJob, BackupSource, DesiredState, KubeObject, Resources, RuleFile, TargetState,
@@ -43,10 +44,10 @@ struct Selection {
 
 fn select(env: &Environment, outputs: &[String]) -> Result<Selection, Diagnostics> {
     let mut diags = Diagnostics::new();
-    let mut matchers = |globs: &[String]| -> Vec<globset::GlobMatcher> {
+    let mut matchers = |globs: &[String]| -> Vec<Glob> {
         globs
             .iter()
-            .filter_map(|g| match compile_glob(g) {
+            .filter_map(|g| match Glob::new(g) {
                 Ok(m) => Some(m),
                 Err(e) => {
                     diags.push(
@@ -198,6 +199,19 @@ pub fn environment(
         match compose::load(&input) {
             Ok((project, w)) => {
                 warnings.extend(w.into_iter().map(|d| located(d, &rendered)));
+                for (name, service) in &project.services {
+                    if let Some(file) = service.unwritable_file() {
+                        diags.push(located(
+                            Diagnostic::error(format!(
+                                "config file {file} cannot be delivered: the service is `read_only` and the engine refuses to write to a read-only root file system"
+                            ))
+                            .line(service.origin.line)
+                            .object(format!("services.{name}"))
+                            .hint("mount a volume (or tmpfs) at the file's directory, or drop `read_only`"),
+                            &rendered,
+                        ));
+                    }
+                }
                 if let Some(other) = projects.iter().find(|p| p.name == project.name) {
                     diags.push(
                         Diagnostic::error(format!(

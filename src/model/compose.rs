@@ -67,6 +67,40 @@ pub struct Service {
     pub origin: Origin,
 }
 
+impl Service {
+    /// A config file the engine cannot deliver: the service is `read_only`
+    /// and the file is not under a writable volume or bind mount (the
+    /// engine's archive API refuses to write to a read-only root file system).
+    pub fn unwritable_file(&self) -> Option<&str> {
+        if !self.read_only {
+            return None;
+        }
+        let mounts: Vec<&str> = self
+            .volumes
+            .iter()
+            .filter_map(|m| match m {
+                Mount::Volume {
+                    target,
+                    read_only: false,
+                    ..
+                }
+                | Mount::Bind {
+                    target,
+                    read_only: false,
+                    ..
+                } => Some(target.as_str()),
+                _ => None,
+            })
+            .collect();
+        self.files.iter().map(|f| f.target.as_str()).find(|t| {
+            !mounts.iter().any(|m| {
+                t.strip_prefix(m.trim_end_matches('/'))
+                    .is_some_and(|rest| rest.starts_with('/'))
+            })
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Port {
     /// Host IP to bind (`None`: all interfaces).

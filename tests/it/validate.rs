@@ -243,3 +243,22 @@ fn render_masks_secrets_and_lists_missing_ones() {
     );
     assert!(run.stderr.contains("db_password"), "{}", run.stderr);
 }
+
+#[test]
+fn read_only_service_with_a_config_file_is_caught_at_validate() {
+    let repo = RepoBuilder::minimal()
+        .file(
+            "compose/stack.yaml",
+            "services:\n  web:\n    image: busybox:1\n    read_only: true\n    volumes:\n      - ./web.conf:/etc/web.conf:ro\n",
+        )
+        .file("compose/web.conf", "listen 80\n");
+    assert_clear_error(
+        &repo.driftless(&["validate"]),
+        &[
+            "error[dev]",
+            "compose/stack.yaml",
+            "services.web",
+            "read_only",
+        ],
+    );
+}

@@ -29,7 +29,7 @@ use super::live::{Live, LiveContainer};
 use super::{ComposeBackend, archive, hash, image, labels, live, plan, project, spec};
 use crate::backend::{ApplyReport, BackendError, Context};
 use crate::model::TargetState;
-use crate::model::compose::{DependencyCondition, Mount, Project, Service};
+use crate::model::compose::{DependencyCondition, Project, Service};
 use crate::plan::{Action, Change};
 
 /// Executes one apply of one target.
@@ -93,7 +93,7 @@ impl<'a> Applier<'a> {
                     let (_, _, s) = self.service(name).ok_or_else(|| {
                         self.error(name, "the change names a service that is not desired")
                     })?;
-                    if let Some(f) = unwritable_file(s) {
+                    if let Some(f) = s.unwritable_file() {
                         return Err(self.error(
                             name,
                             format!(
@@ -723,37 +723,6 @@ impl<'a> Applier<'a> {
     }
 }
 
-/// A config file the engine cannot write: in a `read_only` service and not
-/// under a volume or bind mount (the archive API writes through mounts).
-fn unwritable_file(s: &Service) -> Option<&str> {
-    if !s.read_only {
-        return None;
-    }
-    let mounts: Vec<&str> = s
-        .volumes
-        .iter()
-        .filter_map(|m| match m {
-            Mount::Volume {
-                target,
-                read_only: false,
-                ..
-            }
-            | Mount::Bind {
-                target,
-                read_only: false,
-                ..
-            } => Some(target.as_str()),
-            _ => None,
-        })
-        .collect();
-    s.files.iter().map(|f| f.target.as_str()).find(|t| {
-        !mounts.iter().any(|m| {
-            t.strip_prefix(m.trim_end_matches('/'))
-                .is_some_and(|rest| rest.starts_with('/'))
-        })
-    })
-}
-
 enum DepState {
     Ready,
     Waiting(String),
@@ -804,7 +773,7 @@ fn not_modified(e: bollard::errors::Error) -> std::result::Result<(), bollard::e
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::compose::FileMount;
+    use crate::model::compose::{FileMount, Mount};
 
     #[test]
     fn read_only_services_take_files_only_under_writable_mounts() {
@@ -824,10 +793,10 @@ mod tests {
             }],
             ..Service::default()
         };
-        assert_eq!(unwritable_file(&s), None);
+        assert_eq!(s.unwritable_file(), None);
         s.files.push(file("/etc/other.conf"));
-        assert_eq!(unwritable_file(&s), Some("/etc/other.conf"));
+        assert_eq!(s.unwritable_file(), Some("/etc/other.conf"));
         s.read_only = false;
-        assert_eq!(unwritable_file(&s), None);
+        assert_eq!(s.unwritable_file(), None);
     }
 }

@@ -60,15 +60,23 @@ pub fn load(
     options: &RenderOptions,
 ) -> Result<Loaded, Diagnostics> {
     let (root, root_manifest) = root_manifest(source, options.limits)?;
-    let env = root_manifest
+    let branch = root_manifest
         .environment(env_name)
-        .map_err(Diagnostics::from)?;
-    let snapshot = source
-        .snapshot_for_branch(&env.branch, options.limits)
+        .map_err(Diagnostics::from)?
+        .branch
+        .clone();
+    let (snapshot, manifest) = match source
+        .snapshot_for_branch(&branch, options.limits)
         .map_err(|e| Diagnostics::from(Diagnostic::error(e.to_string()).env(env_name)))?
-        .unwrap_or(root);
-    let manifest = manifest_of(&snapshot)
-        .map_err(|d| Diagnostics(d.into_iter().map(|d| d.or_env(env_name)).collect()))?;
+    {
+        // The environment's own branch: its manifest is the one that counts.
+        Some(snapshot) => {
+            let manifest = manifest_of(&snapshot)
+                .map_err(|d| Diagnostics(d.into_iter().map(|d| d.or_env(env_name)).collect()))?;
+            (snapshot, manifest)
+        }
+        None => (root, root_manifest),
+    };
     let env = manifest.environment(env_name).map_err(|d| {
         Diagnostics::from(d.env(env_name).hint(format!(
             "the environment is listed on the default branch but not in {} on its own branch",

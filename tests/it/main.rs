@@ -5,6 +5,7 @@
 mod docker_support;
 mod support;
 
+mod branches;
 mod compose_backend;
 mod corpus;
 mod example;

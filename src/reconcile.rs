@@ -59,7 +59,9 @@ pub fn load(
     env_name: &str,
     options: &RenderOptions,
 ) -> Result<Loaded, Diagnostics> {
-    let (root, root_manifest) = root_manifest(source, options.limits)?;
+    let with_env =
+        |d: Diagnostics| Diagnostics(d.into_iter().map(|d| d.or_env(env_name)).collect());
+    let (root, root_manifest) = root_manifest(source, options.limits).map_err(with_env)?;
     let branch = root_manifest
         .environment(env_name)
         .map_err(Diagnostics::from)?
@@ -67,12 +69,11 @@ pub fn load(
         .clone();
     let (snapshot, manifest) = match source
         .snapshot_for_branch(&branch, options.limits)
-        .map_err(|e| Diagnostics::from(Diagnostic::error(e.to_string()).env(env_name)))?
+        .map_err(|e| with_env(source_error(e)))?
     {
         // The environment's own branch: its manifest is the one that counts.
         Some(snapshot) => {
-            let manifest = manifest_of(&snapshot)
-                .map_err(|d| Diagnostics(d.into_iter().map(|d| d.or_env(env_name)).collect()))?;
+            let manifest = manifest_of(&snapshot).map_err(with_env)?;
             (snapshot, manifest)
         }
         None => (root, root_manifest),
@@ -98,6 +99,7 @@ pub fn load(
     })
 }
 
+/// A source error as a diagnostic (its message names the repo path at fault).
 fn source_error(e: crate::source::SourceError) -> Diagnostics {
     Diagnostics::from(Diagnostic::error(e.to_string()))
 }

@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use crate::docker_support::{BUSYBOX, Cleanup, engine, project_name};
-use crate::support::{RepoBuilder, Run, driftless};
+use crate::support::{RepoBuilder, Run, driftless, git};
 
 /// A committed repo with one environment (named uniquely: an environment
 /// owns every project it deployed) and a two-service stack.
@@ -14,27 +14,6 @@ struct Fixture {
     env: String,
     project: String,
     secrets: tempfile::TempDir,
-}
-
-fn git(dir: &std::path::Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 impl Fixture {

@@ -4,46 +4,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use crate::support::git;
 use std::time::{Duration, Instant};
 
 use driftless::source::git::{Auth, Repo};
 use driftless::source::{Limits, Revision, Snapshot, SourceError, worktree};
 use tempfile::TempDir;
-
-/// Runs `git` in `dir` with a fixed identity and no user or system config,
-/// so the fixtures are the same on every machine. Returns trimmed stdout.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "commit.gpgsign=false",
-            "-c",
-            "tag.gpgsign=false",
-            "-c",
-            "core.symlinks=true",
-            "-c",
-            "core.autocrlf=false",
-        ])
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .output()
-        .expect("the git program runs");
-    assert!(
-        out.status.success(),
-        "git {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 fn write(root: &Path, rel: &str, content: &str) {
     let path = root.join(rel);

@@ -474,6 +474,15 @@ impl Store {
         })
     }
 
+    /// Deletes the row of a reconcile that turned out not worth keeping
+    /// (an unchanged re-plan by a timer).
+    pub fn discard(&self, id: i64) -> Result<()> {
+        self.with(|c| {
+            c.execute("DELETE FROM reconciles WHERE id = ?1", params![id])?;
+            Ok(())
+        })
+    }
+
     /// Newest first; `env` filters; at most `limit` rows.
     pub fn history(&self, env: Option<&str>, limit: u32) -> Result<Vec<ReconcileRecord>> {
         self.with(|c| {

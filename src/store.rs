@@ -362,8 +362,7 @@ pub fn millis(t: SystemTime) -> i64 {
 }
 
 impl Store {
-    /// Opens (creating if needed) `dir/state.db`, migrates it, and marks
-    /// reconciles left `running` by a previous process as interrupted.
+    /// Opens (creating if needed) `dir/state.db` and migrates it.
     pub fn open(dir: &Path) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
             path: dir.display().to_string(),
@@ -393,14 +392,20 @@ impl Store {
             path,
         };
         store.migrate()?;
-        store.with(|c| {
-            c.execute(
-                "UPDATE reconciles SET outcome = 'interrupted', finished_at = ?1 WHERE outcome = 'running'",
-                params![millis(SystemTime::now())],
-            )?;
-            Ok(())
-        })?;
         Ok(store)
+    }
+
+    /// Marks reconciles of `env` left `running` by a previous process as
+    /// interrupted. Only the holder of the environment's lock calls this
+    /// (the daemon at start), so a CLI opening the store never touches a
+    /// running daemon's rows.
+    pub fn mark_interrupted(&self, env: &str) -> Result<usize> {
+        self.with(|c| {
+            Ok(c.execute(
+                "UPDATE reconciles SET outcome = 'interrupted', finished_at = ?2 WHERE outcome = 'running' AND env = ?1",
+                params![env, millis(SystemTime::now())],
+            )?)
+        })
     }
 
     /// The database file (`None` in memory).
@@ -815,7 +820,7 @@ mod tests {
     }
 
     #[test]
-    fn reopening_marks_running_reconciles_interrupted_and_keeps_the_rest() {
+    fn reopening_keeps_everything_and_the_lock_holder_marks_running_rows_interrupted() {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Store::open(dir.path()).unwrap();

@@ -177,6 +177,10 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
     let mut locks = Vec::new();
     for env in &envs {
         locks.push(EnvLock::try_acquire(&config.state_dir, env, &holder)?);
+        let n = store.mark_interrupted(env)?;
+        if n > 0 {
+            tracing::warn!(env = %env, count = n, "reconciles interrupted by the previous run (it stopped or was killed); the first pass converges");
+        }
     }
 
     let http = reqwest::Client::builder()

@@ -7,6 +7,8 @@ mod support;
 
 mod compose_backend;
 mod corpus;
+mod daemon;
+mod daemon_support;
 mod example;
 mod pipeline;
 mod reconcile_cli;

@@ -876,3 +876,85 @@ async fn webhook_checks_signatures_replays_sizes_and_coalesces_a_thousand_delive
     let h = Daemon::history(state.path(), &env);
     assert_eq!(rows_for(&h, &c2).len(), 1, "{h:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_first_deploy_suspends_and_removes_what_it_created_when_allowed() {
+    let Some(engine) = engine().await else {
+        return;
+    };
+    let receiver = Receiver::start().await;
+    let mut stack = Stack::new("daemon-first", BUSYBOX, &receiver.url);
+    stack.deadline = "15s";
+    let _cleanup = Cleanup::new(&[&stack.project]);
+    let secrets = secrets_dir();
+    let state = tempfile::tempdir().unwrap();
+    let mut files = stack.files("good v1", BAD_CHECK, "");
+    files[0].1 = files[0].1.replace(
+        "    drift_interval: 1h\n",
+        "    drift_interval: 1h\n    allow: { remove_on_failed_first_deploy: true }\n",
+    );
+    let bare = Bare::new(&files);
+    let c1 = crate::daemon_support::git(&bare.path(), &["rev-parse", "main"]);
+    let env = stack.env.clone();
+    let mut d = Daemon::start(&stack.options(&bare, state.path(), secrets.path()));
+    d.ready().await;
+    let s = d
+        .wait(&env, "suspended", Duration::from_secs(120), |s| {
+            s["control"]["suspended"].is_string()
+        })
+        .await;
+    let reason = s["control"]["suspended"].as_str().unwrap();
+    assert!(
+        reason.contains("first deploy") && reason.contains("removed"),
+        "{reason}"
+    );
+    assert!(failed(&c1)(&s), "{s:#}");
+    assert!(s["last_good"].is_null(), "{s:#}");
+    assert!(containers(engine.docker(), &stack.project).await.is_empty());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        receiver
+            .all()
+            .iter()
+            .any(|b| b.contains("first_deploy_failed")),
+        "{:?}",
+        receiver.all()
+    );
+}
+
+#[test]
+fn an_invalid_daemon_configuration_exits_2_listing_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("driftless-daemon.yaml");
+    std::fs::write(
+        &config,
+        "poll_interval: often\nlisten: nowhere\nunknown_key: 1\n",
+    )
+    .unwrap();
+    let (code, out, err) = cli(&["daemon", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("unknown_key"), "{err}");
+    std::fs::write(&config, "poll_interval: often\nlisten: nowhere\n").unwrap();
+    let (code, _, err) = cli(&["daemon", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    for needle in ["poll_interval", "listen", "no repo"] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+    // An environment the repo does not have is a usage error too.
+    let bare = Bare::new(&[(
+        "driftless.yaml",
+        "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {}\nenvironments:\n  dev:\n    targets: [local]\n".to_owned(),
+    )]);
+    let (code, _, err) = cli(&[
+        "daemon",
+        "--repo",
+        bare.path().to_str().unwrap(),
+        "--env",
+        "nope",
+        "--state-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("`nope` is not in driftless.yaml"), "{err}");
+}

@@ -49,6 +49,18 @@ impl Dirty {
         self.notify.notify_one();
     }
 
+    /// Waits until the environment is dirty and takes the pending trigger
+    /// with the time of its latest mark (what a worker does; benchmarks
+    /// use it to stand in for one).
+    pub async fn next(&self) -> (Trigger, Instant) {
+        loop {
+            if let Some(t) = self.take() {
+                return t;
+            }
+            self.notify.notified().await;
+        }
+    }
+
     fn take(&self) -> Option<(Trigger, Instant)> {
         self.pending
             .lock()

@@ -264,14 +264,16 @@ impl Daemon {
         }
     }
 
-    /// Sends a signal to the daemon process.
+    /// Sends a signal (`TERM`, `INT`) to the daemon process.
     pub fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("running").id().to_string();
-        let status = Command::new("kill")
-            .args(["-s", signal, &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        let pid = self.child.as_ref().expect("running").id() as libc::pid_t;
+        let sig = match signal {
+            "TERM" => libc::SIGTERM,
+            "INT" => libc::SIGINT,
+            other => panic!("unknown signal {other}"),
+        };
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
     }
 
     /// Waits for the process to exit; returns its exit code.

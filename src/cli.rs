@@ -1,4 +1,5 @@
-//! The command line: `render`, `validate` (and the commands later issues add).
+//! The command line: `render`, `validate`, `reconcile`, `daemon`, and the
+//! daemon's control commands (`rollback`, `suspend`, `resume`, `history`).
 //! Parsing lives here; each command is a function returning an exit code.
 
 use std::io::{IsTerminal, Write};
@@ -7,11 +8,14 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use driftless::daemon::config::{DaemonConfig, Overrides};
+use driftless::daemon::lock::{self, EnvLock, LockError};
 use driftless::diag::Diagnostics;
 use driftless::reconcile::{self, RenderOptions};
 use driftless::render::SecretMode;
 use driftless::secrets::{Masker, SecretSource};
 use driftless::source::{Auth, Limits, Source};
+use driftless::store::Store;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,6 +52,119 @@ pub enum Command {
     /// Plan an environment against live systems and apply it (or only show
     /// the plan with --dry-run).
     Reconcile(ReconcileArgs),
+    /// Run the daemon: keep environments equal to their branches, verify,
+    /// roll back, serve the GitHub webhook.
+    Daemon(DaemonArgs),
+    /// Pin an environment to a commit until `resume` (the daemon applies it).
+    Rollback(RollbackArgs),
+    /// Stop automatic reconciles of an environment until `resume`.
+    Suspend(SuspendArgs),
+    /// Lift a pin or a suspension: the environment follows its branch again.
+    Resume(ResumeArgs),
+    /// Show an environment's recorded reconciles, pin, suspension and last good commit.
+    History(HistoryArgs),
+}
+
+/// The daemon's state directory (store and lock files).
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// State directory of the daemon (default /var/lib/driftless for root,
+    /// else ~/.local/state/driftless).
+    #[arg(long, env = "DRIFTLESS_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl StateArgs {
+    fn dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(driftless::daemon::config::default_state_dir)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Configuration file (default ./driftless-daemon.yaml when present).
+    #[arg(long, env = "DRIFTLESS_DAEMON_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Local path or URL of the desired-state repo.
+    #[arg(long, env = "DRIFTLESS_REPO")]
+    pub repo: Option<String>,
+    /// Environment to drive (repeat; default: all whose targets this identity owns).
+    #[arg(long = "env", env = "DRIFTLESS_ENVIRONMENTS", value_delimiter = ',')]
+    pub environments: Vec<String>,
+    /// This daemon's identity (matched against targets' `owner`).
+    #[arg(long, env = "DRIFTLESS_IDENTITY")]
+    pub identity: Option<String>,
+    #[arg(long, env = "DRIFTLESS_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Directory holding one file per secret.
+    #[arg(long, env = "DRIFTLESS_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
+    /// Where remote repos are cloned (default <state-dir>/cache).
+    #[arg(long, env = "DRIFTLESS_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// HTTP listen address (webhook, health, API), like 127.0.0.1:8088.
+    #[arg(long, env = "DRIFTLESS_LISTEN")]
+    pub listen: Option<String>,
+    /// How often to fetch and compare (default 60s).
+    #[arg(long, env = "DRIFTLESS_POLL_INTERVAL")]
+    pub poll_interval: Option<String>,
+    /// File holding the GitHub webhook secret (or set DRIFTLESS_WEBHOOK_SECRET).
+    #[arg(long, env = "DRIFTLESS_WEBHOOK_SECRET_FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// File holding the API bearer token (or set DRIFTLESS_API_TOKEN).
+    #[arg(long, env = "DRIFTLESS_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[arg(long)]
+    pub env: String,
+    /// Commit to pin the environment to (a full id, or any revision of --repo).
+    #[arg(long)]
+    pub to: String,
+    /// Local repo to resolve --to in.
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SuspendArgs {
+    #[arg(long)]
+    pub env: String,
+    /// Why (shown in status and history).
+    #[arg(long, default_value = "suspended by an operator")]
+    pub reason: String,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    #[arg(long)]
+    pub env: String,
+    /// Also forget the commits marked failed, so the head of the branch is tried again.
+    #[arg(long)]
+    pub retry_failed: bool,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    #[arg(long)]
+    pub env: String,
+    /// How many reconciles to show.
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    #[command(flatten)]
+    pub state: StateArgs,
 }
 
 /// Where the desired-state repo is and how to read it.
@@ -122,6 +239,8 @@ pub struct ReconcileArgs {
     /// List unchanged resources too.
     #[arg(long, short)]
     pub verbose: bool,
+    #[command(flatten)]
+    pub state: StateArgs,
 }
 
 impl RepoArgs {
@@ -169,6 +288,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Render(args) => render(args),
         Command::Validate(args) => validate(args),
         Command::Reconcile(args) => reconcile_cmd(args),
+        Command::Daemon(args) => daemon_cmd(args),
+        Command::Rollback(args) => rollback_cmd(args),
+        Command::Suspend(args) => suspend_cmd(args),
+        Command::Resume(args) => resume_cmd(args),
+        Command::History(args) => history_cmd(args),
     }
 }
 
@@ -348,6 +472,27 @@ fn reconcile_cmd(args: ReconcileArgs) -> Result<i32> {
         );
         return Ok(1);
     }
+    // An apply takes the environment's lock: a running daemon that drives
+    // it holds it, and the two must never apply at once.
+    let _lock = if args.dry_run {
+        None
+    } else {
+        match EnvLock::try_acquire(
+            &args.state.dir(),
+            &args.env,
+            &format!("driftless reconcile pid {}", std::process::id()),
+        ) {
+            Ok(l) => Some(l),
+            Err(LockError::Held { holder, .. }) => {
+                eprintln!(
+                    "error[{env}]: environment {env} is driven by {holder}; apply through it (push to the branch, `driftless rollback --env {env} --to SHA`, or POST /api/environments/{env}/reconcile); --dry-run is always allowed",
+                    env = args.env
+                );
+                return Ok(1);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -406,4 +551,168 @@ fn reconcile_cmd(args: ReconcileArgs) -> Result<i32> {
         }
         Ok(if args.detailed_exitcode && plan.has_changes() { 2 } else { 0 })
     })
+}
+
+fn daemon_cmd(args: DaemonArgs) -> Result<i32> {
+    let overrides = Overrides {
+        config: args.config,
+        repo: args.repo,
+        identity: args.identity,
+        environments: args.environments,
+        state_dir: args.state_dir,
+        secrets_dir: args.secrets_dir,
+        cache_dir: args.cache_dir,
+        listen: args.listen,
+        poll_interval: args.poll_interval,
+        webhook_secret_file: args.webhook_secret_file,
+        api_token_file: args.api_token_file,
+    };
+    let config = match DaemonConfig::resolve(&overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(driftless::daemon::EXIT_USAGE);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    match runtime.block_on(driftless::daemon::run(config)) {
+        Ok(code) => Ok(code),
+        Err(e) if e.downcast_ref::<driftless::daemon::UsageError>().is_some() => {
+            eprintln!("error: {e:#}");
+            Ok(driftless::daemon::EXIT_USAGE)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs `change` on the store of `env`: under the environment's lock when
+/// no daemon holds it, else through the store (SQLite serialises writers)
+/// and wakes the daemon so it acts at once.
+fn control_change(
+    state_dir: &std::path::Path,
+    env: &str,
+    change: impl FnOnce(&Store) -> Result<()>,
+) -> Result<()> {
+    let lock = EnvLock::try_acquire(
+        state_dir,
+        env,
+        &format!("driftless cli pid {}", std::process::id()),
+    );
+    let store = Store::open(state_dir).context("open the state store")?;
+    change(&store)?;
+    match lock {
+        Ok(_held) => {
+            eprintln!("note: no daemon drives {env} right now; this takes effect when one starts");
+        }
+        Err(LockError::Held { holder, .. }) => {
+            lock::wake(state_dir, env).context("wake the daemon")?;
+            eprintln!("{holder} acts on it now");
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+fn rollback_cmd(args: RollbackArgs) -> Result<i32> {
+    let commit = match &args.repo {
+        Some(path) => driftless::source::Repo::open(path)
+            .and_then(|r| r.resolve(&args.to))
+            .with_context(|| format!("resolve `{}` in {}", args.to, path.display()))?,
+        None if args.to.len() == 40 && args.to.chars().all(|c| c.is_ascii_hexdigit()) => {
+            args.to.to_lowercase()
+        }
+        None => {
+            eprintln!(
+                "error: --to must be a full 40-character commit id, or pass --repo to resolve `{}`",
+                args.to
+            );
+            return Ok(2);
+        }
+    };
+    control_change(&args.state.dir(), &args.env, |s| {
+        Ok(s.pin(&args.env, &commit, std::time::SystemTime::now())?)
+    })?;
+    println!(
+        "{}: pinned to {commit} until `driftless resume --env {}`",
+        args.env, args.env
+    );
+    Ok(0)
+}
+
+fn suspend_cmd(args: SuspendArgs) -> Result<i32> {
+    control_change(&args.state.dir(), &args.env, |s| {
+        Ok(s.suspend(&args.env, &args.reason, std::time::SystemTime::now())?)
+    })?;
+    println!(
+        "{}: suspended until `driftless resume --env {}`",
+        args.env, args.env
+    );
+    Ok(0)
+}
+
+fn resume_cmd(args: ResumeArgs) -> Result<i32> {
+    control_change(&args.state.dir(), &args.env, |s| {
+        s.resume(&args.env, std::time::SystemTime::now())?;
+        if args.retry_failed {
+            s.clear_failed(&args.env)?;
+        }
+        Ok(())
+    })?;
+    println!("{}: resumed; it follows its branch again", args.env);
+    Ok(0)
+}
+
+fn history_cmd(args: HistoryArgs) -> Result<i32> {
+    let store = Store::open(&args.state.dir()).context("open the state store")?;
+    let records = store.history(Some(&args.env), args.limit)?;
+    let control = store.control(&args.env)?;
+    let last_good = store.last_good(&args.env)?;
+    let failed = store.failed_commits(&args.env)?;
+    if args.output == Output::Json {
+        let doc = serde_json::json!({
+            "environment": args.env,
+            "control": control,
+            "last_good": last_good,
+            "failed_commits": failed,
+            "reconciles": records,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(0);
+    }
+    if let Some(p) = &control.pinned {
+        println!("pinned to {p}");
+    }
+    if let Some(r) = &control.suspended {
+        println!("suspended: {r}");
+    }
+    if let Some(lg) = &last_good {
+        println!("last good: {}", lg.commit);
+    }
+    for f in &failed {
+        println!("failed: {} — {}", f.commit, f.reason);
+    }
+    for r in &records {
+        let when = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(r.started_at)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default();
+        println!(
+            "#{} {when} {} {} {} {}{}",
+            r.id,
+            r.kind,
+            r.trigger,
+            r.commit
+                .as_deref()
+                .map(|c| &c[..c.len().min(12)])
+                .unwrap_or("-"),
+            r.outcome.as_str(),
+            r.error
+                .as_deref()
+                .map(|e| format!(" — {e}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(0)
 }

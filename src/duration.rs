@@ -108,6 +108,21 @@ pub fn serialize_opt<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result
     }
 }
 
+/// `#[serde(with = "crate::duration::serde_go")]`: a duration read and
+/// written in its Go form (`90s`, `7d`), for configuration files.
+pub mod serde_go {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format(*d))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        super::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

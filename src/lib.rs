@@ -10,7 +10,9 @@
 //! [`render`] turns it into one environment's files with minijinja;
 //! [`check`] parses and validates them into a [`model::DesiredState`];
 //! [`backend`]s compare that with live systems and return a [`plan::Plan`],
-//! apply it, and judge health. [`manifest`] is `driftless.yaml`,
+//! apply it, and judge health; [`store`] records the outcome. [`daemon`]
+//! runs the pipeline per environment whenever a trigger marks it dirty,
+//! [`http`] serves the webhook and API. [`manifest`] is `driftless.yaml`,
 //! [`secrets`] keeps secret values out of every output, [`diag`] is how
 //! every stage reports problems.
 
@@ -31,3 +33,7 @@ pub mod plan;
 pub mod reconcile;
 pub mod render;
 pub mod source;
+pub mod store;
+
+pub mod daemon;
+pub mod http;

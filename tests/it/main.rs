@@ -8,6 +8,8 @@ mod support;
 mod branches;
 mod compose_backend;
 mod corpus;
+mod daemon;
+mod daemon_support;
 mod example;
 mod pipeline;
 mod reconcile_cli;

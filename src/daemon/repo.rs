@@ -1,0 +1,172 @@
+//! The daemon's view of the desired-state repo: a local Git repo (bare or
+//! not, read from its object database) or a remote one cloned into a cache,
+//! with fetches serialised and coalesced.
+//!
+//! Every Git call blocks (gix), so each runs in `spawn_blocking`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::reconcile;
+use crate::source::{Auth, Limits, Repo, Source, SourceError};
+
+/// The repo a daemon follows.
+#[derive(Debug)]
+pub struct RepoHandle {
+    repo: Repo,
+    /// `true` for a cached clone of a URL: a pass fetches first.
+    remote: bool,
+    /// Start time of the last successful fetch; the lock serialises fetches.
+    fetched: tokio::sync::Mutex<Option<Instant>>,
+    limits: Limits,
+}
+
+/// What the head of an environment's branch is, with the root manifest's
+/// view of the environment.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub commit: String,
+    pub environment: crate::manifest::Environment,
+    /// The notifications the environment names, from the root manifest.
+    pub notifications: Vec<(String, crate::manifest::Notification)>,
+    pub prune_removed: bool,
+}
+
+/// The outcome of looking an environment up at the head of the repo.
+#[derive(Debug)]
+pub enum Lookup {
+    Found(Box<Head>),
+    /// The root manifest no longer lists the environment.
+    Removed {
+        prune: bool,
+    },
+}
+
+impl RepoHandle {
+    /// Opens `location`: a local path is opened in place, a URL is cloned
+    /// (or its cache opened) under `cache_dir`.
+    pub fn open(
+        location: &str,
+        cache_dir: &std::path::Path,
+        auth: &Auth,
+        limits: Limits,
+    ) -> Result<RepoHandle, SourceError> {
+        let is_url = location.contains("://");
+        let repo = if is_url {
+            Repo::open_remote(location, cache_dir, auth)?
+        } else {
+            Repo::open(std::path::Path::new(location))?
+        };
+        Ok(RepoHandle {
+            repo,
+            remote: is_url,
+            fetched: tokio::sync::Mutex::new(None),
+            limits,
+        })
+    }
+
+    /// The Git directory (watched for ref changes when local).
+    pub fn git_dir(&self) -> PathBuf {
+        self.repo.git_dir().to_owned()
+    }
+
+    pub fn is_remote(&self) -> bool {
+        self.remote
+    }
+
+    /// Fetches unless a fetch that started at or after `not_before` already
+    /// succeeded (many triggers, one fetch). A no-op for local repos.
+    pub async fn fetch(self: &Arc<Self>, not_before: Instant) -> Result<(), SourceError> {
+        if !self.remote {
+            return Ok(());
+        }
+        let mut last = self.fetched.lock().await;
+        if last.is_some_and(|t| t >= not_before) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.repo.fetch())
+            .await
+            .map_err(|e| SourceError::Git(format!("fetch task: {e}")))??;
+        *last = Some(started);
+        Ok(())
+    }
+
+    /// A source that reads every environment at `commit`.
+    pub fn at(&self, commit: &str) -> Source {
+        Source::Git {
+            repo: Box::new(self.repo.clone()),
+            pinned: Some(commit.to_owned()),
+        }
+    }
+
+    /// Resolves a revision (sha, short sha, branch, tag) to a commit id.
+    pub async fn resolve(self: &Arc<Self>, rev: &str) -> Result<String, SourceError> {
+        let me = self.clone();
+        let rev = rev.to_owned();
+        tokio::task::spawn_blocking(move || me.repo.resolve(&rev))
+            .await
+            .map_err(|e| SourceError::Git(format!("resolve task: {e}")))?
+    }
+
+    /// Reads the root manifest at the default branch and resolves `env`'s
+    /// branch head.
+    pub async fn head(self: &Arc<Self>, env: &str) -> Result<Lookup, String> {
+        let me = self.clone();
+        let env = env.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let source = Source::Git {
+                repo: Box::new(me.repo.clone()),
+                pinned: None,
+            };
+            let (_, manifest) =
+                reconcile::root_manifest(&source, me.limits).map_err(|d| d.to_string())?;
+            let Some(environment) = manifest.environments.get(&env) else {
+                return Ok(Lookup::Removed {
+                    prune: manifest.prune_removed_environments,
+                });
+            };
+            let commit = me
+                .repo
+                .resolve(&environment.branch)
+                .map_err(|e| e.to_string())?;
+            let notifications = environment
+                .notify
+                .iter()
+                .filter_map(|n| {
+                    manifest
+                        .notifications
+                        .get(n)
+                        .map(|x| (n.clone(), x.clone()))
+                })
+                .collect();
+            Ok(Lookup::Found(Box::new(Head {
+                commit,
+                environment: environment.clone(),
+                notifications,
+                prune_removed: manifest.prune_removed_environments,
+            })))
+        })
+        .await
+        .map_err(|e| format!("manifest task: {e}"))?
+    }
+
+    /// The root manifest at the default branch.
+    pub async fn root_manifest(self: &Arc<Self>) -> Result<crate::manifest::Manifest, String> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let source = Source::Git {
+                repo: Box::new(me.repo.clone()),
+                pinned: None,
+            };
+            reconcile::root_manifest(&source, me.limits)
+                .map(|(_, m)| m)
+                .map_err(|d| d.to_string())
+        })
+        .await
+        .map_err(|e| format!("manifest task: {e}"))?
+    }
+}

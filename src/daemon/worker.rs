@@ -1,0 +1,239 @@
+//! One worker per environment: a loop that waits to be marked dirty, then
+//! runs one [`pass`](super::pass) at a time.
+//!
+//! Triggers never run anything themselves: they call [`Dirty::mark`], which
+//! sets one pending slot and wakes the worker. However many triggers arrive
+//! while a pass runs, they leave exactly one pass pending — at most one
+//! running and one pending per environment. The worker's own timers (drift
+//! re-plan, retry after a transient failure) mark the same slot.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::pass::{self, EnvContext, Memo, PassEnd};
+use crate::store::Trigger;
+
+/// The dirty flag of one environment.
+#[derive(Debug, Default)]
+pub struct Dirty {
+    notify: Notify,
+    pending: Mutex<Option<(Trigger, Instant)>>,
+    /// Triggers received (for status and tests).
+    marks: AtomicU64,
+}
+
+impl Dirty {
+    /// Marks the environment dirty. Cheap and never blocks on a pass: a
+    /// webhook handler calls this and returns.
+    pub fn mark(&self, trigger: Trigger) {
+        self.marks.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let keep = match *pending {
+                // The strongest reason wins (a manual or webhook trigger
+                // runs the full pipeline where a poll may skip it).
+                Some((old, _)) if rank(old) > rank(trigger) => old,
+                _ => trigger,
+            };
+            // The latest time: a fetch must start after it to cover it.
+            *pending = Some((keep, Instant::now()));
+        }
+        self.notify.notify_one();
+    }
+
+    /// Waits until the environment is dirty and takes the pending trigger
+    /// with the time of its latest mark (what a worker does; benchmarks
+    /// use it to stand in for one).
+    pub async fn next(&self) -> (Trigger, Instant) {
+        loop {
+            if let Some(t) = self.take() {
+                return t;
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    fn take(&self) -> Option<(Trigger, Instant)> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Whether a pass is pending.
+    pub fn is_pending(&self) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    pub fn marks(&self) -> u64 {
+        self.marks.load(Ordering::Relaxed)
+    }
+}
+
+fn rank(t: Trigger) -> u8 {
+    match t {
+        Trigger::Drift | Trigger::Retry => 0,
+        Trigger::Poll | Trigger::Watch => 1,
+        Trigger::Webhook => 2,
+        Trigger::Startup | Trigger::Manual => 3,
+    }
+}
+
+/// What the status API shows of a worker.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub passes: AtomicU64,
+    pub running: AtomicBool,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl WorkerStats {
+    pub fn snapshot(&self) -> WorkerStatus {
+        WorkerStatus {
+            passes: self.passes.load(Ordering::Relaxed),
+            running: self.running.load(Ordering::Relaxed),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerStatus {
+    /// Passes run since the daemon started.
+    pub passes: u64,
+    pub running: bool,
+    /// The transient failure being retried, if any.
+    pub last_error: Option<String>,
+}
+
+/// Retry timing after transient failures: doubling from `initial` to `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    pub fn next(&self, previous: Option<Duration>) -> Duration {
+        match previous {
+            None => self.initial,
+            Some(d) => (d * 2).min(self.max),
+        }
+    }
+}
+
+/// The worker loop. Returns when `cancel` fires — never during a pass, so
+/// an apply that has started finishes (the daemon bounds how long it waits).
+pub async fn run(
+    ctx: EnvContext,
+    dirty: Arc<Dirty>,
+    stats: Arc<WorkerStats>,
+    cancel: CancellationToken,
+    backoff: Backoff,
+    default_drift: Duration,
+) {
+    let mut memo = Memo::default();
+    let mut retry: Option<(Duration, Instant)> = None;
+    let mut drift_interval = default_drift;
+    let mut next_drift = Instant::now() + drift_interval;
+    dirty.mark(Trigger::Startup);
+    loop {
+        let retry_at = retry.map(|(_, at)| at);
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            _ = dirty.notify.notified() => {}
+            _ = tokio::time::sleep_until(retry_at.unwrap_or(next_drift)), if retry_at.is_some() => {
+                dirty.mark(Trigger::Retry);
+            }
+            _ = tokio::time::sleep_until(next_drift) => dirty.mark(Trigger::Drift),
+        }
+        let Some((trigger, since)) = dirty.take() else {
+            continue;
+        };
+        stats.running.store(true, Ordering::Relaxed);
+        stats.passes.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!(
+            "reconcile",
+            env = %ctx.name,
+            trigger = trigger.as_str(),
+            commit = tracing::field::Empty
+        );
+        let end = pass::run(&ctx, &mut memo, trigger, since)
+            .instrument(span)
+            .await;
+        stats.running.store(false, Ordering::Relaxed);
+        if let Some(d) = memo.drift_interval() {
+            drift_interval = d;
+        }
+        next_drift = Instant::now() + drift_interval;
+        match end {
+            PassEnd::Done => {
+                retry = None;
+                *stats.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+            PassEnd::Retry(error) => {
+                let wait = backoff.next(retry.map(|(d, _)| d));
+                tracing::warn!(env = %ctx.name, error = %error, retry_in = ?wait, "reconcile could not run; retrying");
+                *stats.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+                retry = Some((wait, Instant::now() + wait));
+            }
+        }
+    }
+    tracing::info!(env = %ctx.name, "worker stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_thousand_marks_leave_one_pending_pass_with_the_strongest_trigger() {
+        let d = Dirty::default();
+        for i in 0..1000 {
+            d.mark(if i == 500 {
+                Trigger::Webhook
+            } else {
+                Trigger::Poll
+            });
+        }
+        assert_eq!(d.marks(), 1000);
+        // One permit is stored however many notifications were sent.
+        d.notify.notified().await;
+        assert_eq!(d.take().map(|(t, _)| t), Some(Trigger::Webhook));
+        assert!(d.take().is_none());
+        let again = tokio::time::timeout(Duration::from_millis(20), d.notify.notified()).await;
+        assert!(again.is_err(), "a second permit was stored");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_max() {
+        let b = Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(5),
+        };
+        let mut d = None;
+        let mut seen = vec![];
+        for _ in 0..5 {
+            let n = b.next(d);
+            seen.push(n.as_secs());
+            d = Some(n);
+        }
+        assert_eq!(seen, [1, 2, 4, 5, 5]);
+    }
+}

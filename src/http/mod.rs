@@ -1,0 +1,208 @@
+//! The daemon's HTTP surface (axum, one listener): the GitHub webhook,
+//! `/healthz`, `/readyz`, and a small JSON API (environment status, manual
+//! trigger) behind a bearer token.
+//!
+//! Handlers are thin: they check the request, mark environments dirty and
+//! answer. None of them fetches, renders or applies anything.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use sha2::{Digest, Sha256};
+
+use crate::daemon::config::Secret;
+use crate::daemon::worker::{Dirty, WorkerStats};
+use crate::secrets::Masker;
+use crate::store::{Store, Trigger};
+
+pub mod webhook;
+
+/// One driven environment, as the HTTP side sees it.
+#[derive(Debug, Clone)]
+pub struct EnvEntry {
+    pub dirty: Arc<Dirty>,
+    pub stats: Arc<WorkerStats>,
+}
+
+/// Shared state of every handler.
+#[derive(Debug)]
+pub struct AppState {
+    pub envs: BTreeMap<String, EnvEntry>,
+    /// Branch → the driven environments that follow it (refreshed by the
+    /// poll loop from the root manifest).
+    pub branches: Arc<RwLock<BTreeMap<String, Vec<String>>>>,
+    pub store: Arc<Store>,
+    pub webhook_secret: Option<Secret>,
+    pub api_token: Option<Secret>,
+    pub limiter: RateLimiter,
+    pub ready: AtomicBool,
+    pub masker: Masker,
+}
+
+/// The router. The webhook route exists only when a secret is configured.
+pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> axum::Router {
+    let mut app = axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/environments", get(environments))
+        .route("/api/environments/{env}/reconcile", post(trigger));
+    if state.webhook_secret.is_some() {
+        app = app.route(
+            "/hooks/github",
+            post(webhook::github).layer(DefaultBodyLimit::max(max_body_bytes)),
+        );
+    }
+    app.with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    if s.ready.load(Ordering::Relaxed) && s.store.schema_version().is_ok() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    }
+}
+
+/// A JSON answer `{"status": …, …}` with a status code.
+pub fn answer(code: StatusCode, body: serde_json::Value) -> Response {
+    (code, Json(body)).into_response()
+}
+
+fn authorized(s: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = &s.api_token else {
+        return Err(answer(
+            StatusCode::FORBIDDEN,
+            serde_json::json!({"error": "the API is disabled: no API token is configured"}),
+        ));
+    };
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compare digests in constant time: no early exit on the first byte.
+    let a = Sha256::digest(given.as_bytes());
+    let b = Sha256::digest(token.expose().as_bytes());
+    let diff = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    if diff == 0 {
+        Ok(())
+    } else {
+        Err(answer(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"error": "missing or wrong bearer token"}),
+        ))
+    }
+}
+
+async fn environments(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&s, &headers) {
+        return r;
+    }
+    let mut out = serde_json::Map::new();
+    for (name, entry) in &s.envs {
+        let status = (|| -> Result<serde_json::Value, crate::store::StoreError> {
+            let mut last = s.store.history(Some(name), 1)?;
+            if let Some(r) = last.first_mut() {
+                r.plan = None;
+            }
+            Ok(serde_json::json!({
+                "control": s.store.control(name)?,
+                "last_good": s.store.last_good(name)?,
+                "failed_commits": s.store.failed_commits(name)?,
+                "last_reconcile": last.first(),
+                "worker": entry.stats.snapshot(),
+                "pending": entry.dirty.is_pending(),
+                "triggers": entry.dirty.marks(),
+            }))
+        })();
+        let mut value = match status {
+            Ok(v) => v,
+            Err(e) => serde_json::json!({"error": e.to_string()}),
+        };
+        s.masker.mask_json(&mut value);
+        out.insert(name.clone(), value);
+    }
+    answer(StatusCode::OK, serde_json::json!({"environments": out}))
+}
+
+async fn trigger(
+    State(s): State<Arc<AppState>>,
+    Path(env): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorized(&s, &headers) {
+        return r;
+    }
+    match s.envs.get(&env) {
+        Some(e) => {
+            e.dirty.mark(Trigger::Manual);
+            answer(
+                StatusCode::ACCEPTED,
+                serde_json::json!({"status": "accepted", "environments": [env]}),
+            )
+        }
+        None => answer(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": format!("this daemon does not drive environment `{env}`")}),
+        ),
+    }
+}
+
+/// A token bucket: `rate` requests per second on average, `burst` at once.
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RateLimiter {
+    pub fn new(rate: u32, burst: u32) -> Self {
+        RateLimiter {
+            rate: f64::from(rate),
+            burst: f64::from(burst.max(1)),
+            state: Mutex::new((f64::from(burst.max(1)), Instant::now())),
+        }
+    }
+
+    /// Takes a token; `false` when the bucket is empty.
+    pub fn allow(&self) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let refill = now.duration_since(st.1).as_secs_f64() * self.rate;
+        st.0 = (st.0 + refill).min(self.burst);
+        st.1 = now;
+        if st.0 >= 1.0 {
+            st.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_allows_the_burst_then_refuses() {
+        let l = RateLimiter::new(1, 3);
+        assert!((0..3).all(|_| l.allow()));
+        assert!(!l.allow());
+    }
+}

@@ -1,0 +1,960 @@
+//! `driftless daemon` end to end: a local bare repo, the real Docker
+//! engine, the daemon as a process. Pushed commits are applied (file watch,
+//! poll, webhook); bad commits roll back to the last good config and image
+//! ids; a template error applies nothing; the CLI pins, suspends, resumes and
+//! is refused while the daemon drives the environment; kill -9 and an
+//! unreachable engine are survived; no secret leaks anywhere.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use bollard::query_parameters::{
+    InspectContainerOptions, ListContainersOptionsBuilder, TagImageOptionsBuilder,
+};
+
+use crate::daemon_support::{API_TOKEN, Bare, Daemon, Options, Receiver, cli, free_port, sign};
+use crate::docker_support::{BUSYBOX, BUSYBOX_2, Cleanup, engine, project_name};
+
+const SECRET: &str = "tok-DAEMON-LEAK-CANARY-4242";
+const GOOD_CHECK: &str = r#"["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8080/"]"#;
+const BAD_CHECK: &str = r#"["CMD", "false"]"#;
+
+/// A stack repo for one uniquely named environment: one `web` service
+/// (busybox httpd) on a published port, probed over HTTP for "good".
+struct Stack {
+    env: String,
+    project: String,
+    port: u16,
+    image: String,
+    notify_url: String,
+    deadline: &'static str,
+}
+
+impl Stack {
+    fn new(test: &str, image: &str, notify_url: &str) -> Stack {
+        let project = project_name(test);
+        Stack {
+            env: format!("e{}", project.trim_start_matches("dlt-").replace('_', "-")),
+            project,
+            port: free_port(),
+            image: image.to_owned(),
+            notify_url: notify_url.to_owned(),
+            deadline: "20s",
+        }
+    }
+
+    /// The repo's files; `page` is served, `check` is the healthcheck,
+    /// `extra` is added to the service's environment (template errors).
+    fn files(&self, page: &str, check: &str, extra: &str) -> Vec<(&'static str, String)> {
+        let manifest = format!(
+            "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {{}}\nenvironments:\n  {env}:\n    values: environments/values.yaml\n    targets: [local]\n    health:\n      deadline: {deadline}\n      settle: 2s\n      probes:\n        - name: page\n          http: {{ url: \"http://127.0.0.1:{port}/index.html\", contains: good }}\n          interval: 500ms\n    drift_interval: 1h\nnotifications:\n  hook: {{ webhook: \"{notify}/notify\" }}\n  am: {{ alertmanager: \"{notify}/am\" }}\n",
+            env = self.env,
+            deadline = self.deadline,
+            port = self.port,
+            notify = self.notify_url,
+        );
+        let stack = format!(
+            "name: {project}\nservices:\n  web:\n    image: {image}\n    command: [httpd, -f, -p, \"8080\", -h, /www]\n    ports: [\"127.0.0.1:{port}:8080\"]\n    environment:\n      TOKEN: \"{{{{ secret('api_token') }}}}\"\n      EXTRA: \"{extra}\"\n    volumes:\n      - ./www/index.html:/www/index.html:ro\n    healthcheck:\n      test: {check}\n      interval: 1s\n      retries: 2\n",
+            project = self.project,
+            image = self.image,
+            port = self.port,
+        );
+        vec![
+            ("driftless.yaml", manifest),
+            ("environments/values.yaml", "greeting: hi\n".to_owned()),
+            ("compose/stack.yaml.j2", stack),
+            ("compose/www/index.html", format!("{page}\n")),
+        ]
+    }
+
+    fn options(&self, bare: &Bare, state: &std::path::Path, secrets: &std::path::Path) -> Options {
+        Options {
+            repo: bare.path(),
+            env: self.env.clone(),
+            state_dir: state.to_owned(),
+            secrets_dir: secrets.to_owned(),
+            poll: "1h",
+            watch: true,
+            extra: String::new(),
+            vars: vec![],
+        }
+    }
+
+    async fn page(&self) -> String {
+        match reqwest::get(format!("http://127.0.0.1:{}/index.html", self.port)).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(e) => format!("unreachable: {e}"),
+        }
+    }
+}
+
+fn secrets_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("api_token"), format!("{SECRET}\n")).unwrap();
+    d
+}
+
+fn last_good_is(commit: &str) -> impl Fn(&serde_json::Value) -> bool + '_ {
+    move |s| s["last_good"]["commit"] == commit
+}
+
+fn failed(commit: &str) -> impl Fn(&serde_json::Value) -> bool + '_ {
+    move |s| {
+        s["failed_commits"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|f| f["commit"] == commit))
+    }
+}
+
+/// The ids (container, image) of the project's containers.
+async fn containers(docker: &bollard::Docker, project: &str) -> Vec<(String, String)> {
+    let filter = std::collections::HashMap::from([(
+        "label",
+        vec![format!("com.docker.compose.project={project}")],
+    )]);
+    let list = docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filter)
+                .build(),
+        ))
+        .await
+        .unwrap();
+    list.into_iter()
+        .map(|c| (c.id.unwrap_or_default(), c.image_id.unwrap_or_default()))
+        .collect()
+}
+
+async fn image_id(docker: &bollard::Docker, reference: &str) -> String {
+    docker.inspect_image(reference).await.unwrap().id.unwrap()
+}
+
+async fn tag(docker: &bollard::Docker, source: &str, target: &str) {
+    let (repo, tag) = target.rsplit_once(':').unwrap();
+    docker
+        .tag_image(
+            source,
+            Some(
+                TagImageOptionsBuilder::default()
+                    .repo(repo)
+                    .tag(tag)
+                    .build(),
+            ),
+        )
+        .await
+        .unwrap();
+}
+
+/// Rows of `history --output json` for `commit`.
+fn rows_for(history: &serde_json::Value, commit: &str) -> Vec<serde_json::Value> {
+    history["reconciles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["commit"] == commit || r["rollback_of"] == commit)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushes_deploy_bad_commits_roll_back_to_pinned_images_and_nothing_leaks() {
+    let Some(engine) = engine().await else {
+        return;
+    };
+    let docker = engine.docker();
+    let receiver = Receiver::start().await;
+    let image = format!("driftless-test/pin-{}:live", std::process::id());
+    tag(docker, BUSYBOX, &image).await;
+    let mut stack = Stack::new("daemon-e2e", &image, &receiver.url);
+    stack.deadline = "10s";
+    let _cleanup = Cleanup::new(&[&stack.project]).image(&image);
+    let secrets = secrets_dir();
+    let state = tempfile::tempdir().unwrap();
+    let bare = Bare::new(&stack.files("good v1", GOOD_CHECK, ""));
+    let c1 = crate::daemon_support::git(&bare.path(), &["rev-parse", "main"]);
+    let mut d = Daemon::start(&stack.options(&bare, state.path(), secrets.path()));
+    d.ready().await;
+    let env = stack.env.clone();
+    let long = Duration::from_secs(120);
+
+    // The daemon deploys the head at start.
+    d.wait(&env, "first deploy", long, last_good_is(&c1)).await;
+    assert_eq!(stack.page().await.trim(), "good v1");
+    let v1_id = image_id(docker, BUSYBOX).await;
+
+    // A pushed commit is applied at once: the file watch on the bare repo.
+    let c2 = bare.commit(&stack.files("good v2", GOOD_CHECK, ""), "v2");
+    d.wait(&env, "c2 applied", long, last_good_is(&c2)).await;
+    assert_eq!(stack.page().await.trim(), "good v2");
+    let h = Daemon::history(state.path(), &env);
+    assert_eq!(rows_for(&h, &c2)[0]["trigger"], "watch", "{h:#}");
+
+    // The tag moves, and the next commit's container fails its healthcheck:
+    // rolled back to c2's config and to the image id c2 ran, not the tag.
+    tag(docker, BUSYBOX_2, &image).await;
+    let c3 = bare.commit(&stack.files("good v3", BAD_CHECK, ""), "bad healthcheck");
+    d.wait(&env, "c3 failed and rolled back", long, |s| {
+        failed(&c3)(s)
+            && s["last_reconcile"]["kind"] == "rollback"
+            && s["last_reconcile"]["outcome"] == "healthy"
+    })
+    .await;
+    let live = containers(docker, &stack.project).await;
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0].1, v1_id, "the rollback runs the recorded image id");
+    assert_eq!(stack.page().await.trim(), "good v2");
+    let s = d.status(&env).await.unwrap();
+    assert_eq!(s["last_good"]["commit"], c2.as_str());
+    let h = Daemon::history(state.path(), &env);
+    let rows = rows_for(&h, &c3);
+    assert!(
+        rows.iter()
+            .any(|r| r["kind"] == "deploy" && r["outcome"] == "unhealthy"),
+        "{rows:#?}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r["kind"] == "rollback" && r["commit"] == c2.as_str()),
+        "{rows:#?}"
+    );
+
+    // The bad commit is not retried, even when asked to reconcile.
+    let before = d.status(&env).await.unwrap()["worker"]["passes"]
+        .as_u64()
+        .unwrap();
+    let r = d
+        .client()
+        .post(d.url(&format!("/api/environments/{env}/reconcile")))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    d.wait(&env, "manual pass", long, |s| {
+        s["worker"]["passes"].as_u64() > Some(before) && s["worker"]["running"] == false
+    })
+    .await;
+    let h = Daemon::history(state.path(), &env);
+    let deploys_of_c3 = h["reconciles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["commit"] == c3.as_str() && r["kind"] == "deploy")
+        .count();
+    assert_eq!(deploys_of_c3, 1, "{h:#}");
+
+    // A template error applies nothing and leaves the last good state running.
+    let running = containers(docker, &stack.project).await;
+    let c4 = bare.commit(
+        &stack.files("good v4", GOOD_CHECK, "{{ no_such_value }}"),
+        "template error",
+    );
+    d.wait(&env, "c4 invalid", long, failed(&c4)).await;
+    let h = Daemon::history(state.path(), &env);
+    assert_eq!(rows_for(&h, &c4)[0]["outcome"], "invalid", "{h:#}");
+    assert_eq!(containers(docker, &stack.project).await, running);
+    assert_eq!(stack.page().await.trim(), "good v2");
+
+    // A page the probe rejects (the container itself is healthy): rolled back.
+    tag(docker, BUSYBOX, &image).await;
+    let c5 = bare.commit(&stack.files("broken page", GOOD_CHECK, ""), "probe fails");
+    d.wait(&env, "c5 failed and rolled back", long, |s| {
+        failed(&c5)(s)
+            && s["last_reconcile"]["kind"] == "rollback"
+            && s["last_reconcile"]["rollback_of"] == c5.as_str()
+            && s["last_reconcile"]["outcome"] != "running"
+    })
+    .await;
+    let s = d.status(&env).await.unwrap();
+    assert!(
+        s["failed_commits"].to_string().contains("probe page"),
+        "{s:#}"
+    );
+    assert_eq!(stack.page().await.trim(), "good v2");
+
+    // Notifications went out in both formats.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = receiver.all();
+    assert!(
+        sent.iter().any(|b| b.contains("\"rolled_back\"")),
+        "{sent:?}"
+    );
+    assert!(
+        sent.iter().any(|b| b.contains("DriftlessRolledBack")),
+        "{sent:?}"
+    );
+    assert!(sent.iter().any(|b| b.contains("\"invalid\"")), "{sent:?}");
+
+    // SIGTERM: a clean exit.
+    let api = d.status(&env).await.unwrap().to_string();
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(60)).await, Some(0));
+
+    // No secret anywhere: logs, the store, API answers, notifications.
+    let b64 = base64::engine::general_purpose::STANDARD.encode(SECRET);
+    let mut haystacks = vec![
+        ("logs".to_owned(), d.log_text().into_bytes()),
+        ("api".to_owned(), api.into_bytes()),
+    ];
+    for entry in std::fs::read_dir(state.path()).unwrap().flatten() {
+        if entry.path().is_file() {
+            haystacks.push((
+                entry.path().display().to_string(),
+                std::fs::read(entry.path()).unwrap(),
+            ));
+        }
+    }
+    for (i, b) in sent.iter().enumerate() {
+        haystacks.push((format!("notification {i}"), b.clone().into_bytes()));
+    }
+    let h = cli(&[
+        "history",
+        "--env",
+        &env,
+        "--output",
+        "json",
+        "--state-dir",
+        state.path().to_str().unwrap(),
+    ]);
+    haystacks.push(("history".to_owned(), h.1.into_bytes()));
+    for (name, hay) in &haystacks {
+        let text = String::from_utf8_lossy(hay);
+        assert!(!text.contains(SECRET), "secret in {name}");
+        assert!(!text.contains(&b64), "base64 secret in {name}");
+        assert!(
+            !text.contains("DAEMON-LEAK-CANARY"),
+            "part of the secret in {name}"
+        );
+    }
+    // The logs do carry one span per reconcile with env, trigger and commit.
+    let logs = d.log_text();
+    assert!(
+        logs.lines().any(|l| l.contains("\"name\":\"reconcile\"")
+            && l.contains(&format!("\"env\":\"{env}\""))
+            && l.contains("\"trigger\":\"watch\"")
+            && l.contains("\"commit\"")),
+        "{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poll_and_webhook_trigger_deploys_and_sigterm_lets_the_apply_finish() {
+    let Some(_engine) = engine().await else {
+        return;
+    };
+    let receiver = Receiver::start().await;
+    let stack = Stack::new("daemon-poll", BUSYBOX, &receiver.url);
+    let _cleanup = Cleanup::new(&[&stack.project]);
+    let secrets = secrets_dir();
+    let state = tempfile::tempdir().unwrap();
+    let bare = Bare::new(&stack.files("good v1", GOOD_CHECK, ""));
+    let c1 = crate::daemon_support::git(&bare.path(), &["rev-parse", "main"]);
+    let env = stack.env.clone();
+    let long = Duration::from_secs(120);
+
+    // Poll path: no watch, a short poll interval.
+    let mut o = stack.options(&bare, state.path(), secrets.path());
+    o.watch = false;
+    o.poll = "1s";
+    let mut d = Daemon::start(&o);
+    d.ready().await;
+    d.wait(&env, "first deploy", long, last_good_is(&c1)).await;
+    let c2 = bare.commit(&stack.files("good v2", GOOD_CHECK, ""), "v2");
+    d.wait(&env, "c2 by poll", long, last_good_is(&c2)).await;
+    let h = Daemon::history(state.path(), &env);
+    assert_eq!(rows_for(&h, &c2)[0]["trigger"], "poll", "{h:#}");
+
+    // SIGTERM during an apply: the apply finishes, then the daemon exits 0.
+    let c3 = bare.commit(&stack.files("good v3", GOOD_CHECK, ""), "v3");
+    d.wait(&env, "c3 running", long, |s| s["worker"]["running"] == true)
+        .await;
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(90)).await, Some(0));
+    let h = Daemon::history(state.path(), &env);
+    let c3_rows = rows_for(&h, &c3);
+    assert!(
+        c3_rows
+            .iter()
+            .all(|r| r["outcome"] != "running" && r["outcome"] != "interrupted"),
+        "{c3_rows:#?}"
+    );
+
+    // Webhook path: neither watch nor poll can see the push.
+    o.poll = "1h";
+    let mut d = Daemon::start(&o);
+    d.ready().await;
+    d.wait(&env, "restart settles", long, |s| {
+        s["worker"]["passes"].as_u64() >= Some(1) && s["worker"]["running"] == false
+    })
+    .await;
+    let c4 = bare.commit(&stack.files("good v4", GOOD_CHECK, ""), "v4");
+    let body =
+        serde_json::json!({"ref": "refs/heads/main", "after": c4, "deleted": false}).to_string();
+    let r = d
+        .client()
+        .post(d.url("/hooks/github"))
+        .header("x-github-event", "push")
+        .header("x-github-delivery", format!("d-{c4}"))
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", sign(body.as_bytes()))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(v["environments"][0], env.as_str());
+    d.wait(&env, "c4 by webhook", long, last_good_is(&c4)).await;
+    let h = Daemon::history(state.path(), &env);
+    assert_eq!(rows_for(&h, &c4)[0]["trigger"], "webhook", "{h:#}");
+    assert_eq!(stack.page().await.trim(), "good v4");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_is_refused_while_the_daemon_drives_and_pin_suspend_resume_work() {
+    let Some(engine) = engine().await else {
+        return;
+    };
+    let receiver = Receiver::start().await;
+    let stack = Stack::new("daemon-ctl", BUSYBOX, &receiver.url);
+    let _cleanup = Cleanup::new(&[&stack.project]);
+    let secrets = secrets_dir();
+    let state = tempfile::tempdir().unwrap();
+    let state_arg = state.path().to_str().unwrap().to_owned();
+    let bare = Bare::new(&stack.files("good v1", GOOD_CHECK, ""));
+    let c1 = crate::daemon_support::git(&bare.path(), &["rev-parse", "main"]);
+    let env = stack.env.clone();
+    let long = Duration::from_secs(120);
+    let mut d = Daemon::start(&stack.options(&bare, state.path(), secrets.path()));
+    d.ready().await;
+    d.wait(&env, "first deploy", long, last_good_is(&c1)).await;
+    let c2 = bare.commit(&stack.files("good v2", GOOD_CHECK, ""), "v2");
+    d.wait(&env, "c2", long, last_good_is(&c2)).await;
+
+    // A CLI apply is refused; a dry-run is allowed.
+    let repo = bare.path().to_str().unwrap().to_owned();
+    let secrets_arg = secrets.path().to_str().unwrap().to_owned();
+    let base = [
+        "reconcile",
+        "--env",
+        &env,
+        "--repo",
+        &repo,
+        "--rev",
+        "main",
+        "--secrets-dir",
+        &secrets_arg,
+        "--state-dir",
+        &state_arg,
+    ];
+    let (code, _, err) = cli(&base);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("driven by driftless daemon pid")
+            && err.contains("--dry-run is always allowed"),
+        "{err}"
+    );
+    let mut dry = base.to_vec();
+    dry.push("--dry-run");
+    let (code, out, err) = cli(&dry);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Pin to c1: the daemon applies it at once and keeps it.
+    let (code, out, err) = cli(&[
+        "rollback",
+        "--env",
+        &env,
+        "--to",
+        &c1,
+        "--state-dir",
+        &state_arg,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    d.wait(&env, "pinned to c1", long, |s| {
+        s["control"]["pinned"] == c1.as_str()
+            && s["last_reconcile"]["commit"] == c1.as_str()
+            && s["last_reconcile"]["outcome"] == "healthy"
+    })
+    .await;
+    assert_eq!(stack.page().await.trim(), "good v1");
+    let c3 = bare.commit(&stack.files("good v3", GOOD_CHECK, ""), "v3");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        stack.page().await.trim(),
+        "good v1",
+        "a pin holds against new commits"
+    );
+
+    // Suspend: nothing changes, even when drifted; the status shows it.
+    let (code, _, err) = cli(&[
+        "suspend",
+        "--env",
+        &env,
+        "--reason",
+        "maintenance",
+        "--state-dir",
+        &state_arg,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    d.wait(&env, "suspended", long, |s| {
+        s["control"]["suspended"] == "maintenance"
+    })
+    .await;
+
+    // The pin and suspension survive a restart.
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(60)).await, Some(0));
+    let mut d = Daemon::start(&stack.options(&bare, state.path(), secrets.path()));
+    d.ready().await;
+    let s = d
+        .wait(&env, "status after restart", long, |s| {
+            s["worker"]["passes"].as_u64() >= Some(1) && s["worker"]["running"] == false
+        })
+        .await;
+    assert_eq!(s["control"]["suspended"], "maintenance");
+    assert_eq!(stack.page().await.trim(), "good v1");
+
+    // Resume: the branch head (c3) is deployed.
+    let (code, _, err) = cli(&["resume", "--env", &env, "--state-dir", &state_arg]);
+    assert_eq!(code, 0, "{err}");
+    d.wait(&env, "c3 after resume", long, last_good_is(&c3))
+        .await;
+    assert_eq!(stack.page().await.trim(), "good v3");
+    let _ = engine;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_during_an_apply_then_restart_converges_with_an_intact_store() {
+    let Some(engine) = engine().await else {
+        return;
+    };
+    let docker = engine.docker();
+    let receiver = Receiver::start().await;
+    let stack = Stack::new("daemon-kill", BUSYBOX, &receiver.url);
+    let _cleanup = Cleanup::new(&[&stack.project]);
+    let secrets = secrets_dir();
+    let state = tempfile::tempdir().unwrap();
+    let bare = Bare::new(&stack.files("good v1", GOOD_CHECK, ""));
+    let c1 = crate::daemon_support::git(&bare.path(), &["rev-parse", "main"]);
+    let env = stack.env.clone();
+    let long = Duration::from_secs(120);
+    let mut d = Daemon::start(&stack.options(&bare, state.path(), secrets.path()));
+    d.ready().await;
+    d.wait(&env, "first deploy", long, last_good_is(&c1)).await;
+
+    let c2 = bare.commit(&stack.files("good v2", GOOD_CHECK, ""), "v2");
+    d.wait(&env, "c2 running", long, |s| s["worker"]["running"] == true)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    d.kill9();
+
+    let mut d = Daemon::start(&stack.options(&bare, state.path(), secrets.path()));
+    d.ready().await;
+    d.wait(&env, "c2 after restart", long, last_good_is(&c2))
+        .await;
+    assert_eq!(stack.page().await.trim(), "good v2");
+    let live = containers(docker, &stack.project).await;
+    assert_eq!(live.len(), 1, "no duplicate containers: {live:?}");
+    let inspect = docker
+        .inspect_container(&live[0].0, None::<InspectContainerOptions>)
+        .await
+        .unwrap();
+    assert_eq!(inspect.state.unwrap().running, Some(true));
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(60)).await, Some(0));
+    let store = driftless::store::Store::open(state.path()).unwrap();
+    assert_eq!(store.integrity_check().unwrap(), Ok(()));
+    let h = store.history(Some(&env), 100).unwrap();
+    assert!(
+        h.iter()
+            .all(|r| r.outcome != driftless::store::Outcome::Running),
+        "{h:#?}"
+    );
+}
+
+/// A unix-socket proxy to the engine that the test stops and starts.
+struct Proxy {
+    path: std::path::PathBuf,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    fn new() -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Proxy {
+            path: dir.path().join("docker.sock"),
+            task: None,
+            _dir: dir,
+        };
+        p.start();
+        p
+    }
+
+    fn start(&mut self) {
+        let upstream = std::env::var("DOCKER_HOST")
+            .ok()
+            .and_then(|h| h.strip_prefix("unix://").map(str::to_owned))
+            .unwrap_or_else(|| "/var/run/docker.sock".to_owned());
+        let _ = std::fs::remove_file(&self.path);
+        let listener = tokio::net::UnixListener::bind(&self.path).unwrap();
+        self.task = Some(tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                conns.spawn(async move {
+                    if let Ok(mut engine) = tokio::net::UnixStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Stops listening and drops open connections (the socket file goes too).
+    fn stop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreachable_engine_is_retried_with_backoff_and_recovers() {
+    let Some(_engine) = engine().await else {
+        return;
+    };
+    let receiver = Receiver::start().await;
+    let stack = Stack::new("daemon-proxy", BUSYBOX, &receiver.url);
+    let _cleanup = Cleanup::new(&[&stack.project]);
+    let secrets = secrets_dir();
+    let state = tempfile::tempdir().unwrap();
+    let bare = Bare::new(&stack.files("good v1", GOOD_CHECK, ""));
+    let c1 = crate::daemon_support::git(&bare.path(), &["rev-parse", "main"]);
+    let env = stack.env.clone();
+    let long = Duration::from_secs(120);
+    let mut proxy = Proxy::new();
+    let mut o = stack.options(&bare, state.path(), secrets.path());
+    o.vars.push((
+        "DOCKER_HOST".into(),
+        format!("unix://{}", proxy.path.display()),
+    ));
+    let mut d = Daemon::start(&o);
+    d.ready().await;
+    d.wait(&env, "first deploy", long, last_good_is(&c1)).await;
+
+    proxy.stop();
+    let c2 = bare.commit(&stack.files("good v2", GOOD_CHECK, ""), "v2");
+    let s = d
+        .wait(&env, "a transient failure", long, |s| {
+            s["worker"]["last_error"].is_string()
+        })
+        .await;
+    assert!(
+        s["worker"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("Docker socket"),
+        "{s:#}"
+    );
+    // Retries keep failing while the engine is away; the commit is not marked failed.
+    let passes = s["worker"]["passes"].as_u64().unwrap();
+    d.wait(&env, "retries", long, |s| {
+        s["worker"]["passes"].as_u64() >= Some(passes + 2)
+    })
+    .await;
+    let s = d.status(&env).await.unwrap();
+    assert!(!failed(&c2)(&s), "{s:#}");
+    assert_eq!(s["last_good"]["commit"], c1.as_str());
+
+    proxy.start();
+    let s = d.wait(&env, "recovered", long, last_good_is(&c2)).await;
+    assert!(s["worker"]["last_error"].is_null(), "{s:#}");
+    assert_eq!(stack.page().await.trim(), "good v2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhook_checks_signatures_replays_sizes_and_coalesces_a_thousand_deliveries() {
+    let Some(_engine) = engine().await else {
+        return;
+    };
+    let receiver = Receiver::start().await;
+    let stack = Stack::new("daemon-hook", BUSYBOX, &receiver.url);
+    let _cleanup = Cleanup::new(&[&stack.project]);
+    let secrets = secrets_dir();
+    let state = tempfile::tempdir().unwrap();
+    let bare = Bare::new(&stack.files("good v1", GOOD_CHECK, ""));
+    let c1 = crate::daemon_support::git(&bare.path(), &["rev-parse", "main"]);
+    let env = stack.env.clone();
+    let long = Duration::from_secs(120);
+    let mut o = stack.options(&bare, state.path(), secrets.path());
+    o.watch = false;
+    let mut d = Daemon::start(&o);
+    d.ready().await;
+    d.wait(&env, "first deploy", long, last_good_is(&c1)).await;
+
+    let client = d.client().clone();
+    let url = d.url("/hooks/github");
+    let post = |event: &str,
+                delivery: &str,
+                content_type: &str,
+                body: Vec<u8>,
+                signature: Option<String>| {
+        let mut r = client
+            .post(&url)
+            .header("x-github-event", event)
+            .header("x-github-delivery", delivery)
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(s) = signature {
+            r = r.header("x-hub-signature-256", s);
+        }
+        r.send()
+    };
+    let json = "application/json";
+
+    // GitHub's published test vector.
+    let r = post(
+        "ping",
+        "vector",
+        json,
+        b"Hello, World!".to_vec(),
+        Some("sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17".into()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Every corpus payload with its recorded signature.
+    let dir = crate::support::corpus().join("webhooks");
+    let sigs = std::fs::read_to_string(dir.join("SIGNATURES.tsv")).unwrap();
+    let mut n = 0;
+    for line in sigs
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("file\t"))
+    {
+        let cols: Vec<&str> = line.split('\t').collect();
+        let (file, signature) = (cols[0], cols[2]);
+        let body = std::fs::read(dir.join(file)).unwrap();
+        let event = if file.contains("ping") {
+            "ping"
+        } else if file.starts_with("create--") {
+            "create"
+        } else if file.starts_with("delete--") {
+            "delete"
+        } else {
+            "push"
+        };
+        let r = post(
+            event,
+            &format!("corpus-{file}"),
+            json,
+            body,
+            Some(signature.to_owned()),
+        )
+        .await
+        .unwrap();
+        let want = if event == "ping" { 200 } else { 202 };
+        assert_eq!(
+            r.status(),
+            want,
+            "{file}: {}",
+            r.text().await.unwrap_or_default()
+        );
+        n += 1;
+    }
+    assert!(n >= 20, "{n} corpus payloads");
+
+    // Wrong and missing signatures.
+    let body = br#"{"ref":"refs/heads/main"}"#.to_vec();
+    let r = post(
+        "push",
+        "bad-sig",
+        json,
+        body.clone(),
+        Some(sign(b"other body")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = post("push", "no-sig", json, body.clone(), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // A replayed delivery is acknowledged and ignored.
+    let r = post("push", "replayed", json, body.clone(), Some(sign(&body)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = post("push", "replayed", json, body.clone(), Some(sign(&body)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("already received"));
+
+    // Oversize, non-JSON, form-encoded.
+    let big = vec![b' '; 1024 * 1024 + 1];
+    let r = post("push", "big", json, big.clone(), Some(sign(&big)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = post(
+        "push",
+        "not-json",
+        json,
+        b"hello".to_vec(),
+        Some(sign(b"hello")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    let form = format!("payload={}", "%7B%22ref%22%3A%22refs%2Fheads%2Fmain%22%7D").into_bytes();
+    let r = post(
+        "push",
+        "form",
+        "application/x-www-form-urlencoded",
+        form.clone(),
+        Some(sign(&form)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(r.text().await.unwrap().contains(&env));
+    let tag = br#"{"ref":"refs/tags/v1"}"#.to_vec();
+    let r = post("push", "tag", json, tag.clone(), Some(sign(&tag)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(r.text().await.unwrap().contains("ignored"));
+
+    // 1,000 concurrent deliveries for a new commit: at most one running and
+    // one pending reconcile, so at most two passes, one deploy.
+    d.wait(&env, "idle", long, |s| {
+        s["worker"]["running"] == false && s["pending"] == false
+    })
+    .await;
+    let before = d.status(&env).await.unwrap()["worker"]["passes"]
+        .as_u64()
+        .unwrap();
+    let c2 = bare.commit(&stack.files("good v2", GOOD_CHECK, ""), "v2");
+    let push = serde_json::json!({"ref": "refs/heads/main", "after": c2})
+        .to_string()
+        .into_bytes();
+    let signature = sign(&push);
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..1000 {
+        let f = post(
+            "push",
+            &format!("burst-{i}"),
+            json,
+            push.clone(),
+            Some(signature.clone()),
+        );
+        burst.spawn(f);
+    }
+    let mut accepted = 0;
+    while let Some(r) = burst.join_next().await {
+        let r = r.unwrap().unwrap();
+        assert_eq!(r.status(), 202);
+        accepted += 1;
+    }
+    assert_eq!(accepted, 1000);
+    d.wait(&env, "c2 by webhook", long, last_good_is(&c2)).await;
+    let s = d
+        .wait(&env, "burst settled", long, |s| {
+            s["worker"]["running"] == false && s["pending"] == false
+        })
+        .await;
+    let passes = s["worker"]["passes"].as_u64().unwrap() - before;
+    assert!(
+        (1..=2).contains(&passes),
+        "{passes} passes for 1,000 deliveries"
+    );
+    let h = Daemon::history(state.path(), &env);
+    assert_eq!(rows_for(&h, &c2).len(), 1, "{h:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_first_deploy_suspends_and_removes_what_it_created_when_allowed() {
+    let Some(engine) = engine().await else {
+        return;
+    };
+    let receiver = Receiver::start().await;
+    let mut stack = Stack::new("daemon-first", BUSYBOX, &receiver.url);
+    stack.deadline = "15s";
+    let _cleanup = Cleanup::new(&[&stack.project]);
+    let secrets = secrets_dir();
+    let state = tempfile::tempdir().unwrap();
+    let mut files = stack.files("good v1", BAD_CHECK, "");
+    files[0].1 = files[0].1.replace(
+        "    drift_interval: 1h\n",
+        "    drift_interval: 1h\n    allow: { remove_on_failed_first_deploy: true }\n",
+    );
+    let bare = Bare::new(&files);
+    let c1 = crate::daemon_support::git(&bare.path(), &["rev-parse", "main"]);
+    let env = stack.env.clone();
+    let mut d = Daemon::start(&stack.options(&bare, state.path(), secrets.path()));
+    d.ready().await;
+    let s = d
+        .wait(&env, "suspended", Duration::from_secs(120), |s| {
+            s["control"]["suspended"].is_string()
+        })
+        .await;
+    let reason = s["control"]["suspended"].as_str().unwrap();
+    assert!(
+        reason.contains("first deploy") && reason.contains("removed"),
+        "{reason}"
+    );
+    assert!(failed(&c1)(&s), "{s:#}");
+    assert!(s["last_good"].is_null(), "{s:#}");
+    assert!(containers(engine.docker(), &stack.project).await.is_empty());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        receiver
+            .all()
+            .iter()
+            .any(|b| b.contains("first_deploy_failed")),
+        "{:?}",
+        receiver.all()
+    );
+}
+
+#[test]
+fn an_invalid_daemon_configuration_exits_2_listing_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("driftless-daemon.yaml");
+    std::fs::write(
+        &config,
+        "poll_interval: often\nlisten: nowhere\nunknown_key: 1\n",
+    )
+    .unwrap();
+    let (code, out, err) = cli(&["daemon", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("unknown_key"), "{err}");
+    std::fs::write(&config, "poll_interval: often\nlisten: nowhere\n").unwrap();
+    let (code, _, err) = cli(&["daemon", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    for needle in ["poll_interval", "listen", "no repo"] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+    // An environment the repo does not have is a usage error too.
+    let bare = Bare::new(&[(
+        "driftless.yaml",
+        "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {}\nenvironments:\n  dev:\n    targets: [local]\n".to_owned(),
+    )]);
+    let (code, _, err) = cli(&[
+        "daemon",
+        "--repo",
+        bare.path().to_str().unwrap(),
+        "--env",
+        "nope",
+        "--state-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("`nope` is not in driftless.yaml"), "{err}");
+}

@@ -831,6 +831,10 @@ mod tests {
         }
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        // Opening alone changes nothing: another process may be mid-reconcile.
+        assert_eq!(s.history(None, 5).unwrap()[0].outcome, Outcome::Running);
+        // The holder of the environment's lock marks what it finds running.
+        assert_eq!(s.mark_interrupted("dev").unwrap(), 1);
         assert_eq!(s.history(None, 5).unwrap()[0].outcome, Outcome::Interrupted);
         assert_eq!(s.last_good("dev").unwrap().unwrap().commit, "c1");
         assert_eq!(s.integrity_check().unwrap(), Ok(()));

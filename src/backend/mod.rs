@@ -144,9 +144,9 @@ impl Driver {
                     .await?
                     .with_settle(env.health.settle),
             )),
-            TargetKind::Kubernetes(k) => {
-                Ok(Driver::Kube(kube::KubeBackend::connect(&target.name, k).await?))
-            }
+            TargetKind::Kubernetes(k) => Ok(Driver::Kube(
+                kube::KubeBackend::connect(&target.name, k).await?,
+            )),
             other => Err(BackendError::Unavailable {
                 target: target.name.clone(),
                 message: format!(
@@ -191,7 +191,10 @@ impl Backend for Driver {
             (Driver::Kube(b), DriverLive::Kube(l)) => b.plan(desired, l, ctx).await,
             (b, _) => Err(BackendError::Refused {
                 target: desired.target.name.clone(),
-                message: format!("live state of another kind given to the {} backend", b.kind()),
+                message: format!(
+                    "live state of another kind given to the {} backend",
+                    b.kind()
+                ),
             }),
         }
     }

@@ -3,11 +3,13 @@
 //! from the user's side.
 
 mod docker_support;
+mod fake_apiserver;
 mod support;
 
 mod compose_backend;
 mod corpus;
 mod example;
+mod kube_backend;
 mod pipeline;
 mod reconcile_cli;
 mod render;

@@ -70,7 +70,10 @@ pub async fn apply(
                 .await
                 .map_err(|e| backend.unavailable("discovery", &e))?
                 .ok_or_else(|| fail("the cluster does not serve ConfigMaps".into()))?;
-            let name = body["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+            let name = body["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             server_side_apply(backend, &r, Some(&backend.namespace), &name, &body, true)
                 .await
                 .map_err(|e| fail(masked_message(&e, &masker)))?;
@@ -122,7 +125,9 @@ pub async fn apply(
                     waiting_crds.push(d.object.name.clone());
                 }
             }
-            Action::Delete => delete(backend, c).await.map_err(|e| fail(masked_message(&e, &masker)))?,
+            Action::Delete => delete(backend, c)
+                .await
+                .map_err(|e| fail(masked_message(&e, &masker)))?,
             Action::Unchanged => {}
         }
         report.applied.push(c.clone());
@@ -187,10 +192,16 @@ async fn wait_established(
 ) -> Result<(), BackendError> {
     let r = backend
         .discovery
-        .resolve(&backend.rest, "apiextensions.k8s.io/v1", "CustomResourceDefinition")
+        .resolve(
+            &backend.rest,
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+        )
         .await
         .map_err(|e| backend.unavailable("discovery", &e))?
-        .ok_or_else(|| backend.refused("the cluster does not serve CustomResourceDefinitions".into()))?;
+        .ok_or_else(|| {
+            backend.refused("the cluster does not serve CustomResourceDefinitions".into())
+        })?;
     let api = api_for(backend, &r, None);
     let deadline = tokio::time::Instant::now() + backend.crd_timeout;
     for name in names {

@@ -52,7 +52,10 @@ pub struct Discovery {
 impl Discovery {
     /// Forgets everything (after CRDs changed what the server serves).
     pub fn invalidate(&self) {
-        self.versions.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         *self.groups.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
@@ -119,7 +122,9 @@ impl Discovery {
                     .groups
                     .into_iter()
                     .filter_map(|g| {
-                        let v = g.preferred_version.or_else(|| g.versions.into_iter().next())?;
+                        let v = g
+                            .preferred_version
+                            .or_else(|| g.versions.into_iter().next())?;
                         Some((g.name, v.group_version))
                     })
                     .collect();

@@ -29,9 +29,8 @@ pub async fn health(
     for d in &desired {
         let Some(r) = &d.resolved else { continue };
         let key = (d.group_kind.clone(), d.namespace.clone());
-        if !listed.contains_key(&key) {
-            let items = list(backend, r, d.namespace.as_deref(), &selector).await?;
-            listed.insert(key, items);
+        if let std::collections::btree_map::Entry::Vacant(slot) = listed.entry(key) {
+            slot.insert(list(backend, r, d.namespace.as_deref(), &selector).await?);
         }
     }
     let mut live: BTreeMap<ObjectKey, &Value> = BTreeMap::new();
@@ -147,7 +146,10 @@ fn deployment(obj: &Value) -> (Health, String) {
             format!("{available}/{want} replicas available"),
         )
     } else {
-        (Health::Healthy, format!("{available}/{want} replicas available"))
+        (
+            Health::Healthy,
+            format!("{available}/{want} replicas available"),
+        )
     }
 }
 
@@ -164,9 +166,16 @@ fn statefulset(obj: &Value) -> (Health, String) {
         .unwrap_or(1);
     let ready = int(obj, "/status/readyReplicas");
     if ready < want {
-        return (Health::Progressing, format!("{ready}/{want} replicas ready"));
+        return (
+            Health::Progressing,
+            format!("{ready}/{want} replicas ready"),
+        );
     }
-    if obj.pointer("/spec/updateStrategy/type").and_then(Value::as_str) == Some("OnDelete") {
+    if obj
+        .pointer("/spec/updateStrategy/type")
+        .and_then(Value::as_str)
+        == Some("OnDelete")
+    {
         return (
             Health::Healthy,
             format!("{ready}/{want} replicas ready (OnDelete: pods update when deleted)"),
@@ -182,7 +191,10 @@ fn statefulset(obj: &Value) -> (Health, String) {
                 format!("{updated}/{expected} replicas updated (partition {partition})"),
             )
         } else {
-            (Health::Healthy, format!("partitioned rollout done ({updated} updated)"))
+            (
+                Health::Healthy,
+                format!("partitioned rollout done ({updated} updated)"),
+            )
         };
     }
     let current = text(&obj["status"], "currentRevision");
@@ -206,7 +218,10 @@ fn daemonset(obj: &Value) -> (Health, String) {
     let want = int(obj, "/status/desiredNumberScheduled");
     let updated = int(obj, "/status/updatedNumberScheduled");
     let available = int(obj, "/status/numberAvailable");
-    if obj.pointer("/spec/updateStrategy/type").and_then(Value::as_str) != Some("OnDelete")
+    if obj
+        .pointer("/spec/updateStrategy/type")
+        .and_then(Value::as_str)
+        != Some("OnDelete")
         && updated < want
     {
         return (
@@ -220,7 +235,10 @@ fn daemonset(obj: &Value) -> (Health, String) {
             format!("{available}/{want} pods available"),
         );
     }
-    (Health::Healthy, format!("{available}/{want} pods available"))
+    (
+        Health::Healthy,
+        format!("{available}/{want} pods available"),
+    )
 }
 
 fn job(obj: &Value) -> (Health, String) {
@@ -269,9 +287,13 @@ fn pod(obj: &Value) -> (Health, String) {
             if BAD_WAITING.contains(&reason.as_str()) {
                 return (
                     Health::Degraded,
-                    format!("container {}: {reason} {}", text(s, "name"), text(w, "message"))
-                        .trim_end()
-                        .to_owned(),
+                    format!(
+                        "container {}: {reason} {}",
+                        text(s, "name"),
+                        text(w, "message")
+                    )
+                    .trim_end()
+                    .to_owned(),
                 );
             }
         }
@@ -308,7 +330,10 @@ fn service(obj: &Value) -> (Health, String) {
     if obj.pointer("/spec/type").and_then(Value::as_str) != Some("LoadBalancer") {
         return (Health::Healthy, "exists".into());
     }
-    match obj.pointer("/status/loadBalancer/ingress").and_then(Value::as_array) {
+    match obj
+        .pointer("/status/loadBalancer/ingress")
+        .and_then(Value::as_array)
+    {
         Some(ingress) if !ingress.is_empty() => {
             let at: Vec<String> = ingress
                 .iter()
@@ -320,7 +345,10 @@ fn service(obj: &Value) -> (Health, String) {
                         .to_owned()
                 })
                 .collect();
-            (Health::Healthy, format!("load balancer at {}", at.join(", ")))
+            (
+                Health::Healthy,
+                format!("load balancer at {}", at.join(", ")),
+            )
         }
         _ => (
             Health::Progressing,
@@ -337,9 +365,13 @@ fn hpa(obj: &Value) -> (Health, String) {
         {
             return (
                 Health::Degraded,
-                format!("{kind} is false: {} {}", text(c, "reason"), text(c, "message"))
-                    .trim_end()
-                    .to_owned(),
+                format!(
+                    "{kind} is false: {} {}",
+                    text(c, "reason"),
+                    text(c, "message")
+                )
+                .trim_end()
+                .to_owned(),
             );
         }
     }
@@ -373,17 +405,29 @@ mod tests {
             )
         };
         assert_eq!(d(json!({"observedGeneration": 1})).0, Health::Progressing);
-        let (h, r) = d(json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 1}));
-        assert_eq!((h, r.as_str()), (Health::Progressing, "1/2 replicas available"));
-        let (h, r) = d(json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 2, "availableReplicas": 2}));
-        assert_eq!((h, r.as_str()), (Health::Progressing, "1 old replicas pending termination"));
+        let (h, r) = d(
+            json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 1}),
+        );
+        assert_eq!(
+            (h, r.as_str()),
+            (Health::Progressing, "1/2 replicas available")
+        );
+        let (h, r) = d(
+            json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 2, "availableReplicas": 2}),
+        );
+        assert_eq!(
+            (h, r.as_str()),
+            (Health::Progressing, "1 old replicas pending termination")
+        );
         assert_eq!(
             d(json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2})).0,
             Health::Healthy
         );
-        let (h, r) = d(json!({"observedGeneration": 2, "conditions": [{"type": "Progressing",
+        let (h, r) = d(
+            json!({"observedGeneration": 2, "conditions": [{"type": "Progressing",
             "status": "False", "reason": "ProgressDeadlineExceeded",
-            "message": "ReplicaSet \"x\" has timed out progressing."}]}));
+            "message": "ReplicaSet \"x\" has timed out progressing."}]}),
+        );
         assert_eq!(h, Health::Degraded);
         assert!(r.contains("timed out"), "{r}");
     }
@@ -391,8 +435,14 @@ mod tests {
     #[test]
     fn jobs_pods_pvcs_services_hpas() {
         let job = |c: Value| assess("Job.batch", &json!({"status": {"conditions": [c]}})).0;
-        assert_eq!(job(json!({"type": "Complete", "status": "True"})), Health::Healthy);
-        assert_eq!(job(json!({"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"})), Health::Degraded);
+        assert_eq!(
+            job(json!({"type": "Complete", "status": "True"})),
+            Health::Healthy
+        );
+        assert_eq!(
+            job(json!({"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"})),
+            Health::Degraded
+        );
         let pod = json!({"status": {"phase": "Running", "containerStatuses": [{"name": "app",
             "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}}}]}});
         let (h, r) = assess("Pod", &pod);
@@ -402,10 +452,34 @@ mod tests {
             assess("Pod", &json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})).0,
             Health::Healthy
         );
-        assert_eq!(assess("PersistentVolumeClaim", &json!({"status": {"phase": "Pending"}})).0, Health::Progressing);
-        assert_eq!(assess("PersistentVolumeClaim", &json!({"status": {"phase": "Bound"}})).0, Health::Healthy);
-        assert_eq!(assess("Service", &json!({"spec": {"type": "ClusterIP"}})).0, Health::Healthy);
-        assert_eq!(assess("Service", &json!({"spec": {"type": "LoadBalancer"}, "status": {}})).0, Health::Progressing);
+        assert_eq!(
+            assess(
+                "PersistentVolumeClaim",
+                &json!({"status": {"phase": "Pending"}})
+            )
+            .0,
+            Health::Progressing
+        );
+        assert_eq!(
+            assess(
+                "PersistentVolumeClaim",
+                &json!({"status": {"phase": "Bound"}})
+            )
+            .0,
+            Health::Healthy
+        );
+        assert_eq!(
+            assess("Service", &json!({"spec": {"type": "ClusterIP"}})).0,
+            Health::Healthy
+        );
+        assert_eq!(
+            assess(
+                "Service",
+                &json!({"spec": {"type": "LoadBalancer"}, "status": {}})
+            )
+            .0,
+            Health::Progressing
+        );
         assert_eq!(
             assess("Service", &json!({"spec": {"type": "LoadBalancer"}, "status": {"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}]}}})).1,
             "load balancer at 1.2.3.4"

@@ -99,10 +99,7 @@ pub fn to_value(item: DynamicObject, resolved: &Resolved) -> Value {
             "apiVersion".into(),
             Value::String(resolved.resource.api_version.clone()),
         );
-        map.insert(
-            "kind".into(),
-            Value::String(resolved.resource.kind.clone()),
-        );
+        map.insert("kind".into(), Value::String(resolved.resource.kind.clone()));
     }
     v
 }
@@ -131,7 +128,11 @@ pub async fn read(
         .ok_or_else(|| backend.refused("the cluster does not serve ConfigMaps".into()))?;
     let ns = backend.namespace.clone();
     for cm in list(backend, &configmap, Some(&ns), &selector).await? {
-        if cm.pointer("/metadata/labels").and_then(|l| l.get(INVENTORY)).is_some() {
+        if cm
+            .pointer("/metadata/labels")
+            .and_then(|l| l.get(INVENTORY))
+            .is_some()
+        {
             if name_of(&cm).as_deref() == Some(inventory_name(environment).as_str()) {
                 live.inventory = Some(cm);
             }
@@ -182,11 +183,12 @@ pub async fn read(
     to_list.retain(|key, _| !live.listed.contains(key));
 
     let selector = &selector;
-    let mut lists = futures_util::stream::iter(to_list.into_iter().map(|((gk, ns), r)| async move {
-        let items = list(backend, &r, ns.as_deref(), selector).await;
-        (gk, ns, items)
-    }))
-    .buffer_unordered(backend.concurrency);
+    let mut lists =
+        futures_util::stream::iter(to_list.into_iter().map(|((gk, ns), r)| async move {
+            let items = list(backend, &r, ns.as_deref(), selector).await;
+            (gk, ns, items)
+        }))
+        .buffer_unordered(backend.concurrency);
     while let Some((gk, ns, items)) = lists.next().await {
         for item in items? {
             let Some(name) = name_of(&item) else { continue };

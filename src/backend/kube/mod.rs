@@ -212,7 +212,9 @@ pub fn qualified(namespace: Option<&str>, name: &str) -> String {
 
 /// The (group, kind, scope, versions) a CRD body defines.
 fn crd_defines(crd: &KubeObject, group_kind: &str, api_version: &str) -> bool {
-    if crd.kind != "CustomResourceDefinition" || !crd.api_version.starts_with("apiextensions.k8s.io/") {
+    if crd.kind != "CustomResourceDefinition"
+        || !crd.api_version.starts_with("apiextensions.k8s.io/")
+    {
         return false;
     }
     let spec = &crd.body["spec"];

@@ -240,7 +240,10 @@ fn secret_entries(secret: &Value) -> Vec<(String, Vec<u8>)> {
     }
     if let Some(Value::Object(data)) = secret.get("stringData") {
         for (k, v) in data {
-            out.push((k.clone(), v.as_str().unwrap_or_default().as_bytes().to_vec()));
+            out.push((
+                k.clone(),
+                v.as_str().unwrap_or_default().as_bytes().to_vec(),
+            ));
         }
     }
     out
@@ -310,8 +313,10 @@ mod tests {
         live["metadata"]["resourceVersion"] = json!("42");
         live["metadata"]["creationTimestamp"] = json!("2024-01-01T00:00:00Z");
         live["spec"]["replicas"] = json!(3);
-        live["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = json!("IfNotPresent");
-        live["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = json!("1");
+        live["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] =
+            json!("IfNotPresent");
+        live["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] =
+            json!("1");
         live["status"] = json!({"replicas": 3});
         assert!(still_applied(&live, &prepared, &hash));
         let mut edited = live.clone();
@@ -332,7 +337,10 @@ mod tests {
             "resourceVersion": "1", "generation": 1, "creationTimestamp": "t",
             "managedFields": [], "annotations": {APPLIED_HASH: "h"}}, "status": {}, "data": {}});
         strip_noise(&mut v);
-        assert_eq!(v, json!({"kind": "ConfigMap", "metadata": {"name": "c"}, "data": {}}));
+        assert_eq!(
+            v,
+            json!({"kind": "ConfigMap", "metadata": {"name": "c"}, "data": {}})
+        );
     }
 
     #[test]
@@ -344,10 +352,16 @@ mod tests {
             "data": {"a": "c2VjcmV0Mg==", "b": "c2FtZQ=="}, "stringData": {"c": "new"}});
         blank_secrets(Some(&mut live), Some(&mut desired));
         assert_eq!(live["data"], json!({"a": SECRET_SAME, "b": SECRET_SAME}));
-        assert_eq!(desired["data"], json!({"a": SECRET_CHANGED, "b": SECRET_SAME}));
+        assert_eq!(
+            desired["data"],
+            json!({"a": SECRET_CHANGED, "b": SECRET_SAME})
+        );
         assert_eq!(desired["stringData"], json!({"c": SECRET_CHANGED}));
         assert!(!display(&live).contains("c2VjcmV0"));
-        assert_eq!(secret_values(&json!({"apiVersion": "v1", "kind": "Secret",
-            "data": {"a": "c2VjcmV0MQ=="}})), ["secret1"]);
+        assert_eq!(
+            secret_values(&json!({"apiVersion": "v1", "kind": "Secret",
+            "data": {"a": "c2VjcmV0MQ=="}})),
+            ["secret1"]
+        );
     }
 }

@@ -129,6 +129,7 @@ async fn decide(
     d: &Desired<'_>,
     live: &Live,
     masker: &Masker,
+    namespaces_created: &BTreeSet<String>,
     ctx: Context<'_>,
 ) -> Result<Change, BackendError> {
     let mut change = Change {
@@ -159,7 +160,26 @@ async fn decide(
         return Ok(change);
     }
     let force = ctx.allow.force_conflicts;
-    let dry = dry_run(backend, d, force).await.map_err(|e| {
+    let dry = match dry_run(backend, d, force).await {
+        // The namespace is new in this commit: the server cannot diff into it yet.
+        Err(e)
+            if status_code(&e) == Some(404)
+                && live_obj.is_none()
+                && d.namespace
+                    .as_ref()
+                    .is_some_and(|ns| namespaces_created.contains(ns)) =>
+        {
+            change.action = Action::Create;
+            change.detail = Some(format!(
+                "its namespace {} is created by this plan; the server diffs it once that exists",
+                d.namespace.as_deref().unwrap_or_default()
+            ));
+            change.diff = object_diff(None, Some(&d.body), masker);
+            return Ok(change);
+        }
+        other => other,
+    };
+    let dry = dry.map_err(|e| {
         let msg = format!("{}: {}", d.object.key(), masked_message(&e, masker));
         match status_code(&e) {
             Some(code) if (400..500).contains(&code) && code != 429 => backend.refused(format!(
@@ -278,16 +298,28 @@ pub async fn plan(
     desired.sort_by_key(|d| kind_rank(&d.group_kind));
 
     let masker_ref = &masker;
+    // Namespaces of this commit that do not exist as managed objects yet.
+    let namespaces_created: BTreeSet<String> = desired
+        .iter()
+        .filter(|d| d.group_kind == "Namespace")
+        .filter(|d| {
+            !live
+                .objects
+                .contains_key(&("Namespace".to_owned(), None, d.object.name.clone()))
+        })
+        .map(|d| d.object.name.clone())
+        .collect();
+    let created = &namespaces_created;
     // Collected first: a lazy `map` here makes the future's Send bound
     // higher-ranked, which rustc cannot prove.
     let pending: Vec<_> = desired
         .iter()
-        .map(|d| decide(backend, d, live, masker_ref, ctx))
+        .map(|d| decide(backend, d, live, masker_ref, created, ctx))
         .collect();
     let decided: Vec<Result<Change, BackendError>> = futures_util::stream::iter(pending)
         .buffered(backend.concurrency)
-    .collect()
-    .await;
+        .collect()
+        .await;
     let mut changes = decided.into_iter().collect::<Result<Vec<_>, _>>()?;
 
     // Prunes: managed objects no longer desired.
@@ -349,11 +381,8 @@ pub async fn plan(
 
     // The inventory goes after Namespaces and CRDs, before everything else.
     if !changes.is_empty() || !prunes.is_empty() || live.inventory.is_some() {
-        let kinds: BTreeSet<(String, Option<String>)> = changes
-            .iter()
-            .chain(&prunes)
-            .map(kind_of_change)
-            .collect();
+        let kinds: BTreeSet<(String, Option<String>)> =
+            changes.iter().chain(&prunes).map(kind_of_change).collect();
         let old = live.inventory.as_ref().map(inventory_kinds);
         let text = |k: &BTreeSet<(String, Option<String>)>| {
             inventory_body(ctx.environment, &backend.namespace, k).0["data"]["kinds"]

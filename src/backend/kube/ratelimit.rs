@@ -87,7 +87,10 @@ mod tests {
             bucket.acquire().await;
         }
         let took = start.elapsed().as_secs_f64();
-        assert!((took - 1.0).abs() < 0.01, "50 more at 50 QPS take 1 s, took {took}");
+        assert!(
+            (took - 1.0).abs() < 0.01,
+            "50 more at 50 QPS take 1 s, took {took}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

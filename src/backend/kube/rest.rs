@@ -167,13 +167,25 @@ mod tests {
         assert_eq!(p.delay(1, None), Duration::from_millis(400));
         assert_eq!(p.delay(10, None), Duration::from_secs(5));
         // The server's hint wins when longer, within the cap.
-        assert_eq!(p.delay(0, Some(Duration::from_secs(2))), Duration::from_secs(2));
-        assert_eq!(p.delay(0, Some(Duration::from_secs(600))), Duration::from_secs(5));
+        assert_eq!(
+            p.delay(0, Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            p.delay(0, Some(Duration::from_secs(600))),
+            Duration::from_secs(5)
+        );
     }
 
     #[test]
     fn what_is_retried() {
-        let api = |code| kube::Error::Api(kube::core::Status::failure("x", "y").with_code(code).boxed());
+        let api = |code| {
+            kube::Error::Api(
+                kube::core::Status::failure("x", "y")
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
         assert!(retryable(&api(429)).is_some());
         assert!(retryable(&api(500)).is_some());
         assert!(retryable(&api(503)).is_some());

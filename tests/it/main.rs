@@ -10,6 +10,7 @@ mod compose_backend;
 mod corpus;
 mod example;
 mod kube_backend;
+mod kube_e2e;
 mod pipeline;
 mod reconcile_cli;
 mod render;

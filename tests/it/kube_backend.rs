@@ -183,7 +183,7 @@ async fn first_apply_of_the_prod_manifests_then_healthy_and_unchanged() {
         order,
         [
             "Namespace aiops",
-            "ConfigMap aiops/driftless-inventory-prod",
+            "ConfigMap aiops/driftless-inventory-prod-k8s-prod",
             "NetworkPolicy.networking.k8s.io aiops/default-deny-all",
             "NetworkPolicy.networking.k8s.io aiops/ai-engine",
             "PodDisruptionBudget.policy aiops/ai-engine",
@@ -230,7 +230,12 @@ async fn first_apply_of_the_prod_manifests_then_healthy_and_unchanged() {
     assert_eq!(d["metadata"]["managedFields"][0]["manager"], "driftless");
     let inventory = f
         .server
-        .get("v1", "ConfigMap", Some("aiops"), "driftless-inventory-prod")
+        .get(
+            "v1",
+            "ConfigMap",
+            Some("aiops"),
+            "driftless-inventory-prod-k8s-prod",
+        )
         .unwrap();
     assert_eq!(
         inventory["data"]["kinds"],
@@ -283,7 +288,7 @@ async fn a_no_op_plan_sends_lists_only() {
     // One LIST per kind and namespace: eight kinds, the ConfigMaps once.
     assert_eq!(log.len(), 8, "{log:#?}");
     assert!(log.iter().all(|r| r.query["labelSelector"]
-        == "app.kubernetes.io/managed-by=driftless,driftless.io/environment=prod"));
+        == "app.kubernetes.io/managed-by=driftless,driftless.io/environment=prod,driftless.io/target=k8s-prod"));
 }
 
 #[tokio::test]
@@ -450,7 +455,7 @@ async fn removed_objects_are_pruned_even_when_their_kind_is_gone() {
     let plan = f.plan(&b).await;
     assert_eq!(
         changed(&plan),
-        ["Update ConfigMap aiops/driftless-inventory-prod"]
+        ["Update ConfigMap aiops/driftless-inventory-prod-k8s-prod"]
     );
     f.apply_with(&b, &plan, &Allow::default()).await.unwrap();
     assert!(changed(&f.plan(&b).await).is_empty());
@@ -909,4 +914,63 @@ async fn the_driver_connects_kubernetes_targets() {
         .unwrap();
     assert_eq!(f.server.count(), 10);
     let _: Value = f.server.get("v1", "Namespace", None, "aiops").unwrap();
+}
+
+#[tokio::test]
+async fn two_targets_of_one_environment_on_one_cluster_never_prune_each_other() {
+    let a = Fixture::new().await;
+    let ba = a.backend().await;
+    a.converge(&ba).await;
+
+    // A second target of prod on the same cluster, with a cluster-scoped object.
+    // (b's own fake server stays unused: its target points at a's.)
+    let mut b = Fixture::new().await;
+    b.target = a.target.clone();
+    b.target.target.name = "k8s-tools".into();
+    let TargetKind::Kubernetes(k) = &mut b.target.target.kind else {
+        unreachable!()
+    };
+    k.namespace = "tools".into();
+    let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "tools-reader"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]});
+    *b.objects() = vec![
+        KubeObject {
+            api_version: "v1".into(),
+            kind: "Namespace".into(),
+            name: "tools".into(),
+            namespace: None,
+            body: json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tools"}}),
+            origin: Default::default(),
+        },
+        KubeObject {
+            api_version: "rbac.authorization.k8s.io/v1".into(),
+            kind: "ClusterRole".into(),
+            name: "tools-reader".into(),
+            namespace: None,
+            body: role,
+            origin: Default::default(),
+        },
+    ];
+    let bb = b.backend().await;
+    b.converge(&bb).await;
+    assert!(
+        a.server
+            .get(
+                "rbac.authorization.k8s.io/v1",
+                "ClusterRole",
+                None,
+                "tools-reader"
+            )
+            .is_some()
+    );
+
+    let plan = a.plan(&ba).await;
+    assert!(changed(&plan).is_empty(), "{:?}", changed(&plan));
+    assert!(
+        plan.iter().all(|c| !c.resource.name.contains("tools")),
+        "{plan:#?}"
+    );
+    let plan = b.plan(&bb).await;
+    assert!(changed(&plan).is_empty(), "{:?}", changed(&plan));
 }

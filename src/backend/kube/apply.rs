@@ -57,13 +57,14 @@ pub async fn apply(
             resource: format!("{} {}", c.resource.kind, c.resource.name),
             message,
         };
-        if is_inventory(c, ctx.environment) {
+        if is_inventory(c, ctx.environment, &backend.target) {
             let kinds: BTreeSet<(String, Option<String>)> = changes
                 .iter()
-                .filter(|o| !is_inventory(o, ctx.environment))
+                .filter(|o| !is_inventory(o, ctx.environment, &backend.target))
                 .map(kind_of_change)
                 .collect();
-            let (body, _) = inventory_body(ctx.environment, &backend.namespace, &kinds);
+            let (body, _) =
+                inventory_body(ctx.environment, &backend.target, &backend.namespace, &kinds);
             let r = backend
                 .discovery
                 .resolve(&backend.rest, "v1", "ConfigMap")

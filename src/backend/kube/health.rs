@@ -24,7 +24,7 @@ pub async fn health(
     ctx: Context<'_>,
 ) -> Result<Vec<Verdict>, BackendError> {
     let desired = desired_objects(backend, objects, ctx.environment).await?;
-    let selector = object::selector(ctx.environment);
+    let selector = object::selector(ctx.environment, &backend.target);
     let mut listed: BTreeMap<(String, Option<String>), Vec<Value>> = BTreeMap::new();
     for d in &desired {
         let Some(r) = &d.resolved else { continue };

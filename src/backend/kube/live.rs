@@ -2,7 +2,7 @@
 //! a GET per object.
 //!
 //! Which kinds to list comes from the desired objects and from the
-//! inventory — a ConfigMap `driftless-inventory-<env>` in the target's
+//! inventory — a ConfigMap `driftless-inventory-<env>-<target>` in the target's
 //! namespace whose `kinds` lists every `Kind.group namespace` the
 //! environment has objects of — so an object whose kind left the repo
 //! altogether is still found and pruned (the idea of kubectl's ApplySet).
@@ -37,9 +37,9 @@ pub struct Live {
     pub listed: BTreeSet<(String, Option<String>)>,
 }
 
-/// Name of the inventory ConfigMap of an environment.
-pub fn inventory_name(environment: &str) -> String {
-    format!("driftless-inventory-{environment}")
+/// Name of the inventory ConfigMap of an environment's target.
+pub fn inventory_name(environment: &str, target: &str) -> String {
+    format!("driftless-inventory-{environment}-{target}")
 }
 
 /// The `Kind.group [namespace]` entries of an inventory ConfigMap.
@@ -116,7 +116,7 @@ pub async fn read(
     objects: &[KubeObject],
     environment: &str,
 ) -> Result<Live, BackendError> {
-    let selector = object::selector(environment);
+    let selector = object::selector(environment, &backend.target);
     let mut live = Live::default();
 
     // The target namespace's ConfigMaps first: the inventory is among them.
@@ -133,7 +133,9 @@ pub async fn read(
             .and_then(|l| l.get(INVENTORY))
             .is_some()
         {
-            if name_of(&cm).as_deref() == Some(inventory_name(environment).as_str()) {
+            if name_of(&cm).as_deref()
+                == Some(inventory_name(environment, &backend.target).as_str())
+            {
                 live.inventory = Some(cm);
             }
             continue;

@@ -268,7 +268,8 @@ async fn desired_objects<'a>(
                 .clone()
                 .unwrap_or_else(|| backend.namespace.clone())
         });
-        let (body, hash) = object::prepare(&o.body, environment, namespace.as_deref());
+        let (body, hash) =
+            object::prepare(&o.body, environment, &backend.target, namespace.as_deref());
         out.push(Desired {
             object: o,
             group_kind,

@@ -19,12 +19,15 @@ pub const ENVIRONMENT: &str = "driftless.io/environment";
 pub const APPLIED_HASH: &str = "driftless.io/applied-hash";
 /// Annotation opting a Namespace, PVC or CRD into pruning: `"true"`.
 pub const PRUNE: &str = "driftless.io/prune";
+/// Inventory label: which target (of the environment) applied the object,
+/// so two targets of one environment on one cluster never prune each other.
+pub const TARGET: &str = "driftless.io/target";
 /// Label marking the inventory ConfigMap (value: the environment).
 pub const INVENTORY: &str = "driftless.io/inventory";
 
-/// The label selector of everything one environment manages.
-pub fn selector(environment: &str) -> String {
-    format!("{MANAGED_BY}={MANAGER},{ENVIRONMENT}={environment}")
+/// The label selector of everything one environment manages through one target.
+pub fn selector(environment: &str, target: &str) -> String {
+    format!("{MANAGED_BY}={MANAGER},{ENVIRONMENT}={environment},{TARGET}={target}")
 }
 
 /// What goes into the applied-hash: bumped when the prepared form changes,
@@ -34,7 +37,12 @@ const HASH_VERSION: &str = "driftless-kube-v1";
 /// The object to apply: `body` with the namespace decided by discovery
 /// (`None`: cluster-scoped, any namespace written is dropped), the
 /// inventory labels, and the applied-hash annotation. Returns it with the hash.
-pub fn prepare(body: &Value, environment: &str, namespace: Option<&str>) -> (Value, String) {
+pub fn prepare(
+    body: &Value,
+    environment: &str,
+    target: &str,
+    namespace: Option<&str>,
+) -> (Value, String) {
     let mut obj = body.clone();
     if !obj.is_object() {
         obj = Value::Object(Map::new());
@@ -52,6 +60,7 @@ pub fn prepare(body: &Value, environment: &str, namespace: Option<&str>) -> (Val
     let labels = object_entry(meta, "labels");
     labels.insert(MANAGED_BY.into(), Value::String(MANAGER.into()));
     labels.insert(ENVIRONMENT.into(), Value::String(environment.into()));
+    labels.insert(TARGET.into(), Value::String(target.into()));
     let annotations = object_entry(meta, "annotations");
     annotations.remove(APPLIED_HASH);
     if annotations.is_empty() {
@@ -290,15 +299,15 @@ mod tests {
     fn prepare_adds_inventory_labels_and_a_stable_hash() {
         let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "c", "namespace": "ignored-for-cluster"}, "data": {"a": "1"}});
-        let (obj, hash) = prepare(&body, "prod", Some("aiops"));
+        let (obj, hash) = prepare(&body, "prod", "k8s", Some("aiops"));
         assert_eq!(obj["metadata"]["namespace"], "aiops");
         assert_eq!(obj["metadata"]["labels"][MANAGED_BY], "driftless");
         assert_eq!(obj["metadata"]["labels"][ENVIRONMENT], "prod");
         assert_eq!(obj["metadata"]["annotations"][APPLIED_HASH], hash.as_str());
         // Same input, same hash; any change, another.
-        assert_eq!(prepare(&body, "prod", Some("aiops")).1, hash);
-        assert_ne!(prepare(&body, "staging", Some("aiops")).1, hash);
-        let (cluster, _) = prepare(&body, "prod", None);
+        assert_eq!(prepare(&body, "prod", "k8s", Some("aiops")).1, hash);
+        assert_ne!(prepare(&body, "staging", "k8s", Some("aiops")).1, hash);
+        let (cluster, _) = prepare(&body, "prod", "k8s", None);
         assert!(cluster["metadata"].get("namespace").is_none());
     }
 
@@ -308,7 +317,7 @@ mod tests {
             "metadata": {"name": "d", "creationTimestamp": null},
             "spec": {"template": {"spec": {"containers": [{"name": "a", "image": "x:1",
                 "resources": {"limits": {"cpu": 1}}}]}}}});
-        let (prepared, hash) = prepare(&body, "prod", Some("ns"));
+        let (prepared, hash) = prepare(&body, "prod", "k8s", Some("ns"));
         let mut live = prepared.clone();
         live["metadata"]["resourceVersion"] = json!("42");
         live["metadata"]["creationTimestamp"] = json!("2024-01-01T00:00:00Z");

@@ -17,7 +17,7 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
 
 use super::live::{Live, ObjectKey, inventory_kinds, inventory_name, masked_message};
-use super::object::{self, ENVIRONMENT, INVENTORY, MANAGER, PRUNE};
+use super::object::{self, ENVIRONMENT, INVENTORY, MANAGER, PRUNE, TARGET};
 use super::rest::status_code;
 use super::{Desired, KubeBackend, desired_objects, kind_rank, masker_for, qualified};
 use crate::backend::{BackendError, Context};
@@ -200,17 +200,20 @@ async fn decide(
         match backend.rest.call(|| api.get_opt(&d.object.name)).await {
             Ok(Some(obj)) => {
                 let v = super::live::to_value(obj, r);
-                if let Some(env) = v
-                    .pointer("/metadata/labels")
-                    .and_then(|l| l.get(ENVIRONMENT))
-                    .and_then(Value::as_str)
-                    && env != ctx.environment
-                {
-                    return Err(backend.refused(format!(
-                        "{} is managed by environment `{env}` on this cluster; two environments \
-                         cannot own one object",
-                        d.object.key()
-                    )));
+                let label = |key: &str| {
+                    v.pointer("/metadata/labels")
+                        .and_then(|l| l.get(key))
+                        .and_then(Value::as_str)
+                };
+                if let Some(env) = label(ENVIRONMENT) {
+                    let target = label(TARGET).unwrap_or("?");
+                    if env != ctx.environment || target != backend.target {
+                        return Err(backend.refused(format!(
+                            "{} is managed by environment `{env}` (target `{target}`) on this \
+                             cluster; two environments or targets cannot own one object",
+                            d.object.key()
+                        )));
+                    }
                 }
                 details.push(
                     "exists without this environment's labels (made by hand or another tool): \
@@ -255,6 +258,7 @@ async fn decide(
 /// The inventory ConfigMap for a set of (`Kind.group`, namespace) pairs.
 pub fn inventory_body(
     environment: &str,
+    target: &str,
     namespace: &str,
     kinds: &BTreeSet<(String, Option<String>)>,
 ) -> (Value, String) {
@@ -269,7 +273,7 @@ pub fn inventory_body(
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": inventory_name(environment),
+            "name": inventory_name(environment, target),
             "labels": {INVENTORY: environment},
             "annotations": {
                 "driftless.io/description": "the kinds and namespaces driftless manages objects of for this environment; it lists them to find objects to prune"
@@ -277,7 +281,7 @@ pub fn inventory_body(
         },
         "data": {"kinds": text}
     });
-    object::prepare(&body, environment, Some(namespace))
+    object::prepare(&body, environment, target, Some(namespace))
 }
 
 /// The (`Kind.group`, namespace) of a planned change.
@@ -385,7 +389,7 @@ pub async fn plan(
             changes.iter().chain(&prunes).map(kind_of_change).collect();
         let old = live.inventory.as_ref().map(inventory_kinds);
         let text = |k: &BTreeSet<(String, Option<String>)>| {
-            inventory_body(ctx.environment, &backend.namespace, k).0["data"]["kinds"]
+            inventory_body(ctx.environment, &backend.target, &backend.namespace, k).0["data"]["kinds"]
                 .as_str()
                 .unwrap_or_default()
                 .to_owned()
@@ -403,7 +407,10 @@ pub async fn plan(
             target: backend.target.clone(),
             resource: Resource::new(
                 "ConfigMap",
-                qualified(Some(&backend.namespace), &inventory_name(ctx.environment)),
+                qualified(
+                    Some(&backend.namespace),
+                    &inventory_name(ctx.environment, &backend.target),
+                ),
             ),
             action,
             detail: Some(format!(
@@ -423,7 +430,7 @@ pub async fn plan(
 }
 
 /// True when a change is the inventory ConfigMap of `environment`.
-pub fn is_inventory(c: &Change, environment: &str) -> bool {
+pub fn is_inventory(c: &Change, environment: &str, target: &str) -> bool {
     c.resource.kind == "ConfigMap"
-        && c.resource.name.rsplit('/').next() == Some(inventory_name(environment).as_str())
+        && c.resource.name.rsplit('/').next() == Some(inventory_name(environment, target).as_str())
 }

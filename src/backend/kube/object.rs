@@ -141,7 +141,31 @@ pub fn applied_hash(live: &Value) -> Option<&str> {
 /// as a change); `null` in the manifest matches an absent field; a number
 /// matches the string the server canonicalises it to (`cpu: 1` → `"1"`).
 pub fn still_applied(live: &Value, prepared: &Value, hash: &str) -> bool {
-    applied_hash(live) == Some(hash) && contains(live, prepared)
+    applied_hash(live) == Some(hash)
+        && (contains(live, prepared)
+            || string_data_folded(prepared).is_some_and(|folded| contains(live, &folded)))
+}
+
+/// A Secret's `stringData` folded into `data` (base64), as the API server
+/// stores it; `None` for anything else.
+fn string_data_folded(v: &Value) -> Option<Value> {
+    if !is_secret(v) {
+        return None;
+    }
+    let mut folded = v.clone();
+    let Some(Value::Object(string_data)) = folded.as_object_mut()?.remove("stringData") else {
+        return None;
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let root = folded.as_object_mut()?;
+    let data = object_entry(root, "data");
+    for (k, val) in string_data {
+        data.insert(
+            k,
+            Value::String(b64.encode(val.as_str().unwrap_or_default())),
+        );
+    }
+    Some(folded)
 }
 
 fn contains(live: &Value, want: &Value) -> bool {
@@ -338,6 +362,19 @@ mod tests {
             .push(json!({"name": "sidecar"}));
         assert!(!still_applied(&extra, &prepared, &hash));
         assert!(!still_applied(&live, &prepared, "other-hash"));
+    }
+
+    #[test]
+    fn secret_string_data_matches_the_data_the_server_stores() {
+        let body = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+            "stringData": {"TOKEN": "abc"}});
+        let (prepared, hash) = prepare(&body, "prod", "k8s", Some("ns"));
+        let mut live = prepared.clone();
+        live.as_object_mut().unwrap().remove("stringData");
+        live["data"] = json!({"TOKEN": "YWJj"});
+        assert!(still_applied(&live, &prepared, &hash));
+        live["data"]["TOKEN"] = json!("eHl6");
+        assert!(!still_applied(&live, &prepared, &hash));
     }
 
     #[test]

@@ -70,15 +70,15 @@ pub fn format(d: Duration) -> String {
     if nanos == 0 {
         return "0s".to_owned();
     }
-    if nanos % 1_000_000 != 0 {
-        return if nanos % 1_000 == 0 {
+    if !nanos.is_multiple_of(1_000_000) {
+        return if nanos.is_multiple_of(1_000) {
             format!("{}us", nanos / 1_000)
         } else {
             format!("{nanos}ns")
         };
     }
     let total_ms = d.as_millis();
-    if total_ms % 1000 != 0 {
+    if !total_ms.is_multiple_of(1000) {
         return format!("{total_ms}ms");
     }
     let mut secs = d.as_secs();

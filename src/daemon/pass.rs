@@ -765,9 +765,12 @@ async fn live_images(
         allow: &desired.environment.allow,
     };
     let mut out = BTreeMap::new();
+    // Only Compose targets run images driftless pins; others are not read.
     for (d, t) in drivers.iter().zip(&desired.targets) {
-        match d.read_live(t, ctx).await? {
-            DriverLive::Compose(live) => out.extend(live.images),
+        if matches!(d, Driver::Compose(_))
+            && let DriverLive::Compose(live) = d.read_live(t, ctx).await?
+        {
+            out.extend(live.images);
         }
     }
     Ok(out)

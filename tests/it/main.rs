@@ -3,6 +3,7 @@
 //! from the user's side.
 
 mod docker_support;
+mod fake_apiserver;
 mod support;
 
 mod branches;
@@ -11,6 +12,8 @@ mod corpus;
 mod daemon;
 mod daemon_support;
 mod example;
+mod kube_backend;
+mod kube_e2e;
 mod pipeline;
 mod reconcile_cli;
 mod render;

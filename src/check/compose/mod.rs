@@ -478,13 +478,13 @@ impl<'a> Ctx<'a> {
         let mut container_names: BTreeMap<&str, &str> = BTreeMap::new();
         let mut errors = Vec::new();
         for (name, svc) in &project.services {
-            if let Some(cn) = &svc.container_name {
-                if let Some(other) = container_names.insert(cn, name) {
-                    errors.push((
-                        name.clone(),
-                        format!("container name `{cn}` is also used by service `{other}`"),
-                    ));
-                }
+            if let Some(cn) = &svc.container_name
+                && let Some(other) = container_names.insert(cn, name)
+            {
+                errors.push((
+                    name.clone(),
+                    format!("container name `{cn}` is also used by service `{other}`"),
+                ));
             }
         }
         for (name, message) in errors {

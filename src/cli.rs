@@ -239,6 +239,11 @@ pub struct ReconcileArgs {
     /// List unchanged resources too.
     #[arg(long, short)]
     pub verbose: bool,
+    /// Allow a plan that removes most of what is deployed (an empty render,
+    /// a wrong glob are refused otherwise), as the environment's
+    /// `allow.mass_removal` does.
+    #[arg(long, alias = "allow-mass-removal")]
+    pub allow_mass_prune: bool,
     #[command(flatten)]
     pub state: StateArgs,
 }
@@ -463,6 +468,10 @@ fn reconcile_cmd(args: ReconcileArgs) -> Result<i32> {
     let masker = loaded.renderer.masker();
     for w in &loaded.checked.warnings {
         eprintln!("{}", masker.mask(&w.to_string()));
+    }
+    let mut loaded = loaded;
+    if args.allow_mass_prune {
+        loaded.checked.state.environment.allow.mass_removal = true;
     }
     let desired = &loaded.checked.state;
     if !args.dry_run && desired.revision.commit().is_none() {

@@ -187,3 +187,30 @@ fn reconcile_needs_every_secret_even_for_a_dry_run() {
         "{run:?}"
     );
 }
+
+#[tokio::test]
+async fn removing_everything_is_refused_unless_allowed_on_the_command_line() {
+    let Some(_engine) = engine().await else {
+        return;
+    };
+    let f = Fixture::new("cli-mass");
+    let _cleanup = Cleanup::new(&[&f.project]);
+    assert_eq!(f.run(&[]).code, 0, "first deploy");
+    git(f.repo.path(), &["rm", "-q", "compose/stack.yaml.j2"]);
+    git(f.repo.path(), &["commit", "-qm", "remove the stack"]);
+
+    let refused = f.run(&["--dry-run"]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("mass_removal") || refused.stderr.contains("mass removal"),
+        "{refused:?}"
+    );
+    let allowed = f.run(&["--dry-run", "--allow-mass-prune"]);
+    assert_eq!(allowed.code, 0, "{allowed:?}");
+    assert!(
+        allowed
+            .stdout
+            .contains(&format!("service {}/web  delete", f.project)),
+        "{allowed:?}"
+    );
+}

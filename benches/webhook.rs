@@ -57,7 +57,9 @@ fn main() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hooks/github", listener.local_addr().unwrap());
         tokio::spawn(async move {
-            axum::serve(listener, router(state, 1024 * 1024)).await.unwrap();
+            axum::serve(listener, router(state, 1024 * 1024))
+                .await
+                .unwrap();
         });
         // The stand-in worker: reports when it takes each trigger.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -67,7 +69,8 @@ fn main() {
                 let _ = tx.send(Instant::now());
             }
         });
-        let body = br#"{"ref":"refs/heads/main","after":"0123456789012345678901234567890123456789"}"#;
+        let body =
+            br#"{"ref":"refs/heads/main","after":"0123456789012345678901234567890123456789"}"#;
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
         mac.update(body);
         let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));

@@ -958,3 +958,65 @@ fn an_invalid_daemon_configuration_exits_2_listing_every_problem() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("`nope` is not in driftless.yaml"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drift_is_corrected_and_a_removed_environment_keeps_its_resources() {
+    let Some(engine) = engine().await else {
+        return;
+    };
+    let docker = engine.docker();
+    let receiver = Receiver::start().await;
+    let stack = Stack::new("daemon-drift", BUSYBOX, &receiver.url);
+    let _cleanup = Cleanup::new(&[&stack.project]);
+    let secrets = secrets_dir();
+    let state = tempfile::tempdir().unwrap();
+    let mut files = stack.files("good v1", GOOD_CHECK, "");
+    files[0].1 = files[0]
+        .1
+        .replace("drift_interval: 1h", "drift_interval: 2s");
+    let bare = Bare::new(&files);
+    let c1 = crate::daemon_support::git(&bare.path(), &["rev-parse", "main"]);
+    let env = stack.env.clone();
+    let long = Duration::from_secs(120);
+    let mut d = Daemon::start(&stack.options(&bare, state.path(), secrets.path()));
+    d.ready().await;
+    d.wait(&env, "first deploy", long, last_good_is(&c1)).await;
+
+    // Someone removes the container by hand: the drift timer puts it back.
+    let before = containers(docker, &stack.project).await;
+    assert_eq!(before.len(), 1);
+    docker
+        .remove_container(
+            &before[0].0,
+            Some(
+                bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+                    .force(true)
+                    .build(),
+            ),
+        )
+        .await
+        .unwrap();
+    d.wait(&env, "drift corrected", long, |s| {
+        s["last_reconcile"]["trigger"] == "drift" && s["last_reconcile"]["outcome"] == "healthy"
+    })
+    .await;
+    let after = containers(docker, &stack.project).await;
+    assert_eq!(after.len(), 1);
+    assert_ne!(after[0].0, before[0].0);
+    assert_eq!(stack.page().await.trim(), "good v1");
+
+    // The environment leaves driftless.yaml: no longer driven, resources stay.
+    let manifest = "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {}\nenvironments:\n  someone-else:\n    targets: [local]\n    paths: { stacks: [] }\n".to_owned();
+    bare.commit(&[("driftless.yaml", manifest)], "drop the environment");
+    let deadline = tokio::time::Instant::now() + long;
+    while !d
+        .log_text()
+        .contains("environment removed from the manifest")
+    {
+        assert!(tokio::time::Instant::now() < deadline, "{}", d.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(containers(docker, &stack.project).await, after);
+    assert_eq!(stack.page().await.trim(), "good v1");
+}

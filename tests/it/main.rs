@@ -11,5 +11,6 @@ mod example;
 mod pipeline;
 mod reconcile_cli;
 mod render;
+mod rules;
 mod source;
 mod validate;

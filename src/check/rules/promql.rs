@@ -1,0 +1,92 @@
+//! PromQL in rule expressions: parsed with promql-parser (types checked as
+//! Prometheus's parser does), then walked for experimental functions and
+//! aggregations, which Prometheus rejects unless the feature flag
+//! `promql-experimental-functions` is enabled.
+
+use promql_parser::parser::{self, Expr};
+
+/// The feature flag that enables experimental PromQL functions.
+pub const EXPERIMENTAL_FUNCTIONS: &str = "promql-experimental-functions";
+
+/// Aggregations Prometheus 3 marks experimental (not flagged as such by
+/// promql-parser, which tags only functions).
+const EXPERIMENTAL_AGGREGATIONS: [&str; 2] = ["limitk", "limit_ratio"];
+
+/// Parses `expr`; with `experimental == false` an experimental function is
+/// an error, as in Prometheus without the feature flag.
+pub fn check(expr: &str, experimental: bool) -> Result<(), String> {
+    let ast = parser::parse(expr).map_err(|e| {
+        let e = e.trim();
+        if e.contains("parse error") {
+            e.to_owned()
+        } else {
+            format!("parse error: {e}")
+        }
+    })?;
+    if experimental {
+        return Ok(());
+    }
+    match first_experimental(&ast) {
+        Some(name) => Err(format!(
+            "function {name:?} is not enabled (needs --enable-feature={EXPERIMENTAL_FUNCTIONS})"
+        )),
+        None => Ok(()),
+    }
+}
+
+fn first_experimental(expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::Aggregate(a) => {
+            let op = a.op.to_string().to_lowercase();
+            if EXPERIMENTAL_AGGREGATIONS.contains(&op.as_str()) {
+                return Some(op);
+            }
+            a.param
+                .as_deref()
+                .and_then(first_experimental)
+                .or_else(|| first_experimental(&a.expr))
+        }
+        Expr::Unary(u) => first_experimental(&u.expr),
+        Expr::Binary(b) => first_experimental(&b.lhs).or_else(|| first_experimental(&b.rhs)),
+        Expr::Paren(p) => first_experimental(&p.expr),
+        Expr::Subquery(s) => first_experimental(&s.expr),
+        Expr::Call(c) => {
+            if c.func.experimental {
+                return Some(c.func.name.to_owned());
+            }
+            c.args.args.iter().find_map(|a| first_experimental(a))
+        }
+        Expr::NumberLiteral(_)
+        | Expr::StringLiteral(_)
+        | Expr::VectorSelector(_)
+        | Expr::MatrixSelector(_)
+        | Expr::Extension(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_type_checks() {
+        assert!(check("sum by (job) (rate(http_requests_total[5m]))", false).is_ok());
+        assert!(check("count_over_time(up[5m:])", false).is_ok());
+        assert!(check("requests @ 1000", false).is_ok());
+        assert!(check("requests offset -5m", false).is_ok());
+        assert!(check("test +", false).is_err());
+        assert!(check("rate(hi)", false).is_err());
+    }
+
+    #[test]
+    fn experimental_functions_need_the_flag() {
+        let e = check("sort_by_label(up, \"instance\")", false).unwrap_err();
+        assert!(e.contains("\"sort_by_label\" is not enabled"), "{e}");
+        assert!(check("sort_by_label(up, \"instance\")", true).is_ok());
+        assert!(
+            check("1 + limitk(2, up)", false)
+                .unwrap_err()
+                .contains("limitk")
+        );
+    }
+}

@@ -2,9 +2,9 @@
 //!
 //! [`environment`] renders the files an environment selects (the manifest's
 //! path globs), parses each with its loader — [`compose`], [`kube`],
-//! [`rules`], [`backups`] — cross-checks them, and returns a validated
-//! [`DesiredState`] or every problem found, each naming the environment,
-//! file and line.
+//! [`rules`], [`backups`] — cross-checks them, runs the [`policy`] stage on
+//! the result, and returns a validated [`DesiredState`] or every problem
+//! found, each naming the environment, file and line.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,6 +21,7 @@ use crate::render::{Rendered, Renderer};
 pub mod backups;
 pub mod compose;
 pub mod kube;
+pub mod policy;
 pub mod rules;
 
 /// A checked environment: its desired state, the warnings found, and every
@@ -374,15 +375,19 @@ pub fn environment(
     if diags.has_errors() {
         return Err(with_env(diags, &env.name));
     }
+    let state = DesiredState {
+        environment: env.clone(),
+        revision: renderer.revision().clone(),
+        targets,
+        backups: jobs,
+    };
+    let files = files.into_inner();
+    // Policies judge the finished desired state: deny → errors, warn → warnings.
+    warnings.extend(policy::check(env, &state, renderer, &files)?);
     Ok(Checked {
-        state: DesiredState {
-            environment: env.clone(),
-            revision: renderer.revision().clone(),
-            targets,
-            backups: jobs,
-        },
+        state,
         warnings: warnings.into_iter().map(|d| d.or_env(&env.name)).collect(),
-        files: files.into_inner(),
+        files,
     })
 }
 

@@ -9,6 +9,7 @@ mod compose_backend;
 mod corpus;
 mod example;
 mod pipeline;
+mod policies;
 mod reconcile_cli;
 mod render;
 mod rules;

@@ -15,6 +15,7 @@ use crate::plan::Change;
 use crate::secrets::Masker;
 
 pub mod compose;
+pub mod rules;
 
 /// What a backend needs besides the desired state to plan and apply.
 #[derive(Debug, Clone, Copy)]
@@ -120,12 +121,14 @@ pub trait Backend: Send + Sync {
 #[derive(Debug)]
 pub enum Driver {
     Compose(compose::ComposeBackend),
+    Rules(rules::RulesBackend),
 }
 
 /// Live state read by a [`Driver`].
 #[derive(Debug)]
 pub enum DriverLive {
     Compose(compose::Live),
+    Rules(rules::Live),
 }
 
 impl Driver {
@@ -140,6 +143,9 @@ impl Driver {
                 compose::ComposeBackend::connect(d)
                     .await?
                     .with_settle(env.health.settle),
+            )),
+            TargetKind::Prometheus(p) => Ok(Driver::Rules(
+                rules::RulesBackend::connect(&target.name, p).await?,
             )),
             other => Err(BackendError::Unavailable {
                 target: target.name.clone(),
@@ -159,6 +165,7 @@ impl Backend for Driver {
     fn kind(&self) -> &'static str {
         match self {
             Driver::Compose(b) => b.kind(),
+            Driver::Rules(b) => b.kind(),
         }
     }
 
@@ -169,6 +176,7 @@ impl Backend for Driver {
     ) -> Result<DriverLive, BackendError> {
         match self {
             Driver::Compose(b) => b.read_live(desired, ctx).await.map(DriverLive::Compose),
+            Driver::Rules(b) => b.read_live(desired, ctx).await.map(DriverLive::Rules),
         }
     }
 
@@ -180,6 +188,14 @@ impl Backend for Driver {
     ) -> Result<Vec<Change>, BackendError> {
         match (self, live) {
             (Driver::Compose(b), DriverLive::Compose(l)) => b.plan(desired, l, ctx).await,
+            (Driver::Rules(b), DriverLive::Rules(l)) => b.plan(desired, l, ctx).await,
+            (driver, _) => Err(BackendError::Refused {
+                target: desired.target.name.clone(),
+                message: format!(
+                    "live state of another kind given to the {} backend",
+                    driver.kind()
+                ),
+            }),
         }
     }
 
@@ -191,6 +207,7 @@ impl Backend for Driver {
     ) -> Result<ApplyReport, BackendError> {
         match self {
             Driver::Compose(b) => b.apply(desired, changes, ctx).await,
+            Driver::Rules(b) => b.apply(desired, changes, ctx).await,
         }
     }
 
@@ -201,6 +218,7 @@ impl Backend for Driver {
     ) -> Result<Vec<Verdict>, BackendError> {
         match self {
             Driver::Compose(b) => b.health(desired, ctx).await,
+            Driver::Rules(b) => b.health(desired, ctx).await,
         }
     }
 }

@@ -473,4 +473,151 @@ mod live {
         t.resources = Resources::Rules(Vec::new());
         assert!(b.health(&t, ctx).await.is_err());
     }
+
+    /// A container image with the applets the rules backend needs inside a
+    /// container (`rm`), plus `sleep` to keep it running.
+    const RULES_IMAGE: &str = "driftless-test/busybox-rules:1";
+
+    async fn build_rules_image(docker: &bollard::Docker) {
+        use futures_util::StreamExt;
+        if docker.inspect_image(RULES_IMAGE).await.is_ok() {
+            return;
+        }
+        let busybox =
+            std::fs::read("/bin/busybox").expect("/bin/busybox (apt-get install busybox-static)");
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, mode: u32, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(mode);
+            h.set_mtime(0);
+            tar.append_data(&mut h, path, data).unwrap();
+        };
+        add(
+            "Dockerfile",
+            0o644,
+            b"FROM scratch\nCOPY rootfs/ /\nCMD [\"sleep\", \"3600\"]\n",
+        );
+        add("rootfs/bin/busybox", 0o755, &busybox);
+        add("rootfs/tmp/.keep", 0o644, b"");
+        for applet in ["sh", "sleep", "rm"] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            h.set_mode(0o777);
+            h.set_mtime(0);
+            tar.append_link(&mut h, format!("rootfs/bin/{applet}"), "busybox")
+                .unwrap();
+        }
+        let options = bollard::query_parameters::BuildImageOptionsBuilder::default()
+            .dockerfile("Dockerfile")
+            .t(RULES_IMAGE)
+            .rm(true)
+            .build();
+        let context = tar.into_inner().unwrap();
+        let mut stream =
+            docker.build_image(options, None, Some(bollard::body_full(context.into())));
+        while let Some(item) = stream.next().await {
+            item.unwrap_or_else(|e| panic!("building {RULES_IMAGE}: {e}"));
+        }
+    }
+
+    /// The rules directory inside a container (bind-mounted from the
+    /// directory the host Prometheus loads), written through the Docker API.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn rules_inside_a_container_through_the_docker_api() {
+        use crate::docker_support::{Cleanup, engine, local_target, project_name};
+        let Some(compose) = engine().await else {
+            return;
+        };
+        let docker = compose.docker().clone();
+        build_rules_image(&docker).await;
+        let prom = Prometheus::start();
+        let project = project_name("rules");
+        let _cleanup = Cleanup::new(&[&project]);
+        let name = format!("{project}-prometheus-1");
+        let body = bollard::models::ContainerCreateBody {
+            image: Some(RULES_IMAGE.to_owned()),
+            labels: Some(std::collections::HashMap::from([(
+                driftless::backend::compose::labels::PROJECT.to_owned(),
+                project.clone(),
+            )])),
+            host_config: Some(bollard::models::HostConfig {
+                binds: Some(vec![format!(
+                    "{}:/etc/prometheus/rules",
+                    prom.rules_dir().display()
+                )]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        docker
+            .create_container(
+                Some(
+                    bollard::query_parameters::CreateContainerOptionsBuilder::default()
+                        .name(&name)
+                        .build(),
+                ),
+                body,
+            )
+            .await
+            .unwrap();
+        docker
+            .start_container(
+                &name,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .unwrap();
+
+        let mut target = prom.target();
+        if let TargetKind::Prometheus(p) = &mut target.target.kind {
+            p.rules_dir = "/etc/prometheus/rules".into();
+            p.container = Some(name.clone());
+            p.docker = Some(local_target());
+        }
+        let (masker, allow) = (Masker::default(), Allow::default());
+        let ctx = Context {
+            environment: "dev",
+            masker: &masker,
+            allow: &allow,
+        };
+        let t1 = with_files(
+            target.clone(),
+            vec![
+                example_rule("aiops-alerts.yml"),
+                example_rule("aiops-records.yml"),
+            ],
+        );
+        let b = connect(&t1).await;
+        let p1 = plan(&b, &t1, ctx).await;
+        assert_eq!(p1.len(), 2);
+        assert!(p1.iter().all(|c| c.action == Action::Create), "{p1:?}");
+        b.apply(&t1, &p1, ctx).await.unwrap();
+        assert!(prom.rules_dir().join("aiops-records.yml").exists());
+        assert_eq!(
+            loaded_group_names(&b).await,
+            vec!["aiops.records", "aiops.rules"]
+        );
+        // Read back through the container: nothing to do.
+        let again = plan(&b, &t1, ctx).await;
+        assert!(
+            again.iter().all(|c| c.action == Action::Unchanged),
+            "{again:?}"
+        );
+
+        // Remove one: deleted inside the container (exec rm), unloaded.
+        let t2 = with_files(target, vec![example_rule("aiops-alerts.yml")]);
+        let p2 = plan(&b, &t2, ctx).await;
+        assert_eq!(
+            actions(&p2),
+            vec![
+                ("aiops-alerts.yml".into(), Action::Unchanged),
+                ("aiops-records.yml".into(), Action::Delete)
+            ]
+        );
+        b.apply(&t2, &p2, ctx).await.unwrap();
+        assert!(!prom.rules_dir().join("aiops-records.yml").exists());
+        assert_eq!(loaded_group_names(&b).await, vec!["aiops.rules"]);
+    }
 }

@@ -15,6 +15,43 @@ const EXPERIMENTAL_AGGREGATIONS: [&str; 2] = ["limitk", "limit_ratio"];
 /// Parses `expr`; with `experimental == false` an experimental function is
 /// an error, as in Prometheus without the feature flag.
 pub fn check(expr: &str, experimental: bool) -> Result<(), String> {
+    if expr.len() > MAX_EXPR_BYTES {
+        return Err(format!(
+            "parse error: expression is longer than {} KiB",
+            MAX_EXPR_BYTES / 1024
+        ));
+    }
+    // The parser and the walk below recurse; no real rule nests this deep.
+    if nesting(expr) > MAX_NESTING {
+        return Err(format!(
+            "parse error: expression nested more than {MAX_NESTING} levels deep"
+        ));
+    }
+    // A long chain (`1+1+…`) is a deep tree even without brackets: parse,
+    // walk and drop long expressions on a thread with a stack to match.
+    if expr.len() <= SMALL_EXPR_BYTES {
+        return parse_and_walk(expr, experimental);
+    }
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("driftless-promql".to_owned())
+            .stack_size(BIG_STACK)
+            .spawn_scoped(scope, || parse_and_walk(expr, experimental))
+            .map_err(|e| format!("cannot start the PromQL parser thread: {e}"))?
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Longest expression accepted (the parser is slower than linear on long
+/// operator chains; real rules stay under a few KiB).
+const MAX_EXPR_BYTES: usize = 16 * 1024;
+/// Expressions up to this size are parsed on the caller's stack.
+const SMALL_EXPR_BYTES: usize = 1024;
+/// Stack for longer ones: about 2 KiB per level of the deepest possible tree.
+const BIG_STACK: usize = 64 * 1024 * 1024;
+
+fn parse_and_walk(expr: &str, experimental: bool) -> Result<(), String> {
     let ast = parser::parse(expr).map_err(|e| {
         let e = e.trim();
         if e.contains("parse error") {
@@ -32,6 +69,36 @@ pub fn check(expr: &str, experimental: bool) -> Result<(), String> {
         )),
         None => Ok(()),
     }
+}
+
+/// Deepest nesting of parentheses, braces and brackets accepted.
+const MAX_NESTING: usize = 200;
+
+/// Deepest bracket nesting of `expr`, outside string literals.
+fn nesting(expr: &str) -> usize {
+    let (mut depth, mut max, mut quote, mut escaped) = (0usize, 0usize, None, false);
+    for c in expr.chars() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '"' | '\'' | '`' => quote = Some(c),
+            '(' | '{' | '[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            ')' | '}' | ']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 fn first_experimental(expr: &Expr) -> Option<String> {
@@ -76,6 +143,17 @@ mod tests {
         assert!(check("requests offset -5m", false).is_ok());
         assert!(check("test +", false).is_err());
         assert!(check("rate(hi)", false).is_err());
+        let deep = format!("{}1{}", "(".repeat(100_000), ")".repeat(100_000));
+        assert!(check(&deep, false).unwrap_err().contains("longer than"));
+        let deep = format!("{}1{}", "(".repeat(1000), ")".repeat(1000));
+        assert!(
+            check(&deep, false)
+                .unwrap_err()
+                .contains("nested more than")
+        );
+        let chain = vec!["1"; 3_000].join("+");
+        assert!(check(&chain, false).is_ok());
+        assert!(check("label_replace(up, \"a\", \"((((\", \"b\", \"(.*)\")", false).is_ok());
     }
 
     #[test]

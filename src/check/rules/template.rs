@@ -68,6 +68,7 @@ pub fn check(name: &str, text: &str) -> Result<(), String> {
         pos: 0,
         vars: Vec::new(),
         range_depth: 0,
+        depth: 0,
     };
     p.vars.push("$".to_owned());
     p.vars
@@ -435,7 +436,13 @@ struct Parser {
     pos: usize,
     vars: Vec<String>,
     range_depth: usize,
+    /// Nesting of controls and parentheses, bounded so that no template
+    /// can exhaust the stack.
+    depth: usize,
 }
+
+/// Deepest nesting of `{{if}}`/`{{range}}`/`(…)` accepted.
+const MAX_DEPTH: usize = 100;
 
 impl Parser {
     fn peek(&self) -> &Token {
@@ -608,6 +615,21 @@ impl Parser {
     /// `{{if|with|range pipeline}} list [{{else}} list] {{end}}`. Variables
     /// declared inside are gone after it.
     fn control(&mut self, context: &'static str) -> Result<(), Error> {
+        self.enter()?;
+        let result = self.control_inner(context);
+        self.depth -= 1;
+        result
+    }
+
+    fn enter(&mut self) -> Result<(), Error> {
+        if self.depth >= MAX_DEPTH {
+            return self.err(format!("nested more than {MAX_DEPTH} levels deep"));
+        }
+        self.depth += 1;
+        Ok(())
+    }
+
+    fn control_inner(&mut self, context: &'static str) -> Result<(), Error> {
         let depth = self.vars.len();
         self.pipeline(context, Tok::RightDelim)?;
         if context == "range" {
@@ -716,7 +738,12 @@ impl Parser {
                 }
             }
             Tok::Variable(name) => self.use_var(name)?,
-            Tok::LeftParen => self.pipeline("parenthesized pipeline", Tok::RightParen)?,
+            Tok::LeftParen => {
+                self.enter()?;
+                let r = self.pipeline("parenthesized pipeline", Tok::RightParen);
+                self.depth -= 1;
+                r?
+            }
             Tok::Field(_)
             | Tok::Dot
             | Tok::Nil
@@ -856,6 +883,10 @@ mod tests {
             "expected end; found {{else}}",
         );
         bad("a\nb {{ $nope }}", "t:2: undefined variable");
+        let deep = format!("{{{{ {}1{} }}}}", "(".repeat(5000), ")".repeat(5000));
+        bad(&deep, "nested more than 100 levels deep");
+        let deep = format!("{}x{}", "{{ if 1 }}".repeat(5000), "{{ end }}".repeat(5000));
+        bad(&deep, "nested more than 100 levels deep");
     }
 
     #[test]

@@ -81,6 +81,7 @@ struct RawPrometheusTarget {
     url: String,
     version: Option<u8>,
     lint_fatal: Option<bool>,
+    enable_features: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -271,6 +272,13 @@ pub struct PrometheusTarget {
     pub version: u8,
     /// Treat rule lint warnings (duplicates) as errors.
     pub lint_fatal: bool,
+    /// Prometheus feature flags (`--enable-feature`) the rule check allows,
+    /// e.g. `promql-experimental-functions`.
+    pub enable_features: Vec<String>,
+    /// The connection settings of `docker_target`, resolved at parse time so
+    /// the rules backend can reach `container` without the whole manifest.
+    #[serde(skip)]
+    pub docker: Option<DockerTarget>,
 }
 
 /// One environment: what to render, where to apply it, how to judge health.
@@ -441,6 +449,8 @@ impl Manifest {
                     url: p.url,
                     version,
                     lint_fatal: p.lint_fatal.unwrap_or(false),
+                    enable_features: p.enable_features.unwrap_or_default(),
+                    docker: None,
                 }));
             }
             if kinds.len() != 1 {
@@ -487,19 +497,29 @@ impl Manifest {
             }
         }
 
-        // Prometheus targets that point at a Docker target must name one that exists.
-        for target in targets.values() {
-            if let TargetKind::Prometheus(p) = &target.kind
+        // Prometheus targets that point at a Docker target must name one that
+        // exists; its connection settings are copied in.
+        let dockers: BTreeMap<String, DockerTarget> = targets
+            .iter()
+            .filter_map(|(name, t)| match &t.kind {
+                TargetKind::Docker(d) => Some((name.clone(), d.clone())),
+                _ => None,
+            })
+            .collect();
+        for target in targets.values_mut() {
+            if let TargetKind::Prometheus(p) = &mut target.kind
                 && let Some(d) = &p.docker_target
-                && !matches!(targets.get(d).map(|t| &t.kind), Some(TargetKind::Docker(_)))
             {
-                diags.push(err(
-                    format!(
-                        "targets.{}.prometheus.docker_target `{d}` is not a docker target",
-                        target.name
-                    ),
-                    0,
-                ));
+                match dockers.get(d) {
+                    Some(docker) => p.docker = Some(docker.clone()),
+                    None => diags.push(err(
+                        format!(
+                            "targets.{}.prometheus.docker_target `{d}` is not a docker target",
+                            target.name
+                        ),
+                        0,
+                    )),
+                }
             }
         }
 

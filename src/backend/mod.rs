@@ -16,6 +16,7 @@ use crate::secrets::Masker;
 
 pub mod compose;
 pub mod kube;
+pub mod rules;
 
 /// What a backend needs besides the desired state to plan and apply.
 #[derive(Debug, Clone, Copy)]
@@ -122,6 +123,7 @@ pub trait Backend: Send + Sync {
 pub enum Driver {
     Compose(compose::ComposeBackend),
     Kube(kube::KubeBackend),
+    Rules(rules::RulesBackend),
 }
 
 /// Live state read by a [`Driver`].
@@ -129,6 +131,7 @@ pub enum Driver {
 pub enum DriverLive {
     Compose(compose::Live),
     Kube(kube::Live),
+    Rules(rules::Live),
 }
 
 impl Driver {
@@ -147,14 +150,9 @@ impl Driver {
             TargetKind::Kubernetes(k) => Ok(Driver::Kube(
                 kube::KubeBackend::connect(&target.name, k).await?,
             )),
-            other => Err(BackendError::Unavailable {
-                target: target.name.clone(),
-                message: format!(
-                    "{} targets cannot be planned or applied yet; validate and render work, the {} backend is not built",
-                    other.as_str(),
-                    other.as_str()
-                ),
-            }),
+            TargetKind::Prometheus(p) => Ok(Driver::Rules(
+                rules::RulesBackend::connect(&target.name, p).await?,
+            )),
         }
     }
 }
@@ -166,6 +164,7 @@ impl Backend for Driver {
         match self {
             Driver::Compose(b) => b.kind(),
             Driver::Kube(b) => b.kind(),
+            Driver::Rules(b) => b.kind(),
         }
     }
 
@@ -177,6 +176,7 @@ impl Backend for Driver {
         match self {
             Driver::Compose(b) => b.read_live(desired, ctx).await.map(DriverLive::Compose),
             Driver::Kube(b) => b.read_live(desired, ctx).await.map(DriverLive::Kube),
+            Driver::Rules(b) => b.read_live(desired, ctx).await.map(DriverLive::Rules),
         }
     }
 
@@ -189,6 +189,7 @@ impl Backend for Driver {
         match (self, live) {
             (Driver::Compose(b), DriverLive::Compose(l)) => b.plan(desired, l, ctx).await,
             (Driver::Kube(b), DriverLive::Kube(l)) => b.plan(desired, l, ctx).await,
+            (Driver::Rules(b), DriverLive::Rules(l)) => b.plan(desired, l, ctx).await,
             (b, _) => Err(BackendError::Refused {
                 target: desired.target.name.clone(),
                 message: format!(
@@ -208,6 +209,7 @@ impl Backend for Driver {
         match self {
             Driver::Compose(b) => b.apply(desired, changes, ctx).await,
             Driver::Kube(b) => b.apply(desired, changes, ctx).await,
+            Driver::Rules(b) => b.apply(desired, changes, ctx).await,
         }
     }
 
@@ -219,6 +221,7 @@ impl Backend for Driver {
         match self {
             Driver::Compose(b) => b.health(desired, ctx).await,
             Driver::Kube(b) => b.health(desired, ctx).await,
+            Driver::Rules(b) => b.health(desired, ctx).await,
         }
     }
 }

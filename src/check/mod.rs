@@ -2,9 +2,9 @@
 //!
 //! [`environment`] renders the files an environment selects (the manifest's
 //! path globs), parses each with its loader — [`compose`], [`kube`],
-//! [`rules`], [`backups`] — cross-checks them, and returns a validated
-//! [`DesiredState`] or every problem found, each naming the environment,
-//! file and line.
+//! [`rules`], [`backups`] — cross-checks them, runs the [`policy`] stage on
+//! the result, and returns a validated [`DesiredState`] or every problem
+//! found, each naming the environment, file and line.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,6 +22,7 @@ use crate::render::{Rendered, Renderer};
 pub mod backups;
 pub mod compose;
 pub mod kube;
+pub mod policy;
 pub mod rules;
 
 /// A checked environment: its desired state, the warnings found, and every
@@ -258,27 +259,59 @@ pub fn environment(
         }
     }
 
-    // Prometheus rule files.
+    // Prometheus rule files, checked for each distinct Prometheus the
+    // environment has (its version decides name validation).
+    let mut rule_options: Vec<rules::Options> = Vec::new();
+    for target in manifest.targets_of(env) {
+        if let TargetKind::Prometheus(p) = &target.kind {
+            let o = rules::Options::for_target(p);
+            if !rule_options.contains(&o) {
+                rule_options.push(o);
+            }
+        }
+    }
+    if rule_options.is_empty() {
+        rule_options.push(rules::Options::default());
+    }
     let mut rule_files: Vec<RuleFile> = Vec::new();
     for path in &sel.rules {
         let Some((rendered, text)) = text_of(path, &mut diags) else {
             continue;
         };
-        match rules::load(path, &text) {
-            Ok(f) => {
-                if let Some(other) = rule_files.iter().find(|r| r.name == f.name) {
-                    diags.push(located(
-                        Diagnostic::error(format!(
-                            "rule file name `{}` is also used by {}; names must be unique in the rules directory",
-                            f.name, other.origin.file
-                        )),
-                        &rendered,
-                    ));
-                } else {
-                    rule_files.push(f);
+        let mut loaded = None;
+        for options in &rule_options {
+            match rules::load(path, &text, options) {
+                Ok((f, w)) => {
+                    for d in w {
+                        let d = located(d, &rendered);
+                        if !warnings.contains(&d) {
+                            warnings.push(d);
+                        }
+                    }
+                    loaded.get_or_insert(f);
+                }
+                Err(d) => {
+                    for d in d {
+                        let d = located(d, &rendered);
+                        if !diags.iter().any(|e| *e == d) {
+                            diags.push(d);
+                        }
+                    }
                 }
             }
-            Err(d) => diags.extend(d.into_iter().map(|d| located(d, &rendered))),
+        }
+        if let Some(f) = loaded {
+            if let Some(other) = rule_files.iter().find(|r| r.name == f.name) {
+                diags.push(located(
+                    Diagnostic::error(format!(
+                        "rule file name `{}` is also used by {}; names must be unique in the rules directory",
+                        f.name, other.origin.file
+                    )),
+                    &rendered,
+                ));
+            } else {
+                rule_files.push(f);
+            }
         }
     }
 
@@ -356,15 +389,19 @@ pub fn environment(
     if diags.has_errors() {
         return Err(with_env(diags, &env.name));
     }
+    let state = DesiredState {
+        environment: env.clone(),
+        revision: renderer.revision().clone(),
+        targets,
+        backups: jobs,
+    };
+    let files = files.into_inner();
+    // Policies judge the finished desired state: deny → errors, warn → warnings.
+    warnings.extend(policy::check(env, &state, renderer, &files)?);
     Ok(Checked {
-        state: DesiredState {
-            environment: env.clone(),
-            revision: renderer.revision().clone(),
-            targets,
-            backups: jobs,
-        },
+        state,
         warnings: warnings.into_iter().map(|d| d.or_env(&env.name)).collect(),
-        files: files.into_inner(),
+        files,
     })
 }
 

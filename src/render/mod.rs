@@ -290,6 +290,13 @@ impl fmt::Debug for Renderer {
     }
 }
 
+/// What `secret("name")` renders as when the secret is missing in
+/// [`SecretMode::Placeholder`] (`<secret:name>`), so later stages can tell
+/// such a value came from `secret()`.
+pub fn secret_placeholder(name: &str) -> String {
+    ledger::placeholder(name)
+}
+
 /// The output path of a snapshot path: `.j2` dropped, unless the file is
 /// named just `.j2`.
 fn output_of(path: &str) -> &str {

@@ -17,71 +17,50 @@ pub(crate) struct ConfigDef {
     pub content: Vec<u8>,
 }
 
+/// The keys networks and volumes share.
+#[derive(Default)]
+struct Common {
+    name: String,
+    external: bool,
+    driver: Option<String>,
+    driver_opts: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+}
+
 /// Top-level `networks:`.
 pub(crate) fn networks(
     ctx: &mut Ctx,
     node: Option<&Node>,
     project: &Option<String>,
 ) -> BTreeMap<String, Network> {
-    let mut out = BTreeMap::new();
-    let Some(node) = node else { return out };
-    let Some(entries) = ctx.map(node, "networks") else {
-        return out;
-    };
-    for (k, v) in entries {
-        let Some(key) = ctx.key(k, "networks") else {
-            continue;
-        };
-        let path = format!("networks.{key}");
-        let mut network = Network::default();
-        let mut name = None;
-        let mut configured = Vec::new();
-        for (fk, fv) in ctx.map(v, &path).unwrap_or_default() {
-            let Some(field) = ctx.key(fk, &path) else {
-                continue;
-            };
-            let fpath = format!("{path}.{field}");
-            match field {
-                "name" => name = ctx.text(fv, &fpath),
-                "external" => network.external = external(ctx, fv, &fpath, &mut name),
-                "driver" => {
-                    network.driver = ctx.text(fv, &fpath);
-                    configured.push(field);
-                }
-                "driver_opts" => {
-                    network.driver_opts = ctx.string_map(fv, &fpath);
-                    configured.push(field);
-                }
-                "internal" => {
-                    network.internal = ctx.bool(fv, &fpath).unwrap_or(false);
-                    configured.push(field);
-                }
-                "labels" => {
-                    network.labels = ctx.labels(fv, &fpath);
-                    configured.push(field);
-                }
-                f if f.starts_with("x-") => {}
-                _ => ctx.unsupported(fk, &fpath),
+    let mut internal = BTreeMap::new();
+    let common = top_level(
+        ctx,
+        node,
+        project,
+        "network",
+        |ctx, key, field, fv, fpath| {
+            if field != "internal" {
+                return false;
             }
-        }
-        if network.external && !configured.is_empty() {
-            ctx.error(
-                v,
-                &path,
-                format!(
-                    "an external network cannot also set {}: it is created outside this project",
-                    configured
-                        .iter()
-                        .map(|c| format!("`{c}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            );
-        }
-        network.name = resolved_name(name, network.external, key, project);
-        out.insert(key.to_owned(), network);
-    }
-    out
+            internal.insert(key.to_owned(), ctx.bool(fv, fpath).unwrap_or(false));
+            true
+        },
+    );
+    common
+        .into_iter()
+        .map(|(key, c)| {
+            let network = Network {
+                internal: internal.get(&key).copied().unwrap_or(false),
+                name: c.name,
+                external: c.external,
+                driver: c.driver,
+                driver_opts: c.driver_opts,
+                labels: c.labels,
+            };
+            (key, network)
+        })
+        .collect()
 }
 
 /// Top-level `volumes:`.
@@ -90,17 +69,45 @@ pub(crate) fn volumes(
     node: Option<&Node>,
     project: &Option<String>,
 ) -> BTreeMap<String, Volume> {
+    let common = top_level(ctx, node, project, "volume", |_, _, _, _, _| false);
+    common
+        .into_iter()
+        .map(|(key, c)| {
+            let volume = Volume {
+                name: c.name,
+                external: c.external,
+                driver: c.driver,
+                driver_opts: c.driver_opts,
+                labels: c.labels,
+            };
+            (key, volume)
+        })
+        .collect()
+}
+
+/// Top-level `networks:` or `volumes:` (`kind` is `network` or `volume`):
+/// the shared keys, and `extra(ctx, key, field, value, path)` for the keys
+/// of one kind only (it returns whether it took the field). Any configured
+/// field besides `name` is an error on an external resource.
+fn top_level(
+    ctx: &mut Ctx,
+    node: Option<&Node>,
+    project: &Option<String>,
+    kind: &str,
+    mut extra: impl FnMut(&mut Ctx, &str, &str, &Node, &str) -> bool,
+) -> BTreeMap<String, Common> {
+    let section = format!("{kind}s");
     let mut out = BTreeMap::new();
     let Some(node) = node else { return out };
-    let Some(entries) = ctx.map(node, "volumes") else {
+    let Some(entries) = ctx.map(node, &section) else {
         return out;
     };
     for (k, v) in entries {
-        let Some(key) = ctx.key(k, "volumes") else {
+        let Some(key) = ctx.key(k, &section) else {
             continue;
         };
-        let path = format!("volumes.{key}");
-        let mut volume = Volume::default();
+        let path = format!("{section}.{key}");
+        let mut common = Common::default();
         let mut name = None;
         let mut configured = Vec::new();
         for (fk, fv) in ctx.map(v, &path).unwrap_or_default() {
@@ -110,29 +117,27 @@ pub(crate) fn volumes(
             let fpath = format!("{path}.{field}");
             match field {
                 "name" => name = ctx.text(fv, &fpath),
-                "external" => volume.external = external(ctx, fv, &fpath, &mut name),
-                "driver" => {
-                    volume.driver = ctx.text(fv, &fpath);
-                    configured.push(field);
+                "external" => common.external = external(ctx, fv, &fpath, &mut name),
+                "driver" => common.driver = ctx.text(fv, &fpath),
+                "driver_opts" => common.driver_opts = ctx.string_map(fv, &fpath),
+                "labels" => common.labels = ctx.labels(fv, &fpath),
+                f if f.starts_with("x-") => continue,
+                _ if extra(ctx, key, field, fv, &fpath) => {}
+                _ => {
+                    ctx.unsupported(fk, &fpath);
+                    continue;
                 }
-                "driver_opts" => {
-                    volume.driver_opts = ctx.string_map(fv, &fpath);
-                    configured.push(field);
-                }
-                "labels" => {
-                    volume.labels = ctx.labels(fv, &fpath);
-                    configured.push(field);
-                }
-                f if f.starts_with("x-") => {}
-                _ => ctx.unsupported(fk, &fpath),
+            }
+            if !matches!(field, "name" | "external") {
+                configured.push(field);
             }
         }
-        if volume.external && !configured.is_empty() {
+        if common.external && !configured.is_empty() {
             ctx.error(
                 v,
                 &path,
                 format!(
-                    "an external volume cannot also set {}: it is created outside this project",
+                    "an external {kind} cannot also set {}: it is created outside this project",
                     configured
                         .iter()
                         .map(|c| format!("`{c}`"))
@@ -141,8 +146,8 @@ pub(crate) fn volumes(
                 ),
             );
         }
-        volume.name = resolved_name(name, volume.external, key, project);
-        out.insert(key.to_owned(), volume);
+        common.name = resolved_name(name, common.external, key, project);
+        out.insert(key.to_owned(), common);
     }
     out
 }

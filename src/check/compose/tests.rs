@@ -741,3 +741,53 @@ fn deep_and_hostile_files_fail_fast_or_load_without_overflow() {
     );
     assert!(errors[0].line.is_some());
 }
+
+#[test]
+fn networks_and_volumes_resolve_names_and_external_ones_take_no_settings() {
+    let (p, _) = one(
+        "name: shop\nservices:\n  web: {image: busybox:1}\n\
+         networks:\n  front: {internal: true, labels: {tier: edge}}\n  shared: {external: true}\n  legacy: {external: {name: old-net}}\n\
+         volumes:\n  data: {driver: local, driver_opts: {type: tmpfs}}\n  named: {name: exact}\n",
+    )
+    .ok("compose/stack.yaml");
+    assert_eq!(p.networks["front"].name, "shop_front");
+    assert!(p.networks["front"].internal);
+    assert_eq!(p.networks["front"].labels["tier"], "edge");
+    assert_eq!(p.networks["shared"].name, "shared");
+    assert!(p.networks["shared"].external);
+    assert_eq!(p.networks["legacy"].name, "old-net");
+    assert_eq!(p.volumes["data"].name, "shop_data");
+    assert_eq!(p.volumes["data"].driver_opts["type"], "tmpfs");
+    assert_eq!(p.volumes["named"].name, "exact");
+
+    let e = single_error(
+        &one(
+            "services:\n  web: {image: busybox:1}\nnetworks:\n  n:\n    external: true\n    internal: true\n",
+        ),
+        5,
+        "networks.n",
+    );
+    assert!(
+        e.message
+            .contains("external network cannot also set `internal`"),
+        "{e}"
+    );
+    let e = single_error(
+        &one(
+            "services:\n  web: {image: busybox:1}\nvolumes:\n  v:\n    external: true\n    driver: local\n",
+        ),
+        5,
+        "volumes.v",
+    );
+    assert!(
+        e.message
+            .contains("external volume cannot also set `driver`"),
+        "{e}"
+    );
+    // `internal` is a network key only.
+    single_error(
+        &one("services:\n  web: {image: busybox:1}\nvolumes:\n  v: {internal: true}\n"),
+        4,
+        "volumes.v.internal",
+    );
+}

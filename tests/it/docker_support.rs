@@ -26,9 +26,15 @@ pub const BUSYBOX: &str = "driftless-test/busybox:1";
 /// Same applets, different content, so a different image id.
 pub const BUSYBOX_2: &str = "driftless-test/busybox:2";
 
+/// The applets every fixture image links to busybox (`rm` for the rules
+/// backend's deletes inside a container). The list is the images' cache key:
+/// an image built with another list is rebuilt.
 const APPLETS: &[&str] = &[
-    "sh", "httpd", "wget", "sleep", "cat", "echo", "test", "true", "false", "kill", "ls",
+    "sh", "httpd", "wget", "sleep", "cat", "echo", "test", "true", "false", "kill", "ls", "rm",
 ];
+
+/// The label holding the applet list an image was built with.
+const APPLETS_LABEL: &str = "driftless-test.applets";
 
 /// Connects to the local engine with the fixture images built. Returns
 /// `None` only when a developer opted out with `DRIFTLESS_SKIP_DOCKER=1`;
@@ -69,8 +75,16 @@ async fn fixture_images(docker: &Docker) {
     static BUILT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     BUILT
         .get_or_init(|| async {
+            let applets = APPLETS.join(",");
             for (tag, variant) in [(BUSYBOX, "1"), (BUSYBOX_2, "2")] {
-                if docker.inspect_image(tag).await.is_err() {
+                let current = docker.inspect_image(tag).await.ok().is_some_and(|image| {
+                    image
+                        .config
+                        .and_then(|c| c.labels)
+                        .and_then(|l| l.get(APPLETS_LABEL).cloned())
+                        .is_some_and(|l| l == applets)
+                });
+                if !current {
                     build_busybox(docker, tag, variant).await;
                 }
             }
@@ -93,11 +107,11 @@ pub async fn build_busybox(docker: &Docker, tag: &str, variant: &str) {
         h.set_mtime(0);
         tar.append_data(&mut h, path, data).unwrap();
     };
-    add(
-        "Dockerfile",
-        0o644,
-        b"FROM scratch\nCOPY rootfs/ /\nCMD [\"sh\"]\n",
+    let dockerfile = format!(
+        "FROM scratch\nCOPY rootfs/ /\nLABEL {APPLETS_LABEL}=\"{}\"\nCMD [\"sh\"]\n",
+        APPLETS.join(",")
     );
+    add("Dockerfile", 0o644, dockerfile.as_bytes());
     add("rootfs/bin/busybox", 0o755, &busybox);
     add("rootfs/www/index.html", 0o644, b"driftless test page\n");
     add("rootfs/variant", 0o644, variant.as_bytes());

@@ -474,54 +474,6 @@ mod live {
         assert!(b.health(&t, ctx).await.is_err());
     }
 
-    /// A container image with the applets the rules backend needs inside a
-    /// container (`rm`), plus `sleep` to keep it running.
-    const RULES_IMAGE: &str = "driftless-test/busybox-rules:1";
-
-    async fn build_rules_image(docker: &bollard::Docker) {
-        use futures_util::StreamExt;
-        if docker.inspect_image(RULES_IMAGE).await.is_ok() {
-            return;
-        }
-        let busybox =
-            std::fs::read("/bin/busybox").expect("/bin/busybox (apt-get install busybox-static)");
-        let mut tar = tar::Builder::new(Vec::new());
-        let mut add = |path: &str, mode: u32, data: &[u8]| {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(data.len() as u64);
-            h.set_mode(mode);
-            h.set_mtime(0);
-            tar.append_data(&mut h, path, data).unwrap();
-        };
-        add(
-            "Dockerfile",
-            0o644,
-            b"FROM scratch\nCOPY rootfs/ /\nCMD [\"sleep\", \"3600\"]\n",
-        );
-        add("rootfs/bin/busybox", 0o755, &busybox);
-        add("rootfs/tmp/.keep", 0o644, b"");
-        for applet in ["sh", "sleep", "rm"] {
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Symlink);
-            h.set_size(0);
-            h.set_mode(0o777);
-            h.set_mtime(0);
-            tar.append_link(&mut h, format!("rootfs/bin/{applet}"), "busybox")
-                .unwrap();
-        }
-        let options = bollard::query_parameters::BuildImageOptionsBuilder::default()
-            .dockerfile("Dockerfile")
-            .t(RULES_IMAGE)
-            .rm(true)
-            .build();
-        let context = tar.into_inner().unwrap();
-        let mut stream =
-            docker.build_image(options, None, Some(bollard::body_full(context.into())));
-        while let Some(item) = stream.next().await {
-            item.unwrap_or_else(|e| panic!("building {RULES_IMAGE}: {e}"));
-        }
-    }
-
     /// The rules directory inside a container (bind-mounted from the
     /// directory the host Prometheus loads), written through the Docker API.
     #[tokio::test(flavor = "multi_thread")]
@@ -531,13 +483,13 @@ mod live {
             return;
         };
         let docker = compose.docker().clone();
-        build_rules_image(&docker).await;
         let prom = Prometheus::start();
         let project = project_name("rules");
         let _cleanup = Cleanup::new(&[&project]);
         let name = format!("{project}-prometheus-1");
         let body = bollard::models::ContainerCreateBody {
-            image: Some(RULES_IMAGE.to_owned()),
+            image: Some(crate::docker_support::BUSYBOX.to_owned()),
+            cmd: Some(vec!["sleep".to_owned(), "3600".to_owned()]),
             labels: Some(std::collections::HashMap::from([(
                 driftless::backend::compose::labels::PROJECT.to_owned(),
                 project.clone(),

@@ -188,6 +188,37 @@ impl PolicySet {
         Ok(PolicySet { engine, rules })
     }
 
+    /// [`PolicySet::new`], memoised: a process keeps the last few compiled
+    /// sets keyed by the policies' ids, files and sources, so a daemon or a
+    /// `validate --all` parses the same Rego once, not once per environment
+    /// and commit. Parse errors are not kept (they are reported again).
+    pub fn compiled(policies: &[Policy]) -> Result<PolicySet, Diagnostics> {
+        use sha2::{Digest, Sha256};
+        /// Compiled sets kept; a repo has one set per distinct `policies:` glob.
+        const KEEP: usize = 8;
+        static CACHE: std::sync::Mutex<Vec<([u8; 32], PolicySet)>> =
+            std::sync::Mutex::new(Vec::new());
+        let mut hash = Sha256::new();
+        for p in policies {
+            for part in [&p.id, &p.file, &p.rego] {
+                hash.update((part.len() as u64).to_le_bytes());
+                hash.update(part.as_bytes());
+            }
+        }
+        let key: [u8; 32] = hash.finalize().into();
+        let lock = |c: &'static std::sync::Mutex<_>| c.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, set)) = lock(&CACHE).iter().find(|(k, _)| *k == key) {
+            return Ok(set.clone());
+        }
+        let set = PolicySet::new(policies)?;
+        let mut cache = lock(&CACHE);
+        if cache.len() >= KEEP {
+            cache.remove(0);
+        }
+        cache.push((key, set.clone()));
+        Ok(set)
+    }
+
     /// The ids of the policies in the set.
     pub fn ids(&self) -> Vec<&str> {
         self.rules.iter().map(|(id, _, _)| id.as_str()).collect()
@@ -598,7 +629,7 @@ pub fn check(
             );
         }
     }
-    let mut set = PolicySet::new(&policies).map_err(|d| with_env(d, &env.name))?;
+    let mut set = PolicySet::compiled(&policies).map_err(|d| with_env(d, &env.name))?;
     let is_secret = secret_predicate(renderer);
     let input = input(state, &*is_secret);
     let mode = |id: &str| env.policies.get(id).copied().unwrap_or(DEFAULT_MODE);
@@ -696,6 +727,36 @@ mod tests {
     fn builtins_parse_and_have_matching_packages() {
         let set = PolicySet::new(&builtins()).unwrap();
         assert_eq!(set.ids(), builtin_ids());
+    }
+
+    #[test]
+    fn compiled_sets_follow_the_source_and_never_share_inputs() {
+        let policy = |rego: &str| Policy {
+            id: "cache-probe".into(),
+            file: "policies/cache-probe.rego".into(),
+            rego: format!("package driftless.policies.cache_probe\n{rego}"),
+            builtin: false,
+        };
+        let a = policy("violation contains \"a\" if { input.x }\n");
+        let b = policy("violation contains \"b\" if { input.x }\n");
+        let eval = |p: &Policy, x: bool| {
+            let mut set = PolicySet::compiled(std::slice::from_ref(p)).unwrap();
+            set.evaluate(&json!({ "x": x }), |_| true)
+                .unwrap()
+                .into_iter()
+                .map(|v| v.message)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(eval(&a, true), ["a"]);
+        // The same source again comes from the cache, without the last input.
+        assert!(eval(&a, false).is_empty());
+        // An edited policy is compiled anew, never served from the cache.
+        assert_eq!(eval(&b, true), ["b"]);
+        assert_eq!(eval(&a, true), ["a"]);
+        // A broken policy is an error every time.
+        let broken = policy("violation contains if {\n");
+        assert!(PolicySet::compiled(std::slice::from_ref(&broken)).is_err());
+        assert!(PolicySet::compiled(std::slice::from_ref(&broken)).is_err());
     }
 
     #[test]

@@ -423,6 +423,9 @@ impl Manifest {
             }
             let mut kinds = Vec::new();
             if let Some(d) = raw_target.docker {
+                for problem in crate::backend::compose::connect::check_target(&d) {
+                    diags.push(err(format!("targets.{name}.docker: {problem}"), line));
+                }
                 kinds.push(TargetKind::Docker(d));
             }
             if let Some(k) = raw_target.kubernetes {

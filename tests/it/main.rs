@@ -5,6 +5,7 @@
 mod docker_support;
 mod fake_apiserver;
 mod support;
+mod tls_proxy;
 
 mod branches;
 mod compose_backend;
@@ -17,6 +18,7 @@ mod kube_e2e;
 mod pipeline;
 mod policies;
 mod reconcile_cli;
+mod remote_docker;
 mod render;
 mod rules;
 mod source;

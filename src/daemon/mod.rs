@@ -28,6 +28,7 @@ use crate::store::Store;
 
 pub mod alert;
 pub mod config;
+pub mod lease;
 pub mod lock;
 pub mod pass;
 pub mod probe;
@@ -203,6 +204,29 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
         initial: config.retry_initial,
         max: config.retry_max,
     };
+    let electors = match &config.leases {
+        Some(settings) => {
+            let client = lease::client(settings)
+                .await
+                .map_err(|e| anyhow::anyhow!("leases: {e}"))?;
+            let settings = Arc::new(settings.clone());
+            let replica = Arc::new(lease::Replica::default());
+            envs.iter()
+                .map(|env| {
+                    let e = lease::Elector::new(
+                        env,
+                        client.clone(),
+                        settings.clone(),
+                        store.clone(),
+                        replica.clone(),
+                    );
+                    (env.clone(), Arc::new(e))
+                })
+                .collect()
+        }
+        None => BTreeMap::new(),
+    };
+    let mut tasks = JoinSet::new();
     for env in &envs {
         let dirty = Arc::new(Dirty::default());
         let stats = Arc::new(WorkerStats::default());
@@ -216,7 +240,15 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
             http: http.clone(),
             identity: config.identity.clone().unwrap_or_default(),
             verify_poll: config.verify_poll,
+            lease: electors.get(env).cloned(),
         };
+        if let Some(elector) = electors.get(env) {
+            tasks.spawn(lease::run(
+                elector.clone(),
+                dirty.clone(),
+                cancel.child_token(),
+            ));
+        }
         let drift = manifest.environments[env].drift_interval;
         workers.spawn(worker::run(
             ctx,
@@ -232,7 +264,6 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
 
     let dirties: Vec<Arc<Dirty>> = entries.values().map(|e| e.dirty.clone()).collect();
     let branches = Arc::new(RwLock::new(triggers::branch_map(&manifest, &envs)));
-    let mut tasks = JoinSet::new();
     tasks.spawn(triggers::poll(
         config.poll_interval,
         dirties.clone(),

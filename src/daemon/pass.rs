@@ -44,6 +44,9 @@ pub struct EnvContext {
     pub identity: String,
     /// How often verify polls the backends.
     pub verify_poll: Duration,
+    /// The environment's Lease when replicas elect a leader per
+    /// environment: every apply is fenced by it.
+    pub lease: Option<Arc<super::lease::Elector>>,
 }
 
 /// What a worker remembers between passes.
@@ -498,7 +501,13 @@ async fn deploy(
         );
     }
 
-    // apply (a no-op plan only lists images, for the ids)
+    // apply (a no-op plan only lists images, for the ids) — only while this
+    // replica still holds the environment's Lease, checked on the server.
+    if let Some(lease) = &ctx.lease
+        && let Err(e) = lease.fence().await
+    {
+        return rec.end(Outcome::Failed, Some(e.clone()), Attempt::Transient(e));
+    }
     let t = Instant::now();
     let applied = reconcile::apply(&drivers, &desired, &plan, &masker).await;
     rec.finish.timings.apply_ms = Some(ms(t));

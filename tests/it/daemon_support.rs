@@ -264,12 +264,14 @@ impl Daemon {
         }
     }
 
-    /// Sends a signal (`TERM`, `INT`) to the daemon process.
+    /// Sends a signal (`TERM`, `INT`, `STOP`, `CONT`) to the daemon process.
     pub fn signal(&self, signal: &str) {
         let pid = self.child.as_ref().expect("running").id() as libc::pid_t;
         let sig = match signal {
             "TERM" => libc::SIGTERM,
             "INT" => libc::SIGINT,
+            "STOP" => libc::SIGSTOP,
+            "CONT" => libc::SIGCONT,
             other => panic!("unknown signal {other}"),
         };
         // SAFETY: kill(2) on our own child's pid.

@@ -15,6 +15,7 @@ mod daemon_support;
 mod example;
 mod kube_backend;
 mod kube_e2e;
+mod leases;
 mod pipeline;
 mod policies;
 mod reconcile_cli;

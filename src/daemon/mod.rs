@@ -50,17 +50,22 @@ pub const EXIT_USAGE: i32 = 2;
 pub struct UsageError(pub String);
 
 /// The environments `identity` drives: those listed, checked against the
-/// manifest and target owners; or every one all of whose targets are owned
-/// by `identity` or by no one.
+/// manifest and target owners; or every one with a target owned by
+/// `identity` or by no one. In an environment spanning several daemons'
+/// targets, each daemon applies (and verifies) only the targets it claims.
 pub fn select_environments(
     manifest: &Manifest,
     identity: Option<&str>,
     listed: Option<&[String]>,
 ) -> Result<Vec<String>, UsageError> {
+    // Some(target, owner) when no target of `env` is this daemon's.
     let foreign = |env: &crate::manifest::Environment| {
+        if manifest.targets_of(env).any(|t| t.claimed_by(identity)) {
+            return None;
+        }
         manifest
             .targets_of(env)
-            .find(|t| t.owner.as_deref().is_some_and(|o| Some(o) != identity))
+            .next()
             .map(|t| (t.name.clone(), t.owner.clone().unwrap_or_default()))
     };
     match listed {
@@ -377,12 +382,13 @@ mod tests {
     #[test]
     fn environments_follow_target_ownership() {
         let m = Manifest::parse(
-            "apiVersion: driftless/v1\ntargets:\n  a:\n    owner: ops-a\n    docker: {}\n  b:\n    owner: ops-b\n    docker: {}\n  free:\n    docker: {}\nenvironments:\n  one:\n    targets: [a]\n  two:\n    targets: [b]\n  three:\n    targets: [free]\n  mixed:\n    targets: [a, b]\n",
+            "apiVersion: driftless/v1\ntargets:\n  a:\n    owner: ops-a\n    docker: {}\n  b:\n    owner: ops-b\n    docker: { host: \"unix:///run/b.sock\" }\n  free:\n    docker: {}\nenvironments:\n  one:\n    targets: [a]\n  two:\n    targets: [b]\n  three:\n    targets: [free]\n  mixed:\n    targets: [a, b]\n",
         )
         .unwrap();
+        // `mixed` spans both daemons: each drives its own target of it.
         assert_eq!(
             select_environments(&m, Some("ops-a"), None).unwrap(),
-            ["one", "three"]
+            ["mixed", "one", "three"]
         );
         assert_eq!(select_environments(&m, None, None).unwrap(), ["three"]);
         let e = select_environments(&m, Some("ops-a"), Some(&["two".to_owned()])).unwrap_err();

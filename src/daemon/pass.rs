@@ -467,6 +467,10 @@ async fn deploy(
     let mut masker = ctx.masker.clone();
     masker.merge(&loaded.renderer.masker());
     let mut desired = loaded.checked.state;
+    // An environment can span several daemons: apply and verify only the
+    // targets this daemon's identity claims.
+    let identity = Some(ctx.identity.as_str()).filter(|i| !i.is_empty());
+    desired.targets.retain(|t| t.target.claimed_by(identity));
 
     // plan
     let t = Instant::now();

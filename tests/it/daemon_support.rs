@@ -136,9 +136,14 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "repo: {}\nenvironments: [{}]\nstate_dir: {}\nsecrets_dir: {}\nlisten: 127.0.0.1:{port}\npoll_interval: {}\nwatch: {}\nverify_poll: 250ms\nshutdown_timeout: 60s\nretry:\n  initial: 1s\n  max: 2s\nwebhook:\n  rate_limit: 100000\n  burst: 100000\n{}",
+                "repo: {}\n{}state_dir: {}\nsecrets_dir: {}\nlisten: 127.0.0.1:{port}\npoll_interval: {}\nwatch: {}\nverify_poll: 250ms\nshutdown_timeout: 60s\nretry:\n  initial: 1s\n  max: 2s\nwebhook:\n  rate_limit: 100000\n  burst: 100000\n{}",
                 o.repo.display(),
-                o.env,
+                // Empty: the daemon picks environments by its identity.
+                if o.env.is_empty() {
+                    String::new()
+                } else {
+                    format!("environments: [{}]\n", o.env)
+                },
                 o.state_dir.display(),
                 o.secrets_dir.display(),
                 o.poll,

@@ -13,6 +13,7 @@ mod corpus;
 mod daemon;
 mod daemon_support;
 mod example;
+mod identities;
 mod kube_backend;
 mod kube_e2e;
 mod leases;

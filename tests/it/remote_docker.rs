@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use crate::docker_support::{BUSYBOX, Cleanup, engine, project_name};
+use crate::docker_support::{BUSYBOX, Cleanup, containers, engine, project_name};
 use crate::support::{RepoBuilder, Run, git};
 use crate::tls_proxy::{Pki, TlsProxy};
 
@@ -55,22 +55,6 @@ async fn dry_run(repo: &std::path::Path, env: &str, envs: &[(&str, &str)]) -> Ru
         "--detailed-exitcode",
     ];
     cli(repo, &args, envs).await
-}
-
-/// Every container of `project` on the local engine, running or not.
-async fn containers(
-    local: &driftless::backend::compose::ComposeBackend,
-    project: &str,
-) -> Vec<bollard::models::ContainerSummary> {
-    let filters = std::collections::HashMap::from([(
-        "label",
-        vec![format!("com.docker.compose.project={project}")],
-    )]);
-    let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
-        .all(true)
-        .filters(&filters)
-        .build();
-    local.docker().list_containers(Some(options)).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

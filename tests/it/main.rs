@@ -12,6 +12,7 @@ mod compose_backend;
 mod corpus;
 mod daemon;
 mod daemon_support;
+mod deploy;
 mod example;
 mod identities;
 mod kube_backend;

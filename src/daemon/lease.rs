@@ -528,6 +528,39 @@ impl Elector {
         }
     }
 
+    /// Gives the Lease up (graceful shutdown, after every pass finished):
+    /// the holder is cleared in a conditional write that also carries the
+    /// latest state, so a replica holding nothing takes it at once instead
+    /// of waiting for it to expire. Does nothing when not the holder.
+    pub async fn release(&self) {
+        let mut state = self.state.lock().await;
+        let Some(held) = state.held.clone() else {
+            return;
+        };
+        self.drop_hold(&mut state);
+        let mut lease = held.lease;
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        spec.holder_identity = None;
+        spec.renew_time = Some(now_micro());
+        lease
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .extend(self.annotations());
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(env = %self.env, lease = %self.name, "released the environment's lease")
+            }
+            Err(e) => {
+                tracing::warn!(env = %self.env, error = %api_message(&e), "cannot release the lease; it expires by itself")
+            }
+        }
+    }
+
     fn spec(&self, now: MicroTime, transitions: i32) -> LeaseSpec {
         LeaseSpec {
             holder_identity: Some(self.settings.holder.clone()),

@@ -10,6 +10,11 @@
 //! Shutdown: the first SIGTERM/SIGINT cancels the token; workers finish the
 //! pass they are in (bounded by `shutdown_timeout`) and the process exits
 //! 0. A second signal exits at once.
+//!
+//! With `leases:` (replicas in Kubernetes), each environment also has a
+//! [`lease`] elector: the worker runs passes only while this replica holds
+//! the environment's Lease, and a graceful shutdown releases the Leases
+//! once every pass has finished.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -351,6 +356,13 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
     .await;
     for w in watches {
         w.abort();
+    }
+    // Every pass has finished (or the timeout hit, and a pass may still be
+    // applying: then the Leases are left to expire rather than handed on).
+    if drained.is_ok() {
+        for elector in electors.values() {
+            elector.release().await;
+        }
     }
     drop(locks);
     match drained {

@@ -321,51 +321,74 @@ async fn a_paused_leader_that_lost_its_lease_applies_nothing_when_it_resumes() {
     assert_eq!(holder(&server, "solo").as_deref(), Some("replica-b"));
 }
 
+/// Electors over the fake server, as a replica builds them.
+async fn electors(
+    server: &FakeApiServer,
+    holders: &[(&str, Duration)],
+) -> Vec<driftless::daemon::lease::Elector> {
+    use driftless::daemon::lease::{Elector, LeaseSettings, Replica};
+    use std::sync::Arc;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = server.kubeconfig(dir.path());
+    let mut out = Vec::new();
+    for (holder, renew_deadline) in holders {
+        let file = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+            .await
+            .unwrap();
+        let settings = Arc::new(LeaseSettings {
+            namespace: LEASE_NS.into(),
+            kubeconfig: None,
+            holder: (*holder).into(),
+            duration: Duration::from_secs(1),
+            renew_deadline: *renew_deadline,
+            retry_period: Duration::from_millis(50),
+        });
+        out.push(Elector::new(
+            "prod",
+            kube::Client::try_from(config).unwrap(),
+            settings,
+            Arc::new(driftless::store::Store::open_in_memory().unwrap()),
+            Arc::new(Replica::default()),
+        ));
+    }
+    out
+}
+
+/// A graceful shutdown hands the Lease on at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_lease_is_taken_at_once() {
+    use driftless::daemon::lease::Step;
+    let server = FakeApiServer::start().await;
+    let short = Duration::from_millis(500);
+    let e = electors(&server, &[("a", short), ("b", short)]).await;
+    assert_eq!(e[0].step().await.unwrap(), Step::Acquired);
+    assert_eq!(e[1].step().await.unwrap(), Step::Follower);
+    e[0].release().await;
+    assert!(!e[0].is_leader());
+    assert_eq!(holder(&server, "prod"), None);
+    // b holds nothing, so it takes a free Lease on its first look.
+    assert_eq!(e[1].step().await.unwrap(), Step::Acquired);
+    assert_eq!(holder(&server, "prod").as_deref(), Some("b"));
+}
+
 /// The fence itself: a replica whose own clock still says it leads (here:
 /// a renew deadline of an hour, as a frozen clock would) is stopped by the
 /// server-side check — the Lease has another holder and resourceVersion.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fence_reads_the_lease_even_when_the_local_clock_says_leader() {
-    use driftless::daemon::lease::{Elector, LeaseSettings, Replica, Step};
-    use std::sync::Arc;
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    use driftless::daemon::lease::Step;
     let server = FakeApiServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = server.kubeconfig(dir.path());
-    let client = |kubeconfig: &Path| {
-        let file = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-        async move {
-            let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
-                .await
-                .unwrap();
-            kube::Client::try_from(config).unwrap()
-        }
-    };
-    let settings = |holder: &str, renew_deadline: Duration| {
-        Arc::new(LeaseSettings {
-            namespace: LEASE_NS.into(),
-            kubeconfig: None,
-            holder: holder.into(),
-            duration: Duration::from_secs(1),
-            renew_deadline,
-            retry_period: Duration::from_millis(50),
-        })
-    };
-    let store = || Arc::new(driftless::store::Store::open_in_memory().unwrap());
-    let a = Elector::new(
-        "prod",
-        client(&kubeconfig).await,
-        settings("a", Duration::from_secs(3600)),
-        store(),
-        Arc::new(Replica::default()),
-    );
-    let b = Elector::new(
-        "prod",
-        client(&kubeconfig).await,
-        settings("b", Duration::from_millis(500)),
-        store(),
-        Arc::new(Replica::default()),
-    );
+    let e = electors(
+        &server,
+        &[
+            ("a", Duration::from_secs(3600)),
+            ("b", Duration::from_millis(500)),
+        ],
+    )
+    .await;
+    let (a, b) = (&e[0], &e[1]);
     assert_eq!(a.step().await.unwrap(), Step::Acquired);
     a.fence().await.expect("the holder passes its fence");
     assert_eq!(b.step().await.unwrap(), Step::Follower);

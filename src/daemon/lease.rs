@@ -378,14 +378,7 @@ impl Elector {
         let mut state = self.state.lock().await;
         let started = Instant::now();
         if let Some(held) = state.held.clone() {
-            let mut lease = held.lease;
-            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-            spec.renew_time = Some(now_micro());
-            lease
-                .metadata
-                .annotations
-                .get_or_insert_with(Default::default)
-                .extend(self.annotations());
+            let lease = self.renewed(held.lease, |_| {});
             return match self
                 .api
                 .replace(&self.name, &PostParams::default(), &lease)
@@ -538,15 +531,7 @@ impl Elector {
             return;
         };
         self.drop_hold(&mut state);
-        let mut lease = held.lease;
-        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-        spec.holder_identity = None;
-        spec.renew_time = Some(now_micro());
-        lease
-            .metadata
-            .annotations
-            .get_or_insert_with(Default::default)
-            .extend(self.annotations());
+        let lease = self.renewed(held.lease, |spec| spec.holder_identity = None);
         match self
             .api
             .replace(&self.name, &PostParams::default(), &lease)
@@ -559,6 +544,20 @@ impl Elector {
                 tracing::warn!(env = %self.env, error = %api_message(&e), "cannot release the lease; it expires by itself")
             }
         }
+    }
+
+    /// Our Lease with a fresh renewTime and the local state, for a
+    /// conditional write; `edit` changes the spec further.
+    fn renewed(&self, mut lease: Lease, edit: impl FnOnce(&mut LeaseSpec)) -> Lease {
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        spec.renew_time = Some(now_micro());
+        edit(spec);
+        lease
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .extend(self.annotations());
+        lease
     }
 
     fn spec(&self, now: MicroTime, transitions: i32) -> LeaseSpec {

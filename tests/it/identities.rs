@@ -162,3 +162,97 @@ async fn two_daemons_with_different_identities_apply_only_their_own_targets() {
         "{west_rows:#}"
     );
 }
+
+/// One environment spanning two daemons: a Docker host owned by one
+/// identity and a cluster (the fake API server) owned by the other. Each
+/// applies its own part and never touches the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_environment_spanning_two_daemons_is_applied_part_by_part() {
+    let Some(local) = engine().await else { return };
+    let project = project_name("id-span");
+    let _cleanup = Cleanup::new(&[&project]);
+    let server = crate::fake_apiserver::FakeApiServer::start().await;
+    server.insert(
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "span"}}),
+    );
+    let manifest = "apiVersion: driftless/v1\ndaemons: [ops-host, ops-cluster]\ntargets:\n  host:\n    owner: ops-host\n    docker: {}\n  cluster:\n    owner: ops-cluster\n    kubernetes: { namespace: span }\nenvironments:\n  span:\n    targets: [host, cluster]\n    health: { deadline: 60s, settle: 1s }\n";
+    let repo = Bare::new(&[
+        ("driftless.yaml", manifest.to_owned()),
+        ("environments/span.yaml", "{}\n".to_owned()),
+        (
+            "compose/app.yaml",
+            format!(
+                "name: {project}\nservices:\n  app:\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n    init: true\n"
+            ),
+        ),
+        (
+            "kubernetes/app.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  k: v\n".to_owned(),
+        ),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = server.kubeconfig(dir.path());
+    let secrets = tempfile::tempdir().unwrap();
+    let (state_h, state_c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let start = |identity: &str, state: &std::path::Path, vars: Vec<(String, String)>| {
+        Daemon::start(&Options {
+            repo: repo.path(),
+            env: String::new(),
+            state_dir: state.to_owned(),
+            secrets_dir: secrets.path().to_owned(),
+            poll: "1s",
+            watch: true,
+            extra: format!("identity: {identity}\n"),
+            vars,
+        })
+    };
+
+    // The host's daemon has no kubeconfig at all: it never needs one.
+    let mut host = start(
+        "ops-host",
+        state_h.path(),
+        vec![("KUBECONFIG".into(), "/nonexistent".into())],
+    );
+    host.ready().await;
+    host.wait(
+        "span",
+        "the host part applied and healthy",
+        Duration::from_secs(90),
+        |s| s["last_good"]["commit"].is_string(),
+    )
+    .await;
+    assert_eq!(containers(&local, &project).await.len(), 1);
+    assert!(
+        server.requests().is_empty(),
+        "ops-host talked to the cluster: {:?}",
+        server.requests()
+    );
+
+    let mut cluster = start(
+        "ops-cluster",
+        state_c.path(),
+        vec![
+            ("KUBECONFIG".into(), kubeconfig.display().to_string()),
+            // The cluster's daemon cannot reach the Docker engine.
+            (
+                "DOCKER_HOST".into(),
+                "unix:///nonexistent/docker.sock".into(),
+            ),
+        ],
+    );
+    cluster.ready().await;
+    cluster
+        .wait(
+            "span",
+            "the cluster part applied and healthy",
+            Duration::from_secs(90),
+            |s| s["last_good"]["commit"].is_string(),
+        )
+        .await;
+    assert!(server.get("v1", "ConfigMap", Some("span"), "app").is_some());
+    assert_eq!(
+        containers(&local, &project).await.len(),
+        1,
+        "the host part is unchanged"
+    );
+}

@@ -561,6 +561,41 @@ mod tests {
     }
 
     #[test]
+    fn leases_default_to_the_pod_name_and_check_their_timing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("d.yaml");
+        std::fs::write(&file, "repo: /r\nleases:\n  namespace: driftless\n").unwrap();
+        let o = Overrides {
+            config: Some(file.clone()),
+            ..Overrides::default()
+        };
+        let env = |k: &str| (k == "HOSTNAME").then(|| "driftless-7d9f-abcde".to_owned());
+        let l = DaemonConfig::resolve_with(&o, &env)
+            .unwrap()
+            .leases
+            .unwrap();
+        assert_eq!(l.holder, "driftless-7d9f-abcde");
+        assert_eq!(
+            (l.duration, l.renew_deadline, l.retry_period),
+            (
+                Duration::from_secs(15),
+                Duration::from_secs(10),
+                Duration::from_secs(2)
+            )
+        );
+        std::fs::write(
+            &file,
+            "repo: /r\nleases:\n  namespace: driftless\n  duration: 5s\n  renew_deadline: 10s\n",
+        )
+        .unwrap();
+        let e = DaemonConfig::resolve_with(&o, &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must be shorter than leases.duration"), "{e}");
+        assert!(e.contains("leases.holder is empty"), "{e}");
+    }
+
+    #[test]
     fn secrets_from_the_environment() {
         let o = Overrides {
             repo: Some("/r".into()),

@@ -80,7 +80,16 @@ impl Endpoint {
                 dir,
             });
         }
-        if host.starts_with("ssh://") {
+        if let Some(rest) = host.strip_prefix("ssh://") {
+            // bollard hands `user@host:port` to the ssh program without the
+            // scheme, which then takes `host:port` for a host name.
+            let authority = rest.rsplit('@').next().unwrap_or(rest);
+            if authority.contains(':') {
+                return Err(format!(
+                    "`{host}`: a port in an ssh:// Docker host is not supported (the ssh transport would take `{authority}` for a host name); \
+                     use ssh://USER@ALIAS with a `Host ALIAS` entry giving HostName and Port in the daemon user's ~/.ssh/config"
+                ));
+            }
             return Ok(Endpoint::Ssh {
                 url: host.to_owned(),
                 key: target.ssh_key_file.as_ref().map(PathBuf::from),
@@ -238,6 +247,15 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("/nope/ca.pem is missing"), "{err}");
+    }
+
+    #[test]
+    fn an_ssh_port_is_refused_with_the_alias_workaround() {
+        let t = target("ssh://deploy@h:2222", None);
+        let err = Endpoint::resolve("ssh://deploy@h:2222", &t, None, None).unwrap_err();
+        assert!(err.contains("~/.ssh/config"), "{err}");
+        let ok = Endpoint::resolve("ssh://deploy@h", &t, None, None).unwrap();
+        assert!(matches!(ok, Endpoint::Ssh { .. }));
     }
 
     #[test]

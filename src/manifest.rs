@@ -102,6 +102,8 @@ struct RawEnvironment {
     allow: Allow,
     drift_interval: Option<String>,
     notify: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    placement: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -214,6 +216,14 @@ pub struct Target {
     pub kind: TargetKind,
 }
 
+impl Target {
+    /// Whether the daemon `identity` drives this target: it owns it, or
+    /// nobody does.
+    pub fn claimed_by(&self, identity: Option<&str>) -> bool {
+        self.owner.is_none() || self.owner.as_deref() == identity
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TargetKind {
@@ -302,6 +312,10 @@ pub struct Environment {
     pub drift_interval: Duration,
     /// Notification names to send to.
     pub notify: Vec<String>,
+    /// Which Compose files go to which docker target (target → globs over
+    /// rendered paths), for an environment spanning several Docker hosts.
+    /// Empty: every docker target gets every Compose file.
+    pub placement: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -412,8 +426,10 @@ impl Manifest {
         }
 
         let mut targets = BTreeMap::new();
+        let mut target_lines = BTreeMap::new();
         for (name, raw_target) in raw.targets {
             let line = raw_target.referenced.line();
+            target_lines.insert(name.clone(), line);
             let raw_target = raw_target.value;
             if !valid_name(&name) {
                 diags.push(err(
@@ -423,6 +439,9 @@ impl Manifest {
             }
             let mut kinds = Vec::new();
             if let Some(d) = raw_target.docker {
+                for problem in crate::backend::compose::connect::check_target(&d) {
+                    diags.push(err(format!("targets.{name}.docker: {problem}"), line));
+                }
                 kinds.push(TargetKind::Docker(d));
             }
             if let Some(k) = raw_target.kubernetes {
@@ -530,8 +549,10 @@ impl Manifest {
             ));
         }
         let mut environments = BTreeMap::new();
+        let mut env_lines = BTreeMap::new();
         for (name, raw_env) in raw.environments {
             let line = raw_env.referenced.line();
+            env_lines.insert(name.clone(), line);
             let env = raw_env.value;
             if !valid_name(&name) {
                 diags.push(err(
@@ -669,11 +690,70 @@ impl Manifest {
                     allow: env.allow,
                     drift_interval,
                     notify,
+                    placement: env.placement,
                     name,
                 },
             );
         }
 
+        let daemons: Vec<String> = raw.daemons.iter().map(|d| d.value.clone()).collect();
+        for (target, problem) in claim_problems(&targets, &environments, &daemons) {
+            diags.push(err(
+                problem,
+                target_lines.get(&target).copied().unwrap_or(1),
+            ));
+        }
+        for (name, env) in &environments {
+            // Projects are found by their environment label, so two docker
+            // targets of one environment on one engine would prune each
+            // other's: they must be different engines.
+            let mut hosts: BTreeMap<Option<&String>, &String> = BTreeMap::new();
+            for t in &env.targets {
+                if let Some(Target {
+                    kind: TargetKind::Docker(d),
+                    ..
+                }) = targets.get(t)
+                    && let Some(other) = hosts.insert(d.host.as_ref(), t)
+                {
+                    diags.push(err(
+                        format!("environments.{name}: docker targets `{other}` and `{t}` are the same engine ({}); an environment's docker targets must be different hosts", d.host.as_deref().unwrap_or("DOCKER_HOST or the local socket")),
+                        env_lines.get(name).copied().unwrap_or(1),
+                    ));
+                }
+            }
+            let unplaced = env.targets.iter().filter(|t| {
+                !env.placement.is_empty()
+                    && !env.placement.contains_key(*t)
+                    && targets
+                        .get(*t)
+                        .is_some_and(|t| matches!(t.kind, TargetKind::Docker(_)))
+            });
+            for t in unplaced {
+                diags.push(err(
+                    format!("environments.{name}.placement: docker target `{t}` is not placed; with `placement`, every docker target of the environment names the Compose files it runs"),
+                    env_lines.get(name).copied().unwrap_or(1),
+                ));
+            }
+            for (target, globs) in &env.placement {
+                let is_docker = targets
+                    .get(target)
+                    .is_some_and(|t| matches!(t.kind, TargetKind::Docker(_)));
+                if !env.targets.contains(target) || !is_docker {
+                    diags.push(err(
+                        format!("environments.{name}.placement: `{target}` is not one of the environment's docker targets"),
+                        env_lines.get(name).copied().unwrap_or(1),
+                    ));
+                }
+                for g in globs {
+                    if let Err(e) = crate::glob::Glob::new(g) {
+                        diags.push(err(
+                            format!("environments.{name}.placement.{target}: {e}"),
+                            env_lines.get(name).copied().unwrap_or(1),
+                        ));
+                    }
+                }
+            }
+        }
         if diags.has_errors() {
             return Err(diags);
         }
@@ -681,7 +761,7 @@ impl Manifest {
             targets,
             environments,
             notifications,
-            daemons: raw.daemons.into_iter().map(|d| d.value).collect(),
+            daemons,
             prune_removed_environments: raw.prune_removed_environments,
         })
     }
@@ -702,6 +782,36 @@ impl Manifest {
     pub fn targets_of<'a>(&'a self, env: &'a Environment) -> impl Iterator<Item = &'a Target> + 'a {
         env.targets.iter().filter_map(|t| self.targets.get(t))
     }
+}
+
+/// With `daemons:` listing the known identities, every target an
+/// environment uses must be claimed by exactly one of them: an owner that
+/// is not a known identity claims nothing, an unowned target is claimed by
+/// every identity (a conflict once there are two).
+fn claim_problems(
+    targets: &BTreeMap<String, Target>,
+    environments: &BTreeMap<String, Environment>,
+    daemons: &[String],
+) -> Vec<(String, String)> {
+    if daemons.is_empty() {
+        return Vec::new();
+    }
+    let used: BTreeSet<&String> = environments.values().flat_map(|e| &e.targets).collect();
+    let mut problems = Vec::new();
+    for (name, t) in targets.iter().filter(|(n, _)| used.contains(n)) {
+        match &t.owner {
+            Some(o) if !daemons.contains(o) => problems.push((name.clone(), format!(
+                "target `{name}`: no daemon identity claims it (owner `{o}` is not in `daemons`: {}); nothing would apply it",
+                daemons.join(", ")
+            ))),
+            None if daemons.len() > 1 => problems.push((name.clone(), format!(
+                "target `{name}` has no `owner`, so every daemon identity ({}) claims it and they would fight over it; set `owner`",
+                daemons.join(", ")
+            ))),
+            _ => {}
+        }
+    }
+    problems
 }
 
 fn paths_globs(p: &Paths) -> impl Iterator<Item = &String> {

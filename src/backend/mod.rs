@@ -45,6 +45,22 @@ pub enum BackendError {
     },
 }
 
+impl BackendError {
+    /// Puts the manifest's target name in front of the connection detail
+    /// (`docker-b (tcp://h:2376)`), so an error says which target to fix.
+    pub fn naming_target(self, name: &str) -> BackendError {
+        match self {
+            BackendError::Unavailable { target, message } if target != name => {
+                BackendError::Unavailable {
+                    target: format!("target `{name}` ({target})"),
+                    message,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
 /// The health of one resource after an apply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict {
@@ -144,7 +160,8 @@ impl Driver {
         match &target.kind {
             TargetKind::Docker(d) => Ok(Driver::Compose(
                 compose::ComposeBackend::connect(d)
-                    .await?
+                    .await
+                    .map_err(|e| e.naming_target(&target.name))?
                     .with_settle(env.health.settle),
             )),
             TargetKind::Kubernetes(k) => Ok(Driver::Kube(

@@ -22,6 +22,7 @@ use crate::render::{Rendered, Renderer};
 pub mod backups;
 pub mod compose;
 pub mod kube;
+pub mod placement;
 pub mod policy;
 pub mod rules;
 
@@ -348,9 +349,13 @@ pub fn environment(
     // Assign resources to the environment's targets by kind.
     let mut targets = Vec::new();
     let mut kinds_present = BTreeSet::new();
+    let placed = placement::place(env, &projects, &mut diags);
     for target in manifest.targets_of(env) {
         let resources = match &target.kind {
-            TargetKind::Docker(_) => Resources::Compose(projects.clone()),
+            TargetKind::Docker(_) => Resources::Compose(match &placed {
+                Some(by_target) => by_target.get(&target.name).cloned().unwrap_or_default(),
+                None => projects.clone(),
+            }),
             TargetKind::Kubernetes(_) => Resources::Kubernetes(objects.clone()),
             TargetKind::Prometheus(_) => Resources::Rules(rule_files.clone()),
         };

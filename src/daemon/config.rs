@@ -45,6 +45,19 @@ struct RawConfig {
     git: RawGit,
     #[serde(default)]
     retention: RawRetention,
+    leases: Option<RawLeases>,
+}
+
+/// `leases:` — leader election among replicas (see `daemon::lease`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLeases {
+    namespace: String,
+    holder: Option<String>,
+    kubeconfig: Option<PathBuf>,
+    duration: Option<String>,
+    renew_deadline: Option<String>,
+    retry_period: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -162,6 +175,9 @@ pub struct DaemonConfig {
     pub api_token: Option<Secret>,
     pub git_auth: Auth,
     pub retention: Retention,
+    /// Leader election per environment among replicas (`None`: this
+    /// daemon drives its environments alone, guarded by local locks).
+    pub leases: Option<super::lease::LeaseSettings>,
 }
 
 /// Every problem found in the configuration, one per line.
@@ -254,6 +270,31 @@ impl DaemonConfig {
             raw.retention.deliveries_age.as_deref(),
             Retention::default().deliveries_age,
         );
+
+        let leases = raw.leases.map(|l| super::lease::LeaseSettings {
+            holder: l
+                .holder
+                .or_else(|| env("DRIFTLESS_LEASE_HOLDER"))
+                .or_else(|| env("HOSTNAME"))
+                .unwrap_or_default(),
+            namespace: l.namespace,
+            kubeconfig: l.kubeconfig,
+            duration: dur(
+                "leases.duration",
+                l.duration.as_deref(),
+                Duration::from_secs(15),
+            ),
+            renew_deadline: dur(
+                "leases.renew_deadline",
+                l.renew_deadline.as_deref(),
+                Duration::from_secs(10),
+            ),
+            retry_period: dur(
+                "leases.retry_period",
+                l.retry_period.as_deref(),
+                Duration::from_secs(2),
+            ),
+        });
 
         let repo = o.repo.clone().or(raw.repo);
         if repo.is_none() {
@@ -357,6 +398,9 @@ impl DaemonConfig {
             (None, Some(path)) => Auth::SshKey { path },
             (None, None) => Auth::None,
         };
+        if let Some(l) = &leases {
+            errors.extend(l.check());
+        }
         if !errors.is_empty() {
             return Err(ConfigError(errors));
         }
@@ -403,6 +447,7 @@ impl DaemonConfig {
                     .unwrap_or(Retention::default().history_rows),
                 deliveries_age,
             },
+            leases,
         })
     }
 
@@ -435,6 +480,14 @@ impl DaemonConfig {
                 Auth::SshKey { path } => format!("ssh key {}", path.display()),
             },
             "retention": self.retention,
+            "leases": self.leases.as_ref().map(|l| serde_json::json!({
+                "namespace": l.namespace,
+                "holder": l.holder,
+                "kubeconfig": l.kubeconfig,
+                "duration": crate::duration::format(l.duration),
+                "renew_deadline": crate::duration::format(l.renew_deadline),
+                "retry_period": crate::duration::format(l.retry_period),
+            })),
         })
     }
 }
@@ -505,6 +558,41 @@ mod tests {
         assert!(!shown.contains("hook-secret-value"), "{shown}");
         assert!(shown.contains("\"secret\":\"******\""), "{shown}");
         assert!(!format!("{c:?}").contains("hook-secret-value"));
+    }
+
+    #[test]
+    fn leases_default_to_the_pod_name_and_check_their_timing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("d.yaml");
+        std::fs::write(&file, "repo: /r\nleases:\n  namespace: driftless\n").unwrap();
+        let o = Overrides {
+            config: Some(file.clone()),
+            ..Overrides::default()
+        };
+        let env = |k: &str| (k == "HOSTNAME").then(|| "driftless-7d9f-abcde".to_owned());
+        let l = DaemonConfig::resolve_with(&o, &env)
+            .unwrap()
+            .leases
+            .unwrap();
+        assert_eq!(l.holder, "driftless-7d9f-abcde");
+        assert_eq!(
+            (l.duration, l.renew_deadline, l.retry_period),
+            (
+                Duration::from_secs(15),
+                Duration::from_secs(10),
+                Duration::from_secs(2)
+            )
+        );
+        std::fs::write(
+            &file,
+            "repo: /r\nleases:\n  namespace: driftless\n  duration: 5s\n  renew_deadline: 10s\n",
+        )
+        .unwrap();
+        let e = DaemonConfig::resolve_with(&o, &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must be shorter than leases.duration"), "{e}");
+        assert!(e.contains("leases.holder is empty"), "{e}");
     }
 
     #[test]

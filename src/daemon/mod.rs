@@ -10,6 +10,11 @@
 //! Shutdown: the first SIGTERM/SIGINT cancels the token; workers finish the
 //! pass they are in (bounded by `shutdown_timeout`) and the process exits
 //! 0. A second signal exits at once.
+//!
+//! With `leases:` (replicas in Kubernetes), each environment also has a
+//! [`lease`] elector: the worker runs passes only while this replica holds
+//! the environment's Lease, and a graceful shutdown releases the Leases
+//! once every pass has finished.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -28,6 +33,7 @@ use crate::store::Store;
 
 pub mod alert;
 pub mod config;
+pub mod lease;
 pub mod lock;
 pub mod pass;
 pub mod probe;
@@ -49,17 +55,22 @@ pub const EXIT_USAGE: i32 = 2;
 pub struct UsageError(pub String);
 
 /// The environments `identity` drives: those listed, checked against the
-/// manifest and target owners; or every one all of whose targets are owned
-/// by `identity` or by no one.
+/// manifest and target owners; or every one with a target owned by
+/// `identity` or by no one. In an environment spanning several daemons'
+/// targets, each daemon applies (and verifies) only the targets it claims.
 pub fn select_environments(
     manifest: &Manifest,
     identity: Option<&str>,
     listed: Option<&[String]>,
 ) -> Result<Vec<String>, UsageError> {
+    // Some(target, owner) when no target of `env` is this daemon's.
     let foreign = |env: &crate::manifest::Environment| {
+        if manifest.targets_of(env).any(|t| t.claimed_by(identity)) {
+            return None;
+        }
         manifest
             .targets_of(env)
-            .find(|t| t.owner.as_deref().is_some_and(|o| Some(o) != identity))
+            .next()
             .map(|t| (t.name.clone(), t.owner.clone().unwrap_or_default()))
     };
     match listed {
@@ -203,6 +214,29 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
         initial: config.retry_initial,
         max: config.retry_max,
     };
+    let electors = match &config.leases {
+        Some(settings) => {
+            let client = lease::client(settings)
+                .await
+                .map_err(|e| anyhow::anyhow!("leases: {e}"))?;
+            let settings = Arc::new(settings.clone());
+            let replica = Arc::new(lease::Replica::default());
+            envs.iter()
+                .map(|env| {
+                    let e = lease::Elector::new(
+                        env,
+                        client.clone(),
+                        settings.clone(),
+                        store.clone(),
+                        replica.clone(),
+                    );
+                    (env.clone(), Arc::new(e))
+                })
+                .collect()
+        }
+        None => BTreeMap::new(),
+    };
+    let mut tasks = JoinSet::new();
     for env in &envs {
         let dirty = Arc::new(Dirty::default());
         let stats = Arc::new(WorkerStats::default());
@@ -216,7 +250,15 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
             http: http.clone(),
             identity: config.identity.clone().unwrap_or_default(),
             verify_poll: config.verify_poll,
+            lease: electors.get(env).cloned(),
         };
+        if let Some(elector) = electors.get(env) {
+            tasks.spawn(lease::run(
+                elector.clone(),
+                dirty.clone(),
+                cancel.child_token(),
+            ));
+        }
         let drift = manifest.environments[env].drift_interval;
         workers.spawn(worker::run(
             ctx,
@@ -232,7 +274,6 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
 
     let dirties: Vec<Arc<Dirty>> = entries.values().map(|e| e.dirty.clone()).collect();
     let branches = Arc::new(RwLock::new(triggers::branch_map(&manifest, &envs)));
-    let mut tasks = JoinSet::new();
     tasks.spawn(triggers::poll(
         config.poll_interval,
         dirties.clone(),
@@ -316,6 +357,13 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
     for w in watches {
         w.abort();
     }
+    // Every pass has finished (or the timeout hit, and a pass may still be
+    // applying: then the Leases are left to expire rather than handed on).
+    if drained.is_ok() {
+        for elector in electors.values() {
+            elector.release().await;
+        }
+    }
     drop(locks);
     match drained {
         Ok(()) => {
@@ -346,12 +394,13 @@ mod tests {
     #[test]
     fn environments_follow_target_ownership() {
         let m = Manifest::parse(
-            "apiVersion: driftless/v1\ntargets:\n  a:\n    owner: ops-a\n    docker: {}\n  b:\n    owner: ops-b\n    docker: {}\n  free:\n    docker: {}\nenvironments:\n  one:\n    targets: [a]\n  two:\n    targets: [b]\n  three:\n    targets: [free]\n  mixed:\n    targets: [a, b]\n",
+            "apiVersion: driftless/v1\ntargets:\n  a:\n    owner: ops-a\n    docker: {}\n  b:\n    owner: ops-b\n    docker: { host: \"unix:///run/b.sock\" }\n  free:\n    docker: {}\nenvironments:\n  one:\n    targets: [a]\n  two:\n    targets: [b]\n  three:\n    targets: [free]\n  mixed:\n    targets: [a, b]\n",
         )
         .unwrap();
+        // `mixed` spans both daemons: each drives its own target of it.
         assert_eq!(
             select_environments(&m, Some("ops-a"), None).unwrap(),
-            ["one", "three"]
+            ["mixed", "one", "three"]
         );
         assert_eq!(select_environments(&m, None, None).unwrap(), ["three"]);
         let e = select_environments(&m, Some("ops-a"), Some(&["two".to_owned()])).unwrap_err();

@@ -44,6 +44,9 @@ pub struct EnvContext {
     pub identity: String,
     /// How often verify polls the backends.
     pub verify_poll: Duration,
+    /// The environment's Lease when replicas elect a leader per
+    /// environment: every apply is fenced by it.
+    pub lease: Option<Arc<super::lease::Elector>>,
 }
 
 /// What a worker remembers between passes.
@@ -464,6 +467,10 @@ async fn deploy(
     let mut masker = ctx.masker.clone();
     masker.merge(&loaded.renderer.masker());
     let mut desired = loaded.checked.state;
+    // An environment can span several daemons: apply and verify only the
+    // targets this daemon's identity claims.
+    let identity = Some(ctx.identity.as_str()).filter(|i| !i.is_empty());
+    desired.targets.retain(|t| t.target.claimed_by(identity));
 
     // plan
     let t = Instant::now();
@@ -498,7 +505,13 @@ async fn deploy(
         );
     }
 
-    // apply (a no-op plan only lists images, for the ids)
+    // apply (a no-op plan only lists images, for the ids) — only while this
+    // replica still holds the environment's Lease, checked on the server.
+    if let Some(lease) = &ctx.lease
+        && let Err(e) = lease.fence().await
+    {
+        return rec.end(Outcome::Failed, Some(e.clone()), Attempt::Transient(e));
+    }
     let t = Instant::now();
     let applied = reconcile::apply(&drivers, &desired, &plan, &masker).await;
     rec.finish.timings.apply_ms = Some(ms(t));

@@ -166,6 +166,13 @@ pub async fn run(
         let Some((trigger, since)) = dirty.take() else {
             continue;
         };
+        // With leader election, only the Lease holder reconciles; becoming
+        // the holder marks the environment dirty again.
+        if ctx.lease.as_ref().is_some_and(|l| !l.is_leader()) {
+            tracing::debug!(env = %ctx.name, "not the lease holder; trigger ignored");
+            retry = None;
+            continue;
+        }
         stats.running.store(true, Ordering::Relaxed);
         stats.passes.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!(
@@ -178,6 +185,9 @@ pub async fn run(
             .instrument(span)
             .await;
         stats.running.store(false, Ordering::Relaxed);
+        if let Some(lease) = &ctx.lease {
+            lease.state_changed();
+        }
         if let Some(d) = memo.drift_interval() {
             drift_interval = d;
         }

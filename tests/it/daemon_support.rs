@@ -136,9 +136,14 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "repo: {}\nenvironments: [{}]\nstate_dir: {}\nsecrets_dir: {}\nlisten: 127.0.0.1:{port}\npoll_interval: {}\nwatch: {}\nverify_poll: 250ms\nshutdown_timeout: 60s\nretry:\n  initial: 1s\n  max: 2s\nwebhook:\n  rate_limit: 100000\n  burst: 100000\n{}",
+                "repo: {}\n{}state_dir: {}\nsecrets_dir: {}\nlisten: 127.0.0.1:{port}\npoll_interval: {}\nwatch: {}\nverify_poll: 250ms\nshutdown_timeout: 60s\nretry:\n  initial: 1s\n  max: 2s\nwebhook:\n  rate_limit: 100000\n  burst: 100000\n{}",
                 o.repo.display(),
-                o.env,
+                // Empty: the daemon picks environments by its identity.
+                if o.env.is_empty() {
+                    String::new()
+                } else {
+                    format!("environments: [{}]\n", o.env)
+                },
                 o.state_dir.display(),
                 o.secrets_dir.display(),
                 o.poll,
@@ -264,12 +269,14 @@ impl Daemon {
         }
     }
 
-    /// Sends a signal (`TERM`, `INT`) to the daemon process.
+    /// Sends a signal (`TERM`, `INT`, `STOP`, `CONT`) to the daemon process.
     pub fn signal(&self, signal: &str) {
         let pid = self.child.as_ref().expect("running").id() as libc::pid_t;
         let sig = match signal {
             "TERM" => libc::SIGTERM,
             "INT" => libc::SIGINT,
+            "STOP" => libc::SIGSTOP,
+            "CONT" => libc::SIGCONT,
             other => panic!("unknown signal {other}"),
         };
         // SAFETY: kill(2) on our own child's pid.

@@ -258,6 +258,22 @@ async fn remove_projects(projects: &[String], images: &[String]) {
     }
 }
 
+/// Every container of `project` on the local engine, running or not.
+pub async fn containers(
+    local: &driftless::backend::compose::ComposeBackend,
+    project: &str,
+) -> Vec<bollard::models::ContainerSummary> {
+    let filters = std::collections::HashMap::from([(
+        "label",
+        vec![format!("com.docker.compose.project={project}")],
+    )]);
+    let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    local.docker().list_containers(Some(options)).await.unwrap()
+}
+
 /// A unix socket that forwards to the engine's and counts connections.
 /// bollard keeps no idle connections (one per request), so the count is
 /// the number of API calls made through it.

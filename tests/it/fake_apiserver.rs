@@ -22,17 +22,25 @@
 //!   (bumped when anything outside metadata and status changes);
 //! - hooks: set an object's status, edit it as another manager (an Update,
 //!   like `kubectl edit`), finish every rollout, insert objects, inject 429 /
-//!   5xx answers, and a log of every request.
+//!   5xx answers, and a log of every request (with the caller's bearer
+//!   token, so tests tell replicas apart);
+//! - POST (create; 409 AlreadyExists) and PUT (replace; 409 Conflict when
+//!   the body's `metadata.resourceVersion` is not the stored one, 404 when
+//!   missing) of any modelled kind — what leader election with
+//!   `coordination.k8s.io/v1` Leases needs. They keep no field ownership
+//!   (a PUT replaces the object; `managedFields` is not updated) and do not
+//!   require the namespace to exist.
 //!
 //! What it does not model: defaulting (no `imagePullPolicy`, no
 //! `strategy`), validation and admission, conversion between versions,
 //! merge keys inside lists (`containers` by name: a list is owned and
 //! replaced whole), `stringData` folding into `data`, strategic-merge,
-//! JSON and merge patches, PUT and POST, watches, subresources (`/status`,
+//! JSON and merge patches, watches, subresources (`/status`,
 //! `/scale`), field and set-based label selectors, pagination
 //! (`limit`/`continue`), controllers (nothing rolls out unless a test says
 //! so), finalizers and garbage collection of owned objects, RBAC,
-//! authentication, aggregated discovery, and resourceVersion preconditions.
+//! authentication (the token is only logged), aggregated discovery, and
+//! resourceVersion preconditions on anything but PUT.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -57,6 +65,8 @@ pub struct Logged {
     /// Decoded query parameters.
     pub query: BTreeMap<String, String>,
     pub status: u16,
+    /// The bearer token the caller sent (empty without one).
+    pub who: String,
 }
 
 impl Logged {
@@ -78,6 +88,12 @@ impl Logged {
     }
     pub fn is_delete(&self) -> bool {
         self.method == "DELETE"
+    }
+    /// The namespace in the request's path, if any.
+    pub fn namespace(&self) -> Option<&str> {
+        let mut segs = self.path.split('/');
+        segs.by_ref().find(|s| *s == "namespaces")?;
+        segs.next()
     }
 }
 
@@ -212,6 +228,7 @@ const BUILT_IN: &[(&str, &str, &str, &str, bool)] = &[
         "rolebindings",
         true,
     ),
+    ("coordination.k8s.io", "v1", "Lease", "leases", true),
     (
         "apiregistration.k8s.io",
         "v1",
@@ -413,7 +430,7 @@ impl FakeApiServer {
     }
 
     /// Stores an object as it is (no ownership), e.g. one made by hand.
-    pub fn insert(&self, mut object: Value) {
+    pub fn insert(&self, object: Value) {
         let mut inner = self.lock();
         let api_version = object["apiVersion"].as_str().unwrap().to_owned();
         let kind = object["kind"].as_str().unwrap().to_owned();
@@ -422,25 +439,31 @@ impl FakeApiServer {
         let key = inner
             .key_of(&api_version, &kind, ns.as_deref(), &name)
             .expect("known kind");
-        let rv = inner.next_rv();
-        inner.uid += 1;
-        let uid = inner.uid;
-        let meta = &mut object["metadata"];
-        meta["resourceVersion"] = json!(rv);
-        meta["uid"] = json!(format!("uid-{uid}"));
-        meta["generation"] = json!(1);
-        meta["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
-        inner.objects.insert(
-            key,
-            Stored {
-                object,
-                owners: BTreeMap::new(),
-            },
-        );
+        inner.store_new(key, object);
     }
 }
 
 impl Inner {
+    /// Stores a new object with server-set metadata (no field ownership);
+    /// returns it as stored.
+    fn store_new(&mut self, key: Key, mut object: Value) -> Value {
+        let rv = self.next_rv();
+        self.uid += 1;
+        let meta = &mut object["metadata"];
+        meta["resourceVersion"] = json!(rv);
+        meta["uid"] = json!(format!("uid-{}", self.uid));
+        meta["generation"] = json!(1);
+        meta["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+        self.objects.insert(
+            key,
+            Stored {
+                object: object.clone(),
+                owners: BTreeMap::new(),
+            },
+        );
+        object
+    }
+
     fn next_rv(&mut self) -> String {
         self.rv += 1;
         self.rv.to_string()
@@ -580,11 +603,18 @@ async fn handle(
         inner.refresh_crds();
         route(&mut inner, &method, &path, &query, &headers, &body)
     };
+    let who = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_owned();
     inner.log.push(Logged {
         method: method.to_string(),
         path,
         query,
         status: response.status().as_u16(),
+        who,
     });
     response
 }
@@ -659,6 +689,8 @@ fn route(
             }
         }
         ("PATCH", Some(name)) => patch(inner, &t, ns, name, query, headers, body),
+        ("POST", None) => create(inner, &t, ns, body),
+        ("PUT", Some(name)) => replace(inner, &t, ns, name, body),
         ("DELETE", Some(name)) => delete(inner, &t, ns, name),
         _ => status(
             405,
@@ -1059,18 +1091,9 @@ fn register_crd(inner: &mut Inner, crd: &Value) {
 }
 
 fn delete(inner: &mut Inner, t: &ResourceType, ns: Option<&str>, name: &str) -> Response {
-    let key: Key = (
-        t.group.clone(),
-        t.plural.clone(),
-        ns.unwrap_or_default().to_owned(),
-        name.to_owned(),
-    );
+    let key = key_for(t, ns, name);
     let Some(stored) = inner.objects.remove(&key) else {
-        return status(
-            404,
-            "NotFound",
-            format!("{}.{} \"{name}\" not found", t.plural, t.group),
-        );
+        return not_found(t, name);
     };
     if t.kind == "Namespace" {
         inner.objects.retain(|(_, _, n, _), _| n != name);
@@ -1084,4 +1107,95 @@ fn delete(inner: &mut Inner, t: &ResourceType, ns: Option<&str>, name: &str) -> 
         });
     }
     ok(200, stored.object)
+}
+
+/// POST to a collection: stores a new object (409 when it exists).
+fn create(inner: &mut Inner, t: &ResourceType, ns: Option<&str>, body: &[u8]) -> Response {
+    let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
+        return status(400, "BadRequest", "the body is not JSON".into());
+    };
+    let Some(name) = object["metadata"]["name"].as_str().map(str::to_owned) else {
+        return status(422, "Invalid", "metadata.name: Required value".into());
+    };
+    let key = key_for(t, ns, &name);
+    if inner.objects.contains_key(&key) {
+        return status(
+            409,
+            "AlreadyExists",
+            format!("{}.{} \"{name}\" already exists", t.plural, t.group),
+        );
+    }
+    object["apiVersion"] = json!(t.api_version());
+    object["kind"] = json!(t.kind);
+    if let Some(ns) = ns {
+        object["metadata"]["namespace"] = json!(ns);
+    }
+    ok(201, inner.store_new(key, object))
+}
+
+/// PUT to an object: replaces it when the body's resourceVersion is the
+/// stored one (optimistic concurrency), else 409 Conflict.
+fn replace(
+    inner: &mut Inner,
+    t: &ResourceType,
+    ns: Option<&str>,
+    name: &str,
+    body: &[u8],
+) -> Response {
+    let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
+        return status(400, "BadRequest", "the body is not JSON".into());
+    };
+    let key = key_for(t, ns, name);
+    let Some(stored) = inner.objects.get(&key) else {
+        return not_found(t, name);
+    };
+    let current = stored.object["metadata"]["resourceVersion"].clone();
+    let sent = &object["metadata"]["resourceVersion"];
+    if !sent.is_null() && *sent != current {
+        return status(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {}.{} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                t.plural, t.group
+            ),
+        );
+    }
+    let old = stored.object.clone();
+    let rv = inner.next_rv();
+    object["apiVersion"] = json!(t.api_version());
+    object["kind"] = json!(t.kind);
+    let generation = old["metadata"]["generation"].as_i64().unwrap_or(1)
+        + i64::from(body_of(&object) != body_of(&old));
+    let meta = &mut object["metadata"];
+    for k in ["uid", "creationTimestamp", "namespace"] {
+        meta[k] = old["metadata"][k].clone();
+    }
+    meta["resourceVersion"] = json!(rv);
+    meta["generation"] = json!(generation);
+    inner.objects.insert(
+        key,
+        Stored {
+            object: object.clone(),
+            owners: BTreeMap::new(),
+        },
+    );
+    ok(200, object)
+}
+
+fn key_for(t: &ResourceType, ns: Option<&str>, name: &str) -> Key {
+    (
+        t.group.clone(),
+        t.plural.clone(),
+        ns.unwrap_or_default().to_owned(),
+        name.to_owned(),
+    )
+}
+
+fn not_found(t: &ResourceType, name: &str) -> Response {
+    status(
+        404,
+        "NotFound",
+        format!("{}.{} \"{name}\" not found", t.plural, t.group),
+    )
 }

@@ -5,18 +5,23 @@
 mod docker_support;
 mod fake_apiserver;
 mod support;
+mod tls_proxy;
 
 mod branches;
 mod compose_backend;
 mod corpus;
 mod daemon;
 mod daemon_support;
+mod deploy;
 mod example;
+mod identities;
 mod kube_backend;
 mod kube_e2e;
+mod leases;
 mod pipeline;
 mod policies;
 mod reconcile_cli;
+mod remote_docker;
 mod render;
 mod rules;
 mod source;

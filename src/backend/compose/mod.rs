@@ -11,7 +11,7 @@
 //! ([`labels`]), so `docker ps --filter label=com.docker.compose.project=…`
 //! and Compose itself recognise driftless's stacks.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -24,6 +24,7 @@ use crate::plan::Change;
 
 pub mod apply;
 pub mod archive;
+pub mod connect;
 pub mod hash;
 pub mod health;
 pub mod image;
@@ -73,8 +74,10 @@ pub struct ComposeBackend {
 
 impl ComposeBackend {
     /// Connects to the target's engine (`host`, else `DOCKER_HOST`, else the
-    /// local socket) and agrees on an API version with it. Only `unix://`
-    /// hosts are supported; a missing socket is an error naming it.
+    /// local socket) and agrees on an API version with it: a local
+    /// `unix://` socket, `tcp://` over mutual TLS, or `ssh://` (see
+    /// [`connect`]). A missing socket, missing credentials or a refused
+    /// handshake is an error naming the host.
     pub async fn connect(target: &DockerTarget) -> Result<Self, BackendError> {
         let host = match &target.host {
             Some(h) => h.clone(),
@@ -87,25 +90,18 @@ impl ComposeBackend {
             target: host.clone(),
             message,
         };
-        let Some(path) = host.strip_prefix("unix://") else {
-            return Err(unavailable(format!(
-                "only unix:// Docker hosts are supported yet, not `{host}`"
-            )));
-        };
-        if !Path::new(path).exists() {
-            return Err(unavailable(format!(
-                "Docker socket {path} does not exist; is the Docker engine running? \
-                 (set the target's `host` or DOCKER_HOST to another unix:// socket)"
-            )));
-        }
-        let docker = Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
-            .map_err(|e| unavailable(format!("cannot use Docker socket {path}: {e}")))?;
+        let cert_env = std::env::var("DOCKER_CERT_PATH").ok();
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let endpoint =
+            connect::Endpoint::resolve(&host, target, cert_env.as_deref(), home.as_deref())
+                .map_err(unavailable)?;
+        let docker = endpoint.client().map_err(unavailable)?;
         // bollard speaks the newest API by default; an older engine rejects
         // that, so agree on the engine's version first (one call).
         let docker = docker
             .negotiate_version()
             .await
-            .map_err(|e| unavailable(format!("Docker engine at {path} does not answer: {e}")))?;
+            .map_err(|e| unavailable(endpoint.no_answer(&e)))?;
         Ok(ComposeBackend {
             docker,
             host,

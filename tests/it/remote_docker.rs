@@ -1,0 +1,162 @@
+//! A remote Docker engine as a `tcp://` target with mutual TLS: the real
+//! local engine behind a TLS-terminating proxy that demands a client
+//! certificate signed by its CA (`tls_proxy`).
+
+use std::process::Command;
+
+use crate::docker_support::{BUSYBOX, Cleanup, containers, engine, project_name};
+use crate::support::{RepoBuilder, Run, git};
+use crate::tls_proxy::{Pki, TlsProxy};
+
+/// A committed repo whose one environment deploys one busybox service to
+/// the docker target `remote` at `host` (with `extra` target keys).
+fn repo(env: &str, project: &str, host: &str, extra: &str) -> RepoBuilder {
+    let manifest = format!(
+        "apiVersion: driftless/v1\ntargets:\n  remote:\n    docker: {{ host: \"{host}\"{extra} }}\nenvironments:\n  {env}:\n    values: environments/values.yaml\n    targets: [remote]\n    health: {{ deadline: 60s, settle: 1s }}\n"
+    );
+    let stack = format!(
+        "name: {project}\nservices:\n  app:\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n    init: true\n"
+    );
+    let repo = RepoBuilder::new()
+        .file("driftless.yaml", manifest)
+        .file("environments/values.yaml", "{}\n")
+        .file("compose/stack.yaml", stack);
+    git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-q", "-m", "v1"]);
+    repo
+}
+
+/// Runs the CLI off the async runtime (the proxy lives on it).
+async fn cli(repo: &std::path::Path, args: &[&str], envs: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_driftless"));
+    cmd.args(args).arg("--repo").arg(repo);
+    cmd.env_remove("DOCKER_CERT_PATH").env_remove("DOCKER_HOST");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run driftless"))
+        .await
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `reconcile --dry-run --detailed-exitcode` (0 nothing to do, 2 changes).
+async fn dry_run(repo: &std::path::Path, env: &str, envs: &[(&str, &str)]) -> Run {
+    let args = [
+        "reconcile",
+        "--env",
+        env,
+        "--dry-run",
+        "--detailed-exitcode",
+    ];
+    cli(repo, &args, envs).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_target_with_the_client_certificate_from_docker_cert_path_plans_and_applies() {
+    let Some(local) = engine().await else { return };
+    let project = project_name("tls-ok");
+    let _cleanup = Cleanup::new(&[&project]);
+    let pki = Pki::new();
+    let proxy = TlsProxy::start(&pki).await;
+    // The repo names only the host; the credentials are the daemon's
+    // DOCKER_CERT_PATH, as the Docker CLI reads them.
+    let env = "remote-ok";
+    let repo = repo(env, &project, &proxy.host, "");
+    let certs = pki.client_dir();
+    let certs = [("DOCKER_CERT_PATH", certs.to_str().unwrap())];
+
+    let dry = dry_run(repo.path(), env, &certs).await;
+    assert_eq!(dry.code, 2, "a create is planned: {dry:?}");
+    assert!(dry.stdout.contains(&format!("{project}/app")), "{dry:?}");
+
+    let state = tempfile::tempdir().unwrap();
+    let state_arg = state.path().to_str().unwrap();
+    let apply = cli(
+        repo.path(),
+        &["reconcile", "--env", env, "--state-dir", state_arg],
+        &certs,
+    )
+    .await;
+    assert_eq!(apply.code, 0, "{apply:?}");
+    // The container runs on the engine behind the proxy.
+    let running = containers(&local, &project).await;
+    assert_eq!(running.len(), 1, "{running:?}");
+
+    let again = dry_run(repo.path(), env, &certs).await;
+    assert_eq!(again.code, 0, "nothing left to do over TLS: {again:?}");
+    assert_eq!(proxy.refused(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_the_engine_does_not_trust_is_refused_naming_the_target() {
+    let Some(local) = engine().await else { return };
+    let project = project_name("tls-wrong");
+    let _cleanup = Cleanup::new(&[&project]);
+    let pki = Pki::new();
+    let proxy = TlsProxy::start(&pki).await;
+    let env = "remote-wrong";
+    let wrong = pki.wrong_client_dir();
+    let extra = format!(", tls_cert_path: \"{}\"", wrong.display());
+    let repo = repo(env, &project, &proxy.host, &extra);
+
+    let state = tempfile::tempdir().unwrap();
+    let run = cli(
+        repo.path(),
+        &[
+            "reconcile",
+            "--env",
+            env,
+            "--state-dir",
+            state.path().to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("target `remote`"),
+        "names the target: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(&proxy.host),
+        "names the host: {}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("TLS"), "says it is TLS: {}", run.stderr);
+    assert!(
+        run.stderr.contains(wrong.to_str().unwrap()),
+        "names the cert dir: {}",
+        run.stderr
+    );
+    assert!(proxy.refused() >= 1, "the proxy refused the handshake");
+    let created = containers(&local, &project).await;
+    assert!(created.is_empty(), "nothing applied: {created:?}");
+}
+
+#[tokio::test]
+async fn relative_credential_paths_and_plain_tcp_are_refused() {
+    let repo = repo("e", "p", "tcp://127.0.0.1:1", ", tls_cert_path: certs");
+    let run = cli(repo.path(), &["validate"], &[]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout.contains("must be an absolute path")
+            || run.stderr.contains("must be an absolute path"),
+        "{run:?}"
+    );
+    let repo = self::repo("e2", "p", "tcp://127.0.0.1:1", "");
+    let run = cli(
+        repo.path(),
+        &["reconcile", "--env", "e2", "--dry-run"],
+        &[("HOME", "/nonexistent")],
+    )
+    .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("plain tcp:// is refused"), "{run:?}");
+}

@@ -199,6 +199,7 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
     let cancel = CancellationToken::new();
     let mut workers = JoinSet::new();
     let mut entries = BTreeMap::new();
+    let metrics = Arc::new(crate::http::metrics::Metrics::new(&envs));
     let backoff = Backoff {
         initial: config.retry_initial,
         max: config.retry_max,
@@ -216,6 +217,7 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
             http: http.clone(),
             identity: config.identity.clone().unwrap_or_default(),
             verify_poll: config.verify_poll,
+            metrics: metrics.clone(),
         };
         let drift = manifest.environments[env].drift_interval;
         workers.spawn(worker::run(
@@ -276,6 +278,10 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
         limiter: crate::http::RateLimiter::new(config.webhook.rate_limit, config.webhook.burst),
         ready: Default::default(),
         masker: masker.clone(),
+        metrics: metrics.clone(),
+        reads: config.api_reads,
+        repo: Some(repo.clone()),
+        pages: Default::default(),
     });
     if let Some(addr) = config.listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -288,6 +294,8 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
         let app = crate::http::router(state.clone(), config.webhook.max_body_bytes);
         let stop = cancel.child_token();
         tasks.spawn(async move {
+            // Connect info: `api.reads: loopback` needs the peer address.
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await;

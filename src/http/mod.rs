@@ -1,9 +1,11 @@
 //! The daemon's HTTP surface (axum, one listener): the GitHub webhook,
-//! `/healthz`, `/readyz`, and a small JSON API (environment status, manual
-//! trigger) behind a bearer token.
+//! `/healthz`, `/readyz`, `/metrics` ([`metrics`]), the JSON API under
+//! `/api/v1` ([`api`]), the status page at `/` ([`status`]), and the first
+//! API (`/api/environments`, kept for existing callers).
 //!
-//! Handlers are thin: they check the request, mark environments dirty and
-//! answer. None of them fetches, renders or applies anything.
+//! Handlers are thin: they check the request, read the store or mark
+//! environments dirty, and answer. None of them fetches, renders or applies
+//! anything. Reads never write; every body passes the daemon's [`Masker`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,11 +19,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use sha2::{Digest, Sha256};
 
-use crate::daemon::config::Secret;
+use crate::daemon::config::{ReadAccess, Secret};
 use crate::daemon::worker::{Dirty, WorkerStats};
 use crate::secrets::Masker;
 use crate::store::{Store, Trigger};
 
+pub mod api;
+pub mod metrics;
+pub mod status;
 pub mod webhook;
 
 /// One driven environment, as the HTTP side sees it.
@@ -44,6 +49,14 @@ pub struct AppState {
     pub limiter: RateLimiter,
     pub ready: AtomicBool,
     pub masker: Masker,
+    /// Counters the workers and handlers update; `/metrics` shows them.
+    pub metrics: Arc<metrics::Metrics>,
+    /// Who may read the page, `/metrics` and the API's GET routes.
+    pub reads: ReadAccess,
+    /// The repo, to resolve a rollback's commit (`None`: full ids only).
+    pub repo: Option<Arc<crate::daemon::repo::RepoHandle>>,
+    /// The status page's templates.
+    pub pages: status::Pages,
 }
 
 /// The router. The webhook route exists only when a secret is configured.
@@ -52,7 +65,10 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> axum::Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/environments", get(environments))
-        .route("/api/environments/{env}/reconcile", post(trigger));
+        .route("/api/environments/{env}/reconcile", post(trigger))
+        .route("/metrics", get(metrics_text))
+        .route("/", get(status::page))
+        .merge(api::routes());
     if state.webhook_secret.is_some() {
         app = app.route(
             "/hooks/github",
@@ -79,7 +95,93 @@ pub fn answer(code: StatusCode, body: serde_json::Value) -> Response {
     (code, Json(body)).into_response()
 }
 
-fn authorized(s: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+/// The peer address of a request, when the server was started with
+/// connect info (`into_make_service_with_connect_info`); unknown callers
+/// are never taken for loopback.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller(pub Option<std::net::SocketAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Caller(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0),
+        ))
+    }
+}
+
+impl Caller {
+    fn is_loopback(&self) -> bool {
+        self.0.is_some_and(|a| a.ip().is_loopback())
+    }
+}
+
+/// Whether a read (page, `/metrics`, API GET) is allowed, by `api.reads`:
+/// a valid bearer token always reads; `loopback` lets loopback callers in
+/// without one (others: 403, or 401 for a wrong token); `token` needs it
+/// (401, or 403 when none is configured); `open` lets everyone in.
+pub fn read_allowed(s: &AppState, caller: Caller, headers: &HeaderMap) -> Result<(), Response> {
+    match s.reads {
+        ReadAccess::Open => Ok(()),
+        ReadAccess::Token => authorized(s, headers),
+        ReadAccess::Loopback if caller.is_loopback() => Ok(()),
+        ReadAccess::Loopback => match authorized(s, headers) {
+            Ok(()) => Ok(()),
+            Err(r) if headers.contains_key("authorization") => Err(r),
+            Err(_) => Err(answer(
+                StatusCode::FORBIDDEN,
+                serde_json::json!({"error": "reads are open to loopback callers only (api.reads: loopback); send the API bearer token"}),
+            )),
+        },
+    }
+}
+
+/// Proof that the request may read ([`read_allowed`]); rejects with its
+/// 401/403 answer otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct CanRead;
+
+impl axum::extract::FromRequestParts<Arc<AppState>> for CanRead {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        s: &Arc<AppState>,
+    ) -> Result<Self, Response> {
+        let Ok(caller) = Caller::from_request_parts(parts, s).await;
+        read_allowed(s, caller, &parts.headers).map(|()| CanRead)
+    }
+}
+
+async fn metrics_text(State(s): State<Arc<AppState>>, _: CanRead) -> Response {
+    let st = s.clone();
+    let text = tokio::task::spawn_blocking(move || {
+        let envs: Vec<String> = st.envs.keys().cloned().collect();
+        st.metrics.render(&st.store, &envs, &st.masker)
+    })
+    .await
+    .unwrap_or_default();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// Checks the bearer token of a mutating call: 403 when no token is
+/// configured (the API is off), 401 when it is missing or wrong. Compared
+/// in constant time.
+pub fn authorized(s: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     let Some(token) = &s.api_token else {
         return Err(answer(
             StatusCode::FORBIDDEN,

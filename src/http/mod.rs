@@ -25,6 +25,7 @@ use crate::secrets::Masker;
 use crate::store::{Store, Trigger};
 
 pub mod api;
+pub mod client;
 pub mod metrics;
 pub mod status;
 pub mod webhook;

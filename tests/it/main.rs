@@ -14,6 +14,7 @@ mod daemon_support;
 mod example;
 mod kube_backend;
 mod kube_e2e;
+mod operator;
 mod pipeline;
 mod policies;
 mod reconcile_cli;

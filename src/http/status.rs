@@ -110,19 +110,19 @@ fn row(r: &ReconcileRecord) -> Row {
     }
 }
 
+/// The stored plan text, line by line with a CSS class: the summary, a
+/// change line per resource, and its diff indented by four spaces.
 fn diff_lines(diff: &str) -> (Vec<Line>, bool) {
     let mut lines = Vec::new();
     for l in diff.lines().take(DIFF_LINES) {
-        let class = if l.starts_with("+++") || l.starts_with("---") {
-            "file"
-        } else if l.starts_with('+') {
-            "add"
-        } else if l.starts_with('-') {
-            "del"
-        } else if l.starts_with("@@") {
-            "hunk"
-        } else {
-            ""
+        let class = match l.strip_prefix("    ") {
+            Some(d) if d.starts_with("+++") || d.starts_with("---") => "file",
+            Some(d) if d.starts_with('+') => "add",
+            Some(d) if d.starts_with('-') => "del",
+            Some(d) if d.starts_with("@@") => "hunk",
+            Some(_) => "",
+            None if l.starts_with("plan for ") => "summary",
+            None => "change",
         };
         lines.push(Line {
             text: l.to_owned(),
@@ -263,7 +263,10 @@ mod tests {
                     running: false,
                     pending: false,
                     last_error: None,
-                    diff: diff_lines("--- live\n+++ desired\n@@ -1 +1 @@\n-a\n+b\n").0,
+                    diff: diff_lines(
+                        "plan for dev\n~ t: service p/a  update\n    --- live\n    +++ desired\n    @@ -1 +1 @@\n    -a\n    +b\n     c\n",
+                    )
+                    .0,
                     diff_truncated: false,
                     diff_of: None,
                 }])),
@@ -272,8 +275,19 @@ mod tests {
             .unwrap();
         assert!(html.contains("&lt;script&gt;dev"), "{html}");
         assert!(!html.contains("<script>"), "{html}");
-        assert!(html.contains(r#"<span class="del">-a</span>"#), "{html}");
-        assert!(html.contains(r#"<span class="add">+b</span>"#), "{html}");
+        assert!(
+            html.contains(r#"<span class="del">    -a</span>"#),
+            "{html}"
+        );
+        assert!(
+            html.contains(r#"<span class="add">    +b</span>"#),
+            "{html}"
+        );
+        assert!(html.contains(r#"<span class="">     c</span>"#), "{html}");
+        assert!(
+            html.contains(r#"<span class="change">~ t: service"#),
+            "{html}"
+        );
         assert!(html.contains("name=\"viewport\""), "{html}");
     }
 }

@@ -59,7 +59,7 @@ fn seeded_store(dir: &std::path::Path) -> (Arc<Store>, Vec<i64>) {
                 json!({"changes": [{"target": "local", "resource": {"kind": "service", "name": "p/web"}, "action": {"type": "update"}, "diff": format!("-TOKEN: old\n+TOKEN: {CANARY}\n")}]}),
             ),
             diff: Some(format!(
-                "plan for dev\n~ local: service p/web  update\n--- live\n+++ desired\n-TOKEN: old\n+TOKEN: {CANARY}\n"
+                "plan for dev\n~ local: service p/web  update\n    --- live\n    +++ desired\n    -TOKEN: old\n    +TOKEN: {CANARY}\n"
             )),
             error: None,
             image_ids: ImageIds::new(),
@@ -418,4 +418,602 @@ async fn mutations_need_the_token_write_the_control_and_wake_the_worker() {
     assert!(store.failed_commits("dev").unwrap().is_empty());
     assert_eq!(dev.marks(), 5, "every accepted mutation wakes the worker");
     assert_eq!(s.state.envs["prod"].dirty.marks(), 0);
+}
+
+// ---------------------------------------------------------------------------
+// A real daemon on a fixture repo, the real Docker engine.
+
+mod e2e {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::process::Command;
+    use std::time::Duration;
+
+    use base64::Engine as _;
+    use serde_json::Value;
+
+    use super::outside_ip;
+    use crate::daemon_support::{API_TOKEN, Bare, Daemon, Options, cli, sign};
+    use crate::docker_support::{BUSYBOX, Cleanup, engine, project_name};
+
+    const SECRET: &str = "tok-OPS-LEAK-CANARY-6061";
+
+    /// Two environments, each its own Compose project from one template;
+    /// `extras` per environment land in the service's environment, `broken`
+    /// adds a template error.
+    fn files(
+        envs: &[(String, String)],
+        extras: &[&str],
+        broken: bool,
+    ) -> Vec<(&'static str, String)> {
+        let mut manifest =
+            "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {}\nenvironments:\n"
+                .to_owned();
+        let mut out = Vec::new();
+        for (i, (env, project)) in envs.iter().enumerate() {
+            manifest.push_str(&format!(
+                "  {env}:\n    values: environments/{env}.yaml\n    targets: [local]\n    health:\n      deadline: 30s\n      settle: 1s\n    drift_interval: 1h\n"
+            ));
+            let path: &'static str = Box::leak(format!("environments/{env}.yaml").into_boxed_str());
+            out.push((path, format!("project: {project}\nextra: {}\n", extras[i])));
+        }
+        out.push(("driftless.yaml", manifest));
+        out.push((
+            "compose/stack.yaml.j2",
+            format!(
+                "name: {{{{ project }}}}\nservices:\n  web:\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n    environment:\n      TOKEN: \"{{{{ secret('api_token') }}}}\"\n      EXTRA: \"{{{{ extra }}}}{}\"\n",
+                if broken { "{{ no_such_value }}" } else { "" }
+            ),
+        ));
+        out
+    }
+
+    /// A parsed exposition: family → type, and every sample.
+    #[derive(Debug, Default)]
+    struct Exposition {
+        types: BTreeMap<String, String>,
+        samples: Vec<(String, BTreeMap<String, String>, f64)>,
+    }
+
+    /// The text format as Prometheus reads it: `# TYPE` lines, samples
+    /// `name{label="value",…} value` with `\\`, `\"`, `\n` escapes.
+    fn parse(text: &str) -> Exposition {
+        let mut e = Exposition::default();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+                assert!(
+                    e.types.insert(name.to_owned(), kind.to_owned()).is_none(),
+                    "{name} typed twice"
+                );
+                continue;
+            }
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            let (name, rest) = match line.find(['{', ' ']) {
+                Some(i) => line.split_at(i),
+                None => panic!("bad sample line {line:?}"),
+            };
+            let mut labels = BTreeMap::new();
+            let mut rest = rest;
+            if let Some(r) = rest.strip_prefix('{') {
+                let mut chars = r.char_indices().peekable();
+                let mut key = String::new();
+                let end;
+                loop {
+                    let (i, c) = chars.next().expect("unterminated labels");
+                    match c {
+                        '}' => {
+                            end = i;
+                            break;
+                        }
+                        ',' => {}
+                        '=' => {
+                            assert_eq!(chars.next().map(|x| x.1), Some('"'), "{line}");
+                            let mut value = String::new();
+                            loop {
+                                match chars.next().expect("unterminated value").1 {
+                                    '\\' => match chars.next().unwrap().1 {
+                                        'n' => value.push('\n'),
+                                        other => value.push(other),
+                                    },
+                                    '"' => break,
+                                    c => value.push(c),
+                                }
+                            }
+                            labels.insert(std::mem::take(&mut key), value);
+                        }
+                        c => key.push(c),
+                    }
+                }
+                rest = &r[end + 1..];
+            }
+            let value = match rest.trim() {
+                "+Inf" => f64::INFINITY,
+                v => v
+                    .parse::<f64>()
+                    .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+            };
+            e.samples.push((name.to_owned(), labels, value));
+        }
+        e
+    }
+
+    impl Exposition {
+        fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+            self.samples
+                .iter()
+                .find(|(n, l, _)| {
+                    n == name
+                        && labels
+                            .iter()
+                            .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+                })
+                .map(|s| s.2)
+        }
+    }
+
+    fn chromium() -> &'static str {
+        let found = Command::new("chromium").arg("--version").output();
+        match found {
+            Ok(o) if o.status.success() => "chromium",
+            _ => panic!(
+                "chromium is required for the status page test and is not installed (apt-get install chromium; .ci/run installs it)"
+            ),
+        }
+    }
+
+    /// Runs headless Chromium on `url` with `args`; returns stdout.
+    fn browse(url: &str, args: &[&str], profile: &Path) -> String {
+        let out = Command::new(chromium())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(args)
+            .arg(url)
+            .output()
+            .expect("run chromium");
+        assert!(
+            out.status.success(),
+            "chromium failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn promtool_check(text: &str) {
+        use std::io::Write as _;
+        let mut child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool (Debian's prometheus package; .ci/run installs it)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_daemon_serves_metrics_the_api_the_page_and_the_cli_without_leaking() {
+        let Some(_engine) = engine().await else {
+            return;
+        };
+        let base = project_name("ops");
+        let envs: Vec<(String, String)> = ["a", "b"]
+            .iter()
+            .map(|s| {
+                (
+                    format!("e{}-{s}", base.trim_start_matches("dlt-")),
+                    format!("{base}-{s}"),
+                )
+            })
+            .collect();
+        let (a, b) = (envs[0].0.clone(), envs[1].0.clone());
+        let _cleanup = Cleanup::new(&[&envs[0].1, &envs[1].1]);
+        let secrets = tempfile::tempdir().unwrap();
+        std::fs::write(secrets.path().join("api_token"), format!("{SECRET}\n")).unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let bare = Bare::new(&files(&envs, &["one", "one"], false));
+        let c1 = crate::daemon_support::git(&bare.path(), &["rev-parse", "main"]);
+        let mut d = Daemon::start_on(
+            &Options {
+                repo: bare.path(),
+                env: format!("{a}, {b}"),
+                state_dir: state.path().to_owned(),
+                secrets_dir: secrets.path().to_owned(),
+                poll: "1h",
+                watch: true,
+                extra: String::new(),
+                vars: vec![],
+            },
+            "0.0.0.0",
+        );
+        d.ready().await;
+        let long = Duration::from_secs(120);
+        for env in [&a, &b] {
+            d.wait(env, "first deploy", long, |s| {
+                s["last_good"]["commit"] == c1.as_str()
+            })
+            .await;
+        }
+        // b changes; then a commit that does not render (both invalid).
+        let c2 = bare.commit(&files(&envs, &["one", "two"], false), "b: two");
+        d.wait(&b, "c2 applied", long, |s| {
+            s["last_good"]["commit"] == c2.as_str()
+        })
+        .await;
+        let c3 = bare.commit(&files(&envs, &["one", "two"], true), "broken");
+        for env in [&a, &b] {
+            d.wait(env, "c3 invalid", long, |s| {
+                s["last_reconcile"]["commit"] == c3.as_str()
+                    && s["last_reconcile"]["outcome"] == "invalid"
+            })
+            .await;
+        }
+        // One webhook request (a signed ping) and one successful backup run.
+        let ping = d
+            .client()
+            .post(d.url("/hooks/github"))
+            .header("x-github-event", "ping")
+            .header("x-hub-signature-256", sign(b"{}"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ping.status(), 200);
+        driftless::store::Store::open(state.path())
+            .unwrap()
+            .record_backup_run(&driftless::store::BackupRun {
+                env: a.clone(),
+                job: "db".into(),
+                trigger: "schedule".into(),
+                outcome: "ok".into(),
+                started_at: 1_700_000_000_000,
+                finished_at: Some(1_700_000_060_000),
+                ..Default::default()
+            })
+            .unwrap();
+
+        let mut bodies: Vec<(String, String)> = Vec::new();
+        let get = |path: String| {
+            let c = d.client().clone();
+            let url = d.url(&path);
+            async move {
+                let r = c.get(url).send().await.unwrap();
+                let code = r.status().as_u16();
+                (code, r.text().await.unwrap())
+            }
+        };
+
+        // /metrics: promtool accepts it; names, types and labels.
+        let (code, text) = get("/metrics".into()).await;
+        assert_eq!(code, 200);
+        promtool_check(&text);
+        let m = parse(&text);
+        for (name, kind) in [
+            ("driftless_reconciles_total", "counter"),
+            ("driftless_reconcile_duration_seconds", "histogram"),
+            ("driftless_resources_out_of_sync", "gauge"),
+            ("driftless_last_good_commit_info", "gauge"),
+            ("driftless_rollbacks_total", "counter"),
+            ("driftless_webhook_requests_total", "counter"),
+            ("driftless_git_fetch_errors_total", "counter"),
+            ("driftless_backup_last_success_timestamp_seconds", "gauge"),
+        ] {
+            assert_eq!(
+                m.types.get(name).map(String::as_str),
+                Some(kind),
+                "{name}\n{text}"
+            );
+        }
+        for env in [&a, &b] {
+            assert!(
+                m.get(
+                    "driftless_reconciles_total",
+                    &[("env", env), ("outcome", "healthy")]
+                ) >= Some(1.0),
+                "{text}"
+            );
+            assert_eq!(
+                m.get(
+                    "driftless_reconciles_total",
+                    &[("env", env), ("outcome", "invalid")]
+                ),
+                Some(1.0),
+                "{text}"
+            );
+            for phase in ["fetch", "render", "plan", "apply", "verify"] {
+                let count = m.get(
+                    "driftless_reconcile_duration_seconds_count",
+                    &[("env", env), ("phase", phase)],
+                );
+                assert!(count >= Some(1.0), "{env} {phase}: {text}");
+                assert_eq!(
+                    m.get(
+                        "driftless_reconcile_duration_seconds_bucket",
+                        &[("env", env), ("phase", phase), ("le", "+Inf")]
+                    ),
+                    count
+                );
+            }
+            assert_eq!(
+                m.get("driftless_resources_out_of_sync", &[("env", env)]),
+                Some(0.0)
+            );
+            assert_eq!(
+                m.get("driftless_rollbacks_total", &[("env", env)]),
+                Some(0.0)
+            );
+        }
+        assert_eq!(
+            m.get(
+                "driftless_last_good_commit_info",
+                &[("env", &b), ("commit", &c2)]
+            ),
+            Some(1.0)
+        );
+        // a did not change at c2: its last good is c1, or c2 when its
+        // worker ran c2 (unchanged) before c3 arrived.
+        let a_good: Vec<&String> = m
+            .samples
+            .iter()
+            .filter(|(n, l, _)| n == "driftless_last_good_commit_info" && l["env"] == a)
+            .map(|(_, l, _)| &l["commit"])
+            .collect();
+        assert!(a_good == [&c1] || a_good == [&c2], "{a_good:?}");
+        assert_eq!(
+            m.get("driftless_webhook_requests_total", &[("outcome", "pong")]),
+            Some(1.0)
+        );
+        assert_eq!(m.get("driftless_git_fetch_errors_total", &[]), Some(0.0));
+        assert_eq!(
+            m.get(
+                "driftless_backup_last_success_timestamp_seconds",
+                &[("job", "db"), ("env", &a)]
+            ),
+            Some(1_700_000_060.0)
+        );
+        bodies.push(("/metrics".into(), text));
+
+        // The API: both environments as they are.
+        let (code, text) = get("/api/v1/environments".into()).await;
+        assert_eq!(code, 200, "{text}");
+        let doc: Value = serde_json::from_str(&text).unwrap();
+        let eb = doc["environments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["env"] == b.as_str())
+            .unwrap()
+            .clone();
+        assert_eq!(eb["current_commit"], c2.as_str(), "{eb:#}");
+        assert_eq!(eb["last_good"]["commit"], c2.as_str());
+        assert_eq!(eb["last_outcome"], "invalid");
+        assert_eq!(eb["health"], "healthy");
+        assert_eq!(eb["drift"]["in_sync"], true);
+        bodies.push(("/api/v1/environments".into(), text));
+        for env in [&a, &b] {
+            let (code, text) = get(format!("/api/v1/environments/{env}")).await;
+            assert_eq!(code, 200);
+            bodies.push((format!("/api/v1/environments/{env}"), text));
+        }
+        let (_, text) = get(format!("/api/v1/history?env={b}&outcome=invalid")).await;
+        let page: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(page["reconciles"].as_array().unwrap().len(), 1, "{page:#}");
+        assert_eq!(page["reconciles"][0]["commit"], c3.as_str());
+        let (_, text) = get("/api/v1/history?limit=500".into()).await;
+        let all: Value = serde_json::from_str(&text).unwrap();
+        bodies.push(("/api/v1/history".into(), text));
+        let deploy_c2 = all["reconciles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["env"] == b.as_str() && r["commit"] == c2.as_str())
+            .expect("c2's reconcile")["id"]
+            .clone();
+        for r in all["reconciles"].as_array().unwrap() {
+            let (code, text) = get(format!("/api/v1/reconciles/{}", r["id"])).await;
+            assert_eq!(code, 200);
+            bodies.push((format!("/api/v1/reconciles/{}", r["id"]), text));
+        }
+        let (_, text) = get(format!("/api/v1/reconciles/{deploy_c2}")).await;
+        let one: Value = serde_json::from_str(&text).unwrap();
+        let diff = one["reconcile"]["diff"].as_str().unwrap().to_owned();
+        assert!(diff.contains("two"), "{diff}");
+        assert!(
+            one["reconcile"]["plan"]["changes"]
+                .as_array()
+                .is_some_and(|c| !c.is_empty())
+        );
+        // From a non-loopback address reads need the token.
+        let outside = format!("http://{}:{}/api/v1/environments", outside_ip(), d.port);
+        let r = d.client().get(&outside).send().await.unwrap();
+        assert_eq!(r.status(), 403);
+        let r = d
+            .client()
+            .get(&outside)
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let r = d
+            .client()
+            .post(d.url(&format!("/api/v1/environments/{a}/suspend")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+
+        // The page in a real browser: every environment, the last diff.
+        let (code, text) = get("/".into()).await;
+        assert_eq!(code, 200);
+        bodies.push(("/".into(), text));
+        let profile = tempfile::tempdir().unwrap();
+        let dom = browse(&d.url("/"), &["--dump-dom"], profile.path());
+        for env in [&a, &b] {
+            assert!(
+                dom.contains(&format!("id=\"env-{env}\"")),
+                "{env} missing:\n{dom}"
+            );
+        }
+        assert!(dom.contains("Last plan"), "{dom}");
+        let added: Vec<&str> = dom
+            .lines()
+            .filter(|l| l.contains("class=\"add\""))
+            .collect();
+        assert!(
+            added
+                .iter()
+                .any(|l| l.contains("EXTRA") && l.contains("two")),
+            "{added:#?}\n{dom}"
+        );
+        assert!(dom.contains(&c2[..12]), "{dom}");
+        bodies.push(("chromium DOM".into(), dom));
+        let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page");
+        std::fs::create_dir_all(&shots).unwrap();
+        for (name, size) in [("phone", "390,1400"), ("desktop", "1280,1000")] {
+            let png = shots.join(format!("{name}.png"));
+            let _ = std::fs::remove_file(&png);
+            browse(
+                &d.url("/"),
+                &[
+                    &format!("--screenshot={}", png.display()),
+                    &format!("--window-size={size}"),
+                ],
+                profile.path(),
+            );
+            let bytes = std::fs::read(&png)
+                .unwrap_or_else(|e| panic!("no screenshot {}: {e}", png.display()));
+            assert!(
+                bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 10_000,
+                "{}",
+                png.display()
+            );
+            eprintln!("status page screenshot: {}", png.display());
+        }
+
+        // The CLI through the API.
+        let token_dir = tempfile::tempdir().unwrap();
+        let token_file = token_dir.path().join("token");
+        std::fs::write(&token_file, format!("{API_TOKEN}\n")).unwrap();
+        let url = d.url("");
+        let tf = token_file.to_str().unwrap();
+        let (code, out, err) = cli(&["status", "--daemon", &url, "--token-file", tf]);
+        assert_eq!(code, 0, "{err}");
+        for env in [&a, &b] {
+            assert!(out.contains(&format!("{env}: healthy at ")), "{out}");
+        }
+        bodies.push(("cli status".into(), out));
+        let (code, out, err) = cli(&["history", "--daemon", &url, "--env", &b, "--output", "json"]);
+        assert_eq!(code, 0, "{err}");
+        let h: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(h["last_good"]["commit"], c2.as_str());
+        assert!(
+            h["reconciles"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["commit"] == c2.as_str())
+        );
+        bodies.push(("cli history".into(), out));
+        // Without the token a mutation is refused, and says why.
+        let (code, _, err) = cli(&["suspend", "--daemon", &url, "--env", &a]);
+        assert_eq!(code, 1);
+        assert!(err.contains("401"), "{err}");
+        let (code, out, err) = cli(&[
+            "suspend",
+            "--daemon",
+            &url,
+            "--token-file",
+            tf,
+            "--env",
+            &a,
+            "--reason",
+            "maintenance",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("suspended"), "{out}");
+        d.wait(&a, "suspended", long, |s| {
+            s["control"]["suspended"] == "maintenance"
+        })
+        .await;
+        // Roll b back to c1 by its short id (the daemon resolves it).
+        let (code, out, err) = cli(&[
+            "rollback",
+            "--daemon",
+            &url,
+            "--token-file",
+            tf,
+            "--env",
+            &b,
+            "--to",
+            &c1[..8],
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains(&c1), "{out}");
+        d.wait(&b, "pinned c1 applied", long, |s| {
+            s["control"]["pinned"] == c1.as_str()
+                && s["last_reconcile"]["commit"] == c1.as_str()
+                && s["last_reconcile"]["outcome"] == "healthy"
+        })
+        .await;
+        for env in [&a, &b] {
+            let (code, _, err) =
+                cli(&["resume", "--daemon", &url, "--token-file", tf, "--env", env]);
+            assert_eq!(code, 0, "{err}");
+            d.wait(env, "resumed", long, |s| {
+                s["control"]["pinned"].is_null() && s["control"]["suspended"].is_null()
+            })
+            .await;
+        }
+        // Without --daemon, the state directory (reads need no lock).
+        let (code, out, err) = cli(&[
+            "status",
+            "--state-dir",
+            state.path().to_str().unwrap(),
+            "--output",
+            "json",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let st: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(st["environments"].as_array().unwrap().len(), 2, "{st:#}");
+        bodies.push(("cli status (state dir)".into(), out));
+
+        // No secret in any answer, page, DOM or CLI output.
+        let b64 = base64::engine::general_purpose::STANDARD.encode(SECRET);
+        for (name, body) in &bodies {
+            assert!(!body.contains(SECRET), "secret in {name}");
+            assert!(!body.contains(&b64), "base64 secret in {name}");
+            assert!(
+                !body.contains("OPS-LEAK-CANARY"),
+                "part of the secret in {name}"
+            );
+        }
+        assert!(
+            bodies
+                .iter()
+                .any(|(_, b)| b.contains("TOKEN") && b.contains("******")),
+            "the masked secret shows as ******"
+        );
+        d.signal("TERM");
+        assert_eq!(d.wait_exit(Duration::from_secs(60)).await, Some(0));
+    }
 }

@@ -255,7 +255,7 @@ impl Metrics {
         out.family(
             "driftless_backup_last_success_timestamp_seconds",
             "gauge",
-            "Unix time the last successful run of each backup job finished.",
+            "Unix time the last successful run of each backup job finished (label backup_job: `job` is Prometheus's target label).",
         );
         match store.backup_last_success() {
             Ok(rows) => {
@@ -263,7 +263,7 @@ impl Metrics {
                     if envs.contains(&env) {
                         out.sample(
                             "driftless_backup_last_success_timestamp_seconds",
-                            &[("job", &job), ("env", &env)],
+                            &[("backup_job", &job), ("env", &env)],
                             millis as f64 / 1000.0,
                         );
                     }
@@ -383,6 +383,50 @@ mod tests {
             text.contains("driftless_git_fetch_errors_total 0\n"),
             "{text}"
         );
+    }
+
+    /// Every query of the example Grafana dashboard parses as PromQL and
+    /// names only metrics this module exports.
+    #[test]
+    fn the_grafana_dashboard_queries_parse_and_name_exported_metrics() {
+        let dash: serde_json::Value = serde_json::from_str(include_str!(
+            "../../examples/grafana/driftless-dashboard.json"
+        ))
+        .unwrap();
+        let m = Metrics::new(&["dev".to_owned()]);
+        m.reconciled("dev", Outcome::Healthy, &Timings::default());
+        m.webhook("accepted");
+        let store = Store::open_in_memory().unwrap();
+        let text = m.render(&store, &["dev".to_owned()], &Masker::default());
+        let exported: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let panels = dash["panels"].as_array().unwrap();
+        assert!(panels.len() >= 8);
+        let mut used = std::collections::BTreeSet::new();
+        for p in panels {
+            for t in p["targets"].as_array().unwrap() {
+                let expr = t["expr"].as_str().unwrap();
+                promql_parser::parser::parse(expr)
+                    .unwrap_or_else(|e| panic!("{}: {expr}: {e}", p["title"]));
+                for (i, _) in expr.match_indices("driftless_") {
+                    let name: String = expr[i..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    let family = name.trim_end_matches("_bucket");
+                    assert!(exported.contains(&family), "{family} in {expr}");
+                    used.insert(family.to_owned());
+                }
+            }
+        }
+        for name in &exported {
+            if *name != "driftless_store_errors" {
+                assert!(used.contains(*name), "the dashboard does not show {name}");
+            }
+        }
     }
 
     #[test]

@@ -786,7 +786,7 @@ mod e2e {
         assert_eq!(
             m.get(
                 "driftless_backup_last_success_timestamp_seconds",
-                &[("job", "db"), ("env", &a)]
+                &[("backup_job", "db"), ("env", &a)]
             ),
             Some(1_700_000_060.0)
         );

@@ -119,6 +119,7 @@ fn main() {
             reads: ReadAccess::Loopback,
             repo: None,
             pages: Default::default(),
+        cache: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

@@ -57,6 +57,7 @@ fn main() {
             reads: Default::default(),
             repo: None,
             pages: Default::default(),
+            cache: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hooks/github", listener.local_addr().unwrap());

@@ -490,13 +490,12 @@ impl Store {
 
     /// Newest first; `env` filters; at most `limit` rows.
     pub fn history(&self, env: Option<&str>, limit: u32) -> Result<Vec<ReconcileRecord>> {
-        self.with(|c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {RECORD_COLUMNS} FROM reconciles WHERE (?1 IS NULL OR env = ?1) ORDER BY id DESC LIMIT ?2"
-            ))?;
-            let rows = stmt.query_map(params![env, limit], record)?;
-            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
-        })
+        let q = HistoryQuery {
+            env,
+            limit,
+            ..HistoryQuery::default()
+        };
+        self.records(RECORD_COLUMNS, &q)
     }
 
     // -- last good, failed commits ------------------------------------------
@@ -821,6 +820,17 @@ pub const BACKUP_SUCCESS: &[&str] = &["ok", "success", "succeeded", "verified"];
 /// Queries of the operator surface (HTTP API, status page, metrics, CLI).
 /// They only read.
 impl Store {
+    /// A value that changes whenever the database does: this connection's
+    /// row changes, or a commit by another connection (a CLI). Readers
+    /// cache what they derive from the store under it.
+    pub fn generation(&self) -> Result<(i64, i64)> {
+        self.with(|c| {
+            let other: i64 = c.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+            let own: i64 = c.query_row("SELECT total_changes()", [], |r| r.get(0))?;
+            Ok((other, own))
+        })
+    }
+
     /// One reconcile with its plan and diff.
     pub fn reconcile(&self, id: i64) -> Result<Option<ReconcileRecord>> {
         self.with(|c| {
@@ -835,13 +845,37 @@ impl Store {
 
     /// A page of history, newest first, without plans and diffs.
     pub fn history_page(&self, q: &HistoryQuery<'_>) -> Result<Vec<ReconcileRecord>> {
+        self.records(RECORD_COLUMNS_BRIEF, q)
+    }
+
+    fn records(&self, columns: &str, q: &HistoryQuery<'_>) -> Result<Vec<ReconcileRecord>> {
+        // Only the filters given: `(?1 IS NULL OR env = ?1)` would keep
+        // SQLite from using the (env, id) index and scan the table.
+        let mut filters = Vec::new();
+        let mut values: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(env) = q.env {
+            filters.push("env = ?");
+            values.push(env.to_owned().into());
+        }
+        if let Some(outcome) = q.outcome {
+            filters.push("outcome = ?");
+            values.push(outcome.to_owned().into());
+        }
+        if let Some(before) = q.before {
+            filters.push("id < ?");
+            values.push(before.into());
+        }
+        values.push(i64::from(q.limit).into());
+        let filter = if filters.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", filters.join(" AND "))
+        };
         self.with(|c| {
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT {RECORD_COLUMNS_BRIEF} FROM reconciles
-                 WHERE (?1 IS NULL OR env = ?1) AND (?2 IS NULL OR outcome = ?2) AND (?3 IS NULL OR id < ?3)
-                 ORDER BY id DESC LIMIT ?4"
+                "SELECT {columns} FROM reconciles {filter} ORDER BY id DESC LIMIT ?"
             ))?;
-            let rows = stmt.query_map(params![q.env, q.outcome, q.before, q.limit], record)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), record)?;
             Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
         })
     }
@@ -1210,6 +1244,12 @@ mod tests {
         assert_eq!((sum.health, sum.out_of_sync), ("unhealthy", 1));
         assert_eq!(s.last_plan("dev").unwrap().unwrap().id, id);
         assert_eq!(s.env_summary("prod").unwrap().health, "unknown");
+        // The generation moves with every write, and only then.
+        let g = s.generation().unwrap();
+        s.env_summary("dev").unwrap();
+        assert_eq!(s.generation().unwrap(), g);
+        s.suspend("dev", "x", t(30)).unwrap();
+        assert_ne!(s.generation().unwrap(), g);
 
         let run = |job: &str, outcome: &str, finished: i64| BackupRun {
             env: "dev".into(),

@@ -282,6 +282,7 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
         reads: config.api_reads,
         repo: Some(repo.clone()),
         pages: Default::default(),
+        cache: Default::default(),
     });
     if let Some(addr) = config.listen {
         let listener = tokio::net::TcpListener::bind(addr)

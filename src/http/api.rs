@@ -69,14 +69,10 @@ fn unknown_env(s: &AppState, env: &str) -> Response {
     )
 }
 
-/// The status of one environment as the API and the page show it.
-pub fn env_status(
-    s: &AppState,
-    name: &str,
-    entry: &EnvEntry,
-) -> Result<Value, crate::store::StoreError> {
-    let summary = s.store.env_summary(name)?;
-    let mut v = serde_json::to_value(&summary).expect("plain data");
+/// The status of one environment as the API shows it: its summary from
+/// the store and its worker's state.
+pub fn env_status(summary: &crate::store::EnvSummary, entry: &EnvEntry) -> Value {
+    let mut v = serde_json::to_value(summary).expect("plain data");
     v["drift"] = json!({
         "resources_out_of_sync": summary.out_of_sync,
         "in_sync": summary.out_of_sync == 0,
@@ -84,17 +80,19 @@ pub fn env_status(
     v["last_outcome"] = json!(summary.last_reconcile.as_ref().map(|r| r.outcome));
     v["worker"] = serde_json::to_value(entry.stats.snapshot()).expect("plain data");
     v["pending"] = json!(entry.dirty.is_pending());
-    Ok(v)
+    v
 }
 
 async fn environments(State(s): State<Arc<AppState>>, _: CanRead) -> Response {
-    let mut out = Vec::new();
-    for (name, entry) in &s.envs {
-        match env_status(&s, name, entry) {
-            Ok(v) => out.push(v),
-            Err(e) => return store_error(&s, e),
-        }
-    }
+    let snap = match s.snapshot() {
+        Ok(snap) => snap,
+        Err(e) => return store_error(&s, e),
+    };
+    let out: Vec<Value> = s
+        .envs
+        .iter()
+        .filter_map(|(name, entry)| snap.summaries.get(name).map(|sum| env_status(sum, entry)))
+        .collect();
     reply(&s, StatusCode::OK, json!({"environments": out}))
 }
 
@@ -106,8 +104,11 @@ async fn environment(
     let Some(entry) = s.envs.get(&env) else {
         return unknown_env(&s, &env);
     };
-    match env_status(&s, &env, entry) {
-        Ok(v) => reply(&s, StatusCode::OK, v),
+    match s.snapshot() {
+        Ok(snap) => match snap.summaries.get(&env) {
+            Some(sum) => reply(&s, StatusCode::OK, env_status(sum, entry)),
+            None => unknown_env(&s, &env),
+        },
         Err(e) => store_error(&s, e),
     }
 }

@@ -140,7 +140,21 @@ impl Metrics {
     /// The exposition: counters from memory, gauges from `store` for
     /// `envs`. Store errors leave their families empty (the scrape still
     /// answers) and are reported as `driftless_store_errors`.
-    pub fn render(&self, store: &Store, envs: &[String], masker: &Masker) -> String {
+    pub fn render(&self, state: &super::AppState) -> String {
+        let envs: Vec<String> = state.envs.keys().cloned().collect();
+        let snapshot = state.snapshot();
+        self.render_with(&state.store, &envs, snapshot.as_deref().ok(), &state.masker)
+    }
+
+    /// The exposition for `envs`, their gauges from `snapshot` (`None`: the
+    /// store could not be read).
+    pub fn render_with(
+        &self,
+        store: &Store,
+        envs: &[String],
+        snapshot: Option<&super::Snapshot>,
+        masker: &Masker,
+    ) -> String {
         let mut out = Exposition::default();
         {
             let i = self.lock();
@@ -221,16 +235,16 @@ impl Metrics {
         let mut store_errors = 0u32;
         let mut out_of_sync = Vec::new();
         let mut last_good = Vec::new();
-        for env in envs {
-            match store.env_summary(env) {
-                Ok(s) => {
+        match snapshot {
+            Some(snap) => {
+                for (env, s) in &snap.summaries {
                     out_of_sync.push((env, s.out_of_sync));
-                    if let Some(lg) = s.last_good {
-                        last_good.push((env, lg.commit));
+                    if let Some(lg) = &s.last_good {
+                        last_good.push((env, lg.commit.clone()));
                     }
                 }
-                Err(_) => store_errors += 1,
             }
+            None => store_errors += 1,
         }
         out.family(
             "driftless_resources_out_of_sync",
@@ -360,7 +374,7 @@ mod tests {
             },
         );
         let store = Store::open_in_memory().unwrap();
-        let text = m.render(&store, &["dev".to_owned()], &Masker::default());
+        let text = m.render_with(&store, &["dev".to_owned()], None, &Masker::default());
         assert!(
             text.contains("driftless_reconciles_total{env=\"dev\",outcome=\"healthy\"} 2\n"),
             "{text}"
@@ -397,7 +411,7 @@ mod tests {
         m.reconciled("dev", Outcome::Healthy, &Timings::default());
         m.webhook("accepted");
         let store = Store::open_in_memory().unwrap();
-        let text = m.render(&store, &["dev".to_owned()], &Masker::default());
+        let text = m.render_with(&store, &["dev".to_owned()], None, &Masker::default());
         let exported: Vec<&str> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -58,6 +58,55 @@ pub struct AppState {
     pub repo: Option<Arc<crate::daemon::repo::RepoHandle>>,
     /// The status page's templates.
     pub pages: status::Pages,
+    /// What reads derive from the store, kept until the store changes.
+    pub cache: StatusCache,
+}
+
+/// The store-derived status of every driven environment: its summary and
+/// last plan. Rebuilt only when [`Store::generation`] moves, so the page,
+/// the API and `/metrics` cost a few queries per store change, not per
+/// request.
+#[derive(Debug, Default)]
+pub struct StatusCache {
+    inner: Mutex<Option<(Generation, Arc<Snapshot>)>>,
+}
+
+/// [`Store::generation`]'s value.
+type Generation = (i64, i64);
+
+/// One build of the [`StatusCache`].
+#[derive(Debug)]
+pub struct Snapshot {
+    pub summaries: BTreeMap<String, crate::store::EnvSummary>,
+    /// The newest reconcile with a diff, per environment.
+    pub last_plans: BTreeMap<String, Option<crate::store::ReconcileRecord>>,
+}
+
+impl AppState {
+    /// The status of every driven environment, as the store holds it now.
+    pub fn snapshot(&self) -> Result<Arc<Snapshot>, crate::store::StoreError> {
+        // Read the generation first: a write during the build leaves a
+        // snapshot under the older generation, rebuilt on the next read.
+        let generation = self.store.generation()?;
+        if let Some((g, snap)) = &*self.cache.inner.lock().unwrap_or_else(|e| e.into_inner())
+            && *g == generation
+        {
+            return Ok(snap.clone());
+        }
+        let mut summaries = BTreeMap::new();
+        let mut last_plans = BTreeMap::new();
+        for env in self.envs.keys() {
+            summaries.insert(env.clone(), self.store.env_summary(env)?);
+            last_plans.insert(env.clone(), self.store.last_plan(env)?);
+        }
+        let snap = Arc::new(Snapshot {
+            summaries,
+            last_plans,
+        });
+        *self.cache.inner.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((generation, snap.clone()));
+        Ok(snap)
+    }
 }
 
 /// The router. The webhook route exists only when a secret is configured.
@@ -163,12 +212,9 @@ impl axum::extract::FromRequestParts<Arc<AppState>> for CanRead {
 
 async fn metrics_text(State(s): State<Arc<AppState>>, _: CanRead) -> Response {
     let st = s.clone();
-    let text = tokio::task::spawn_blocking(move || {
-        let envs: Vec<String> = st.envs.keys().cloned().collect();
-        st.metrics.render(&st.store, &envs, &st.masker)
-    })
-    .await
-    .unwrap_or_default();
+    let text = tokio::task::spawn_blocking(move || st.metrics.render(&st))
+        .await
+        .unwrap_or_default();
     (
         [(
             axum::http::header::CONTENT_TYPE,

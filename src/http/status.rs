@@ -133,10 +133,12 @@ fn diff_lines(diff: &str) -> (Vec<Line>, bool) {
 }
 
 fn build(s: &AppState, p: &PageParams) -> Result<String, String> {
+    let snap = s.snapshot().map_err(|e| e.to_string())?;
     let mut envs = Vec::new();
     for (name, entry) in &s.envs {
-        let sum = s.store.env_summary(name).map_err(|e| e.to_string())?;
-        let last = s.store.last_plan(name).map_err(|e| e.to_string())?;
+        let (Some(sum), Some(last)) = (snap.summaries.get(name), snap.last_plans.get(name)) else {
+            continue;
+        };
         let (diff, diff_truncated) = last
             .as_ref()
             .and_then(|r| r.diff.as_deref())

@@ -116,6 +116,7 @@ async fn serve(store: Arc<Store>, token: Option<&str>, reads: ReadAccess) -> Ser
         reads,
         repo: None,
         pages: Default::default(),
+        cache: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -359,6 +360,12 @@ async fn mutations_need_the_token_write_the_control_and_wake_the_worker() {
         "{body}"
     );
 
+    // prod has no last good commit: a rollback must name one.
+    let (code, body) = s
+        .post("/api/v1/environments/prod/rollback", Some(TOKEN), "{}")
+        .await;
+    assert_eq!(code, 409, "{body}");
+
     // Trigger.
     let (code, _) = s
         .post("/api/v1/environments/dev/reconcile", Some(TOKEN), "")
@@ -377,6 +384,28 @@ async fn mutations_need_the_token_write_the_control_and_wake_the_worker() {
     assert_eq!(code, 200, "{body}");
     let c = store.control("dev").unwrap();
     assert_eq!(c.suspended.as_deref(), Some("maintenance ******"));
+    // Reads see it at once (the status cache follows the store's writes)…
+    let dev_status = s.json("/api/v1/environments/dev").await;
+    assert_eq!(dev_status["control"]["suspended"], "maintenance ******");
+    // …and another process's writes (a CLI on the state directory).
+    let before = s.json("/api/v1/environments/prod").await;
+    assert!(before["last_good"].is_null(), "{before}");
+    Store::open(dir.path())
+        .unwrap()
+        .set_last_good(
+            "prod",
+            &format!("{:040}", 9),
+            &ImageIds::new(),
+            None,
+            at(300),
+        )
+        .unwrap();
+    let after = s.json("/api/v1/environments/prod").await;
+    assert_eq!(
+        after["last_good"]["commit"],
+        format!("{:040}", 9),
+        "{after}"
+    );
 
     // Rollback without a commit: the last good one; with one: that one.
     let (code, body) = s
@@ -396,11 +425,6 @@ async fn mutations_need_the_token_write_the_control_and_wake_the_worker() {
     let c = store.control("dev").unwrap();
     assert_eq!(c.pinned.as_deref(), Some(target.as_str()));
     assert!(c.suspended.is_none(), "a pin lifts the suspension");
-    // prod has no last good commit: a rollback must name one.
-    let (code, body) = s
-        .post("/api/v1/environments/prod/rollback", Some(TOKEN), "{}")
-        .await;
-    assert_eq!(code, 409, "{body}");
 
     // Resume, forgetting failed commits.
     store
@@ -791,6 +815,40 @@ mod e2e {
             Some(1_700_000_060.0)
         );
         bodies.push(("/metrics".into(), text));
+        // A real Prometheus scrapes it.
+        let prom = crate::rules::live::Prometheus::start_with(&format!(
+            "scrape_configs:\n  - job_name: driftless\n    scrape_interval: 1s\n    static_configs: [{{ targets: [\"127.0.0.1:{}\"] }}]\n",
+            d.port
+        ));
+        let query = format!(
+            "{}/api/v1/query?query=driftless_last_good_commit_info%7Benv%3D%22{b}%22%7D",
+            prom.url
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = d
+                .client()
+                .get(&query)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let r: Value = serde_json::from_str(&text).unwrap();
+            if let Some(series) = r["data"]["result"].as_array().filter(|a| !a.is_empty()) {
+                assert_eq!(series[0]["metric"]["commit"], c2.as_str(), "{r}");
+                assert_eq!(series[0]["metric"]["job"], "driftless", "{r}");
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "prometheus never scraped the daemon: {r}\n{}",
+                prom.log()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        drop(prom);
 
         // The API: both environments as they are.
         let (code, text) = get("/api/v1/environments".into()).await;

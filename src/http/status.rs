@@ -22,10 +22,26 @@ const HISTORY_ROWS: u32 = 30;
 /// Longest diff shown per environment, in lines (the API has all of it).
 const DIFF_LINES: usize = 400;
 
-/// The page's compiled templates.
+/// The page's compiled templates, and the last page rendered.
 #[derive(Debug)]
 pub struct Pages {
     env: minijinja::Environment<'static>,
+    /// The masked HTML of the last page and what it was built from: a
+    /// request with the same key (store generation, worker states, query,
+    /// second) gets it without a render.
+    last: std::sync::Mutex<Option<(PageKey, axum::body::Bytes)>>,
+}
+
+/// Everything a page's content depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PageKey {
+    generation: (i64, i64),
+    /// Per environment: running, pending, the error being retried.
+    workers: Vec<(bool, bool, Option<String>)>,
+    env: Option<String>,
+    before: Option<i64>,
+    /// The page shows when it was generated, to the second.
+    second: i64,
 }
 
 impl Default for Pages {
@@ -34,11 +50,14 @@ impl Default for Pages {
         // `.html`: minijinja escapes every value for HTML.
         env.add_template("status.html", include_str!("status.html"))
             .expect("the embedded template parses");
-        Pages { env }
+        Pages {
+            env,
+            last: Default::default(),
+        }
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct PageParams {
     env: Option<String>,
     before: Option<i64>,
@@ -207,10 +226,47 @@ pub async fn page(
     _: CanRead,
     Query(p): Query<PageParams>,
 ) -> Response {
-    let st = s.clone();
-    let built = tokio::task::spawn_blocking(move || build(&st, &p))
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
+    let key = match s.store.generation() {
+        Ok(generation) => Some(PageKey {
+            generation,
+            workers: s
+                .envs
+                .values()
+                .map(|e| {
+                    let w = e.stats.snapshot();
+                    (w.running, e.dirty.is_pending(), w.last_error)
+                })
+                .collect(),
+            env: p.env.clone(),
+            before: p.before,
+            second: crate::store::millis(std::time::SystemTime::now()) / 1000,
+        }),
+        Err(_) => None,
+    };
+    let cached = s
+        .pages
+        .last
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .filter(|(k, _)| Some(k) == key.as_ref())
+        .map(|(_, html)| html.clone());
+    let built = match cached {
+        Some(html) => Ok(html),
+        None => {
+            let st = s.clone();
+            tokio::task::spawn_blocking(move || {
+                let html = axum::body::Bytes::from(st.masker.mask(&build(&st, &p)?).into_owned());
+                if let Some(key) = key {
+                    *st.pages.last.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some((key, html.clone()));
+                }
+                Ok(html)
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+        }
+    };
     match built {
         Ok(html) => (
             [
@@ -222,7 +278,7 @@ pub async fn page(
                     "default-src 'none'; style-src 'unsafe-inline'",
                 ),
             ],
-            s.masker.mask(&html).into_owned(),
+            html,
         )
             .into_response(),
         Err(e) => {

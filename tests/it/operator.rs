@@ -374,6 +374,8 @@ async fn mutations_need_the_token_write_the_control_and_wake_the_worker() {
     assert_eq!(dev.marks(), 1);
 
     // Suspend with a reason; a secret in it is masked.
+    let (_, page) = s.get(&s.base, "/", None).await;
+    assert!(!page.contains("Suspended:"), "{page}");
     let (code, body) = s
         .post(
             "/api/v1/environments/dev/suspend",
@@ -387,6 +389,8 @@ async fn mutations_need_the_token_write_the_control_and_wake_the_worker() {
     // Reads see it at once (the status cache follows the store's writes)…
     let dev_status = s.json("/api/v1/environments/dev").await;
     assert_eq!(dev_status["control"]["suspended"], "maintenance ******");
+    let (_, page) = s.get(&s.base, "/", None).await;
+    assert!(page.contains("Suspended: maintenance ******"), "{page}");
     // …and another process's writes (a CLI on the state directory).
     let before = s.json("/api/v1/environments/prod").await;
     assert!(before["last_good"].is_null(), "{before}");

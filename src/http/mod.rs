@@ -62,6 +62,101 @@ pub struct AppState {
     pub cache: StatusCache,
 }
 
+/// Answers of read routes (`GET /`, `GET /api/v1/…`), masked, by URI; kept
+/// while the store generation, the workers' states and the second (the
+/// page shows the time) are unchanged. Under load, each distinct read costs
+/// one build per change, not one per request.
+#[derive(Debug, Default)]
+pub struct BodyCache {
+    inner: Mutex<(Option<ReadKey>, Answers)>,
+}
+
+/// Cached answers by URI: headers and body.
+type Answers = std::collections::HashMap<String, (HeaderMap, axum::body::Bytes)>;
+
+/// Most answers the [`BodyCache`] keeps per key.
+const BODY_CACHE_ENTRIES: usize = 256;
+
+/// What every read answer depends on besides its URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ReadKey {
+    generation: Generation,
+    /// Per environment: running, pending, the error being retried.
+    workers: Vec<(bool, bool, Option<String>)>,
+    second: i64,
+}
+
+fn read_key(s: &AppState) -> Option<ReadKey> {
+    Some(ReadKey {
+        generation: s.store.generation().ok()?,
+        workers: s
+            .envs
+            .values()
+            .map(|e| {
+                let w = e.stats.snapshot();
+                (w.running, e.dirty.is_pending(), w.last_error)
+            })
+            .collect(),
+        second: crate::store::millis(std::time::SystemTime::now()) / 1000,
+    })
+}
+
+/// The read cache as a layer: checks read access first (a cached answer is
+/// never served to a caller who may not read), then answers from the cache
+/// or runs the handler and keeps a 200 answer.
+async fn read_cache(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.method() != axum::http::Method::GET {
+        return next.run(req).await;
+    }
+    if let Err(r) = read_allowed(&s, caller, req.headers()) {
+        return r;
+    }
+    let uri = req.uri().to_string();
+    let key = read_key(&s);
+    {
+        let cache = s
+            .cache
+            .bodies
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if key.is_some()
+            && cache.0 == key
+            && let Some((headers, body)) = cache.1.get(&uri)
+        {
+            return (StatusCode::OK, headers.clone(), body.clone()).into_response();
+        }
+    }
+    let resp = next.run(req).await;
+    let Some(key) = key.filter(|_| resp.status() == StatusCode::OK) else {
+        return resp;
+    };
+    let (parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024 * 1024).await else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "answer too large\n").into_response();
+    };
+    {
+        let mut cache = s
+            .cache
+            .bodies
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if cache.0.as_ref() != Some(&key) {
+            *cache = (Some(key), Default::default());
+        }
+        if cache.1.len() < BODY_CACHE_ENTRIES {
+            cache.1.insert(uri, (parts.headers.clone(), bytes.clone()));
+        }
+    }
+    Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
 /// The store-derived status of every driven environment: its summary and
 /// last plan. Rebuilt only when [`Store::generation`] moves, so the page,
 /// the API and `/metrics` cost a few queries per store change, not per
@@ -69,6 +164,7 @@ pub struct AppState {
 #[derive(Debug, Default)]
 pub struct StatusCache {
     inner: Mutex<Option<(Generation, Arc<Snapshot>)>>,
+    bodies: BodyCache,
 }
 
 /// [`Store::generation`]'s value.
@@ -117,8 +213,15 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> axum::Router {
         .route("/api/environments", get(environments))
         .route("/api/environments/{env}/reconcile", post(trigger))
         .route("/metrics", get(metrics_text))
-        .route("/", get(status::page))
-        .merge(api::routes());
+        .merge(
+            axum::Router::new()
+                .route("/", get(status::page))
+                .merge(api::routes())
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    read_cache,
+                )),
+        );
     if state.webhook_secret.is_some() {
         app = app.route(
             "/hooks/github",

@@ -22,26 +22,10 @@ const HISTORY_ROWS: u32 = 30;
 /// Longest diff shown per environment, in lines (the API has all of it).
 const DIFF_LINES: usize = 400;
 
-/// The page's compiled templates, and the last page rendered.
+/// The page's compiled templates.
 #[derive(Debug)]
 pub struct Pages {
     env: minijinja::Environment<'static>,
-    /// The masked HTML of the last page and what it was built from: a
-    /// request with the same key (store generation, worker states, query,
-    /// second) gets it without a render.
-    last: std::sync::Mutex<Option<(PageKey, axum::body::Bytes)>>,
-}
-
-/// Everything a page's content depends on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct PageKey {
-    generation: (i64, i64),
-    /// Per environment: running, pending, the error being retried.
-    workers: Vec<(bool, bool, Option<String>)>,
-    env: Option<String>,
-    before: Option<i64>,
-    /// The page shows when it was generated, to the second.
-    second: i64,
 }
 
 impl Default for Pages {
@@ -50,10 +34,7 @@ impl Default for Pages {
         // `.html`: minijinja escapes every value for HTML.
         env.add_template("status.html", include_str!("status.html"))
             .expect("the embedded template parses");
-        Pages {
-            env,
-            last: Default::default(),
-        }
+        Pages { env }
     }
 }
 
@@ -226,47 +207,12 @@ pub async fn page(
     _: CanRead,
     Query(p): Query<PageParams>,
 ) -> Response {
-    let key = match s.store.generation() {
-        Ok(generation) => Some(PageKey {
-            generation,
-            workers: s
-                .envs
-                .values()
-                .map(|e| {
-                    let w = e.stats.snapshot();
-                    (w.running, e.dirty.is_pending(), w.last_error)
-                })
-                .collect(),
-            env: p.env.clone(),
-            before: p.before,
-            second: crate::store::millis(std::time::SystemTime::now()) / 1000,
-        }),
-        Err(_) => None,
-    };
-    let cached = s
-        .pages
-        .last
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .filter(|(k, _)| Some(k) == key.as_ref())
-        .map(|(_, html)| html.clone());
-    let built = match cached {
-        Some(html) => Ok(html),
-        None => {
-            let st = s.clone();
-            tokio::task::spawn_blocking(move || {
-                let html = axum::body::Bytes::from(st.masker.mask(&build(&st, &p)?).into_owned());
-                if let Some(key) = key {
-                    *st.pages.last.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some((key, html.clone()));
-                }
-                Ok(html)
-            })
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()))
-        }
-    };
+    let st = s.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        build(&st, &p).map(|html| st.masker.mask(&html).into_owned())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
     match built {
         Ok(html) => (
             [

@@ -1079,3 +1079,63 @@ mod e2e {
         assert_eq!(d.wait_exit(Duration::from_secs(60)).await, Some(0));
     }
 }
+
+/// The CLI finds the daemon and the token in `DRIFTLESS_DAEMON` and
+/// `DRIFTLESS_TOKEN`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reads_the_daemon_and_token_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = seeded_store(dir.path());
+    let s = serve(store.clone(), Some(TOKEN), ReadAccess::Loopback).await;
+    let run = |args: &'static [&'static str], token: Option<&'static str>| {
+        let base = s.base.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new(crate::daemon_support::binary());
+            cmd.args(args);
+            for (k, _) in std::env::vars() {
+                if k.starts_with("DRIFTLESS_") {
+                    cmd.env_remove(k);
+                }
+            }
+            cmd.env("DRIFTLESS_DAEMON", base);
+            if let Some(t) = token {
+                cmd.env("DRIFTLESS_TOKEN", t);
+            }
+            let out = cmd.output().unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+    };
+    let (code, out, err) = run(&["status", "--output", "json"], None).await.unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["environments"].as_array().unwrap().len(), 2, "{doc}");
+    let (code, _, err) = run(&["suspend", "--env", "dev"], None).await.unwrap();
+    assert_eq!(code, Some(1));
+    assert!(err.contains("401"), "{err}");
+    let (code, out, err) = run(
+        &["suspend", "--env", "dev", "--reason", "db upgrade"],
+        Some(TOKEN),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("dev: suspended"), "{out}");
+    assert_eq!(
+        store.control("dev").unwrap().suspended.as_deref(),
+        Some("db upgrade")
+    );
+    let (code, out, err) = run(&["history", "--env", "dev", "--limit", "2"], None)
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("suspended: db upgrade"), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with('#')).count(),
+        2,
+        "{out}"
+    );
+}

@@ -81,8 +81,8 @@ const BODY_CACHE_ENTRIES: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ReadKey {
     generation: Generation,
-    /// Per environment: running, pending, the error being retried.
-    workers: Vec<(bool, bool, Option<String>)>,
+    /// Per environment: the worker's status, and whether a pass is pending.
+    workers: Vec<(crate::daemon::worker::WorkerStatus, bool)>,
     second: i64,
 }
 
@@ -92,10 +92,7 @@ fn read_key(s: &AppState) -> Option<ReadKey> {
         workers: s
             .envs
             .values()
-            .map(|e| {
-                let w = e.stats.snapshot();
-                (w.running, e.dirty.is_pending(), w.last_error)
-            })
+            .map(|e| (e.stats.snapshot(), e.dirty.is_pending()))
             .collect(),
         second: crate::store::millis(std::time::SystemTime::now()) / 1000,
     })

@@ -53,6 +53,11 @@ fn main() {
             limiter: RateLimiter::new(1_000_000, 1_000_000),
             ready: true.into(),
             masker: Default::default(),
+            metrics: Default::default(),
+            reads: Default::default(),
+            repo: None,
+            pages: Default::default(),
+            cache: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hooks/github", listener.local_addr().unwrap());

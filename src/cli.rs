@@ -63,6 +63,8 @@ pub enum Command {
     Resume(ResumeArgs),
     /// Show an environment's recorded reconciles, pin, suspension and last good commit.
     History(HistoryArgs),
+    /// Show every environment: commit, last good commit, health, drift, pin, suspension.
+    Status(StatusArgs),
 }
 
 /// The daemon's state directory (store and lock files).
@@ -80,6 +82,63 @@ impl StateArgs {
             .clone()
             .unwrap_or_else(driftless::daemon::config::default_state_dir)
     }
+}
+
+/// A running daemon to go through instead of the state directory.
+#[derive(Debug, Args)]
+pub struct DaemonApiArgs {
+    /// Base URL of a running daemon (like http://127.0.0.1:8088): the
+    /// command goes through its API. Without it, the state directory is used.
+    #[arg(long = "daemon", env = "DRIFTLESS_DAEMON")]
+    pub daemon: Option<String>,
+    /// File holding the daemon's API token (or set DRIFTLESS_TOKEN).
+    #[arg(long, env = "DRIFTLESS_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl DaemonApiArgs {
+    /// The API client when `--daemon` (or DRIFTLESS_DAEMON) is given.
+    fn client(&self) -> Result<Option<driftless::http::client::Client>> {
+        let Some(url) = &self.daemon else {
+            return Ok(None);
+        };
+        let token = match &self.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("read the token file {}", path.display()))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_owned(),
+            ),
+            None => std::env::var("DRIFTLESS_TOKEN").ok(),
+        }
+        .filter(|t| !t.is_empty())
+        .map(driftless::daemon::config::Secret::new);
+        Ok(Some(driftless::http::client::Client::new(url, token)?))
+    }
+}
+
+/// Runs one call to a daemon's API on a small runtime.
+fn call<T>(
+    f: impl std::future::Future<Output = Result<T, driftless::http::client::ClientError>>,
+) -> Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    Ok(runtime.block_on(f)?)
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this environment.
+    #[arg(long)]
+    pub env: Option<String>,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    #[command(flatten)]
+    pub api: DaemonApiArgs,
+    #[command(flatten)]
+    pub state: StateArgs,
 }
 
 #[derive(Debug, Args)]
@@ -122,12 +181,16 @@ pub struct DaemonArgs {
 pub struct RollbackArgs {
     #[arg(long)]
     pub env: String,
-    /// Commit to pin the environment to (a full id, or any revision of --repo).
+    /// Commit to pin the environment to (a full id, or any revision of
+    /// --repo; through --daemon, any revision of the daemon's repo).
+    /// Default: the environment's last good commit.
     #[arg(long)]
-    pub to: String,
+    pub to: Option<String>,
     /// Local repo to resolve --to in.
     #[arg(long)]
     pub repo: Option<PathBuf>,
+    #[command(flatten)]
+    pub api: DaemonApiArgs,
     #[command(flatten)]
     pub state: StateArgs,
 }
@@ -140,6 +203,8 @@ pub struct SuspendArgs {
     #[arg(long, default_value = "suspended by an operator")]
     pub reason: String,
     #[command(flatten)]
+    pub api: DaemonApiArgs,
+    #[command(flatten)]
     pub state: StateArgs,
 }
 
@@ -151,18 +216,23 @@ pub struct ResumeArgs {
     #[arg(long)]
     pub retry_failed: bool,
     #[command(flatten)]
+    pub api: DaemonApiArgs,
+    #[command(flatten)]
     pub state: StateArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
+    /// Only this environment (default: all).
     #[arg(long)]
-    pub env: String,
+    pub env: Option<String>,
     /// How many reconciles to show.
     #[arg(long, default_value_t = 20)]
     pub limit: u32,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    #[command(flatten)]
+    pub api: DaemonApiArgs,
     #[command(flatten)]
     pub state: StateArgs,
 }
@@ -298,6 +368,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Suspend(args) => suspend_cmd(args),
         Command::Resume(args) => resume_cmd(args),
         Command::History(args) => history_cmd(args),
+        Command::Status(args) => status_cmd(args),
     }
 }
 
@@ -626,17 +697,39 @@ fn control_change(
 }
 
 fn rollback_cmd(args: RollbackArgs) -> Result<i32> {
+    if let Some(client) = args.api.client()? {
+        let path = format!("/api/v1/environments/{}/rollback", args.env);
+        let body = serde_json::json!({"commit": args.to});
+        let done = call(client.post(&path, &body))?;
+        println!(
+            "{}: pinned to {} until `driftless resume --env {}`",
+            args.env,
+            done["commit"].as_str().unwrap_or("?"),
+            args.env
+        );
+        return Ok(0);
+    }
+    let to = match &args.to {
+        Some(to) => to.clone(),
+        None => {
+            let store = Store::open(&args.state.dir()).context("open the state store")?;
+            match store.last_good(&args.env)? {
+                Some(lg) => lg.commit,
+                None => {
+                    eprintln!("error: {} has no last good commit; pass --to SHA", args.env);
+                    return Ok(1);
+                }
+            }
+        }
+    };
     let commit = match &args.repo {
         Some(path) => driftless::source::Repo::open(path)
-            .and_then(|r| r.resolve(&args.to))
-            .with_context(|| format!("resolve `{}` in {}", args.to, path.display()))?,
-        None if args.to.len() == 40 && args.to.chars().all(|c| c.is_ascii_hexdigit()) => {
-            args.to.to_lowercase()
-        }
+            .and_then(|r| r.resolve(&to))
+            .with_context(|| format!("resolve `{to}` in {}", path.display()))?,
+        None if to.len() == 40 && to.chars().all(|c| c.is_ascii_hexdigit()) => to.to_lowercase(),
         None => {
             eprintln!(
-                "error: --to must be a full 40-character commit id, or pass --repo to resolve `{}`",
-                args.to
+                "error: --to must be a full 40-character commit id, or pass --repo (or --daemon) to resolve `{to}`"
             );
             return Ok(2);
         }
@@ -652,6 +745,15 @@ fn rollback_cmd(args: RollbackArgs) -> Result<i32> {
 }
 
 fn suspend_cmd(args: SuspendArgs) -> Result<i32> {
+    if let Some(client) = args.api.client()? {
+        let path = format!("/api/v1/environments/{}/suspend", args.env);
+        call(client.post(&path, &serde_json::json!({"reason": args.reason})))?;
+        println!(
+            "{}: suspended until `driftless resume --env {}`",
+            args.env, args.env
+        );
+        return Ok(0);
+    }
     control_change(&args.state.dir(), &args.env, |s| {
         Ok(s.suspend(&args.env, &args.reason, std::time::SystemTime::now())?)
     })?;
@@ -663,6 +765,15 @@ fn suspend_cmd(args: SuspendArgs) -> Result<i32> {
 }
 
 fn resume_cmd(args: ResumeArgs) -> Result<i32> {
+    if let Some(client) = args.api.client()? {
+        let path = format!("/api/v1/environments/{}/resume", args.env);
+        call(client.post(
+            &path,
+            &serde_json::json!({"retry_failed": args.retry_failed}),
+        ))?;
+        println!("{}: resumed; it follows its branch again", args.env);
+        return Ok(0);
+    }
     control_change(&args.state.dir(), &args.env, |s| {
         s.resume(&args.env, std::time::SystemTime::now())?;
         if args.retry_failed {
@@ -675,53 +786,156 @@ fn resume_cmd(args: ResumeArgs) -> Result<i32> {
 }
 
 fn history_cmd(args: HistoryArgs) -> Result<i32> {
-    let store = Store::open(&args.state.dir()).context("open the state store")?;
-    let records = store.history(Some(&args.env), args.limit)?;
-    let control = store.control(&args.env)?;
-    let last_good = store.last_good(&args.env)?;
-    let failed = store.failed_commits(&args.env)?;
+    let doc = match args.api.client()? {
+        Some(client) => call(async {
+            let mut query = vec![("limit", args.limit.to_string())];
+            if let Some(env) = &args.env {
+                query.push(("env", env.clone()));
+            }
+            let page = client.get("/api/v1/history", &query).await?;
+            let status = match &args.env {
+                Some(env) => {
+                    client
+                        .get(&format!("/api/v1/environments/{env}"), &[])
+                        .await?
+                }
+                None => serde_json::Value::Null,
+            };
+            Ok(serde_json::json!({
+                "environment": args.env,
+                "control": status["control"],
+                "last_good": status["last_good"],
+                "failed_commits": status["failed_commits"],
+                "reconciles": page["reconciles"],
+            }))
+        })?,
+        None => {
+            let store = Store::open(&args.state.dir()).context("open the state store")?;
+            let records = store.history(args.env.as_deref(), args.limit)?;
+            let (control, last_good, failed) = match &args.env {
+                Some(env) => (
+                    serde_json::to_value(store.control(env)?)?,
+                    serde_json::to_value(store.last_good(env)?)?,
+                    serde_json::to_value(store.failed_commits(env)?)?,
+                ),
+                None => Default::default(),
+            };
+            serde_json::json!({
+                "environment": args.env,
+                "control": control,
+                "last_good": last_good,
+                "failed_commits": failed,
+                "reconciles": records,
+            })
+        }
+    };
     if args.output == Output::Json {
-        let doc = serde_json::json!({
-            "environment": args.env,
-            "control": control,
-            "last_good": last_good,
-            "failed_commits": failed,
-            "reconciles": records,
-        });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(0);
     }
-    if let Some(p) = &control.pinned {
+    if let Some(p) = doc["control"]["pinned"].as_str() {
         println!("pinned to {p}");
     }
-    if let Some(r) = &control.suspended {
+    if let Some(r) = doc["control"]["suspended"].as_str() {
         println!("suspended: {r}");
     }
-    if let Some(lg) = &last_good {
-        println!("last good: {}", lg.commit);
+    if let Some(lg) = doc["last_good"]["commit"].as_str() {
+        println!("last good: {lg}");
     }
-    for f in &failed {
-        println!("failed: {} — {}", f.commit, f.reason);
+    for f in doc["failed_commits"].as_array().into_iter().flatten() {
+        println!(
+            "failed: {} — {}",
+            f["commit"].as_str().unwrap_or("?"),
+            f["reason"].as_str().unwrap_or("")
+        );
     }
-    for r in &records {
-        let when = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(r.started_at)
+    let all_envs = args.env.is_none();
+    for r in doc["reconciles"].as_array().into_iter().flatten() {
+        let when = r["started_at"]
+            .as_i64()
+            .and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis)
             .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
             .unwrap_or_default();
         println!(
-            "#{} {when} {} {} {} {}{}",
-            r.id,
-            r.kind,
-            r.trigger,
-            r.commit
-                .as_deref()
-                .map(|c| &c[..c.len().min(12)])
-                .unwrap_or("-"),
-            r.outcome.as_str(),
-            r.error
-                .as_deref()
+            "#{} {when} {}{} {} {} {}{}",
+            r["id"],
+            if all_envs {
+                format!("{} ", r["env"].as_str().unwrap_or("?"))
+            } else {
+                String::new()
+            },
+            r["kind"].as_str().unwrap_or("?"),
+            r["trigger"].as_str().unwrap_or("?"),
+            r["commit"].as_str().map(short).unwrap_or("-"),
+            r["outcome"].as_str().unwrap_or("?"),
+            r["error"]
+                .as_str()
                 .map(|e| format!(" — {e}"))
                 .unwrap_or_default()
         );
+    }
+    Ok(0)
+}
+
+/// The first 12 characters of a commit id.
+fn short(c: &str) -> &str {
+    &c[..c.len().min(12)]
+}
+
+fn status_cmd(args: StatusArgs) -> Result<i32> {
+    let mut envs: Vec<serde_json::Value> = match args.api.client()? {
+        Some(client) => {
+            let doc = call(client.get("/api/v1/environments", &[]))?;
+            doc["environments"].as_array().cloned().unwrap_or_default()
+        }
+        None => {
+            let store = Store::open(&args.state.dir()).context("open the state store")?;
+            let mut out = Vec::new();
+            for env in store.environments()? {
+                out.push(serde_json::to_value(store.env_summary(&env)?)?);
+            }
+            out
+        }
+    };
+    if let Some(env) = &args.env {
+        envs.retain(|e| e["env"] == env.as_str());
+        if envs.is_empty() {
+            eprintln!("error: no status recorded for environment {env}");
+            return Ok(1);
+        }
+    }
+    if args.output == Output::Json {
+        let doc = serde_json::json!({ "environments": envs });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(0);
+    }
+    if envs.is_empty() {
+        println!("no environment recorded yet");
+    }
+    for e in &envs {
+        let commit = |v: &serde_json::Value| v.as_str().map(short).unwrap_or("none").to_owned();
+        let drift = match e["out_of_sync"].as_u64() {
+            Some(0) | None => "in sync".to_owned(),
+            Some(n) => format!("{n} out of sync"),
+        };
+        let last = &e["last_reconcile"];
+        let mut line = format!(
+            "{}: {} at {} — last good {}, {drift}, last {} ({} {})",
+            e["env"].as_str().unwrap_or("?"),
+            e["health"].as_str().unwrap_or("unknown"),
+            commit(&e["current_commit"]),
+            commit(&e["last_good"]["commit"]),
+            last["outcome"].as_str().unwrap_or("none"),
+            last["kind"].as_str().unwrap_or("-"),
+            commit(&last["commit"]),
+        );
+        if let Some(p) = e["control"]["pinned"].as_str() {
+            line.push_str(&format!("; pinned to {}", short(p)));
+        }
+        if let Some(r) = e["control"]["suspended"].as_str() {
+            line.push_str(&format!("; suspended: {r}"));
+        }
+        println!("{line}");
     }
     Ok(0)
 }

@@ -490,39 +490,12 @@ impl Store {
 
     /// Newest first; `env` filters; at most `limit` rows.
     pub fn history(&self, env: Option<&str>, limit: u32) -> Result<Vec<ReconcileRecord>> {
-        self.with(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, env, commit_id, trigger, kind, rollback_of, outcome, plan_json, diff, error, image_ids, timings, started_at, finished_at
-                 FROM reconciles WHERE (?1 IS NULL OR env = ?1) ORDER BY id DESC LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![env, limit], |r| {
-                let plan: Option<String> = r.get(7)?;
-                let images: Option<String> = r.get(10)?;
-                let timings: Option<String> = r.get(11)?;
-                let outcome: String = r.get(6)?;
-                Ok(ReconcileRecord {
-                    id: r.get(0)?,
-                    env: r.get(1)?,
-                    commit: r.get(2)?,
-                    trigger: r.get(3)?,
-                    kind: r.get(4)?,
-                    rollback_of: r.get(5)?,
-                    outcome: Outcome::parse(&outcome),
-                    plan: plan.and_then(|p| serde_json::from_str(&p).ok()),
-                    diff: r.get(8)?,
-                    error: r.get(9)?,
-                    image_ids: images
-                        .and_then(|i| serde_json::from_str(&i).ok())
-                        .unwrap_or_default(),
-                    timings: timings
-                        .and_then(|t| serde_json::from_str(&t).ok())
-                        .unwrap_or_default(),
-                    started_at: r.get(12)?,
-                    finished_at: r.get(13)?,
-                })
-            })?;
-            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
-        })
+        let q = HistoryQuery {
+            env,
+            limit,
+            ..HistoryQuery::default()
+        };
+        self.records(RECORD_COLUMNS, &q)
     }
 
     // -- last good, failed commits ------------------------------------------
@@ -776,6 +749,248 @@ impl Store {
     }
 }
 
+/// The columns [`record`] reads, in its order.
+const RECORD_COLUMNS: &str = "id, env, commit_id, trigger, kind, rollback_of, outcome, plan_json, diff, error, image_ids, timings, started_at, finished_at";
+
+/// The same columns with the plan and diff left out (list views).
+const RECORD_COLUMNS_BRIEF: &str = "id, env, commit_id, trigger, kind, rollback_of, outcome, NULL, NULL, error, image_ids, timings, started_at, finished_at";
+
+/// One `reconciles` row, selected as [`RECORD_COLUMNS`].
+fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReconcileRecord> {
+    let plan: Option<String> = r.get(7)?;
+    let images: Option<String> = r.get(10)?;
+    let timings: Option<String> = r.get(11)?;
+    let outcome: String = r.get(6)?;
+    Ok(ReconcileRecord {
+        id: r.get(0)?,
+        env: r.get(1)?,
+        commit: r.get(2)?,
+        trigger: r.get(3)?,
+        kind: r.get(4)?,
+        rollback_of: r.get(5)?,
+        outcome: Outcome::parse(&outcome),
+        plan: plan.and_then(|p| serde_json::from_str(&p).ok()),
+        diff: r.get(8)?,
+        error: r.get(9)?,
+        image_ids: images
+            .and_then(|i| serde_json::from_str(&i).ok())
+            .unwrap_or_default(),
+        timings: timings
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default(),
+        started_at: r.get(12)?,
+        finished_at: r.get(13)?,
+    })
+}
+
+/// A page of history: filters and a cursor (ids are increasing, so
+/// `before` is the smallest id of the previous page).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HistoryQuery<'a> {
+    pub env: Option<&'a str>,
+    /// A stored outcome (`healthy`, `failed`, …).
+    pub outcome: Option<&'a str>,
+    /// Only rows with a smaller id.
+    pub before: Option<i64>,
+    pub limit: u32,
+}
+
+/// What the operator surface shows of one environment, read in one go.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EnvSummary {
+    pub env: String,
+    /// The commit of the newest reconcile that ended healthy: what runs.
+    pub current_commit: Option<String>,
+    pub last_good: Option<LastGood>,
+    /// The newest reconcile (without plan and diff).
+    pub last_reconcile: Option<ReconcileRecord>,
+    /// The live state as the newest reconcile that touched it found it:
+    /// `healthy`, `unhealthy`, `failed`, or `unknown`.
+    pub health: &'static str,
+    /// Resources the newest deploy's plan changes that are not known to be
+    /// applied: 0 when that deploy ended healthy.
+    pub out_of_sync: u64,
+    pub control: Control,
+    pub failed_commits: Vec<FailedCommit>,
+}
+
+/// Backup outcomes that count as a success for the last-success time.
+pub const BACKUP_SUCCESS: &[&str] = &["ok", "success", "succeeded", "verified"];
+
+/// Queries of the operator surface (HTTP API, status page, metrics, CLI).
+/// They only read.
+impl Store {
+    /// A value that changes whenever the database does: this connection's
+    /// row changes, or a commit by another connection (a CLI). Readers
+    /// cache what they derive from the store under it.
+    pub fn generation(&self) -> Result<(i64, i64)> {
+        self.with(|c| {
+            let other: i64 = c.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+            let own: i64 = c.query_row("SELECT total_changes()", [], |r| r.get(0))?;
+            Ok((other, own))
+        })
+    }
+
+    /// One reconcile with its plan and diff.
+    pub fn reconcile(&self, id: i64) -> Result<Option<ReconcileRecord>> {
+        self.with(|c| {
+            Ok(c.query_row(
+                &format!("SELECT {RECORD_COLUMNS} FROM reconciles WHERE id = ?1"),
+                params![id],
+                record,
+            )
+            .optional()?)
+        })
+    }
+
+    /// A page of history, newest first, without plans and diffs.
+    pub fn history_page(&self, q: &HistoryQuery<'_>) -> Result<Vec<ReconcileRecord>> {
+        self.records(RECORD_COLUMNS_BRIEF, q)
+    }
+
+    fn records(&self, columns: &str, q: &HistoryQuery<'_>) -> Result<Vec<ReconcileRecord>> {
+        // Only the filters given: `(?1 IS NULL OR env = ?1)` would keep
+        // SQLite from using the (env, id) index and scan the table.
+        let mut filters = Vec::new();
+        let mut values: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(env) = q.env {
+            filters.push("env = ?");
+            values.push(env.to_owned().into());
+        }
+        if let Some(outcome) = q.outcome {
+            filters.push("outcome = ?");
+            values.push(outcome.to_owned().into());
+        }
+        if let Some(before) = q.before {
+            filters.push("id < ?");
+            values.push(before.into());
+        }
+        values.push(i64::from(q.limit).into());
+        let filter = if filters.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", filters.join(" AND "))
+        };
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {columns} FROM reconciles {filter} ORDER BY id DESC LIMIT ?"
+            ))?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), record)?;
+            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// The newest reconcile of `env` that has a diff, with it.
+    pub fn last_plan(&self, env: &str) -> Result<Option<ReconcileRecord>> {
+        self.with(|c| {
+            Ok(c.query_row(
+                &format!(
+                    "SELECT {RECORD_COLUMNS} FROM reconciles WHERE env = ?1 AND diff IS NOT NULL ORDER BY id DESC LIMIT 1"
+                ),
+                params![env],
+                record,
+            )
+            .optional()?)
+        })
+    }
+
+    /// Every environment the store knows of (history, last good, control).
+    pub fn environments(&self) -> Result<Vec<String>> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT env FROM reconciles UNION SELECT env FROM last_good UNION SELECT env FROM env_control ORDER BY 1",
+            )?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// The status of `env`.
+    pub fn env_summary(&self, env: &str) -> Result<EnvSummary> {
+        let (current_commit, health, out_of_sync) = self.with(|c| {
+            let current: Option<Option<String>> = c
+                .query_row(
+                    "SELECT commit_id FROM reconciles WHERE env = ?1 AND outcome IN ('healthy', 'unchanged') ORDER BY id DESC LIMIT 1",
+                    params![env],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let touched: Option<String> = c
+                .query_row(
+                    "SELECT outcome FROM reconciles WHERE env = ?1 AND outcome IN ('healthy', 'unchanged', 'unhealthy', 'failed', 'interrupted') ORDER BY id DESC LIMIT 1",
+                    params![env],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let health = match touched.as_deref().map(Outcome::parse) {
+                Some(Outcome::Healthy | Outcome::Unchanged) => "healthy",
+                Some(Outcome::Unhealthy) => "unhealthy",
+                Some(Outcome::Failed) => "failed",
+                _ => "unknown",
+            };
+            let deploy: Option<(String, Option<String>)> = c
+                .query_row(
+                    "SELECT outcome, plan_json FROM reconciles WHERE env = ?1 AND kind = 'deploy' AND plan_json IS NOT NULL AND outcome != 'running' ORDER BY id DESC LIMIT 1",
+                    params![env],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let out_of_sync = match deploy {
+                Some((outcome, _)) if Outcome::parse(&outcome).is_good() => 0,
+                Some((_, Some(plan))) => changes_in(&plan),
+                _ => 0,
+            };
+            Ok((current.flatten(), health, out_of_sync))
+        })?;
+        Ok(EnvSummary {
+            env: env.to_owned(),
+            current_commit,
+            last_good: self.last_good(env)?,
+            last_reconcile: self
+                .history_page(&HistoryQuery {
+                    env: Some(env),
+                    limit: 1,
+                    ..HistoryQuery::default()
+                })?
+                .pop(),
+            health,
+            out_of_sync,
+            control: self.control(env)?,
+            failed_commits: self.failed_commits(env)?,
+        })
+    }
+
+    /// The newest successful finish time (Unix ms) per (env, job).
+    pub fn backup_last_success(&self) -> Result<Vec<(String, String, i64)>> {
+        let placeholders = BACKUP_SUCCESS
+            .iter()
+            .map(|o| format!("'{o}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT env, job, max(finished_at) FROM backup_runs WHERE outcome IN ({placeholders}) AND finished_at IS NOT NULL GROUP BY env, job ORDER BY env, job"
+            ))?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+        })
+    }
+}
+
+/// How many changes of a stored plan are not `unchanged`.
+fn changes_in(plan_json: &str) -> u64 {
+    serde_json::from_str::<serde_json::Value>(plan_json)
+        .ok()
+        .and_then(|p| {
+            p["changes"].as_array().map(|a| {
+                a.iter()
+                    .filter(|c| c["action"]["type"] != "unchanged")
+                    .count() as u64
+            })
+        })
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -937,6 +1152,121 @@ mod tests {
         assert!(
             s.record_delivery("new", "push", "x", t(0))
                 .is_ok_and(|fresh| !fresh)
+        );
+    }
+
+    #[test]
+    fn history_pages_filter_and_summaries() {
+        let s = Store::open_in_memory().unwrap();
+        let plan = |action: &str| {
+            serde_json::json!({"changes": [
+                {"target": "t", "resource": {"kind": "service", "name": "a"}, "action": {"type": action}},
+                {"target": "t", "resource": {"kind": "service", "name": "b"}, "action": {"type": "unchanged"}},
+            ]})
+        };
+        let mut ids = Vec::new();
+        for (i, outcome) in [Outcome::Healthy, Outcome::Unhealthy, Outcome::Healthy]
+            .into_iter()
+            .enumerate()
+        {
+            let id = s
+                .begin("dev", Trigger::Poll, Kind::Deploy, None, t(i as u64))
+                .unwrap();
+            let finish = Finish {
+                commit: Some(format!("c{i}")),
+                outcome,
+                plan: Some(plan("update")),
+                diff: Some(format!("diff {i}")),
+                error: None,
+                image_ids: ImageIds::new(),
+                timings: Timings::default(),
+            };
+            s.finish(id, &finish, t(i as u64 + 1)).unwrap();
+            ids.push(id);
+        }
+        s.begin("prod", Trigger::Poll, Kind::Deploy, None, t(9))
+            .unwrap();
+        let page = s
+            .history_page(&HistoryQuery {
+                env: Some("dev"),
+                limit: 2,
+                ..HistoryQuery::default()
+            })
+            .unwrap();
+        assert_eq!(
+            page.iter().map(|r| r.id).collect::<Vec<_>>(),
+            [ids[2], ids[1]]
+        );
+        assert!(page[0].plan.is_none() && page[0].diff.is_none());
+        let next = s
+            .history_page(&HistoryQuery {
+                env: Some("dev"),
+                before: Some(ids[1]),
+                limit: 2,
+                ..HistoryQuery::default()
+            })
+            .unwrap();
+        assert_eq!(next.iter().map(|r| r.id).collect::<Vec<_>>(), [ids[0]]);
+        let bad = s
+            .history_page(&HistoryQuery {
+                outcome: Some("unhealthy"),
+                limit: 10,
+                ..HistoryQuery::default()
+            })
+            .unwrap();
+        assert_eq!(bad.iter().map(|r| r.id).collect::<Vec<_>>(), [ids[1]]);
+        assert_eq!(
+            s.reconcile(ids[1]).unwrap().unwrap().diff.as_deref(),
+            Some("diff 1")
+        );
+        assert!(s.reconcile(999).unwrap().is_none());
+        assert_eq!(s.environments().unwrap(), ["dev", "prod"]);
+
+        let sum = s.env_summary("dev").unwrap();
+        assert_eq!(sum.current_commit.as_deref(), Some("c2"));
+        assert_eq!((sum.health, sum.out_of_sync), ("healthy", 0));
+        // A later unhealthy deploy: one resource out of sync, unhealthy.
+        let id = s
+            .begin("dev", Trigger::Poll, Kind::Deploy, None, t(20))
+            .unwrap();
+        let finish = Finish {
+            commit: Some("c3".into()),
+            outcome: Outcome::Unhealthy,
+            plan: Some(plan("recreate")),
+            diff: Some("diff 3".into()),
+            error: Some("unhealthy".into()),
+            image_ids: ImageIds::new(),
+            timings: Timings::default(),
+        };
+        s.finish(id, &finish, t(21)).unwrap();
+        let sum = s.env_summary("dev").unwrap();
+        assert_eq!(sum.current_commit.as_deref(), Some("c2"));
+        assert_eq!((sum.health, sum.out_of_sync), ("unhealthy", 1));
+        assert_eq!(s.last_plan("dev").unwrap().unwrap().id, id);
+        assert_eq!(s.env_summary("prod").unwrap().health, "unknown");
+        // The generation moves with every write, and only then.
+        let g = s.generation().unwrap();
+        s.env_summary("dev").unwrap();
+        assert_eq!(s.generation().unwrap(), g);
+        s.suspend("dev", "x", t(30)).unwrap();
+        assert_ne!(s.generation().unwrap(), g);
+
+        let run = |job: &str, outcome: &str, finished: i64| BackupRun {
+            env: "dev".into(),
+            job: job.into(),
+            trigger: "schedule".into(),
+            outcome: outcome.into(),
+            started_at: finished - 1,
+            finished_at: Some(finished),
+            ..BackupRun::default()
+        };
+        s.record_backup_run(&run("pg", "ok", 1_000)).unwrap();
+        s.record_backup_run(&run("pg", "ok", 2_000)).unwrap();
+        s.record_backup_run(&run("pg", "failed", 3_000)).unwrap();
+        s.record_backup_run(&run("redis", "failed", 3_000)).unwrap();
+        assert_eq!(
+            s.backup_last_success().unwrap(),
+            [("dev".to_owned(), "pg".to_owned(), 2_000)]
         );
     }
 

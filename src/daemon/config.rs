@@ -82,6 +82,23 @@ struct RawWebhook {
 struct RawApi {
     token_file: Option<PathBuf>,
     token_env: Option<String>,
+    reads: Option<String>,
+}
+
+/// Who may read the status page, `/metrics` and the API's GET routes
+/// (`api.reads`). Mutating routes always need the bearer token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadAccess {
+    /// Callers on the loopback interface read without a token; others need
+    /// it (the default: an SSH tunnel or a local reverse proxy sees the
+    /// page, the network does not).
+    #[default]
+    Loopback,
+    /// Every read needs the bearer token.
+    Token,
+    /// Anyone who reaches the listener reads (behind an authenticating proxy).
+    Open,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,6 +190,8 @@ pub struct DaemonConfig {
     pub retry_max: Duration,
     pub webhook: WebhookConfig,
     pub api_token: Option<Secret>,
+    /// Who may read the page, `/metrics` and the API's GET routes.
+    pub api_reads: ReadAccess,
     pub git_auth: Auth,
     pub retention: Retention,
     /// Leader election per environment among replicas (`None`: this
@@ -381,6 +400,17 @@ impl DaemonConfig {
                 .as_deref()
                 .unwrap_or("DRIFTLESS_API_TOKEN"),
         );
+        let api_reads = match raw.api.reads.as_deref() {
+            None | Some("loopback") => ReadAccess::Loopback,
+            Some("token") => ReadAccess::Token,
+            Some("open") => ReadAccess::Open,
+            Some(other) => {
+                errors.push(format!(
+                    "api.reads: `{other}` is not one of loopback, token, open"
+                ));
+                ReadAccess::Loopback
+            }
+        };
         let max_body = raw.webhook.max_body_bytes.unwrap_or(1024 * 1024);
         if max_body == 0 {
             errors.push("webhook.max_body_bytes: must be more than zero".to_owned());
@@ -438,6 +468,7 @@ impl DaemonConfig {
                     .max(1),
             },
             api_token,
+            api_reads,
             git_auth,
             retention: Retention {
                 history_age,
@@ -474,6 +505,7 @@ impl DaemonConfig {
                 "burst": self.webhook.burst,
             },
             "api_token": set(&self.api_token),
+            "api_reads": self.api_reads,
             "git_auth": match &self.git_auth {
                 Auth::None => "none".to_owned(),
                 Auth::Token { env_var } => format!("token from ${env_var}"),
@@ -614,7 +646,7 @@ mod tests {
         let file = dir.path().join("d.yaml");
         std::fs::write(
             &file,
-            "poll_interval: soon\nlisten: nowhere\nwebhook:\n  rate_limit: 0\n",
+            "poll_interval: soon\nlisten: nowhere\nwebhook:\n  rate_limit: 0\napi:\n  reads: everyone\n",
         )
         .unwrap();
         let o = Overrides {
@@ -631,6 +663,7 @@ mod tests {
             "rate_limit",
             "no repo",
             "API token",
+            "api.reads",
         ] {
             assert!(e.contains(needle), "{needle}: {e}");
         }

@@ -210,6 +210,7 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
     let cancel = CancellationToken::new();
     let mut workers = JoinSet::new();
     let mut entries = BTreeMap::new();
+    let metrics = Arc::new(crate::http::metrics::Metrics::new(&envs));
     let backoff = Backoff {
         initial: config.retry_initial,
         max: config.retry_max,
@@ -251,6 +252,7 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
             identity: config.identity.clone().unwrap_or_default(),
             verify_poll: config.verify_poll,
             lease: electors.get(env).cloned(),
+            metrics: metrics.clone(),
         };
         if let Some(elector) = electors.get(env) {
             tasks.spawn(lease::run(
@@ -317,6 +319,11 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
         limiter: crate::http::RateLimiter::new(config.webhook.rate_limit, config.webhook.burst),
         ready: Default::default(),
         masker: masker.clone(),
+        metrics: metrics.clone(),
+        reads: config.api_reads,
+        repo: Some(repo.clone()),
+        pages: Default::default(),
+        cache: Default::default(),
     });
     if let Some(addr) = config.listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -329,6 +336,8 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
         let app = crate::http::router(state.clone(), config.webhook.max_body_bytes);
         let stop = cancel.child_token();
         tasks.spawn(async move {
+            // Connect info: `api.reads: loopback` needs the peer address.
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await;

@@ -47,6 +47,8 @@ pub struct EnvContext {
     /// The environment's Lease when replicas elect a leader per
     /// environment: every apply is fenced by it.
     pub lease: Option<Arc<super::lease::Elector>>,
+    /// The daemon's counters (`/metrics`).
+    pub metrics: Arc<crate::http::metrics::Metrics>,
 }
 
 /// What a worker remembers between passes.
@@ -110,7 +112,10 @@ enum Attempt {
 /// Runs one pass; `since` is when the trigger fired (fetches that started
 /// later already cover it).
 pub async fn run(ctx: &EnvContext, memo: &mut Memo, trigger: Trigger, since: Instant) -> PassEnd {
-    if let Err(e) = ctx.repo.fetch(since).await {
+    let t = Instant::now();
+    let fetched = ctx.repo.fetch(since).await;
+    ctx.metrics.fetched(&ctx.name, t.elapsed(), fetched.is_ok());
+    if let Err(e) = fetched {
         return PassEnd::Retry(ctx.masker.mask(&format!("fetch: {e}")).into_owned());
     }
     let control = match ctx.store.control(&ctx.name) {
@@ -421,6 +426,9 @@ async fn deploy(
     trigger: Trigger,
 ) -> Attempt {
     let started = SystemTime::now();
+    if kind == Kind::Rollback {
+        ctx.metrics.rollback(&ctx.name);
+    }
     let id = match ctx
         .store
         .begin(&ctx.name, trigger, kind, rollback_of, started)
@@ -603,6 +611,8 @@ async fn deploy(
         && matches!(trigger, Trigger::Drift | Trigger::Poll | Trigger::Retry)
     {
         let _ = ctx.store.discard(id);
+        ctx.metrics
+            .reconciled(&ctx.name, outcome, &rec.finish.timings);
         return Attempt::Good {
             image_ids: report.image_ids,
         };
@@ -636,6 +646,9 @@ impl Recorder<'_> {
     fn end(mut self, outcome: Outcome, error: Option<String>, attempt: Attempt) -> Attempt {
         self.finish.outcome = outcome;
         self.finish.error = error;
+        self.ctx
+            .metrics
+            .reconciled(&self.ctx.name, outcome, &self.finish.timings);
         if outcome != Outcome::Unchanged && outcome != Outcome::Healthy {
             tracing::warn!(
                 outcome = outcome.as_str(),

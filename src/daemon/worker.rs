@@ -112,7 +112,7 @@ impl WorkerStats {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WorkerStatus {
     /// Passes run since the daemon started.
     pub passes: u64,

@@ -1,9 +1,11 @@
 //! The daemon's HTTP surface (axum, one listener): the GitHub webhook,
-//! `/healthz`, `/readyz`, and a small JSON API (environment status, manual
-//! trigger) behind a bearer token.
+//! `/healthz`, `/readyz`, `/metrics` ([`metrics`]), the JSON API under
+//! `/api/v1` ([`api`]), the status page at `/` ([`status`]), and the first
+//! API (`/api/environments`, kept for existing callers).
 //!
-//! Handlers are thin: they check the request, mark environments dirty and
-//! answer. None of them fetches, renders or applies anything.
+//! Handlers are thin: they check the request, read the store or mark
+//! environments dirty, and answer. None of them fetches, renders or applies
+//! anything. Reads never write; every body passes the daemon's [`Masker`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,11 +19,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use sha2::{Digest, Sha256};
 
-use crate::daemon::config::Secret;
+use crate::daemon::config::{ReadAccess, Secret};
 use crate::daemon::worker::{Dirty, WorkerStats};
 use crate::secrets::Masker;
 use crate::store::{Store, Trigger};
 
+pub mod api;
+pub mod client;
+pub mod metrics;
+pub mod status;
 pub mod webhook;
 
 /// One driven environment, as the HTTP side sees it.
@@ -44,6 +50,156 @@ pub struct AppState {
     pub limiter: RateLimiter,
     pub ready: AtomicBool,
     pub masker: Masker,
+    /// Counters the workers and handlers update; `/metrics` shows them.
+    pub metrics: Arc<metrics::Metrics>,
+    /// Who may read the page, `/metrics` and the API's GET routes.
+    pub reads: ReadAccess,
+    /// The repo, to resolve a rollback's commit (`None`: full ids only).
+    pub repo: Option<Arc<crate::daemon::repo::RepoHandle>>,
+    /// The status page's templates.
+    pub pages: status::Pages,
+    /// What reads derive from the store, kept until the store changes.
+    pub cache: StatusCache,
+}
+
+/// Answers of read routes (`GET /`, `GET /api/v1/…`), masked, by URI; kept
+/// while the store generation, the workers' states and the second (the
+/// page shows the time) are unchanged. Under load, each distinct read costs
+/// one build per change, not one per request.
+#[derive(Debug, Default)]
+pub struct BodyCache {
+    inner: Mutex<(Option<ReadKey>, Answers)>,
+}
+
+/// Cached answers by URI: headers and body.
+type Answers = std::collections::HashMap<String, (HeaderMap, axum::body::Bytes)>;
+
+/// Most answers the [`BodyCache`] keeps per key.
+const BODY_CACHE_ENTRIES: usize = 256;
+
+/// What every read answer depends on besides its URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ReadKey {
+    generation: Generation,
+    /// Per environment: the worker's status, and whether a pass is pending.
+    workers: Vec<(crate::daemon::worker::WorkerStatus, bool)>,
+    second: i64,
+}
+
+fn read_key(s: &AppState) -> Option<ReadKey> {
+    Some(ReadKey {
+        generation: s.store.generation().ok()?,
+        workers: s
+            .envs
+            .values()
+            .map(|e| (e.stats.snapshot(), e.dirty.is_pending()))
+            .collect(),
+        second: crate::store::millis(std::time::SystemTime::now()) / 1000,
+    })
+}
+
+/// The read cache as a layer: checks read access first (a cached answer is
+/// never served to a caller who may not read), then answers from the cache
+/// or runs the handler and keeps a 200 answer.
+async fn read_cache(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.method() != axum::http::Method::GET {
+        return next.run(req).await;
+    }
+    if let Err(r) = read_allowed(&s, caller, req.headers()) {
+        return r;
+    }
+    let uri = req.uri().to_string();
+    let key = read_key(&s);
+    {
+        let cache = s
+            .cache
+            .bodies
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if key.is_some()
+            && cache.0 == key
+            && let Some((headers, body)) = cache.1.get(&uri)
+        {
+            return (StatusCode::OK, headers.clone(), body.clone()).into_response();
+        }
+    }
+    let resp = next.run(req).await;
+    let Some(key) = key.filter(|_| resp.status() == StatusCode::OK) else {
+        return resp;
+    };
+    let (parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024 * 1024).await else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "answer too large\n").into_response();
+    };
+    {
+        let mut cache = s
+            .cache
+            .bodies
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if cache.0.as_ref() != Some(&key) {
+            *cache = (Some(key), Default::default());
+        }
+        if cache.1.len() < BODY_CACHE_ENTRIES {
+            cache.1.insert(uri, (parts.headers.clone(), bytes.clone()));
+        }
+    }
+    Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+/// The store-derived status of every driven environment: its summary and
+/// last plan. Rebuilt only when [`Store::generation`] moves, so the page,
+/// the API and `/metrics` cost a few queries per store change, not per
+/// request.
+#[derive(Debug, Default)]
+pub struct StatusCache {
+    inner: Mutex<Option<(Generation, Arc<Snapshot>)>>,
+    bodies: BodyCache,
+}
+
+/// [`Store::generation`]'s value.
+type Generation = (i64, i64);
+
+/// One build of the [`StatusCache`].
+#[derive(Debug)]
+pub struct Snapshot {
+    pub summaries: BTreeMap<String, crate::store::EnvSummary>,
+    /// The newest reconcile with a diff, per environment.
+    pub last_plans: BTreeMap<String, Option<crate::store::ReconcileRecord>>,
+}
+
+impl AppState {
+    /// The status of every driven environment, as the store holds it now.
+    pub fn snapshot(&self) -> Result<Arc<Snapshot>, crate::store::StoreError> {
+        // Read the generation first: a write during the build leaves a
+        // snapshot under the older generation, rebuilt on the next read.
+        let generation = self.store.generation()?;
+        if let Some((g, snap)) = &*self.cache.inner.lock().unwrap_or_else(|e| e.into_inner())
+            && *g == generation
+        {
+            return Ok(snap.clone());
+        }
+        let mut summaries = BTreeMap::new();
+        let mut last_plans = BTreeMap::new();
+        for env in self.envs.keys() {
+            summaries.insert(env.clone(), self.store.env_summary(env)?);
+            last_plans.insert(env.clone(), self.store.last_plan(env)?);
+        }
+        let snap = Arc::new(Snapshot {
+            summaries,
+            last_plans,
+        });
+        *self.cache.inner.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((generation, snap.clone()));
+        Ok(snap)
+    }
 }
 
 /// The router. The webhook route exists only when a secret is configured.
@@ -52,7 +208,17 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> axum::Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/environments", get(environments))
-        .route("/api/environments/{env}/reconcile", post(trigger));
+        .route("/api/environments/{env}/reconcile", post(trigger))
+        .route("/metrics", get(metrics_text))
+        .merge(
+            axum::Router::new()
+                .route("/", get(status::page))
+                .merge(api::routes())
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    read_cache,
+                )),
+        );
     if state.webhook_secret.is_some() {
         app = app.route(
             "/hooks/github",
@@ -79,7 +245,90 @@ pub fn answer(code: StatusCode, body: serde_json::Value) -> Response {
     (code, Json(body)).into_response()
 }
 
-fn authorized(s: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+/// The peer address of a request, when the server was started with
+/// connect info (`into_make_service_with_connect_info`); unknown callers
+/// are never taken for loopback.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller(pub Option<std::net::SocketAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Caller(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0),
+        ))
+    }
+}
+
+impl Caller {
+    fn is_loopback(&self) -> bool {
+        self.0.is_some_and(|a| a.ip().is_loopback())
+    }
+}
+
+/// Whether a read (page, `/metrics`, API GET) is allowed, by `api.reads`:
+/// a valid bearer token always reads; `loopback` lets loopback callers in
+/// without one (others: 403, or 401 for a wrong token); `token` needs it
+/// (401, or 403 when none is configured); `open` lets everyone in.
+pub fn read_allowed(s: &AppState, caller: Caller, headers: &HeaderMap) -> Result<(), Response> {
+    match s.reads {
+        ReadAccess::Open => Ok(()),
+        ReadAccess::Token => authorized(s, headers),
+        ReadAccess::Loopback if caller.is_loopback() => Ok(()),
+        ReadAccess::Loopback => match authorized(s, headers) {
+            Ok(()) => Ok(()),
+            Err(r) if headers.contains_key("authorization") => Err(r),
+            Err(_) => Err(answer(
+                StatusCode::FORBIDDEN,
+                serde_json::json!({"error": "reads are open to loopback callers only (api.reads: loopback); send the API bearer token"}),
+            )),
+        },
+    }
+}
+
+/// Proof that the request may read ([`read_allowed`]); rejects with its
+/// 401/403 answer otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct CanRead;
+
+impl axum::extract::FromRequestParts<Arc<AppState>> for CanRead {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        s: &Arc<AppState>,
+    ) -> Result<Self, Response> {
+        let Ok(caller) = Caller::from_request_parts(parts, s).await;
+        read_allowed(s, caller, &parts.headers).map(|()| CanRead)
+    }
+}
+
+async fn metrics_text(State(s): State<Arc<AppState>>, _: CanRead) -> Response {
+    let st = s.clone();
+    let text = tokio::task::spawn_blocking(move || st.metrics.render(&st))
+        .await
+        .unwrap_or_default();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// Checks the bearer token of a mutating call: 403 when no token is
+/// configured (the API is off), 401 when it is missing or wrong. Compared
+/// in constant time.
+pub fn authorized(s: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     let Some(token) = &s.api_token else {
         return Err(answer(
             StatusCode::FORBIDDEN,

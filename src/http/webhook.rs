@@ -85,16 +85,26 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Counts the request by outcome (`driftless_webhook_requests_total`) and answers.
+fn done(s: &AppState, outcome: &str, code: StatusCode, body: serde_json::Value) -> Response {
+    s.metrics.webhook(outcome);
+    answer(code, body)
+}
+
 /// The handler. Never fetches or applies: it marks environments dirty.
 pub async fn github(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     if !s.limiter.allow() {
-        return answer(
+        return done(
+            &s,
+            "rate_limited",
             StatusCode::TOO_MANY_REQUESTS,
             json!({"error": "too many requests"}),
         );
     }
     let Some(secret) = &s.webhook_secret else {
-        return answer(
+        return done(
+            &s,
+            "disabled",
             StatusCode::NOT_FOUND,
             json!({"error": "webhook not configured"}),
         );
@@ -105,7 +115,9 @@ pub async fn github(State(s): State<Arc<AppState>>, headers: HeaderMap, body: By
         header(&headers, "x-hub-signature-256"),
     ) {
         tracing::warn!("webhook: missing or wrong signature");
-        return answer(
+        return done(
+            &s,
+            "unauthorized",
             StatusCode::UNAUTHORIZED,
             json!({"error": "missing or wrong X-Hub-Signature-256"}),
         );
@@ -118,14 +130,18 @@ pub async fn github(State(s): State<Arc<AppState>>, headers: HeaderMap, body: By
         {
             Ok(true) => {}
             Ok(false) => {
-                return answer(
+                return done(
+                    &s,
+                    "replay",
                     StatusCode::OK,
                     json!({"status": "ignored", "reason": "delivery already received"}),
                 );
             }
             Err(e) => {
                 tracing::error!(error = %e, "webhook: cannot record the delivery");
-                return answer(
+                return done(
+                    &s,
+                    "error",
                     StatusCode::SERVICE_UNAVAILABLE,
                     json!({"error": "state store unavailable"}),
                 );
@@ -133,16 +149,30 @@ pub async fn github(State(s): State<Arc<AppState>>, headers: HeaderMap, body: By
         }
     }
     match event.as_str() {
-        "ping" => answer(StatusCode::OK, json!({"status": "pong"})),
+        "ping" => done(&s, "pong", StatusCode::OK, json!({"status": "pong"})),
         "push" => {
             let content_type = header(&headers, "content-type").unwrap_or("application/json");
             let doc = match payload(content_type, &body) {
                 Ok(d) => d,
-                Err(e) => return answer(StatusCode::BAD_REQUEST, json!({"error": e})),
+                Err(e) => {
+                    return done(
+                        &s,
+                        "bad_request",
+                        StatusCode::BAD_REQUEST,
+                        json!({"error": e}),
+                    );
+                }
             };
             match decide_push(&doc) {
-                Err(e) => answer(StatusCode::BAD_REQUEST, json!({"error": e})),
-                Ok(PushDecision::Ignored(reason)) => answer(
+                Err(e) => done(
+                    &s,
+                    "bad_request",
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": e}),
+                ),
+                Ok(PushDecision::Ignored(reason)) => done(
+                    &s,
+                    "ignored",
                     StatusCode::ACCEPTED,
                     json!({"status": "ignored", "reason": reason}),
                 ),
@@ -155,7 +185,9 @@ pub async fn github(State(s): State<Arc<AppState>>, headers: HeaderMap, body: By
                         .cloned()
                         .unwrap_or_default();
                     if envs.is_empty() {
-                        return answer(
+                        return done(
+                            &s,
+                            "ignored",
                             StatusCode::ACCEPTED,
                             json!({"status": "ignored", "reason": format!("branch {branch} is not followed by an environment this daemon drives")}),
                         );
@@ -166,18 +198,24 @@ pub async fn github(State(s): State<Arc<AppState>>, headers: HeaderMap, body: By
                         }
                     }
                     tracing::info!(branch = %branch, environments = ?envs, "webhook: push accepted");
-                    answer(
+                    done(
+                        &s,
+                        "accepted",
                         StatusCode::ACCEPTED,
                         json!({"status": "accepted", "environments": envs}),
                     )
                 }
             }
         }
-        "" => answer(
+        "" => done(
+            &s,
+            "bad_request",
             StatusCode::BAD_REQUEST,
             json!({"error": "missing X-GitHub-Event"}),
         ),
-        other => answer(
+        other => done(
+            &s,
+            "ignored",
             StatusCode::ACCEPTED,
             json!({"status": "ignored", "reason": format!("event `{other}` is not handled")}),
         ),

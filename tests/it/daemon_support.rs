@@ -129,6 +129,12 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(o: &Options) -> Daemon {
+        Daemon::start_on(o, "127.0.0.1")
+    }
+
+    /// [`Daemon::start`] listening on `host` (`0.0.0.0`: reachable from a
+    /// non-loopback address too); [`Daemon::url`] still uses loopback.
+    pub fn start_on(o: &Options, host: &str) -> Daemon {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let port = free_port();
         let log_dir = Arc::new(tempfile::tempdir().unwrap());
@@ -136,7 +142,7 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "repo: {}\n{}state_dir: {}\nsecrets_dir: {}\nlisten: 127.0.0.1:{port}\npoll_interval: {}\nwatch: {}\nverify_poll: 250ms\nshutdown_timeout: 60s\nretry:\n  initial: 1s\n  max: 2s\nwebhook:\n  rate_limit: 100000\n  burst: 100000\n{}",
+                "repo: {}\n{}state_dir: {}\nsecrets_dir: {}\nlisten: {host}:{port}\npoll_interval: {}\nwatch: {}\nverify_poll: 250ms\nshutdown_timeout: 60s\nretry:\n  initial: 1s\n  max: 2s\nwebhook:\n  rate_limit: 100000\n  burst: 100000\n{}",
                 o.repo.display(),
                 // Empty: the daemon picks environments by its identity.
                 if o.env.is_empty() {

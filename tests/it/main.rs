@@ -18,6 +18,7 @@ mod identities;
 mod kube_backend;
 mod kube_e2e;
 mod leases;
+mod operator;
 mod pipeline;
 mod policies;
 mod reconcile_cli;

@@ -129,7 +129,7 @@ fn awesome_prometheus_alerts_pass_under_both_versions() {
 // ---------------------------------------------------------------------------
 // The rules backend against a real Prometheus (Debian's `prometheus`).
 
-mod live {
+pub(crate) mod live {
     use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
@@ -148,14 +148,20 @@ mod live {
 
     /// A Prometheus on a free loopback port, its rule_files glob pointing
     /// into a temporary directory; killed (by its process handle) on drop.
-    struct Prometheus {
+    pub(crate) struct Prometheus {
         child: Child,
         dir: tempfile::TempDir,
-        url: String,
+        pub(crate) url: String,
     }
 
     impl Prometheus {
         fn start() -> Prometheus {
+            Prometheus::start_with("")
+        }
+
+        /// A Prometheus whose configuration file ends with `extra` (a
+        /// `scrape_configs:` section, say).
+        pub(crate) fn start_with(extra: &str) -> Prometheus {
             assert!(
                 Path::new(PROMETHEUS).exists(),
                 "{PROMETHEUS} is needed for the rules backend tests (apt-get install prometheus)"
@@ -167,7 +173,7 @@ mod live {
             std::fs::write(
                 &config,
                 format!(
-                    "global:\n  evaluation_interval: 1s\nrule_files:\n  - {0}/*.yml\n  - {0}/*.yaml\n",
+                    "global:\n  evaluation_interval: 1s\nrule_files:\n  - {0}/*.yml\n  - {0}/*.yaml\n{extra}",
                     rules.display()
                 ),
             )
@@ -221,7 +227,7 @@ mod live {
             self.dir.path().join("rules")
         }
 
-        fn log(&self) -> String {
+        pub(crate) fn log(&self) -> String {
             std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
         }
 

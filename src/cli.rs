@@ -17,6 +17,8 @@ use driftless::secrets::{Masker, SecretSource};
 use driftless::source::{Auth, Limits, Source};
 use driftless::store::Store;
 
+mod backup;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "driftless",
@@ -63,6 +65,8 @@ pub enum Command {
     Resume(ResumeArgs),
     /// Show an environment's recorded reconciles, pin, suspension and last good commit.
     History(HistoryArgs),
+    /// Backup jobs of an environment: list, run, verify, restore.
+    Backup(backup::BackupArgs),
 }
 
 /// The daemon's state directory (store and lock files).
@@ -298,6 +302,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Suspend(args) => suspend_cmd(args),
         Command::Resume(args) => resume_cmd(args),
         Command::History(args) => history_cmd(args),
+        Command::Backup(args) => backup::run(args),
     }
 }
 

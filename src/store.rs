@@ -792,7 +792,7 @@ impl Store {
     pub fn backup_job_stats(&self) -> Result<Vec<BackupJobStats>> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT env, job,
+                "SELECT b.env, b.job,
                     (SELECT outcome FROM backup_runs l WHERE l.env = b.env AND l.job = b.job ORDER BY id DESC LIMIT 1),
                     (SELECT started_at FROM backup_runs l WHERE l.env = b.env AND l.job = b.job ORDER BY id DESC LIMIT 1),
                     s.finished_at, s.finished_at - s.started_at, s.bytes,
@@ -800,7 +800,7 @@ impl Store {
                  FROM (SELECT DISTINCT env, job FROM backup_runs) b
                  LEFT JOIN backup_runs s ON s.id = (
                      SELECT id FROM backup_runs x WHERE x.env = b.env AND x.job = b.job AND x.outcome = 'succeeded' ORDER BY id DESC LIMIT 1)
-                 ORDER BY env, job",
+                 ORDER BY b.env, b.job",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok(BackupJobStats {

@@ -76,6 +76,41 @@ impl Context {
         }
     }
 
+    /// Connects to the environment's Docker target (the first one; backup
+    /// jobs run there) and builds the context from a checked environment.
+    pub async fn connect(
+        checked: &crate::check::Checked,
+        masker: Masker,
+    ) -> Result<Context, BackupError> {
+        let desired = &checked.state;
+        let target = desired
+            .targets
+            .iter()
+            .find_map(|t| match &t.target.kind {
+                crate::manifest::TargetKind::Docker(d) => Some(d),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                BackupError::Config(format!(
+                    "environment {} has no docker target to run backups on",
+                    desired.environment.name
+                ))
+            })?;
+        let backend = crate::backend::compose::ComposeBackend::connect(target)
+            .await
+            .map_err(|e| BackupError::Config(e.to_string()))?;
+        let files = checked
+            .files
+            .values()
+            .map(|r| (r.path.clone(), r.content.to_vec()));
+        Ok(Context::new(
+            backend.docker().clone(),
+            desired,
+            files,
+            masker,
+        ))
+    }
+
     pub fn with_identities(mut self, identities: Option<Identities>) -> Self {
         self.identities = identities.map(Arc::new);
         self

@@ -552,3 +552,86 @@ async fn encrypted_backup_round_trips_with_the_identity_only() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_runs_lists_verifies_and_restores_a_deployed_volume() {
+    use crate::support::{RepoBuilder, driftless, git};
+    let Some(docker) = docker().await else { return };
+    let project = docker_support::project_name("bcli");
+    let _cleanup = Cleanup::new(&[&project]);
+    let env = format!("e{}", project.trim_start_matches("dlt-"));
+    let dest_dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let repo = RepoBuilder::new()
+        .file(
+            "driftless.yaml",
+            format!("apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {{}}\nenvironments:\n  {env}:\n    values: environments/values.yaml\n    targets: [local]\n    health: {{ deadline: 60s, settle: 1s }}\n"),
+        )
+        .file("environments/values.yaml", "{}\n")
+        .file(
+            "compose/stack.yaml",
+            format!("name: {project}\nservices:\n  app:\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n    volumes:\n      - data:/data\nvolumes:\n  data: {{}}\n"),
+        )
+        .file(
+            "backups/jobs.yaml",
+            format!(
+                "jobs:\n  - name: files\n    schedule: \"0 3 * * 1\"\n    timezone: Europe/Berlin\n    source: {{ volume: {{ volume: data, service: app }} }}\n    consistency: pause\n    destination: {{ local: {dir} }}\n    retention: {{ keep_last: 2 }}\n",
+                dir = dest_dir.path().display()
+            ),
+        );
+    git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-q", "-m", "v1"]);
+    let state_dir = state.path().to_str().unwrap();
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--env", &env, "--state-dir", state_dir]);
+        driftless(repo.path(), &all)
+    };
+    let deployed = cli(&["reconcile"]);
+    assert_eq!(deployed.code, 0, "{deployed:?}");
+    let app = driftless::backup::docker::one_container(&docker, &project, "app")
+        .await
+        .unwrap();
+    bs::exec(&docker, &app, &["sh", "-c", "echo precious > /data/f"])
+        .await
+        .unwrap();
+
+    let run = cli(&["backup", "run", "files"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("verified"), "{run:?}");
+    assert!(is_running_unpaused(&docker, &app).await);
+    let list = cli(&["backup", "list", "--output", "json"]);
+    assert_eq!(list.code, 0, "{list:?}");
+    let doc: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+    assert_eq!(doc[0]["job"], "files");
+    assert_eq!(doc[0]["backups"].as_array().unwrap().len(), 1);
+    // Monday 03:00 in Berlin is 02:00 or 01:00 UTC, on a Monday.
+    let next: chrono::DateTime<chrono::Utc> = doc[0]["next_run"].as_str().unwrap().parse().unwrap();
+    let berlin =
+        next.with_timezone(&driftless::backup::schedule::timezone("Europe/Berlin").unwrap());
+    assert_eq!(chrono::Datelike::weekday(&berlin), chrono::Weekday::Mon);
+    assert_eq!(chrono::Timelike::hour(&berlin), 3);
+
+    bs::exec(&docker, &app, &["sh", "-c", "echo broken > /data/f"])
+        .await
+        .unwrap();
+    let refused = cli(&["backup", "restore", "files"]);
+    assert_eq!(refused.code, 1);
+    assert!(refused.stderr.contains("--yes"), "{refused:?}");
+    let restored = cli(&["backup", "restore", "files", "--yes"]);
+    assert_eq!(restored.code, 0, "{restored:?}");
+    let app = driftless::backup::docker::one_container(&docker, &project, "app")
+        .await
+        .unwrap();
+    assert_eq!(
+        bs::exec(&docker, &app, &["cat", "/data/f"]).await.unwrap(),
+        "precious\n"
+    );
+    let verify = cli(&["backup", "verify", "files"]);
+    assert_eq!(verify.code, 0, "{verify:?}");
+
+    let unknown = cli(&["backup", "run", "nope"]);
+    assert_eq!(unknown.code, 1);
+    assert!(unknown.stderr.contains("jobs: files"), "{unknown:?}");
+}

@@ -74,7 +74,7 @@ pub async fn one_container(
         .into_iter()
         .next()
         .ok_or_else(|| {
-            BackupError::Source(format!(
+            BackupError::NoContainer(format!(
                 "service {project}/{service} has no running container"
             ))
         })

@@ -32,6 +32,9 @@ pub enum BackupError {
     /// The job cannot run as declared (destination kind, missing service).
     #[error("{0}")]
     Config(String),
+    /// The service to back up has no running container.
+    #[error("source: {0}")]
+    NoContainer(String),
     #[error("restore: {0}")]
     Restore(String),
 }

@@ -77,12 +77,12 @@ impl Context {
     }
 
     /// Connects to the environment's Docker target (the first one; backup
-    /// jobs run there) and builds the context from a checked environment.
+    /// jobs run there) and builds the context (see [`Context::new`]).
     pub async fn connect(
-        checked: &crate::check::Checked,
+        desired: &DesiredState,
+        files: Vec<(String, Vec<u8>)>,
         masker: Masker,
     ) -> Result<Context, BackupError> {
-        let desired = &checked.state;
         let target = desired
             .targets
             .iter()
@@ -99,10 +99,6 @@ impl Context {
         let backend = crate::backend::compose::ComposeBackend::connect(target)
             .await
             .map_err(|e| BackupError::Config(e.to_string()))?;
-        let files = checked
-            .files
-            .values()
-            .map(|r| (r.path.clone(), r.content.to_vec()));
         Ok(Context::new(
             backend.docker().clone(),
             desired,
@@ -205,6 +201,15 @@ impl Context {
     }
 }
 
+/// The rendered files of a checked environment, for [`Context::new`].
+pub fn rendered_files(checked: &crate::check::Checked) -> Vec<(String, Vec<u8>)> {
+    checked
+        .files
+        .values()
+        .map(|r| (r.path.clone(), r.content.to_vec()))
+        .collect()
+}
+
 /// The store of a job's backups.
 pub fn destination(job: &BackupJob, env: &str) -> Result<Box<dyn Destination>, BackupError> {
     match &job.destination {
@@ -235,6 +240,10 @@ pub struct RunReport {
     pub finished_at: i64,
     /// Id of the run in the store, when recorded.
     pub run_id: Option<i64>,
+    /// The source had nothing to back up yet (its service has no running
+    /// container): a failed run, but not one that should block a first deploy.
+    #[serde(skip)]
+    pub nothing_to_back_up: bool,
 }
 
 impl RunReport {
@@ -256,6 +265,17 @@ pub async fn run(
     trigger: &str,
     store: Option<&Store>,
 ) -> RunReport {
+    run_for(ctx, job, trigger, store, None).await
+}
+
+/// [`run`], recorded with the reconcile (deploy) it ran before.
+pub async fn run_for(
+    ctx: &Context,
+    job: &BackupJob,
+    trigger: &str,
+    store: Option<&Store>,
+    reconcile_id: Option<i64>,
+) -> RunReport {
     let started_at = now_ms();
     let mut report = RunReport {
         job: job.name.clone(),
@@ -263,33 +283,12 @@ pub async fn run(
         ..RunReport::default()
     };
     if let Err(e) = run_steps(ctx, job, &mut report).await {
+        report.nothing_to_back_up = matches!(e, BackupError::NoContainer(_));
         report.error = Some(ctx.masker.mask(&e.to_string()).into_owned());
     }
     report.finished_at = now_ms();
     if let Some(store) = store {
-        let run = BackupRun {
-            env: ctx.env.clone(),
-            job: job.name.clone(),
-            trigger: trigger.to_owned(),
-            outcome: if report.succeeded() {
-                "succeeded"
-            } else {
-                "failed"
-            }
-            .to_owned(),
-            location: report.location.clone(),
-            bytes: report.id.as_ref().map(|_| report.stored_bytes as i64),
-            sha256: report.sha256.clone(),
-            verified: Some(report.verified),
-            error: report.error.clone(),
-            reconcile_id: None,
-            started_at: report.started_at,
-            finished_at: Some(report.finished_at),
-        };
-        match store.record_backup_run(&run) {
-            Ok(id) => report.run_id = Some(id),
-            Err(e) => tracing::error!(job = %job.name, error = %e, "recording backup run"),
-        }
+        report.run_id = record(store, &ctx.env, job, trigger, reconcile_id, &report);
     }
     match &report.error {
         None => {
@@ -298,6 +297,44 @@ pub async fn run(
         Some(e) => tracing::warn!(env = %ctx.env, job = %job.name, error = %e, "backup failed"),
     }
     report
+}
+
+/// Records a run in the store; returns its id (`None`, logged, when the
+/// store cannot be written).
+pub fn record(
+    store: &Store,
+    env: &str,
+    job: &BackupJob,
+    trigger: &str,
+    reconcile_id: Option<i64>,
+    report: &RunReport,
+) -> Option<i64> {
+    let run = BackupRun {
+        env: env.to_owned(),
+        job: job.name.clone(),
+        trigger: trigger.to_owned(),
+        outcome: if report.succeeded() {
+            "succeeded"
+        } else {
+            "failed"
+        }
+        .to_owned(),
+        location: report.location.clone(),
+        bytes: report.id.as_ref().map(|_| report.stored_bytes as i64),
+        sha256: report.sha256.clone(),
+        verified: Some(report.verified),
+        error: report.error.clone(),
+        reconcile_id,
+        started_at: report.started_at,
+        finished_at: Some(report.finished_at),
+    };
+    match store.record_backup_run(&run) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            tracing::error!(job = %job.name, error = %e, "recording backup run");
+            None
+        }
+    }
 }
 
 fn format_of(source: &BackupSource) -> &'static str {

@@ -217,7 +217,12 @@ fn run_job(args: JobArgs) -> Result<i32> {
     let store = Store::open(&args.common.state.dir()).context("open the state store")?;
     let ids = identities()?;
     let report = runtime()?.block_on(async {
-        let ctx = Context::connect(&loaded.checked, loaded.masker.clone()).await?;
+        let ctx = Context::connect(
+            &loaded.checked.state,
+            runner::rendered_files(&loaded.checked),
+            loaded.masker.clone(),
+        )
+        .await?;
         let ctx = ctx.with_identities(ids);
         Ok::<_, anyhow::Error>(runner::run(&ctx, job, "cli", Some(&store)).await)
     })?;
@@ -368,9 +373,13 @@ fn restore(args: RestoreArgs) -> Result<i32> {
         }
     }
     let result = runtime()?.block_on(async {
-        let ctx = Context::connect(&loaded.checked, loaded.masker.clone())
-            .await?
-            .with_identities(ids);
+        let ctx = Context::connect(
+            &loaded.checked.state,
+            runner::rendered_files(&loaded.checked),
+            loaded.masker.clone(),
+        )
+        .await?
+        .with_identities(ids);
         runner::restore(&ctx, job, &manifest).await
     });
     match result {

@@ -27,6 +27,7 @@ use crate::source::Limits;
 use crate::store::Store;
 
 pub mod alert;
+pub mod backups;
 pub mod config;
 pub mod lock;
 pub mod pass;
@@ -197,6 +198,7 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
         limits,
     };
     let cancel = CancellationToken::new();
+    let mut tasks = JoinSet::new();
     let mut workers = JoinSet::new();
     let mut entries = BTreeMap::new();
     let backoff = Backoff {
@@ -218,6 +220,8 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
             verify_poll: config.verify_poll,
         };
         let drift = manifest.environments[env].drift_interval;
+        // Backups run beside the worker, on their own schedules.
+        tasks.spawn(backups::run(ctx.clone(), cancel.child_token()));
         workers.spawn(worker::run(
             ctx,
             dirty.clone(),
@@ -232,7 +236,6 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
 
     let dirties: Vec<Arc<Dirty>> = entries.values().map(|e| e.dirty.clone()).collect();
     let branches = Arc::new(RwLock::new(triggers::branch_map(&manifest, &envs)));
-    let mut tasks = JoinSet::new();
     tasks.spawn(triggers::poll(
         config.poll_interval,
         dirties.clone(),

@@ -221,8 +221,9 @@ pub async fn exec(docker: &Docker, container: &str, cmd: &[&str]) -> Result<Stri
         )
         .await
         .map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    let mut err = String::new();
+    // Bytes first: a chunk can end inside a multi-byte character.
+    let mut out = Vec::new();
+    let mut err = Vec::new();
     if let bollard::exec::StartExecResults::Attached { mut output, .. } = docker
         .start_exec(&created.id, None)
         .await
@@ -231,12 +232,16 @@ pub async fn exec(docker: &Docker, container: &str, cmd: &[&str]) -> Result<Stri
         while let Some(Ok(item)) = output.next().await {
             match item {
                 bollard::container::LogOutput::StdOut { message } => {
-                    out.push_str(&String::from_utf8_lossy(&message))
+                    out.extend_from_slice(&message)
                 }
-                other => err.push_str(&other.to_string()),
+                other => err.extend_from_slice(&other.into_bytes()),
             }
         }
     }
+    let (out, err) = (
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    );
     let code = docker
         .inspect_exec(&created.id)
         .await

@@ -147,7 +147,13 @@ async fn postgres_dump_restores_into_a_fresh_database_row_for_row() {
     let before = bs::exec(&docker, &source_db, &query).await.unwrap();
     let after = bs::exec(&docker, &fresh, &query).await.unwrap();
     assert_eq!(before.lines().count(), 2000);
-    assert_eq!(before, after, "restored rows differ");
+    let differ = before.lines().zip(after.lines()).position(|(a, b)| a != b);
+    assert!(
+        before == after,
+        "restored rows differ: {} rows before, {} after, first difference at row {differ:?}",
+        before.lines().count(),
+        after.lines().count()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -634,4 +640,131 @@ async fn cli_runs_lists_verifies_and_restores_a_deployed_volume() {
     let unknown = cli(&["backup", "run", "nope"]);
     assert_eq!(unknown.code, 1);
     assert!(unknown.stderr.contains("jobs: files"), "{unknown:?}");
+}
+
+/// Polls the daemon's store until `pred` holds for the runs of `job`.
+async fn wait_runs(
+    state: &std::path::Path,
+    env: &str,
+    job: &str,
+    what: &str,
+    pred: impl Fn(&[(i64, driftless::store::BackupRun)]) -> bool,
+    log: &dyn Fn() -> String,
+) -> Vec<(i64, driftless::store::BackupRun)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(store) = Store::open(state) {
+            let runs = store.backup_runs(env, Some(job), 100).unwrap_or_default();
+            if pred(&runs) {
+                return runs;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waiting for {what}: {runs:#?}\ndaemon log:\n{}",
+                log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
+    use crate::daemon_support::{Bare, Daemon, Options};
+    let Some(_docker) = docker().await else {
+        return;
+    };
+    let project = docker_support::project_name("bsched");
+    let _cleanup = Cleanup::new(&[&project]);
+    let env = format!("e{}", project.trim_start_matches("dlt-"));
+    let dest_dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let stack = |greeting: &str| {
+        format!(
+            "name: {project}\nservices:\n  app:\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n    environment:\n      GREETING: {greeting}\n"
+        )
+    };
+    let files = |greeting: &str| {
+        vec![
+            (
+                "driftless.yaml",
+                format!(
+                    "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {{}}\nenvironments:\n  {env}:\n    values: environments/values.yaml\n    targets: [local]\n    health: {{ deadline: 60s, settle: 1s }}\n"
+                ),
+            ),
+            ("environments/values.yaml", "{}\n".to_owned()),
+            ("compose/stack.yaml", stack(greeting)),
+            (
+                "backups/jobs.yaml",
+                format!(
+                    "jobs:\n  - name: tick\n    schedule: \"*/2 * * * * *\"\n    source: {{ exec: {{ service: app, command: [echo, tick] }} }}\n    destination: {{ local: {dir} }}\n    retention: {{ keep_last: 3 }}\n    before_apply: true\n",
+                    dir = dest_dir.path().display()
+                ),
+            ),
+        ]
+    };
+    let as_refs = |v: &[(&'static str, String)]| v.to_vec();
+    let bare = Bare::new(&as_refs(&files("one")));
+    let d = Daemon::start(&Options {
+        repo: bare.path(),
+        env: env.clone(),
+        state_dir: state.path().to_owned(),
+        secrets_dir: secrets.path().to_owned(),
+        poll: "1s",
+        watch: false,
+        extra: String::new(),
+        vars: vec![],
+    });
+    // Scheduled runs start once a commit is deployed good.
+    let runs = wait_runs(
+        state.path(),
+        &env,
+        "tick",
+        "two scheduled runs",
+        |r| {
+            r.iter()
+                .filter(|(_, run)| run.trigger == "schedule" && run.outcome == "succeeded")
+                .count()
+                >= 2
+        },
+        &|| d.log_text(),
+    )
+    .await;
+    assert!(
+        runs.iter()
+            .filter(|(_, r)| r.outcome == "succeeded")
+            .all(|(_, r)| r.verified == Some(true)),
+        "{runs:#?}"
+    );
+
+    // A change runs the before_apply job first, recorded with that deploy.
+    bare.commit(&as_refs(&files("two")), "two");
+    let runs = wait_runs(
+        state.path(),
+        &env,
+        "tick",
+        "a before_apply run",
+        |r| r.iter().any(|(_, run)| run.trigger == "before_apply"),
+        &|| d.log_text(),
+    )
+    .await;
+    let before = runs
+        .iter()
+        .find(|(_, r)| r.trigger == "before_apply")
+        .unwrap();
+    assert_eq!(before.1.outcome, "succeeded", "{before:#?}");
+    let reconcile_id = before.1.reconcile_id.expect("recorded with its deploy");
+    let h = Daemon::history(state.path(), &env);
+    let rows = h["reconciles"].as_array().unwrap();
+    assert!(
+        rows.iter().any(|r| r["id"] == reconcile_id),
+        "reconcile {reconcile_id} in history: {h:#}"
+    );
+    // Retention keeps at most three backups at the destination.
+    let stored = LocalDir::new(dest_dir.path(), &env, "tick")
+        .manifests()
+        .unwrap();
+    assert!(stored.len() <= 3 + 1, "{} stored", stored.len());
+    drop(d);
 }

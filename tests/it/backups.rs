@@ -575,13 +575,13 @@ async fn cli_runs_lists_verifies_and_restores_a_deployed_volume() {
         )
         .file("environments/values.yaml", "{}\n")
         .file(
-            "compose/stack.yaml",
-            format!("name: {project}\nservices:\n  app:\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n    volumes:\n      - data:/data\nvolumes:\n  data: {{}}\n"),
+            "compose/stack.yaml.j2",
+            format!("name: {project}\nservices:\n  app:\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n    environment:\n      TOKEN: \"{{{{ secret('token') }}}}\"\n    volumes:\n      - data:/data\nvolumes:\n  data: {{}}\n"),
         )
         .file(
             "backups/jobs.yaml",
             format!(
-                "jobs:\n  - name: files\n    schedule: \"0 3 * * 1\"\n    timezone: Europe/Berlin\n    source: {{ volume: {{ volume: data, service: app }} }}\n    consistency: pause\n    destination: {{ local: {dir} }}\n    retention: {{ keep_last: 2 }}\n",
+                "jobs:\n  - name: files\n    schedule: \"0 3 * * 1\"\n    timezone: Europe/Berlin\n    source: {{ volume: {{ volume: data, service: app }} }}\n    consistency: pause\n    destination: {{ local: {dir} }}\n    retention: {{ keep_last: 2 }}\n  - name: config\n    schedule: \"@daily\"\n    source: {{ config: {{}} }}\n    destination: {{ local: {dir} }}\n",
                 dir = dest_dir.path().display()
             ),
         );
@@ -589,9 +589,19 @@ async fn cli_runs_lists_verifies_and_restores_a_deployed_volume() {
     git(repo.path(), &["add", "-A"]);
     git(repo.path(), &["commit", "-q", "-m", "v1"]);
     let state_dir = state.path().to_str().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::write(secrets.path().join("token"), "tok-BACKUP-SECRET-4242\n").unwrap();
+    let secrets_dir = secrets.path().to_str().unwrap();
     let cli = |args: &[&str]| {
         let mut all = args.to_vec();
-        all.extend(["--env", &env, "--state-dir", state_dir]);
+        all.extend([
+            "--env",
+            &env,
+            "--state-dir",
+            state_dir,
+            "--secrets-dir",
+            secrets_dir,
+        ]);
         driftless(repo.path(), &all)
     };
     let deployed = cli(&["reconcile"]);
@@ -637,9 +647,38 @@ async fn cli_runs_lists_verifies_and_restores_a_deployed_volume() {
     let verify = cli(&["backup", "verify", "files"]);
     assert_eq!(verify.code, 0, "{verify:?}");
 
+    // The rendered configuration, with the secret value masked.
+    let config = cli(&["backup", "run", "config"]);
+    assert_eq!(config.code, 0, "{config:?}");
+    let out = dest_dir.path().join("config.tar");
+    let written = cli(&[
+        "backup",
+        "restore",
+        "config",
+        "--output-file",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(written.code, 0, "{written:?}");
+    let mut archive = tar::Archive::new(std::fs::File::open(&out).unwrap());
+    let mut stack = String::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().ends_with("compose/stack.yaml") {
+            std::io::Read::read_to_string(&mut entry, &mut stack).unwrap();
+        }
+    }
+    assert!(
+        stack.contains("TOKEN") && stack.contains(&project),
+        "{stack}"
+    );
+    assert!(!stack.contains("tok-BACKUP-SECRET-4242"), "{stack}");
+
     let unknown = cli(&["backup", "run", "nope"]);
     assert_eq!(unknown.code, 1);
-    assert!(unknown.stderr.contains("jobs: files"), "{unknown:?}");
+    assert!(
+        unknown.stderr.contains("jobs: files, config"),
+        "{unknown:?}"
+    );
 }
 
 /// Polls the daemon's store until `pred` holds for the runs of `job`.

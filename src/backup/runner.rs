@@ -388,9 +388,14 @@ async fn run_steps(
     let written = writer
         .await
         .map_err(|e| BackupError::Write(format!("writer task: {e}")))?;
-    // The source's error explains a writer that stopped early: report it first.
-    produced?;
-    let (upload, sizes) = written.map_err(|e| BackupError::Write(e.to_string()))?;
+    let (upload, sizes) = match (produced, written) {
+        (Ok(()), Ok(done)) => done,
+        // A source that stopped because the writer did: the writer's error says why.
+        (Ok(()) | Err(BackupError::Write(_)), Err(e)) => {
+            return Err(BackupError::Write(e.to_string()));
+        }
+        (Err(e), _) => return Err(e),
+    };
     let finished_at = now_ms();
     let mut manifest = Manifest {
         id: id.clone(),

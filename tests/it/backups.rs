@@ -457,6 +457,16 @@ async fn failing_copy_still_unpauses_and_failing_source_deletes_nothing() {
     let runs = store.backup_runs("dev", Some("dump"), 10).unwrap();
     assert_eq!(runs[0].1.outcome, "failed");
     assert_eq!(runs[0].1.error.as_deref(), Some(error.as_str()));
+    // A destination that cannot be written: the writer's error is the run's.
+    let mut unwritable = good.clone();
+    unwritable.destination = Dest::Local {
+        path: "/proc/driftless-unwritable".to_owned(),
+    };
+    let error = runner::run(&ctx, &unwritable, "cli", None)
+        .await
+        .error
+        .unwrap();
+    assert!(error.contains("/proc/driftless-unwritable"), "{error}");
     let kept = dest(&good).manifests().unwrap();
     assert_eq!(kept.len(), 1, "the good backup stays");
     assert_eq!(

@@ -450,6 +450,104 @@ impl Drop for Helper {
     }
 }
 
+/// A throwaway container from a local image, started with its own command,
+/// for a restore test; removed on [`Scratch::remove`] (or in the background
+/// when dropped).
+pub struct Scratch(Helper);
+
+impl Scratch {
+    /// Starts `image` and waits until it is healthy (when the image has a
+    /// health check) or running, at most `timeout`.
+    pub async fn start(
+        docker: &Docker,
+        image: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Scratch, BackupError> {
+        let body = ContainerCreateBody {
+            image: Some(image.to_owned()),
+            labels: Some(HashMap::from([(
+                HELPER_LABEL.to_owned(),
+                "restore-test".to_owned(),
+            )])),
+            ..Default::default()
+        };
+        let created = docker
+            .create_container(
+                None::<bollard::query_parameters::CreateContainerOptions>,
+                body,
+            )
+            .await
+            .map_err(docker_err(format!(
+                "restore test: create a container from {image}"
+            )))?;
+        let scratch = Scratch(Helper {
+            docker: docker.clone(),
+            id: created.id,
+            removed: false,
+        });
+        docker
+            .start_container(&scratch.0.id, None)
+            .await
+            .map_err(docker_err(format!("restore test: start {image}")))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let state = docker
+                .inspect_container(&scratch.0.id, None)
+                .await
+                .map_err(docker_err("restore test: inspect"))?
+                .state
+                .unwrap_or_default();
+            let health = state.health.and_then(|h| h.status);
+            let ready = match health {
+                Some(bollard::models::HealthStatusEnum::HEALTHY) => true,
+                Some(bollard::models::HealthStatusEnum::STARTING) => false,
+                _ => state.running == Some(true),
+            };
+            if ready {
+                return Ok(scratch);
+            }
+            if state.running != Some(true)
+                && state.status != Some(bollard::models::ContainerStateStatusEnum::CREATED)
+            {
+                return Err(BackupError::Verify(format!(
+                    "restore test: the {image} container stopped (exit code {:?})",
+                    state.exit_code
+                )));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BackupError::Verify(format!(
+                    "restore test: the {image} container was not ready within {timeout:?}"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.0.id
+    }
+
+    pub async fn remove(self) {
+        self.0.remove().await
+    }
+}
+
+/// Runs `command` in `container`; an error with its output when it fails.
+pub async fn exec_check(
+    docker: &Docker,
+    container: &str,
+    command: &[String],
+) -> Result<(), BackupError> {
+    let (what, exec_id, started) = start_exec(docker, container, command, false).await?;
+    let mut tail = Vec::new();
+    if let StartExecResults::Attached { mut output, .. } = started {
+        while let Some(Ok(item)) = output.next().await {
+            keep_tail(&mut tail, &item.into_bytes());
+        }
+    }
+    exit_status(docker, &exec_id, &what, &tail).await
+}
+
 async fn remove_container(docker: &Docker, id: &str) {
     if let Err(e) = docker
         .remove_container(

@@ -433,6 +433,12 @@ async fn run_steps(
         return Ok(());
     }
     verify_stored(dest.clone(), &mut manifest, ctx.identities.clone()).await?;
+    if let Some(test) = &job.verify.restore_test
+        && let Err(e) = restore_test(ctx, test, dest.clone(), &manifest).await
+    {
+        mark_unverified(dest.clone(), &manifest).await;
+        return Err(e);
+    }
     report.verified = true;
 
     // Retention, only now that a verified new backup exists.
@@ -583,6 +589,47 @@ pub async fn verify_stored(
             Err(BackupError::Verify(e))
         }
     }
+}
+
+/// How long a restore test waits for its container to be ready.
+const RESTORE_TEST_READY: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Restores the new backup into a throwaway container of `test.image` (its
+/// own command, ready when healthy or running): `test.command` with the dump
+/// on stdin, then `test.check`; both must exit 0. The container is removed
+/// whatever happened. Exec sources only (a dump restores through a command).
+async fn restore_test(
+    ctx: &Context,
+    test: &crate::model::RestoreTest,
+    dest: Arc<dyn Destination>,
+    manifest: &Manifest,
+) -> Result<(), BackupError> {
+    if manifest.format != "dump" {
+        return Err(BackupError::Config(
+            "verify.restore_test applies to exec sources only".to_owned(),
+        ));
+    }
+    if manifest.encoding.encrypted && ctx.identities.is_none() {
+        return Err(BackupError::Verify(
+            "restore test of an encrypted backup needs DRIFTLESS_BACKUP_IDENTITY_FILE".to_owned(),
+        ));
+    }
+    let scratch = dk::Scratch::start(&ctx.docker, &test.image, RESTORE_TEST_READY).await?;
+    let result = async {
+        let (rx, decoding) = decoded_stream(dest, manifest, ctx.identities.clone());
+        let restored = dk::exec_from(&ctx.docker, scratch.id(), &test.command, rx).await;
+        decoding
+            .await
+            .map_err(|e| BackupError::Verify(e.to_string()))?
+            .map_err(BackupError::Verify)?;
+        restored.map_err(|e| BackupError::Verify(format!("restore test: {e}")))?;
+        dk::exec_check(&ctx.docker, scratch.id(), &test.check)
+            .await
+            .map_err(|e| BackupError::Verify(format!("restore test check: {e}")))
+    }
+    .await;
+    scratch.remove().await;
+    result
 }
 
 /// Marks a manifest unverified after a failed verification.

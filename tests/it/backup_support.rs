@@ -19,7 +19,10 @@ use futures_util::StreamExt;
 use crate::docker_support::{BUSYBOX, add_file, build_image};
 
 /// PostgreSQL 15 and Redis 7 from Debian 12; bump the tag when the recipe changes.
-pub const DATABASES: &str = "driftless-test/databases:pg15-redis7-1";
+pub const DATABASES: &str = "driftless-test/databases:pg15-redis7-2";
+/// The image's own command: a PostgreSQL server, initialised on first start,
+/// socket in /run/postgresql, superuser `app` trusted.
+pub const PG_START: &str = "initdb -D /var/lib/postgresql/data -U app --auth=trust --locale=C -E UTF8 >/var/lib/postgresql/initdb.log 2>&1 || { cat /var/lib/postgresql/initdb.log; exit 1; }; exec postgres -D /var/lib/postgresql/data -k /run/postgresql -c listen_addresses= -c jit=off";
 /// The uid the databases run as (the image's `postgres` user).
 pub const DB_UID: &str = "999";
 
@@ -92,7 +95,8 @@ async fn build(docker: &Docker) {
         "Dockerfile",
         0o644,
         format!(
-            "FROM {BUSYBOX}\nCOPY rootfs/ /\nCOPY --chown={DB_UID}:{DB_UID} owned/ /\nENV TZ=UTC LANG=C PATH=/usr/lib/postgresql/15/bin:/usr/bin:/bin\n"
+            "FROM {BUSYBOX}\nCOPY rootfs/ /\nCOPY --chown={DB_UID}:{DB_UID} owned/ /\nENV TZ=UTC LANG=C PATH=/usr/lib/postgresql/15/bin:/usr/bin:/bin\nUSER {DB_UID}\nCMD [\"sh\", \"-c\", \"{PG_START}\"]\nHEALTHCHECK --interval=1s --timeout=5s --retries=120 CMD [\"psql\", \"-h\", \"/run/postgresql\", \"-U\", \"app\", \"-d\", \"postgres\", \"-c\", \"select 1\"]\n",
+
         )
         .as_bytes(),
     );
@@ -275,11 +279,7 @@ pub async fn start_postgres(docker: &Docker, project: &str) -> String {
         "postgres",
         DATABASES,
         Some(DB_UID),
-        &[
-            "sh",
-            "-c",
-            "initdb -D /var/lib/postgresql/data -U app --auth=trust --locale=C -E UTF8 >/var/lib/postgresql/initdb.log 2>&1 || { cat /var/lib/postgresql/initdb.log; exit 1; }; exec postgres -D /var/lib/postgresql/data -k /run/postgresql -c listen_addresses= -c jit=off",
-        ],
+        &["sh", "-c", PG_START],
         &[],
     )
     .await;

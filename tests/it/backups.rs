@@ -120,6 +120,31 @@ async fn postgres_dump_restores_into_a_fresh_database_row_for_row() {
         )
     };
     let ctx = context(&docker, vec![bs::project(&a, &["postgres"], &[])]);
+    // Verification includes a restore into a throwaway server and a check
+    // that fails on an empty table.
+    let restore_test = |check: &str| {
+        let mut command = bs::psql("postgres");
+        command.push("-q");
+        let mut check_cmd = bs::psql("postgres");
+        check_cmd.extend(["-c", check]);
+        driftless::model::RestoreTest {
+            image: DATABASES.to_owned(),
+            command: command.into_iter().map(str::to_owned).collect(),
+            check: check_cmd.into_iter().map(str::to_owned).collect(),
+        }
+    };
+    let mut tested = pg_job(&a);
+    tested.verify.restore_test = Some(restore_test("select 1 / count(*) from items"));
+    let report = runner::run(&ctx, &tested, "cli", Some(&store)).await;
+    assert!(report.succeeded(), "{:?}", report.error);
+    let mut failing = pg_job(&a);
+    failing.verify.restore_test = Some(restore_test("select 1 / count(*) from no_such_table"));
+    let failed = runner::run(&ctx, &failing, "cli", Some(&store)).await;
+    let error = failed.error.expect("the restore test check fails");
+    assert!(
+        error.contains("restore test check") && error.contains("no_such_table"),
+        "{error}"
+    );
     let report = runner::run(&ctx, &pg_job(&a), "cli", Some(&store)).await;
     assert!(report.succeeded(), "{:?}", report.error);
     assert!(report.verified);
@@ -128,8 +153,8 @@ async fn postgres_dump_restores_into_a_fresh_database_row_for_row() {
         "zstd shrinks a SQL dump"
     );
     let runs = store.backup_runs("dev", Some("postgres"), 10).unwrap();
-    assert_eq!(runs.len(), 1);
-    assert_eq!(runs[0].1.outcome, "succeeded");
+    let outcomes: Vec<&str> = runs.iter().map(|(_, r)| r.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["succeeded", "failed", "succeeded"]);
     assert_eq!(runs[0].1.sha256, report.sha256);
 
     // A fresh server in another project gets the dump through psql's stdin.

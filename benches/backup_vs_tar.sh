@@ -73,7 +73,7 @@ YAML
 git -C "$repo" init -q
 git -C "$repo" add -A
 git -C "$repo" -c user.name=b -c user.email=b@b commit -qm bench
-"$bin" reconcile --repo "$repo" --env "$env" --state-dir "$work/state" >/dev/null
+"$bin" reconcile --repo "$repo" --env "$env" --state-dir "$work/state" >/dev/null 2>&1
 
 # 1 GiB of base64 text (compresses like logs or dumps do, about 3:4).
 container="$(docker ps -q --filter "label=com.docker.compose.project=$project")"

@@ -399,6 +399,9 @@ impl Helper {
             })?;
         let body = ContainerCreateBody {
             image: Some(image),
+            // Never started, but the engine wants a command for an image
+            // without one.
+            cmd: Some(vec!["driftless-backup-helper".to_owned()]),
             labels: Some(HashMap::from([(
                 HELPER_LABEL.to_owned(),
                 volume.to_owned(),
@@ -415,15 +418,27 @@ impl Helper {
             }),
             ..Default::default()
         };
+        Helper::new(
+            docker,
+            body,
+            &format!("create a helper container for volume {volume}"),
+        )
+        .await
+    }
+
+    /// Creates (does not start) a container from `body`.
+    async fn new(
+        docker: &Docker,
+        body: ContainerCreateBody,
+        what: &str,
+    ) -> Result<Helper, BackupError> {
         let created = docker
             .create_container(
                 None::<bollard::query_parameters::CreateContainerOptions>,
                 body,
             )
             .await
-            .map_err(docker_err(format!(
-                "create a helper container for volume {volume}"
-            )))?;
+            .map_err(docker_err(what))?;
         Ok(Helper {
             docker: docker.clone(),
             id: created.id,
@@ -471,20 +486,14 @@ impl Scratch {
             )])),
             ..Default::default()
         };
-        let created = docker
-            .create_container(
-                None::<bollard::query_parameters::CreateContainerOptions>,
+        let scratch = Scratch(
+            Helper::new(
+                docker,
                 body,
+                &format!("restore test: create a container from {image}"),
             )
-            .await
-            .map_err(docker_err(format!(
-                "restore test: create a container from {image}"
-            )))?;
-        let scratch = Scratch(Helper {
-            docker: docker.clone(),
-            id: created.id,
-            removed: false,
-        });
+            .await?,
+        );
         docker
             .start_container(&scratch.0.id, None)
             .await

@@ -422,6 +422,67 @@ async fn paused_volume_backup_restores_byte_for_byte_and_resumes_the_service() {
     );
 }
 
+/// Regression: the helper container that reads a volume was refused by the
+/// engine ("No command specified") when the service's image has no CMD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_of_a_service_whose_image_has_no_command_is_backed_up() {
+    let Some(docker) = docker().await else { return };
+    let p = docker_support::project_name("nocmd");
+    let image = format!("driftless-test/nocmd:{p}");
+    let _cleanup = Cleanup::new(&[&p]).image(&image);
+    let mut tar = tar::Builder::new(Vec::new());
+    docker_support::add_file(
+        &mut tar,
+        "Dockerfile",
+        0o644,
+        b"FROM scratch\nCOPY busybox /bin/busybox\n",
+    );
+    docker_support::add_file(
+        &mut tar,
+        "busybox",
+        0o755,
+        &std::fs::read("/bin/busybox").unwrap(),
+    );
+    docker_support::build_image(&docker, &image, tar.into_inner().unwrap()).await;
+    let volume = format!("{p}_data");
+    let app = bs::start_service(
+        &docker,
+        &p,
+        "app",
+        &image,
+        None,
+        &["/bin/busybox", "sleep", "3600"],
+        &[(&volume, "/data")],
+    )
+    .await;
+    put_files(&docker, &app, "/data", &[("f", b"kept".to_vec())]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let j = job(
+        "files",
+        dir.path(),
+        BackupSource::Volume {
+            project: Some(p.clone()),
+            volume: "data".to_owned(),
+            service: Some("app".to_owned()),
+        },
+    );
+    let ctx = context(
+        &docker,
+        vec![bs::project(&p, &["app"], &[("data", &volume)])],
+    );
+    let report = runner::run(&ctx, &j, "cli", None).await;
+    assert!(report.succeeded(), "{:?}", report.error);
+    let m = runner::pick(&dest(&j).manifests().unwrap(), None).unwrap();
+    let plain = runner::read_plain(dest(&j), &m, None).await.unwrap();
+    let mut archive = tar::Archive::new(plain.as_slice());
+    let names: Vec<String> = archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert!(names.iter().any(|n| n == "driftless-volume/f"), "{names:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_copy_still_unpauses_and_failing_source_deletes_nothing() {
     let Some(docker) = docker().await else { return };

@@ -833,7 +833,7 @@ async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
             (
                 "backups/jobs.yaml",
                 format!(
-                    "jobs:\n  - name: tick\n    schedule: \"*/2 * * * * *\"\n    source: {{ exec: {{ service: app, command: [echo, tick] }} }}\n    destination: {{ local: {dir} }}\n    retention: {{ keep_last: 3 }}\n    before_apply: true\n",
+                    "jobs:\n  - name: tick\n    schedule: \"*/2 * * * * *\"\n    source: {{ exec: {{ service: app, command: [echo, tick] }} }}\n    destination: {{ local: {dir} }}\n    retention: {{ keep_last: 3 }}\n    before_apply: true\n    run_missed: true\n",
                     dir = dest_dir.path().display()
                 ),
             ),
@@ -841,7 +841,7 @@ async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
     };
     let as_refs = |v: &[(&'static str, String)]| v.to_vec();
     let bare = Bare::new(&as_refs(&files("one")));
-    let d = Daemon::start(&Options {
+    let options = Options {
         repo: bare.path(),
         env: env.clone(),
         state_dir: state.path().to_owned(),
@@ -850,7 +850,8 @@ async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
         watch: false,
         extra: String::new(),
         vars: vec![],
-    });
+    };
+    let d = Daemon::start(&options);
     // Scheduled runs start once a commit is deployed good.
     let runs = wait_runs(
         state.path(),
@@ -901,5 +902,24 @@ async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
         .manifests()
         .unwrap();
     assert!(stored.len() <= 3 + 1, "{} stored", stored.len());
+
+    // Down across a scheduled time: the restart reports it and, as the job
+    // sets run_missed, runs it once.
+    drop(d);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let d = Daemon::start(&options);
+    wait_runs(
+        state.path(),
+        &env,
+        "tick",
+        "a missed run",
+        |r| {
+            r.iter()
+                .any(|(_, run)| run.trigger == "missed" && run.outcome == "succeeded")
+        },
+        &|| d.log_text(),
+    )
+    .await;
+    assert!(d.log_text().contains("missed its run"), "{}", d.log_text());
     drop(d);
 }

@@ -17,6 +17,8 @@ use driftless::secrets::{Masker, SecretSource};
 use driftless::source::{Auth, Limits, Source};
 use driftless::store::Store;
 
+mod backup;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "driftless",
@@ -65,6 +67,8 @@ pub enum Command {
     History(HistoryArgs),
     /// Show every environment: commit, last good commit, health, drift, pin, suspension.
     Status(StatusArgs),
+    /// Backup jobs of an environment: list, run, verify, restore.
+    Backup(backup::BackupArgs),
 }
 
 /// The daemon's state directory (store and lock files).
@@ -369,6 +373,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Resume(args) => resume_cmd(args),
         Command::History(args) => history_cmd(args),
         Command::Status(args) => status_cmd(args),
+        Command::Backup(args) => backup::run(args),
     }
 }
 

@@ -341,6 +341,22 @@ pub struct BackupRun {
     pub finished_at: Option<i64>,
 }
 
+/// One backup job's latest results, for metrics and status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct BackupJobStats {
+    pub env: String,
+    pub job: String,
+    /// Outcome and start (unix ms) of the newest run.
+    pub last_outcome: String,
+    pub last_run_at: i64,
+    /// Finish time (unix ms), duration and stored size of the newest successful run.
+    pub last_success_at: Option<i64>,
+    pub last_success_duration_ms: Option<i64>,
+    pub last_success_bytes: Option<i64>,
+    /// Runs that did not succeed, over the recorded history.
+    pub failed_runs: i64,
+}
+
 /// The state store. Cheap to share behind an `Arc`; every call is one short
 /// transaction on one connection.
 pub struct Store {
@@ -705,6 +721,73 @@ impl Store {
                 params![run.env, run.job, run.trigger, run.outcome, run.location, run.bytes, run.sha256, run.verified, run.error, run.reconcile_id, run.started_at, run.finished_at],
             )?;
             Ok(c.last_insert_rowid())
+        })
+    }
+
+    /// Recorded backup runs of an environment (one job, or all), newest
+    /// first, with their ids.
+    pub fn backup_runs(
+        &self,
+        env: &str,
+        job: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(i64, BackupRun)>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, env, job, trigger, outcome, location, bytes, sha256, verified, error, reconcile_id, started_at, finished_at
+                 FROM backup_runs WHERE env = ?1 AND (?2 IS NULL OR job = ?2) ORDER BY id DESC LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![env, job, limit as i64], |r| {
+                Ok((
+                    r.get(0)?,
+                    BackupRun {
+                        env: r.get(1)?,
+                        job: r.get(2)?,
+                        trigger: r.get(3)?,
+                        outcome: r.get(4)?,
+                        location: r.get(5)?,
+                        bytes: r.get(6)?,
+                        sha256: r.get(7)?,
+                        verified: r.get(8)?,
+                        error: r.get(9)?,
+                        reconcile_id: r.get(10)?,
+                        started_at: r.get(11)?,
+                        finished_at: r.get(12)?,
+                    },
+                ))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    /// Per environment and job: the last run and the last successful one
+    /// (what `/metrics` exports: last success time, duration, size).
+    pub fn backup_job_stats(&self) -> Result<Vec<BackupJobStats>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT b.env, b.job,
+                    (SELECT outcome FROM backup_runs l WHERE l.env = b.env AND l.job = b.job ORDER BY id DESC LIMIT 1),
+                    (SELECT started_at FROM backup_runs l WHERE l.env = b.env AND l.job = b.job ORDER BY id DESC LIMIT 1),
+                    s.finished_at, s.finished_at - s.started_at, s.bytes,
+                    (SELECT count(*) FROM backup_runs f WHERE f.env = b.env AND f.job = b.job AND f.outcome != 'succeeded')
+                 FROM (SELECT DISTINCT env, job FROM backup_runs) b
+                 LEFT JOIN backup_runs s ON s.id = (
+                     SELECT id FROM backup_runs x WHERE x.env = b.env AND x.job = b.job AND x.outcome = 'succeeded' ORDER BY id DESC LIMIT 1)
+                 ORDER BY b.env, b.job",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(BackupJobStats {
+                    env: r.get(0)?,
+                    job: r.get(1)?,
+                    last_outcome: r.get(2)?,
+                    last_run_at: r.get(3)?,
+                    last_success_at: r.get(4)?,
+                    last_success_duration_ms: r.get(5)?,
+                    last_success_bytes: r.get(6)?,
+                    failed_runs: r.get(7)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }
 
@@ -1268,6 +1351,36 @@ mod tests {
             s.backup_last_success().unwrap(),
             [("dev".to_owned(), "pg".to_owned(), 2_000)]
         );
+    }
+
+    #[test]
+    fn backup_stats_name_the_last_success() {
+        let s = Store::open_in_memory().unwrap();
+        let run = |outcome: &str, at: i64, bytes: i64| BackupRun {
+            env: "dev".into(),
+            job: "db".into(),
+            trigger: "schedule".into(),
+            outcome: outcome.into(),
+            bytes: Some(bytes),
+            started_at: at,
+            finished_at: Some(at + 5),
+            ..BackupRun::default()
+        };
+        s.record_backup_run(&run("succeeded", 100, 10)).unwrap();
+        s.record_backup_run(&run("succeeded", 200, 20)).unwrap();
+        s.record_backup_run(&run("failed", 300, 0)).unwrap();
+        let stats = s.backup_job_stats().unwrap();
+        assert_eq!(stats.len(), 1);
+        let st = &stats[0];
+        assert_eq!(st.last_outcome, "failed");
+        assert_eq!(st.last_run_at, 300);
+        assert_eq!(st.last_success_at, Some(205));
+        assert_eq!(st.last_success_duration_ms, Some(5));
+        assert_eq!(st.last_success_bytes, Some(20));
+        assert_eq!(st.failed_runs, 1);
+        let runs = s.backup_runs("dev", Some("db"), 2).unwrap();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[0].1.outcome, "failed");
     }
 
     #[test]

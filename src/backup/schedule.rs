@@ -9,7 +9,7 @@
 
 use std::str::FromStr;
 
-use chrono::{DateTime, TimeZone};
+use chrono::{DateTime, TimeZone, Utc};
 
 /// A parsed schedule, with the expression the user wrote.
 #[derive(Debug, Clone)]
@@ -58,6 +58,30 @@ impl Schedule {
     pub fn next_after<Z: TimeZone>(&self, after: &DateTime<Z>) -> Option<DateTime<Z>> {
         self.inner.after(after).next()
     }
+
+    /// The first run strictly after `after`, with the fields read as wall
+    /// time in the IANA time zone `tz` (so `0 3 * * 1` is 03:00 on Monday
+    /// there, across DST changes). `None` for an unknown zone.
+    pub fn next_in(&self, tz: &str, after: &DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let tz = timezone(tz).ok()?;
+        self.next_after(&after.with_timezone(&tz))
+            .map(|t| t.with_timezone(&Utc))
+    }
+
+    /// The time between the two runs that follow `after`: the interval a
+    /// job is expected to succeed within (twice it raises an alert).
+    pub fn interval_in(&self, tz: &str, after: &DateTime<Utc>) -> Option<std::time::Duration> {
+        let first = self.next_in(tz, after)?;
+        let second = self.next_in(tz, &first)?;
+        (second - first).to_std().ok()
+    }
+}
+
+/// Resolves an IANA time zone name (`UTC`, `Europe/Berlin`).
+pub fn timezone(name: &str) -> Result<chrono_tz::Tz, String> {
+    chrono_tz::Tz::from_str(name).map_err(|_| {
+        format!("timezone `{name}` is not an IANA time zone name (e.g. `UTC`, `Europe/Berlin`)")
+    })
 }
 
 /// `min hour dom month dow` → `0 min hour dom month dow'`, with the
@@ -189,6 +213,48 @@ mod tests {
             .next_after(&from)
             .unwrap();
         assert_eq!(t.to_rfc3339(), "2026-11-30T03:00:00+09:00");
+    }
+
+    #[test]
+    fn monday_in_the_jobs_time_zone() {
+        // 03:00 Monday in Berlin (CET, UTC+1 in November) is 02:00 UTC Monday;
+        // in Auckland (NZDT, UTC+13) it is 14:00 UTC on Sunday.
+        let s = Schedule::parse("0 3 * * 1").unwrap();
+        let from: DateTime<Utc> = "2026-11-26T12:00:00Z".parse().unwrap();
+        let berlin = s.next_in("Europe/Berlin", &from).unwrap();
+        assert_eq!(berlin.to_rfc3339(), "2026-11-30T02:00:00+00:00");
+        let local = berlin.with_timezone(&timezone("Europe/Berlin").unwrap());
+        assert_eq!((local.weekday(), local.hour()), (Weekday::Mon, 3));
+        let auckland = s.next_in("Pacific/Auckland", &from).unwrap();
+        assert_eq!(auckland.to_rfc3339(), "2026-11-29T14:00:00+00:00");
+        // Across the switch to summer time the wall time stays 03:00.
+        let march: DateTime<Utc> = "2026-03-24T00:00:00Z".parse().unwrap();
+        assert_eq!(
+            s.next_in("Europe/Berlin", &march).unwrap().to_rfc3339(),
+            "2026-03-30T01:00:00+00:00"
+        );
+        assert!(s.next_in("Mars/Olympus", &from).is_none());
+        assert!(
+            timezone("Mars/Olympus")
+                .unwrap_err()
+                .contains("Mars/Olympus")
+        );
+    }
+
+    #[test]
+    fn interval_of_common_schedules() {
+        let from: DateTime<Utc> = "2026-11-26T12:00:00Z".parse().unwrap();
+        let hours = |e: &str| {
+            Schedule::parse(e)
+                .unwrap()
+                .interval_in("UTC", &from)
+                .unwrap()
+                .as_secs()
+                / 3600
+        };
+        assert_eq!(hours("@daily"), 24);
+        assert_eq!(hours("0 */6 * * *"), 6);
+        assert_eq!(hours("0 3 * * 1"), 24 * 7);
     }
 
     #[test]

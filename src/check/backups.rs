@@ -153,10 +153,8 @@ pub fn load(file: &str, text: &str) -> Result<Vec<BackupJob>, Diagnostics> {
             diags.push(err(format!("schedule: {e}")));
         }
         let timezone = job.timezone.unwrap_or_else(|| "UTC".to_owned());
-        if !plausible_timezone(&timezone) {
-            diags.push(err(format!(
-                "timezone `{timezone}` is not an IANA time zone name (e.g. `UTC`, `Europe/Berlin`)"
-            )));
+        if let Err(e) = crate::backup::schedule::timezone(&timezone) {
+            diags.push(err(e));
         }
         let source = match (
             job.source.exec,
@@ -301,19 +299,6 @@ pub fn load(file: &str, text: &str) -> Result<Vec<BackupJob>, Diagnostics> {
     }
 }
 
-/// `UTC`, `Etc/GMT+5`, `America/Argentina/Buenos_Aires`: the shape of an
-/// IANA name. The scheduler resolves it against the time zone database.
-fn plausible_timezone(tz: &str) -> bool {
-    !tz.is_empty()
-        && tz.len() <= 64
-        && tz.split('/').all(|part| {
-            !part.is_empty()
-                && part
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+'))
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,6 +342,16 @@ mod tests {
         assert!(d.contains("backups/db.yaml:2"), "{d}");
         assert!(d.contains("jobs.postgres"), "{d}");
         assert!(d.contains("schedule"), "{d}");
+    }
+
+    #[test]
+    fn unknown_time_zone_is_an_error() {
+        let text = GOOD.replace("Europe/Berlin", "Europe/Atlantis");
+        let d = load("backups/db.yaml", &text).unwrap_err().to_string();
+        assert!(
+            d.contains("backups/db.yaml:8") && d.contains("Europe/Atlantis"),
+            "{d}"
+        );
     }
 
     #[test]

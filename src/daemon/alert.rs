@@ -26,12 +26,21 @@ pub enum EventKind {
     DeployFailed,
     /// A commit did not render or check: nothing was applied.
     Invalid,
+    /// A scheduled backup run failed (the message names the job).
+    BackupFailed,
+    /// A backup job has not succeeded within twice its interval.
+    BackupOverdue,
+    /// A scheduled backup time passed while the daemon was down.
+    BackupMissed,
 }
 
 impl EventKind {
     fn severity(self) -> &'static str {
         match self {
-            EventKind::RolledBack | EventKind::Invalid => "warning",
+            EventKind::RolledBack
+            | EventKind::Invalid
+            | EventKind::BackupFailed
+            | EventKind::BackupMissed => "warning",
             _ => "critical",
         }
     }
@@ -43,6 +52,9 @@ impl EventKind {
             EventKind::FirstDeployFailed => "DriftlessFirstDeployFailed",
             EventKind::DeployFailed => "DriftlessDeployFailed",
             EventKind::Invalid => "DriftlessInvalidCommit",
+            EventKind::BackupFailed => "DriftlessBackupFailed",
+            EventKind::BackupOverdue => "DriftlessBackupOverdue",
+            EventKind::BackupMissed => "DriftlessBackupMissed",
         }
     }
 }

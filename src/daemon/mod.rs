@@ -32,6 +32,7 @@ use crate::source::Limits;
 use crate::store::Store;
 
 pub mod alert;
+pub mod backups;
 pub mod config;
 pub mod lease;
 pub mod lock;
@@ -208,6 +209,7 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
         limits,
     };
     let cancel = CancellationToken::new();
+    let mut tasks = JoinSet::new();
     let mut workers = JoinSet::new();
     let mut entries = BTreeMap::new();
     let metrics = Arc::new(crate::http::metrics::Metrics::new(&envs));
@@ -237,7 +239,6 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
         }
         None => BTreeMap::new(),
     };
-    let mut tasks = JoinSet::new();
     for env in &envs {
         let dirty = Arc::new(Dirty::default());
         let stats = Arc::new(WorkerStats::default());
@@ -262,6 +263,8 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
             ));
         }
         let drift = manifest.environments[env].drift_interval;
+        // Backups run beside the worker, on their own schedules.
+        tasks.spawn(backups::run(ctx.clone(), cancel.child_token()));
         workers.spawn(worker::run(
             ctx,
             dirty.clone(),

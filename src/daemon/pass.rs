@@ -29,7 +29,7 @@ use crate::secrets::Masker;
 use crate::store::{Finish, ImageIds, Kind, Outcome, Store, Timings, Trigger};
 
 /// Everything a pass of one environment needs; shared by its worker.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct EnvContext {
     pub name: String,
     pub repo: Arc<RepoHandle>,
@@ -474,6 +474,12 @@ async fn deploy(
     };
     let mut masker = ctx.masker.clone();
     masker.merge(&loaded.renderer.masker());
+    // The rendered files, for a `before_apply` job backing up the config.
+    let backup_files = if loaded.checked.state.backups.iter().any(|j| j.before_apply) {
+        crate::backup::runner::rendered_files(&loaded.checked)
+    } else {
+        Vec::new()
+    };
     let mut desired = loaded.checked.state;
     // An environment can span several daemons: apply and verify only the
     // targets this daemon's identity claims.
@@ -511,6 +517,21 @@ async fn deploy(
             delete = s.delete,
             "applying"
         );
+    }
+
+    // before_apply backups: a deploy that changes something waits for them
+    // (recorded with this reconcile's id); a rollback does not.
+    if changed && kind == Kind::Deploy && desired.backups.iter().any(|j| j.before_apply) {
+        match super::backups::before_apply(ctx, &desired, backup_files, &masker, id).await {
+            Ok(ids) if !ids.is_empty() => {
+                tracing::info!(backups = ?ids, "before_apply backups taken")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let e = masker.mask(&e).into_owned();
+                return rec.end(Outcome::Failed, Some(e.clone()), Attempt::Transient(e));
+            }
+        }
     }
 
     // apply (a no-op plan only lists images, for the ids) — only while this

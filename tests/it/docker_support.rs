@@ -100,13 +100,7 @@ pub async fn build_busybox(docker: &Docker, tag: &str, variant: &str) {
         panic!("/bin/busybox is needed to build test images (apt-get install busybox-static): {e}")
     });
     let mut tar = tar::Builder::new(Vec::new());
-    let mut add = |path: &str, mode: u32, data: &[u8]| {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(mode);
-        h.set_mtime(0);
-        tar.append_data(&mut h, path, data).unwrap();
-    };
+    let mut add = |path: &str, mode: u32, data: &[u8]| add_file(&mut tar, path, mode, data);
     let dockerfile = format!(
         "FROM scratch\nCOPY rootfs/ /\nLABEL {APPLETS_LABEL}=\"{}\"\nCMD [\"sh\"]\n",
         APPLETS.join(",")
@@ -126,7 +120,20 @@ pub async fn build_busybox(docker: &Docker, tag: &str, variant: &str) {
         tar.append_link(&mut h, format!("rootfs/bin/{applet}"), "busybox")
             .unwrap();
     }
-    let context = tar.into_inner().unwrap();
+    build_image(docker, tag, tar.into_inner().unwrap()).await;
+}
+
+/// Adds a regular file to a build context (mtime 0, so contexts are stable).
+pub fn add_file(tar: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, data: &[u8]) {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(mode);
+    h.set_mtime(0);
+    tar.append_data(&mut h, path, data).unwrap();
+}
+
+/// Builds `tag` from a tar build context holding a `Dockerfile`.
+pub async fn build_image(docker: &Docker, tag: &str, context: Vec<u8>) {
     let options = BuildImageOptionsBuilder::default()
         .dockerfile("Dockerfile")
         .t(tag)

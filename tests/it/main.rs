@@ -2,11 +2,13 @@
 //! `support` and `docker_support`; each module covers one stage or feature
 //! from the user's side.
 
+mod backup_support;
 mod docker_support;
 mod fake_apiserver;
 mod support;
 mod tls_proxy;
 
+mod backups;
 mod branches;
 mod compose_backend;
 mod corpus;

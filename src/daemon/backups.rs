@@ -1,0 +1,347 @@
+//! The backup scheduler: one task per environment runs the backup jobs of
+//! the commit last deployed good, on their cron schedules in their time
+//! zones; reports runs missed while the daemon was down (and runs them once
+//! when the job says `run_missed`); raises an alert for a failed run and
+//! for a job that has not succeeded within twice its interval. And
+//! [`before_apply`]: the jobs a deploy runs first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use super::alert::{Event, EventKind};
+use super::pass::EnvContext;
+use super::repo::Lookup;
+use crate::backup::Context;
+use crate::backup::codec::Identities;
+use crate::backup::runner::{self, RunReport};
+use crate::backup::schedule::Schedule;
+use crate::model::{BackupJob, DesiredState};
+use crate::secrets::Masker;
+
+/// How often the scheduler looks for a new last good commit (one query).
+const RELOAD: Duration = Duration::from_secs(5);
+
+/// The scheduled time that passed unrun since `last_run` (unix ms), if any.
+pub fn missed(
+    schedule: &Schedule,
+    tz: &str,
+    last_run: Option<i64>,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let last = DateTime::<Utc>::from_timestamp_millis(last_run?)?;
+    schedule.next_in(tz, &last).filter(|t| *t <= now)
+}
+
+/// Whether a job has gone more than twice its interval without success:
+/// counted from its last success, or from `since` (when the scheduler
+/// started) for a job that never succeeded.
+pub fn overdue(
+    schedule: &Schedule,
+    tz: &str,
+    last_success: Option<i64>,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> bool {
+    let Some(interval) = schedule.interval_in(tz, &now) else {
+        return false;
+    };
+    let reference = last_success
+        .and_then(DateTime::<Utc>::from_timestamp_millis)
+        .unwrap_or(since);
+    (now - reference)
+        .to_std()
+        .is_ok_and(|age| age > interval * 2)
+}
+
+struct Loaded {
+    commit: String,
+    ctx: Context,
+    jobs: Vec<(BackupJob, Schedule)>,
+}
+
+/// Runs the scheduler of one environment until `cancel`.
+pub async fn run(env: EnvContext, cancel: CancellationToken) {
+    let since = Utc::now();
+    let mut loaded: Option<Loaded> = None;
+    let mut next: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+    let mut alerted: BTreeSet<String> = BTreeSet::new();
+    let mut checked_missed = false;
+    loop {
+        // With leases only the environment's holder runs its backups.
+        if env.lease.as_ref().is_some_and(|l| !l.is_leader()) {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(RELOAD) => continue,
+            }
+        }
+        let last_good = env.store.last_good(&env.name).ok().flatten();
+        if let Some(lg) = last_good
+            && loaded.as_ref().is_none_or(|l| l.commit != lg.commit)
+        {
+            match load(&env, &lg.commit).await {
+                Ok(l) => {
+                    let now = Utc::now();
+                    next = l
+                        .jobs
+                        .iter()
+                        .filter_map(|(j, s)| Some((j.name.clone(), s.next_in(&j.timezone, &now)?)))
+                        .collect();
+                    tracing::info!(env = %env.name, jobs = l.jobs.len(), commit = %super::pass::short(&l.commit), "backup schedules loaded");
+                    loaded = Some(l);
+                }
+                Err(e) => {
+                    tracing::warn!(env = %env.name, error = %env.masker.mask(&e), "cannot load backup jobs")
+                }
+            }
+        }
+        if let Some(l) = &loaded {
+            if !checked_missed {
+                checked_missed = true;
+                for (job, schedule) in &l.jobs {
+                    let last_run = env
+                        .store
+                        .backup_runs(&env.name, Some(&job.name), 1)
+                        .ok()
+                        .and_then(|r| r.first().map(|(_, run)| run.started_at));
+                    if let Some(at) = missed(schedule, &job.timezone, last_run, Utc::now()) {
+                        let message = format!(
+                            "backup job {} missed its run at {} while the daemon was down{}",
+                            job.name,
+                            at.to_rfc3339(),
+                            if job.run_missed {
+                                "; running it now"
+                            } else {
+                                ""
+                            }
+                        );
+                        tracing::warn!(env = %env.name, job = %job.name, "{message}");
+                        notify(&env, EventKind::BackupMissed, message).await;
+                        if job.run_missed {
+                            run_job(&env, l, job, "missed").await;
+                        }
+                    }
+                }
+            }
+            let now = Utc::now();
+            for (job, schedule) in &l.jobs {
+                if next.get(&job.name).is_some_and(|t| *t <= now) {
+                    run_job(&env, l, job, "schedule").await;
+                    if let Some(t) = schedule.next_in(&job.timezone, &Utc::now()) {
+                        next.insert(job.name.clone(), t);
+                    }
+                }
+            }
+            let stats = env.store.backup_job_stats().unwrap_or_default();
+            for (job, schedule) in &l.jobs {
+                let last_success = stats
+                    .iter()
+                    .find(|s| s.env == env.name && s.job == job.name)
+                    .and_then(|s| s.last_success_at);
+                if overdue(schedule, &job.timezone, last_success, since, Utc::now()) {
+                    if alerted.insert(job.name.clone()) {
+                        let message = format!(
+                            "backup job {} has not succeeded within twice its interval ({})",
+                            job.name, job.schedule
+                        );
+                        tracing::error!(env = %env.name, job = %job.name, "{message}");
+                        notify(&env, EventKind::BackupOverdue, message).await;
+                    }
+                } else {
+                    alerted.remove(&job.name);
+                }
+            }
+        }
+        let now = Utc::now();
+        let wait = next
+            .values()
+            .min()
+            .and_then(|t| (*t - now).to_std().ok())
+            .map_or(RELOAD, |d| d.min(RELOAD));
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+async fn run_job(env: &EnvContext, l: &Loaded, job: &BackupJob, trigger: &str) -> RunReport {
+    let report = runner::run(&l.ctx, job, trigger, Some(&env.store)).await;
+    if let Some(e) = &report.error {
+        notify(
+            env,
+            EventKind::BackupFailed,
+            format!("backup job {} failed: {e}", job.name),
+        )
+        .await;
+    }
+    report
+}
+
+async fn load(env: &EnvContext, commit: &str) -> Result<Loaded, String> {
+    let source = env.repo.at(commit);
+    let name = env.name.clone();
+    let options = env.render.clone();
+    let loaded =
+        tokio::task::spawn_blocking(move || crate::reconcile::load(&source, &name, &options))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|d| d.to_string())?;
+    let mut masker = env.masker.clone();
+    masker.merge(&loaded.renderer.masker());
+    let files = runner::rendered_files(&loaded.checked);
+    let jobs = loaded
+        .checked
+        .state
+        .backups
+        .iter()
+        .filter_map(|j| Schedule::parse(&j.schedule).ok().map(|s| (j.clone(), s)))
+        .collect();
+    let ctx = context(&loaded.checked.state, files, masker).await?;
+    Ok(Loaded {
+        commit: commit.to_owned(),
+        ctx,
+        jobs,
+    })
+}
+
+async fn context(
+    desired: &DesiredState,
+    files: Vec<(String, Vec<u8>)>,
+    masker: Masker,
+) -> Result<Context, String> {
+    let identities = Identities::from_env().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "backup identity not usable: encrypted backups are verified by checksum only");
+        None
+    });
+    Ok(Context::connect(desired, files, masker)
+        .await
+        .map_err(|e| e.to_string())?
+        .with_identities(identities))
+}
+
+async fn notify(env: &EnvContext, kind: EventKind, message: String) {
+    let Ok(Lookup::Found(head)) = env.repo.head(&env.name).await else {
+        return;
+    };
+    let event = Event {
+        environment: env.name.clone(),
+        kind,
+        commit: None,
+        rolled_back_to: None,
+        message: env.masker.mask(&message).into_owned(),
+        daemon: env.identity.clone(),
+    };
+    env.notifier.send(&head.notifications, &event).await;
+}
+
+/// Runs the `before_apply` jobs of `desired` ahead of a deploy, recorded
+/// with reconcile `reconcile_id`. An error names the failed job: the deploy
+/// must not go ahead without its backup. A job whose service has no running
+/// container yet (a first deploy) is skipped.
+pub async fn before_apply(
+    env: &EnvContext,
+    desired: &DesiredState,
+    files: Vec<(String, Vec<u8>)>,
+    masker: &Masker,
+    reconcile_id: i64,
+) -> Result<Vec<String>, String> {
+    let jobs: Vec<&BackupJob> = desired.backups.iter().filter(|j| j.before_apply).collect();
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ctx = context(desired, files, masker.clone()).await?;
+    let mut ids = Vec::new();
+    for job in jobs {
+        let report = runner::run_for(&ctx, job, "before_apply", None, Some(reconcile_id)).await;
+        // Nothing deployed yet is no failed run: there was nothing to lose.
+        if !report.nothing_to_back_up {
+            runner::record(
+                &env.store,
+                &ctx.env,
+                job,
+                "before_apply",
+                Some(reconcile_id),
+                &report,
+            );
+        }
+        match (&report.error, report.nothing_to_back_up) {
+            (None, _) => ids.push(format!("{}/{}", job.name, report.id.unwrap_or_default())),
+            (Some(e), true) => {
+                tracing::info!(env = %env.name, job = %job.name, error = %e, "before_apply backup skipped: nothing deployed to back up yet")
+            }
+            (Some(e), false) => {
+                return Err(format!(
+                    "before_apply backup job {} failed, nothing applied: {e}",
+                    job.name
+                ));
+            }
+        }
+    }
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_run_missed_while_down_is_found() {
+        let daily = Schedule::parse("0 3 * * *").unwrap();
+        let last = at("2026-11-25T03:00:05Z").timestamp_millis();
+        assert_eq!(
+            missed(&daily, "UTC", Some(last), at("2026-11-26T09:00:00Z")),
+            Some(at("2026-11-26T03:00:00Z"))
+        );
+        assert_eq!(
+            missed(&daily, "UTC", Some(last), at("2026-11-26T02:00:00Z")),
+            None
+        );
+        assert_eq!(
+            missed(&daily, "UTC", None, at("2026-11-26T09:00:00Z")),
+            None
+        );
+    }
+
+    #[test]
+    fn overdue_after_twice_the_interval() {
+        let hourly = Schedule::parse("0 * * * *").unwrap();
+        let start = at("2026-11-26T00:00:00Z");
+        let success = at("2026-11-26T06:00:00Z").timestamp_millis();
+        assert!(!overdue(
+            &hourly,
+            "UTC",
+            Some(success),
+            start,
+            at("2026-11-26T07:59:00Z")
+        ));
+        assert!(overdue(
+            &hourly,
+            "UTC",
+            Some(success),
+            start,
+            at("2026-11-26T08:01:00Z")
+        ));
+        // Never succeeded: counted from the scheduler's start.
+        assert!(!overdue(
+            &hourly,
+            "UTC",
+            None,
+            start,
+            at("2026-11-26T01:30:00Z")
+        ));
+        assert!(overdue(
+            &hourly,
+            "UTC",
+            None,
+            start,
+            at("2026-11-26T02:30:00Z")
+        ));
+    }
+}

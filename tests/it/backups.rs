@@ -1,0 +1,925 @@
+//! Backups against the real engine and real databases: PostgreSQL and
+//! Redis round trips, a paused volume copied byte for byte, corruption
+//! caught by verify, retention, failing sources, age encryption.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::Docker;
+use driftless::backup::codec::Identities;
+use driftless::backup::destination::{Destination, LocalDir};
+use driftless::backup::{Context, runner};
+use driftless::model::{
+    BackupJob, BackupSource, Compression, Consistency, Destination as Dest, Origin, Retention,
+    Verify,
+};
+use driftless::secrets::Masker;
+use driftless::store::Store;
+
+use crate::backup_support::{self as bs, DATABASES};
+use crate::docker_support::{self, BUSYBOX, Cleanup};
+
+async fn docker() -> Option<Docker> {
+    let backend = docker_support::engine().await?;
+    let docker = backend.docker().clone();
+    bs::database_image(&docker).await;
+    Some(docker)
+}
+
+fn job(name: &str, dir: &std::path::Path, source: BackupSource) -> BackupJob {
+    BackupJob {
+        name: name.to_owned(),
+        schedule: "@daily".to_owned(),
+        timezone: "UTC".to_owned(),
+        source,
+        consistency: Consistency::None,
+        compression: Compression::Zstd { level: 3 },
+        encryption_recipients: vec![],
+        destination: Dest::Local {
+            path: dir.display().to_string(),
+        },
+        retention: Retention {
+            keep_last: Some(10),
+            max_age: None,
+        },
+        verify: Verify {
+            read_back: true,
+            restore_test: None,
+        },
+        before_apply: false,
+        run_missed: false,
+        origin: Origin::default(),
+    }
+}
+
+fn exec(project: &str, service: &str, command: &[&str], restore: Option<&[&str]>) -> BackupSource {
+    BackupSource::Exec {
+        project: Some(project.to_owned()),
+        service: service.to_owned(),
+        command: command.iter().map(|s| (*s).to_owned()).collect(),
+        restore_command: restore.map(|r| r.iter().map(|s| (*s).to_owned()).collect()),
+    }
+}
+
+fn context(docker: &Docker, projects: Vec<driftless::model::compose::Project>) -> Context {
+    Context {
+        docker: docker.clone(),
+        env: "dev".to_owned(),
+        commit: Some("0123456789abcdef0123456789abcdef01234567".to_owned()),
+        projects,
+        config: vec![],
+        identities: None,
+        masker: Masker::default(),
+    }
+}
+
+fn dest(job: &BackupJob) -> Arc<dyn Destination> {
+    Arc::from(runner::destination(job, "dev").unwrap())
+}
+
+async fn is_running_unpaused(docker: &Docker, id: &str) -> bool {
+    let state = docker
+        .inspect_container(id, None)
+        .await
+        .unwrap()
+        .state
+        .unwrap();
+    state.running == Some(true) && state.paused != Some(true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_dump_restores_into_a_fresh_database_row_for_row() {
+    let Some(docker) = docker().await else { return };
+    let (a, b) = (
+        docker_support::project_name("pg-a"),
+        docker_support::project_name("pg-b"),
+    );
+    let _cleanup = Cleanup::new(&[&a, &b]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_in_memory().unwrap();
+
+    let source_db = bs::start_postgres(&docker, &a).await;
+    let mut setup = bs::psql("app");
+    setup.extend([
+        "-c",
+        "create table items (id int primary key, name text, price numeric(10,2), tags text[]); \
+         insert into items select i, 'item ' || i || ' — ünïcode', i * 1.25, array['a', 'b' || i] from generate_series(1, 2000) i;",
+    ]);
+    bs::exec(&docker, &source_db, &setup).await.unwrap();
+
+    let pg_job = |project: &str| {
+        job(
+            "postgres",
+            dir.path(),
+            exec(
+                project,
+                "postgres",
+                &["pg_dump", "-h", "/run/postgresql", "-U", "app", "app"],
+                Some(&bs::psql("app")),
+            ),
+        )
+    };
+    let ctx = context(&docker, vec![bs::project(&a, &["postgres"], &[])]);
+    // Verification includes a restore into a throwaway server and a check
+    // that fails on an empty table.
+    let restore_test = |check: &str| {
+        let mut command = bs::psql("postgres");
+        command.push("-q");
+        let mut check_cmd = bs::psql("postgres");
+        check_cmd.extend(["-c", check]);
+        driftless::model::RestoreTest {
+            image: DATABASES.to_owned(),
+            command: command.into_iter().map(str::to_owned).collect(),
+            check: check_cmd.into_iter().map(str::to_owned).collect(),
+        }
+    };
+    let mut tested = pg_job(&a);
+    tested.verify.restore_test = Some(restore_test("select 1 / count(*) from items"));
+    let report = runner::run(&ctx, &tested, "cli", Some(&store)).await;
+    assert!(report.succeeded(), "{:?}", report.error);
+    let mut failing = pg_job(&a);
+    failing.verify.restore_test = Some(restore_test("select 1 / count(*) from no_such_table"));
+    let failed = runner::run(&ctx, &failing, "cli", Some(&store)).await;
+    let error = failed.error.expect("the restore test check fails");
+    assert!(
+        error.contains("restore test check") && error.contains("no_such_table"),
+        "{error}"
+    );
+    let report = runner::run(&ctx, &pg_job(&a), "cli", Some(&store)).await;
+    assert!(report.succeeded(), "{:?}", report.error);
+    assert!(report.verified);
+    assert!(
+        report.raw_bytes > report.stored_bytes,
+        "zstd shrinks a SQL dump"
+    );
+    let runs = store.backup_runs("dev", Some("postgres"), 10).unwrap();
+    let outcomes: Vec<&str> = runs.iter().map(|(_, r)| r.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["succeeded", "failed", "succeeded"]);
+    assert_eq!(runs[0].1.sha256, report.sha256);
+
+    // A fresh server in another project gets the dump through psql's stdin.
+    let fresh = bs::start_postgres(&docker, &b).await;
+    let ctx_b = context(&docker, vec![bs::project(&b, &["postgres"], &[])]);
+    let manifests = dest(&pg_job(&b)).manifests().unwrap();
+    let latest = runner::pick(&manifests, None).expect("a verified backup");
+    runner::restore(&ctx_b, &pg_job(&b), &latest).await.unwrap();
+
+    let query = {
+        let mut q = bs::psql("app");
+        q.extend(["-At", "-c", "select * from items order by id"]);
+        q
+    };
+    let before = bs::exec(&docker, &source_db, &query).await.unwrap();
+    let after = bs::exec(&docker, &fresh, &query).await.unwrap();
+    assert_eq!(before.lines().count(), 2000);
+    let differ = before.lines().zip(after.lines()).position(|(a, b)| a != b);
+    assert!(
+        before == after,
+        "restored rows differ: {} rows before, {} after, first difference at row {differ:?}",
+        before.lines().count(),
+        after.lines().count()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_rdb_restores_key_for_key() {
+    let Some(docker) = docker().await else { return };
+    let (a, b) = (
+        docker_support::project_name("redis-a"),
+        docker_support::project_name("redis-b"),
+    );
+    let _cleanup = Cleanup::new(&[&a, &b]);
+    let dir = tempfile::tempdir().unwrap();
+    let source = bs::start_redis(&docker, &a, &format!("{a}_data")).await;
+    let mut mset = vec!["redis-cli", "mset"];
+    let pairs: Vec<(String, String)> = (0..500)
+        .map(|i| {
+            (
+                format!("key:{i}"),
+                format!("value {i} {}", "x".repeat(i % 50)),
+            )
+        })
+        .collect();
+    for (k, v) in &pairs {
+        mset.push(k);
+        mset.push(v);
+    }
+    bs::exec(&docker, &source, &mset).await.unwrap();
+    bs::exec(
+        &docker,
+        &source,
+        &["redis-cli", "rpush", "list", "a", "b", "c"],
+    )
+    .await
+    .unwrap();
+
+    let redis_job = job(
+        "redis",
+        dir.path(),
+        exec(&a, "redis", &["redis-cli", "--rdb", "-"], None),
+    );
+    let ctx = context(&docker, vec![bs::project(&a, &["redis"], &[])]);
+    let report = runner::run(&ctx, &redis_job, "cli", None).await;
+    assert!(report.succeeded(), "{:?}", report.error);
+
+    // Restore as Redis expects it: dump.rdb in the data directory of a
+    // server that has not started yet.
+    let d = dest(&redis_job);
+    let manifest = runner::pick(&d.manifests().unwrap(), None).unwrap();
+    let rdb = runner::read_plain(d, &manifest, None).await.unwrap();
+    assert!(
+        rdb.starts_with(b"REDIS"),
+        "an RDB file, not {:?}",
+        &rdb[..rdb.len().min(16)]
+    );
+    let volume = format!("{b}_data");
+    let fresh = bs::start_service(
+        &docker,
+        &b,
+        "redis",
+        DATABASES,
+        Some(bs::DB_UID),
+        &["sleep", "3600"],
+        &[(&volume, "/data")],
+    )
+    .await;
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(rdb.len() as u64);
+    h.set_mode(0o600);
+    h.set_uid(999);
+    h.set_gid(999);
+    tar.append_data(&mut h, "dump.rdb", rdb.as_slice()).unwrap();
+    docker
+        .upload_to_container(
+            &fresh,
+            Some(
+                bollard::query_parameters::UploadToContainerOptionsBuilder::default()
+                    .path("/data")
+                    .build(),
+            ),
+            bollard::body_full(tar.into_inner().unwrap().into()),
+        )
+        .await
+        .unwrap();
+    docker
+        .remove_container(
+            &fresh,
+            Some(
+                bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+                    .force(true)
+                    .build(),
+            ),
+        )
+        .await
+        .unwrap();
+    let restored = bs::start_redis(&docker, &b, &volume).await;
+    for (k, v) in &pairs {
+        let got = bs::exec(&docker, &restored, &["redis-cli", "--no-raw", "get", k])
+            .await
+            .unwrap();
+        assert_eq!(got.trim(), format!("\"{v}\""), "key {k}");
+    }
+    let size = bs::exec(&docker, &restored, &["redis-cli", "dbsize"])
+        .await
+        .unwrap();
+    assert_eq!(size.trim(), "501");
+    let list = bs::exec(
+        &docker,
+        &restored,
+        &["redis-cli", "lrange", "list", "0", "-1"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(list, "a\nb\nc\n");
+}
+
+/// Files of `/data` in `container`, by path, from the archive API.
+async fn files(
+    docker: &Docker,
+    container: &str,
+    path: &str,
+) -> std::collections::BTreeMap<String, Vec<u8>> {
+    use futures_util::StreamExt;
+    let mut stream = docker.download_from_container(
+        container,
+        Some(
+            bollard::query_parameters::DownloadFromContainerOptionsBuilder::default()
+                .path(path)
+                .build(),
+        ),
+    );
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        bytes.extend_from_slice(&chunk.unwrap());
+    }
+    let mut out = std::collections::BTreeMap::new();
+    let mut archive = tar::Archive::new(bytes.as_slice());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.header().entry_type() == tar::EntryType::Regular {
+            let name = entry.path().unwrap().display().to_string();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+            out.insert(name, data);
+        }
+    }
+    out
+}
+
+async fn put_files(docker: &Docker, container: &str, dir: &str, files: &[(&str, Vec<u8>)]) {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        tar.append_data(&mut h, name, data.as_slice()).unwrap();
+    }
+    docker
+        .upload_to_container(
+            container,
+            Some(
+                bollard::query_parameters::UploadToContainerOptionsBuilder::default()
+                    .path(dir)
+                    .build(),
+            ),
+            bollard::body_full(tar.into_inner().unwrap().into()),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_volume_backup_restores_byte_for_byte_and_resumes_the_service() {
+    let Some(docker) = docker().await else { return };
+    let p = docker_support::project_name("vol");
+    let _cleanup = Cleanup::new(&[&p]);
+    let dir = tempfile::tempdir().unwrap();
+    let volume = format!("{p}_data");
+    let app = bs::start_service(
+        &docker,
+        &p,
+        "app",
+        BUSYBOX,
+        None,
+        &["sleep", "3600"],
+        &[(&volume, "/data")],
+    )
+    .await;
+    let noise: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    put_files(
+        &docker,
+        &app,
+        "/data",
+        &[("a.bin", noise.clone()), ("sub/b.txt", b"hello\n".to_vec())],
+    )
+    .await;
+    let original = files(&docker, &app, "/data").await;
+    assert_eq!(original.len(), 2);
+
+    let mut vol_job = job(
+        "files",
+        dir.path(),
+        BackupSource::Volume {
+            project: Some(p.clone()),
+            volume: "data".to_owned(),
+            service: Some("app".to_owned()),
+        },
+    );
+    vol_job.consistency = Consistency::Pause;
+    let ctx = context(
+        &docker,
+        vec![bs::project(&p, &["app"], &[("data", &volume)])],
+    );
+    let report = runner::run(&ctx, &vol_job, "cli", None).await;
+    assert!(report.succeeded(), "{:?}", report.error);
+    assert!(
+        is_running_unpaused(&docker, &app).await,
+        "the service runs again after the copy"
+    );
+
+    // Damage the volume, restore, compare every byte.
+    put_files(
+        &docker,
+        &app,
+        "/data",
+        &[("a.bin", b"overwritten".to_vec()), ("junk", b"x".to_vec())],
+    )
+    .await;
+    let manifest = runner::pick(&dest(&vol_job).manifests().unwrap(), None).unwrap();
+    runner::restore(&ctx, &vol_job, &manifest).await.unwrap();
+    assert!(
+        is_running_unpaused(&docker, &app).await,
+        "the service is started again after a restore"
+    );
+    let restored = files(&docker, &app, "/data").await;
+    assert_eq!(restored.get("data/a.bin"), original.get("data/a.bin"));
+    assert_eq!(
+        restored.get("data/sub/b.txt"),
+        original.get("data/sub/b.txt")
+    );
+}
+
+/// Regression: the helper container that reads a volume was refused by the
+/// engine ("No command specified") when the service's image has no CMD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_of_a_service_whose_image_has_no_command_is_backed_up() {
+    let Some(docker) = docker().await else { return };
+    let p = docker_support::project_name("nocmd");
+    let image = format!("driftless-test/nocmd:{p}");
+    let _cleanup = Cleanup::new(&[&p]).image(&image);
+    let mut tar = tar::Builder::new(Vec::new());
+    docker_support::add_file(
+        &mut tar,
+        "Dockerfile",
+        0o644,
+        b"FROM scratch\nCOPY busybox /bin/busybox\n",
+    );
+    docker_support::add_file(
+        &mut tar,
+        "busybox",
+        0o755,
+        &std::fs::read("/bin/busybox").unwrap(),
+    );
+    docker_support::build_image(&docker, &image, tar.into_inner().unwrap()).await;
+    let volume = format!("{p}_data");
+    let app = bs::start_service(
+        &docker,
+        &p,
+        "app",
+        &image,
+        None,
+        &["/bin/busybox", "sleep", "3600"],
+        &[(&volume, "/data")],
+    )
+    .await;
+    put_files(&docker, &app, "/data", &[("f", b"kept".to_vec())]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let j = job(
+        "files",
+        dir.path(),
+        BackupSource::Volume {
+            project: Some(p.clone()),
+            volume: "data".to_owned(),
+            service: Some("app".to_owned()),
+        },
+    );
+    let ctx = context(
+        &docker,
+        vec![bs::project(&p, &["app"], &[("data", &volume)])],
+    );
+    let report = runner::run(&ctx, &j, "cli", None).await;
+    assert!(report.succeeded(), "{:?}", report.error);
+    let m = runner::pick(&dest(&j).manifests().unwrap(), None).unwrap();
+    let plain = runner::read_plain(dest(&j), &m, None).await.unwrap();
+    let mut archive = tar::Archive::new(plain.as_slice());
+    let names: Vec<String> = archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert!(names.iter().any(|n| n == "driftless-volume/f"), "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_copy_still_unpauses_and_failing_source_deletes_nothing() {
+    let Some(docker) = docker().await else { return };
+    let p = docker_support::project_name("fail");
+    let _cleanup = Cleanup::new(&[&p]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_in_memory().unwrap();
+    let app = bs::start_service(&docker, &p, "app", BUSYBOX, None, &["sleep", "3600"], &[]).await;
+    let ctx = context(&docker, vec![bs::project(&p, &["app"], &[])]);
+
+    // A path that does not exist, with the service paused for the copy.
+    let mut path_job = job(
+        "path",
+        dir.path(),
+        BackupSource::Path {
+            project: Some(p.clone()),
+            service: "app".to_owned(),
+            path: "/does/not/exist".to_owned(),
+        },
+    );
+    path_job.consistency = Consistency::Pause;
+    let report = runner::run(&ctx, &path_job, "cli", Some(&store)).await;
+    assert!(!report.succeeded());
+    assert!(
+        is_running_unpaused(&docker, &app).await,
+        "paused for a failed copy, resumed anyway"
+    );
+
+    // One good backup, then a failing dump with keep_last 1: nothing deleted.
+    let mut good = job(
+        "dump",
+        dir.path(),
+        exec(&p, "app", &["echo", "good data"], None),
+    );
+    good.retention.keep_last = Some(1);
+    assert!(
+        runner::run(&ctx, &good, "cli", Some(&store))
+            .await
+            .succeeded()
+    );
+    let mut bad = good.clone();
+    bad.source = exec(
+        &p,
+        "app",
+        &[
+            "sh",
+            "-c",
+            "echo partial; echo 'pg_dump: connection refused' >&2; exit 3",
+        ],
+        None,
+    );
+    let report = runner::run(&ctx, &bad, "schedule", Some(&store)).await;
+    let error = report.error.clone().expect("a failed run");
+    assert!(
+        error.contains("exited with 3") && error.contains("connection refused"),
+        "{error}"
+    );
+    let runs = store.backup_runs("dev", Some("dump"), 10).unwrap();
+    assert_eq!(runs[0].1.outcome, "failed");
+    assert_eq!(runs[0].1.error.as_deref(), Some(error.as_str()));
+    // A destination that cannot be written: the writer's error is the run's.
+    let mut unwritable = good.clone();
+    unwritable.destination = Dest::Local {
+        path: "/proc/driftless-unwritable".to_owned(),
+    };
+    let error = runner::run(&ctx, &unwritable, "cli", None)
+        .await
+        .error
+        .unwrap();
+    assert!(error.contains("/proc/driftless-unwritable"), "{error}");
+    let kept = dest(&good).manifests().unwrap();
+    assert_eq!(kept.len(), 1, "the good backup stays");
+    assert_eq!(
+        std::fs::read_dir(LocalDir::new(dir.path(), "dev", "dump").dir())
+            .unwrap()
+            .count(),
+        2,
+        "one object and its manifest, no partial file"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_catches_corruption_and_retention_keeps_the_newest() {
+    let Some(docker) = docker().await else { return };
+    let p = docker_support::project_name("verify");
+    let _cleanup = Cleanup::new(&[&p]);
+    let dir = tempfile::tempdir().unwrap();
+    let app = bs::start_service(&docker, &p, "app", BUSYBOX, None, &["sleep", "3600"], &[]).await;
+    let ctx = context(&docker, vec![bs::project(&p, &["app"], &[])]);
+    let mut j = job(
+        "dump",
+        dir.path(),
+        exec(&p, "app", &["cat", "/bin/busybox"], None),
+    );
+    j.retention.keep_last = Some(2);
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let r = runner::run(&ctx, &j, "cli", None).await;
+        assert!(r.succeeded(), "{:?}", r.error);
+        ids.push(r.id.unwrap());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let d = dest(&j);
+    let kept: Vec<String> = d.manifests().unwrap().into_iter().map(|m| m.id).collect();
+    assert_eq!(kept, ids[2..].to_vec(), "keep_last 2 keeps the two newest");
+
+    // Flip one byte of the newest object: verify fails and unmarks it.
+    let mut newest = d.manifests().unwrap().pop().unwrap();
+    let path = LocalDir::new(dir.path(), "dev", "dump")
+        .dir()
+        .join(&newest.object);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+    let err = runner::verify_stored(d.clone(), &mut newest, None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains(&newest.object), "{err}");
+    runner::mark_unverified(d.clone(), &newest).await;
+    let picked = runner::pick(&d.manifests().unwrap(), None).unwrap();
+    assert_eq!(
+        picked.id, ids[2],
+        "restore falls back to the newest verified backup"
+    );
+    let _ = app;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_backup_round_trips_with_the_identity_only() {
+    use age::secrecy::ExposeSecret;
+    let Some(docker) = docker().await else { return };
+    let p = docker_support::project_name("age");
+    let _cleanup = Cleanup::new(&[&p]);
+    let dir = tempfile::tempdir().unwrap();
+    bs::start_service(&docker, &p, "app", BUSYBOX, None, &["sleep", "3600"], &[]).await;
+    let key = age::x25519::Identity::generate();
+    let mut j = job(
+        "secret",
+        dir.path(),
+        exec(&p, "app", &["cat", "/etc/passwd"], None),
+    );
+    j.encryption_recipients = vec![key.to_public().to_string()];
+    let identities = Identities::parse(key.to_string().expose_secret()).unwrap();
+    let ctx =
+        context(&docker, vec![bs::project(&p, &["app"], &[])]).with_identities(Some(identities));
+    let r = runner::run(&ctx, &j, "cli", None).await;
+    assert!(r.succeeded(), "{:?}", r.error);
+    assert!(r.location.unwrap().ends_with(".dump.zst.age"));
+    let d = dest(&j);
+    let m = runner::pick(&d.manifests().unwrap(), None).unwrap();
+    let stored = std::fs::read(
+        LocalDir::new(dir.path(), "dev", "secret")
+            .dir()
+            .join(&m.object),
+    )
+    .unwrap();
+    assert!(
+        !stored.windows(4).any(|w| w == b"root"),
+        "the stored object is ciphertext"
+    );
+    let plain = runner::read_plain(d.clone(), &m, ctx.identities.clone())
+        .await
+        .unwrap();
+    assert!(String::from_utf8(plain).unwrap().starts_with("root:x:0:0"));
+    let err = runner::read_plain(d, &m, None).await.unwrap_err();
+    assert!(
+        err.to_string().contains("DRIFTLESS_BACKUP_IDENTITY_FILE"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_runs_lists_verifies_and_restores_a_deployed_volume() {
+    use crate::support::{RepoBuilder, driftless, git};
+    let Some(docker) = docker().await else { return };
+    let project = docker_support::project_name("bcli");
+    let _cleanup = Cleanup::new(&[&project]);
+    let env = format!("e{}", project.trim_start_matches("dlt-"));
+    let dest_dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let repo = RepoBuilder::new()
+        .file(
+            "driftless.yaml",
+            format!("apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {{}}\nenvironments:\n  {env}:\n    values: environments/values.yaml\n    targets: [local]\n    health: {{ deadline: 60s, settle: 1s }}\n"),
+        )
+        .file("environments/values.yaml", "{}\n")
+        .file(
+            "compose/stack.yaml.j2",
+            format!("name: {project}\nservices:\n  app:\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n    environment:\n      TOKEN: \"{{{{ secret('token') }}}}\"\n    volumes:\n      - data:/data\nvolumes:\n  data: {{}}\n"),
+        )
+        .file(
+            "backups/jobs.yaml",
+            format!(
+                "jobs:\n  - name: files\n    schedule: \"0 3 * * 1\"\n    timezone: Europe/Berlin\n    source: {{ volume: {{ volume: data, service: app }} }}\n    consistency: pause\n    destination: {{ local: {dir} }}\n    retention: {{ keep_last: 2 }}\n  - name: config\n    schedule: \"@daily\"\n    source: {{ config: {{}} }}\n    destination: {{ local: {dir} }}\n",
+                dir = dest_dir.path().display()
+            ),
+        );
+    git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-q", "-m", "v1"]);
+    let state_dir = state.path().to_str().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::write(secrets.path().join("token"), "tok-BACKUP-SECRET-4242\n").unwrap();
+    let secrets_dir = secrets.path().to_str().unwrap();
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend([
+            "--env",
+            &env,
+            "--state-dir",
+            state_dir,
+            "--secrets-dir",
+            secrets_dir,
+        ]);
+        driftless(repo.path(), &all)
+    };
+    let deployed = cli(&["reconcile"]);
+    assert_eq!(deployed.code, 0, "{deployed:?}");
+    let app = driftless::backup::docker::one_container(&docker, &project, "app")
+        .await
+        .unwrap();
+    bs::exec(&docker, &app, &["sh", "-c", "echo precious > /data/f"])
+        .await
+        .unwrap();
+
+    let run = cli(&["backup", "run", "files"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("verified"), "{run:?}");
+    assert!(is_running_unpaused(&docker, &app).await);
+    let list = cli(&["backup", "list", "--output", "json"]);
+    assert_eq!(list.code, 0, "{list:?}");
+    let doc: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+    assert_eq!(doc[0]["job"], "files");
+    assert_eq!(doc[0]["backups"].as_array().unwrap().len(), 1);
+    // Monday 03:00 in Berlin is 02:00 or 01:00 UTC, on a Monday.
+    let next: chrono::DateTime<chrono::Utc> = doc[0]["next_run"].as_str().unwrap().parse().unwrap();
+    let berlin =
+        next.with_timezone(&driftless::backup::schedule::timezone("Europe/Berlin").unwrap());
+    assert_eq!(chrono::Datelike::weekday(&berlin), chrono::Weekday::Mon);
+    assert_eq!(chrono::Timelike::hour(&berlin), 3);
+
+    bs::exec(&docker, &app, &["sh", "-c", "echo broken > /data/f"])
+        .await
+        .unwrap();
+    let refused = cli(&["backup", "restore", "files"]);
+    assert_eq!(refused.code, 1);
+    assert!(refused.stderr.contains("--yes"), "{refused:?}");
+    let restored = cli(&["backup", "restore", "files", "--yes"]);
+    assert_eq!(restored.code, 0, "{restored:?}");
+    let app = driftless::backup::docker::one_container(&docker, &project, "app")
+        .await
+        .unwrap();
+    assert_eq!(
+        bs::exec(&docker, &app, &["cat", "/data/f"]).await.unwrap(),
+        "precious\n"
+    );
+    let verify = cli(&["backup", "verify", "files"]);
+    assert_eq!(verify.code, 0, "{verify:?}");
+
+    // The rendered configuration, with the secret value masked.
+    let config = cli(&["backup", "run", "config"]);
+    assert_eq!(config.code, 0, "{config:?}");
+    let out = dest_dir.path().join("config.tar");
+    let written = cli(&[
+        "backup",
+        "restore",
+        "config",
+        "--output-file",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(written.code, 0, "{written:?}");
+    let mut archive = tar::Archive::new(std::fs::File::open(&out).unwrap());
+    let mut stack = String::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().ends_with("compose/stack.yaml") {
+            std::io::Read::read_to_string(&mut entry, &mut stack).unwrap();
+        }
+    }
+    assert!(
+        stack.contains("TOKEN") && stack.contains(&project),
+        "{stack}"
+    );
+    assert!(!stack.contains("tok-BACKUP-SECRET-4242"), "{stack}");
+
+    let unknown = cli(&["backup", "run", "nope"]);
+    assert_eq!(unknown.code, 1);
+    assert!(
+        unknown.stderr.contains("jobs: files, config"),
+        "{unknown:?}"
+    );
+}
+
+/// Polls the daemon's store until `pred` holds for the runs of `job`.
+async fn wait_runs(
+    state: &std::path::Path,
+    env: &str,
+    job: &str,
+    what: &str,
+    pred: impl Fn(&[(i64, driftless::store::BackupRun)]) -> bool,
+    log: &dyn Fn() -> String,
+) -> Vec<(i64, driftless::store::BackupRun)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(store) = Store::open(state) {
+            let runs = store.backup_runs(env, Some(job), 100).unwrap_or_default();
+            if pred(&runs) {
+                return runs;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waiting for {what}: {runs:#?}\ndaemon log:\n{}",
+                log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
+    use crate::daemon_support::{Bare, Daemon, Options};
+    let Some(_docker) = docker().await else {
+        return;
+    };
+    let project = docker_support::project_name("bsched");
+    let _cleanup = Cleanup::new(&[&project]);
+    let env = format!("e{}", project.trim_start_matches("dlt-"));
+    let dest_dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let stack = |greeting: &str| {
+        format!(
+            "name: {project}\nservices:\n  app:\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n    environment:\n      GREETING: {greeting}\n"
+        )
+    };
+    let files = |greeting: &str| {
+        vec![
+            (
+                "driftless.yaml",
+                format!(
+                    "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {{}}\nenvironments:\n  {env}:\n    values: environments/values.yaml\n    targets: [local]\n    health: {{ deadline: 60s, settle: 1s }}\n"
+                ),
+            ),
+            ("environments/values.yaml", "{}\n".to_owned()),
+            ("compose/stack.yaml", stack(greeting)),
+            (
+                "backups/jobs.yaml",
+                format!(
+                    "jobs:\n  - name: tick\n    schedule: \"*/2 * * * * *\"\n    source: {{ exec: {{ service: app, command: [echo, tick] }} }}\n    destination: {{ local: {dir} }}\n    retention: {{ keep_last: 3 }}\n    before_apply: true\n    run_missed: true\n",
+                    dir = dest_dir.path().display()
+                ),
+            ),
+        ]
+    };
+    let as_refs = |v: &[(&'static str, String)]| v.to_vec();
+    let bare = Bare::new(&as_refs(&files("one")));
+    let options = Options {
+        repo: bare.path(),
+        env: env.clone(),
+        state_dir: state.path().to_owned(),
+        secrets_dir: secrets.path().to_owned(),
+        poll: "1s",
+        watch: false,
+        extra: String::new(),
+        vars: vec![],
+    };
+    let d = Daemon::start(&options);
+    // Scheduled runs start once a commit is deployed good.
+    let runs = wait_runs(
+        state.path(),
+        &env,
+        "tick",
+        "two scheduled runs",
+        |r| {
+            r.iter()
+                .filter(|(_, run)| run.trigger == "schedule" && run.outcome == "succeeded")
+                .count()
+                >= 2
+        },
+        &|| d.log_text(),
+    )
+    .await;
+    assert!(
+        runs.iter()
+            .filter(|(_, r)| r.outcome == "succeeded")
+            .all(|(_, r)| r.verified == Some(true)),
+        "{runs:#?}"
+    );
+
+    // A change runs the before_apply job first, recorded with that deploy.
+    bare.commit(&as_refs(&files("two")), "two");
+    let runs = wait_runs(
+        state.path(),
+        &env,
+        "tick",
+        "a before_apply run",
+        |r| r.iter().any(|(_, run)| run.trigger == "before_apply"),
+        &|| d.log_text(),
+    )
+    .await;
+    let before = runs
+        .iter()
+        .find(|(_, r)| r.trigger == "before_apply")
+        .unwrap();
+    assert_eq!(before.1.outcome, "succeeded", "{before:#?}");
+    let reconcile_id = before.1.reconcile_id.expect("recorded with its deploy");
+    let h = Daemon::history(state.path(), &env);
+    let rows = h["reconciles"].as_array().unwrap();
+    assert!(
+        rows.iter().any(|r| r["id"] == reconcile_id),
+        "reconcile {reconcile_id} in history: {h:#}"
+    );
+    // Retention keeps at most three backups at the destination.
+    let stored = LocalDir::new(dest_dir.path(), &env, "tick")
+        .manifests()
+        .unwrap();
+    assert!(stored.len() <= 3 + 1, "{} stored", stored.len());
+
+    // Down across a scheduled time: the restart reports it and, as the job
+    // sets run_missed, runs it once.
+    drop(d);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let d = Daemon::start(&options);
+    wait_runs(
+        state.path(),
+        &env,
+        "tick",
+        "a missed run",
+        |r| {
+            r.iter()
+                .any(|(_, run)| run.trigger == "missed" && run.outcome == "succeeded")
+        },
+        &|| d.log_text(),
+    )
+    .await;
+    assert!(d.log_text().contains("missed its run"), "{}", d.log_text());
+    drop(d);
+}

@@ -897,9 +897,6 @@ pub struct EnvSummary {
     pub failed_commits: Vec<FailedCommit>,
 }
 
-/// Backup outcomes that count as a success for the last-success time.
-pub const BACKUP_SUCCESS: &[&str] = &["ok", "success", "succeeded", "verified"];
-
 /// Queries of the operator surface (HTTP API, status page, metrics, CLI).
 /// They only read.
 impl Store {
@@ -1040,22 +1037,6 @@ impl Store {
             out_of_sync,
             control: self.control(env)?,
             failed_commits: self.failed_commits(env)?,
-        })
-    }
-
-    /// The newest successful finish time (Unix ms) per (env, job).
-    pub fn backup_last_success(&self) -> Result<Vec<(String, String, i64)>> {
-        let placeholders = BACKUP_SUCCESS
-            .iter()
-            .map(|o| format!("'{o}'"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        self.with(|c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT env, job, max(finished_at) FROM backup_runs WHERE outcome IN ({placeholders}) AND finished_at IS NOT NULL GROUP BY env, job ORDER BY env, job"
-            ))?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
         })
     }
 }
@@ -1333,24 +1314,6 @@ mod tests {
         assert_eq!(s.generation().unwrap(), g);
         s.suspend("dev", "x", t(30)).unwrap();
         assert_ne!(s.generation().unwrap(), g);
-
-        let run = |job: &str, outcome: &str, finished: i64| BackupRun {
-            env: "dev".into(),
-            job: job.into(),
-            trigger: "schedule".into(),
-            outcome: outcome.into(),
-            started_at: finished - 1,
-            finished_at: Some(finished),
-            ..BackupRun::default()
-        };
-        s.record_backup_run(&run("pg", "ok", 1_000)).unwrap();
-        s.record_backup_run(&run("pg", "ok", 2_000)).unwrap();
-        s.record_backup_run(&run("pg", "failed", 3_000)).unwrap();
-        s.record_backup_run(&run("redis", "failed", 3_000)).unwrap();
-        assert_eq!(
-            s.backup_last_success().unwrap(),
-            [("dev".to_owned(), "pg".to_owned(), 2_000)]
-        );
     }
 
     #[test]

@@ -140,7 +140,9 @@ pub async fn run(env: EnvContext, cancel: CancellationToken) {
                     .iter()
                     .find(|s| s.env == env.name && s.job == job.name)
                     .and_then(|s| s.last_success_at);
-                if overdue(schedule, &job.timezone, last_success, since, Utc::now()) {
+                let is_overdue = overdue(schedule, &job.timezone, last_success, since, Utc::now());
+                env.metrics.backup_overdue(&env.name, &job.name, is_overdue);
+                if is_overdue {
                     if alerted.insert(job.name.clone()) {
                         let message = format!(
                             "backup job {} has not succeeded within twice its interval ({})",

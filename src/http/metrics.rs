@@ -66,6 +66,9 @@ struct Inner {
     /// outcome → webhook requests.
     webhook: BTreeMap<String, u64>,
     fetch_errors: u64,
+    /// (env, backup job) → whether the job is overdue (no success within
+    /// twice its interval), as the environment's backup scheduler judged.
+    backup_overdue: BTreeMap<(String, String), bool>,
 }
 
 /// What the daemon counts while it runs. Shared by the workers and the
@@ -129,6 +132,13 @@ impl Metrics {
     /// A rollback of `env` started.
     pub fn rollback(&self, env: &str) {
         *self.lock().rollbacks.entry(env.to_owned()).or_default() += 1;
+    }
+
+    /// The backup scheduler of `env` judged `job` overdue or not.
+    pub fn backup_overdue(&self, env: &str, job: &str, overdue: bool) {
+        self.lock()
+            .backup_overdue
+            .insert((env.to_owned(), job.to_owned()), overdue);
     }
 
     /// A webhook request ended with `outcome` (`accepted`, `ignored`,
@@ -266,24 +276,50 @@ impl Metrics {
                 1.0,
             );
         }
-        out.family(
-            "driftless_backup_last_success_timestamp_seconds",
-            "gauge",
-            "Unix time the last successful run of each backup job finished (label backup_job: `job` is Prometheus's target label).",
-        );
-        match store.backup_last_success() {
-            Ok(rows) => {
-                for (env, job, millis) in rows {
-                    if envs.contains(&env) {
-                        out.sample(
-                            "driftless_backup_last_success_timestamp_seconds",
-                            &[("backup_job", &job), ("env", &env)],
-                            millis as f64 / 1000.0,
-                        );
+        // Backup jobs, labelled `backup_job`: `job` is Prometheus's target label.
+        type Read = fn(&crate::store::BackupJobStats) -> Option<f64>;
+        let backups: [(&str, &str, Read); 3] = [
+            (
+                "driftless_backup_last_success_timestamp_seconds",
+                "Unix time the last successful run of each backup job finished.",
+                |s| s.last_success_at.map(|ms| ms as f64 / 1000.0),
+            ),
+            (
+                "driftless_backup_last_success_duration_seconds",
+                "How long the last successful run of each backup job took (dump, write, verify).",
+                |s| s.last_success_duration_ms.map(|ms| ms as f64 / 1000.0),
+            ),
+            (
+                "driftless_backup_last_success_size_bytes",
+                "Stored size of the last successful backup of each job (compressed, encrypted).",
+                |s| s.last_success_bytes.map(|b| b as f64),
+            ),
+        ];
+        match store.backup_job_stats() {
+            Ok(stats) => {
+                let stats: Vec<_> = stats.iter().filter(|s| envs.contains(&s.env)).collect();
+                for (name, help, value) in backups {
+                    out.family(name, "gauge", help);
+                    for s in &stats {
+                        if let Some(v) = value(s) {
+                            out.sample(name, &[("backup_job", &s.job), ("env", &s.env)], v);
+                        }
                     }
                 }
             }
             Err(_) => store_errors += 1,
+        }
+        out.family(
+            "driftless_backup_overdue",
+            "gauge",
+            "1 while a backup job has not succeeded within twice its schedule interval.",
+        );
+        for ((env, job), overdue) in &self.lock().backup_overdue {
+            out.sample(
+                "driftless_backup_overdue",
+                &[("backup_job", job), ("env", env)],
+                if *overdue { 1.0 } else { 0.0 },
+            );
         }
         out.family(
             "driftless_store_errors",

@@ -712,9 +712,10 @@ mod e2e {
                 env: a.clone(),
                 job: "db".into(),
                 trigger: "schedule".into(),
-                outcome: "ok".into(),
+                outcome: "succeeded".into(),
                 started_at: 1_700_000_000_000,
                 finished_at: Some(1_700_000_060_000),
+                bytes: Some(4096),
                 ..Default::default()
             })
             .unwrap();
@@ -744,6 +745,9 @@ mod e2e {
             ("driftless_webhook_requests_total", "counter"),
             ("driftless_git_fetch_errors_total", "counter"),
             ("driftless_backup_last_success_timestamp_seconds", "gauge"),
+            ("driftless_backup_last_success_duration_seconds", "gauge"),
+            ("driftless_backup_last_success_size_bytes", "gauge"),
+            ("driftless_backup_overdue", "gauge"),
         ] {
             assert_eq!(
                 m.types.get(name).map(String::as_str),
@@ -818,6 +822,15 @@ mod e2e {
                 &[("backup_job", "db"), ("env", &a)]
             ),
             Some(1_700_000_060.0)
+        );
+        let job = [("backup_job", "db"), ("env", a.as_str())];
+        assert_eq!(
+            m.get("driftless_backup_last_success_duration_seconds", &job),
+            Some(60.0)
+        );
+        assert_eq!(
+            m.get("driftless_backup_last_success_size_bytes", &job),
+            Some(4096.0)
         );
         bodies.push(("/metrics".into(), text));
         // A real Prometheus scrapes it.

@@ -197,10 +197,12 @@ impl Destination for LocalDir {
     }
 
     fn delete(&self, manifest: &Manifest) -> io::Result<()> {
-        fs::remove_file(self.path(&format!("{}.json", manifest.id))?)?;
-        match fs::remove_file(self.path(&manifest.object)?) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+        // Already gone is deleted: a delete is safe to repeat.
+        for path in [format!("{}.json", manifest.id), manifest.object.clone()] {
+            match fs::remove_file(self.path(&path)?) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
         self.sync_dir()
     }

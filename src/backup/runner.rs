@@ -276,6 +276,11 @@ pub async fn run_for(
     store: Option<&Store>,
     reconcile_id: Option<i64>,
 ) -> RunReport {
+    // One run of a job at a time in this process: the scheduler and a
+    // deploy's before_apply may start the same job together, and two
+    // retentions over one destination would delete under each other.
+    let lock = job_lock(&ctx.env, &job.name);
+    let _running = lock.lock().await;
     let started_at = now_ms();
     let mut report = RunReport {
         job: job.name.clone(),
@@ -297,6 +302,20 @@ pub async fn run_for(
         Some(e) => tracing::warn!(env = %ctx.env, job = %job.name, error = %e, "backup failed"),
     }
     report
+}
+
+/// The lock that serialises runs of `job` in `env`.
+fn job_lock(env: &str, job: &str) -> Arc<tokio::sync::Mutex<()>> {
+    type Locks = std::collections::HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>;
+    static LOCKS: std::sync::OnceLock<std::sync::Mutex<Locks>> = std::sync::OnceLock::new();
+    let mut locks = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    locks
+        .entry((env.to_owned(), job.to_owned()))
+        .or_default()
+        .clone()
 }
 
 /// Records a run in the store; returns its id (`None`, logged, when the

@@ -589,6 +589,27 @@ async fn verify_catches_corruption_and_retention_keeps_the_newest() {
     let kept: Vec<String> = d.manifests().unwrap().into_iter().map(|m| m.id).collect();
     assert_eq!(kept, ids[2..].to_vec(), "keep_last 2 keeps the two newest");
 
+    // Runs of one job started together (a schedule and a deploy's
+    // before_apply) take turns: none fails in another's retention.
+    let mut burst = j.clone();
+    burst.name = "burst".into();
+    let together =
+        futures_util::future::join_all((0..3).map(|_| runner::run(&ctx, &burst, "cli", None)))
+            .await;
+    for r in &together {
+        assert!(r.succeeded(), "{:?}", r.error);
+    }
+    let newest: Vec<String> = together.iter().map(|r| r.id.clone().unwrap()).collect();
+    let mut newest_two = newest.clone();
+    newest_two.sort();
+    let kept: Vec<String> = dest(&burst)
+        .manifests()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(kept, newest_two[1..].to_vec());
+
     // Flip one byte of the newest object: verify fails and unmarks it.
     let mut newest = d.manifests().unwrap().pop().unwrap();
     let path = LocalDir::new(dir.path(), "dev", "dump")

@@ -26,10 +26,13 @@ COPY --from=build /src/target/release/driftless /usr/local/bin/driftless
 USER 10001:10001
 WORKDIR /var/lib/driftless
 ENV DRIFTLESS_CACHE_DIR=/var/lib/driftless/cache
-# The daemon will listen here (webhook, /healthz, /metrics) once it lands.
-EXPOSE 9810
-# Until the daemon serves /healthz, the health check proves the binary runs.
-HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["/usr/local/bin/driftless", "--version"]
+# The daemon's listener (webhook, /healthz, /readyz, /metrics, /api/v1, the
+# status page) when its config says `listen: 0.0.0.0:8088`, as
+# deploy/kubernetes/configmap.yaml does.
+EXPOSE 8088
+# Healthy while the daemon answers its API on that port (reads from loopback
+# need no token). Another `listen:` port needs its own HEALTHCHECK.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["/usr/local/bin/driftless", "status", "--daemon", "http://127.0.0.1:8088"]
 ENTRYPOINT ["/usr/local/bin/driftless"]
 CMD ["--help"]

@@ -221,6 +221,24 @@ impl fmt::Display for Diagnostics {
 
 impl std::error::Error for Diagnostics {}
 
+/// An error and each distinct message of its source chain on one line
+/// (`a: b: c`): client libraries often keep the cause a user needs (ssh's
+/// "Permission denied", a TLS alert, a refused connection) out of the
+/// top-level message.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let message = e.to_string();
+        if !message.is_empty() && !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        cause = e.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,5 +261,33 @@ mod tests {
     fn unknown_positions_are_left_out() {
         let d = Diagnostic::warning("no rules").file("rules/a.yml").at(0, 0);
         assert_eq!(d.to_string(), "warning: rules/a.yml: no rules");
+    }
+
+    #[test]
+    fn error_chain_adds_each_new_cause_once() {
+        let inner = std::io::Error::other("Permission denied (publickey)");
+        let outer = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, inner);
+        // io::Error's Display already shows its custom payload: not repeated.
+        assert_eq!(error_chain(&outer), "Permission denied (publickey)");
+        let wrapped = Wrapped(outer);
+        assert_eq!(
+            error_chain(&wrapped),
+            "client error (Connect): Permission denied (publickey)"
+        );
+    }
+
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("client error (Connect)")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
     }
 }

@@ -32,6 +32,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 
 use crate::backend::{ApplyReport, Backend, BackendError, Context, Health, Verdict};
+use crate::diag::error_chain;
 use crate::manifest::{DockerTarget, PrometheusTarget};
 use crate::model::{Resources, RuleFile, TargetState};
 use crate::plan::{Action, Change, Resource, unified_diff};
@@ -261,17 +262,6 @@ fn http_client() -> Result<reqwest::Client, String> {
         .timeout(Duration::from_secs(120))
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 fn is_temp(name: &str) -> bool {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::backend::{Health, Verdict};
+use crate::diag::error_chain;
 use crate::manifest::{Probe, ProbeCheck};
 use crate::plan::Resource;
 
@@ -54,20 +55,6 @@ pub async fn attempt(
             }
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// Runs every probe until it passes or `deadline`; one verdict per probe.

@@ -36,6 +36,7 @@ use sha2::{Digest, Sha256};
 
 use super::tree::RawTree;
 use super::{Limits, Revision, Snapshot, SourceError};
+use crate::diag::error_chain as chain;
 
 /// How to authenticate to a remote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -675,23 +676,6 @@ pub(crate) fn git_error(
     err: &(dyn std::error::Error + 'static),
 ) -> SourceError {
     SourceError::Git(format!("{context}: {}", chain(err)))
-}
-
-/// An error and its sources on one line.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut last = out.clone();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !text.is_empty() && !last.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        last = text;
-        source = cause.source();
-    }
-    out
 }
 
 #[cfg(test)]

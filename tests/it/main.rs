@@ -5,6 +5,7 @@
 mod backup_support;
 mod docker_support;
 mod fake_apiserver;
+mod sshd;
 mod support;
 mod tls_proxy;
 

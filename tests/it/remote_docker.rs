@@ -1,10 +1,14 @@
 //! A remote Docker engine as a `tcp://` target with mutual TLS: the real
 //! local engine behind a TLS-terminating proxy that demands a client
-//! certificate signed by its CA (`tls_proxy`).
+//! certificate signed by its CA (`tls_proxy`); and the same engine as an
+//! `ssh://` target through Debian's sshd on a loopback address (`sshd`).
 
 use std::process::Command;
 
+use driftless::backend::compose::ComposeBackend;
+
 use crate::docker_support::{BUSYBOX, Cleanup, containers, engine, project_name};
+use crate::sshd::Sshd;
 use crate::support::{RepoBuilder, Run, git};
 use crate::tls_proxy::{Pki, TlsProxy};
 
@@ -57,6 +61,56 @@ async fn dry_run(repo: &std::path::Path, env: &str, envs: &[(&str, &str)]) -> Ru
     cli(repo, &args, envs).await
 }
 
+/// Plans `env` (one create of `project`'s app), applies it, finds the
+/// container on the `local` engine, and plans again: nothing left to do.
+async fn plan_apply_replan(
+    local: &ComposeBackend,
+    repo: &std::path::Path,
+    env: &str,
+    project: &str,
+    envs: &[(&str, &str)],
+) {
+    let dry = dry_run(repo, env, envs).await;
+    assert_eq!(dry.code, 2, "a create is planned: {dry:?}");
+    assert!(dry.stdout.contains(&format!("{project}/app")), "{dry:?}");
+
+    let state = tempfile::tempdir().unwrap();
+    let state = state.path().to_str().unwrap();
+    let apply = cli(
+        repo,
+        &["reconcile", "--env", env, "--state-dir", state],
+        envs,
+    )
+    .await;
+    assert_eq!(apply.code, 0, "{apply:?}");
+    let running = containers(local, project).await;
+    assert_eq!(running.len(), 1, "{running:?}");
+
+    let again = dry_run(repo, env, envs).await;
+    assert_eq!(again.code, 0, "nothing left to do: {again:?}");
+}
+
+/// Applies `env` and checks it fails before planning, naming the target
+/// `remote` and its `host`; returns the run for the transport's own words.
+async fn refused(repo: &std::path::Path, env: &str, host: &str) -> Run {
+    let state = tempfile::tempdir().unwrap();
+    let state = state.path().to_str().unwrap();
+    let run = cli(
+        repo,
+        &["reconcile", "--env", env, "--state-dir", state],
+        &[],
+    )
+    .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("target `remote`"),
+        "names the target: {}",
+        run.stderr
+    );
+    assert!(run.stderr.contains(host), "names the host: {}", run.stderr);
+    run
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_target_with_the_client_certificate_from_docker_cert_path_plans_and_applies() {
     let Some(local) = engine().await else { return };
@@ -71,25 +125,8 @@ async fn tls_target_with_the_client_certificate_from_docker_cert_path_plans_and_
     let certs = pki.client_dir();
     let certs = [("DOCKER_CERT_PATH", certs.to_str().unwrap())];
 
-    let dry = dry_run(repo.path(), env, &certs).await;
-    assert_eq!(dry.code, 2, "a create is planned: {dry:?}");
-    assert!(dry.stdout.contains(&format!("{project}/app")), "{dry:?}");
-
-    let state = tempfile::tempdir().unwrap();
-    let state_arg = state.path().to_str().unwrap();
-    let apply = cli(
-        repo.path(),
-        &["reconcile", "--env", env, "--state-dir", state_arg],
-        &certs,
-    )
-    .await;
-    assert_eq!(apply.code, 0, "{apply:?}");
     // The container runs on the engine behind the proxy.
-    let running = containers(&local, &project).await;
-    assert_eq!(running.len(), 1, "{running:?}");
-
-    let again = dry_run(repo.path(), env, &certs).await;
-    assert_eq!(again.code, 0, "nothing left to do over TLS: {again:?}");
+    plan_apply_replan(&local, repo.path(), env, &project, &certs).await;
     assert_eq!(proxy.refused(), 0);
 }
 
@@ -105,30 +142,7 @@ async fn a_client_certificate_the_engine_does_not_trust_is_refused_naming_the_ta
     let extra = format!(", tls_cert_path: \"{}\"", wrong.display());
     let repo = repo(env, &project, &proxy.host, &extra);
 
-    let state = tempfile::tempdir().unwrap();
-    let run = cli(
-        repo.path(),
-        &[
-            "reconcile",
-            "--env",
-            env,
-            "--state-dir",
-            state.path().to_str().unwrap(),
-        ],
-        &[],
-    )
-    .await;
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stderr.contains("target `remote`"),
-        "names the target: {}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains(&proxy.host),
-        "names the host: {}",
-        run.stderr
-    );
+    let run = refused(repo.path(), env, &proxy.host).await;
     assert!(run.stderr.contains("TLS"), "says it is TLS: {}", run.stderr);
     assert!(
         run.stderr.contains(wrong.to_str().unwrap()),
@@ -159,4 +173,56 @@ async fn relative_credential_paths_and_plain_tcp_are_refused() {
     .await;
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("plain tcp:// is refused"), "{run:?}");
+}
+
+/// The target's `ssh_key_file` for `key`.
+fn ssh_key(key: &std::path::Path) -> String {
+    format!(", ssh_key_file: \"{}\"", key.display())
+}
+
+/// Over ssh:// the real `ssh` client logs in to sshd with the target's key
+/// and runs `docker system dial-stdio` there. Side effect: the running
+/// user's ~/.ssh/known_hosts gets (once) an entry for 127.77.0.1 (`sshd`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_target_with_its_key_file_plans_and_applies() {
+    let Some(local) = engine().await else { return };
+    let project = project_name("ssh-ok");
+    let _cleanup = Cleanup::new(&[&project]);
+    let sshd = Sshd::start(1);
+    let env = "remote-ssh";
+    let repo = repo(env, &project, &sshd.host(), &ssh_key(&sshd.key));
+
+    plan_apply_replan(&local, repo.path(), env, &project, &[]).await;
+    // Every run went through sshd, as root with the target's key (sshd
+    // logs the acceptance before it tells the client).
+    let log = sshd.log();
+    assert!(
+        log.matches("Accepted publickey for root").count() >= 3,
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ssh_key_the_host_does_not_authorize_is_refused_naming_the_target() {
+    let Some(local) = engine().await else { return };
+    let project = project_name("ssh-wrong");
+    let _cleanup = Cleanup::new(&[&project]);
+    let sshd = Sshd::start(2);
+    let env = "remote-ssh-wrong";
+    let repo = repo(env, &project, &sshd.host(), &ssh_key(&sshd.wrong_key));
+
+    let run = refused(repo.path(), env, &sshd.host()).await;
+    assert!(
+        run.stderr.contains(sshd.wrong_key.to_str().unwrap()),
+        "names the key file: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("Permission denied (publickey)"),
+        "says why, in ssh's words: {}",
+        run.stderr
+    );
+    assert!(!sshd.log().contains("Accepted publickey"), "{}", sshd.log());
+    let created = containers(&local, &project).await;
+    assert!(created.is_empty(), "nothing applied: {created:?}");
 }

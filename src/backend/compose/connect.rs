@@ -142,6 +142,10 @@ impl Endpoint {
 
     /// What to say when the engine does not answer the first request.
     pub fn no_answer(&self, error: &bollard::errors::Error) -> String {
+        // bollard's own message ends at "client error (Connect)": the
+        // cause (a TLS alert, ssh's "Permission denied (publickey)") is in
+        // the source chain.
+        let error = crate::diag::error_chain(error);
         match self {
             Endpoint::Unix(path) => {
                 format!(
@@ -155,8 +159,16 @@ impl Endpoint {
                  that signed the engine's certificate)",
                 dir.display()
             ),
-            Endpoint::Ssh { url, .. } => {
-                format!("Docker engine over {url} does not answer: {error}")
+            Endpoint::Ssh { url, key } => {
+                let key = match key {
+                    Some(key) => format!("the key {}", key.display()),
+                    None => "the daemon user's ssh keys".to_owned(),
+                };
+                format!(
+                    "Docker engine over {url} does not answer: {error} (check that {key} may log \
+                     in there, that the host key in the daemon user's known_hosts is the host's, \
+                     and that the host runs `docker system dial-stdio`)"
+                )
             }
         }
     }

@@ -9,6 +9,7 @@
 //! copy are always resumed.
 
 pub mod codec;
+pub mod deploys;
 pub mod destination;
 pub mod docker;
 pub mod retention;

@@ -362,10 +362,7 @@ async fn run_steps(
 ) -> Result<(), BackupError> {
     let dest: Arc<dyn Destination> = Arc::from(destination(job, &ctx.env)?);
     let encoding = Encoding::of(job.compression, &job.encryption_recipients);
-    let id = chrono::DateTime::from_timestamp_millis(report.started_at)
-        .unwrap_or_default()
-        .format("%Y%m%dT%H%M%S%.3fZ")
-        .to_string();
+    let id = super::deploys::backup_id(report.started_at);
     let object = format!("{id}.{}{}", format_of(&job.source), encoding.suffix());
 
     // Encoder on a blocking thread, fed by the source.

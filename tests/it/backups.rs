@@ -815,9 +815,16 @@ async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
     let dest_dir = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     let secrets = tempfile::tempdir().unwrap();
+    let receiver = crate::daemon_support::Receiver::start().await;
+    // "bad" fails its health check: the deploy is rolled back.
     let stack = |greeting: &str| {
+        let health = if greeting == "bad" {
+            "    healthcheck: { test: [\"CMD\", \"false\"], interval: 1s, timeout: 1s, retries: 1 }\n"
+        } else {
+            ""
+        };
         format!(
-            "name: {project}\nservices:\n  app:\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n    environment:\n      GREETING: {greeting}\n"
+            "name: {project}\nservices:\n  app:\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n    environment:\n      GREETING: {greeting}\n{health}"
         )
     };
     let files = |greeting: &str| {
@@ -825,7 +832,8 @@ async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
             (
                 "driftless.yaml",
                 format!(
-                    "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {{}}\nenvironments:\n  {env}:\n    values: environments/values.yaml\n    targets: [local]\n    health: {{ deadline: 60s, settle: 1s }}\n"
+                    "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {{}}\nenvironments:\n  {env}:\n    values: environments/values.yaml\n    targets: [local]\n    health: {{ deadline: 60s, settle: 1s }}\nnotifications:\n  hook: {{ webhook: \"{notify}/notify\" }}\n",
+                    notify = receiver.url
                 ),
             ),
             ("environments/values.yaml", "{}\n".to_owned()),
@@ -875,6 +883,9 @@ async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
     );
 
     // A change runs the before_apply job first, recorded with that deploy.
+    let one = crate::daemon_support::git(&bare.path(), &["rev-parse", "HEAD"])
+        .trim()
+        .to_owned();
     bare.commit(&as_refs(&files("two")), "two");
     let runs = wait_runs(
         state.path(),
@@ -893,9 +904,55 @@ async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
     let reconcile_id = before.1.reconcile_id.expect("recorded with its deploy");
     let h = Daemon::history(state.path(), &env);
     let rows = h["reconciles"].as_array().unwrap();
+    // `history` names the backup taken before that deploy (JSON and text).
+    let before_id = driftless::backup::deploys::backup_id(before.1.started_at);
+    let row = rows
+        .iter()
+        .find(|r| r["id"] == reconcile_id)
+        .unwrap_or_else(|| panic!("reconcile {reconcile_id} in history: {h:#}"));
+    assert_eq!(row["backups"][0]["job"], "tick", "{row:#}");
+    assert_eq!(row["backups"][0]["id"], before_id.as_str(), "{row:#}");
+    let state_arg = state.path().to_str().unwrap();
+    let (code, text, err) =
+        crate::daemon_support::cli(&["history", "--env", &env, "--state-dir", state_arg]);
+    assert_eq!(code, 0, "{err}");
     assert!(
-        rows.iter().any(|r| r["id"] == reconcile_id),
-        "reconcile {reconcile_id} in history: {h:#}"
+        text.contains(&format!("backup before apply: job tick id {before_id}")),
+        "{text}"
+    );
+
+    // A deploy that fails its health check is rolled back; the notification
+    // names the backup taken before it (while "two" ran).
+    bare.commit(&as_refs(&files("bad")), "bad");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let rolled_back = loop {
+        if let Some(b) = receiver
+            .all()
+            .into_iter()
+            .find(|b| b.contains("\"kind\":\"rolled_back\""))
+        {
+            break b;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waiting for the rollback notification: {:?}\ndaemon log:\n{}",
+            receiver.all(),
+            d.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let store = Store::open(state.path()).unwrap();
+    let bad_backup = store
+        .backup_runs(&env, Some("tick"), 100)
+        .unwrap()
+        .into_iter()
+        .find(|(_, r)| r.trigger == "before_apply" && r.reconcile_id != Some(reconcile_id))
+        .expect("a before_apply run for the bad deploy");
+    drop(store);
+    let bad_id = driftless::backup::deploys::backup_id(bad_backup.1.started_at);
+    assert!(
+        rolled_back.contains(&format!("matching backup: job tick id {bad_id}")),
+        "{rolled_back}"
     );
     // Retention keeps at most three backups at the destination.
     let stored = LocalDir::new(dest_dir.path(), &env, "tick")
@@ -922,4 +979,23 @@ async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
     .await;
     assert!(d.log_text().contains("missed its run"), "{}", d.log_text());
     drop(d);
+
+    // `rollback` to the first commit names the backup taken while it ran
+    // (before the deploy of "two"), and how to restore it.
+    let (code, out, err) = crate::daemon_support::cli(&[
+        "rollback",
+        "--env",
+        &env,
+        "--to",
+        &one,
+        "--state-dir",
+        state_arg,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!(
+            "matching backup: job tick id {before_id}; restore with `driftless backup restore tick --env {env} --id {before_id}`"
+        )),
+        "{out}"
+    );
 }

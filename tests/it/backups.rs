@@ -349,72 +349,100 @@ async fn put_files(docker: &Docker, container: &str, dir: &str, files: &[(&str, 
         .unwrap();
 }
 
+/// A new project whose busybox `app` service mounts the volume key `data`
+/// at /data, with a context that knows it and a backup directory.
+struct VolumeApp {
+    p: String,
+    app: String,
+    dir: tempfile::TempDir,
+    ctx: Context,
+    _cleanup: Cleanup,
+}
+
+impl VolumeApp {
+    async fn start(docker: &Docker, prefix: &str) -> VolumeApp {
+        let p = docker_support::project_name(prefix);
+        let cleanup = Cleanup::new(&[&p]);
+        let volume = format!("{p}_data");
+        let app = bs::start_service(
+            docker,
+            &p,
+            "app",
+            BUSYBOX,
+            None,
+            &["sleep", "3600"],
+            &[(&volume, "/data")],
+        )
+        .await;
+        let ctx = context(
+            docker,
+            vec![bs::project(&p, &["app"], &[("data", &volume)])],
+        );
+        VolumeApp {
+            p,
+            app,
+            dir: tempfile::tempdir().unwrap(),
+            ctx,
+            _cleanup: cleanup,
+        }
+    }
+
+    /// A job backing up the `data` volume, `app` its service.
+    fn job(&self, name: &str) -> BackupJob {
+        job(
+            name,
+            self.dir.path(),
+            BackupSource::Volume {
+                project: Some(self.p.clone()),
+                volume: "data".to_owned(),
+                service: Some("app".to_owned()),
+            },
+        )
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_volume_backup_restores_byte_for_byte_and_resumes_the_service() {
     let Some(docker) = docker().await else { return };
-    let p = docker_support::project_name("vol");
-    let _cleanup = Cleanup::new(&[&p]);
-    let dir = tempfile::tempdir().unwrap();
-    let volume = format!("{p}_data");
-    let app = bs::start_service(
-        &docker,
-        &p,
-        "app",
-        BUSYBOX,
-        None,
-        &["sleep", "3600"],
-        &[(&volume, "/data")],
-    )
-    .await;
+    let va = VolumeApp::start(&docker, "vol").await;
+    let (app, ctx) = (&va.app, &va.ctx);
     let noise: Vec<u8> = (0..3_000_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     put_files(
         &docker,
-        &app,
+        app,
         "/data",
         &[("a.bin", noise.clone()), ("sub/b.txt", b"hello\n".to_vec())],
     )
     .await;
-    let original = files(&docker, &app, "/data").await;
+    let original = files(&docker, app, "/data").await;
     assert_eq!(original.len(), 2);
 
-    let mut vol_job = job(
-        "files",
-        dir.path(),
-        BackupSource::Volume {
-            project: Some(p.clone()),
-            volume: "data".to_owned(),
-            service: Some("app".to_owned()),
-        },
-    );
+    let mut vol_job = va.job("files");
     vol_job.consistency = Consistency::Pause;
-    let ctx = context(
-        &docker,
-        vec![bs::project(&p, &["app"], &[("data", &volume)])],
-    );
-    let report = runner::run(&ctx, &vol_job, "cli", None).await;
+    let report = runner::run(ctx, &vol_job, "cli", None).await;
     assert!(report.succeeded(), "{:?}", report.error);
     assert!(
-        is_running_unpaused(&docker, &app).await,
+        is_running_unpaused(&docker, app).await,
         "the service runs again after the copy"
     );
 
     // Damage the volume, restore, compare every byte.
     put_files(
         &docker,
-        &app,
+        app,
         "/data",
         &[("a.bin", b"overwritten".to_vec()), ("junk", b"x".to_vec())],
     )
     .await;
     let manifest = runner::pick(&dest(&vol_job).manifests().unwrap(), None).unwrap();
-    runner::restore(&ctx, &vol_job, &manifest).await.unwrap();
+    runner::restore(ctx, &vol_job, &manifest).await.unwrap();
     assert!(
-        is_running_unpaused(&docker, &app).await,
+        is_running_unpaused(&docker, app).await,
         "the service is started again after a restore"
     );
-    let restored = files(&docker, &app, "/data").await;
+    let restored = files(&docker, app, "/data").await;
     assert_eq!(restored.get("data/a.bin"), original.get("data/a.bin"));
     assert_eq!(
         restored.get("data/sub/b.txt"),
@@ -481,6 +509,103 @@ async fn volume_of_a_service_whose_image_has_no_command_is_backed_up() {
         .map(|e| e.unwrap().path().unwrap().display().to_string())
         .collect();
     assert!(names.iter().any(|n| n == "driftless-volume/f"), "{names:?}");
+}
+
+/// The restore-test volumes this process left behind.
+async fn restore_test_volumes(docker: &Docker) -> Vec<String> {
+    let prefix = format!("driftless-restore-test-{}-", std::process::id());
+    let list = docker
+        .list_volumes(None::<bollard::query_parameters::ListVolumesOptions>)
+        .await
+        .unwrap();
+    list.volumes
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| v.name)
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_restore_test_checks_a_throwaway_copy_and_a_failed_check_deletes_nothing() {
+    let Some(docker) = docker().await else { return };
+    let va = VolumeApp::start(&docker, "vrt").await;
+    let (p, ctx) = (&va.p, &va.ctx);
+    put_files(
+        &docker,
+        &va.app,
+        "/data",
+        &[("sub/b.txt", b"hello\n".to_vec())],
+    )
+    .await;
+    let tested = |check: &[&str]| {
+        let mut j = va.job("files");
+        j.retention.keep_last = Some(1);
+        j.verify.restore_test = Some(driftless::model::RestoreTest {
+            image: BUSYBOX.to_owned(),
+            command: vec![],
+            check: check.iter().map(|s| (*s).to_owned()).collect(),
+        });
+        j
+    };
+    let store = Store::open_in_memory().unwrap();
+
+    // The check sees the backed-up files in the throwaway volume.
+    let good = tested(&[
+        "sh",
+        "-c",
+        "test \"$(cat /driftless-volume/sub/b.txt)\" = hello",
+    ]);
+    let report = runner::run(ctx, &good, "cli", Some(&store)).await;
+    assert!(report.succeeded(), "{:?}", report.error);
+    assert!(report.verified);
+    let first = report.id.clone().unwrap();
+
+    // A failing check fails the run, leaves the new backup unverified, and
+    // retention (keep_last: 1) deletes nothing.
+    let bad = tested(&["cat", "/driftless-volume/sub/missing.txt"]);
+    let failed = runner::run(ctx, &bad, "cli", Some(&store)).await;
+    let error = failed.error.expect("the check fails");
+    assert!(
+        error.contains("restore test check") && error.contains("missing.txt"),
+        "{error}"
+    );
+    let stored = dest(&good).manifests().unwrap();
+    assert_eq!(stored.len(), 2, "{stored:#?}");
+    assert!(
+        stored
+            .iter()
+            .any(|m| m.id == first && m.verified_at.is_some()),
+        "{stored:#?}"
+    );
+    assert!(
+        stored
+            .iter()
+            .any(|m| m.id != first && m.verified_at.is_none()),
+        "{stored:#?}"
+    );
+    let runs = store.backup_runs("dev", Some("files"), 10).unwrap();
+    let outcomes: Vec<&str> = runs.iter().map(|(_, r)| r.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["failed", "succeeded"]);
+
+    // A path backup lands under its directory's name in the throwaway volume.
+    let mut path_job = tested(&[
+        "sh",
+        "-c",
+        "test \"$(cat /driftless-volume/data/sub/b.txt)\" = hello",
+    ]);
+    path_job.name = "datapath".to_owned();
+    path_job.source = BackupSource::Path {
+        project: Some(p.clone()),
+        service: "app".to_owned(),
+        path: "/data".to_owned(),
+    };
+    let report = runner::run(ctx, &path_job, "cli", None).await;
+    assert!(report.succeeded(), "{:?}", report.error);
+    assert!(report.verified);
+
+    // Throwaway volumes (and so their containers) are gone either way.
+    assert_eq!(restore_test_volumes(&docker).await, Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -902,6 +902,28 @@ async fn cli_runs_lists_verifies_and_restores_a_deployed_volume() {
     );
 }
 
+/// Waits for the first notification of `kind` the receiver got; its body.
+async fn notification(
+    receiver: &crate::daemon_support::Receiver,
+    kind: &str,
+    log: &dyn Fn() -> String,
+) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let kind_field = format!("\"kind\":\"{kind}\"");
+        if let Some(b) = receiver.all().into_iter().find(|b| b.contains(&kind_field)) {
+            return b;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waiting for a {kind} notification: {:?}\ndaemon log:\n{}",
+            receiver.all(),
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Polls the daemon's store until `pred` holds for the runs of `job`.
 async fn wait_runs(
     state: &std::path::Path,
@@ -966,7 +988,7 @@ async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
             (
                 "backups/jobs.yaml",
                 format!(
-                    "jobs:\n  - name: tick\n    schedule: \"*/2 * * * * *\"\n    source: {{ exec: {{ service: app, command: [echo, tick] }} }}\n    destination: {{ local: {dir} }}\n    retention: {{ keep_last: 3 }}\n    before_apply: true\n    run_missed: true\n",
+                    "jobs:\n  - name: tick\n    schedule: \"*/2 * * * * *\"\n    source: {{ exec: {{ service: app, command: [echo, tick] }} }}\n    destination: {{ local: {dir} }}\n    retention: {{ keep_last: 3 }}\n    before_apply: true\n    run_missed: true\n  - name: broken\n    schedule: \"*/5 * * * * *\"\n    source: {{ exec: {{ service: app, command: [sh, -c, \"echo disk full >&2; exit 3\"] }} }}\n    destination: {{ local: {dir} }}\n",
                     dir = dest_dir.path().display()
                 ),
             ),
@@ -1005,6 +1027,13 @@ async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
             .filter(|(_, r)| r.outcome == "succeeded")
             .all(|(_, r)| r.verified == Some(true)),
         "{runs:#?}"
+    );
+
+    // A failing scheduled run notifies, naming the job and why.
+    let failed = notification(&receiver, "backup_failed", &|| d.log_text()).await;
+    assert!(
+        failed.contains("backup job broken failed") && failed.contains("disk full"),
+        "{failed}"
     );
 
     // A change runs the before_apply job first, recorded with that deploy.
@@ -1049,23 +1078,7 @@ async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
     // A deploy that fails its health check is rolled back; the notification
     // names the backup taken before it (while "two" ran).
     bare.commit(&as_refs(&files("bad")), "bad");
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let rolled_back = loop {
-        if let Some(b) = receiver
-            .all()
-            .into_iter()
-            .find(|b| b.contains("\"kind\":\"rolled_back\""))
-        {
-            break b;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "waiting for the rollback notification: {:?}\ndaemon log:\n{}",
-            receiver.all(),
-            d.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let rolled_back = notification(&receiver, "rolled_back", &|| d.log_text()).await;
     let store = Store::open(state.path()).unwrap();
     let bad_backup = store
         .backup_runs(&env, Some("tick"), 100)

@@ -111,3 +111,85 @@ pub fn annotate(store: &Store, records: &mut [serde_json::Value]) -> Result<(), 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Finish, ImageIds, Kind, Outcome, Timings, Trigger};
+    use std::time::{Duration, SystemTime};
+
+    fn reconcile(s: &Store, kind: Kind, commit: &str, outcome: Outcome) -> i64 {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let id = s.begin("prod", Trigger::Poll, kind, None, at).unwrap();
+        let finish = Finish {
+            commit: Some(commit.to_owned()),
+            outcome,
+            plan: None,
+            diff: None,
+            error: None,
+            image_ids: ImageIds::new(),
+            timings: Timings::default(),
+        };
+        s.finish(id, &finish, at).unwrap();
+        id
+    }
+
+    fn before_apply(s: &Store, job: &str, reconcile_id: i64, started_at: i64) {
+        s.record_backup_run(&BackupRun {
+            env: "prod".into(),
+            job: job.into(),
+            trigger: "before_apply".into(),
+            outcome: "succeeded".into(),
+            verified: Some(true),
+            reconcile_id: Some(reconcile_id),
+            started_at,
+            ..BackupRun::default()
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_rollback_matches_the_backups_taken_while_its_commit_ran() {
+        let s = Store::open_in_memory().unwrap();
+        reconcile(&s, Kind::Deploy, "a", Outcome::Healthy);
+        // Deploying b backs up (two jobs) what ran under a; b fails and the
+        // daemon rolls back to a.
+        let b = reconcile(&s, Kind::Deploy, "b", Outcome::Unhealthy);
+        before_apply(&s, "pg", b, 1_000);
+        before_apply(&s, "redis", b, 2_000);
+        reconcile(&s, Kind::Rollback, "a", Outcome::Healthy);
+        let m = matching(&s, "prod", "a").unwrap();
+        let jobs: Vec<(&str, &str)> = m.iter().map(|b| (b.job.as_str(), b.id.as_str())).collect();
+        assert_eq!(
+            jobs,
+            [
+                ("pg", "19700101T000001.000Z"),
+                ("redis", "19700101T000002.000Z")
+            ]
+        );
+        // Later, a deploy of c from a: a rollback to a now matches that newer
+        // backup; nothing was taken while b or c ran.
+        let c = reconcile(&s, Kind::Deploy, "c", Outcome::Healthy);
+        before_apply(&s, "pg", c, 3_000);
+        let m = matching(&s, "prod", "a").unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!((m[0].job.as_str(), m[0].reconcile_id), ("pg", Some(c)));
+        assert!(matching(&s, "prod", "c").unwrap().is_empty());
+        assert!(describe("prod", &[]).is_none());
+        let line = describe("prod", &m).unwrap();
+        assert!(
+            line.contains(
+                "restore with `driftless backup restore pg --env prod --id 19700101T000003.000Z`"
+            ),
+            "{line}"
+        );
+        // history: each reconcile with its backups.
+        let mut rows = vec![
+            serde_json::json!({"id": b}),
+            serde_json::json!({"id": c + 1}),
+        ];
+        annotate(&s, &mut rows).unwrap();
+        assert_eq!(rows[0]["backups"].as_array().unwrap().len(), 2);
+        assert!(rows[1].get("backups").is_none());
+    }
+}

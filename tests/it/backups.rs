@@ -1075,6 +1075,24 @@ async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
         "{text}"
     );
 
+    // So does the API's answer for that reconcile.
+    let api = d
+        .client()
+        .get(d.url(&format!("/api/v1/reconciles/{reconcile_id}")))
+        .bearer_auth(crate::daemon_support::API_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+    assert_eq!(
+        api["reconcile"]["backups"][0]["id"],
+        before_id.as_str(),
+        "{api:#}"
+    );
+
     // A deploy that fails its health check is rolled back; the notification
     // names the backup taken before it (while "two" ran).
     bare.commit(&as_refs(&files("bad")), "bad");

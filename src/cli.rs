@@ -746,6 +746,11 @@ fn rollback_cmd(args: RollbackArgs) -> Result<i32> {
         "{}: pinned to {commit} until `driftless resume --env {}`",
         args.env, args.env
     );
+    let store = Store::open(&args.state.dir()).context("open the state store")?;
+    let matching = driftless::backup::deploys::matching(&store, &args.env, &commit)?;
+    if let Some(line) = driftless::backup::deploys::describe(&args.env, &matching) {
+        println!("{line}");
+    }
     Ok(0)
 }
 
@@ -817,6 +822,11 @@ fn history_cmd(args: HistoryArgs) -> Result<i32> {
         None => {
             let store = Store::open(&args.state.dir()).context("open the state store")?;
             let records = store.history(args.env.as_deref(), args.limit)?;
+            let mut records = match serde_json::to_value(records)? {
+                serde_json::Value::Array(a) => a,
+                _ => Vec::new(),
+            };
+            driftless::backup::deploys::annotate(&store, &mut records)?;
             let (control, last_good, failed) = match &args.env {
                 Some(env) => (
                     serde_json::to_value(store.control(env)?)?,
@@ -878,6 +888,13 @@ fn history_cmd(args: HistoryArgs) -> Result<i32> {
                 .map(|e| format!(" — {e}"))
                 .unwrap_or_default()
         );
+        for b in r["backups"].as_array().into_iter().flatten() {
+            println!(
+                "    backup before apply: job {} id {}",
+                b["job"].as_str().unwrap_or("?"),
+                b["id"].as_str().unwrap_or("?")
+            );
+        }
     }
     Ok(0)
 }

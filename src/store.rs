@@ -732,12 +732,66 @@ impl Store {
         job: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(i64, BackupRun)>> {
+        self.runs_where(
+            "env = ?1 AND (?2 IS NULL OR job = ?2) ORDER BY id DESC LIMIT ?3",
+            params![env, job, limit as i64],
+        )
+    }
+
+    /// Succeeded `before_apply` runs recorded with the given reconciles,
+    /// as `(reconcile id, run)`, oldest first.
+    pub fn before_apply_runs(&self, reconcile_ids: &[i64]) -> Result<Vec<(i64, BackupRun)>> {
+        let mut out = Vec::new();
+        for &rid in reconcile_ids {
+            for (_, run) in self.runs_where("trigger = 'before_apply' AND outcome = 'succeeded' AND reconcile_id = ?1 ORDER BY id", params![rid])? {
+                out.push((rid, run));
+            }
+        }
+        Ok(out)
+    }
+
+    /// An environment's succeeded `before_apply` runs, newest first, each
+    /// with the commit that was running (the newest healthy or unchanged
+    /// reconcile before its deploy): the backups a rollback to that commit
+    /// matches.
+    pub fn before_apply_runs_with_running_commit(
+        &self,
+        env: &str,
+        limit: usize,
+    ) -> Result<Vec<(Option<String>, BackupRun)>> {
+        let runs = self.runs_where(
+            "env = ?1 AND trigger = 'before_apply' AND outcome = 'succeeded' AND reconcile_id IS NOT NULL ORDER BY id DESC LIMIT ?2",
+            params![env, limit as i64],
+        )?;
+        let mut out = Vec::with_capacity(runs.len());
+        for (_, run) in runs {
+            let running = self.with(|c| {
+                Ok(c.query_row(
+                    "SELECT commit_id FROM reconciles WHERE env = ?1 AND id < ?2 AND outcome IN ('healthy', 'unchanged') ORDER BY id DESC LIMIT 1",
+                    params![env, run.reconcile_id],
+                    |r| r.get::<_, Option<String>>(0),
+                )
+                .optional()?
+                .flatten())
+            })?;
+            out.push((running, run));
+        }
+        Ok(out)
+    }
+
+    /// Backup runs matching `filter` (an SQL condition, with its order and
+    /// limit), with their ids.
+    fn runs_where(
+        &self,
+        filter: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<(i64, BackupRun)>> {
         self.with(|c| {
-            let mut stmt = c.prepare(
+            let mut stmt = c.prepare(&format!(
                 "SELECT id, env, job, trigger, outcome, location, bytes, sha256, verified, error, reconcile_id, started_at, finished_at
-                 FROM backup_runs WHERE env = ?1 AND (?2 IS NULL OR job = ?2) ORDER BY id DESC LIMIT ?3",
-            )?;
-            let rows = stmt.query_map(params![env, job, limit as i64], |r| {
+                 FROM backup_runs WHERE {filter}"
+            ))?;
+            let rows = stmt.query_map(args, |r| {
                 Ok((
                     r.get(0)?,
                     BackupRun {

@@ -573,3 +573,137 @@ async fn remove_container(docker: &Docker, id: &str) {
         tracing::warn!(container = %short(id), error = %e, "removing backup helper container");
     }
 }
+
+/// A restore test of an archive (volume or path backup): `rx` is extracted
+/// into a throwaway volume, then `check` runs as the command of a throwaway
+/// container of `image` with that volume at [`VOLUME_MOUNT`]; a non-zero exit
+/// is an error with the tail of its output. `dir` is where the archive is
+/// extracted in that container (`/` for a volume's archive, whose entries
+/// start with `driftless-volume/`). The container and the volume are
+/// removed whatever happened.
+pub async fn check_in_scratch_volume(
+    docker: &Docker,
+    image: &str,
+    check: &[String],
+    dir: &str,
+    rx: mpsc::Receiver<Bytes>,
+    timeout: std::time::Duration,
+) -> Result<(), BackupError> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let volume = format!("driftless-restore-test-{}-{nanos}", std::process::id());
+    docker
+        .create_volume(bollard::models::VolumeCreateRequest {
+            name: Some(volume.clone()),
+            labels: Some(HashMap::from([(
+                HELPER_LABEL.to_owned(),
+                "restore-test".to_owned(),
+            )])),
+            ..Default::default()
+        })
+        .await
+        .map_err(docker_err("restore test: create a throwaway volume"))?;
+    let result = check_in_volume(docker, image, check, dir, &volume, rx, timeout).await;
+    if let Err(e) = docker
+        .remove_volume(
+            &volume,
+            Some(
+                bollard::query_parameters::RemoveVolumeOptionsBuilder::default()
+                    .force(true)
+                    .build(),
+            ),
+        )
+        .await
+    {
+        tracing::warn!(volume = %volume, error = %e, "removing the restore test volume");
+    }
+    result
+}
+
+async fn check_in_volume(
+    docker: &Docker,
+    image: &str,
+    check: &[String],
+    dir: &str,
+    volume: &str,
+    rx: mpsc::Receiver<Bytes>,
+    timeout: std::time::Duration,
+) -> Result<(), BackupError> {
+    let body = ContainerCreateBody {
+        image: Some(image.to_owned()),
+        cmd: Some(check.to_vec()),
+        labels: Some(HashMap::from([(
+            HELPER_LABEL.to_owned(),
+            "restore-test".to_owned(),
+        )])),
+        host_config: Some(HostConfig {
+            mounts: Some(vec![Mount {
+                typ: Some(MountType::VOLUME),
+                source: Some(volume.to_owned()),
+                target: Some(VOLUME_MOUNT.to_owned()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let helper = Helper::new(
+        docker,
+        body,
+        &format!("restore test: create a container from {image}"),
+    )
+    .await?;
+    let result = async {
+        extract_into(docker, &helper.id, dir, rx)
+            .await
+            .map_err(|e| BackupError::Verify(format!("restore test: {e}")))?;
+        docker
+            .start_container(&helper.id, None)
+            .await
+            .map_err(docker_err(format!("restore test: start {image}")))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let code = loop {
+            let state = docker
+                .inspect_container(&helper.id, None)
+                .await
+                .map_err(docker_err("restore test: inspect"))?
+                .state
+                .unwrap_or_default();
+            if state.running != Some(true) {
+                break state.exit_code.unwrap_or(-1);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BackupError::Verify(format!(
+                    "restore test check: still running after {timeout:?}"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        };
+        if code == 0 {
+            return Ok(());
+        }
+        let mut tail = Vec::new();
+        let mut logs = docker.logs(
+            &helper.id,
+            Some(
+                bollard::query_parameters::LogsOptionsBuilder::default()
+                    .stdout(true)
+                    .stderr(true)
+                    .build(),
+            ),
+        );
+        while let Some(Ok(item)) = logs.next().await {
+            keep_tail(&mut tail, &item.into_bytes());
+        }
+        Err(BackupError::Verify(format!(
+            "restore test check `{}` exited with {code}: {}",
+            check.join(" "),
+            String::from_utf8_lossy(&tail).trim()
+        )))
+    }
+    .await;
+    helper.remove().await;
+    result
+}

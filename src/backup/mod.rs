@@ -2,13 +2,15 @@
 //! validates), [`runner`] (run → verify → retain, and restore), [`docker`]
 //! (sources and restore targets through the Engine API), [`codec`] (zstd,
 //! age, SHA-256), [`destination`] (where objects and manifests are stored),
-//! [`retention`] (which backups go; pure).
+//! [`retention`] (which backups go; pure), [`deploys`] (the backups taken
+//! before a deploy, and those a rollback matches).
 //!
 //! Invariants: retention never deletes the last verified backup, and runs
 //! only after a new backup was verified; containers paused or stopped for a
 //! copy are always resumed.
 
 pub mod codec;
+pub mod deploys;
 pub mod destination;
 pub mod docker;
 pub mod retention;

@@ -381,10 +381,7 @@ async fn run_steps(
 ) -> Result<(), BackupError> {
     let dest: Arc<dyn Destination> = Arc::from(destination(job, &ctx.env)?);
     let encoding = Encoding::of(job.compression, &job.encryption_recipients);
-    let id = chrono::DateTime::from_timestamp_millis(report.started_at)
-        .unwrap_or_default()
-        .format("%Y%m%dT%H%M%S%.3fZ")
-        .to_string();
+    let id = super::deploys::backup_id(report.started_at);
     let object = format!("{id}.{}{}", format_of(&job.source), encoding.suffix());
 
     // Encoder on a blocking thread, fed by the source.
@@ -453,7 +450,7 @@ async fn run_steps(
     }
     verify_stored(dest.clone(), &mut manifest, ctx.identities.clone()).await?;
     if let Some(test) = &job.verify.restore_test
-        && let Err(e) = restore_test(ctx, test, dest.clone(), &manifest).await
+        && let Err(e) = restore_test(ctx, &job.source, test, dest.clone(), &manifest).await
     {
         mark_unverified(dest.clone(), &manifest).await;
         return Err(e);
@@ -619,18 +616,47 @@ const RESTORE_TEST_READY: std::time::Duration = std::time::Duration::from_secs(1
 /// whatever happened. Exec sources only (a dump restores through a command).
 async fn restore_test(
     ctx: &Context,
+    source: &BackupSource,
     test: &crate::model::RestoreTest,
     dest: Arc<dyn Destination>,
     manifest: &Manifest,
 ) -> Result<(), BackupError> {
-    if manifest.format != "dump" {
-        return Err(BackupError::Config(
-            "verify.restore_test applies to exec sources only".to_owned(),
-        ));
-    }
     if manifest.encoding.encrypted && ctx.identities.is_none() {
         return Err(BackupError::Verify(
             "restore test of an encrypted backup needs DRIFTLESS_BACKUP_IDENTITY_FILE".to_owned(),
+        ));
+    }
+    if manifest.format != "dump" {
+        // An archive (volume or path): extracted into a throwaway volume,
+        // checked by a throwaway container mounting it.
+        let dir = match source {
+            BackupSource::Volume { .. } => "/",
+            BackupSource::Path { .. } => VOLUME_MOUNT,
+            _ => {
+                return Err(BackupError::Config(
+                    "verify.restore_test applies to exec, volume and path sources".to_owned(),
+                ));
+            }
+        };
+        let (rx, decoding) = decoded_stream(dest, manifest, ctx.identities.clone());
+        let checked = dk::check_in_scratch_volume(
+            &ctx.docker,
+            &test.image,
+            &test.check,
+            dir,
+            rx,
+            RESTORE_TEST_READY,
+        )
+        .await;
+        let decoded = decoding
+            .await
+            .map_err(|e| BackupError::Verify(e.to_string()))
+            .and_then(|r| r.map_err(BackupError::Verify));
+        return checked.and(decoded);
+    }
+    if test.command.is_empty() {
+        return Err(BackupError::Config(
+            "verify.restore_test.command (the restore command, fed the dump on stdin) is required for exec sources".to_owned(),
         ));
     }
     let scratch = dk::Scratch::start(&ctx.docker, &test.image, RESTORE_TEST_READY).await?;

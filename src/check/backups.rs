@@ -124,6 +124,8 @@ struct RawVerify {
 #[serde(deny_unknown_fields)]
 struct RawRestoreTest {
     image: String,
+    /// The restore command (exec sources); unused for volumes and paths.
+    #[serde(default)]
     command: Vec<String>,
     check: Vec<String>,
 }
@@ -253,6 +255,17 @@ pub fn load(file: &str, text: &str) -> Result<Vec<BackupJob>, Diagnostics> {
                 None
             }
         };
+        if let Some(t) = &job.verify.restore_test {
+            match source {
+                BackupSource::Exec { .. } if t.command.is_empty() => diags.push(err(
+                    "verify.restore_test.command (the restore command, fed the dump on stdin) is required for exec sources".to_owned(),
+                )),
+                BackupSource::Config => diags.push(err(
+                    "verify.restore_test applies to exec, volume and path sources, not config".to_owned(),
+                )),
+                _ => {}
+            }
+        }
         if job.retention.keep_last == Some(0) {
             diags.push(err(
                 "retention.keep_last must be at least 1 (the last verified backup is always kept)"
@@ -372,6 +385,20 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("exactly one of `exec`")
+        );
+    }
+
+    #[test]
+    fn restore_test_of_a_volume_needs_no_command_but_of_exec_does() {
+        let check = "    verify: { restore_test: { image: img, check: [true] } }\n";
+        let volume = format!("{GOOD}{check}");
+        let jobs = load("b.yaml", &volume).unwrap();
+        assert!(jobs[1].verify.restore_test.is_some());
+        let exec = GOOD.replacen("    destination:", &format!("{check}    destination:"), 1);
+        let d = load("b.yaml", &exec).unwrap_err().to_string();
+        assert!(
+            d.contains("b.yaml:2") && d.contains("restore_test.command"),
+            "{d}"
         );
     }
 }

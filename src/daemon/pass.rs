@@ -355,7 +355,16 @@ async fn failed_deploy(
             PassEnd::Done
         }
         Some(lg) => {
-            tracing::warn!(failed = %short(commit), to = %short(&lg.commit), "rolling back to the last good commit");
+            // The backups taken while the last good commit ran (before the
+            // failed deploy), named in the log and the notification.
+            let matching = crate::backup::deploys::matching(&ctx.store, &ctx.name, &lg.commit)
+                .map(|b| crate::backup::deploys::describe(&ctx.name, &b))
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot look up the matching backup");
+                    None
+                });
+            tracing::warn!(failed = %short(commit), to = %short(&lg.commit), matching = matching.as_deref().unwrap_or("none"), "rolling back to the last good commit");
+            let matching = matching.map(|m| format!("; {m}")).unwrap_or_default();
             let key = Key {
                 commit: lg.commit.clone(),
                 pinned_images: true,
@@ -379,7 +388,7 @@ async fn failed_deploy(
                         commit,
                         Some(&lg.commit),
                         format!(
-                            "commit {} failed ({error}); rolled back to {}",
+                            "commit {} failed ({error}); rolled back to {}{matching}",
                             short(commit),
                             short(&lg.commit)
                         ),

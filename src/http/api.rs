@@ -175,6 +175,13 @@ async fn history(
             let next = (rows.len() == limit as usize)
                 .then(|| rows.last().map(|r| r.id))
                 .flatten();
+            let mut rows = match serde_json::to_value(rows) {
+                Ok(serde_json::Value::Array(a)) => a,
+                _ => Vec::new(),
+            };
+            if let Err(e) = crate::backup::deploys::annotate(&s.store, &mut rows) {
+                return store_error(&s, e);
+            }
             reply(
                 &s,
                 StatusCode::OK,
@@ -194,7 +201,14 @@ async fn reconcile(State(s): State<Arc<AppState>>, Path(id): Path<String>, _: Ca
         );
     };
     match s.store.reconcile(id) {
-        Ok(Some(r)) => reply(&s, StatusCode::OK, json!({"reconcile": r})),
+        Ok(Some(r)) => {
+            let mut r = [json!(r)];
+            if let Err(e) = crate::backup::deploys::annotate(&s.store, &mut r) {
+                return store_error(&s, e);
+            }
+            let [r] = r;
+            reply(&s, StatusCode::OK, json!({"reconcile": r}))
+        }
         Ok(None) => reply(
             &s,
             StatusCode::NOT_FOUND,

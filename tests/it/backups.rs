@@ -349,72 +349,100 @@ async fn put_files(docker: &Docker, container: &str, dir: &str, files: &[(&str, 
         .unwrap();
 }
 
+/// A new project whose busybox `app` service mounts the volume key `data`
+/// at /data, with a context that knows it and a backup directory.
+struct VolumeApp {
+    p: String,
+    app: String,
+    dir: tempfile::TempDir,
+    ctx: Context,
+    _cleanup: Cleanup,
+}
+
+impl VolumeApp {
+    async fn start(docker: &Docker, prefix: &str) -> VolumeApp {
+        let p = docker_support::project_name(prefix);
+        let cleanup = Cleanup::new(&[&p]);
+        let volume = format!("{p}_data");
+        let app = bs::start_service(
+            docker,
+            &p,
+            "app",
+            BUSYBOX,
+            None,
+            &["sleep", "3600"],
+            &[(&volume, "/data")],
+        )
+        .await;
+        let ctx = context(
+            docker,
+            vec![bs::project(&p, &["app"], &[("data", &volume)])],
+        );
+        VolumeApp {
+            p,
+            app,
+            dir: tempfile::tempdir().unwrap(),
+            ctx,
+            _cleanup: cleanup,
+        }
+    }
+
+    /// A job backing up the `data` volume, `app` its service.
+    fn job(&self, name: &str) -> BackupJob {
+        job(
+            name,
+            self.dir.path(),
+            BackupSource::Volume {
+                project: Some(self.p.clone()),
+                volume: "data".to_owned(),
+                service: Some("app".to_owned()),
+            },
+        )
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_volume_backup_restores_byte_for_byte_and_resumes_the_service() {
     let Some(docker) = docker().await else { return };
-    let p = docker_support::project_name("vol");
-    let _cleanup = Cleanup::new(&[&p]);
-    let dir = tempfile::tempdir().unwrap();
-    let volume = format!("{p}_data");
-    let app = bs::start_service(
-        &docker,
-        &p,
-        "app",
-        BUSYBOX,
-        None,
-        &["sleep", "3600"],
-        &[(&volume, "/data")],
-    )
-    .await;
+    let va = VolumeApp::start(&docker, "vol").await;
+    let (app, ctx) = (&va.app, &va.ctx);
     let noise: Vec<u8> = (0..3_000_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     put_files(
         &docker,
-        &app,
+        app,
         "/data",
         &[("a.bin", noise.clone()), ("sub/b.txt", b"hello\n".to_vec())],
     )
     .await;
-    let original = files(&docker, &app, "/data").await;
+    let original = files(&docker, app, "/data").await;
     assert_eq!(original.len(), 2);
 
-    let mut vol_job = job(
-        "files",
-        dir.path(),
-        BackupSource::Volume {
-            project: Some(p.clone()),
-            volume: "data".to_owned(),
-            service: Some("app".to_owned()),
-        },
-    );
+    let mut vol_job = va.job("files");
     vol_job.consistency = Consistency::Pause;
-    let ctx = context(
-        &docker,
-        vec![bs::project(&p, &["app"], &[("data", &volume)])],
-    );
-    let report = runner::run(&ctx, &vol_job, "cli", None).await;
+    let report = runner::run(ctx, &vol_job, "cli", None).await;
     assert!(report.succeeded(), "{:?}", report.error);
     assert!(
-        is_running_unpaused(&docker, &app).await,
+        is_running_unpaused(&docker, app).await,
         "the service runs again after the copy"
     );
 
     // Damage the volume, restore, compare every byte.
     put_files(
         &docker,
-        &app,
+        app,
         "/data",
         &[("a.bin", b"overwritten".to_vec()), ("junk", b"x".to_vec())],
     )
     .await;
     let manifest = runner::pick(&dest(&vol_job).manifests().unwrap(), None).unwrap();
-    runner::restore(&ctx, &vol_job, &manifest).await.unwrap();
+    runner::restore(ctx, &vol_job, &manifest).await.unwrap();
     assert!(
-        is_running_unpaused(&docker, &app).await,
+        is_running_unpaused(&docker, app).await,
         "the service is started again after a restore"
     );
-    let restored = files(&docker, &app, "/data").await;
+    let restored = files(&docker, app, "/data").await;
     assert_eq!(restored.get("data/a.bin"), original.get("data/a.bin"));
     assert_eq!(
         restored.get("data/sub/b.txt"),
@@ -481,6 +509,103 @@ async fn volume_of_a_service_whose_image_has_no_command_is_backed_up() {
         .map(|e| e.unwrap().path().unwrap().display().to_string())
         .collect();
     assert!(names.iter().any(|n| n == "driftless-volume/f"), "{names:?}");
+}
+
+/// The restore-test volumes this process left behind.
+async fn restore_test_volumes(docker: &Docker) -> Vec<String> {
+    let prefix = format!("driftless-restore-test-{}-", std::process::id());
+    let list = docker
+        .list_volumes(None::<bollard::query_parameters::ListVolumesOptions>)
+        .await
+        .unwrap();
+    list.volumes
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| v.name)
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_restore_test_checks_a_throwaway_copy_and_a_failed_check_deletes_nothing() {
+    let Some(docker) = docker().await else { return };
+    let va = VolumeApp::start(&docker, "vrt").await;
+    let (p, ctx) = (&va.p, &va.ctx);
+    put_files(
+        &docker,
+        &va.app,
+        "/data",
+        &[("sub/b.txt", b"hello\n".to_vec())],
+    )
+    .await;
+    let tested = |check: &[&str]| {
+        let mut j = va.job("files");
+        j.retention.keep_last = Some(1);
+        j.verify.restore_test = Some(driftless::model::RestoreTest {
+            image: BUSYBOX.to_owned(),
+            command: vec![],
+            check: check.iter().map(|s| (*s).to_owned()).collect(),
+        });
+        j
+    };
+    let store = Store::open_in_memory().unwrap();
+
+    // The check sees the backed-up files in the throwaway volume.
+    let good = tested(&[
+        "sh",
+        "-c",
+        "test \"$(cat /driftless-volume/sub/b.txt)\" = hello",
+    ]);
+    let report = runner::run(ctx, &good, "cli", Some(&store)).await;
+    assert!(report.succeeded(), "{:?}", report.error);
+    assert!(report.verified);
+    let first = report.id.clone().unwrap();
+
+    // A failing check fails the run, leaves the new backup unverified, and
+    // retention (keep_last: 1) deletes nothing.
+    let bad = tested(&["cat", "/driftless-volume/sub/missing.txt"]);
+    let failed = runner::run(ctx, &bad, "cli", Some(&store)).await;
+    let error = failed.error.expect("the check fails");
+    assert!(
+        error.contains("restore test check") && error.contains("missing.txt"),
+        "{error}"
+    );
+    let stored = dest(&good).manifests().unwrap();
+    assert_eq!(stored.len(), 2, "{stored:#?}");
+    assert!(
+        stored
+            .iter()
+            .any(|m| m.id == first && m.verified_at.is_some()),
+        "{stored:#?}"
+    );
+    assert!(
+        stored
+            .iter()
+            .any(|m| m.id != first && m.verified_at.is_none()),
+        "{stored:#?}"
+    );
+    let runs = store.backup_runs("dev", Some("files"), 10).unwrap();
+    let outcomes: Vec<&str> = runs.iter().map(|(_, r)| r.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["failed", "succeeded"]);
+
+    // A path backup lands under its directory's name in the throwaway volume.
+    let mut path_job = tested(&[
+        "sh",
+        "-c",
+        "test \"$(cat /driftless-volume/data/sub/b.txt)\" = hello",
+    ]);
+    path_job.name = "datapath".to_owned();
+    path_job.source = BackupSource::Path {
+        project: Some(p.clone()),
+        service: "app".to_owned(),
+        path: "/data".to_owned(),
+    };
+    let report = runner::run(ctx, &path_job, "cli", None).await;
+    assert!(report.succeeded(), "{:?}", report.error);
+    assert!(report.verified);
+
+    // Throwaway volumes (and so their containers) are gone either way.
+    assert_eq!(restore_test_volumes(&docker).await, Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -798,6 +923,28 @@ async fn cli_runs_lists_verifies_and_restores_a_deployed_volume() {
     );
 }
 
+/// Waits for the first notification of `kind` the receiver got; its body.
+async fn notification(
+    receiver: &crate::daemon_support::Receiver,
+    kind: &str,
+    log: &dyn Fn() -> String,
+) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let kind_field = format!("\"kind\":\"{kind}\"");
+        if let Some(b) = receiver.all().into_iter().find(|b| b.contains(&kind_field)) {
+            return b;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waiting for a {kind} notification: {:?}\ndaemon log:\n{}",
+            receiver.all(),
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Polls the daemon's store until `pred` holds for the runs of `job`.
 async fn wait_runs(
     state: &std::path::Path,
@@ -836,9 +983,16 @@ async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
     let dest_dir = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     let secrets = tempfile::tempdir().unwrap();
+    let receiver = crate::daemon_support::Receiver::start().await;
+    // "bad" fails its health check: the deploy is rolled back.
     let stack = |greeting: &str| {
+        let health = if greeting == "bad" {
+            "    healthcheck: { test: [\"CMD\", \"false\"], interval: 1s, timeout: 1s, retries: 1 }\n"
+        } else {
+            ""
+        };
         format!(
-            "name: {project}\nservices:\n  app:\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n    environment:\n      GREETING: {greeting}\n"
+            "name: {project}\nservices:\n  app:\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n    environment:\n      GREETING: {greeting}\n{health}"
         )
     };
     let files = |greeting: &str| {
@@ -846,7 +1000,8 @@ async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
             (
                 "driftless.yaml",
                 format!(
-                    "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {{}}\nenvironments:\n  {env}:\n    values: environments/values.yaml\n    targets: [local]\n    health: {{ deadline: 60s, settle: 1s }}\n"
+                    "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {{}}\nenvironments:\n  {env}:\n    values: environments/values.yaml\n    targets: [local]\n    health: {{ deadline: 60s, settle: 1s }}\nnotifications:\n  hook: {{ webhook: \"{notify}/notify\" }}\n",
+                    notify = receiver.url
                 ),
             ),
             ("environments/values.yaml", "{}\n".to_owned()),
@@ -854,7 +1009,7 @@ async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
             (
                 "backups/jobs.yaml",
                 format!(
-                    "jobs:\n  - name: tick\n    schedule: \"*/2 * * * * *\"\n    source: {{ exec: {{ service: app, command: [echo, tick] }} }}\n    destination: {{ local: {dir} }}\n    retention: {{ keep_last: 3 }}\n    before_apply: true\n    run_missed: true\n",
+                    "jobs:\n  - name: tick\n    schedule: \"*/2 * * * * *\"\n    source: {{ exec: {{ service: app, command: [echo, tick] }} }}\n    destination: {{ local: {dir} }}\n    retention: {{ keep_last: 3 }}\n    before_apply: true\n    run_missed: true\n  - name: broken\n    schedule: \"*/5 * * * * *\"\n    source: {{ exec: {{ service: app, command: [sh, -c, \"echo disk full >&2; exit 3\"] }} }}\n    destination: {{ local: {dir} }}\n",
                     dir = dest_dir.path().display()
                 ),
             ),
@@ -895,7 +1050,17 @@ async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
         "{runs:#?}"
     );
 
+    // A failing scheduled run notifies, naming the job and why.
+    let failed = notification(&receiver, "backup_failed", &|| d.log_text()).await;
+    assert!(
+        failed.contains("backup job broken failed") && failed.contains("disk full"),
+        "{failed}"
+    );
+
     // A change runs the before_apply job first, recorded with that deploy.
+    let one = crate::daemon_support::git(&bare.path(), &["rev-parse", "HEAD"])
+        .trim()
+        .to_owned();
     bare.commit(&as_refs(&files("two")), "two");
     let runs = wait_runs(
         state.path(),
@@ -914,9 +1079,57 @@ async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
     let reconcile_id = before.1.reconcile_id.expect("recorded with its deploy");
     let h = Daemon::history(state.path(), &env);
     let rows = h["reconciles"].as_array().unwrap();
+    // `history` names the backup taken before that deploy (JSON and text).
+    let before_id = driftless::backup::deploys::backup_id(before.1.started_at);
+    let row = rows
+        .iter()
+        .find(|r| r["id"] == reconcile_id)
+        .unwrap_or_else(|| panic!("reconcile {reconcile_id} in history: {h:#}"));
+    assert_eq!(row["backups"][0]["job"], "tick", "{row:#}");
+    assert_eq!(row["backups"][0]["id"], before_id.as_str(), "{row:#}");
+    let state_arg = state.path().to_str().unwrap();
+    let (code, text, err) =
+        crate::daemon_support::cli(&["history", "--env", &env, "--state-dir", state_arg]);
+    assert_eq!(code, 0, "{err}");
     assert!(
-        rows.iter().any(|r| r["id"] == reconcile_id),
-        "reconcile {reconcile_id} in history: {h:#}"
+        text.contains(&format!("backup before apply: job tick id {before_id}")),
+        "{text}"
+    );
+
+    // So does the API's answer for that reconcile.
+    let api = d
+        .client()
+        .get(d.url(&format!("/api/v1/reconciles/{reconcile_id}")))
+        .bearer_auth(crate::daemon_support::API_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+    assert_eq!(
+        api["reconcile"]["backups"][0]["id"],
+        before_id.as_str(),
+        "{api:#}"
+    );
+
+    // A deploy that fails its health check is rolled back; the notification
+    // names the backup taken before it (while "two" ran).
+    bare.commit(&as_refs(&files("bad")), "bad");
+    let rolled_back = notification(&receiver, "rolled_back", &|| d.log_text()).await;
+    let store = Store::open(state.path()).unwrap();
+    let bad_backup = store
+        .backup_runs(&env, Some("tick"), 100)
+        .unwrap()
+        .into_iter()
+        .find(|(_, r)| r.trigger == "before_apply" && r.reconcile_id != Some(reconcile_id))
+        .expect("a before_apply run for the bad deploy");
+    drop(store);
+    let bad_id = driftless::backup::deploys::backup_id(bad_backup.1.started_at);
+    assert!(
+        rolled_back.contains(&format!("matching backup: job tick id {bad_id}")),
+        "{rolled_back}"
     );
     // Retention keeps at most three backups at the destination.
     let stored = LocalDir::new(dest_dir.path(), &env, "tick")
@@ -943,4 +1156,23 @@ async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
     .await;
     assert!(d.log_text().contains("missed its run"), "{}", d.log_text());
     drop(d);
+
+    // `rollback` to the first commit names the backup taken while it ran
+    // (before the deploy of "two"), and how to restore it.
+    let (code, out, err) = crate::daemon_support::cli(&[
+        "rollback",
+        "--env",
+        &env,
+        "--to",
+        &one,
+        "--state-dir",
+        state_arg,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!(
+            "matching backup: job tick id {before_id}; restore with `driftless backup restore tick --env {env} --id {before_id}`"
+        )),
+        "{out}"
+    );
 }

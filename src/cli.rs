@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use driftless::daemon::config::{DaemonConfig, Overrides};
 use driftless::daemon::lock::{self, EnvLock, LockError};
+use driftless::daemon::pass::short;
 use driftless::diag::Diagnostics;
 use driftless::reconcile::{self, RenderOptions};
 use driftless::render::SecretMode;
@@ -881,7 +882,10 @@ fn history_cmd(args: HistoryArgs) -> Result<i32> {
             },
             r["kind"].as_str().unwrap_or("?"),
             r["trigger"].as_str().unwrap_or("?"),
-            r["commit"].as_str().map(short).unwrap_or("-"),
+            r["commit"]
+                .as_str()
+                .map(short)
+                .unwrap_or_else(|| "-".to_owned()),
             r["outcome"].as_str().unwrap_or("?"),
             r["error"]
                 .as_str()
@@ -897,11 +901,6 @@ fn history_cmd(args: HistoryArgs) -> Result<i32> {
         }
     }
     Ok(0)
-}
-
-/// The first 12 characters of a commit id.
-fn short(c: &str) -> &str {
-    &c[..c.len().min(12)]
 }
 
 fn status_cmd(args: StatusArgs) -> Result<i32> {
@@ -935,7 +934,8 @@ fn status_cmd(args: StatusArgs) -> Result<i32> {
         println!("no environment recorded yet");
     }
     for e in &envs {
-        let commit = |v: &serde_json::Value| v.as_str().map(short).unwrap_or("none").to_owned();
+        let commit =
+            |v: &serde_json::Value| v.as_str().map(short).unwrap_or_else(|| "none".to_owned());
         let drift = match e["out_of_sync"].as_u64() {
             Some(0) | None => "in sync".to_owned(),
             Some(n) => format!("{n} out of sync"),

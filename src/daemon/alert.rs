@@ -135,7 +135,7 @@ impl Notifier {
                     "daemon": event.daemon,
                 });
                 if let Some(c) = &event.commit {
-                    labels["commit"] = c.chars().take(12).collect::<String>().into();
+                    labels["commit"] = super::pass::short(c).into();
                 }
                 let doc = serde_json::json!([{
                     "labels": labels,

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::{AppState, CanRead};
+use crate::daemon::pass::short;
 use crate::store::{HistoryQuery, ReconcileRecord};
 
 /// History rows per page.
@@ -81,10 +82,6 @@ struct Row {
     started: String,
     took: String,
     error: Option<String>,
-}
-
-fn short(c: &str) -> String {
-    c.chars().take(12).collect()
 }
 
 fn when(millis: i64) -> String {

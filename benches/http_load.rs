@@ -58,6 +58,7 @@ fn seed(store: &Store) {
                 },
                 plan: Some(plan.clone()),
                 diff: Some(format!("plan for {env}\n{diff}")),
+                changes: plan["changes"].as_array().map(|c| c.len() as u32),
                 error: None,
                 image_ids: ImageIds::new(),
                 timings: Timings {

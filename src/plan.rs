@@ -100,6 +100,13 @@ pub struct Summary {
     pub unchanged: usize,
 }
 
+impl Summary {
+    /// How many resources change (everything but the unchanged ones).
+    pub fn changed(&self) -> usize {
+        self.create + self.update + self.recreate + self.delete
+    }
+}
+
 impl Plan {
     pub fn new(environment: impl Into<String>, revision: Revision) -> Self {
         Plan {

@@ -214,7 +214,8 @@ fn run_job(args: JobArgs) -> Result<i32> {
         return Ok(1);
     };
     let job = find(&loaded.jobs, &name, &args.common.env)?;
-    let store = Store::open(&args.common.state.dir()).context("open the state store")?;
+    let store =
+        std::sync::Arc::new(Store::open(&args.common.state.dir()).context("open the state store")?);
     let ids = identities()?;
     let report = runtime()?.block_on(async {
         let ctx = Context::connect(
@@ -224,7 +225,15 @@ fn run_job(args: JobArgs) -> Result<i32> {
         )
         .await?;
         let ctx = ctx.with_identities(ids);
-        Ok::<_, anyhow::Error>(runner::run(&ctx, job, "cli", Some(&store)).await)
+        Ok::<_, anyhow::Error>(
+            runner::run(
+                &ctx,
+                job,
+                driftless::store::BackupTrigger::Cli,
+                Some(&store),
+            )
+            .await,
+        )
     })?;
     if args.common.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&report)?);

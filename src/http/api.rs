@@ -121,17 +121,6 @@ struct HistoryParams {
     before: Option<i64>,
 }
 
-const OUTCOMES: &[Outcome] = &[
-    Outcome::Running,
-    Outcome::Unchanged,
-    Outcome::Healthy,
-    Outcome::Invalid,
-    Outcome::Failed,
-    Outcome::Unhealthy,
-    Outcome::Skipped,
-    Outcome::Interrupted,
-];
-
 async fn history(
     State(s): State<Arc<AppState>>,
     _: CanRead,
@@ -147,15 +136,17 @@ async fn history(
             );
         }
     };
-    if let Some(o) = &p.outcome
-        && !OUTCOMES.iter().any(|k| k.as_str() == o)
-    {
-        return reply(
-            &s,
-            StatusCode::BAD_REQUEST,
-            json!({"error": format!("unknown outcome `{o}`"), "outcomes": OUTCOMES.iter().map(|o| o.as_str()).collect::<Vec<_>>()}),
-        );
-    }
+    let outcome = match p.outcome.as_deref().map(str::parse::<Outcome>) {
+        None => None,
+        Some(Ok(o)) => Some(o),
+        Some(Err(_)) => {
+            return reply(
+                &s,
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("unknown outcome `{}`", p.outcome.as_deref().unwrap_or_default()), "outcomes": Outcome::ALL.iter().map(|o| o.as_str()).collect::<Vec<_>>()}),
+            );
+        }
+    };
     let limit = p.limit.unwrap_or(50);
     if limit == 0 || limit > MAX_PAGE {
         return reply(
@@ -166,7 +157,7 @@ async fn history(
     }
     let query = HistoryQuery {
         env: p.env.as_deref(),
-        outcome: p.outcome.as_deref(),
+        outcome,
         before: p.before,
         limit,
     };

@@ -124,10 +124,7 @@ pub async fn github(State(s): State<Arc<AppState>>, headers: HeaderMap, body: By
     }
     let event = header(&headers, "x-github-event").unwrap_or("").to_owned();
     if let Some(delivery) = header(&headers, "x-github-delivery") {
-        match s
-            .store
-            .record_delivery(delivery, &event, "received", SystemTime::now())
-        {
+        match s.store.record_delivery(delivery, &event, SystemTime::now()) {
             Ok(true) => {}
             Ok(false) => {
                 return done(

@@ -61,6 +61,7 @@ fn seeded_store(dir: &std::path::Path) -> (Arc<Store>, Vec<i64>) {
             diff: Some(format!(
                 "plan for dev\n~ local: service p/web  update\n    --- live\n    +++ desired\n    -TOKEN: old\n    +TOKEN: {CANARY}\n"
             )),
+            changes: Some(1),
             error: None,
             image_ids: ImageIds::new(),
             timings: Timings {
@@ -711,8 +712,8 @@ mod e2e {
             .record_backup_run(&driftless::store::BackupRun {
                 env: a.clone(),
                 job: "db".into(),
-                trigger: "schedule".into(),
-                outcome: "succeeded".into(),
+                trigger: driftless::store::BackupTrigger::Schedule,
+                outcome: driftless::store::BackupOutcome::Succeeded,
                 started_at: 1_700_000_000_000,
                 finished_at: Some(1_700_000_060_000),
                 bytes: Some(4096),

@@ -84,7 +84,7 @@ pub fn env_status(summary: &crate::store::EnvSummary, entry: &EnvEntry) -> Value
 }
 
 async fn environments(State(s): State<Arc<AppState>>, _: CanRead) -> Response {
-    let snap = match s.snapshot() {
+    let snap = match s.status().await {
         Ok(snap) => snap,
         Err(e) => return store_error(&s, e),
     };
@@ -104,7 +104,7 @@ async fn environment(
     let Some(entry) = s.envs.get(&env) else {
         return unknown_env(&s, &env);
     };
-    match s.snapshot() {
+    match s.status().await {
         Ok(snap) => match snap.summaries.get(&env) {
             Some(sum) => reply(&s, StatusCode::OK, env_status(sum, entry)),
             None => unknown_env(&s, &env),
@@ -155,14 +155,16 @@ async fn history(
             json!({"error": format!("limit must be between 1 and {MAX_PAGE}")}),
         );
     }
-    let query = HistoryQuery {
-        env: p.env.as_deref(),
-        outcome,
-        before: p.before,
-        limit,
-    };
-    match s.store.history_page(&query) {
-        Ok(rows) => {
+    let page = s
+        .store
+        .call(move |store| {
+            let query = HistoryQuery {
+                env: p.env.as_deref(),
+                outcome,
+                before: p.before,
+                limit,
+            };
+            let rows = store.history_page(&query)?;
             let next = (rows.len() == limit as usize)
                 .then(|| rows.last().map(|r| r.id))
                 .flatten();
@@ -170,15 +172,16 @@ async fn history(
                 Ok(serde_json::Value::Array(a)) => a,
                 _ => Vec::new(),
             };
-            if let Err(e) = crate::backup::deploys::annotate(&s.store, &mut rows) {
-                return store_error(&s, e);
-            }
-            reply(
-                &s,
-                StatusCode::OK,
-                json!({"reconciles": rows, "next_before": next}),
-            )
-        }
+            crate::backup::deploys::annotate(store, &mut rows)?;
+            Ok((rows, next))
+        })
+        .await;
+    match page {
+        Ok((rows, next)) => reply(
+            &s,
+            StatusCode::OK,
+            json!({"reconciles": rows, "next_before": next}),
+        ),
         Err(e) => store_error(&s, e),
     }
 }
@@ -191,15 +194,20 @@ async fn reconcile(State(s): State<Arc<AppState>>, Path(id): Path<String>, _: Ca
             json!({"error": format!("`{id}` is not a reconcile id (a number from /api/v1/history)")}),
         );
     };
-    match s.store.reconcile(id) {
-        Ok(Some(r)) => {
+    let found = s
+        .store
+        .call(move |store| {
+            let Some(r) = store.reconcile(id)? else {
+                return Ok(None);
+            };
             let mut r = [json!(r)];
-            if let Err(e) = crate::backup::deploys::annotate(&s.store, &mut r) {
-                return store_error(&s, e);
-            }
+            crate::backup::deploys::annotate(store, &mut r)?;
             let [r] = r;
-            reply(&s, StatusCode::OK, json!({"reconcile": r}))
-        }
+            Ok(Some(r))
+        })
+        .await;
+    match found {
+        Ok(Some(r)) => reply(&s, StatusCode::OK, json!({"reconcile": r})),
         Ok(None) => reply(
             &s,
             StatusCode::NOT_FOUND,
@@ -277,7 +285,7 @@ async fn rollback(
     Mutation { env, entry, doc }: Mutation,
 ) -> Response {
     let commit = match doc.get("commit") {
-        None | Some(Value::Null) => match s.store.last_good(&env) {
+        None | Some(Value::Null) => match s.store.call(last_good(&env)).await {
             Ok(Some(lg)) => lg.commit,
             Ok(None) => {
                 return reply(
@@ -300,7 +308,12 @@ async fn rollback(
             );
         }
     };
-    if let Err(e) = s.store.pin(&env, &commit, SystemTime::now()) {
+    let (e2, c2) = (env.clone(), commit.clone());
+    let pinned = s
+        .store
+        .call(move |store| store.pin(&e2, &c2, SystemTime::now()))
+        .await;
+    if let Err(e) = pinned {
         return store_error(&s, e);
     }
     tracing::warn!(env = %env, commit = %commit, "API: pinned (rollback)");
@@ -310,6 +323,16 @@ async fn rollback(
         StatusCode::OK,
         json!({"status": "pinned", "environment": env, "commit": commit, "hint": format!("POST /api/v1/environments/{env}/resume lifts the pin")}),
     )
+}
+
+/// A store call reading `env`'s last good commit.
+fn last_good(
+    env: &str,
+) -> impl FnOnce(&crate::store::Store) -> crate::store::Result<Option<crate::store::LastGood>>
++ Send
++ 'static {
+    let env = env.to_owned();
+    move |store| store.last_good(&env)
 }
 
 /// A commit id for `rev`: resolved in the repo when the daemon has it
@@ -333,8 +356,13 @@ async fn suspend(
     let reason = doc["reason"]
         .as_str()
         .unwrap_or("suspended by an operator (API)");
-    let reason = s.masker.mask(reason);
-    if let Err(e) = s.store.suspend(&env, &reason, SystemTime::now()) {
+    let reason = s.masker.mask(reason).into_owned();
+    let (e2, r2) = (env.clone(), reason.clone());
+    let suspended = s
+        .store
+        .call(move |store| store.suspend(&e2, &r2, SystemTime::now()))
+        .await;
+    if let Err(e) = suspended {
         return store_error(&s, e);
     }
     tracing::warn!(env = %env, reason = %reason, "API: suspended");
@@ -351,13 +379,17 @@ async fn resume(
     Mutation { env, entry, doc }: Mutation,
 ) -> Response {
     let retry_failed = doc["retry_failed"].as_bool().unwrap_or(false);
-    let done = s.store.resume(&env, SystemTime::now()).and_then(|()| {
-        if retry_failed {
-            s.store.clear_failed(&env).map(|_| ())
-        } else {
+    let e2 = env.clone();
+    let done = s
+        .store
+        .call(move |store| {
+            store.resume(&e2, SystemTime::now())?;
+            if retry_failed {
+                store.clear_failed(&e2)?;
+            }
             Ok(())
-        }
-    });
+        })
+        .await;
     if let Err(e) = done {
         return store_error(&s, e);
     }

@@ -122,7 +122,7 @@ mod tests {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         let id = s.begin("prod", Trigger::Poll, kind, None, at).unwrap();
         let finish = Finish {
-            commit: Some(commit.to_owned()),
+            commit: Some(commit.into()),
             outcome,
             plan: None,
             diff: None,

@@ -20,6 +20,7 @@ use crate::backup::runner::{self, RunReport};
 use crate::backup::schedule::Schedule;
 use crate::model::{BackupJob, DesiredState};
 use crate::secrets::Masker;
+use crate::source::CommitId;
 use crate::store::BackupTrigger;
 
 /// How often the scheduler looks for a new last good commit (one query).
@@ -58,7 +59,7 @@ pub fn overdue(
 }
 
 struct Loaded {
-    commit: String,
+    commit: CommitId,
     ctx: Context,
     jobs: Vec<(BackupJob, Schedule)>,
 }
@@ -96,7 +97,7 @@ pub async fn run(env: EnvContext, cancel: CancellationToken) {
                         .iter()
                         .filter_map(|(j, s)| Some((j.name.clone(), s.next_in(&j.timezone, &now)?)))
                         .collect();
-                    tracing::info!(env = %env.name, jobs = l.jobs.len(), commit = %super::pass::short(&l.commit), "backup schedules loaded");
+                    tracing::info!(env = %env.name, jobs = l.jobs.len(), commit = %l.commit.short(), "backup schedules loaded");
                     loaded = Some(l);
                 }
                 Err(e) => {
@@ -200,7 +201,7 @@ async fn run_job(
     report
 }
 
-async fn load(env: &EnvContext, commit: &str) -> Result<Loaded, String> {
+async fn load(env: &EnvContext, commit: &CommitId) -> Result<Loaded, String> {
     let source = env.repo.at(commit);
     let name = env.name.clone();
     let options = env.render.clone();
@@ -221,7 +222,7 @@ async fn load(env: &EnvContext, commit: &str) -> Result<Loaded, String> {
         .collect();
     let ctx = context(&loaded.checked.state, files, masker).await?;
     Ok(Loaded {
-        commit: commit.to_owned(),
+        commit: commit.clone(),
         ctx,
         jobs,
     })

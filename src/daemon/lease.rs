@@ -40,6 +40,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::worker::Dirty;
+use crate::source::CommitId;
 use crate::store::{Control, EnvState, FailedCommit, ImageIds, LastGood, Store, Trigger};
 
 /// The annotation holding the hand-over state.
@@ -110,20 +111,20 @@ pub struct HandOver {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<HandOverFailed>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pinned: Option<String>,
+    pub pinned: Option<CommitId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspended: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandOverGood {
-    pub commit: String,
+    pub commit: CommitId,
     pub image_ids: ImageIds,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandOverFailed {
-    pub commit: String,
+    pub commit: CommitId,
     pub reason: String,
     /// Unix milliseconds.
     pub at: i64,
@@ -667,21 +668,23 @@ mod tests {
         let a = Store::open_in_memory().unwrap();
         let now = SystemTime::now();
         let ids = ImageIds::from([("p/web".to_owned(), "sha256:1".to_owned())]);
-        a.set_last_good("prod", "c1", &ids, None, now).unwrap();
-        a.mark_failed("prod", "c2", "unhealthy", now).unwrap();
+        a.set_last_good("prod", &"c1".into(), &ids, None, now)
+            .unwrap();
+        a.mark_failed("prod", &"c2".into(), "unhealthy", now)
+            .unwrap();
         a.suspend("prod", "by hand", now).unwrap();
         let state = HandOver::read(&a, "prod").unwrap();
         let json = serde_json::to_string(&state).unwrap();
 
         let b = Store::open_in_memory().unwrap();
-        b.mark_failed("prod", "stale", "old", now).unwrap();
+        b.mark_failed("prod", &"stale".into(), "old", now).unwrap();
         serde_json::from_str::<HandOver>(&json)
             .unwrap()
             .write(&b, "prod")
             .unwrap();
         assert_eq!(HandOver::read(&b, "prod").unwrap(), state);
         assert_eq!(b.last_good("prod").unwrap().unwrap().image_ids, ids);
-        assert!(b.failed("prod", "stale").unwrap().is_none());
+        assert!(b.failed("prod", &"stale".into()).unwrap().is_none());
         assert_eq!(
             b.control("prod").unwrap().suspended.as_deref(),
             Some("by hand")

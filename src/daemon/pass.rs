@@ -26,6 +26,7 @@ use crate::backend::{Backend, BackendError, Context, Driver, DriverLive, Health,
 use crate::model::{DesiredState, Resources};
 use crate::reconcile::{self, RenderOptions};
 use crate::secrets::Masker;
+use crate::source::CommitId;
 use crate::store::{Effects, Finish, ImageIds, Kind, Outcome, Store, Timings, Trigger};
 
 /// Everything a pass of one environment needs; shared by its worker.
@@ -81,7 +82,7 @@ struct Applied {
 /// What a pass applies: a commit, optionally pinned to image ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Key {
-    commit: String,
+    commit: CommitId,
     pinned_images: bool,
 }
 
@@ -179,7 +180,7 @@ pub async fn run(ctx: &EnvContext, memo: &mut Memo, trigger: Trigger, since: Ins
         commit: commit.clone(),
         pinned_images: pin.is_some(),
     };
-    tracing::Span::current().record("commit", short(&commit));
+    tracing::Span::current().record("commit", commit.short());
 
     // A poll, a ref change or a repeated webhook with nothing new: compare
     // the live state's fingerprint instead of running the pipeline.
@@ -203,7 +204,7 @@ pub async fn run(ctx: &EnvContext, memo: &mut Memo, trigger: Trigger, since: Ins
         &key,
         pin.as_ref(),
         kind,
-        rollback_of.as_deref(),
+        rollback_of.as_ref(),
         trigger,
     )
     .await;
@@ -237,7 +238,7 @@ pub async fn run(ctx: &EnvContext, memo: &mut Memo, trigger: Trigger, since: Ins
                 None,
                 format!(
                     "commit {} does not render or check; nothing was applied: {e}",
-                    short(&commit)
+                    commit.short()
                 ),
             )
             .await;
@@ -257,7 +258,7 @@ pub async fn run(ctx: &EnvContext, memo: &mut Memo, trigger: Trigger, since: Ins
                 None,
                 format!(
                     "commit {} was refused; nothing was applied: {e}",
-                    short(&commit)
+                    commit.short()
                 ),
             )
             .await;
@@ -265,8 +266,9 @@ pub async fn run(ctx: &EnvContext, memo: &mut Memo, trigger: Trigger, since: Ins
         }
         Attempt::Bad(e) if kind == Kind::Rollback => {
             // Running the last good commit failed: stop, no flapping.
-            let failed = rollback_of.as_deref().unwrap_or("?");
-            let reason = mask(format!("rollback to {} failed: {e}", short(&commit)));
+            // A rollback always names the commit it replaces.
+            let failed = rollback_of.as_ref().unwrap_or(&commit);
+            let reason = mask(format!("rollback to {} failed: {e}", commit.short()));
             suspended(&reason);
             let effects = Effects {
                 suspend: Some(reason.clone()),
@@ -305,7 +307,7 @@ pub async fn run(ctx: &EnvContext, memo: &mut Memo, trigger: Trigger, since: Ins
 
 /// A deploy that applied something bad, not yet recorded.
 struct Failure<'a> {
-    commit: &'a str,
+    commit: &'a CommitId,
     /// An operator pinned the commit.
     forced: bool,
     last_good: Option<crate::store::LastGood>,
@@ -328,7 +330,7 @@ async fn failed_deploy(ctx: &EnvContext, memo: &mut Memo, head: &Head, f: Failur
     let mask = |r: String| ctx.masker.mask(&r).into_owned();
     if forced {
         // An operator pinned this commit: do not undo their choice, stop.
-        let reason = mask(format!("pinned commit {} failed: {error}", short(commit)));
+        let reason = mask(format!("pinned commit {} failed: {error}", commit.short()));
         suspended(&reason);
         let effects = Effects {
             suspend: Some(reason.clone()),
@@ -344,7 +346,7 @@ async fn failed_deploy(ctx: &EnvContext, memo: &mut Memo, head: &Head, f: Failur
     };
     match last_good {
         None => {
-            let mut reason = format!("first deploy of {} failed: {error}", short(commit));
+            let mut reason = format!("first deploy of {} failed: {error}", commit.short());
             if env.allow.remove_on_failed_first_deploy {
                 match remove_all(memo).await {
                     Ok(()) => reason.push_str("; what it created was removed"),
@@ -369,7 +371,7 @@ async fn failed_deploy(ctx: &EnvContext, memo: &mut Memo, head: &Head, f: Failur
             .await;
             PassEnd::Done
         }
-        Some(lg) if lg.commit == commit => {
+        Some(lg) if lg.commit == *commit => {
             // The last good commit itself went bad (on a drift re-apply):
             // there is nothing older to return to. Say so; the next drift
             // pass tries again.
@@ -380,7 +382,7 @@ async fn failed_deploy(ctx: &EnvContext, memo: &mut Memo, head: &Head, f: Failur
                 EventKind::DeployFailed,
                 commit,
                 None,
-                format!("last good commit {} is unhealthy: {error}", short(commit)),
+                format!("last good commit {} is unhealthy: {error}", commit.short()),
             )
             .await;
             PassEnd::Done
@@ -395,7 +397,7 @@ async fn failed_deploy(ctx: &EnvContext, memo: &mut Memo, head: &Head, f: Failur
                 None,
                 format!(
                     "commit {} failed and automatic rollback is off: {error}",
-                    short(commit)
+                    commit.short()
                 ),
             )
             .await;
@@ -415,7 +417,7 @@ async fn failed_deploy(ctx: &EnvContext, memo: &mut Memo, head: &Head, f: Failur
                     tracing::warn!(error = %e, "cannot look up the matching backup");
                     None
                 });
-            tracing::warn!(failed = %short(commit), to = %short(&lg.commit), matching = matching.as_deref().unwrap_or("none"), "rolling back to the last good commit");
+            tracing::warn!(failed = %commit.short(), to = %lg.commit.short(), matching = matching.as_deref().unwrap_or("none"), "rolling back to the last good commit");
             let matching = matching.map(|m| format!("; {m}")).unwrap_or_default();
             let key = Key {
                 commit: lg.commit.clone(),
@@ -442,8 +444,8 @@ async fn failed_deploy(ctx: &EnvContext, memo: &mut Memo, head: &Head, f: Failur
                         Some(&lg.commit),
                         format!(
                             "commit {} failed ({error}); rolled back to {}{matching}",
-                            short(commit),
-                            short(&lg.commit)
+                            commit.short(),
+                            lg.commit.short()
                         ),
                     )
                     .await;
@@ -458,8 +460,8 @@ async fn failed_deploy(ctx: &EnvContext, memo: &mut Memo, head: &Head, f: Failur
                 Attempt::Invalid(e) | Attempt::Refused(e) | Attempt::Bad(e) => {
                     let reason = mask(format!(
                         "commit {} failed ({error}) and the rollback to {} failed: {e}",
-                        short(commit),
-                        short(&lg.commit)
+                        commit.short(),
+                        lg.commit.short()
                     ));
                     suspended(&reason);
                     let effects = Effects {
@@ -492,17 +494,17 @@ async fn deploy(
     key: &Key,
     pin: Option<&ImageIds>,
     kind: Kind,
-    rollback_of: Option<&str>,
+    rollback_of: Option<&CommitId>,
     trigger: Trigger,
 ) -> (Attempt, Option<Pending>) {
     let started = SystemTime::now();
     if kind == Kind::Rollback {
         ctx.metrics.rollback(&ctx.name);
     }
-    let (name, failed) = (ctx.name.clone(), rollback_of.map(str::to_owned));
+    let (name, failed) = (ctx.name.clone(), rollback_of.cloned());
     let begun = ctx
         .store
-        .call(move |s| s.begin(&name, trigger, kind, failed.as_deref(), started))
+        .call(move |s| s.begin(&name, trigger, kind, failed.as_ref(), started))
         .await;
     let id = match begun {
         Ok(id) => id,
@@ -713,14 +715,14 @@ async fn deploy(
     rec.end(outcome, None, Attempt::Good)
 }
 
-async fn last_good_is(ctx: &EnvContext, commit: &str) -> bool {
+async fn last_good_is(ctx: &EnvContext, commit: &CommitId) -> bool {
     let name = ctx.name.clone();
     ctx.store
         .call(move |s| s.last_good(&name))
         .await
         .ok()
         .flatten()
-        .is_some_and(|lg| lg.commit == commit)
+        .is_some_and(|lg| lg.commit == *commit)
 }
 
 /// The end of an attempt, not yet written: the pass records it together
@@ -817,11 +819,6 @@ fn ms(since: Instant) -> u64 {
     since.elapsed().as_millis() as u64
 }
 
-/// The first 12 characters of a commit id.
-pub fn short(commit: &str) -> String {
-    commit.chars().take(12).collect()
-}
-
 /// Logs a suspension (recorded with the attempt that caused it).
 fn suspended(reason: &str) {
     tracing::error!(reason = %reason, "environment suspended");
@@ -831,15 +828,15 @@ async fn notify(
     ctx: &EnvContext,
     head: &Head,
     kind: EventKind,
-    commit: &str,
-    to: Option<&str>,
+    commit: &CommitId,
+    to: Option<&CommitId>,
     message: String,
 ) {
     let event = Event {
         environment: ctx.name.clone(),
         kind,
-        commit: Some(commit.to_owned()),
-        rolled_back_to: to.map(str::to_owned),
+        commit: Some(commit.clone()),
+        rolled_back_to: to.cloned(),
         message: ctx.masker.mask(&message).into_owned(),
         daemon: ctx.identity.clone(),
     };

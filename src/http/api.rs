@@ -29,6 +29,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AppState, CanRead, EnvEntry, answer, authorized};
+use crate::source::CommitId;
 use crate::store::{HistoryQuery, Outcome, Trigger};
 
 /// Most rows one history page returns.
@@ -337,14 +338,14 @@ fn last_good(
 
 /// A commit id for `rev`: resolved in the repo when the daemon has it
 /// (short ids, tags, branches), else only a full 40-character id.
-async fn resolve(s: &AppState, rev: &str) -> Result<String, String> {
+async fn resolve(s: &AppState, rev: &str) -> Result<CommitId, String> {
     let full = rev.len() == 40 && rev.chars().all(|c| c.is_ascii_hexdigit());
     match &s.repo {
         Some(repo) => repo
             .resolve(rev)
             .await
             .map_err(|e| format!("cannot resolve `{rev}` in the repo: {e}")),
-        None if full => Ok(rev.to_lowercase()),
+        None if full => Ok(CommitId::new(rev.to_lowercase())),
         None => Err(format!("`{rev}` is not a full 40-character commit id")),
     }
 }

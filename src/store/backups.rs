@@ -176,7 +176,7 @@ impl Store {
         &self,
         env: &str,
         limit: usize,
-    ) -> Result<Vec<(Option<String>, BackupRun)>> {
+    ) -> Result<Vec<(Option<crate::source::CommitId>, BackupRun)>> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {RUN_COLUMNS},
@@ -195,7 +195,7 @@ impl Store {
                     Outcome::Unchanged,
                     limit as i64
                 ],
-                |r| Ok((r.get::<_, Option<String>>(13)?, run(r)?.1)),
+                |r| Ok((r.get(13)?, run(r)?.1)),
             )?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -313,7 +313,7 @@ mod tests {
         })
         .unwrap();
         let found = s.before_apply_runs_with_running_commit("dev", 10).unwrap();
-        assert_eq!(found, [(Some("c1".to_owned()), backup.clone())]);
+        assert_eq!(found, [(Some("c1".into()), backup.clone())]);
         assert_eq!(s.before_apply_runs(&[deploy]).unwrap(), [(deploy, backup)]);
     }
 }

@@ -10,11 +10,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use super::{ImageIds, Result, Store, millis};
+use crate::source::CommitId;
 
 /// The last commit an environment ran healthy, with the image ids it ran.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LastGood {
-    pub commit: String,
+    pub commit: CommitId,
     pub image_ids: ImageIds,
     pub reconcile_id: Option<i64>,
     pub recorded_at: i64,
@@ -24,7 +25,7 @@ pub struct LastGood {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Control {
     /// Commit the environment is pinned to (`driftless rollback --to`).
-    pub pinned: Option<String>,
+    pub pinned: Option<CommitId>,
     /// Why automatic reconciles are stopped (`driftless suspend`, or a
     /// failed rollback / first deploy).
     pub suspended: Option<String>,
@@ -33,7 +34,7 @@ pub struct Control {
 /// A commit that failed in an environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FailedCommit {
-    pub commit: String,
+    pub commit: CommitId,
     pub reason: String,
     pub failed_at: i64,
 }
@@ -67,7 +68,7 @@ pub(super) fn last_good(c: &Connection, env: &str) -> Result<Option<LastGood>> {
 pub(super) fn set_last_good(
     c: &Connection,
     env: &str,
-    commit: &str,
+    commit: &CommitId,
     image_ids: &ImageIds,
     reconcile_id: Option<i64>,
     at: SystemTime,
@@ -84,7 +85,7 @@ pub(super) fn set_last_good(
 pub(super) fn mark_failed(
     c: &Connection,
     env: &str,
-    commit: &str,
+    commit: &CommitId,
     reason: &str,
     at: SystemTime,
 ) -> Result<()> {
@@ -157,7 +158,7 @@ impl Store {
     pub fn set_last_good(
         &self,
         env: &str,
-        commit: &str,
+        commit: &CommitId,
         image_ids: &ImageIds,
         reconcile_id: Option<i64>,
         at: SystemTime,
@@ -166,12 +167,18 @@ impl Store {
     }
 
     /// Marks `commit` failed in `env`: automatic reconciles skip it.
-    pub fn mark_failed(&self, env: &str, commit: &str, reason: &str, at: SystemTime) -> Result<()> {
+    pub fn mark_failed(
+        &self,
+        env: &str,
+        commit: &CommitId,
+        reason: &str,
+        at: SystemTime,
+    ) -> Result<()> {
         self.with(|c| mark_failed(c, env, commit, reason, at))
     }
 
     /// The failure recorded for `commit` in `env`, if any.
-    pub fn failed(&self, env: &str, commit: &str) -> Result<Option<FailedCommit>> {
+    pub fn failed(&self, env: &str, commit: &CommitId) -> Result<Option<FailedCommit>> {
         self.with(|c| {
             Ok(c.query_row(
                 "SELECT commit_id, reason, failed_at FROM failed_commits WHERE env = ?1 AND commit_id = ?2",
@@ -204,9 +211,9 @@ impl Store {
 
     /// Pins `env` to `commit` and lifts a suspension: the daemon applies that
     /// commit and nothing else until [`Store::resume`].
-    pub fn pin(&self, env: &str, commit: &str, at: SystemTime) -> Result<()> {
+    pub fn pin(&self, env: &str, commit: &CommitId, at: SystemTime) -> Result<()> {
         let control = Control {
-            pinned: Some(commit.to_owned()),
+            pinned: Some(commit.clone()),
             suspended: None,
         };
         self.set_control(env, &control, at)
@@ -287,26 +294,30 @@ mod tests {
         let s = Store::open_in_memory().unwrap();
         assert!(s.last_good("dev").unwrap().is_none());
         let ids: ImageIds = [("p/a".to_owned(), "sha256:a".to_owned())].into();
-        s.set_last_good("dev", "c1", &ids, Some(1), t(5)).unwrap();
-        s.set_last_good("dev", "c2", &ids, Some(2), t(6)).unwrap();
+        s.set_last_good("dev", &"c1".into(), &ids, Some(1), t(5))
+            .unwrap();
+        s.set_last_good("dev", &"c2".into(), &ids, Some(2), t(6))
+            .unwrap();
         let lg = s.last_good("dev").unwrap().unwrap();
         assert_eq!((lg.commit.as_str(), lg.reconcile_id), ("c2", Some(2)));
         assert_eq!(lg.image_ids, ids);
 
-        assert!(s.failed("dev", "c3").unwrap().is_none());
-        s.mark_failed("dev", "c3", "unhealthy", t(7)).unwrap();
-        s.mark_failed("dev", "c3", "unhealthy again", t(8)).unwrap();
+        assert!(s.failed("dev", &"c3".into()).unwrap().is_none());
+        s.mark_failed("dev", &"c3".into(), "unhealthy", t(7))
+            .unwrap();
+        s.mark_failed("dev", &"c3".into(), "unhealthy again", t(8))
+            .unwrap();
         assert_eq!(
-            s.failed("dev", "c3").unwrap().unwrap().reason,
+            s.failed("dev", &"c3".into()).unwrap().unwrap().reason,
             "unhealthy again"
         );
-        assert!(s.failed("prod", "c3").unwrap().is_none());
+        assert!(s.failed("prod", &"c3".into()).unwrap().is_none());
         assert_eq!(s.failed_commits("dev").unwrap().len(), 1);
         assert_eq!(s.clear_failed("dev").unwrap(), 1);
 
         assert_eq!(s.control("dev").unwrap(), Control::default());
         s.suspend("dev", "operator", t(9)).unwrap();
-        s.pin("dev", "c1", t(10)).unwrap();
+        s.pin("dev", &"c1".into(), t(10)).unwrap();
         assert_eq!(
             s.control("dev").unwrap(),
             Control {
@@ -327,7 +338,7 @@ mod tests {
     #[test]
     fn env_state_is_replaced_as_a_whole() {
         let s = Store::open_in_memory().unwrap();
-        s.mark_failed("dev", "old", "bad", t(1)).unwrap();
+        s.mark_failed("dev", &"old".into(), "bad", t(1)).unwrap();
         s.suspend("dev", "x", t(1)).unwrap();
         let state = EnvState {
             last_good: Some(LastGood {

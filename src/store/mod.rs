@@ -43,6 +43,19 @@ pub use queries::{EnvHealth, EnvSummary, HistoryQuery};
 pub use reconciles::{Effects, Finish, ImageIds, Kind, Outcome, ReconcileRecord, Timings, Trigger};
 pub use retention::{Pruned, Retention};
 
+/// Commit ids are stored as their text.
+impl rusqlite::types::ToSql for crate::source::CommitId {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl rusqlite::types::FromSql for crate::source::CommitId {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        Ok(crate::source::CommitId::new(v.as_str()?))
+    }
+}
+
 /// The database file name inside the state directory.
 pub const FILE: &str = "state.db";
 

@@ -51,7 +51,7 @@ impl EnvHealth {
 pub struct EnvSummary {
     pub env: String,
     /// The commit of the newest reconcile that ended healthy: what runs.
-    pub current_commit: Option<String>,
+    pub current_commit: Option<crate::source::CommitId>,
     pub last_good: Option<LastGood>,
     /// The newest reconcile (without plan and diff).
     pub last_reconcile: Option<ReconcileRecord>,
@@ -101,7 +101,7 @@ pub(super) fn records(
 /// The summary of `env`, on one connection (the caller's transaction).
 fn env_summary(c: &Connection, env: &str) -> Result<EnvSummary> {
     let good = [Outcome::Healthy, Outcome::Unchanged];
-    let current: Option<Option<String>> = c
+    let current: Option<Option<crate::source::CommitId>> = c
         .query_row(
             "SELECT commit_id FROM reconciles WHERE env = ?1 AND outcome IN (?2, ?3) ORDER BY id DESC LIMIT 1",
             params![env, good[0], good[1]],
@@ -249,7 +249,7 @@ mod tests {
                 .begin("dev", Trigger::Poll, Kind::Deploy, None, t(i as u64))
                 .unwrap();
             let finish = Finish {
-                commit: Some(format!("c{i}")),
+                commit: Some(format!("c{i}").into()),
                 outcome,
                 plan: Some(plan("update")),
                 diff: Some(format!("diff {i}")),

@@ -11,6 +11,7 @@ use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Result, Store, millis, text_enum};
+use crate::source::CommitId;
 
 text_enum! {
     /// Why a reconcile ran.
@@ -87,7 +88,7 @@ pub type ImageIds = BTreeMap<String, String>;
 /// How a reconcile ended, as recorded. Every text here must already be masked.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Finish {
-    pub commit: Option<String>,
+    pub commit: Option<CommitId>,
     pub outcome: Outcome,
     /// The plan's JSON form ([`crate::plan::Plan::to_json`]).
     pub plan: Option<serde_json::Value>,
@@ -121,11 +122,11 @@ pub struct Effects {
 pub struct ReconcileRecord {
     pub id: i64,
     pub env: String,
-    pub commit: Option<String>,
+    pub commit: Option<CommitId>,
     pub trigger: Trigger,
     pub kind: Kind,
     /// For a rollback: the commit that failed.
-    pub rollback_of: Option<String>,
+    pub rollback_of: Option<CommitId>,
     pub outcome: Outcome,
     pub plan: Option<serde_json::Value>,
     pub diff: Option<String>,
@@ -203,7 +204,7 @@ impl Store {
         env: &str,
         trigger: Trigger,
         kind: Kind,
-        rollback_of: Option<&str>,
+        rollback_of: Option<&CommitId>,
         started: SystemTime,
     ) -> Result<i64> {
         self.with(|c| {
@@ -316,7 +317,13 @@ mod tests {
         let end = finish("abc", Outcome::Healthy);
         s.finish(a, &end, t(11)).unwrap();
         let b = s
-            .begin("dev", Trigger::Webhook, Kind::Rollback, Some("bad"), t(12))
+            .begin(
+                "dev",
+                Trigger::Webhook,
+                Kind::Rollback,
+                Some(&"bad".into()),
+                t(12),
+            )
             .unwrap();
         let h = s.history(Some("dev"), 10).unwrap();
         assert_eq!(h.iter().map(|r| r.id).collect::<Vec<_>>(), vec![b, a]);
@@ -364,7 +371,10 @@ mod tests {
         };
         s.record("dev", b, &finish("c2", Outcome::Unhealthy), &effects, t(4))
             .unwrap();
-        assert_eq!(s.failed("dev", "c2").unwrap().unwrap().reason, "unhealthy");
+        assert_eq!(
+            s.failed("dev", &"c2".into()).unwrap().unwrap().reason,
+            "unhealthy"
+        );
         assert_eq!(
             s.control("dev").unwrap().suspended.as_deref(),
             Some("first deploy failed")
@@ -406,7 +416,7 @@ mod tests {
             s.record("dev", c, &finish("c3", Outcome::Failed), &effects, t(6))
                 .is_err()
         );
-        assert!(s.failed("dev", "c3").unwrap().is_none());
+        assert!(s.failed("dev", &"c3".into()).unwrap().is_none());
     }
 
     #[test]
@@ -416,7 +426,7 @@ mod tests {
             let s = Store::open(dir.path()).unwrap();
             s.begin("dev", Trigger::Startup, Kind::Deploy, None, t(1))
                 .unwrap();
-            s.set_last_good("dev", "c1", &ImageIds::new(), None, t(1))
+            s.set_last_good("dev", &"c1".into(), &ImageIds::new(), None, t(1))
                 .unwrap();
         }
         let s = Store::open(dir.path()).unwrap();

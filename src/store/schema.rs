@@ -177,7 +177,7 @@ mod tests {
         let lg = s.last_good("dev").unwrap().unwrap();
         assert_eq!(lg.commit, c1);
         assert_eq!(
-            s.failed("dev", c2).unwrap().unwrap().reason,
+            s.failed("dev", &c2.into()).unwrap().unwrap().reason,
             "unhealthy: service p/web: exited"
         );
         let control = s.control("prod").unwrap();

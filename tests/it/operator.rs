@@ -53,7 +53,7 @@ fn seeded_store(dir: &std::path::Path) -> (Arc<Store>, Vec<i64>) {
             .begin("dev", Trigger::Poll, Kind::Deploy, None, at(i * 10))
             .unwrap();
         let finish = Finish {
-            commit: Some(format!("{i:040}")),
+            commit: Some(format!("{i:040}").into()),
             outcome: outcomes[i as usize % 3],
             plan: Some(
                 json!({"changes": [{"target": "local", "resource": {"kind": "service", "name": "p/web"}, "action": {"type": "update"}, "diff": format!("-TOKEN: old\n+TOKEN: {CANARY}\n")}]}),
@@ -76,7 +76,13 @@ fn seeded_store(dir: &std::path::Path) -> (Arc<Store>, Vec<i64>) {
         .begin("prod", Trigger::Startup, Kind::Deploy, None, at(100))
         .unwrap();
     store
-        .set_last_good("dev", &format!("{:040}", 6), &ImageIds::new(), None, at(61))
+        .set_last_good(
+            "dev",
+            &format!("{:040}", 6).into(),
+            &ImageIds::new(),
+            None,
+            at(61),
+        )
         .unwrap();
     (Arc::new(store), ids)
 }
@@ -399,7 +405,7 @@ async fn mutations_need_the_token_write_the_control_and_wake_the_worker() {
         .unwrap()
         .set_last_good(
             "prod",
-            &format!("{:040}", 9),
+            &format!("{:040}", 9).into(),
             &ImageIds::new(),
             None,
             at(300),
@@ -433,7 +439,7 @@ async fn mutations_need_the_token_write_the_control_and_wake_the_worker() {
 
     // Resume, forgetting failed commits.
     store
-        .mark_failed("dev", "bad", "unhealthy", at(500))
+        .mark_failed("dev", &"bad".into(), "unhealthy", at(500))
         .unwrap();
     let (code, _) = s
         .post(

@@ -201,10 +201,12 @@ impl Context {
     }
 }
 
-/// The rendered files of a checked environment, for [`Context::new`].
-pub fn rendered_files(checked: &crate::check::Checked) -> Vec<(String, Vec<u8>)> {
-    checked
-        .files
+/// The rendered files of an environment (its checked `files`), for
+/// [`Context::new`].
+pub fn rendered_files(
+    files: &std::collections::BTreeMap<String, crate::render::Rendered>,
+) -> Vec<(String, Vec<u8>)> {
+    files
         .values()
         .map(|r| (r.path.clone(), r.content.to_vec()))
         .collect()

@@ -9,8 +9,8 @@ use clap::{Args, Subcommand};
 
 use driftless::backup::codec::Identities;
 use driftless::backup::destination::Destination;
-use driftless::backup::schedule::Schedule;
 use driftless::backup::{Context, runner};
+use driftless::check::schedule::Schedule;
 use driftless::model::BackupJob;
 use driftless::reconcile;
 use driftless::render::SecretMode;
@@ -220,7 +220,7 @@ fn run_job(args: JobArgs) -> Result<i32> {
     let report = runtime()?.block_on(async {
         let ctx = Context::connect(
             &loaded.checked.state,
-            runner::rendered_files(&loaded.checked),
+            runner::rendered_files(&loaded.checked.files),
             loaded.masker.clone(),
         )
         .await?;
@@ -384,7 +384,7 @@ fn restore(args: RestoreArgs) -> Result<i32> {
     let result = runtime()?.block_on(async {
         let ctx = Context::connect(
             &loaded.checked.state,
-            runner::rendered_files(&loaded.checked),
+            runner::rendered_files(&loaded.checked.files),
             loaded.masker.clone(),
         )
         .await?

@@ -17,7 +17,7 @@ use super::repo::Lookup;
 use crate::backup::Context;
 use crate::backup::codec::Identities;
 use crate::backup::runner::{self, RunReport};
-use crate::backup::schedule::Schedule;
+use crate::check::schedule::Schedule;
 use crate::model::{BackupJob, DesiredState};
 use crate::secrets::Masker;
 use crate::source::CommitId;
@@ -212,7 +212,7 @@ async fn load(env: &EnvContext, commit: &CommitId) -> Result<Loaded, String> {
             .map_err(|d| d.to_string())?;
     let mut masker = env.masker.clone();
     masker.merge(&loaded.renderer.masker());
-    let files = runner::rendered_files(&loaded.checked);
+    let files = runner::rendered_files(&loaded.checked.files);
     let jobs = loaded
         .checked
         .state

@@ -552,7 +552,7 @@ async fn deploy(
     masker.merge(&loaded.renderer.masker());
     // The rendered files, for a `before_apply` job backing up the config.
     let backup_files = if loaded.checked.state.backups.iter().any(|j| j.before_apply) {
-        crate::backup::runner::rendered_files(&loaded.checked)
+        crate::backup::runner::rendered_files(&loaded.checked.files)
     } else {
         Vec::new()
     };

@@ -875,7 +875,7 @@ async fn cli_runs_lists_verifies_and_restores_a_deployed_volume() {
     // Monday 03:00 in Berlin is 02:00 or 01:00 UTC, on a Monday.
     let next: chrono::DateTime<chrono::Utc> = doc[0]["next_run"].as_str().unwrap().parse().unwrap();
     let berlin =
-        next.with_timezone(&driftless::backup::schedule::timezone("Europe/Berlin").unwrap());
+        next.with_timezone(&driftless::check::schedule::timezone("Europe/Berlin").unwrap());
     assert_eq!(chrono::Datelike::weekday(&berlin), chrono::Weekday::Mon);
     assert_eq!(chrono::Timelike::hour(&berlin), 3);
 

@@ -50,7 +50,7 @@ fn seed(store: &Store) {
                 .begin(env, Trigger::Poll, Kind::Deploy, None, t)
                 .unwrap();
             let finish = Finish {
-                commit: Some(format!("{i:040x}")),
+                commit: Some(format!("{i:040x}").into()),
                 outcome: if i % 10 == 3 {
                     Outcome::Unhealthy
                 } else {
@@ -58,6 +58,7 @@ fn seed(store: &Store) {
                 },
                 plan: Some(plan.clone()),
                 diff: Some(format!("plan for {env}\n{diff}")),
+                changes: plan["changes"].as_array().map(|c| c.len() as u32),
                 error: None,
                 image_ids: ImageIds::new(),
                 timings: Timings {
@@ -73,7 +74,7 @@ fn seed(store: &Store) {
         store
             .set_last_good(
                 env,
-                &format!("{:040x}", ROWS - 1),
+                &format!("{:040x}", ROWS - 1).into(),
                 &ImageIds::new(),
                 None,
                 SystemTime::now(),

@@ -10,11 +10,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use driftless::daemon::config::{DaemonConfig, Overrides};
 use driftless::daemon::lock::{self, EnvLock, LockError};
-use driftless::daemon::pass::short;
 use driftless::diag::Diagnostics;
 use driftless::reconcile::{self, RenderOptions};
 use driftless::render::SecretMode;
 use driftless::secrets::{Masker, SecretSource};
+use driftless::source::short;
 use driftless::source::{Auth, Limits, Source};
 use driftless::store::Store;
 
@@ -720,7 +720,7 @@ fn rollback_cmd(args: RollbackArgs) -> Result<i32> {
         None => {
             let store = Store::open(&args.state.dir()).context("open the state store")?;
             match store.last_good(&args.env)? {
-                Some(lg) => lg.commit,
+                Some(lg) => lg.commit.to_string(),
                 None => {
                     eprintln!("error: {} has no last good commit; pass --to SHA", args.env);
                     return Ok(1);
@@ -731,8 +731,11 @@ fn rollback_cmd(args: RollbackArgs) -> Result<i32> {
     let commit = match &args.repo {
         Some(path) => driftless::source::Repo::open(path)
             .and_then(|r| r.resolve(&to))
+            .map(driftless::source::CommitId::new)
             .with_context(|| format!("resolve `{to}` in {}", path.display()))?,
-        None if to.len() == 40 && to.chars().all(|c| c.is_ascii_hexdigit()) => to.to_lowercase(),
+        None if to.len() == 40 && to.chars().all(|c| c.is_ascii_hexdigit()) => {
+            driftless::source::CommitId::new(to.to_lowercase())
+        }
         None => {
             eprintln!(
                 "error: --to must be a full 40-character commit id, or pass --repo (or --daemon) to resolve `{to}`"
@@ -882,10 +885,7 @@ fn history_cmd(args: HistoryArgs) -> Result<i32> {
             },
             r["kind"].as_str().unwrap_or("?"),
             r["trigger"].as_str().unwrap_or("?"),
-            r["commit"]
-                .as_str()
-                .map(short)
-                .unwrap_or_else(|| "-".to_owned()),
+            r["commit"].as_str().map(short).unwrap_or("-"),
             r["outcome"].as_str().unwrap_or("?"),
             r["error"]
                 .as_str()
@@ -934,8 +934,7 @@ fn status_cmd(args: StatusArgs) -> Result<i32> {
         println!("no environment recorded yet");
     }
     for e in &envs {
-        let commit =
-            |v: &serde_json::Value| v.as_str().map(short).unwrap_or_else(|| "none".to_owned());
+        let commit = |v: &serde_json::Value| v.as_str().map_or("none", short).to_owned();
         let drift = match e["out_of_sync"].as_u64() {
             Some(0) | None => "in sync".to_owned(),
             Some(n) => format!("{n} out of sync"),

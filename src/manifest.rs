@@ -256,6 +256,43 @@ pub struct DockerTarget {
     pub ssh_key_file: Option<String>,
 }
 
+impl DockerTarget {
+    /// What is wrong with the target's connection settings, checked at
+    /// parse time: credential paths must be absolute (on the daemon's
+    /// host), so a relative path can never point into the desired-state
+    /// repo; the host names a scheme driftless connects with.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (key, value) in [
+            ("tls_cert_path", &self.tls_cert_path),
+            ("ssh_key_file", &self.ssh_key_file),
+        ] {
+            if let Some(v) = value
+                && !std::path::Path::new(v).is_absolute()
+            {
+                problems.push(format!(
+                    "`{key}: {v}` must be an absolute path on the daemon's host (credentials never come from the repo)"
+                ));
+            }
+        }
+        if let Some(host) = &self.host {
+            let known = ["unix://", "tcp://", "ssh://"];
+            if !known.iter().any(|p| host.starts_with(p)) {
+                problems.push(format!(
+                    "`host: {host}` must start with unix://, tcp:// or ssh://"
+                ));
+            }
+            if self.tls_cert_path.is_some() && !host.starts_with("tcp://") {
+                problems.push("`tls_cert_path` is only used with a tcp:// host".to_owned());
+            }
+            if self.ssh_key_file.is_some() && !host.starts_with("ssh://") {
+                problems.push("`ssh_key_file` is only used with an ssh:// host".to_owned());
+            }
+        }
+        problems
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct KubernetesTarget {
     /// Kubeconfig file on the daemon's host (unset: the default search, or in-cluster).
@@ -439,7 +476,7 @@ impl Manifest {
             }
             let mut kinds = Vec::new();
             if let Some(d) = raw_target.docker {
-                for problem in crate::backend::compose::connect::check_target(&d) {
+                for problem in d.problems() {
                     diags.push(err(format!("targets.{name}.docker: {problem}"), line));
                 }
                 kinds.push(TargetKind::Docker(d));
@@ -843,6 +880,23 @@ pub fn valid_name(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn relative_credential_paths_and_unknown_schemes_are_refused() {
+        let target = |host: &str, certs: Option<&str>| super::DockerTarget {
+            host: Some(host.into()),
+            tls_cert_path: certs.map(Into::into),
+            ssh_key_file: None,
+        };
+        let problems = target("tcp://h:2376", Some("certs")).problems();
+        assert!(problems[0].contains("absolute path"), "{problems:?}");
+        assert!(target("http://h", None).problems()[0].contains("must start with"));
+        assert!(
+            target("tcp://h:2376", Some("/etc/certs"))
+                .problems()
+                .is_empty()
+        );
+    }
+
     use super::*;
 
     const MINIMAL: &str = "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {}\nenvironments:\n  dev:\n    targets: [local]\n";

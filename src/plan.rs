@@ -100,6 +100,13 @@ pub struct Summary {
     pub unchanged: usize,
 }
 
+impl Summary {
+    /// How many resources change (everything but the unchanged ones).
+    pub fn changed(&self) -> usize {
+        self.create + self.update + self.recreate + self.delete
+    }
+}
+
 impl Plan {
     pub fn new(environment: impl Into<String>, revision: Revision) -> Self {
         Plan {
@@ -238,7 +245,7 @@ mod tests {
     #[test]
     fn text_shows_summary_and_diff_and_hides_unchanged() {
         let text = plan().render_text(false, false);
-        assert!(text.starts_with("plan for dev at abcdef0: 0 to create, 0 to update, 1 to recreate, 0 to delete, 1 unchanged"), "{text}");
+        assert!(text.starts_with("plan for dev at abcdef0123: 0 to create, 0 to update, 1 to recreate, 0 to delete, 1 unchanged"), "{text}");
         assert!(
             text.contains("± local: service aiops-dev/api  recreate (config changed)"),
             "{text}"

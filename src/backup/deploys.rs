@@ -122,10 +122,11 @@ mod tests {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         let id = s.begin("prod", Trigger::Poll, kind, None, at).unwrap();
         let finish = Finish {
-            commit: Some(commit.to_owned()),
+            commit: Some(commit.into()),
             outcome,
             plan: None,
             diff: None,
+            changes: None,
             error: None,
             image_ids: ImageIds::new(),
             timings: Timings::default(),
@@ -138,8 +139,8 @@ mod tests {
         s.record_backup_run(&BackupRun {
             env: "prod".into(),
             job: job.into(),
-            trigger: "before_apply".into(),
-            outcome: "succeeded".into(),
+            trigger: crate::store::BackupTrigger::BeforeApply,
+            outcome: crate::store::BackupOutcome::Succeeded,
             verified: Some(true),
             reconcile_id: Some(reconcile_id),
             started_at,

@@ -1,5 +1,5 @@
-//! Backups declared in the repo: [`schedule`] (the cron grammar `check`
-//! validates), [`runner`] (run → verify → retain, and restore), [`docker`]
+//! Backups declared in the repo (their cron grammar is
+//! [`crate::check::schedule`]): [`runner`] (run → verify → retain, and restore), [`docker`]
 //! (sources and restore targets through the Engine API), [`codec`] (zstd,
 //! age, SHA-256), [`destination`] (where objects and manifests are stored),
 //! [`retention`] (which backups go; pure), [`deploys`] (the backups taken
@@ -15,7 +15,6 @@ pub mod destination;
 pub mod docker;
 pub mod retention;
 pub mod runner;
-pub mod schedule;
 
 pub use runner::{Context, RunReport};
 

@@ -17,7 +17,7 @@ use super::retention;
 use crate::model::compose::Project;
 use crate::model::{BackupJob, BackupSource, Consistency, DesiredState, Resources};
 use crate::secrets::Masker;
-use crate::store::{BackupRun, Store};
+use crate::store::{BackupOutcome, BackupRun, BackupTrigger, Store};
 
 /// Chunks in flight between the Docker stream and the encoder.
 const CHANNEL_DEPTH: usize = 16;
@@ -201,10 +201,12 @@ impl Context {
     }
 }
 
-/// The rendered files of a checked environment, for [`Context::new`].
-pub fn rendered_files(checked: &crate::check::Checked) -> Vec<(String, Vec<u8>)> {
-    checked
-        .files
+/// The rendered files of an environment (its checked `files`), for
+/// [`Context::new`].
+pub fn rendered_files(
+    files: &std::collections::BTreeMap<String, crate::render::Rendered>,
+) -> Vec<(String, Vec<u8>)> {
+    files
         .values()
         .map(|r| (r.path.clone(), r.content.to_vec()))
         .collect()
@@ -262,8 +264,8 @@ fn now_ms() -> i64 {
 pub async fn run(
     ctx: &Context,
     job: &BackupJob,
-    trigger: &str,
-    store: Option<&Store>,
+    trigger: BackupTrigger,
+    store: Option<&Arc<Store>>,
 ) -> RunReport {
     run_for(ctx, job, trigger, store, None).await
 }
@@ -272,8 +274,8 @@ pub async fn run(
 pub async fn run_for(
     ctx: &Context,
     job: &BackupJob,
-    trigger: &str,
-    store: Option<&Store>,
+    trigger: BackupTrigger,
+    store: Option<&Arc<Store>>,
     reconcile_id: Option<i64>,
 ) -> RunReport {
     // One run of a job at a time in this process: the scheduler and a
@@ -293,7 +295,7 @@ pub async fn run_for(
     }
     report.finished_at = now_ms();
     if let Some(store) = store {
-        report.run_id = record(store, &ctx.env, job, trigger, reconcile_id, &report);
+        report.run_id = record(store, &ctx.env, job, trigger, reconcile_id, &report).await;
     }
     match &report.error {
         None => {
@@ -318,26 +320,25 @@ fn job_lock(env: &str, job: &str) -> Arc<tokio::sync::Mutex<()>> {
         .clone()
 }
 
-/// Records a run in the store; returns its id (`None`, logged, when the
-/// store cannot be written).
-pub fn record(
-    store: &Store,
+/// Records a run in the store (off the async runtime); returns its id
+/// (`None`, logged, when the store cannot be written).
+pub async fn record(
+    store: &Arc<Store>,
     env: &str,
     job: &BackupJob,
-    trigger: &str,
+    trigger: BackupTrigger,
     reconcile_id: Option<i64>,
     report: &RunReport,
 ) -> Option<i64> {
     let run = BackupRun {
         env: env.to_owned(),
         job: job.name.clone(),
-        trigger: trigger.to_owned(),
+        trigger,
         outcome: if report.succeeded() {
-            "succeeded"
+            BackupOutcome::Succeeded
         } else {
-            "failed"
-        }
-        .to_owned(),
+            BackupOutcome::Failed
+        },
         location: report.location.clone(),
         bytes: report.id.as_ref().map(|_| report.stored_bytes as i64),
         sha256: report.sha256.clone(),
@@ -347,7 +348,7 @@ pub fn record(
         started_at: report.started_at,
         finished_at: Some(report.finished_at),
     };
-    match store.record_backup_run(&run) {
+    match store.call(move |s| s.record_backup_run(&run)).await {
         Ok(id) => Some(id),
         Err(e) => {
             tracing::error!(job = %job.name, error = %e, "recording backup run");

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use crate::backup::schedule::Schedule;
+use super::schedule::Schedule;
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::duration;
 use crate::model::{
@@ -155,7 +155,7 @@ pub fn load(file: &str, text: &str) -> Result<Vec<BackupJob>, Diagnostics> {
             diags.push(err(format!("schedule: {e}")));
         }
         let timezone = job.timezone.unwrap_or_else(|| "UTC".to_owned());
-        if let Err(e) = crate::backup::schedule::timezone(&timezone) {
+        if let Err(e) = super::schedule::timezone(&timezone) {
             diags.push(err(e));
         }
         let source = match (

@@ -25,6 +25,7 @@ pub mod kube;
 pub mod placement;
 pub mod policy;
 pub mod rules;
+pub mod schedule;
 
 /// A checked environment: its desired state, the warnings found, and every
 /// rendered file the state was built from (what `driftless render` prints).

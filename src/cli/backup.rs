@@ -9,8 +9,8 @@ use clap::{Args, Subcommand};
 
 use driftless::backup::codec::Identities;
 use driftless::backup::destination::Destination;
-use driftless::backup::schedule::Schedule;
 use driftless::backup::{Context, runner};
+use driftless::check::schedule::Schedule;
 use driftless::model::BackupJob;
 use driftless::reconcile;
 use driftless::render::SecretMode;
@@ -214,17 +214,26 @@ fn run_job(args: JobArgs) -> Result<i32> {
         return Ok(1);
     };
     let job = find(&loaded.jobs, &name, &args.common.env)?;
-    let store = Store::open(&args.common.state.dir()).context("open the state store")?;
+    let store =
+        std::sync::Arc::new(Store::open(&args.common.state.dir()).context("open the state store")?);
     let ids = identities()?;
     let report = runtime()?.block_on(async {
         let ctx = Context::connect(
             &loaded.checked.state,
-            runner::rendered_files(&loaded.checked),
+            runner::rendered_files(&loaded.checked.files),
             loaded.masker.clone(),
         )
         .await?;
         let ctx = ctx.with_identities(ids);
-        Ok::<_, anyhow::Error>(runner::run(&ctx, job, "cli", Some(&store)).await)
+        Ok::<_, anyhow::Error>(
+            runner::run(
+                &ctx,
+                job,
+                driftless::store::BackupTrigger::Cli,
+                Some(&store),
+            )
+            .await,
+        )
     })?;
     if args.common.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -375,7 +384,7 @@ fn restore(args: RestoreArgs) -> Result<i32> {
     let result = runtime()?.block_on(async {
         let ctx = Context::connect(
             &loaded.checked.state,
-            runner::rendered_files(&loaded.checked),
+            runner::rendered_files(&loaded.checked.files),
             loaded.masker.clone(),
         )
         .await?

@@ -5,6 +5,7 @@
 //! Every text is masked before it is sent. A notification that cannot be
 //! delivered is logged and dropped: it never blocks or fails a reconcile.
 
+use crate::source::CommitId;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -65,9 +66,9 @@ pub struct Event {
     pub environment: String,
     pub kind: EventKind,
     /// The commit that failed.
-    pub commit: Option<String>,
+    pub commit: Option<CommitId>,
     /// The commit rolled back to, when there was one.
-    pub rolled_back_to: Option<String>,
+    pub rolled_back_to: Option<CommitId>,
     pub message: String,
     /// The daemon identity that sends it.
     pub daemon: String,
@@ -135,14 +136,14 @@ impl Notifier {
                     "daemon": event.daemon,
                 });
                 if let Some(c) = &event.commit {
-                    labels["commit"] = super::pass::short(c).into();
+                    labels["commit"] = crate::source::short(c).into();
                 }
                 let doc = serde_json::json!([{
                     "labels": labels,
                     "annotations": {
                         "summary": format!("driftless: {} in {}", event.kind.alertname(), event.environment),
                         "description": event.message,
-                        "rolled_back_to": event.rolled_back_to.clone().unwrap_or_default(),
+                        "rolled_back_to": event.rolled_back_to.as_deref().unwrap_or_default(),
                     },
                     "startsAt": now,
                 }]);

@@ -17,9 +17,11 @@ use super::repo::Lookup;
 use crate::backup::Context;
 use crate::backup::codec::Identities;
 use crate::backup::runner::{self, RunReport};
-use crate::backup::schedule::Schedule;
+use crate::check::schedule::Schedule;
 use crate::model::{BackupJob, DesiredState};
 use crate::secrets::Masker;
+use crate::source::CommitId;
+use crate::store::BackupTrigger;
 
 /// How often the scheduler looks for a new last good commit (one query).
 const RELOAD: Duration = Duration::from_secs(5);
@@ -57,7 +59,7 @@ pub fn overdue(
 }
 
 struct Loaded {
-    commit: String,
+    commit: CommitId,
     ctx: Context,
     jobs: Vec<(BackupJob, Schedule)>,
 }
@@ -77,7 +79,13 @@ pub async fn run(env: EnvContext, cancel: CancellationToken) {
                 _ = tokio::time::sleep(RELOAD) => continue,
             }
         }
-        let last_good = env.store.last_good(&env.name).ok().flatten();
+        let name = env.name.clone();
+        let last_good = env
+            .store
+            .call(move |s| s.last_good(&name))
+            .await
+            .ok()
+            .flatten();
         if let Some(lg) = last_good
             && loaded.as_ref().is_none_or(|l| l.commit != lg.commit)
         {
@@ -89,7 +97,7 @@ pub async fn run(env: EnvContext, cancel: CancellationToken) {
                         .iter()
                         .filter_map(|(j, s)| Some((j.name.clone(), s.next_in(&j.timezone, &now)?)))
                         .collect();
-                    tracing::info!(env = %env.name, jobs = l.jobs.len(), commit = %super::pass::short(&l.commit), "backup schedules loaded");
+                    tracing::info!(env = %env.name, jobs = l.jobs.len(), commit = %l.commit.short(), "backup schedules loaded");
                     loaded = Some(l);
                 }
                 Err(e) => {
@@ -101,9 +109,11 @@ pub async fn run(env: EnvContext, cancel: CancellationToken) {
             if !checked_missed {
                 checked_missed = true;
                 for (job, schedule) in &l.jobs {
+                    let (name, job_name) = (env.name.clone(), job.name.clone());
                     let last_run = env
                         .store
-                        .backup_runs(&env.name, Some(&job.name), 1)
+                        .call(move |s| s.backup_runs(&name, Some(&job_name), 1))
+                        .await
                         .ok()
                         .and_then(|r| r.first().map(|(_, run)| run.started_at));
                     if let Some(at) = missed(schedule, &job.timezone, last_run, Utc::now()) {
@@ -120,7 +130,7 @@ pub async fn run(env: EnvContext, cancel: CancellationToken) {
                         tracing::warn!(env = %env.name, job = %job.name, "{message}");
                         notify(&env, EventKind::BackupMissed, message).await;
                         if job.run_missed {
-                            run_job(&env, l, job, "missed").await;
+                            run_job(&env, l, job, BackupTrigger::Missed).await;
                         }
                     }
                 }
@@ -128,13 +138,17 @@ pub async fn run(env: EnvContext, cancel: CancellationToken) {
             let now = Utc::now();
             for (job, schedule) in &l.jobs {
                 if next.get(&job.name).is_some_and(|t| *t <= now) {
-                    run_job(&env, l, job, "schedule").await;
+                    run_job(&env, l, job, BackupTrigger::Schedule).await;
                     if let Some(t) = schedule.next_in(&job.timezone, &Utc::now()) {
                         next.insert(job.name.clone(), t);
                     }
                 }
             }
-            let stats = env.store.backup_job_stats().unwrap_or_default();
+            let stats = env
+                .store
+                .call(|s| s.backup_job_stats())
+                .await
+                .unwrap_or_default();
             for (job, schedule) in &l.jobs {
                 let last_success = stats
                     .iter()
@@ -169,7 +183,12 @@ pub async fn run(env: EnvContext, cancel: CancellationToken) {
     }
 }
 
-async fn run_job(env: &EnvContext, l: &Loaded, job: &BackupJob, trigger: &str) -> RunReport {
+async fn run_job(
+    env: &EnvContext,
+    l: &Loaded,
+    job: &BackupJob,
+    trigger: BackupTrigger,
+) -> RunReport {
     let report = runner::run(&l.ctx, job, trigger, Some(&env.store)).await;
     if let Some(e) = &report.error {
         notify(
@@ -182,7 +201,7 @@ async fn run_job(env: &EnvContext, l: &Loaded, job: &BackupJob, trigger: &str) -
     report
 }
 
-async fn load(env: &EnvContext, commit: &str) -> Result<Loaded, String> {
+async fn load(env: &EnvContext, commit: &CommitId) -> Result<Loaded, String> {
     let source = env.repo.at(commit);
     let name = env.name.clone();
     let options = env.render.clone();
@@ -193,7 +212,7 @@ async fn load(env: &EnvContext, commit: &str) -> Result<Loaded, String> {
             .map_err(|d| d.to_string())?;
     let mut masker = env.masker.clone();
     masker.merge(&loaded.renderer.masker());
-    let files = runner::rendered_files(&loaded.checked);
+    let files = runner::rendered_files(&loaded.checked.files);
     let jobs = loaded
         .checked
         .state
@@ -203,7 +222,7 @@ async fn load(env: &EnvContext, commit: &str) -> Result<Loaded, String> {
         .collect();
     let ctx = context(&loaded.checked.state, files, masker).await?;
     Ok(Loaded {
-        commit: commit.to_owned(),
+        commit: commit.clone(),
         ctx,
         jobs,
     })
@@ -257,17 +276,25 @@ pub async fn before_apply(
     let ctx = context(desired, files, masker.clone()).await?;
     let mut ids = Vec::new();
     for job in jobs {
-        let report = runner::run_for(&ctx, job, "before_apply", None, Some(reconcile_id)).await;
+        let report = runner::run_for(
+            &ctx,
+            job,
+            BackupTrigger::BeforeApply,
+            None,
+            Some(reconcile_id),
+        )
+        .await;
         // Nothing deployed yet is no failed run: there was nothing to lose.
         if !report.nothing_to_back_up {
             runner::record(
                 &env.store,
                 &ctx.env,
                 job,
-                "before_apply",
+                BackupTrigger::BeforeApply,
                 Some(reconcile_id),
                 &report,
-            );
+            )
+            .await;
         }
         match (&report.error, report.nothing_to_back_up) {
             (None, _) => ids.push(format!("{}/{}", job.name, report.id.unwrap_or_default())),

@@ -29,7 +29,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -40,7 +40,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::worker::Dirty;
-use crate::store::{Control, ImageIds, Store, Trigger};
+use crate::source::CommitId;
+use crate::store::{Control, EnvState, FailedCommit, ImageIds, LastGood, Store, Trigger};
 
 /// The annotation holding the hand-over state.
 pub const STATE_ANNOTATION: &str = "driftless.io/state";
@@ -110,20 +111,20 @@ pub struct HandOver {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<HandOverFailed>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pinned: Option<String>,
+    pub pinned: Option<CommitId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspended: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandOverGood {
-    pub commit: String,
+    pub commit: CommitId,
     pub image_ids: ImageIds,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandOverFailed {
-    pub commit: String,
+    pub commit: CommitId,
     pub reason: String,
     /// Unix milliseconds.
     pub at: i64,
@@ -132,9 +133,10 @@ pub struct HandOverFailed {
 impl HandOver {
     /// The environment's state as the local store holds it.
     pub fn read(store: &Store, env: &str) -> Result<HandOver, crate::store::StoreError> {
-        let control = store.control(env)?;
-        let mut failed: Vec<HandOverFailed> = store
-            .failed_commits(env)?
+        let state = store.env_state(env)?;
+        let control = state.control;
+        let mut failed: Vec<HandOverFailed> = state
+            .failed
             .into_iter()
             .map(|f| HandOverFailed {
                 commit: f.commit,
@@ -144,7 +146,7 @@ impl HandOver {
             .collect();
         failed.truncate(MAX_FAILED);
         Ok(HandOver {
-            last_good: store.last_good(env)?.map(|lg| HandOverGood {
+            last_good: state.last_good.map(|lg| HandOverGood {
                 commit: lg.commit,
                 image_ids: lg.image_ids,
             }),
@@ -155,22 +157,30 @@ impl HandOver {
     }
 
     /// Makes the local store hold exactly this state for `env` (history
-    /// rows are the replica's own and stay).
+    /// rows are the replica's own and stay), in one transaction.
     pub fn write(&self, store: &Store, env: &str) -> Result<(), crate::store::StoreError> {
-        let now = SystemTime::now();
-        if let Some(lg) = &self.last_good {
-            store.set_last_good(env, &lg.commit, &lg.image_ids, None, now)?;
-        }
-        store.clear_failed(env)?;
-        for f in &self.failed {
-            let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(f.at).unwrap_or(0));
-            store.mark_failed(env, &f.commit, &f.reason, at)?;
-        }
-        let control = Control {
-            pinned: self.pinned.clone(),
-            suspended: self.suspended.clone(),
+        let state = EnvState {
+            last_good: self.last_good.as_ref().map(|lg| LastGood {
+                commit: lg.commit.clone(),
+                image_ids: lg.image_ids.clone(),
+                reconcile_id: None,
+                recorded_at: 0,
+            }),
+            failed: self
+                .failed
+                .iter()
+                .map(|f| FailedCommit {
+                    commit: f.commit.clone(),
+                    reason: f.reason.clone(),
+                    failed_at: f.at,
+                })
+                .collect(),
+            control: Control {
+                pinned: self.pinned.clone(),
+                suspended: self.suspended.clone(),
+            },
         };
-        store.set_control(env, &control, now)
+        store.replace_env_state(env, &state, SystemTime::now())
     }
 }
 
@@ -356,9 +366,10 @@ impl Elector {
     }
 
     /// The hand-over annotation from the local store.
-    fn annotations(&self) -> std::collections::BTreeMap<String, String> {
+    async fn annotations(&self) -> std::collections::BTreeMap<String, String> {
         let mut a = std::collections::BTreeMap::new();
-        match HandOver::read(&self.store, &self.env) {
+        let env = self.env.clone();
+        match self.store.call(move |s| HandOver::read(s, &env)).await {
             Ok(state) => {
                 a.insert(
                     STATE_ANNOTATION.to_owned(),
@@ -378,7 +389,7 @@ impl Elector {
         let mut state = self.state.lock().await;
         let started = Instant::now();
         if let Some(held) = state.held.clone() {
-            let lease = self.renewed(held.lease, |_| {});
+            let lease = self.renewed(held.lease, |_| {}).await;
             return match self
                 .api
                 .replace(&self.name, &PostParams::default(), &lease)
@@ -463,7 +474,7 @@ impl Elector {
                             .map(|(k, v)| (k.to_owned(), v.to_owned()))
                             .collect(),
                         ),
-                        annotations: Some(self.annotations()),
+                        annotations: Some(self.annotations().await),
                         ..ObjectMeta::default()
                     },
                     spec: Some(self.spec(micro, 0)),
@@ -489,7 +500,8 @@ impl Elector {
                     // replaces this again on our next acquisition.
                     match serde_json::from_str::<HandOver>(&json) {
                         Ok(h) => {
-                            if let Err(e) = h.write(&self.store, &self.env) {
+                            let env = self.env.clone();
+                            if let Err(e) = self.store.call(move |s| h.write(s, &env)).await {
                                 return Err(format!("cannot store the handed-over state: {e}"));
                             }
                         }
@@ -503,7 +515,7 @@ impl Elector {
                     .metadata
                     .annotations
                     .get_or_insert_with(Default::default)
-                    .extend(self.annotations());
+                    .extend(self.annotations().await);
                 self.api
                     .replace(&self.name, &PostParams::default(), &lease)
                     .await
@@ -531,7 +543,9 @@ impl Elector {
             return;
         };
         self.drop_hold(&mut state);
-        let lease = self.renewed(held.lease, |spec| spec.holder_identity = None);
+        let lease = self
+            .renewed(held.lease, |spec| spec.holder_identity = None)
+            .await;
         match self
             .api
             .replace(&self.name, &PostParams::default(), &lease)
@@ -548,7 +562,7 @@ impl Elector {
 
     /// Our Lease with a fresh renewTime and the local state, for a
     /// conditional write; `edit` changes the spec further.
-    fn renewed(&self, mut lease: Lease, edit: impl FnOnce(&mut LeaseSpec)) -> Lease {
+    async fn renewed(&self, mut lease: Lease, edit: impl FnOnce(&mut LeaseSpec)) -> Lease {
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         spec.renew_time = Some(now_micro());
         edit(spec);
@@ -556,7 +570,7 @@ impl Elector {
             .metadata
             .annotations
             .get_or_insert_with(Default::default)
-            .extend(self.annotations());
+            .extend(self.annotations().await);
         lease
     }
 
@@ -654,21 +668,23 @@ mod tests {
         let a = Store::open_in_memory().unwrap();
         let now = SystemTime::now();
         let ids = ImageIds::from([("p/web".to_owned(), "sha256:1".to_owned())]);
-        a.set_last_good("prod", "c1", &ids, None, now).unwrap();
-        a.mark_failed("prod", "c2", "unhealthy", now).unwrap();
+        a.set_last_good("prod", &"c1".into(), &ids, None, now)
+            .unwrap();
+        a.mark_failed("prod", &"c2".into(), "unhealthy", now)
+            .unwrap();
         a.suspend("prod", "by hand", now).unwrap();
         let state = HandOver::read(&a, "prod").unwrap();
         let json = serde_json::to_string(&state).unwrap();
 
         let b = Store::open_in_memory().unwrap();
-        b.mark_failed("prod", "stale", "old", now).unwrap();
+        b.mark_failed("prod", &"stale".into(), "old", now).unwrap();
         serde_json::from_str::<HandOver>(&json)
             .unwrap()
             .write(&b, "prod")
             .unwrap();
         assert_eq!(HandOver::read(&b, "prod").unwrap(), state);
         assert_eq!(b.last_good("prod").unwrap().unwrap().image_ids, ids);
-        assert!(b.failed("prod", "stale").unwrap().is_none());
+        assert!(b.failed("prod", &"stale".into()).unwrap().is_none());
         assert_eq!(
             b.control("prod").unwrap().suspended.as_deref(),
             Some("by hand")

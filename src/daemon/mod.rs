@@ -136,7 +136,12 @@ pub fn daemon_masker(config: &DaemonConfig) -> Masker {
 pub async fn run(config: DaemonConfig) -> Result<i32> {
     tracing::info!(config = %config.sanitized(), "driftless daemon starting");
     let masker = daemon_masker(&config);
-    let store = Arc::new(Store::open(&config.state_dir).context("open the state store")?);
+    let state_dir = config.state_dir.clone();
+    let store = Arc::new(
+        tokio::task::spawn_blocking(move || Store::open(&state_dir))
+            .await?
+            .context("open the state store")?,
+    );
     let limits = Limits::default();
 
     let repo = {
@@ -189,7 +194,8 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
     let mut locks = Vec::new();
     for env in &envs {
         locks.push(EnvLock::try_acquire(&config.state_dir, env, &holder)?);
-        let n = store.mark_interrupted(env)?;
+        let name = env.clone();
+        let n = store.call(move |s| s.mark_interrupted(&name)).await?;
         if n > 0 {
             tracing::warn!(env = %env, count = n, "reconciles interrupted by the previous run (it stopped or was killed); the first pass converges");
         }

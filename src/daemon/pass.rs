@@ -26,7 +26,8 @@ use crate::backend::{Backend, BackendError, Context, Driver, DriverLive, Health,
 use crate::model::{DesiredState, Resources};
 use crate::reconcile::{self, RenderOptions};
 use crate::secrets::Masker;
-use crate::store::{Finish, ImageIds, Kind, Outcome, Store, Timings, Trigger};
+use crate::source::CommitId;
+use crate::store::{Effects, Finish, ImageIds, Kind, Outcome, Store, Timings, Trigger};
 
 /// Everything a pass of one environment needs; shared by its worker.
 #[derive(Debug, Clone)]
@@ -81,7 +82,7 @@ struct Applied {
 /// What a pass applies: a commit, optionally pinned to image ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Key {
-    commit: String,
+    commit: CommitId,
     pinned_images: bool,
 }
 
@@ -97,8 +98,8 @@ pub enum PassEnd {
 /// How one deploy attempt ended.
 #[derive(Debug)]
 enum Attempt {
-    /// In the desired state and healthy; `changed` when something was applied.
-    Good { image_ids: ImageIds },
+    /// In the desired state and healthy.
+    Good,
     /// Render or check failed: nothing was applied.
     Invalid(String),
     /// A backend refused the plan: nothing was applied.
@@ -118,10 +119,12 @@ pub async fn run(ctx: &EnvContext, memo: &mut Memo, trigger: Trigger, since: Ins
     if let Err(e) = fetched {
         return PassEnd::Retry(ctx.masker.mask(&format!("fetch: {e}")).into_owned());
     }
-    let control = match ctx.store.control(&ctx.name) {
-        Ok(c) => c,
+    let name = ctx.name.clone();
+    let state = match ctx.store.call(move |s| s.env_state(&name)).await {
+        Ok(s) => s,
         Err(e) => return PassEnd::Retry(e.to_string()),
     };
+    let control = &state.control;
     if let Some(reason) = &control.suspended {
         tracing::info!(reason = %reason, "suspended: not reconciling (driftless resume --env {} lifts it)", ctx.name);
         return PassEnd::Done;
@@ -148,10 +151,7 @@ pub async fn run(ctx: &EnvContext, memo: &mut Memo, trigger: Trigger, since: Ins
     let env = &head.environment;
 
     // What should run now.
-    let last_good = match ctx.store.last_good(&ctx.name) {
-        Ok(lg) => lg,
-        Err(e) => return PassEnd::Retry(e.to_string()),
-    };
+    let last_good = state.last_good.clone();
     let (commit, pin, kind, rollback_of, forced) = if let Some(pinned) = &control.pinned {
         let pin = last_good
             .as_ref()
@@ -159,10 +159,9 @@ pub async fn run(ctx: &EnvContext, memo: &mut Memo, trigger: Trigger, since: Ins
             .map(|lg| lg.image_ids.clone());
         (pinned.clone(), pin, Kind::Deploy, None, true)
     } else {
-        match ctx.store.failed(&ctx.name, &head.commit) {
-            Err(e) => return PassEnd::Retry(e.to_string()),
-            Ok(None) => (head.commit.clone(), None, Kind::Deploy, None, false),
-            Ok(Some(_)) => match &last_good {
+        match state.failed.iter().any(|f| f.commit == head.commit) {
+            false => (head.commit.clone(), None, Kind::Deploy, None, false),
+            true => match &last_good {
                 Some(lg) if lg.commit != head.commit && env.rollback.automatic => (
                     lg.commit.clone(),
                     Some(lg.image_ids.clone()),
@@ -181,7 +180,7 @@ pub async fn run(ctx: &EnvContext, memo: &mut Memo, trigger: Trigger, since: Ins
         commit: commit.clone(),
         pinned_images: pin.is_some(),
     };
-    tracing::Span::current().record("commit", short(&commit));
+    tracing::Span::current().record("commit", commit.short());
 
     // A poll, a ref change or a repeated webhook with nothing new: compare
     // the live state's fingerprint instead of running the pipeline.
@@ -199,34 +198,38 @@ pub async fn run(ctx: &EnvContext, memo: &mut Memo, trigger: Trigger, since: Ins
         }
     }
 
-    let first = deploy(
+    let (first, pending) = deploy(
         ctx,
         memo,
         &key,
         pin.as_ref(),
         kind,
-        rollback_of.as_deref(),
+        rollback_of.as_ref(),
         trigger,
     )
     .await;
+    let mask = |r: String| ctx.masker.mask(&r).into_owned();
     match first {
-        Attempt::Good { image_ids } => {
+        Attempt::Good => {
             // A rollback state stays on the last good record; anything else
             // healthy becomes the last good commit.
-            if kind == Kind::Deploy
-                && let Err(e) =
-                    ctx.store
-                        .set_last_good(&ctx.name, &commit, &image_ids, None, SystemTime::now())
-            {
-                tracing::error!(error = %e, "cannot record the last good commit");
-            }
+            let effects = Effects {
+                last_good: kind == Kind::Deploy,
+                ..Effects::default()
+            };
+            record(ctx, pending, effects).await;
             PassEnd::Done
         }
-        Attempt::Transient(e) => PassEnd::Retry(e),
+        Attempt::Transient(e) => {
+            record(ctx, pending, Effects::default()).await;
+            PassEnd::Retry(e)
+        }
         Attempt::Invalid(e) => {
-            if !forced {
-                mark_failed(ctx, &commit, &format!("invalid: {e}"));
-            }
+            let effects = Effects {
+                failed: (!forced).then(|| mask(format!("invalid: {e}"))),
+                ..Effects::default()
+            };
+            record(ctx, pending, effects).await;
             notify(
                 ctx,
                 &head,
@@ -235,16 +238,18 @@ pub async fn run(ctx: &EnvContext, memo: &mut Memo, trigger: Trigger, since: Ins
                 None,
                 format!(
                     "commit {} does not render or check; nothing was applied: {e}",
-                    short(&commit)
+                    commit.short()
                 ),
             )
             .await;
             PassEnd::Done
         }
         Attempt::Refused(e) => {
-            if !forced {
-                mark_failed(ctx, &commit, &format!("refused: {e}"));
-            }
+            let effects = Effects {
+                failed: (!forced).then(|| mask(format!("refused: {e}"))),
+                ..Effects::default()
+            };
+            record(ctx, pending, effects).await;
             notify(
                 ctx,
                 &head,
@@ -253,7 +258,7 @@ pub async fn run(ctx: &EnvContext, memo: &mut Memo, trigger: Trigger, since: Ins
                 None,
                 format!(
                     "commit {} was refused; nothing was applied: {e}",
-                    short(&commit)
+                    commit.short()
                 ),
             )
             .await;
@@ -261,9 +266,15 @@ pub async fn run(ctx: &EnvContext, memo: &mut Memo, trigger: Trigger, since: Ins
         }
         Attempt::Bad(e) if kind == Kind::Rollback => {
             // Running the last good commit failed: stop, no flapping.
-            let failed = rollback_of.as_deref().unwrap_or("?");
-            let reason = format!("rollback to {} failed: {e}", short(&commit));
-            suspend(ctx, &reason);
+            // A rollback always names the commit it replaces.
+            let failed = rollback_of.as_ref().unwrap_or(&commit);
+            let reason = mask(format!("rollback to {} failed: {e}", commit.short()));
+            suspended(&reason);
+            let effects = Effects {
+                suspend: Some(reason.clone()),
+                ..Effects::default()
+            };
+            record(ctx, pending, effects).await;
             notify(
                 ctx,
                 &head,
@@ -276,43 +287,79 @@ pub async fn run(ctx: &EnvContext, memo: &mut Memo, trigger: Trigger, since: Ins
             PassEnd::Done
         }
         Attempt::Bad(e) => {
-            failed_deploy(ctx, memo, &head, &commit, forced, last_good, trigger, e).await
+            failed_deploy(
+                ctx,
+                memo,
+                &head,
+                Failure {
+                    commit: &commit,
+                    forced,
+                    last_good,
+                    trigger,
+                    error: e,
+                    pending,
+                },
+            )
+            .await
         }
     }
 }
 
-/// A deploy applied something and it is bad: mark the commit, roll back.
-#[allow(clippy::too_many_arguments)]
-async fn failed_deploy(
-    ctx: &EnvContext,
-    memo: &mut Memo,
-    head: &Head,
-    commit: &str,
+/// A deploy that applied something bad, not yet recorded.
+struct Failure<'a> {
+    commit: &'a CommitId,
+    /// An operator pinned the commit.
     forced: bool,
     last_good: Option<crate::store::LastGood>,
     trigger: Trigger,
     error: String,
-) -> PassEnd {
+    pending: Option<Pending>,
+}
+
+/// A deploy applied something and it is bad: mark the commit, roll back.
+async fn failed_deploy(ctx: &EnvContext, memo: &mut Memo, head: &Head, f: Failure<'_>) -> PassEnd {
+    let Failure {
+        commit,
+        forced,
+        last_good,
+        trigger,
+        error,
+        pending,
+    } = f;
     let env = &head.environment;
+    let mask = |r: String| ctx.masker.mask(&r).into_owned();
     if forced {
         // An operator pinned this commit: do not undo their choice, stop.
-        let reason = format!("pinned commit {} failed: {error}", short(commit));
-        suspend(ctx, &reason);
+        let reason = mask(format!("pinned commit {} failed: {error}", commit.short()));
+        suspended(&reason);
+        let effects = Effects {
+            suspend: Some(reason.clone()),
+            ..Effects::default()
+        };
+        record(ctx, pending, effects).await;
         notify(ctx, head, EventKind::DeployFailed, commit, None, reason).await;
         return PassEnd::Done;
     }
-    mark_failed(ctx, commit, &error);
+    let failed = Effects {
+        failed: Some(mask(error.clone())),
+        ..Effects::default()
+    };
     match last_good {
         None => {
-            let mut reason = format!("first deploy of {} failed: {error}", short(commit));
+            let mut reason = format!("first deploy of {} failed: {error}", commit.short());
             if env.allow.remove_on_failed_first_deploy {
                 match remove_all(memo).await {
                     Ok(()) => reason.push_str("; what it created was removed"),
                     Err(e) => reason.push_str(&format!("; removing what it created failed: {e}")),
                 }
             }
-            let reason = ctx.masker.mask(&reason).into_owned();
-            suspend(ctx, &reason);
+            let reason = mask(reason);
+            suspended(&reason);
+            let effects = Effects {
+                suspend: Some(reason.clone()),
+                ..failed
+            };
+            record(ctx, pending, effects).await;
             notify(
                 ctx,
                 head,
@@ -324,22 +371,24 @@ async fn failed_deploy(
             .await;
             PassEnd::Done
         }
-        Some(lg) if lg.commit == commit => {
+        Some(lg) if lg.commit == *commit => {
             // The last good commit itself went bad (on a drift re-apply):
             // there is nothing older to return to. Say so; the next drift
             // pass tries again.
+            record(ctx, pending, failed).await;
             notify(
                 ctx,
                 head,
                 EventKind::DeployFailed,
                 commit,
                 None,
-                format!("last good commit {} is unhealthy: {error}", short(commit)),
+                format!("last good commit {} is unhealthy: {error}", commit.short()),
             )
             .await;
             PassEnd::Done
         }
         Some(_) if !env.rollback.automatic => {
+            record(ctx, pending, failed).await;
             notify(
                 ctx,
                 head,
@@ -348,28 +397,33 @@ async fn failed_deploy(
                 None,
                 format!(
                     "commit {} failed and automatic rollback is off: {error}",
-                    short(commit)
+                    commit.short()
                 ),
             )
             .await;
             PassEnd::Done
         }
         Some(lg) => {
+            record(ctx, pending, failed).await;
             // The backups taken while the last good commit ran (before the
             // failed deploy), named in the log and the notification.
-            let matching = crate::backup::deploys::matching(&ctx.store, &ctx.name, &lg.commit)
+            let (name, to) = (ctx.name.clone(), lg.commit.clone());
+            let matching = ctx
+                .store
+                .call(move |s| crate::backup::deploys::matching(s, &name, &to))
+                .await
                 .map(|b| crate::backup::deploys::describe(&ctx.name, &b))
                 .unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "cannot look up the matching backup");
                     None
                 });
-            tracing::warn!(failed = %short(commit), to = %short(&lg.commit), matching = matching.as_deref().unwrap_or("none"), "rolling back to the last good commit");
+            tracing::warn!(failed = %commit.short(), to = %lg.commit.short(), matching = matching.as_deref().unwrap_or("none"), "rolling back to the last good commit");
             let matching = matching.map(|m| format!("; {m}")).unwrap_or_default();
             let key = Key {
                 commit: lg.commit.clone(),
                 pinned_images: true,
             };
-            let rollback = deploy(
+            let (rollback, pending) = deploy(
                 ctx,
                 memo,
                 &key,
@@ -380,7 +434,8 @@ async fn failed_deploy(
             )
             .await;
             match rollback {
-                Attempt::Good { .. } => {
+                Attempt::Good => {
+                    record(ctx, pending, Effects::default()).await;
                     notify(
                         ctx,
                         head,
@@ -389,8 +444,8 @@ async fn failed_deploy(
                         Some(&lg.commit),
                         format!(
                             "commit {} failed ({error}); rolled back to {}{matching}",
-                            short(commit),
-                            short(&lg.commit)
+                            commit.short(),
+                            lg.commit.short()
                         ),
                     )
                     .await;
@@ -398,14 +453,22 @@ async fn failed_deploy(
                 }
                 // The next pass finds the head failed and runs the last good
                 // commit again: the same rollback.
-                Attempt::Transient(e) => PassEnd::Retry(e),
+                Attempt::Transient(e) => {
+                    record(ctx, pending, Effects::default()).await;
+                    PassEnd::Retry(e)
+                }
                 Attempt::Invalid(e) | Attempt::Refused(e) | Attempt::Bad(e) => {
-                    let reason = format!(
+                    let reason = mask(format!(
                         "commit {} failed ({error}) and the rollback to {} failed: {e}",
-                        short(commit),
-                        short(&lg.commit)
-                    );
-                    suspend(ctx, &reason);
+                        commit.short(),
+                        lg.commit.short()
+                    ));
+                    suspended(&reason);
+                    let effects = Effects {
+                        suspend: Some(reason.clone()),
+                        ..Effects::default()
+                    };
+                    record(ctx, pending, effects).await;
                     notify(
                         ctx,
                         head,
@@ -431,19 +494,21 @@ async fn deploy(
     key: &Key,
     pin: Option<&ImageIds>,
     kind: Kind,
-    rollback_of: Option<&str>,
+    rollback_of: Option<&CommitId>,
     trigger: Trigger,
-) -> Attempt {
+) -> (Attempt, Option<Pending>) {
     let started = SystemTime::now();
     if kind == Kind::Rollback {
         ctx.metrics.rollback(&ctx.name);
     }
-    let id = match ctx
+    let (name, failed) = (ctx.name.clone(), rollback_of.cloned());
+    let begun = ctx
         .store
-        .begin(&ctx.name, trigger, kind, rollback_of, started)
-    {
+        .call(move |s| s.begin(&name, trigger, kind, failed.as_ref(), started))
+        .await;
+    let id = match begun {
         Ok(id) => id,
-        Err(e) => return Attempt::Transient(e.to_string()),
+        Err(e) => return (Attempt::Transient(e.to_string()), None),
     };
     let mut rec = Recorder {
         ctx,
@@ -453,10 +518,12 @@ async fn deploy(
             outcome: Outcome::Running,
             plan: None,
             diff: None,
+            changes: None,
             error: None,
             image_ids: ImageIds::new(),
             timings: Timings::default(),
         },
+        discard: false,
     };
 
     // source → render → check
@@ -485,7 +552,7 @@ async fn deploy(
     masker.merge(&loaded.renderer.masker());
     // The rendered files, for a `before_apply` job backing up the config.
     let backup_files = if loaded.checked.state.backups.iter().any(|j| j.before_apply) {
-        crate::backup::runner::rendered_files(&loaded.checked)
+        crate::backup::runner::rendered_files(&loaded.checked.files)
     } else {
         Vec::new()
     };
@@ -516,6 +583,7 @@ async fn deploy(
     masker.mask_json(&mut plan_json);
     rec.finish.plan = Some(plan_json);
     rec.finish.diff = Some(masker.mask(&plan.render_text(false, false)).into_owned());
+    rec.finish.changes = Some(u32::try_from(plan.summary().changed()).unwrap_or(u32::MAX));
     let changed = plan.has_changes();
     if changed {
         let s = plan.summary();
@@ -575,7 +643,7 @@ async fn deploy(
             .applied
             .as_ref()
             .is_some_and(|a| a.key == *key && !a.fingerprint.is_empty())
-            || kind == Kind::Deploy && last_good_is(ctx, &key.commit));
+            || kind == Kind::Deploy && last_good_is(ctx, &key.commit).await);
     if !known_good {
         let t = Instant::now();
         let deadline = Instant::now() + desired.environment.health.deadline;
@@ -640,40 +708,65 @@ async fn deploy(
     if outcome == Outcome::Unchanged
         && matches!(trigger, Trigger::Drift | Trigger::Poll | Trigger::Retry)
     {
-        let _ = ctx.store.discard(id);
-        ctx.metrics
-            .reconciled(&ctx.name, outcome, &rec.finish.timings);
-        return Attempt::Good {
-            image_ids: report.image_ids,
-        };
+        rec.discard = true;
+    } else {
+        tracing::info!(outcome = outcome.as_str(), "reconciled");
     }
-    tracing::info!(outcome = outcome.as_str(), "reconciled");
-    rec.end(
-        outcome,
-        None,
-        Attempt::Good {
-            image_ids: report.image_ids,
-        },
-    )
+    rec.end(outcome, None, Attempt::Good)
 }
 
-fn last_good_is(ctx: &EnvContext, commit: &str) -> bool {
+async fn last_good_is(ctx: &EnvContext, commit: &CommitId) -> bool {
+    let name = ctx.name.clone();
     ctx.store
-        .last_good(&ctx.name)
+        .call(move |s| s.last_good(&name))
+        .await
         .ok()
         .flatten()
-        .is_some_and(|lg| lg.commit == commit)
+        .is_some_and(|lg| lg.commit == *commit)
 }
 
-/// Finishes the history row of one attempt.
+/// The end of an attempt, not yet written: the pass records it together
+/// with what follows from it ([`record`]).
+struct Pending {
+    id: i64,
+    finish: Finish,
+    discard: bool,
+}
+
+/// Writes an attempt's end and its effects in one transaction.
+async fn record(ctx: &EnvContext, pending: Option<Pending>, effects: Effects) {
+    let Some(p) = pending else {
+        return;
+    };
+    let name = ctx.name.clone();
+    let effects = Effects {
+        discard: p.discard,
+        ..effects
+    };
+    let written = ctx
+        .store
+        .call(move |s| s.record(&name, p.id, &p.finish, &effects, SystemTime::now()))
+        .await;
+    if let Err(e) = written {
+        tracing::error!(error = %e, "cannot record the reconcile");
+    }
+}
+
+/// Collects the end of one attempt.
 struct Recorder<'a> {
     ctx: &'a EnvContext,
     id: i64,
     finish: Finish,
+    discard: bool,
 }
 
 impl Recorder<'_> {
-    fn end(mut self, outcome: Outcome, error: Option<String>, attempt: Attempt) -> Attempt {
+    fn end(
+        mut self,
+        outcome: Outcome,
+        error: Option<String>,
+        attempt: Attempt,
+    ) -> (Attempt, Option<Pending>) {
         self.finish.outcome = outcome;
         self.finish.error = error;
         self.ctx
@@ -686,19 +779,22 @@ impl Recorder<'_> {
                 "reconcile failed"
             );
         }
-        if let Err(e) = self
-            .ctx
-            .store
-            .finish(self.id, &self.finish, SystemTime::now())
-        {
-            tracing::error!(error = %e, "cannot record the reconcile");
-        }
-        attempt
+        let pending = Pending {
+            id: self.id,
+            finish: self.finish,
+            discard: self.discard,
+        };
+        (attempt, Some(pending))
     }
 
     /// A backend error: unreachable is transient, a refusal applied
     /// nothing, an apply error (or anything after changes) is bad.
-    fn backend_error(self, masker: &Masker, e: BackendError, applying: bool) -> Attempt {
+    fn backend_error(
+        self,
+        masker: &Masker,
+        e: BackendError,
+        applying: bool,
+    ) -> (Attempt, Option<Pending>) {
         let text = masker.mask(&e.to_string()).into_owned();
         match e {
             BackendError::Unavailable { .. } => self.end(
@@ -723,42 +819,24 @@ fn ms(since: Instant) -> u64 {
     since.elapsed().as_millis() as u64
 }
 
-/// The first 12 characters of a commit id.
-pub fn short(commit: &str) -> String {
-    commit.chars().take(12).collect()
-}
-
-fn mark_failed(ctx: &EnvContext, commit: &str, reason: &str) {
-    let reason = ctx.masker.mask(reason);
-    if let Err(e) = ctx
-        .store
-        .mark_failed(&ctx.name, commit, &reason, SystemTime::now())
-    {
-        tracing::error!(error = %e, "cannot mark the commit failed");
-    }
-}
-
-fn suspend(ctx: &EnvContext, reason: &str) {
-    let reason = ctx.masker.mask(reason);
+/// Logs a suspension (recorded with the attempt that caused it).
+fn suspended(reason: &str) {
     tracing::error!(reason = %reason, "environment suspended");
-    if let Err(e) = ctx.store.suspend(&ctx.name, &reason, SystemTime::now()) {
-        tracing::error!(error = %e, "cannot record the suspension");
-    }
 }
 
 async fn notify(
     ctx: &EnvContext,
     head: &Head,
     kind: EventKind,
-    commit: &str,
-    to: Option<&str>,
+    commit: &CommitId,
+    to: Option<&CommitId>,
     message: String,
 ) {
     let event = Event {
         environment: ctx.name.clone(),
         kind,
-        commit: Some(commit.to_owned()),
-        rolled_back_to: to.map(str::to_owned),
+        commit: Some(commit.clone()),
+        rolled_back_to: to.cloned(),
         message: ctx.masker.mask(&message).into_owned(),
         daemon: ctx.identity.clone(),
     };

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::reconcile;
-use crate::source::{Auth, Limits, Repo, Source, SourceError};
+use crate::source::{Auth, CommitId, Limits, Repo, Source, SourceError};
 
 /// The repo a daemon follows.
 #[derive(Debug)]
@@ -27,7 +27,7 @@ pub struct RepoHandle {
 /// view of the environment.
 #[derive(Debug, Clone)]
 pub struct Head {
-    pub commit: String,
+    pub commit: CommitId,
     pub environment: crate::manifest::Environment,
     /// The notifications the environment names, from the root manifest.
     pub notifications: Vec<(String, crate::manifest::Notification)>,
@@ -96,18 +96,18 @@ impl RepoHandle {
     }
 
     /// A source that reads every environment at `commit`.
-    pub fn at(&self, commit: &str) -> Source {
+    pub fn at(&self, commit: &CommitId) -> Source {
         Source::Git {
             repo: Box::new(self.repo.clone()),
-            pinned: Some(commit.to_owned()),
+            pinned: Some(commit.to_string()),
         }
     }
 
     /// Resolves a revision (sha, short sha, branch, tag) to a commit id.
-    pub async fn resolve(self: &Arc<Self>, rev: &str) -> Result<String, SourceError> {
+    pub async fn resolve(self: &Arc<Self>, rev: &str) -> Result<CommitId, SourceError> {
         let me = self.clone();
         let rev = rev.to_owned();
-        tokio::task::spawn_blocking(move || me.repo.resolve(&rev))
+        tokio::task::spawn_blocking(move || me.repo.resolve(&rev).map(CommitId::new))
             .await
             .map_err(|e| SourceError::Git(format!("resolve task: {e}")))?
     }
@@ -132,6 +132,7 @@ impl RepoHandle {
             let commit = me
                 .repo
                 .resolve(&environment.branch)
+                .map(CommitId::new)
                 .map_err(|e| e.to_string())?;
             let notifications = environment
                 .notify

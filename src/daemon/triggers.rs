@@ -32,7 +32,7 @@ pub async fn poll(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick is now: the workers' startup pass covers it
     let mut last_prune = tokio::time::Instant::now();
-    prune(&store, &retention);
+    prune(&store, retention).await;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -46,13 +46,16 @@ pub async fn poll(
         }
         if last_prune.elapsed() >= Duration::from_secs(3600) {
             last_prune = tokio::time::Instant::now();
-            prune(&store, &retention);
+            prune(&store, retention).await;
         }
     }
 }
 
-fn prune(store: &Store, retention: &Retention) {
-    match store.prune(retention, std::time::SystemTime::now()) {
+async fn prune(store: &Arc<Store>, retention: Retention) {
+    match store
+        .call(move |s| s.prune(&retention, std::time::SystemTime::now()))
+        .await
+    {
         Ok(p) if p.reconciles + p.deliveries > 0 => {
             tracing::info!(
                 reconciles = p.reconciles,

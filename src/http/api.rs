@@ -29,6 +29,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AppState, CanRead, EnvEntry, answer, authorized};
+use crate::source::CommitId;
 use crate::store::{HistoryQuery, Outcome, Trigger};
 
 /// Most rows one history page returns.
@@ -84,7 +85,7 @@ pub fn env_status(summary: &crate::store::EnvSummary, entry: &EnvEntry) -> Value
 }
 
 async fn environments(State(s): State<Arc<AppState>>, _: CanRead) -> Response {
-    let snap = match s.snapshot() {
+    let snap = match s.status().await {
         Ok(snap) => snap,
         Err(e) => return store_error(&s, e),
     };
@@ -104,7 +105,7 @@ async fn environment(
     let Some(entry) = s.envs.get(&env) else {
         return unknown_env(&s, &env);
     };
-    match s.snapshot() {
+    match s.status().await {
         Ok(snap) => match snap.summaries.get(&env) {
             Some(sum) => reply(&s, StatusCode::OK, env_status(sum, entry)),
             None => unknown_env(&s, &env),
@@ -121,17 +122,6 @@ struct HistoryParams {
     before: Option<i64>,
 }
 
-const OUTCOMES: &[Outcome] = &[
-    Outcome::Running,
-    Outcome::Unchanged,
-    Outcome::Healthy,
-    Outcome::Invalid,
-    Outcome::Failed,
-    Outcome::Unhealthy,
-    Outcome::Skipped,
-    Outcome::Interrupted,
-];
-
 async fn history(
     State(s): State<Arc<AppState>>,
     _: CanRead,
@@ -147,15 +137,17 @@ async fn history(
             );
         }
     };
-    if let Some(o) = &p.outcome
-        && !OUTCOMES.iter().any(|k| k.as_str() == o)
-    {
-        return reply(
-            &s,
-            StatusCode::BAD_REQUEST,
-            json!({"error": format!("unknown outcome `{o}`"), "outcomes": OUTCOMES.iter().map(|o| o.as_str()).collect::<Vec<_>>()}),
-        );
-    }
+    let outcome = match p.outcome.as_deref().map(str::parse::<Outcome>) {
+        None => None,
+        Some(Ok(o)) => Some(o),
+        Some(Err(_)) => {
+            return reply(
+                &s,
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("unknown outcome `{}`", p.outcome.as_deref().unwrap_or_default()), "outcomes": Outcome::ALL.iter().map(|o| o.as_str()).collect::<Vec<_>>()}),
+            );
+        }
+    };
     let limit = p.limit.unwrap_or(50);
     if limit == 0 || limit > MAX_PAGE {
         return reply(
@@ -164,14 +156,16 @@ async fn history(
             json!({"error": format!("limit must be between 1 and {MAX_PAGE}")}),
         );
     }
-    let query = HistoryQuery {
-        env: p.env.as_deref(),
-        outcome: p.outcome.as_deref(),
-        before: p.before,
-        limit,
-    };
-    match s.store.history_page(&query) {
-        Ok(rows) => {
+    let page = s
+        .store
+        .call(move |store| {
+            let query = HistoryQuery {
+                env: p.env.as_deref(),
+                outcome,
+                before: p.before,
+                limit,
+            };
+            let rows = store.history_page(&query)?;
             let next = (rows.len() == limit as usize)
                 .then(|| rows.last().map(|r| r.id))
                 .flatten();
@@ -179,15 +173,16 @@ async fn history(
                 Ok(serde_json::Value::Array(a)) => a,
                 _ => Vec::new(),
             };
-            if let Err(e) = crate::backup::deploys::annotate(&s.store, &mut rows) {
-                return store_error(&s, e);
-            }
-            reply(
-                &s,
-                StatusCode::OK,
-                json!({"reconciles": rows, "next_before": next}),
-            )
-        }
+            crate::backup::deploys::annotate(store, &mut rows)?;
+            Ok((rows, next))
+        })
+        .await;
+    match page {
+        Ok((rows, next)) => reply(
+            &s,
+            StatusCode::OK,
+            json!({"reconciles": rows, "next_before": next}),
+        ),
         Err(e) => store_error(&s, e),
     }
 }
@@ -200,15 +195,20 @@ async fn reconcile(State(s): State<Arc<AppState>>, Path(id): Path<String>, _: Ca
             json!({"error": format!("`{id}` is not a reconcile id (a number from /api/v1/history)")}),
         );
     };
-    match s.store.reconcile(id) {
-        Ok(Some(r)) => {
+    let found = s
+        .store
+        .call(move |store| {
+            let Some(r) = store.reconcile(id)? else {
+                return Ok(None);
+            };
             let mut r = [json!(r)];
-            if let Err(e) = crate::backup::deploys::annotate(&s.store, &mut r) {
-                return store_error(&s, e);
-            }
+            crate::backup::deploys::annotate(store, &mut r)?;
             let [r] = r;
-            reply(&s, StatusCode::OK, json!({"reconcile": r}))
-        }
+            Ok(Some(r))
+        })
+        .await;
+    match found {
+        Ok(Some(r)) => reply(&s, StatusCode::OK, json!({"reconcile": r})),
         Ok(None) => reply(
             &s,
             StatusCode::NOT_FOUND,
@@ -286,7 +286,7 @@ async fn rollback(
     Mutation { env, entry, doc }: Mutation,
 ) -> Response {
     let commit = match doc.get("commit") {
-        None | Some(Value::Null) => match s.store.last_good(&env) {
+        None | Some(Value::Null) => match s.store.call(last_good(&env)).await {
             Ok(Some(lg)) => lg.commit,
             Ok(None) => {
                 return reply(
@@ -309,7 +309,12 @@ async fn rollback(
             );
         }
     };
-    if let Err(e) = s.store.pin(&env, &commit, SystemTime::now()) {
+    let (e2, c2) = (env.clone(), commit.clone());
+    let pinned = s
+        .store
+        .call(move |store| store.pin(&e2, &c2, SystemTime::now()))
+        .await;
+    if let Err(e) = pinned {
         return store_error(&s, e);
     }
     tracing::warn!(env = %env, commit = %commit, "API: pinned (rollback)");
@@ -321,16 +326,26 @@ async fn rollback(
     )
 }
 
+/// A store call reading `env`'s last good commit.
+fn last_good(
+    env: &str,
+) -> impl FnOnce(&crate::store::Store) -> crate::store::Result<Option<crate::store::LastGood>>
++ Send
++ 'static {
+    let env = env.to_owned();
+    move |store| store.last_good(&env)
+}
+
 /// A commit id for `rev`: resolved in the repo when the daemon has it
 /// (short ids, tags, branches), else only a full 40-character id.
-async fn resolve(s: &AppState, rev: &str) -> Result<String, String> {
+async fn resolve(s: &AppState, rev: &str) -> Result<CommitId, String> {
     let full = rev.len() == 40 && rev.chars().all(|c| c.is_ascii_hexdigit());
     match &s.repo {
         Some(repo) => repo
             .resolve(rev)
             .await
             .map_err(|e| format!("cannot resolve `{rev}` in the repo: {e}")),
-        None if full => Ok(rev.to_lowercase()),
+        None if full => Ok(CommitId::new(rev.to_lowercase())),
         None => Err(format!("`{rev}` is not a full 40-character commit id")),
     }
 }
@@ -342,8 +357,13 @@ async fn suspend(
     let reason = doc["reason"]
         .as_str()
         .unwrap_or("suspended by an operator (API)");
-    let reason = s.masker.mask(reason);
-    if let Err(e) = s.store.suspend(&env, &reason, SystemTime::now()) {
+    let reason = s.masker.mask(reason).into_owned();
+    let (e2, r2) = (env.clone(), reason.clone());
+    let suspended = s
+        .store
+        .call(move |store| store.suspend(&e2, &r2, SystemTime::now()))
+        .await;
+    if let Err(e) = suspended {
         return store_error(&s, e);
     }
     tracing::warn!(env = %env, reason = %reason, "API: suspended");
@@ -360,13 +380,17 @@ async fn resume(
     Mutation { env, entry, doc }: Mutation,
 ) -> Response {
     let retry_failed = doc["retry_failed"].as_bool().unwrap_or(false);
-    let done = s.store.resume(&env, SystemTime::now()).and_then(|()| {
-        if retry_failed {
-            s.store.clear_failed(&env).map(|_| ())
-        } else {
+    let e2 = env.clone();
+    let done = s
+        .store
+        .call(move |store| {
+            store.resume(&e2, SystemTime::now())?;
+            if retry_failed {
+                store.clear_failed(&e2)?;
+            }
             Ok(())
-        }
-    });
+        })
+        .await;
     if let Err(e) = done {
         return store_error(&s, e);
     }

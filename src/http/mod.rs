@@ -86,9 +86,9 @@ struct ReadKey {
     second: i64,
 }
 
-fn read_key(s: &AppState) -> Option<ReadKey> {
+async fn read_key(s: &AppState) -> Option<ReadKey> {
     Some(ReadKey {
-        generation: s.store.generation().ok()?,
+        generation: s.store.call(|s| s.generation()).await.ok()?,
         workers: s
             .envs
             .values()
@@ -114,7 +114,7 @@ async fn read_cache(
         return r;
     }
     let uri = req.uri().to_string();
-    let key = read_key(&s);
+    let key = read_key(&s).await;
     {
         let cache = s
             .cache
@@ -186,11 +186,16 @@ impl AppState {
         {
             return Ok(snap.clone());
         }
-        let mut summaries = BTreeMap::new();
+        let envs: Vec<String> = self.envs.keys().cloned().collect();
+        let summaries = envs
+            .iter()
+            .cloned()
+            .zip(self.store.env_summaries(&envs)?)
+            .collect();
         let mut last_plans = BTreeMap::new();
-        for env in self.envs.keys() {
-            summaries.insert(env.clone(), self.store.env_summary(env)?);
-            last_plans.insert(env.clone(), self.store.last_plan(env)?);
+        for env in envs {
+            let plan = self.store.last_plan(&env)?;
+            last_plans.insert(env, plan);
         }
         let snap = Arc::new(Snapshot {
             summaries,
@@ -199,6 +204,12 @@ impl AppState {
         *self.cache.inner.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((generation, snap.clone()));
         Ok(snap)
+    }
+
+    /// [`AppState::snapshot`] from async code: on the blocking pool.
+    pub async fn status(self: &Arc<Self>) -> Result<Arc<Snapshot>, crate::store::StoreError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.snapshot()).await?
     }
 }
 
@@ -233,7 +244,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(s): State<Arc<AppState>>) -> Response {
-    if s.ready.load(Ordering::Relaxed) && s.store.schema_version().is_ok() {
+    if s.ready.load(Ordering::Relaxed) && s.store.call(|s| s.schema_version()).await.is_ok() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
@@ -363,21 +374,28 @@ async fn environments(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Res
     }
     let mut out = serde_json::Map::new();
     for (name, entry) in &s.envs {
-        let status = (|| -> Result<serde_json::Value, crate::store::StoreError> {
-            let mut last = s.store.history(Some(name), 1)?;
-            if let Some(r) = last.first_mut() {
-                r.plan = None;
-            }
-            Ok(serde_json::json!({
-                "control": s.store.control(name)?,
-                "last_good": s.store.last_good(name)?,
-                "failed_commits": s.store.failed_commits(name)?,
-                "last_reconcile": last.first(),
+        let env = name.clone();
+        let read = s
+            .store
+            .call(move |store| {
+                let mut last = store.history(Some(&env), 1)?;
+                if let Some(r) = last.first_mut() {
+                    r.plan = None;
+                }
+                Ok((last.pop(), store.env_state(&env)?))
+            })
+            .await;
+        let status = read.map(|(last, state)| {
+            serde_json::json!({
+                "control": state.control,
+                "last_good": state.last_good,
+                "failed_commits": state.failed,
+                "last_reconcile": last,
                 "worker": entry.stats.snapshot(),
                 "pending": entry.dirty.is_pending(),
                 "triggers": entry.dirty.marks(),
-            }))
-        })();
+            })
+        });
         let mut value = match status {
             Ok(v) => v,
             Err(e) => serde_json::json!({"error": e.to_string()}),

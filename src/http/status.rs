@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::{AppState, CanRead};
-use crate::daemon::pass::short;
+use crate::source::short;
 use crate::store::{HistoryQuery, ReconcileRecord};
 
 /// History rows per page.
@@ -75,8 +75,8 @@ struct EnvView {
 struct Row {
     id: i64,
     env: String,
-    kind: String,
-    trigger: String,
+    kind: &'static str,
+    trigger: &'static str,
     commit: String,
     outcome: &'static str,
     started: String,
@@ -94,9 +94,9 @@ fn row(r: &ReconcileRecord) -> Row {
     Row {
         id: r.id,
         env: r.env.clone(),
-        kind: r.kind.clone(),
-        trigger: r.trigger.clone(),
-        commit: r.commit.as_deref().map(short).unwrap_or_else(|| "-".into()),
+        kind: r.kind.as_str(),
+        trigger: r.trigger.as_str(),
+        commit: r.commit.as_deref().map_or("-", short).to_owned(),
         outcome: r.outcome.as_str(),
         started: when(r.started_at),
         took: r
@@ -144,13 +144,13 @@ fn build(s: &AppState, p: &PageParams) -> Result<String, String> {
         let worker = entry.stats.snapshot();
         envs.push(EnvView {
             name: name.clone(),
-            current_commit: sum.current_commit.as_deref().map(short),
-            last_good: sum.last_good.as_ref().map(|l| short(&l.commit)),
-            health: sum.health,
+            current_commit: sum.current_commit.as_ref().map(|c| c.short().to_owned()),
+            last_good: sum.last_good.as_ref().map(|l| l.commit.short().to_owned()),
+            health: sum.health.as_str(),
             out_of_sync: sum.out_of_sync,
             last_outcome: sum.last_reconcile.as_ref().map(|r| r.outcome.as_str()),
             last_at: sum.last_reconcile.as_ref().map(|r| when(r.started_at)),
-            pinned: sum.control.pinned.as_deref().map(short),
+            pinned: sum.control.pinned.as_ref().map(|c| c.short().to_owned()),
             suspended: sum.control.suspended.clone(),
             failed_commits: sum.failed_commits.len(),
             running: worker.running,

@@ -124,10 +124,12 @@ pub async fn github(State(s): State<Arc<AppState>>, headers: HeaderMap, body: By
     }
     let event = header(&headers, "x-github-event").unwrap_or("").to_owned();
     if let Some(delivery) = header(&headers, "x-github-delivery") {
-        match s
+        let (id, kind) = (delivery.to_owned(), event.clone());
+        let recorded = s
             .store
-            .record_delivery(delivery, &event, "received", SystemTime::now())
-        {
+            .call(move |store| store.record_delivery(&id, &kind, SystemTime::now()))
+            .await;
+        match recorded {
             Ok(true) => {}
             Ok(false) => {
                 return done(

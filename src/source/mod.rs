@@ -11,11 +11,13 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+mod commit;
 pub mod git;
 mod origin;
 mod tree;
 pub mod worktree;
 
+pub use commit::{CommitId, short};
 pub use git::{Auth, Repo};
 pub use origin::Source;
 
@@ -45,19 +47,20 @@ impl Revision {
         }
     }
 
-    /// Short human form: `abc1234`, `abc1234+dirty` or `worktree`.
+    /// Short human form: `0123456789ab`, `0123456789ab+dirty` or
+    /// `worktree` (commit ids shortened by [`short`]).
     pub fn short(&self) -> String {
         match self {
-            Revision::Commit { id } => id.chars().take(7).collect(),
+            Revision::Commit { id } => short(id).to_owned(),
             Revision::WorkTree {
                 head: Some(id),
                 dirty,
             } => {
-                let short: String = id.chars().take(7).collect();
+                let short = short(id);
                 if *dirty {
                     format!("{short}+dirty")
                 } else {
-                    short
+                    short.to_owned()
                 }
             }
             Revision::WorkTree { head: None, .. } => "worktree".to_owned(),
@@ -269,12 +272,12 @@ mod tests {
     #[test]
     fn revision_short_forms() {
         let id = "0123456789abcdef0123456789abcdef01234567".to_owned();
-        assert_eq!(Revision::Commit { id: id.clone() }.short(), "0123456");
+        assert_eq!(Revision::Commit { id: id.clone() }.short(), "0123456789ab");
         let dirty = Revision::WorkTree {
             head: Some(id.clone()),
             dirty: true,
         };
-        assert_eq!(dirty.short(), "0123456+dirty");
+        assert_eq!(dirty.short(), "0123456789ab+dirty");
         assert_eq!(dirty.commit(), None);
         assert_eq!(
             Revision::WorkTree {

@@ -14,7 +14,7 @@ use driftless::model::{
     Verify,
 };
 use driftless::secrets::Masker;
-use driftless::store::Store;
+use driftless::store::{BackupOutcome, BackupTrigger, Store};
 
 use crate::backup_support::{self as bs, DATABASES};
 use crate::docker_support::{self, BUSYBOX, Cleanup};
@@ -96,7 +96,7 @@ async fn postgres_dump_restores_into_a_fresh_database_row_for_row() {
     );
     let _cleanup = Cleanup::new(&[&a, &b]);
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_in_memory().unwrap();
+    let store = std::sync::Arc::new(Store::open_in_memory().unwrap());
 
     let source_db = bs::start_postgres(&docker, &a).await;
     let mut setup = bs::psql("app");
@@ -135,17 +135,17 @@ async fn postgres_dump_restores_into_a_fresh_database_row_for_row() {
     };
     let mut tested = pg_job(&a);
     tested.verify.restore_test = Some(restore_test("select 1 / count(*) from items"));
-    let report = runner::run(&ctx, &tested, "cli", Some(&store)).await;
+    let report = runner::run(&ctx, &tested, BackupTrigger::Cli, Some(&store)).await;
     assert!(report.succeeded(), "{:?}", report.error);
     let mut failing = pg_job(&a);
     failing.verify.restore_test = Some(restore_test("select 1 / count(*) from no_such_table"));
-    let failed = runner::run(&ctx, &failing, "cli", Some(&store)).await;
+    let failed = runner::run(&ctx, &failing, BackupTrigger::Cli, Some(&store)).await;
     let error = failed.error.expect("the restore test check fails");
     assert!(
         error.contains("restore test check") && error.contains("no_such_table"),
         "{error}"
     );
-    let report = runner::run(&ctx, &pg_job(&a), "cli", Some(&store)).await;
+    let report = runner::run(&ctx, &pg_job(&a), BackupTrigger::Cli, Some(&store)).await;
     assert!(report.succeeded(), "{:?}", report.error);
     assert!(report.verified);
     assert!(
@@ -153,8 +153,15 @@ async fn postgres_dump_restores_into_a_fresh_database_row_for_row() {
         "zstd shrinks a SQL dump"
     );
     let runs = store.backup_runs("dev", Some("postgres"), 10).unwrap();
-    let outcomes: Vec<&str> = runs.iter().map(|(_, r)| r.outcome.as_str()).collect();
-    assert_eq!(outcomes, ["succeeded", "failed", "succeeded"]);
+    let outcomes: Vec<BackupOutcome> = runs.iter().map(|(_, r)| r.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [
+            BackupOutcome::Succeeded,
+            BackupOutcome::Failed,
+            BackupOutcome::Succeeded
+        ]
+    );
     assert_eq!(runs[0].1.sha256, report.sha256);
 
     // A fresh server in another project gets the dump through psql's stdin.
@@ -219,7 +226,7 @@ async fn redis_rdb_restores_key_for_key() {
         exec(&a, "redis", &["redis-cli", "--rdb", "-"], None),
     );
     let ctx = context(&docker, vec![bs::project(&a, &["redis"], &[])]);
-    let report = runner::run(&ctx, &redis_job, "cli", None).await;
+    let report = runner::run(&ctx, &redis_job, BackupTrigger::Cli, None).await;
     assert!(report.succeeded(), "{:?}", report.error);
 
     // Restore as Redis expects it: dump.rdb in the data directory of a
@@ -421,7 +428,7 @@ async fn paused_volume_backup_restores_byte_for_byte_and_resumes_the_service() {
 
     let mut vol_job = va.job("files");
     vol_job.consistency = Consistency::Pause;
-    let report = runner::run(ctx, &vol_job, "cli", None).await;
+    let report = runner::run(ctx, &vol_job, BackupTrigger::Cli, None).await;
     assert!(report.succeeded(), "{:?}", report.error);
     assert!(
         is_running_unpaused(&docker, app).await,
@@ -498,7 +505,7 @@ async fn volume_of_a_service_whose_image_has_no_command_is_backed_up() {
         &docker,
         vec![bs::project(&p, &["app"], &[("data", &volume)])],
     );
-    let report = runner::run(&ctx, &j, "cli", None).await;
+    let report = runner::run(&ctx, &j, BackupTrigger::Cli, None).await;
     assert!(report.succeeded(), "{:?}", report.error);
     let m = runner::pick(&dest(&j).manifests().unwrap(), None).unwrap();
     let plain = runner::read_plain(dest(&j), &m, None).await.unwrap();
@@ -548,7 +555,7 @@ async fn volume_restore_test_checks_a_throwaway_copy_and_a_failed_check_deletes_
         });
         j
     };
-    let store = Store::open_in_memory().unwrap();
+    let store = std::sync::Arc::new(Store::open_in_memory().unwrap());
 
     // The check sees the backed-up files in the throwaway volume.
     let good = tested(&[
@@ -556,7 +563,7 @@ async fn volume_restore_test_checks_a_throwaway_copy_and_a_failed_check_deletes_
         "-c",
         "test \"$(cat /driftless-volume/sub/b.txt)\" = hello",
     ]);
-    let report = runner::run(ctx, &good, "cli", Some(&store)).await;
+    let report = runner::run(ctx, &good, BackupTrigger::Cli, Some(&store)).await;
     assert!(report.succeeded(), "{:?}", report.error);
     assert!(report.verified);
     let first = report.id.clone().unwrap();
@@ -564,7 +571,7 @@ async fn volume_restore_test_checks_a_throwaway_copy_and_a_failed_check_deletes_
     // A failing check fails the run, leaves the new backup unverified, and
     // retention (keep_last: 1) deletes nothing.
     let bad = tested(&["cat", "/driftless-volume/sub/missing.txt"]);
-    let failed = runner::run(ctx, &bad, "cli", Some(&store)).await;
+    let failed = runner::run(ctx, &bad, BackupTrigger::Cli, Some(&store)).await;
     let error = failed.error.expect("the check fails");
     assert!(
         error.contains("restore test check") && error.contains("missing.txt"),
@@ -585,8 +592,8 @@ async fn volume_restore_test_checks_a_throwaway_copy_and_a_failed_check_deletes_
         "{stored:#?}"
     );
     let runs = store.backup_runs("dev", Some("files"), 10).unwrap();
-    let outcomes: Vec<&str> = runs.iter().map(|(_, r)| r.outcome.as_str()).collect();
-    assert_eq!(outcomes, ["failed", "succeeded"]);
+    let outcomes: Vec<BackupOutcome> = runs.iter().map(|(_, r)| r.outcome).collect();
+    assert_eq!(outcomes, [BackupOutcome::Failed, BackupOutcome::Succeeded]);
 
     // A path backup lands under its directory's name in the throwaway volume.
     let mut path_job = tested(&[
@@ -600,7 +607,7 @@ async fn volume_restore_test_checks_a_throwaway_copy_and_a_failed_check_deletes_
         service: "app".to_owned(),
         path: "/data".to_owned(),
     };
-    let report = runner::run(ctx, &path_job, "cli", None).await;
+    let report = runner::run(ctx, &path_job, BackupTrigger::Cli, None).await;
     assert!(report.succeeded(), "{:?}", report.error);
     assert!(report.verified);
 
@@ -614,7 +621,7 @@ async fn failing_copy_still_unpauses_and_failing_source_deletes_nothing() {
     let p = docker_support::project_name("fail");
     let _cleanup = Cleanup::new(&[&p]);
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_in_memory().unwrap();
+    let store = std::sync::Arc::new(Store::open_in_memory().unwrap());
     let app = bs::start_service(&docker, &p, "app", BUSYBOX, None, &["sleep", "3600"], &[]).await;
     let ctx = context(&docker, vec![bs::project(&p, &["app"], &[])]);
 
@@ -629,7 +636,7 @@ async fn failing_copy_still_unpauses_and_failing_source_deletes_nothing() {
         },
     );
     path_job.consistency = Consistency::Pause;
-    let report = runner::run(&ctx, &path_job, "cli", Some(&store)).await;
+    let report = runner::run(&ctx, &path_job, BackupTrigger::Cli, Some(&store)).await;
     assert!(!report.succeeded());
     assert!(
         is_running_unpaused(&docker, &app).await,
@@ -644,7 +651,7 @@ async fn failing_copy_still_unpauses_and_failing_source_deletes_nothing() {
     );
     good.retention.keep_last = Some(1);
     assert!(
-        runner::run(&ctx, &good, "cli", Some(&store))
+        runner::run(&ctx, &good, BackupTrigger::Cli, Some(&store))
             .await
             .succeeded()
     );
@@ -659,21 +666,21 @@ async fn failing_copy_still_unpauses_and_failing_source_deletes_nothing() {
         ],
         None,
     );
-    let report = runner::run(&ctx, &bad, "schedule", Some(&store)).await;
+    let report = runner::run(&ctx, &bad, BackupTrigger::Schedule, Some(&store)).await;
     let error = report.error.clone().expect("a failed run");
     assert!(
         error.contains("exited with 3") && error.contains("connection refused"),
         "{error}"
     );
     let runs = store.backup_runs("dev", Some("dump"), 10).unwrap();
-    assert_eq!(runs[0].1.outcome, "failed");
+    assert_eq!(runs[0].1.outcome, BackupOutcome::Failed);
     assert_eq!(runs[0].1.error.as_deref(), Some(error.as_str()));
     // A destination that cannot be written: the writer's error is the run's.
     let mut unwritable = good.clone();
     unwritable.destination = Dest::Local {
         path: "/proc/driftless-unwritable".to_owned(),
     };
-    let error = runner::run(&ctx, &unwritable, "cli", None)
+    let error = runner::run(&ctx, &unwritable, BackupTrigger::Cli, None)
         .await
         .error
         .unwrap();
@@ -705,7 +712,7 @@ async fn verify_catches_corruption_and_retention_keeps_the_newest() {
     j.retention.keep_last = Some(2);
     let mut ids = Vec::new();
     for _ in 0..4 {
-        let r = runner::run(&ctx, &j, "cli", None).await;
+        let r = runner::run(&ctx, &j, BackupTrigger::Cli, None).await;
         assert!(r.succeeded(), "{:?}", r.error);
         ids.push(r.id.unwrap());
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -718,9 +725,10 @@ async fn verify_catches_corruption_and_retention_keeps_the_newest() {
     // before_apply) take turns: none fails in another's retention.
     let mut burst = j.clone();
     burst.name = "burst".into();
-    let together =
-        futures_util::future::join_all((0..3).map(|_| runner::run(&ctx, &burst, "cli", None)))
-            .await;
+    let together = futures_util::future::join_all(
+        (0..3).map(|_| runner::run(&ctx, &burst, BackupTrigger::Cli, None)),
+    )
+    .await;
     for r in &together {
         assert!(r.succeeded(), "{:?}", r.error);
     }
@@ -775,7 +783,7 @@ async fn encrypted_backup_round_trips_with_the_identity_only() {
     let identities = Identities::parse(key.to_string().expose_secret()).unwrap();
     let ctx =
         context(&docker, vec![bs::project(&p, &["app"], &[])]).with_identities(Some(identities));
-    let r = runner::run(&ctx, &j, "cli", None).await;
+    let r = runner::run(&ctx, &j, BackupTrigger::Cli, None).await;
     assert!(r.succeeded(), "{:?}", r.error);
     assert!(r.location.unwrap().ends_with(".dump.zst.age"));
     let d = dest(&j);
@@ -867,7 +875,7 @@ async fn cli_runs_lists_verifies_and_restores_a_deployed_volume() {
     // Monday 03:00 in Berlin is 02:00 or 01:00 UTC, on a Monday.
     let next: chrono::DateTime<chrono::Utc> = doc[0]["next_run"].as_str().unwrap().parse().unwrap();
     let berlin =
-        next.with_timezone(&driftless::backup::schedule::timezone("Europe/Berlin").unwrap());
+        next.with_timezone(&driftless::check::schedule::timezone("Europe/Berlin").unwrap());
     assert_eq!(chrono::Datelike::weekday(&berlin), chrono::Weekday::Mon);
     assert_eq!(chrono::Timelike::hour(&berlin), 3);
 
@@ -1036,7 +1044,10 @@ async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
         "two scheduled runs",
         |r| {
             r.iter()
-                .filter(|(_, run)| run.trigger == "schedule" && run.outcome == "succeeded")
+                .filter(|(_, run)| {
+                    run.trigger == BackupTrigger::Schedule
+                        && run.outcome == BackupOutcome::Succeeded
+                })
                 .count()
                 >= 2
         },
@@ -1045,7 +1056,7 @@ async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
     .await;
     assert!(
         runs.iter()
-            .filter(|(_, r)| r.outcome == "succeeded")
+            .filter(|(_, r)| r.outcome == BackupOutcome::Succeeded)
             .all(|(_, r)| r.verified == Some(true)),
         "{runs:#?}"
     );
@@ -1067,15 +1078,18 @@ async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
         &env,
         "tick",
         "a before_apply run",
-        |r| r.iter().any(|(_, run)| run.trigger == "before_apply"),
+        |r| {
+            r.iter()
+                .any(|(_, run)| run.trigger == BackupTrigger::BeforeApply)
+        },
         &|| d.log_text(),
     )
     .await;
     let before = runs
         .iter()
-        .find(|(_, r)| r.trigger == "before_apply")
+        .find(|(_, r)| r.trigger == BackupTrigger::BeforeApply)
         .unwrap();
-    assert_eq!(before.1.outcome, "succeeded", "{before:#?}");
+    assert_eq!(before.1.outcome, BackupOutcome::Succeeded, "{before:#?}");
     let reconcile_id = before.1.reconcile_id.expect("recorded with its deploy");
     let h = Daemon::history(state.path(), &env);
     let rows = h["reconciles"].as_array().unwrap();
@@ -1123,7 +1137,9 @@ async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
         .backup_runs(&env, Some("tick"), 100)
         .unwrap()
         .into_iter()
-        .find(|(_, r)| r.trigger == "before_apply" && r.reconcile_id != Some(reconcile_id))
+        .find(|(_, r)| {
+            r.trigger == BackupTrigger::BeforeApply && r.reconcile_id != Some(reconcile_id)
+        })
         .expect("a before_apply run for the bad deploy");
     drop(store);
     let bad_id = driftless::backup::deploys::backup_id(bad_backup.1.started_at);
@@ -1148,8 +1164,9 @@ async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
         "tick",
         "a missed run",
         |r| {
-            r.iter()
-                .any(|(_, run)| run.trigger == "missed" && run.outcome == "succeeded")
+            r.iter().any(|(_, run)| {
+                run.trigger == BackupTrigger::Missed && run.outcome == BackupOutcome::Succeeded
+            })
         },
         &|| d.log_text(),
     )

@@ -53,7 +53,7 @@ fn seeded_store(dir: &std::path::Path) -> (Arc<Store>, Vec<i64>) {
             .begin("dev", Trigger::Poll, Kind::Deploy, None, at(i * 10))
             .unwrap();
         let finish = Finish {
-            commit: Some(format!("{i:040}")),
+            commit: Some(format!("{i:040}").into()),
             outcome: outcomes[i as usize % 3],
             plan: Some(
                 json!({"changes": [{"target": "local", "resource": {"kind": "service", "name": "p/web"}, "action": {"type": "update"}, "diff": format!("-TOKEN: old\n+TOKEN: {CANARY}\n")}]}),
@@ -61,6 +61,7 @@ fn seeded_store(dir: &std::path::Path) -> (Arc<Store>, Vec<i64>) {
             diff: Some(format!(
                 "plan for dev\n~ local: service p/web  update\n    --- live\n    +++ desired\n    -TOKEN: old\n    +TOKEN: {CANARY}\n"
             )),
+            changes: Some(1),
             error: None,
             image_ids: ImageIds::new(),
             timings: Timings {
@@ -75,7 +76,13 @@ fn seeded_store(dir: &std::path::Path) -> (Arc<Store>, Vec<i64>) {
         .begin("prod", Trigger::Startup, Kind::Deploy, None, at(100))
         .unwrap();
     store
-        .set_last_good("dev", &format!("{:040}", 6), &ImageIds::new(), None, at(61))
+        .set_last_good(
+            "dev",
+            &format!("{:040}", 6).into(),
+            &ImageIds::new(),
+            None,
+            at(61),
+        )
         .unwrap();
     (Arc::new(store), ids)
 }
@@ -398,7 +405,7 @@ async fn mutations_need_the_token_write_the_control_and_wake_the_worker() {
         .unwrap()
         .set_last_good(
             "prod",
-            &format!("{:040}", 9),
+            &format!("{:040}", 9).into(),
             &ImageIds::new(),
             None,
             at(300),
@@ -432,7 +439,7 @@ async fn mutations_need_the_token_write_the_control_and_wake_the_worker() {
 
     // Resume, forgetting failed commits.
     store
-        .mark_failed("dev", "bad", "unhealthy", at(500))
+        .mark_failed("dev", &"bad".into(), "unhealthy", at(500))
         .unwrap();
     let (code, _) = s
         .post(
@@ -711,8 +718,8 @@ mod e2e {
             .record_backup_run(&driftless::store::BackupRun {
                 env: a.clone(),
                 job: "db".into(),
-                trigger: "schedule".into(),
-                outcome: "succeeded".into(),
+                trigger: driftless::store::BackupTrigger::Schedule,
+                outcome: driftless::store::BackupOutcome::Succeeded,
                 started_at: 1_700_000_000_000,
                 finished_at: Some(1_700_000_060_000),
                 bytes: Some(4096),

@@ -174,40 +174,6 @@ impl Endpoint {
     }
 }
 
-/// Checks a target's credential settings at manifest parse time: paths must
-/// be absolute (on the daemon's host), so a relative path can never point
-/// into the desired-state repo.
-pub fn check_target(target: &DockerTarget) -> Vec<String> {
-    let mut problems = Vec::new();
-    for (key, value) in [
-        ("tls_cert_path", &target.tls_cert_path),
-        ("ssh_key_file", &target.ssh_key_file),
-    ] {
-        if let Some(v) = value
-            && !Path::new(v).is_absolute()
-        {
-            problems.push(format!(
-                "`{key}: {v}` must be an absolute path on the daemon's host (credentials never come from the repo)"
-            ));
-        }
-    }
-    if let Some(host) = &target.host {
-        let known = ["unix://", "tcp://", "ssh://"];
-        if !known.iter().any(|p| host.starts_with(p)) {
-            problems.push(format!(
-                "`host: {host}` must start with unix://, tcp:// or ssh://"
-            ));
-        }
-        if target.tls_cert_path.is_some() && !host.starts_with("tcp://") {
-            problems.push("`tls_cert_path` is only used with a tcp:// host".to_owned());
-        }
-        if target.ssh_key_file.is_some() && !host.starts_with("ssh://") {
-            problems.push("`ssh_key_file` is only used with an ssh:// host".to_owned());
-        }
-    }
-    problems
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,12 +234,5 @@ mod tests {
         assert!(err.contains("~/.ssh/config"), "{err}");
         let ok = Endpoint::resolve("ssh://deploy@h", &t, None, None).unwrap();
         assert!(matches!(ok, Endpoint::Ssh { .. }));
-    }
-
-    #[test]
-    fn relative_credential_paths_are_refused() {
-        let problems = check_target(&target("tcp://h:2376", Some("certs")));
-        assert!(problems[0].contains("absolute path"), "{problems:?}");
-        assert!(check_target(&target("http://h", None))[0].contains("must start with"));
     }
 }

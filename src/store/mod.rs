@@ -1,0 +1,238 @@
+//! The state store: one SQLite file (`state.db`) in the daemon's state
+//! directory — the record stage of the pipeline.
+//!
+//! It owns: every reconcile (environment, commit, trigger, masked plan and
+//! diff, the plan's change count, outcome, timings per phase, error, image
+//! ids), the last good commit of each environment with the image ids it
+//! ran, commits marked failed, operator pins and suspensions, webhook
+//! delivery ids (the replay guard), and the backup scheduler's runs.
+//!
+//! The folder follows the tables: [`schema`] (migrations keyed on
+//! `user_version`), [`reconciles`] (history rows and how a pass is
+//! recorded), [`control`] (last good, failed commits, pins, suspensions),
+//! [`backups`], [`deliveries`], [`retention`], and [`queries`] (the
+//! operator surface's reads). Columns with a closed set of values are
+//! domain enums here ([`Trigger`], [`Kind`], [`Outcome`], [`BackupTrigger`],
+//! …), stored as their snake_case names.
+//!
+//! The database runs in WAL mode with `synchronous=NORMAL` (a crash loses at
+//! most the last transactions, never consistency), a busy timeout so the CLI
+//! and the daemon can share it. Every method is a blocking SQLite call on
+//! one connection behind a mutex; async code goes through [`Store::call`],
+//! which runs it on tokio's blocking pool, never on the runtime's workers.
+//! Callers mask secrets before anything reaches the store: it stores what
+//! it is given.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::Connection;
+
+pub mod backups;
+pub mod control;
+pub mod deliveries;
+pub mod queries;
+pub mod reconciles;
+pub mod retention;
+pub mod schema;
+
+pub use backups::{BackupJobStats, BackupOutcome, BackupRun, BackupTrigger};
+pub use control::{Control, EnvState, FailedCommit, LastGood};
+pub use queries::{EnvHealth, EnvSummary, HistoryQuery};
+pub use reconciles::{Effects, Finish, ImageIds, Kind, Outcome, ReconcileRecord, Timings, Trigger};
+pub use retention::{Pruned, Retention};
+
+/// Commit ids are stored as their text.
+impl rusqlite::types::ToSql for crate::source::CommitId {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl rusqlite::types::FromSql for crate::source::CommitId {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        Ok(crate::source::CommitId::new(v.as_str()?))
+    }
+}
+
+/// The database file name inside the state directory.
+pub const FILE: &str = "state.db";
+
+/// Store failures. SQLite's own message says what went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store {path}: {message}")]
+    Open { path: String, message: String },
+    #[error("state store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error(
+        "state store: schema version {found} is newer than this driftless knows ({known}); upgrade driftless"
+    )]
+    TooNew { found: i64, known: i64 },
+    /// A column holds a value this driftless does not know.
+    #[error("state store: column {column} holds unknown value `{value}`")]
+    Unknown { column: &'static str, value: String },
+    /// The blocking task running a store call panicked or was cancelled.
+    #[error("state store task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// The store's result type.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The state store. Cheap to share behind an `Arc`.
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// Unix milliseconds of `t`.
+pub fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (creating if needed) `dir/state.db` and migrates it.
+    pub fn open(dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+            path: dir.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let path = dir.join(FILE);
+        let conn = Connection::open(&path).map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Store::setup(conn, Some(path))
+    }
+
+    /// An in-memory store (tests).
+    pub fn open_in_memory() -> Result<Store> {
+        Store::setup(Connection::open_in_memory()?, None)
+    }
+
+    fn setup(conn: Connection, path: Option<PathBuf>) -> Result<Store> {
+        conn.busy_timeout(Duration::from_secs(10))?;
+        // `journal_mode` answers with a row; an in-memory database stays `memory`.
+        let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")?;
+        let store = Store {
+            conn: Mutex::new(conn),
+            path,
+        };
+        store.with(schema::migrate)?;
+        Ok(store)
+    }
+
+    /// The database file (`None` in memory).
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Runs `f` on the connection.
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        // A panic while holding the lock leaves a consistent database
+        // (transactions roll back on drop), so a poisoned lock is usable.
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut conn)
+    }
+
+    /// Runs `f` in one transaction: it commits when `f` succeeds and rolls
+    /// back otherwise.
+    fn transaction<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    /// Runs blocking store calls from async code: on tokio's blocking pool,
+    /// so SQLite (and the wait for the connection's mutex) never holds up a
+    /// runtime worker.
+    pub async fn call<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T> + Send + 'static,
+    {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(&me)).await?
+    }
+}
+
+/// Declares an enum for a column with a closed set of values: stored (and
+/// serialised) as the given names, read back strictly — a name this
+/// driftless does not know is an error naming the column, never a guess.
+macro_rules! text_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident in $column:literal {
+            $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The stored (and serialised) name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = $crate::store::StoreError;
+            fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+                $name::ALL
+                    .iter()
+                    .copied()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| $crate::store::StoreError::Unknown {
+                        column: $column,
+                        value: s.to_owned(),
+                    })
+            }
+        }
+
+        impl rusqlite::types::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
+            }
+        }
+
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(
+                v: rusqlite::types::ValueRef<'_>,
+            ) -> rusqlite::types::FromSqlResult<Self> {
+                v.as_str()?
+                    .parse()
+                    .map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
+            }
+        }
+    };
+}
+use text_enum;

@@ -221,6 +221,8 @@ fn config_file(content: &str) -> FileMount {
         source: "config/app.conf".into(),
         content: content.as_bytes().to_vec(),
         mode: 0o444,
+        uid: 0,
+        gid: 0,
     }
 }
 

@@ -15,13 +15,19 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::model::compose::{
-    Healthcheck, Logging, Mount, Port, Resources, Service, ServiceNetwork, Ulimit,
+    Healthcheck, Hook, Logging, Mount, Namespaces, Port, Resources, Service, ServiceNetwork,
+    Ulimit, VolumesFrom,
 };
 
 /// The parts of a [`Service`] that shape a container. Left out, as Compose
 /// v2 leaves them out of its hash: `replicas` (scaling is not a recreate),
-/// `depends_on` (start order only), `profiles`, and `origin` (moving a
-/// service within its file must not restart it).
+/// `depends_on` (start order only), `profiles`, `pull_policy` (when to
+/// pull, not what runs), and `origin` (moving a service within its file
+/// must not restart it).
+///
+/// Fields after `resources` came later: each is left out while unset, so
+/// the hash of a service that does not use them is what it always was (an
+/// upgrade recreates nothing).
 #[derive(Serialize)]
 struct Definition<'a> {
     image: &'a str,
@@ -53,6 +59,52 @@ struct Definition<'a> {
     ulimits: &'a BTreeMap<String, Ulimit>,
     logging: &'a Option<Logging>,
     resources: &'a Resources,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    tmpfs: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    sysctls: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    dns: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    dns_search: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    dns_opt: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    domainname: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mac_address: &'a Option<String>,
+    #[serde(skip_serializing_if = "Namespaces::is_default")]
+    namespaces: &'a Namespaces,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cgroup_parent: &'a Option<String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    group_add: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    runtime: &'a Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    storage_opt: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    tty: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stdin_open: bool,
+    #[serde(skip_serializing_if = "<[(String, String)]>::is_empty")]
+    links: &'a [(String, String)],
+    #[serde(skip_serializing_if = "<[(String, String)]>::is_empty")]
+    external_links: &'a [(String, String)],
+    #[serde(skip_serializing_if = "<[VolumesFrom]>::is_empty")]
+    volumes_from: &'a [VolumesFrom],
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    annotations: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    platform: &'a Option<String>,
+    #[serde(skip_serializing_if = "<[Hook]>::is_empty")]
+    post_start: &'a [Hook],
+    #[serde(skip_serializing_if = "<[Hook]>::is_empty")]
+    pre_stop: &'a [Hook],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shm_size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    oom_score_adj: Option<i64>,
 }
 
 /// A config file in the canonical form: its content is hashed, not copied,
@@ -64,6 +116,15 @@ struct FileEntry<'a> {
     mode: u32,
     size: usize,
     sha256: String,
+    /// Left out for root (the owner before `uid`/`gid` were read).
+    #[serde(skip_serializing_if = "is_root")]
+    uid: u32,
+    #[serde(skip_serializing_if = "is_root")]
+    gid: u32,
+}
+
+fn is_root(id: &u32) -> bool {
+    *id == 0
 }
 
 impl<'a> Definition<'a> {
@@ -103,6 +164,30 @@ impl<'a> Definition<'a> {
             resources,
             replicas: _,
             profiles: _,
+            tmpfs,
+            sysctls,
+            dns,
+            dns_search,
+            dns_opt,
+            domainname,
+            mac_address,
+            namespaces,
+            cgroup_parent,
+            group_add,
+            runtime,
+            storage_opt,
+            tty,
+            stdin_open,
+            links,
+            external_links,
+            volumes_from,
+            annotations,
+            platform,
+            pull_policy: _,
+            post_start,
+            pre_stop,
+            shm_size,
+            oom_score_adj,
             origin: _,
         } = service;
         Definition {
@@ -121,6 +206,8 @@ impl<'a> Definition<'a> {
                     mode: f.mode,
                     size: f.content.len(),
                     sha256: sha256_hex(&f.content),
+                    uid: f.uid,
+                    gid: f.gid,
                 })
                 .collect(),
             networks,
@@ -144,6 +231,29 @@ impl<'a> Definition<'a> {
             ulimits,
             logging,
             resources,
+            tmpfs,
+            sysctls,
+            dns,
+            dns_search,
+            dns_opt,
+            domainname,
+            mac_address,
+            namespaces,
+            cgroup_parent,
+            group_add,
+            runtime,
+            storage_opt,
+            tty: *tty,
+            stdin_open: *stdin_open,
+            links,
+            external_links,
+            volumes_from,
+            annotations,
+            platform,
+            post_start,
+            pre_stop,
+            shm_size: *shm_size,
+            oom_score_adj: *oom_score_adj,
         }
     }
 }
@@ -250,6 +360,8 @@ mod tests {
                 source: "config/app.conf".into(),
                 content: b"listen 80\n".to_vec(),
                 mode: 0o444,
+                uid: 0,
+                gid: 0,
             }],
             healthcheck: Some(Healthcheck {
                 test: vec!["CMD-SHELL".into(), "wget -q -O- http://127.0.0.1/".into()],
@@ -295,6 +407,29 @@ mod tests {
         s.environment.insert("B".into(), Some("3".into()));
         assert_ne!(config_hash(&s, "sha256:0123"), base);
         assert_ne!(config_hash(&service(), "sha256:4567"), base);
+    }
+
+    #[test]
+    fn engine_keys_change_the_hash_and_show_in_the_definition_but_pull_policy_does_not() {
+        let base = config_hash(&service(), "sha256:0123");
+        let mut s = service();
+        s.pull_policy = crate::model::compose::PullPolicy::Always;
+        assert_eq!(config_hash(&s, "sha256:0123"), base);
+        let mut s = service();
+        s.sysctls.insert("net.core.somaxconn".into(), "1024".into());
+        assert_ne!(config_hash(&s, "sha256:0123"), base);
+        let text = definition_text(&s, Some("sha256:0123"));
+        assert!(
+            text.contains("sysctls:\n  net.core.somaxconn: \"1024\"\n"),
+            "{text}"
+        );
+        let mut s = service();
+        s.resources.cpu_shares = Some(512);
+        assert_ne!(config_hash(&s, "sha256:0123"), base);
+        assert!(definition_text(&s, None).contains("cpu_shares: 512"));
+        let mut s = service();
+        s.tmpfs.insert("/run".into(), String::new());
+        assert_ne!(config_hash(&s, "sha256:0123"), base);
     }
 
     #[test]

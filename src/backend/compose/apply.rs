@@ -492,10 +492,11 @@ impl<'a> Applier<'a> {
         let force = matches!(
             &c.action,
             Action::Recreate { reason }
-                if matches!(
-                    reason.as_str(),
-                    "image changed" | "config changed" | "network changed" | "dependency recreated"
-                )
+                if reason.starts_with("config changed")
+                    || matches!(
+                        reason.as_str(),
+                        "image changed" | "network changed" | "dependency recreated"
+                    )
         );
         self.converge(p, service_name, service, force, state).await
     }

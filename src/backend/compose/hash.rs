@@ -319,8 +319,78 @@ pub fn definition_text(service: &Service, image_id: Option<&str>) -> String {
     out
 }
 
-/// Drops nulls, `false`, empty strings, lists and maps, recursively.
+/// The fields two readable definitions (as [`definition_text`] writes them)
+/// differ in, named as in the Compose file (`sysctls`, `limits.memory`,
+/// `ipc`), in definition order; the image id is left to "image changed".
+/// Empty when a definition cannot be read (an older label) or the change
+/// is hidden by masking.
+pub fn changed_fields(live: &str, desired: &str) -> Vec<String> {
+    fn yaml(text: &str) -> Option<serde_json::Value> {
+        let head = text.split("\n--- file ").next().unwrap_or(text);
+        serde_saphyr::from_str(head).ok()
+    }
+    let (Some(serde_json::Value::Object(old)), Some(serde_json::Value::Object(new))) =
+        (yaml(live), yaml(desired))
+    else {
+        return Vec::new();
+    };
+    let mut keys: Vec<&String> = new.keys().collect();
+    keys.extend(old.keys().filter(|k| !new.contains_key(*k)));
+    let mut out = Vec::new();
+    for key in keys {
+        let (a, b) = (old.get(key), new.get(key));
+        if a == b || key == "image_id" {
+            continue;
+        }
+        match (key.as_str(), a, b) {
+            // Grouped in the model, separate keys in the file.
+            ("resources" | "namespaces", a, b) => {
+                let empty = serde_json::Map::new();
+                let map = |v: Option<&serde_json::Value>| match v {
+                    Some(serde_json::Value::Object(m)) => m.clone(),
+                    _ => empty.clone(),
+                };
+                let (a, b) = (map(a), map(b));
+                let mut inner: Vec<&String> = b.keys().collect();
+                inner.extend(a.keys().filter(|k| !b.contains_key(*k)));
+                for k in inner {
+                    let (x, y) = (a.get(k), b.get(k));
+                    if x == y {
+                        continue;
+                    }
+                    let object = |v: Option<&serde_json::Value>| match v {
+                        Some(serde_json::Value::Object(m)) => Some(m.clone()),
+                        None => Some(serde_json::Map::new()),
+                        Some(_) => None,
+                    };
+                    match (object(x), object(y)) {
+                        (Some(x), Some(y)) if !(x.is_empty() && y.is_empty()) => {
+                            let mut leaf: Vec<&String> = y.keys().collect();
+                            leaf.extend(x.keys().filter(|l| !y.contains_key(*l)));
+                            for l in leaf {
+                                if x.get(l) != y.get(l) {
+                                    out.push(format!("{k}.{l}"));
+                                }
+                            }
+                        }
+                        _ => out.push(k.clone()),
+                    }
+                }
+            }
+            _ => out.push(key.clone()),
+        }
+    }
+    out
+}
+
+/// Drops nulls, `false`, empty strings, lists and maps, recursively — but
+/// keeps the networks a service joins with default settings (an empty map
+/// under `networks` is still a network joined).
 fn prune(value: &mut serde_json::Value) {
+    prune_in(value, false);
+}
+
+fn prune_in(value: &mut serde_json::Value, keep_empty: bool) {
     use serde_json::Value;
     let empty = |v: &Value| match v {
         Value::Null | Value::Bool(false) => true,
@@ -331,12 +401,12 @@ fn prune(value: &mut serde_json::Value) {
     };
     match value {
         Value::Object(map) => {
-            for v in map.values_mut() {
-                prune(v);
+            for (k, v) in map.iter_mut() {
+                prune_in(v, k == "networks");
             }
-            map.retain(|_, v| !empty(v));
+            map.retain(|_, v| (keep_empty && v.is_object()) || !empty(v));
         }
-        Value::Array(items) => items.iter_mut().for_each(prune),
+        Value::Array(items) => items.iter_mut().for_each(|v| prune_in(v, false)),
         _ => {}
     }
 }
@@ -430,6 +500,29 @@ mod tests {
         let mut s = service();
         s.tmpfs.insert("/run".into(), String::new());
         assert_ne!(config_hash(&s, "sha256:0123"), base);
+    }
+
+    #[test]
+    fn changed_fields_name_the_compose_keys() {
+        let base = definition_text(&service(), Some("sha256:0123"));
+        let mut s = service();
+        s.sysctls.insert("net.core.somaxconn".into(), "1024".into());
+        s.resources.limits.memory = Some(1 << 30);
+        s.resources.cpu_shares = Some(512);
+        s.namespaces.ipc = Some("host".into());
+        s.files[0].content = b"listen 81\n".to_vec();
+        let changed = definition_text(&s, Some("sha256:4567"));
+        assert_eq!(
+            changed_fields(&base, &changed),
+            ["files", "ipc", "cpu_shares", "limits.memory", "sysctls"]
+        );
+        s = service();
+        s.environment.remove("B");
+        assert_eq!(
+            changed_fields(&base, &definition_text(&s, Some("sha256:0123"))),
+            ["environment"]
+        );
+        assert!(changed_fields("", &base).is_empty());
     }
 
     #[test]

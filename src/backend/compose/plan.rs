@@ -312,10 +312,15 @@ fn service_change(
     let failed: Vec<&&LiveContainer> = containers.iter().filter(|c| !is_up(c, service)).collect();
 
     if image_changed || config_changed {
-        c.action = recreate(if image_changed {
-            "image changed"
+        c.action = recreate(&if image_changed {
+            "image changed".to_owned()
         } else {
-            "config changed"
+            let fields = hash::changed_fields(&live_text, &desired_text);
+            if fields.is_empty() {
+                "config changed".to_owned()
+            } else {
+                format!("config changed: {}", fields.join(", "))
+            }
         });
         c.diff = unified_diff(&live_text, &desired_text, ctx.masker);
         let masked_only = c.diff.is_none().then(|| {
@@ -1025,7 +1030,7 @@ mod tests {
                 (
                     "shop/api".to_owned(),
                     Action::Recreate {
-                        reason: "config changed".into()
+                        reason: "config changed: environment".into()
                     }
                 ),
                 (

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bollard::query_parameters::InspectContainerOptions;
+use driftless::backend::Backend;
 use driftless::backend::compose::ComposeBackend;
 use driftless::check::compose;
 use driftless::manifest::Allow;
@@ -16,7 +17,9 @@ use driftless::model::compose::Project;
 use driftless::plan::Action;
 
 use crate::compose_backend::{changed, container_ids, desired, dry_run, read_file, reconcile};
-use crate::docker_support::{BUSYBOX, Cleanup, CountingProxy, engine, local_target, project_name};
+use crate::docker_support::{
+    BUSYBOX, BUSYBOX_2, Cleanup, CountingProxy, Registry, engine, local_target, project_name,
+};
 
 /// Loads a Compose file from text, as `validate` would (no repo files).
 fn load(text: &str) -> Project {
@@ -305,5 +308,123 @@ async fn engine_keys_apply_noop_and_change_one_at_a_time() {
     assert_eq!(
         read_file(&b, &format!("{name}-web-1"), "/data/stopped").await,
         "stopped-by-pre-stop\n"
+    );
+}
+
+/// `pull_policy: always` against a registry: a no-op plan asks the registry
+/// once (one call more than the four lists) and changes nothing while it
+/// holds the image running; once the tag there names another image, the
+/// plan recreates the service saying why, and apply pulls it first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_policy_always_follows_the_registry() {
+    let Some(b) = engine().await else { return };
+    let registry = Registry::start().await;
+    let name = project_name("always");
+    let repo = format!("driftless/{name}");
+    let reference = registry.push(b.docker(), BUSYBOX, &repo, "v1").await;
+    let _cleanup = Cleanup::new(&[&name]).image(&reference);
+    let b = b.with_docker_config(registry.docker_config());
+    let yaml = format!(
+        "name: {name}\nservices:\n  app:\n    image: {reference}\n    pull_policy: always\n    command: [sleep, '3600']\n    stop_grace_period: 1s\n"
+    );
+    let d = desired(vec![load(&yaml)]);
+    reconcile(&b, &name, &d).await;
+    let v1 = b.docker().inspect_image(BUSYBOX).await.unwrap().id.unwrap();
+    assert_eq!(
+        inspect(&b, &format!("{name}-app-1")).await.image.as_deref(),
+        Some(v1.as_str())
+    );
+
+    let proxy = CountingProxy::start();
+    let counted = ComposeBackend::connect(&driftless::manifest::DockerTarget {
+        host: Some(proxy.host.clone()),
+        ..local_target()
+    })
+    .await
+    .unwrap()
+    .with_docker_config(registry.docker_config());
+    proxy.take();
+    let allow = Allow::default();
+    let plan = dry_run(&counted, &name, &d, &allow).await.unwrap();
+    assert!(changed(&plan).is_empty(), "{plan:#?}");
+    assert_eq!(proxy.take(), 5, "four lists and one registry question");
+
+    // Another image under the same tag in the registry; the local tag still
+    // names the one running.
+    registry.push(b.docker(), BUSYBOX_2, &repo, "v1").await;
+    b.docker()
+        .tag_image(
+            &v1,
+            Some(
+                bollard::query_parameters::TagImageOptionsBuilder::default()
+                    .repo(&format!("{}/{repo}", registry.address))
+                    .tag("v1")
+                    .build(),
+            ),
+        )
+        .await
+        .unwrap();
+    let plan = dry_run(&b, &name, &d, &allow).await.unwrap();
+    let app = plan
+        .iter()
+        .find(|c| c.resource.name.ends_with("/app"))
+        .unwrap();
+    assert_eq!(
+        app.action,
+        Action::Recreate {
+            reason: "image changed".into()
+        }
+    );
+    assert!(
+        app.detail
+            .as_deref()
+            .unwrap()
+            .contains("(pull_policy always: the registry holds sha256:"),
+        "{app:?}"
+    );
+    let (_, report) = reconcile(&b, &name, &d).await;
+    let v2 = b
+        .docker()
+        .inspect_image(BUSYBOX_2)
+        .await
+        .unwrap()
+        .id
+        .unwrap();
+    assert_eq!(report.image_ids[&format!("{name}/app")], v2);
+    assert_eq!(
+        inspect(&b, &format!("{name}-app-1")).await.image.as_deref(),
+        Some(v2.as_str())
+    );
+    assert!(changed(&dry_run(&b, &name, &d, &allow).await.unwrap()).is_empty());
+}
+
+/// A failing `post_start` hook fails the apply, naming the hook, its exit
+/// status and what it printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_post_start_hook_fails_the_apply() {
+    let Some(b) = engine().await else { return };
+    let name = project_name("hookfail");
+    let _cleanup = Cleanup::new(&[&name]);
+    let yaml = format!(
+        "name: {name}\nservices:\n  app:\n    image: {BUSYBOX}\n    command: [sleep, '3600']\n    stop_grace_period: 1s\n    post_start:\n      - command: [sh, -c, 'echo no database >&2; exit 3']\n"
+    );
+    let d = desired(vec![load(&yaml)]);
+    let allow = Allow::default();
+    let masker = driftless::secrets::Masker::default();
+    let changes = dry_run(&b, &name, &d, &allow).await.unwrap();
+    let err = b
+        .apply(
+            &d,
+            &changes,
+            crate::compose_backend::ctx(&name, &masker, &allow),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("post_start hook of")
+            && err.contains("exited with status 3")
+            && err.contains("no database"),
+        "{err}"
     );
 }

@@ -64,7 +64,111 @@ pub struct Service {
     /// `deploy.replicas` (default 1).
     pub replicas: u32,
     pub profiles: Vec<String>,
+    /// `tmpfs:` (`/run` or `/run:size=64m,mode=1777`): container path →
+    /// mount options, as the engine's `HostConfig.Tmpfs` takes them.
+    pub tmpfs: BTreeMap<String, String>,
+    pub sysctls: BTreeMap<String, String>,
+    pub dns: Vec<String>,
+    pub dns_search: Vec<String>,
+    pub dns_opt: Vec<String>,
+    pub domainname: Option<String>,
+    /// The container's MAC address on its first network (`mac_address`).
+    pub mac_address: Option<String>,
+    /// `ipc`, `pid`, `uts`, `userns_mode` and `cgroup` (`host`, `private`,
+    /// `shareable`, `service:<name>`, `container:<name>`).
+    pub namespaces: Namespaces,
+    pub cgroup_parent: Option<String>,
+    pub group_add: Vec<String>,
+    pub runtime: Option<String>,
+    pub storage_opt: BTreeMap<String, String>,
+    pub tty: bool,
+    pub stdin_open: bool,
+    /// `links` to services of the project, as (service, alias).
+    pub links: Vec<(String, String)>,
+    /// `external_links` to containers outside the project, as (container, alias).
+    pub external_links: Vec<(String, String)>,
+    pub volumes_from: Vec<VolumesFrom>,
+    pub annotations: BTreeMap<String, String>,
+    /// `platform` (`linux/amd64`): the image variant to pull and run.
+    pub platform: Option<String>,
+    pub pull_policy: PullPolicy,
+    /// Commands run in each new container after it starts (`post_start`).
+    pub post_start: Vec<Hook>,
+    /// Commands run in a container before it is stopped (`pre_stop`).
+    pub pre_stop: Vec<Hook>,
+    /// Size of `/dev/shm` in bytes.
+    pub shm_size: Option<u64>,
+    pub oom_score_adj: Option<i64>,
     pub origin: Origin,
+}
+
+/// The namespaces a container shares or gets (`ipc`, `pid`, `uts`,
+/// `userns_mode`, `cgroup`); `None` is the engine's default.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Namespaces {
+    pub ipc: Option<String>,
+    pub pid: Option<String>,
+    pub uts: Option<String>,
+    pub userns_mode: Option<String>,
+    /// `host` or `private` (the cgroup namespace).
+    pub cgroup: Option<String>,
+}
+
+impl Namespaces {
+    pub fn is_default(&self) -> bool {
+        *self == Namespaces::default()
+    }
+
+    /// The services whose containers these namespaces join (`service:x`).
+    pub fn services(&self) -> impl Iterator<Item = &str> {
+        [&self.ipc, &self.pid]
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m.strip_prefix("service:"))
+    }
+}
+
+/// `volumes_from`: the volumes of another service's first container, or of
+/// a container outside the project.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VolumesFrom {
+    /// A service of the project, or (`container: true`) a container name.
+    pub source: String,
+    pub container: bool,
+    pub read_only: bool,
+}
+
+/// When to pull a service's image (`pull_policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullPolicy {
+    /// Pull when the image is not present (`missing`, `if_not_present`).
+    #[default]
+    Missing,
+    /// Check the registry on every plan; pull when it holds another image.
+    Always,
+    /// Never pull: the image must be present.
+    Never,
+    /// Built by the project (`build`), never pulled.
+    Build,
+    /// Check the registry once the local image is older than this
+    /// (`daily`, `weekly`, `every_12h`).
+    #[serde(serialize_with = "serialize_refresh")]
+    Refresh(Duration),
+}
+
+fn serialize_refresh<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("every {}", crate::duration::format(*d)))
+}
+
+/// A `post_start` / `pre_stop` hook: a command exec'd in the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hook {
+    pub command: Vec<String>,
+    pub user: Option<String>,
+    pub privileged: bool,
+    pub working_dir: Option<String>,
+    pub environment: BTreeMap<String, String>,
 }
 
 impl Service {
@@ -146,12 +250,37 @@ pub struct FileMount {
     pub content: Vec<u8>,
     /// Unix mode, default 0o444.
     pub mode: u32,
+    /// Owner (`configs[].uid` / `gid`), root by default.
+    pub uid: u32,
+    pub gid: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct ServiceNetwork {
     pub aliases: Vec<String>,
     pub ipv4_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6_address: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub link_local_ips: Vec<String>,
+    /// MAC address on this network (engine API 1.44 and later).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_opts: BTreeMap<String, String>,
+    /// Higher first: the network the container is created on, and the
+    /// gateway it prefers (`priority`, `gw_priority`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub priority: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub gw_priority: i64,
+    /// Interface name in the container (engine API 1.50 and later).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface_name: Option<String>,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -197,10 +326,107 @@ pub struct Logging {
     pub options: BTreeMap<String, String>,
 }
 
+/// The engine's resource controls. `limits` and `reservations` hold both
+/// the service keys and `deploy.resources` (Compose requires the two to
+/// agree). Fields added after the first release are left out of the
+/// canonical form while unset, so the config hash of a service that does
+/// not use them stays what it was.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct Resources {
     pub limits: ResourceSet,
     pub reservations: ResourceSet,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_shares: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_period: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_quota: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_rt_runtime: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_rt_period: Option<i64>,
+    /// CPUs the container may run on (`0-3`, `0,1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpuset: Option<String>,
+    /// Windows engines only; a Linux engine discards it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_count: Option<i64>,
+    /// Windows engines only; a Linux engine discards it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
+    /// Memory plus swap in bytes; `-1`: unlimited swap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memswap_limit: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mem_swappiness: Option<i64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub oom_kill_disable: bool,
+    #[serde(skip_serializing_if = "Blkio::is_empty")]
+    pub blkio: Blkio,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<Device>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub device_cgroup_rules: Vec<String>,
+    /// `gpus` and `deploy.resources.reservations.devices`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub device_requests: Vec<DeviceRequest>,
+}
+
+/// `blkio_config`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Blkio {
+    pub weight: Option<u16>,
+    /// (device path, weight).
+    pub weight_device: Vec<(String, u16)>,
+    /// (device path, rate) in bytes or operations per second.
+    pub device_read_bps: Vec<(String, u64)>,
+    pub device_write_bps: Vec<(String, u64)>,
+    pub device_read_iops: Vec<(String, u64)>,
+    pub device_write_iops: Vec<(String, u64)>,
+}
+
+impl Blkio {
+    pub fn is_empty(&self) -> bool {
+        *self == Blkio::default()
+    }
+}
+
+/// A host device made available in the container (`devices`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Device {
+    pub source: String,
+    pub target: String,
+    /// Cgroup permissions (`rwm`).
+    pub permissions: String,
+}
+
+/// A fully qualified CDI device name (`vendor.com/class=name`): such a
+/// `devices` entry is requested from the engine's CDI driver, not mapped.
+pub fn is_cdi_name(name: &str) -> bool {
+    let Some((kind, device)) = name.split_once('=') else {
+        return false;
+    };
+    let Some((vendor, class)) = kind.split_once('/') else {
+        return false;
+    };
+    !vendor.is_empty()
+        && vendor.contains('.')
+        && !class.is_empty()
+        && !device.is_empty()
+        && !name.starts_with('/')
+}
+
+/// A request for devices by driver and capability (`gpus`, and
+/// `deploy.resources.reservations.devices`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceRequest {
+    pub driver: Option<String>,
+    /// `-1`: all devices.
+    pub count: i64,
+    pub device_ids: Vec<String>,
+    /// Each inner list is a set of capabilities a device must have all of.
+    pub capabilities: Vec<Vec<String>>,
+    pub options: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
@@ -221,6 +447,35 @@ pub struct Network {
     pub driver_opts: BTreeMap<String, String>,
     pub internal: bool,
     pub labels: BTreeMap<String, String>,
+    pub attachable: bool,
+    pub enable_ipv6: Option<bool>,
+    /// `enable_ipv4: false` makes an IPv6-only network (engine API 1.47+).
+    pub enable_ipv4: Option<bool>,
+    pub ipam: Ipam,
+}
+
+/// A network's address management (`ipam`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Ipam {
+    pub driver: Option<String>,
+    pub config: Vec<IpamPool>,
+    pub options: BTreeMap<String, String>,
+}
+
+impl Ipam {
+    pub fn is_empty(&self) -> bool {
+        *self == Ipam::default()
+    }
+}
+
+/// One address pool of a network.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct IpamPool {
+    /// CIDR (`172.28.0.0/16`).
+    pub subnet: Option<String>,
+    pub ip_range: Option<String>,
+    pub gateway: Option<String>,
+    pub aux_addresses: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
@@ -247,5 +502,19 @@ mod content {
                 base64::engine::general_purpose::STANDARD.encode(bytes)
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cdi_names_are_vendor_class_and_device() {
+        assert!(is_cdi_name("nvidia.com/gpu=all"));
+        assert!(is_cdi_name("vendor.example/class=dev0"));
+        assert!(!is_cdi_name("/dev/sda"));
+        assert!(!is_cdi_name("gpu=all"));
+        assert!(!is_cdi_name("nvidia.com/gpu"));
     }
 }

@@ -25,7 +25,7 @@ use crate::docker_support::{
     BUSYBOX, BUSYBOX_2, Cleanup, CountingProxy, Registry, engine, local_target, project_name,
 };
 
-fn desired(projects: Vec<Project>) -> TargetState {
+pub(crate) fn desired(projects: Vec<Project>) -> TargetState {
     TargetState {
         target: Target {
             name: "local".into(),
@@ -38,7 +38,7 @@ fn desired(projects: Vec<Project>) -> TargetState {
 
 /// Each test is its own environment: an environment owns every project it
 /// deployed, so tests sharing one would see each other's as removals.
-fn ctx<'a>(env: &'a str, masker: &'a Masker, allow: &'a Allow) -> Context<'a> {
+pub(crate) fn ctx<'a>(env: &'a str, masker: &'a Masker, allow: &'a Allow) -> Context<'a> {
     Context {
         environment: env,
         masker,
@@ -117,7 +117,7 @@ fn depends(on: &[(&str, DependencyCondition)]) -> BTreeMap<String, Dependency> {
 }
 
 /// A dry run: read live, plan.
-async fn dry_run(
+pub(crate) async fn dry_run(
     b: &ComposeBackend,
     env: &str,
     d: &TargetState,
@@ -129,7 +129,11 @@ async fn dry_run(
 }
 
 /// A reconcile: plan, then apply exactly that plan.
-async fn reconcile(b: &ComposeBackend, env: &str, d: &TargetState) -> (Vec<Change>, ApplyReport) {
+pub(crate) async fn reconcile(
+    b: &ComposeBackend,
+    env: &str,
+    d: &TargetState,
+) -> (Vec<Change>, ApplyReport) {
     let allow = Allow::default();
     let changes = dry_run(b, env, d, &allow).await.expect("plan");
     let masker = Masker::default();
@@ -140,7 +144,7 @@ async fn reconcile(b: &ComposeBackend, env: &str, d: &TargetState) -> (Vec<Chang
     (changes, report)
 }
 
-fn changed(changes: &[Change]) -> Vec<(String, Action)> {
+pub(crate) fn changed(changes: &[Change]) -> Vec<(String, Action)> {
     changes
         .iter()
         .filter(|c| c.action != Action::Unchanged)
@@ -170,7 +174,7 @@ async fn wait_healthy(b: &ComposeBackend, env: &str, d: &TargetState) {
 }
 
 /// Container name → id for a project, as the engine lists them.
-async fn container_ids(b: &ComposeBackend, project: &str) -> BTreeMap<String, String> {
+pub(crate) async fn container_ids(b: &ComposeBackend, project: &str) -> BTreeMap<String, String> {
     let filter = std::collections::HashMap::from([(
         "label",
         vec![format!("{}={project}", labels::PROJECT)],
@@ -195,7 +199,7 @@ async fn container_ids(b: &ComposeBackend, project: &str) -> BTreeMap<String, St
 }
 
 /// Reads one file out of a container through the archive API.
-async fn read_file(b: &ComposeBackend, container: &str, path: &str) -> String {
+pub(crate) async fn read_file(b: &ComposeBackend, container: &str, path: &str) -> String {
     let mut stream = b.docker().download_from_container(
         container,
         Some(
@@ -221,6 +225,8 @@ fn config_file(content: &str) -> FileMount {
         source: "config/app.conf".into(),
         content: content.as_bytes().to_vec(),
         mode: 0o444,
+        uid: 0,
+        gid: 0,
     }
 }
 
@@ -375,7 +381,7 @@ async fn deploy_noop_env_change_and_compose_labels() {
         [(
             format!("{name}/front"),
             Action::Recreate {
-                reason: "config changed".into()
+                reason: "config changed: environment".into()
             }
         )]
     );
@@ -419,7 +425,7 @@ async fn config_file_change_recreates_only_its_service() {
         [(
             format!("{name}/app"),
             Action::Recreate {
-                reason: "config changed".into()
+                reason: "config changed: files".into()
             }
         )]
     );
@@ -597,7 +603,7 @@ async fn network_changes() {
             (
                 format!("{name}/a"),
                 Action::Recreate {
-                    reason: "config changed".into()
+                    reason: "config changed: networks".into()
                 }
             )
         ]

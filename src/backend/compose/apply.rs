@@ -26,10 +26,10 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 use super::live::{Live, LiveContainer};
-use super::{ComposeBackend, archive, hash, image, labels, live, plan, project, spec};
+use super::{ComposeBackend, archive, hash, hooks, image, labels, live, plan, project, spec};
 use crate::backend::{ApplyReport, BackendError, Context};
 use crate::model::TargetState;
-use crate::model::compose::{DependencyCondition, Project, Service};
+use crate::model::compose::{DependencyCondition, Project, PullPolicy, Service};
 use crate::plan::{Action, Change};
 
 /// Executes one apply of one target.
@@ -85,6 +85,10 @@ impl<'a> Applier<'a> {
     pub async fn run(&self, changes: &[Change]) -> Result<ApplyReport> {
         // Check the whole list before touching anything.
         let mut references = BTreeSet::new();
+        // Present images the pull policy wants pulled again (`always` on
+        // every change of the service, a refresh when the plan found the
+        // registry holds another image).
+        let mut refresh = BTreeSet::new();
         for c in changes {
             let name = &c.resource.name;
             match (c.resource.kind.as_str(), &c.action) {
@@ -104,6 +108,16 @@ impl<'a> Applier<'a> {
                         ));
                     }
                     references.insert(s.image.as_str());
+                    let image_changed = matches!(&c.action, Action::Recreate { reason } if reason == "image changed");
+                    match s.pull_policy {
+                        PullPolicy::Always if image_changed || c.action == Action::Create => {
+                            refresh.insert(s.image.as_str());
+                        }
+                        PullPolicy::Refresh(_) if image_changed => {
+                            refresh.insert(s.image.as_str());
+                        }
+                        _ => {}
+                    }
                 }
                 ("volume", Action::Delete) if !self.ctx.allow.prune_volumes => {
                     return Err(BackendError::Refused {
@@ -134,7 +148,7 @@ impl<'a> Applier<'a> {
         let live = live::read(self.docker(), self.ctx.environment, self.projects)
             .await
             .map_err(|e| self.backend.unavailable(e))?;
-        let images = self.ensure_images(&references, &live).await?;
+        let images = self.ensure_images(&references, &refresh, &live).await?;
 
         let state = State {
             live,
@@ -221,24 +235,36 @@ impl<'a> Applier<'a> {
         }
     }
 
-    /// Pulls the references that are not present; returns reference → id
-    /// for every desired image present afterwards. Runs before any change.
+    /// Pulls the references that are not present, and those in `refresh`;
+    /// returns reference → id for every desired image present afterwards.
+    /// Runs before any change.
     async fn ensure_images(
         &self,
         references: &BTreeSet<&str>,
+        refresh: &BTreeSet<&str>,
         live: &Live,
     ) -> Result<BTreeMap<String, String>> {
         let missing: Vec<&str> = references
             .iter()
             .copied()
-            .filter(|r| !live.images.contains_key(*r))
+            .filter(|r| !live.images.contains_key(*r) || refresh.contains(r))
             .collect();
         if missing.is_empty() {
             return Ok(live.images.clone());
         }
         for reference in &missing {
-            self.pull(reference, self.backend.docker_config.as_deref())
-                .await?;
+            if self.policy(reference) == Some(PullPolicy::Never) {
+                return Err(self.error(
+                    reference,
+                    "the image is not present and `pull_policy: never` forbids pulling it",
+                ));
+            }
+            self.pull(
+                reference,
+                self.platform(reference),
+                self.backend.docker_config.as_deref(),
+            )
+            .await?;
         }
         let listed = self
             .docker()
@@ -257,7 +283,38 @@ impl<'a> Applier<'a> {
         Ok(resolved)
     }
 
-    async fn pull(&self, reference: &str, config: Option<&std::path::Path>) -> Result<()> {
+    /// The pull policy of the services running `reference` (the strictest:
+    /// `never` wins).
+    fn policy(&self, reference: &str) -> Option<PullPolicy> {
+        let policies: Vec<PullPolicy> = self
+            .projects
+            .iter()
+            .flat_map(|p| p.services.values())
+            .filter(|s| s.image == reference)
+            .map(|s| s.pull_policy)
+            .collect();
+        policies
+            .iter()
+            .find(|p| **p == PullPolicy::Never)
+            .or(policies.first())
+            .copied()
+    }
+
+    /// The `platform` a service running `reference` asks for.
+    fn platform(&self, reference: &str) -> Option<&'a str> {
+        self.projects
+            .iter()
+            .flat_map(|p| p.services.values())
+            .filter(|s| s.image == reference)
+            .find_map(|s| s.platform.as_deref())
+    }
+
+    async fn pull(
+        &self,
+        reference: &str,
+        platform: Option<&str>,
+        config: Option<&std::path::Path>,
+    ) -> Result<()> {
         let registry = image::registry(reference);
         let credentials = match config {
             Some(path) => image::credentials(path, registry)
@@ -268,6 +325,9 @@ impl<'a> Applier<'a> {
         let mut options = CreateImageOptionsBuilder::default().from_image(&from_image);
         if let Some(tag) = &tag {
             options = options.tag(tag);
+        }
+        if let Some(platform) = platform {
+            options = options.platform(platform);
         }
         tracing::info!(image = reference, registry, "pulling image");
         let mut stream = self
@@ -353,6 +413,10 @@ impl<'a> Applier<'a> {
                 name: name.to_owned(),
                 driver: Some(net.driver.clone().unwrap_or_else(|| "bridge".into())),
                 internal: Some(net.internal),
+                attachable: net.attachable.then_some(true),
+                enable_ipv6: net.enable_ipv6,
+                enable_ipv4: net.enable_ipv4,
+                ipam: (!net.ipam.is_empty()).then(|| spec::ipam(&net.ipam)),
                 options: Some(net.driver_opts.clone().into_iter().collect()),
                 labels: Some(labels_map),
                 ..NetworkCreateRequest::default()
@@ -428,7 +492,11 @@ impl<'a> Applier<'a> {
         let force = matches!(
             &c.action,
             Action::Recreate { reason }
-                if matches!(reason.as_str(), "image changed" | "config changed" | "network changed")
+                if reason.starts_with("config changed")
+                    || matches!(
+                        reason.as_str(),
+                        "image changed" | "network changed" | "dependency recreated"
+                    )
         );
         self.converge(p, service_name, service, force, state).await
     }
@@ -508,12 +576,13 @@ impl<'a> Applier<'a> {
         let (body, extra_networks) = spec::container(r);
         let name = project::container_name(&r.project.name, r.service_name, r.service, r.number);
         tracing::info!(container = %name, "creating container");
+        let mut options = CreateContainerOptionsBuilder::default().name(&name);
+        if let Some(platform) = &r.service.platform {
+            options = options.platform(platform);
+        }
         let created = self
             .docker()
-            .create_container(
-                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
-                body,
-            )
+            .create_container(Some(options.build()), body)
             .await
             .map_err(|e| self.error(resource, format!("create {name}: {e}")))?;
         let id = created.id;
@@ -545,6 +614,17 @@ impl<'a> Applier<'a> {
             .start_container(&id, None::<StartContainerOptions>)
             .await
             .map_err(|e| self.error(resource, format!("start {name}: {e}")))?;
+        for hook in &r.service.post_start {
+            hooks::run(self.docker(), &id, hook).await.map_err(|e| {
+                self.error(
+                    resource,
+                    format!(
+                        "post_start hook of {name}: {}",
+                        crate::diag::error_chain(&e)
+                    ),
+                )
+            })?;
+        }
         Ok(())
     }
 
@@ -560,6 +640,24 @@ impl<'a> Applier<'a> {
         }
         let resource = format!("{}/{}", c.project, c.service);
         tracing::info!(container = %c.name, "removing container");
+        let running = matches!(c.state, live::ContainerState::Running);
+        for hook in service.filter(|_| running).map_or(&[][..], |s| &s.pre_stop) {
+            match hooks::run(self.docker(), &c.id, hook).await {
+                Ok(()) => {}
+                // Already stopped or gone: there is nothing to prepare.
+                Err(e) if e.container_gone() => break,
+                Err(e) => {
+                    return Err(self.error(
+                        &resource,
+                        format!(
+                            "pre_stop hook of {}: {}",
+                            c.name,
+                            crate::diag::error_chain(&e)
+                        ),
+                    ));
+                }
+            }
+        }
         let grace = service
             .and_then(|s| s.stop_grace_period)
             .unwrap_or(Duration::from_secs(10));
@@ -782,6 +880,8 @@ mod tests {
             source: "x".into(),
             content: Vec::new(),
             mode: 0o444,
+            uid: 0,
+            gid: 0,
         };
         let mut s = Service {
             read_only: true,

@@ -4,8 +4,8 @@
 
 use crate::model::compose::FileMount;
 
-/// A tar holding each file at its absolute target (relative to `/`), owned
-/// by root, with its mode. Parent directories are left to the engine, which
+/// A tar holding each file at its absolute target (relative to `/`), with
+/// its owner and mode. Parent directories are left to the engine, which
 /// creates missing ones; listing them would reset the mode and times of
 /// directories that exist (`/etc`).
 pub fn files_tar(files: &[FileMount]) -> std::io::Result<Vec<u8>> {
@@ -15,8 +15,8 @@ pub fn files_tar(files: &[FileMount]) -> std::io::Result<Vec<u8>> {
         let mut header = tar::Header::new_gnu();
         header.set_size(f.content.len() as u64);
         header.set_mode(f.mode);
-        header.set_uid(0);
-        header.set_gid(0);
+        header.set_uid(u64::from(f.uid));
+        header.set_gid(u64::from(f.gid));
         header.set_mtime(0);
         header.set_entry_type(tar::EntryType::Regular);
         builder.append_data(&mut header, path, f.content.as_slice())?;
@@ -35,6 +35,8 @@ mod tests {
             source: "config/app.conf".into(),
             content: b"port = 80\n".to_vec(),
             mode: 0o440,
+            uid: 0,
+            gid: 0,
         }];
         let bytes = files_tar(&files).unwrap();
         let mut archive = tar::Archive::new(bytes.as_slice());

@@ -15,13 +15,19 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::model::compose::{
-    Healthcheck, Logging, Mount, Port, Resources, Service, ServiceNetwork, Ulimit,
+    Healthcheck, Hook, Logging, Mount, Namespaces, Port, Resources, Service, ServiceNetwork,
+    Ulimit, VolumesFrom,
 };
 
 /// The parts of a [`Service`] that shape a container. Left out, as Compose
 /// v2 leaves them out of its hash: `replicas` (scaling is not a recreate),
-/// `depends_on` (start order only), `profiles`, and `origin` (moving a
-/// service within its file must not restart it).
+/// `depends_on` (start order only), `profiles`, `pull_policy` (when to
+/// pull, not what runs), and `origin` (moving a service within its file
+/// must not restart it).
+///
+/// Fields after `resources` came later: each is left out while unset, so
+/// the hash of a service that does not use them is what it always was (an
+/// upgrade recreates nothing).
 #[derive(Serialize)]
 struct Definition<'a> {
     image: &'a str,
@@ -53,6 +59,52 @@ struct Definition<'a> {
     ulimits: &'a BTreeMap<String, Ulimit>,
     logging: &'a Option<Logging>,
     resources: &'a Resources,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    tmpfs: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    sysctls: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    dns: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    dns_search: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    dns_opt: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    domainname: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mac_address: &'a Option<String>,
+    #[serde(skip_serializing_if = "Namespaces::is_default")]
+    namespaces: &'a Namespaces,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cgroup_parent: &'a Option<String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    group_add: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    runtime: &'a Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    storage_opt: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    tty: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stdin_open: bool,
+    #[serde(skip_serializing_if = "<[(String, String)]>::is_empty")]
+    links: &'a [(String, String)],
+    #[serde(skip_serializing_if = "<[(String, String)]>::is_empty")]
+    external_links: &'a [(String, String)],
+    #[serde(skip_serializing_if = "<[VolumesFrom]>::is_empty")]
+    volumes_from: &'a [VolumesFrom],
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    annotations: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    platform: &'a Option<String>,
+    #[serde(skip_serializing_if = "<[Hook]>::is_empty")]
+    post_start: &'a [Hook],
+    #[serde(skip_serializing_if = "<[Hook]>::is_empty")]
+    pre_stop: &'a [Hook],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shm_size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    oom_score_adj: Option<i64>,
 }
 
 /// A config file in the canonical form: its content is hashed, not copied,
@@ -64,6 +116,15 @@ struct FileEntry<'a> {
     mode: u32,
     size: usize,
     sha256: String,
+    /// Left out for root (the owner before `uid`/`gid` were read).
+    #[serde(skip_serializing_if = "is_root")]
+    uid: u32,
+    #[serde(skip_serializing_if = "is_root")]
+    gid: u32,
+}
+
+fn is_root(id: &u32) -> bool {
+    *id == 0
 }
 
 impl<'a> Definition<'a> {
@@ -103,6 +164,30 @@ impl<'a> Definition<'a> {
             resources,
             replicas: _,
             profiles: _,
+            tmpfs,
+            sysctls,
+            dns,
+            dns_search,
+            dns_opt,
+            domainname,
+            mac_address,
+            namespaces,
+            cgroup_parent,
+            group_add,
+            runtime,
+            storage_opt,
+            tty,
+            stdin_open,
+            links,
+            external_links,
+            volumes_from,
+            annotations,
+            platform,
+            pull_policy: _,
+            post_start,
+            pre_stop,
+            shm_size,
+            oom_score_adj,
             origin: _,
         } = service;
         Definition {
@@ -121,6 +206,8 @@ impl<'a> Definition<'a> {
                     mode: f.mode,
                     size: f.content.len(),
                     sha256: sha256_hex(&f.content),
+                    uid: f.uid,
+                    gid: f.gid,
                 })
                 .collect(),
             networks,
@@ -144,6 +231,29 @@ impl<'a> Definition<'a> {
             ulimits,
             logging,
             resources,
+            tmpfs,
+            sysctls,
+            dns,
+            dns_search,
+            dns_opt,
+            domainname,
+            mac_address,
+            namespaces,
+            cgroup_parent,
+            group_add,
+            runtime,
+            storage_opt,
+            tty: *tty,
+            stdin_open: *stdin_open,
+            links,
+            external_links,
+            volumes_from,
+            annotations,
+            platform,
+            post_start,
+            pre_stop,
+            shm_size: *shm_size,
+            oom_score_adj: *oom_score_adj,
         }
     }
 }
@@ -209,8 +319,78 @@ pub fn definition_text(service: &Service, image_id: Option<&str>) -> String {
     out
 }
 
-/// Drops nulls, `false`, empty strings, lists and maps, recursively.
+/// The fields two readable definitions (as [`definition_text`] writes them)
+/// differ in, named as in the Compose file (`sysctls`, `limits.memory`,
+/// `ipc`), in definition order; the image id is left to "image changed".
+/// Empty when a definition cannot be read (an older label) or the change
+/// is hidden by masking.
+pub fn changed_fields(live: &str, desired: &str) -> Vec<String> {
+    fn yaml(text: &str) -> Option<serde_json::Value> {
+        let head = text.split("\n--- file ").next().unwrap_or(text);
+        serde_saphyr::from_str(head).ok()
+    }
+    let (Some(serde_json::Value::Object(old)), Some(serde_json::Value::Object(new))) =
+        (yaml(live), yaml(desired))
+    else {
+        return Vec::new();
+    };
+    let mut keys: Vec<&String> = new.keys().collect();
+    keys.extend(old.keys().filter(|k| !new.contains_key(*k)));
+    let mut out = Vec::new();
+    for key in keys {
+        let (a, b) = (old.get(key), new.get(key));
+        if a == b || key == "image_id" {
+            continue;
+        }
+        match (key.as_str(), a, b) {
+            // Grouped in the model, separate keys in the file.
+            ("resources" | "namespaces", a, b) => {
+                let empty = serde_json::Map::new();
+                let map = |v: Option<&serde_json::Value>| match v {
+                    Some(serde_json::Value::Object(m)) => m.clone(),
+                    _ => empty.clone(),
+                };
+                let (a, b) = (map(a), map(b));
+                let mut inner: Vec<&String> = b.keys().collect();
+                inner.extend(a.keys().filter(|k| !b.contains_key(*k)));
+                for k in inner {
+                    let (x, y) = (a.get(k), b.get(k));
+                    if x == y {
+                        continue;
+                    }
+                    let object = |v: Option<&serde_json::Value>| match v {
+                        Some(serde_json::Value::Object(m)) => Some(m.clone()),
+                        None => Some(serde_json::Map::new()),
+                        Some(_) => None,
+                    };
+                    match (object(x), object(y)) {
+                        (Some(x), Some(y)) if !(x.is_empty() && y.is_empty()) => {
+                            let mut leaf: Vec<&String> = y.keys().collect();
+                            leaf.extend(x.keys().filter(|l| !y.contains_key(*l)));
+                            for l in leaf {
+                                if x.get(l) != y.get(l) {
+                                    out.push(format!("{k}.{l}"));
+                                }
+                            }
+                        }
+                        _ => out.push(k.clone()),
+                    }
+                }
+            }
+            _ => out.push(key.clone()),
+        }
+    }
+    out
+}
+
+/// Drops nulls, `false`, empty strings, lists and maps, recursively — but
+/// keeps the networks a service joins with default settings (an empty map
+/// under `networks` is still a network joined).
 fn prune(value: &mut serde_json::Value) {
+    prune_in(value, false);
+}
+
+fn prune_in(value: &mut serde_json::Value, keep_empty: bool) {
     use serde_json::Value;
     let empty = |v: &Value| match v {
         Value::Null | Value::Bool(false) => true,
@@ -221,12 +401,12 @@ fn prune(value: &mut serde_json::Value) {
     };
     match value {
         Value::Object(map) => {
-            for v in map.values_mut() {
-                prune(v);
+            for (k, v) in map.iter_mut() {
+                prune_in(v, k == "networks");
             }
-            map.retain(|_, v| !empty(v));
+            map.retain(|_, v| (keep_empty && v.is_object()) || !empty(v));
         }
-        Value::Array(items) => items.iter_mut().for_each(prune),
+        Value::Array(items) => items.iter_mut().for_each(|v| prune_in(v, false)),
         _ => {}
     }
 }
@@ -250,6 +430,8 @@ mod tests {
                 source: "config/app.conf".into(),
                 content: b"listen 80\n".to_vec(),
                 mode: 0o444,
+                uid: 0,
+                gid: 0,
             }],
             healthcheck: Some(Healthcheck {
                 test: vec!["CMD-SHELL".into(), "wget -q -O- http://127.0.0.1/".into()],
@@ -295,6 +477,52 @@ mod tests {
         s.environment.insert("B".into(), Some("3".into()));
         assert_ne!(config_hash(&s, "sha256:0123"), base);
         assert_ne!(config_hash(&service(), "sha256:4567"), base);
+    }
+
+    #[test]
+    fn engine_keys_change_the_hash_and_show_in_the_definition_but_pull_policy_does_not() {
+        let base = config_hash(&service(), "sha256:0123");
+        let mut s = service();
+        s.pull_policy = crate::model::compose::PullPolicy::Always;
+        assert_eq!(config_hash(&s, "sha256:0123"), base);
+        let mut s = service();
+        s.sysctls.insert("net.core.somaxconn".into(), "1024".into());
+        assert_ne!(config_hash(&s, "sha256:0123"), base);
+        let text = definition_text(&s, Some("sha256:0123"));
+        assert!(
+            text.contains("sysctls:\n  net.core.somaxconn: \"1024\"\n"),
+            "{text}"
+        );
+        let mut s = service();
+        s.resources.cpu_shares = Some(512);
+        assert_ne!(config_hash(&s, "sha256:0123"), base);
+        assert!(definition_text(&s, None).contains("cpu_shares: 512"));
+        let mut s = service();
+        s.tmpfs.insert("/run".into(), String::new());
+        assert_ne!(config_hash(&s, "sha256:0123"), base);
+    }
+
+    #[test]
+    fn changed_fields_name_the_compose_keys() {
+        let base = definition_text(&service(), Some("sha256:0123"));
+        let mut s = service();
+        s.sysctls.insert("net.core.somaxconn".into(), "1024".into());
+        s.resources.limits.memory = Some(1 << 30);
+        s.resources.cpu_shares = Some(512);
+        s.namespaces.ipc = Some("host".into());
+        s.files[0].content = b"listen 81\n".to_vec();
+        let changed = definition_text(&s, Some("sha256:4567"));
+        assert_eq!(
+            changed_fields(&base, &changed),
+            ["files", "ipc", "cpu_shares", "limits.memory", "sysctls"]
+        );
+        s = service();
+        s.environment.remove("B");
+        assert_eq!(
+            changed_fields(&base, &definition_text(&s, Some("sha256:0123"))),
+            ["environment"]
+        );
+        assert!(changed_fields("", &base).is_empty());
     }
 
     #[test]

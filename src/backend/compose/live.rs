@@ -15,7 +15,7 @@ use bollard::query_parameters::{
 };
 
 use super::{image, labels};
-use crate::model::compose::Project;
+use crate::model::compose::{Ipam, IpamPool, Project, PullPolicy};
 
 /// The live state relevant to one environment on one engine.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -28,6 +28,13 @@ pub struct Live {
     pub volumes: Vec<LiveVolume>,
     /// Desired image reference → image id, for the references present.
     pub images: BTreeMap<String, String>,
+    /// Image id → the registry digests it is known by (`RepoDigests`).
+    pub image_digests: BTreeMap<String, Vec<String>>,
+    /// Desired references whose pull policy asked the registry, and the
+    /// registry holds another image than the local one: reference → digest.
+    pub newer_in_registry: BTreeMap<String, String>,
+    /// The engine API version of the connection (`None`: not known).
+    pub api_version: Option<(u32, u32)>,
 }
 
 /// A container as listed (no inspect).
@@ -75,6 +82,10 @@ pub struct LiveNetwork {
     pub internal: bool,
     pub labels: BTreeMap<String, String>,
     pub options: BTreeMap<String, String>,
+    pub attachable: bool,
+    pub enable_ipv6: bool,
+    /// As the engine reports it (pools it chose itself included).
+    pub ipam: Ipam,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -118,14 +129,78 @@ pub async fn read(
     let images = docker.list_images(Some(ListImagesOptionsBuilder::default().build()));
     let (containers, networks, volumes, images) =
         futures_util::try_join!(containers, networks, volumes, images)?;
-    Ok(Live::from_listings(
+    let mut live = Live::from_listings(
         environment,
         projects,
         &containers,
         &networks,
         &volumes.volumes.unwrap_or_default(),
         &images,
-    ))
+    );
+    let version = docker.client_version();
+    live.api_version = Some((version.major_version as u32, version.minor_version as u32));
+    Ok(live)
+}
+
+/// For the services whose `pull_policy` asks (`always`, or a refresh
+/// period that has passed since the image was last tagged), asks the
+/// registry which image the reference names now — one call per such
+/// image, none for the others — and records the ones that differ from the
+/// local image. Nothing is pulled: the plan says what a pull would change.
+pub async fn check_registry(
+    docker: &Docker,
+    projects: &[Project],
+    live: &mut Live,
+    docker_config: Option<&std::path::Path>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), String> {
+    let mut asked: BTreeSet<&str> = BTreeSet::new();
+    for s in projects.iter().flat_map(|p| p.services.values()) {
+        let due = match s.pull_policy {
+            PullPolicy::Always => true,
+            PullPolicy::Refresh(period) => match live.images.get(&s.image) {
+                // Missing: pulled like any missing image.
+                None => false,
+                Some(_) => {
+                    let inspect = docker
+                        .inspect_image(&s.image)
+                        .await
+                        .map_err(|e| format!("inspect image {}: {e}", s.image))?;
+                    let tagged = inspect
+                        .metadata
+                        .and_then(|m| m.last_tag_time)
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+                        .map(|t| t.with_timezone(&chrono::Utc));
+                    let period =
+                        chrono::Duration::from_std(period).unwrap_or(chrono::Duration::MAX);
+                    tagged.is_none_or(|t| now.signed_duration_since(t) > period)
+                }
+            },
+            _ => false,
+        };
+        if !due || !asked.insert(&s.image) {
+            continue;
+        }
+        let credentials = match docker_config {
+            Some(path) => image::credentials(path, image::registry(&s.image))?,
+            None => None,
+        };
+        let remote = docker
+            .inspect_registry_image(&s.image, credentials)
+            .await
+            .map_err(|e| format!("ask the registry about {}: {e}", s.image))?;
+        let Some(digest) = remote.descriptor.digest else {
+            continue;
+        };
+        let local = live
+            .images
+            .get(&s.image)
+            .and_then(|id| live.image_digests.get(id));
+        if !local.is_some_and(|d| d.contains(&digest)) {
+            live.newer_in_registry.insert(s.image.clone(), digest);
+        }
+    }
+    Ok(())
 }
 
 impl Live {
@@ -217,6 +292,9 @@ impl Live {
                 driver: n.driver.clone().unwrap_or_default(),
                 internal: n.internal.unwrap_or(false),
                 options: n.options.clone().unwrap_or_default().into_iter().collect(),
+                attachable: n.attachable.unwrap_or(false),
+                enable_ipv6: n.enable_ipv6.unwrap_or(false),
+                ipam: n.ipam.as_ref().map(live_ipam).unwrap_or_default(),
                 labels,
             });
         }
@@ -248,11 +326,27 @@ impl Live {
             .iter()
             .flat_map(|p| p.services.values().map(|s| s.image.as_str()))
             .collect();
+        let resolved = image::resolve(references, images);
+        let image_digests = images
+            .iter()
+            .filter(|i| resolved.values().any(|id| *id == i.id))
+            .map(|i| {
+                let digests = i
+                    .repo_digests
+                    .iter()
+                    .filter_map(|d| d.rsplit_once('@').map(|(_, d)| d.to_owned()))
+                    .collect();
+                (i.id.clone(), digests)
+            })
+            .collect();
         Live {
             containers: live_containers,
             networks: live_networks,
             volumes: live_volumes,
-            images: image::resolve(references, images),
+            images: resolved,
+            image_digests,
+            newer_in_registry: BTreeMap::new(),
+            api_version: None,
         }
     }
 
@@ -265,6 +359,34 @@ impl Live {
         self.containers
             .iter()
             .filter(move |c| c.project == project && c.service == service)
+    }
+}
+
+fn live_ipam(ipam: &bollard::models::Ipam) -> Ipam {
+    Ipam {
+        driver: ipam.driver.clone(),
+        config: ipam
+            .config
+            .iter()
+            .flatten()
+            .map(|c| IpamPool {
+                subnet: c.subnet.clone().filter(|s| !s.is_empty()),
+                ip_range: c.ip_range.clone().filter(|s| !s.is_empty()),
+                gateway: c.gateway.clone().filter(|s| !s.is_empty()),
+                aux_addresses: c
+                    .auxiliary_addresses
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            })
+            .collect(),
+        options: ipam
+            .options
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
     }
 }
 

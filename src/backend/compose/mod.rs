@@ -27,6 +27,7 @@ pub mod archive;
 pub mod connect;
 pub mod hash;
 pub mod health;
+pub mod hooks;
 pub mod image;
 pub mod live;
 pub mod plan;
@@ -173,9 +174,22 @@ impl Backend for ComposeBackend {
         desired: &TargetState,
         ctx: Context<'_>,
     ) -> Result<Live, BackendError> {
-        live::read(&self.docker, ctx.environment, projects(desired)?)
+        let projects = projects(desired)?;
+        let mut live = live::read(&self.docker, ctx.environment, projects)
             .await
-            .map_err(|e| self.unavailable(e))
+            .map_err(|e| self.unavailable(e))?;
+        // `pull_policy: always` and refresh periods: one registry question
+        // per such image (the clock is read here, not in the plan).
+        live::check_registry(
+            &self.docker,
+            projects,
+            &mut live,
+            self.docker_config.as_deref(),
+            chrono::Utc::now(),
+        )
+        .await
+        .map_err(|e| self.unavailable(format!("pull_policy: {e}")))?;
+        Ok(live)
     }
 
     async fn plan(

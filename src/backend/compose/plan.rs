@@ -7,11 +7,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::hash;
 use super::live::{ContainerState, Live, LiveContainer};
 use super::project;
+use super::{hash, spec};
 use crate::backend::{BackendError, Context};
-use crate::model::compose::{Network, Project, Service};
+use crate::model::compose::{Ipam, IpamPool, Network, Project, PullPolicy, Service};
 use crate::plan::{Action, Change, Resource, unified_diff};
 
 /// Plans `projects` against `live` for target `target`.
@@ -50,6 +50,7 @@ pub fn plan(
             )));
         }
     }
+    refuse_unsupported(projects, live).map_err(refuse)?;
     let desired_names: BTreeSet<&str> = projects.iter().map(|p| p.name.as_str()).collect();
     let live_projects: BTreeSet<&str> =
         live.containers.iter().map(|c| c.project.as_str()).collect();
@@ -85,7 +86,7 @@ pub fn plan(
             match existing {
                 None => c.action = Action::Create,
                 Some(n) => {
-                    let live_text = network_text_live(n);
+                    let live_text = network_text_live(n, &net);
                     let desired_text = network_text(&net);
                     if live_text != desired_text {
                         c.action = Action::Recreate {
@@ -135,6 +136,7 @@ pub fn plan(
             changes.push(c);
         }
 
+        let mut replaced: BTreeSet<&str> = BTreeSet::new();
         for name in project::start_order(p) {
             let service = &p.services[name];
             let mut c = service_change(target, p, name, service, live, ctx);
@@ -145,6 +147,22 @@ pub fn plan(
                 c.action = Action::Recreate {
                     reason: "network changed".into(),
                 };
+            }
+            // A container sharing another's namespace or volumes holds on to
+            // the old container: it goes with it (dependencies come first in
+            // start order, so `replaced` already has them).
+            if matches!(c.action, Action::Unchanged | Action::Update)
+                && let Some(dep) = project::shared_with(service).find(|d| replaced.contains(d))
+            {
+                c.action = Action::Recreate {
+                    reason: "dependency recreated".into(),
+                };
+                c.detail = Some(format!(
+                    "it shares a namespace or volumes with `{dep}`, which is replaced"
+                ));
+            }
+            if matches!(c.action, Action::Create | Action::Recreate { .. }) {
+                replaced.insert(name);
             }
             services.push(c);
         }
@@ -256,9 +274,18 @@ fn service_change(
         detail: None,
         diff: None,
     };
-    let pull = image_id
-        .is_none()
-        .then(|| format!("pull {}", service.image));
+    let newer = live.newer_in_registry.get(&service.image);
+    let pull = if image_id.is_none() {
+        Some(format!("pull {}", service.image))
+    } else {
+        newer.map(|digest| {
+            format!(
+                "pull {} (pull_policy {}: the registry holds {digest})",
+                service.image,
+                policy_name(service.pull_policy)
+            )
+        })
+    };
 
     if containers.is_empty() {
         c.action = Action::Create;
@@ -277,7 +304,7 @@ fn service_change(
     let desired_hash = image_id.map(|id| hash::config_hash(service, id));
     let image_changed = match image_id {
         None => true,
-        Some(id) => containers.iter().any(|c| c.image_id != id),
+        Some(id) => newer.is_some() || containers.iter().any(|c| c.image_id != id),
     };
     let config_changed = containers
         .iter()
@@ -285,10 +312,15 @@ fn service_change(
     let failed: Vec<&&LiveContainer> = containers.iter().filter(|c| !is_up(c, service)).collect();
 
     if image_changed || config_changed {
-        c.action = recreate(if image_changed {
-            "image changed"
+        c.action = recreate(&if image_changed {
+            "image changed".to_owned()
         } else {
-            "config changed"
+            let fields = hash::changed_fields(&live_text, &desired_text);
+            if fields.is_empty() {
+                "config changed".to_owned()
+            } else {
+                format!("config changed: {}", fields.join(", "))
+            }
         });
         c.diff = unified_diff(&live_text, &desired_text, ctx.masker);
         let masked_only = c.diff.is_none().then(|| {
@@ -427,24 +459,138 @@ fn join_detail<const N: usize>(parts: [Option<String>; N]) -> String {
 }
 
 /// The compared form of a desired network (what a recreate would change).
+/// The settings that came later (`attachable`, IPv6, `ipam`) appear only
+/// when set, so a network created before them compares as it did.
 pub(crate) fn network_text(net: &Network) -> String {
     let opts: BTreeMap<&String, &String> = net.driver_opts.iter().collect();
-    format!(
+    let mut text = format!(
         "driver: {}\ninternal: {}\noptions: {:?}\n",
         net.driver.as_deref().unwrap_or("bridge"),
         net.internal,
         opts
-    )
+    );
+    if net.attachable {
+        text.push_str("attachable: true\n");
+    }
+    if net.enable_ipv6 == Some(true) {
+        text.push_str("enable_ipv6: true\n");
+    }
+    let ipam = &net.ipam;
+    if let Some(driver) = &ipam.driver {
+        text.push_str(&format!("ipam driver: {driver}\n"));
+    }
+    if !ipam.options.is_empty() {
+        text.push_str(&format!("ipam options: {:?}\n", ipam.options));
+    }
+    for pool in &ipam.config {
+        let mut line = String::from("ipam pool:");
+        for (k, v) in [
+            ("subnet", &pool.subnet),
+            ("ip_range", &pool.ip_range),
+            ("gateway", &pool.gateway),
+        ] {
+            if let Some(v) = v {
+                line.push_str(&format!(" {k}={v}"));
+            }
+        }
+        if !pool.aux_addresses.is_empty() {
+            line.push_str(&format!(" aux_addresses={:?}", pool.aux_addresses));
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text
 }
 
-fn network_text_live(n: &super::live::LiveNetwork) -> String {
+/// The live network in the desired network's terms: what the engine chose
+/// by itself (a pool when none was asked for, a gateway, the `default` IPAM
+/// driver) is left out, so only what the file sets can differ.
+fn network_text_live(n: &super::live::LiveNetwork, desired: &Network) -> String {
+    let want = &desired.ipam;
+    let mut ipam = Ipam {
+        driver: want.driver.as_ref().and(
+            n.ipam
+                .driver
+                .clone()
+                .filter(|d| d != "default")
+                .or(Some("default".into())),
+        ),
+        options: if want.options.is_empty() {
+            BTreeMap::new()
+        } else {
+            n.ipam.options.clone()
+        },
+        config: Vec::new(),
+    };
+    if !want.config.is_empty() {
+        ipam.config = n
+            .ipam
+            .config
+            .iter()
+            .enumerate()
+            .map(|(i, live)| match want.config.get(i) {
+                Some(w) => IpamPool {
+                    subnet: w.subnet.as_ref().and(live.subnet.clone()),
+                    ip_range: w.ip_range.as_ref().and(live.ip_range.clone()),
+                    gateway: w.gateway.as_ref().and(live.gateway.clone()),
+                    aux_addresses: live.aux_addresses.clone(),
+                },
+                None => live.clone(),
+            })
+            .collect();
+    }
     network_text(&Network {
         name: n.name.clone(),
         driver: Some(n.driver.clone()),
         internal: n.internal,
         driver_opts: n.options.clone(),
+        attachable: n.attachable,
+        enable_ipv6: Some(n.enable_ipv6),
+        ipam,
         ..Network::default()
     })
+}
+
+/// The words of a pull policy, for plan details.
+fn policy_name(policy: PullPolicy) -> String {
+    match policy {
+        PullPolicy::Always => "always".into(),
+        PullPolicy::Refresh(d) => format!("every {}", crate::duration::format(d)),
+        PullPolicy::Never => "never".into(),
+        PullPolicy::Build => "build".into(),
+        PullPolicy::Missing => "missing".into(),
+    }
+}
+
+/// What the engine or the policy cannot do, refused before anything is
+/// planned: keys the engine's API version does not know (docker compose
+/// refuses `healthcheck.start_interval` the same way), and images that
+/// `pull_policy: never` forbids pulling.
+fn refuse_unsupported(projects: &[Project], live: &Live) -> Result<(), String> {
+    for p in projects {
+        for (name, s) in &p.services {
+            if s.pull_policy == PullPolicy::Never && !live.images.contains_key(&s.image) {
+                return Err(format!(
+                    "service {}/{name}: image {} is not present and `pull_policy: never` forbids pulling it; \
+                     load it onto the engine or change the policy",
+                    p.name, s.image
+                ));
+            }
+        }
+        let Some(have) = live.api_version else {
+            continue;
+        };
+        for (key, need) in spec::api_requirements(p) {
+            if have < need {
+                return Err(format!(
+                    "{key} needs Docker Engine API {}.{} or later; this engine speaks {}.{}, \
+                     and would ignore it",
+                    need.0, need.1, have.0, have.1
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -517,6 +663,9 @@ mod tests {
                 internal: false,
                 labels: BTreeMap::new(),
                 options: BTreeMap::new(),
+                attachable: false,
+                enable_ipv6: false,
+                ipam: Ipam::default(),
             }],
             volumes: vec![LiveVolume {
                 name: "shop_data".into(),
@@ -528,6 +677,7 @@ mod tests {
                 options: BTreeMap::new(),
             }],
             images: [("app:1".to_owned(), IMG.to_owned())].into(),
+            ..Live::default()
         }
     }
 
@@ -785,5 +935,164 @@ mod tests {
         live.containers[0].environment = Some("prod".into());
         let err = run(&[p], &live, &Allow::default()).unwrap_err().to_string();
         assert!(err.contains("deployed by environment `prod`"), "{err}");
+    }
+
+    #[test]
+    fn keys_the_engine_does_not_know_are_refused_before_planning() {
+        let mut p = project();
+        p.services.get_mut("api").unwrap().annotations = [("a".to_owned(), "b".to_owned())].into();
+        let mut live = deployed(&p);
+        live.api_version = Some((1, 41));
+        let err = run(std::slice::from_ref(&p), &live, &Allow::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("services.api.annotations needs Docker Engine API 1.43 or later; this engine speaks 1.41"),
+            "{err}"
+        );
+        live.api_version = Some((1, 44));
+        assert!(run(&[p], &live, &Allow::default()).is_ok());
+    }
+
+    #[test]
+    fn pull_policies_never_and_always() {
+        let mut p = project();
+        p.services.get_mut("api").unwrap().pull_policy = PullPolicy::Never;
+        let mut live = deployed(&p);
+        assert!(
+            actions(&run(std::slice::from_ref(&p), &live, &Allow::default()).unwrap()).is_empty()
+        );
+        live.images.clear();
+        let err = run(std::slice::from_ref(&p), &live, &Allow::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`pull_policy: never` forbids pulling it"),
+            "{err}"
+        );
+
+        // The registry holds another image: a recreate that says so.
+        let mut p = project();
+        p.services.get_mut("web").unwrap().pull_policy = PullPolicy::Always;
+        let mut live = deployed(&p);
+        assert!(
+            actions(&run(std::slice::from_ref(&p), &live, &Allow::default()).unwrap()).is_empty()
+        );
+        live.newer_in_registry
+            .insert("app:1".into(), "sha256:feed".into());
+        let changes = run(&[p], &live, &Allow::default()).unwrap();
+        let web = changes
+            .iter()
+            .find(|c| c.resource.name == "shop/web")
+            .unwrap();
+        assert_eq!(
+            web.action,
+            Action::Recreate {
+                reason: "image changed".into()
+            }
+        );
+        assert!(
+            web.detail
+                .as_deref()
+                .unwrap()
+                .contains("pull app:1 (pull_policy always: the registry holds sha256:feed)"),
+            "{web:?}"
+        );
+    }
+
+    #[test]
+    fn a_service_sharing_a_namespace_goes_with_the_one_it_shares() {
+        let mut p = project();
+        let web = p.services.get_mut("web").unwrap();
+        web.network_mode = Some("service:api".into());
+        web.depends_on.insert(
+            "api".into(),
+            crate::model::compose::Dependency {
+                condition: crate::model::compose::DependencyCondition::ServiceStarted,
+                restart: true,
+                required: true,
+            },
+        );
+        let live = deployed(&p);
+        assert!(
+            actions(&run(std::slice::from_ref(&p), &live, &Allow::default()).unwrap()).is_empty()
+        );
+        p.services
+            .get_mut("api")
+            .unwrap()
+            .environment
+            .insert("X".into(), Some("1".into()));
+        let changes = run(&[p], &live, &Allow::default()).unwrap();
+        let acts = actions(&changes);
+        assert_eq!(
+            acts,
+            [
+                (
+                    "shop/api".to_owned(),
+                    Action::Recreate {
+                        reason: "config changed: environment".into()
+                    }
+                ),
+                (
+                    "shop/web".to_owned(),
+                    Action::Recreate {
+                        reason: "dependency recreated".into()
+                    }
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn ipam_compares_what_the_file_sets_not_what_the_engine_chose() {
+        let mut p = project();
+        let mut live = deployed(&p);
+        // The engine picked a pool and a gateway by itself.
+        live.networks[0].ipam = Ipam {
+            driver: Some("default".into()),
+            config: vec![IpamPool {
+                subnet: Some("172.18.0.0/16".into()),
+                gateway: Some("172.18.0.1".into()),
+                ..IpamPool::default()
+            }],
+            options: BTreeMap::new(),
+        };
+        assert!(
+            actions(&run(std::slice::from_ref(&p), &live, &Allow::default()).unwrap()).is_empty()
+        );
+
+        p.networks.insert(
+            "default".into(),
+            Network {
+                name: "shop_default".into(),
+                ipam: Ipam {
+                    config: vec![IpamPool {
+                        subnet: Some("172.18.0.0/16".into()),
+                        ..IpamPool::default()
+                    }],
+                    ..Ipam::default()
+                },
+                ..Network::default()
+            },
+        );
+        assert!(
+            actions(&run(std::slice::from_ref(&p), &live, &Allow::default()).unwrap()).is_empty()
+        );
+
+        p.networks.get_mut("default").unwrap().ipam.config[0].subnet = Some("172.30.0.0/16".into());
+        let changes = run(&[p], &live, &Allow::default()).unwrap();
+        let net = changes
+            .iter()
+            .find(|c| c.resource.name == "shop_default")
+            .unwrap();
+        assert_eq!(
+            net.action,
+            Action::Recreate {
+                reason: "config changed".into()
+            }
+        );
+        let diff = net.diff.as_deref().unwrap();
+        assert!(diff.contains("-ipam pool: subnet=172.18.0.0/16"), "{diff}");
+        assert!(diff.contains("+ipam pool: subnet=172.30.0.0/16"), "{diff}");
     }
 }

@@ -27,7 +27,9 @@ pub fn networks(project: &Project) -> BTreeMap<String, Network> {
     out
 }
 
-/// The network keys a service joins, in a stable order.
+/// The network keys a service joins, as docker compose orders them: by
+/// `priority`, highest first, then by name. The first one is the network
+/// the container is created on.
 pub fn service_networks(service: &Service) -> Vec<String> {
     if service.network_mode.is_some() {
         return Vec::new();
@@ -35,7 +37,31 @@ pub fn service_networks(service: &Service) -> Vec<String> {
     if service.networks.is_empty() {
         return vec!["default".to_owned()];
     }
-    service.networks.keys().cloned().collect()
+    let mut keys: Vec<(&String, i64)> = service
+        .networks
+        .iter()
+        .map(|(k, n)| (k, n.priority))
+        .collect();
+    keys.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    keys.into_iter().map(|(k, _)| k.clone()).collect()
+}
+
+/// The services whose first container this one shares a namespace or the
+/// volumes of (`network_mode`, `ipc`, `pid`: `service:x`; `volumes_from`).
+pub fn shared_with(service: &Service) -> impl Iterator<Item = &str> {
+    service
+        .network_mode
+        .as_deref()
+        .and_then(|m| m.strip_prefix("service:"))
+        .into_iter()
+        .chain(service.namespaces.services())
+        .chain(
+            service
+                .volumes_from
+                .iter()
+                .filter(|v| !v.container)
+                .map(|v| v.source.as_str()),
+        )
 }
 
 /// Services in start order: each after the services it depends on, ties

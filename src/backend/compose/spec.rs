@@ -7,13 +7,17 @@
 use std::collections::HashMap;
 
 use bollard::models::{
-    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HealthConfig, HostConfig,
-    HostConfigLogConfig, Mount as EngineMount, MountTmpfsOptions, MountType, NetworkingConfig,
-    PortBinding, ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, DeviceMapping, DeviceRequest, EndpointIpamConfig, EndpointSettings,
+    HealthConfig, HostConfig, HostConfigCgroupnsModeEnum, HostConfigLogConfig, IpamConfig,
+    Mount as EngineMount, MountTmpfsOptions, MountType, NetworkingConfig, PortBinding,
+    ResourcesBlkioWeightDevice, ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
+    ThrottleDevice,
 };
 
 use super::{labels, project};
-use crate::model::compose::{Mount, Project, Service, ServiceNetwork};
+use crate::model::compose::{
+    Ipam, Mount, Project, Resources, Service, ServiceNetwork, is_cdi_name,
+};
 
 /// What to create for one replica.
 pub struct Replica<'a> {
@@ -188,9 +192,15 @@ pub fn container(r: &Replica<'_>) -> (ContainerCreateBody, Vec<ExtraNetwork>) {
 
     let networks = project::networks(p);
     let joined = project::service_networks(s);
+    let links = links(p, r.number, s);
     let endpoint = |key: &str| {
-        let attach = s.networks.get(key).cloned().unwrap_or_default();
-        endpoint_settings(r.service_name, &name, &attach)
+        let mut attach = s.networks.get(key).cloned().unwrap_or_default();
+        // The service-level MAC address belongs to the first network, as
+        // docker compose moves it there (engine API 1.44 and later).
+        if joined.first().is_some_and(|k| k == key) && attach.mac_address.is_none() {
+            attach.mac_address = s.mac_address.clone();
+        }
+        endpoint_settings(r.service_name, &name, &attach, &links)
     };
     let engine_name = |key: &str| {
         networks
@@ -199,17 +209,7 @@ pub fn container(r: &Replica<'_>) -> (ContainerCreateBody, Vec<ExtraNetwork>) {
             .unwrap_or_else(|| key.to_owned())
     };
     let network_mode = match &s.network_mode {
-        // `service:x` names a service; the engine wants a container.
-        Some(mode) => Some(match mode.strip_prefix("service:") {
-            Some(other) => match p.services.get(other) {
-                Some(o) => format!(
-                    "container:{}",
-                    project::container_name(&p.name, other, o, 1)
-                ),
-                None => format!("container:{}-{other}-1", p.name),
-            },
-            None => mode.clone(),
-        }),
+        Some(mode) => Some(shared_namespace(p, mode)),
         None => joined.first().map(|k| engine_name(k)),
     };
     let networking_config = joined.first().map(|k| NetworkingConfig {
@@ -222,7 +222,32 @@ pub fn container(r: &Replica<'_>) -> (ContainerCreateBody, Vec<ExtraNetwork>) {
         .collect();
 
     let limits = &s.resources.limits;
+    let ns = &s.namespaces;
     let host_config = HostConfig {
+        tmpfs: (!s.tmpfs.is_empty()).then(|| s.tmpfs.clone().into_iter().collect()),
+        sysctls: (!s.sysctls.is_empty()).then(|| s.sysctls.clone().into_iter().collect()),
+        dns: (!s.dns.is_empty()).then(|| s.dns.clone()),
+        dns_search: (!s.dns_search.is_empty()).then(|| s.dns_search.clone()),
+        dns_options: (!s.dns_opt.is_empty()).then(|| s.dns_opt.clone()),
+        ipc_mode: ns.ipc.as_deref().map(|m| shared_namespace(p, m)),
+        pid_mode: ns.pid.as_deref().map(|m| shared_namespace(p, m)),
+        uts_mode: ns.uts.clone(),
+        userns_mode: ns.userns_mode.clone(),
+        cgroupns_mode: ns.cgroup.as_deref().map(|c| match c {
+            "host" => HostConfigCgroupnsModeEnum::HOST,
+            _ => HostConfigCgroupnsModeEnum::PRIVATE,
+        }),
+        cgroup_parent: s.cgroup_parent.clone(),
+        group_add: (!s.group_add.is_empty()).then(|| s.group_add.clone()),
+        runtime: s.runtime.clone(),
+        storage_opt: (!s.storage_opt.is_empty())
+            .then(|| s.storage_opt.clone().into_iter().collect()),
+        annotations: (!s.annotations.is_empty())
+            .then(|| s.annotations.clone().into_iter().collect()),
+        links: (!links.is_empty()).then(|| links.clone()),
+        volumes_from: (!s.volumes_from.is_empty()).then(|| volumes_from(p, s)),
+        shm_size: s.shm_size.map(|b| b as i64),
+        oom_score_adj: s.oom_score_adj,
         port_bindings: Some(port_bindings),
         mounts: Some(mounts),
         restart_policy,
@@ -252,7 +277,7 @@ pub fn container(r: &Replica<'_>) -> (ContainerCreateBody, Vec<ExtraNetwork>) {
         memory: limits.memory.map(|m| m as i64),
         pids_limit: limits.pids,
         memory_reservation: s.resources.reservations.memory.map(|m| m as i64),
-        ..HostConfig::default()
+        ..resources(&s.resources)
     };
 
     let body = ContainerCreateBody {
@@ -266,6 +291,9 @@ pub fn container(r: &Replica<'_>) -> (ContainerCreateBody, Vec<ExtraNetwork>) {
         user: s.user.clone(),
         working_dir: s.working_dir.clone(),
         hostname: s.hostname.clone(),
+        domainname: s.domainname.clone(),
+        tty: s.tty.then_some(true),
+        open_stdin: s.stdin_open.then_some(true),
         stop_signal: s.stop_signal.clone(),
         stop_timeout: s.stop_grace_period.map(|d| d.as_secs() as i64),
         host_config: Some(host_config),
@@ -275,18 +303,245 @@ pub fn container(r: &Replica<'_>) -> (ContainerCreateBody, Vec<ExtraNetwork>) {
     (body, extra)
 }
 
-/// Endpoint settings: the service name and container name as DNS aliases
-/// (what Compose registers), plus the user's aliases and fixed address.
-fn endpoint_settings(service: &str, container: &str, attach: &ServiceNetwork) -> EndpointSettings {
-    let mut aliases = vec![service.to_owned(), container.to_owned()];
+/// Endpoint settings as docker compose writes them: the container name,
+/// the service name and the user's aliases as DNS aliases, the fixed
+/// addresses, and the links.
+fn endpoint_settings(
+    service: &str,
+    container: &str,
+    attach: &ServiceNetwork,
+    links: &[String],
+) -> EndpointSettings {
+    let mut aliases = vec![container.to_owned(), service.to_owned()];
     aliases.extend(attach.aliases.iter().cloned());
+    let fixed = attach.ipv4_address.is_some()
+        || attach.ipv6_address.is_some()
+        || !attach.link_local_ips.is_empty();
     EndpointSettings {
         aliases: Some(aliases),
-        ipam_config: attach.ipv4_address.as_ref().map(|ip| EndpointIpamConfig {
-            ipv4_address: Some(ip.clone()),
-            ..EndpointIpamConfig::default()
+        ipam_config: fixed.then(|| EndpointIpamConfig {
+            ipv4_address: attach.ipv4_address.clone(),
+            ipv6_address: attach.ipv6_address.clone(),
+            link_local_ips: (!attach.link_local_ips.is_empty())
+                .then(|| attach.link_local_ips.clone()),
         }),
+        mac_address: attach.mac_address.clone(),
+        driver_opts: driver_opts(attach),
+        gw_priority: (attach.gw_priority != 0).then_some(attach.gw_priority),
+        links: (!links.is_empty()).then(|| links.to_vec()),
         ..EndpointSettings::default()
+    }
+}
+
+/// The engine API versions the project's keys need, each named by its
+/// object path: the engine silently ignores what it does not know, so a
+/// plan for an older engine refuses them instead (as docker compose does
+/// for `healthcheck.start_interval`).
+pub fn api_requirements(p: &Project) -> Vec<(String, (u32, u32))> {
+    let mut out = Vec::new();
+    for (name, s) in &p.services {
+        let at = |key: &str| format!("services.{name}.{key}");
+        if s.healthcheck
+            .as_ref()
+            .is_some_and(|h| h.start_interval.is_some() && !h.disable)
+        {
+            out.push((at("healthcheck.start_interval"), (1, 44)));
+        }
+        if !s.annotations.is_empty() {
+            out.push((at("annotations"), (1, 43)));
+        }
+        // Before 1.44 the engine took one MAC address, in the container
+        // config, which the client library no longer sends.
+        if s.mac_address.is_some() {
+            out.push((at("mac_address"), (1, 44)));
+        }
+        for (net, n) in &s.networks {
+            if n.mac_address.is_some() {
+                out.push((at(&format!("networks.{net}.mac_address")), (1, 44)));
+            }
+            if n.gw_priority != 0 {
+                out.push((at(&format!("networks.{net}.gw_priority")), (1, 48)));
+            }
+            if n.interface_name.is_some() {
+                out.push((at(&format!("networks.{net}.interface_name")), (1, 49)));
+            }
+        }
+    }
+    for (key, n) in &p.networks {
+        if n.enable_ipv4 == Some(false) && !n.external {
+            out.push((format!("networks.{key}.enable_ipv4"), (1, 47)));
+        }
+    }
+    out
+}
+
+/// A network's `ipam` as the engine takes it.
+pub fn ipam(ipam: &Ipam) -> bollard::models::Ipam {
+    bollard::models::Ipam {
+        driver: ipam.driver.clone(),
+        config: Some(
+            ipam.config
+                .iter()
+                .map(|p| IpamConfig {
+                    subnet: p.subnet.clone(),
+                    ip_range: p.ip_range.clone(),
+                    gateway: p.gateway.clone(),
+                    auxiliary_addresses: (!p.aux_addresses.is_empty())
+                        .then(|| p.aux_addresses.clone().into_iter().collect()),
+                })
+                .collect(),
+        ),
+        options: (!ipam.options.is_empty()).then(|| ipam.options.clone().into_iter().collect()),
+    }
+}
+
+/// The endpoint's driver options; `interface_name` is one of them, the one
+/// the engine reads the interface name from.
+fn driver_opts(attach: &ServiceNetwork) -> Option<HashMap<String, String>> {
+    let mut opts: HashMap<String, String> = attach.driver_opts.clone().into_iter().collect();
+    if let Some(name) = &attach.interface_name {
+        opts.insert("com.docker.network.endpoint.ifname".into(), name.clone());
+    }
+    (!opts.is_empty()).then_some(opts)
+}
+
+/// `service:x` names a service; the engine wants a container: its first
+/// replica (docker compose takes the first one too).
+fn shared_namespace(p: &Project, mode: &str) -> String {
+    match mode.strip_prefix("service:") {
+        Some(other) => match p.services.get(other) {
+            Some(o) => format!(
+                "container:{}",
+                project::container_name(&p.name, other, o, 1)
+            ),
+            None => format!("container:{}-{other}-1", p.name),
+        },
+        None => mode.to_owned(),
+    }
+}
+
+/// `links` and `external_links` as docker compose v2 writes them: each
+/// replica of a linked service under the alias, `<service>-<n>` and
+/// `<project>-<service>-<n>` (`n` being this replica's number, as Compose
+/// numbers them), then each external container under its alias.
+fn links(p: &Project, number: u32, s: &Service) -> Vec<String> {
+    let mut out = Vec::new();
+    for (service, alias) in &s.links {
+        let Some(linked) = p.services.get(service) else {
+            continue;
+        };
+        for n in 1..=linked.replicas {
+            let container = project::container_name(&p.name, service, linked, n);
+            out.push(format!("{container}:{alias}"));
+            out.push(format!("{container}:{service}-{number}"));
+            out.push(format!("{container}:{}-{service}-{number}", p.name));
+        }
+    }
+    for (container, alias) in &s.external_links {
+        out.push(format!("{container}:{alias}"));
+    }
+    out
+}
+
+/// `volumes_from` as the engine takes it: `container[:ro]`, a service
+/// standing for its first replica. Unlike docker compose v2, which drops
+/// the mode, `:ro` is kept (as the specification and Compose v1 have it).
+fn volumes_from(p: &Project, s: &Service) -> Vec<String> {
+    s.volumes_from
+        .iter()
+        .map(|v| {
+            let container = if v.container {
+                v.source.clone()
+            } else {
+                match p.services.get(&v.source) {
+                    Some(o) => project::container_name(&p.name, &v.source, o, 1),
+                    None => format!("{}-{}-1", p.name, v.source),
+                }
+            };
+            if v.read_only {
+                format!("{container}:ro")
+            } else {
+                container
+            }
+        })
+        .collect()
+}
+
+/// The engine's resource controls beyond limits and reservations, as
+/// docker compose's `getDeployResources` sets them.
+fn resources(r: &Resources) -> HostConfig {
+    let throttle = |list: &[(String, u64)]| {
+        (!list.is_empty()).then(|| {
+            list.iter()
+                .map(|(path, rate)| ThrottleDevice {
+                    path: Some(path.clone()),
+                    rate: Some(i64::try_from(*rate).unwrap_or(i64::MAX)),
+                })
+                .collect()
+        })
+    };
+    let (cdi, devices): (Vec<_>, Vec<_>) = r
+        .devices
+        .iter()
+        .partition(|d| d.source == d.target && is_cdi_name(&d.source));
+    let mut requests: Vec<DeviceRequest> = Vec::new();
+    if !cdi.is_empty() {
+        requests.push(DeviceRequest {
+            driver: Some("cdi".into()),
+            device_ids: Some(cdi.iter().map(|d| d.source.clone()).collect()),
+            ..DeviceRequest::default()
+        });
+    }
+    requests.extend(r.device_requests.iter().map(|d| DeviceRequest {
+        driver: d.driver.clone(),
+        count: Some(d.count),
+        device_ids: (!d.device_ids.is_empty()).then(|| d.device_ids.clone()),
+        capabilities: Some(d.capabilities.clone()),
+        options: (!d.options.is_empty()).then(|| d.options.clone().into_iter().collect()),
+    }));
+    let b = &r.blkio;
+    HostConfig {
+        cpu_shares: r.cpu_shares,
+        cpu_period: r.cpu_period,
+        cpu_quota: r.cpu_quota,
+        cpu_realtime_period: r.cpu_rt_period,
+        cpu_realtime_runtime: r.cpu_rt_runtime,
+        cpuset_cpus: r.cpuset.clone(),
+        cpu_count: r.cpu_count,
+        // docker compose sends the percentage times 100.
+        cpu_percent: r.cpu_percent.map(|p| (p * 100.0) as i64),
+        memory_swap: r.memswap_limit,
+        // docker compose leaves 0 unset (the engine's default).
+        memory_swappiness: r.mem_swappiness.filter(|s| *s != 0),
+        oom_kill_disable: Some(r.oom_kill_disable),
+        blkio_weight: b.weight,
+        blkio_weight_device: (!b.weight_device.is_empty()).then(|| {
+            b.weight_device
+                .iter()
+                .map(|(path, weight)| ResourcesBlkioWeightDevice {
+                    path: Some(path.clone()),
+                    weight: Some(usize::from(*weight)),
+                })
+                .collect()
+        }),
+        blkio_device_read_bps: throttle(&b.device_read_bps),
+        blkio_device_write_bps: throttle(&b.device_write_bps),
+        blkio_device_read_iops: throttle(&b.device_read_iops),
+        blkio_device_write_iops: throttle(&b.device_write_iops),
+        devices: (!devices.is_empty()).then(|| {
+            devices
+                .iter()
+                .map(|d| DeviceMapping {
+                    path_on_host: Some(d.source.clone()),
+                    path_in_container: Some(d.target.clone()),
+                    cgroup_permissions: Some(d.permissions.clone()),
+                })
+                .collect()
+        }),
+        device_cgroup_rules: (!r.device_cgroup_rules.is_empty())
+            .then(|| r.device_cgroup_rules.clone()),
+        device_requests: (!requests.is_empty()).then_some(requests),
+        ..HostConfig::default()
     }
 }
 
@@ -295,7 +550,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::model::compose::{Port, ResourceSet, Resources, Volume};
+    use crate::model::compose::{
+        Blkio, Device, DeviceRequest, Namespaces, Network, Port, ResourceSet, Resources, Volume,
+        VolumesFrom,
+    };
 
     #[test]
     fn maps_ports_mounts_limits_and_labels() {
@@ -368,7 +626,238 @@ mod tests {
         let endpoints = body.networking_config.unwrap().endpoints_config.unwrap();
         assert_eq!(
             endpoints["shop_default"].aliases.as_deref().unwrap(),
-            ["web", "shop-web-2"]
+            ["shop-web-2", "web"]
         );
+    }
+
+    fn replica<'a>(project: &'a Project, service: &'a str, number: u32) -> Replica<'a> {
+        Replica {
+            project,
+            service_name: service,
+            service: &project.services[service],
+            number,
+            image_id: "sha256:abc",
+            config_hash: "h",
+            definition: "d",
+            environment: "dev",
+        }
+    }
+
+    /// Every engine key lands in the create body where docker compose's
+    /// `getCreateConfigs` puts it.
+    #[test]
+    fn maps_engine_keys_as_docker_compose_does() {
+        let mut app = Service {
+            image: "app:1".into(),
+            replicas: 1,
+            tmpfs: [("/run".to_owned(), "size=64m".to_owned())].into(),
+            sysctls: [("net.core.somaxconn".to_owned(), "1024".to_owned())].into(),
+            dns: vec!["8.8.8.8".into()],
+            dns_search: vec!["example.com".into()],
+            dns_opt: vec!["use-vc".into()],
+            domainname: Some("example.com".into()),
+            namespaces: Namespaces {
+                ipc: Some("service:db".into()),
+                pid: Some("host".into()),
+                uts: Some("host".into()),
+                userns_mode: Some("host".into()),
+                cgroup: Some("private".into()),
+            },
+            cgroup_parent: Some("m-exec".into()),
+            group_add: vec!["mail".into()],
+            runtime: Some("runc".into()),
+            storage_opt: [("size".to_owned(), "1G".to_owned())].into(),
+            tty: true,
+            stdin_open: true,
+            links: vec![("db".into(), "database".into())],
+            external_links: vec![("legacy".into(), "cache".into())],
+            volumes_from: vec![VolumesFrom {
+                source: "db".into(),
+                container: false,
+                read_only: true,
+            }],
+            annotations: [("a".to_owned(), "b".to_owned())].into(),
+            shm_size: Some(64 << 20),
+            oom_score_adj: Some(-100),
+            resources: Resources {
+                limits: ResourceSet {
+                    cpus: Some(1.5),
+                    memory: Some(256 << 20),
+                    pids: Some(50),
+                },
+                cpu_shares: Some(512),
+                cpuset: Some("0-1".into()),
+                cpu_percent: Some(50.0),
+                memswap_limit: Some(-1),
+                mem_swappiness: Some(0),
+                oom_kill_disable: true,
+                blkio: Blkio {
+                    weight: Some(300),
+                    device_read_bps: vec![("/dev/loop0".into(), 1024)],
+                    ..Blkio::default()
+                },
+                devices: vec![
+                    Device {
+                        source: "/dev/fuse".into(),
+                        target: "/dev/fuse".into(),
+                        permissions: "rwm".into(),
+                    },
+                    Device {
+                        source: "nvidia.com/gpu=all".into(),
+                        target: "nvidia.com/gpu=all".into(),
+                        permissions: "rwm".into(),
+                    },
+                ],
+                device_requests: vec![DeviceRequest {
+                    driver: None,
+                    count: -1,
+                    device_ids: Vec::new(),
+                    capabilities: vec![vec!["gpu".into()]],
+                    options: BTreeMap::new(),
+                }],
+                ..Resources::default()
+            },
+            ..Service::default()
+        };
+        app.networks.insert(
+            "front".into(),
+            ServiceNetwork {
+                ipv4_address: Some("172.28.0.5".into()),
+                ipv6_address: Some("fd00::5".into()),
+                interface_name: Some("eth7".into()),
+                ..ServiceNetwork::default()
+            },
+        );
+        let db = Service {
+            image: "db:1".into(),
+            replicas: 2,
+            ..Service::default()
+        };
+        let project = Project {
+            name: "shop".into(),
+            services: [("app".to_owned(), app), ("db".to_owned(), db)].into(),
+            networks: [(
+                "front".to_owned(),
+                Network {
+                    name: "shop_front".into(),
+                    ..Network::default()
+                },
+            )]
+            .into(),
+            volumes: BTreeMap::new(),
+            origin: Default::default(),
+        };
+        let (body, extra) = container(&replica(&project, "app", 1));
+        assert!(extra.is_empty());
+        assert_eq!(body.domainname.as_deref(), Some("example.com"));
+        assert_eq!((body.tty, body.open_stdin), (Some(true), Some(true)));
+        let hc = body.host_config.unwrap();
+        assert_eq!(hc.tmpfs.unwrap()["/run"], "size=64m");
+        assert_eq!(hc.sysctls.unwrap()["net.core.somaxconn"], "1024");
+        assert_eq!(hc.dns.unwrap(), ["8.8.8.8"]);
+        assert_eq!(hc.dns_search.unwrap(), ["example.com"]);
+        assert_eq!(hc.dns_options.unwrap(), ["use-vc"]);
+        assert_eq!(hc.ipc_mode.as_deref(), Some("container:shop-db-1"));
+        assert_eq!(hc.pid_mode.as_deref(), Some("host"));
+        assert_eq!(hc.uts_mode.as_deref(), Some("host"));
+        assert_eq!(hc.userns_mode.as_deref(), Some("host"));
+        assert_eq!(hc.cgroupns_mode, Some(HostConfigCgroupnsModeEnum::PRIVATE));
+        assert_eq!(hc.cgroup_parent.as_deref(), Some("m-exec"));
+        assert_eq!(hc.group_add.unwrap(), ["mail"]);
+        assert_eq!(hc.runtime.as_deref(), Some("runc"));
+        assert_eq!(hc.storage_opt.unwrap()["size"], "1G");
+        assert_eq!(hc.annotations.unwrap()["a"], "b");
+        assert_eq!(hc.shm_size, Some(64 << 20));
+        assert_eq!(hc.oom_score_adj, Some(-100));
+        // Links as Compose v2 writes them: alias, `service-N`,
+        // `project-service-N` for every replica, then the external ones.
+        assert_eq!(
+            hc.links.unwrap(),
+            [
+                "shop-db-1:database",
+                "shop-db-1:db-1",
+                "shop-db-1:shop-db-1",
+                "shop-db-2:database",
+                "shop-db-2:db-1",
+                "shop-db-2:shop-db-1",
+                "legacy:cache",
+            ]
+        );
+        assert_eq!(hc.volumes_from.unwrap(), ["shop-db-1:ro"]);
+        assert_eq!(hc.nano_cpus, Some(1_500_000_000));
+        assert_eq!(hc.memory, Some(256 << 20));
+        assert_eq!(hc.pids_limit, Some(50));
+        assert_eq!(hc.cpu_shares, Some(512));
+        assert_eq!(hc.cpuset_cpus.as_deref(), Some("0-1"));
+        assert_eq!(hc.cpu_percent, Some(5000));
+        assert_eq!(hc.memory_swap, Some(-1));
+        assert_eq!(hc.memory_swappiness, None, "0 is left to the engine");
+        assert_eq!(hc.oom_kill_disable, Some(true));
+        assert_eq!(hc.blkio_weight, Some(300));
+        assert_eq!(hc.blkio_device_read_bps.unwrap()[0].rate, Some(1024));
+        let devices = hc.devices.unwrap();
+        assert_eq!(devices.len(), 1);
+        assert_eq!(devices[0].path_on_host.as_deref(), Some("/dev/fuse"));
+        let requests = hc.device_requests.unwrap();
+        assert_eq!(requests[0].driver.as_deref(), Some("cdi"));
+        assert_eq!(
+            requests[0].device_ids.as_deref().unwrap(),
+            ["nvidia.com/gpu=all"]
+        );
+        assert_eq!(requests[1].count, Some(-1));
+        assert_eq!(hc.network_mode.as_deref(), Some("shop_front"));
+        let endpoints = body.networking_config.unwrap().endpoints_config.unwrap();
+        let ep = &endpoints["shop_front"];
+        let ipam = ep.ipam_config.as_ref().unwrap();
+        assert_eq!(ipam.ipv4_address.as_deref(), Some("172.28.0.5"));
+        assert_eq!(ipam.ipv6_address.as_deref(), Some("fd00::5"));
+        assert_eq!(
+            ep.driver_opts.as_ref().unwrap()["com.docker.network.endpoint.ifname"],
+            "eth7"
+        );
+        assert_eq!(ep.links.as_ref().unwrap().len(), 7);
+
+        // Networks by priority, highest first, then by name.
+        let mut p2 = project.clone();
+        let app = p2.services.get_mut("app").unwrap();
+        app.networks.insert(
+            "back".into(),
+            ServiceNetwork {
+                priority: 5,
+                ..ServiceNetwork::default()
+            },
+        );
+        assert_eq!(project::service_networks(app), ["back", "front"]);
+    }
+
+    #[test]
+    fn keys_newer_than_the_engine_name_their_api_version() {
+        let mut s = Service {
+            image: "x".into(),
+            replicas: 1,
+            mac_address: Some("02:42:ac:11:00:02".into()),
+            annotations: [("a".to_owned(), "b".to_owned())].into(),
+            ..Service::default()
+        };
+        s.healthcheck = Some(crate::model::compose::Healthcheck {
+            test: vec!["CMD".into(), "true".into()],
+            interval: None,
+            timeout: None,
+            retries: None,
+            start_period: None,
+            start_interval: Some(std::time::Duration::from_secs(1)),
+            disable: false,
+        });
+        let p = Project {
+            name: "p".into(),
+            services: [("web".to_owned(), s)].into(),
+            networks: BTreeMap::new(),
+            volumes: BTreeMap::new(),
+            origin: Default::default(),
+        };
+        let needs: BTreeMap<String, (u32, u32)> = api_requirements(&p).into_iter().collect();
+        assert_eq!(needs["services.web.healthcheck.start_interval"], (1, 44));
+        assert_eq!(needs["services.web.annotations"], (1, 43));
+        assert_eq!(needs["services.web.mac_address"], (1, 44));
     }
 }

@@ -28,6 +28,7 @@ use crate::model::compose::{Network, Project};
 use crate::yaml::{self, Node, Value};
 
 mod dotenv;
+mod engine;
 mod extends;
 mod interpolate;
 mod read;
@@ -93,6 +94,11 @@ pub(crate) struct Ctx<'a> {
     files: HashMap<String, Option<Arc<Node>>>,
     /// Services with `extends` resolved, by (file, service).
     resolved: HashMap<(String, String), Option<Node>>,
+    /// Swarm-only keys seen (object path, line): docker compose ignores
+    /// them, and so does driftless, saying so once per file.
+    swarm_only: Vec<(String, u32)>,
+    /// Whether `develop` was seen (noted once per file).
+    develop: Option<(String, u32)>,
 }
 
 impl<'a> Ctx<'a> {
@@ -104,6 +110,8 @@ impl<'a> Ctx<'a> {
             warned: BTreeSet::new(),
             files: HashMap::new(),
             resolved: HashMap::new(),
+            swarm_only: Vec::new(),
+            develop: None,
         }
     }
 
@@ -156,6 +164,12 @@ impl<'a> Ctx<'a> {
                         .map(|n| (n, v))
                 }
                 "services" | "networks" | "volumes" | "configs" => {}
+                "models" => self.cannot_apply(
+                    k,
+                    key,
+                    "models",
+                    "it declares AI models for Docker Model Runner, which is not part of the Engine API",
+                ),
                 k if k.starts_with("x-") => {}
                 "build" | "image" | "ports" | "environment" => {
                     self.unsupported_with(
@@ -240,6 +254,7 @@ impl<'a> Ctx<'a> {
             }
         }
         self.check_project(&mut project);
+        self.notes();
         project_name.map(|_| project)
     }
 
@@ -521,6 +536,44 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// The once-per-file notes: swarm-only keys and `develop`, both
+    /// ignored as `docker compose up` ignores them.
+    fn notes(&mut self) {
+        let file = self.input.file;
+        if let Some((first, line)) = self.swarm_only.first().cloned() {
+            let keys: Vec<String> = self.swarm_only.iter().map(|(k, _)| k.clone()).collect();
+            self.diags.push(
+                Diagnostic::warning(format!(
+                    "swarm-only keys are ignored, as `docker compose up` ignores them: {}",
+                    keys.join(", ")
+                ))
+                .file(file)
+                .line(line)
+                .object(first),
+            );
+        }
+        if let Some((object, line)) = self.develop.take() {
+            self.diags.push(
+                Diagnostic::warning("`develop` (`docker compose watch`) is ignored: driftless deploys commits, it does not sync a working tree")
+                    .file(file)
+                    .line(line)
+                    .object(object),
+            );
+        }
+    }
+
+    /// A swarm-only key at `key_node` (object path `path`): ignored.
+    pub(crate) fn swarm_only(&mut self, key_node: &Node, path: &str) {
+        self.swarm_only.push((path.to_owned(), key_node.line));
+    }
+
+    /// `develop` at `key_node`: ignored, noted once.
+    pub(crate) fn develop(&mut self, key_node: &Node, path: &str) {
+        if self.develop.is_none() {
+            self.develop = Some((path.to_owned(), key_node.line));
+        }
+    }
+
     // ---- diagnostics --------------------------------------------------
 
     /// Pushes `d` located at `node` (its file, line, column) for `object`.
@@ -547,6 +600,16 @@ impl<'a> Ctx<'a> {
             key_node,
             path,
             "driftless rejects keys it does not apply rather than ignore them; remove it, or deploy this stack without driftless",
+        );
+    }
+
+    /// `what` (a key, or `key: value`) is valid Compose that no Linux
+    /// Docker engine can apply; `why` says so.
+    pub(crate) fn cannot_apply(&mut self, node: &Node, path: &str, what: &str, why: &str) {
+        self.report(
+            Diagnostic::error(format!("cannot apply `{what}` on a Docker engine")).hint(why),
+            node,
+            path,
         );
     }
 
@@ -614,3 +677,5 @@ fn find_cycle(project: &Project, start: &str) -> Option<Vec<String>> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_keys;

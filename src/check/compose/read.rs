@@ -156,6 +156,27 @@ impl Ctx<'_> {
         }
     }
 
+    /// A byte size: a number of bytes or a size such as `512m`.
+    pub(crate) fn bytes(&mut self, node: &Node, path: &str) -> Option<u64> {
+        match &node.value {
+            Value::Int(n) if *n >= 0 => Some(*n as u64),
+            Value::Int(n) => {
+                self.error(node, path, format!("a size cannot be negative ({n})"));
+                None
+            }
+            _ => {
+                let text = self.text(node, path)?;
+                match super::syntax::parse_bytes(&text) {
+                    Ok(n) => Some(n),
+                    Err(e) => {
+                        self.error(node, path, e);
+                        None
+                    }
+                }
+            }
+        }
+    }
+
     /// A Go duration (`1m30s`, `500ms`).
     pub(crate) fn duration(&mut self, node: &Node, path: &str) -> Option<Duration> {
         let text = self.text(node, path)?;

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use super::Ctx;
-use crate::model::compose::{Network, Volume};
+use super::{Ctx, syntax};
+use crate::model::compose::{Ipam, IpamPool, Network, Volume};
 use crate::source::join_relative;
 use crate::yaml::Node;
 
@@ -27,31 +27,51 @@ struct Common {
     labels: BTreeMap<String, String>,
 }
 
+/// What only networks set.
+#[derive(Default)]
+struct NetworkOnly {
+    internal: bool,
+    attachable: bool,
+    enable_ipv6: Option<bool>,
+    enable_ipv4: Option<bool>,
+    ipam: Ipam,
+}
+
 /// Top-level `networks:`.
 pub(crate) fn networks(
     ctx: &mut Ctx,
     node: Option<&Node>,
     project: &Option<String>,
 ) -> BTreeMap<String, Network> {
-    let mut internal = BTreeMap::new();
+    let mut only: BTreeMap<String, NetworkOnly> = BTreeMap::new();
     let common = top_level(
         ctx,
         node,
         project,
         "network",
         |ctx, key, field, fv, fpath| {
-            if field != "internal" {
-                return false;
+            let n = only.entry(key.to_owned()).or_default();
+            match field {
+                "internal" => n.internal = ctx.bool(fv, fpath).unwrap_or(false),
+                "attachable" => n.attachable = ctx.bool(fv, fpath).unwrap_or(false),
+                "enable_ipv6" => n.enable_ipv6 = ctx.bool(fv, fpath),
+                "enable_ipv4" => n.enable_ipv4 = ctx.bool(fv, fpath),
+                "ipam" => n.ipam = ipam(ctx, fv, fpath),
+                _ => return false,
             }
-            internal.insert(key.to_owned(), ctx.bool(fv, fpath).unwrap_or(false));
             true
         },
     );
     common
         .into_iter()
         .map(|(key, c)| {
+            let n = only.remove(&key).unwrap_or_default();
             let network = Network {
-                internal: internal.get(&key).copied().unwrap_or(false),
+                internal: n.internal,
+                attachable: n.attachable,
+                enable_ipv6: n.enable_ipv6,
+                enable_ipv4: n.enable_ipv4,
+                ipam: n.ipam,
                 name: c.name,
                 external: c.external,
                 driver: c.driver,
@@ -61,6 +81,131 @@ pub(crate) fn networks(
             (key, network)
         })
         .collect()
+}
+
+/// A network's `ipam`: driver, options and address pools, each address
+/// checked to be an address, each gateway and range inside its subnet.
+fn ipam(ctx: &mut Ctx, node: &Node, path: &str) -> Ipam {
+    let mut out = Ipam::default();
+    for (k, v) in ctx.map(node, path).unwrap_or_default() {
+        let Some(key) = ctx.key(k, path) else {
+            continue;
+        };
+        let fp = format!("{path}.{key}");
+        match key {
+            "driver" => out.driver = ctx.text(v, &fp),
+            "options" => out.options = ctx.string_map(v, &fp),
+            "config" => {
+                for (i, item) in ctx.seq(v, &fp).unwrap_or_default().iter().enumerate() {
+                    let ip = format!("{fp}[{i}]");
+                    if let Some(pool) = ipam_pool(ctx, item, &ip) {
+                        out.config.push(pool);
+                    }
+                }
+            }
+            k if k.starts_with("x-") => {}
+            _ => ctx.unsupported(k, &fp),
+        }
+    }
+    out
+}
+
+fn ipam_pool(ctx: &mut Ctx, node: &Node, path: &str) -> Option<IpamPool> {
+    let mut pool = IpamPool::default();
+    let mut at = BTreeMap::new();
+    for (k, v) in ctx.map(node, path)? {
+        let Some(key) = ctx.key(k, path) else {
+            continue;
+        };
+        let fp = format!("{path}.{key}");
+        match key {
+            "subnet" => {
+                pool.subnet = ctx.text(v, &fp).filter(|s| match syntax::parse_cidr(s) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        ctx.error(v, &fp, e);
+                        false
+                    }
+                })
+            }
+            "ip_range" => {
+                pool.ip_range = ctx.text(v, &fp).filter(|s| match syntax::parse_cidr(s) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        ctx.error(v, &fp, e);
+                        false
+                    }
+                });
+                at.insert("ip_range", v);
+            }
+            "gateway" => {
+                pool.gateway = ctx.text(v, &fp).filter(|g| {
+                    let ok = g.parse::<std::net::IpAddr>().is_ok();
+                    if !ok {
+                        ctx.error(v, &fp, format!("gateway `{g}` is not an IP address"));
+                    }
+                    ok
+                });
+                at.insert("gateway", v);
+            }
+            "aux_addresses" => {
+                for (host, addr) in ctx.string_map(v, &fp) {
+                    if addr.parse::<std::net::IpAddr>().is_err() {
+                        ctx.error(
+                            v,
+                            &format!("{fp}.{host}"),
+                            format!("`{addr}` is not an IP address"),
+                        );
+                    } else {
+                        pool.aux_addresses.insert(host, addr);
+                    }
+                }
+                at.insert("aux_addresses", v);
+            }
+            k if k.starts_with("x-") => {}
+            _ => ctx.unsupported(k, &fp),
+        }
+    }
+    // What the engine refuses when it creates the network.
+    if let Some(subnet) = pool.subnet.clone() {
+        let inside = |a: &str| {
+            let (ip, _) = a.split_once('/').unwrap_or((a, ""));
+            ip.parse()
+                .ok()
+                .is_some_and(|ip| syntax::cidr_contains(&subnet, ip).unwrap_or(false))
+        };
+        let mut outside = Vec::new();
+        if let Some(g) = &pool.gateway
+            && !inside(g)
+        {
+            outside.push(("gateway", g.clone()));
+        }
+        if let Some(r) = &pool.ip_range
+            && !inside(r)
+        {
+            outside.push(("ip_range", r.clone()));
+        }
+        for a in pool.aux_addresses.values() {
+            if !inside(a) {
+                outside.push(("aux_addresses", a.clone()));
+            }
+        }
+        for (key, value) in outside {
+            let node = at.get(key).copied().unwrap_or(node);
+            ctx.error(
+                node,
+                &format!("{path}.{key}"),
+                format!("`{value}` is outside the subnet `{subnet}`"),
+            );
+        }
+    } else if pool.gateway.is_some() || pool.ip_range.is_some() {
+        ctx.error(
+            node,
+            path,
+            "an address pool with `gateway` or `ip_range` needs its `subnet`",
+        );
+    }
+    Some(pool)
 }
 
 /// Top-level `volumes:`.
@@ -199,6 +344,7 @@ pub(crate) fn configs(ctx: &mut Ctx, node: Option<&Node>) -> BTreeMap<String, Op
         let path = format!("configs.{key}");
         let mut def = None;
         let mut sources = 0;
+        let mut external = false;
         for (fk, fv) in ctx.map(v, &path).unwrap_or_default() {
             let Some(field) = ctx.key(fk, &path) else {
                 continue;
@@ -245,11 +391,32 @@ pub(crate) fn configs(ctx: &mut Ctx, node: Option<&Node>) -> BTreeMap<String, Op
                         None => ctx.error(fv, &fpath, format!("variable `{var}` is not set")),
                     }
                 }
+                // Swarm config objects' metadata: no effect on a file
+                // copied into the container, as in docker compose.
+                "labels" | "name" => {}
+                "external" => {
+                    external = true;
+                    ctx.cannot_apply(
+                        fk,
+                        &fpath,
+                        "external",
+                        "an external config is a swarm object; docker compose refuses it too (`unsupported external config`)",
+                    );
+                }
+                "driver" | "template_driver" => {
+                    external = true;
+                    ctx.cannot_apply(
+                        fk,
+                        &fpath,
+                        field,
+                        "config drivers are swarm plugins; docker compose refuses them too",
+                    );
+                }
                 f if f.starts_with("x-") => {}
                 _ => ctx.unsupported(fk, &fpath),
             }
         }
-        if sources != 1 {
+        if sources != 1 && !external {
             ctx.error(
                 v,
                 &path,

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::read::Entry;
 use super::resources::ConfigDef;
-use super::{Ctx, dotenv, syntax};
+use super::{Ctx, dotenv, engine, syntax};
 use crate::diag::Diagnostic;
 use crate::model::Origin;
 use crate::model::compose::{
@@ -30,13 +30,28 @@ fn unsupported_hint(key: &str) -> Option<&'static str> {
         "secrets" => {
             "Compose secrets are not supported; deliver files with `configs:` or values with `environment:`"
         }
-        "links" => "services on a shared network reach each other by service name; remove `links`",
-        "volumes_from" => "declare the volumes on this service instead",
-        "tmpfs" => "use a `volumes:` entry with `type: tmpfs`",
-        "mem_limit" | "memswap_limit" | "mem_reservation" | "cpus" | "cpu_count" | "cpu_shares"
-        | "pids_limit" => "set resources under `deploy.resources.limits` / `reservations`",
-        "develop" => "`develop` (watch) is for local development; remove it from deployed stacks",
         "include" => "`include` is not supported; merge the files, or load each as its own project",
+        _ => return None,
+    })
+}
+
+/// Keys of the Compose specification that cannot apply to a Linux Docker
+/// engine, with the reason.
+fn refused(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "credential_spec" => {
+            "it configures Windows group managed service accounts, which only Windows engines apply"
+        }
+        "use_api_socket" => {
+            "it hands the engine's socket and the deployer's registry credentials to the container, and \
+             driftless does not pass its credentials on; bind `/var/run/docker.sock` explicitly if the service needs the engine"
+        }
+        "models" => {
+            "it asks Docker Model Runner for an AI model, which is not part of the Engine API"
+        }
+        "provider" => {
+            "a provider service is run by a plugin of the Compose CLI, the engine has nothing to run"
+        }
         _ => return None,
     })
 }
@@ -85,6 +100,13 @@ pub(crate) fn service(
     let mut scale: Option<(i64, &Node)> = None;
     let mut deploy_replicas: Option<(i64, &Node)> = None;
     let mut container_name_node = None;
+    let mut legacy = engine::ServiceResources::default();
+    let mut written = engine::DeployResources::default();
+    let mut label_files: Vec<(String, &Node, String)> = Vec::new();
+    let mut labels = BTreeMap::new();
+    let mut pull_refresh_after = None;
+    // A refused key (a `provider` service has no image) says all there is.
+    let mut refused_key = false;
 
     for (k, v) in entries {
         let Some(field) = ctx.key(k, &path) else {
@@ -157,7 +179,8 @@ pub(crate) fn service(
                     }
                 }
             }
-            "labels" => s.labels = ctx.labels(v, &fp),
+            "labels" => labels = ctx.labels(v, &fp),
+            "label_file" => label_files = label_file_list(ctx, v, &fp),
             "container_name" => {
                 if let Some(cn) = ctx.text(v, &fp) {
                     let mut chars = cn.chars();
@@ -184,7 +207,7 @@ pub(crate) fn service(
             "stop_grace_period" => s.stop_grace_period = ctx.duration(v, &fp),
             "ulimits" => s.ulimits = ulimits(ctx, v, &fp),
             "logging" => s.logging = logging(ctx, v, &fp),
-            "deploy" => deploy(ctx, v, &fp, &mut s, &mut deploy_replicas),
+            "deploy" => deploy(ctx, v, &fp, &mut s, &mut deploy_replicas, &mut written),
             "scale" => scale = ctx.int_in(v, &fp, 0..=10_000).map(|n| (n, v)),
             "profiles" => {
                 let mut profiles = Vec::new();
@@ -199,13 +222,62 @@ pub(crate) fn service(
                 }
                 s.profiles = dedup(profiles);
             }
+            // Which containers `docker compose up` streams logs from: no
+            // effect on what runs.
+            "attach" => {
+                if !matches!(v.value, Value::Bool(_) | Value::String(_)) {
+                    ctx.error(v, &fp, "`attach` must be true or false");
+                }
+            }
+            "develop" => ctx.develop(k, &fp),
+            "isolation" => match ctx.text(v, &fp).as_deref() {
+                // The only value a Linux engine takes.
+                Some("default" | "") | None => {}
+                Some(other) => ctx.cannot_apply(
+                    v,
+                    &fp,
+                    &format!("isolation: {other}"),
+                    "only Windows engines isolate containers; a Linux engine refuses any value but `default`",
+                ),
+            },
+            "pull_refresh_after" => pull_refresh_after = ctx.text(v, &fp).map(|t| (t, v)),
+            f if engine::service_key(ctx, f, v, &fp, &mut s, &mut legacy) => {}
             f if f.starts_with("x-") => {}
-            f => match unsupported_hint(f) {
-                Some(hint) => ctx.unsupported_with(k, &fp, hint),
-                None => ctx.unsupported(k, &fp),
+            f => match (refused(f), unsupported_hint(f)) {
+                (Some(why), _) => {
+                    refused_key = true;
+                    ctx.cannot_apply(k, &fp, f, why)
+                }
+                (None, Some(hint)) => ctx.unsupported_with(k, &fp, hint),
+                (None, None) => ctx.unsupported(k, &fp),
             },
         }
     }
+
+    engine::resolve_resources(ctx, &path, &mut s, &legacy, &written);
+    if let Some((text, at)) = pull_refresh_after {
+        let fp = format!("{path}.pull_refresh_after");
+        match engine::refresh_period(&text).or_else(|| crate::duration::parse(&text).ok()) {
+            Some(d) if !d.is_zero() => {
+                if matches!(s.pull_policy, crate::model::compose::PullPolicy::Refresh(_)) {
+                    s.pull_policy = crate::model::compose::PullPolicy::Refresh(d);
+                } else {
+                    ctx.warning(
+                        at,
+                        &fp,
+                        "`pull_refresh_after` applies to `pull_policy: refresh` only; ignored",
+                    );
+                }
+            }
+            _ => ctx.error(
+                at,
+                &fp,
+                format!("`{text}` is not a duration (e.g. `12h`, `7d`)"),
+            ),
+        }
+    }
+    s.labels = resolve_labels(ctx, label_files, labels);
+    service_references(ctx, name, node, &path, &mut s, refs);
 
     match (scale, deploy_replicas) {
         (Some((a, node)), Some((b, _))) if a != b => ctx.error(
@@ -242,7 +314,7 @@ pub(crate) fn service(
 
     match image {
         Some(image) => s.image = image,
-        None if has_build => return None,
+        None if has_build || refused_key => return None,
         None => {
             ctx.report(
                 Diagnostic::error("service has neither `image` nor `build`")
@@ -254,6 +326,128 @@ pub(crate) fn service(
         }
     }
     Some(s)
+}
+
+/// `label_file`: one path or a list, relative to the Compose file; every
+/// file is required.
+fn label_file_list<'n>(
+    ctx: &mut Ctx,
+    node: &'n Node,
+    path: &str,
+) -> Vec<(String, &'n Node, String)> {
+    let mut out = Vec::new();
+    for (rel, at) in ctx.text_or_texts(node, path) {
+        let file = at.file.as_deref().unwrap_or(ctx.input.file).to_owned();
+        match join_relative(&file, &rel) {
+            Ok(p) => out.push((p, at, path.to_owned())),
+            Err(e) => ctx.error(at, path, e.to_string()),
+        }
+    }
+    out
+}
+
+/// Labels from `label_file`s (in order, env-file syntax), then `labels`
+/// over them, as compose-go resolves them.
+fn resolve_labels(
+    ctx: &mut Ctx,
+    files: Vec<(String, &Node, String)>,
+    labels: BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (repo_path, at, object) in files {
+        let Some(text) = ctx.read_text(&repo_path, Some(at), &object) else {
+            continue;
+        };
+        let known = out.clone();
+        let lookup = |k: &str| known.get(k).cloned();
+        match dotenv::parse(&text, &lookup) {
+            Ok(parsed) => out.extend(parsed.entries),
+            Err(e) => ctx.diags.push(
+                Diagnostic::error(e.message)
+                    .file(repo_path)
+                    .line(e.line)
+                    .hint("a label file takes `key=value` lines, as an env file"),
+            ),
+        }
+    }
+    out.extend(labels);
+    out
+}
+
+/// Checks what a service names of the others (`links`, `volumes_from`,
+/// `ipc`/`pid: service:x`) and adds the implicit dependencies compose-go
+/// adds: the named service starts first, and a recreate of it recreates
+/// this one where it shares a namespace or volumes.
+fn service_references(
+    ctx: &mut Ctx,
+    me: &str,
+    node: &Node,
+    path: &str,
+    s: &mut Service,
+    refs: &Refs,
+) {
+    let mut named: Vec<(String, &str, bool)> = Vec::new();
+    for (service, _) in &s.links {
+        named.push((service.clone(), "links", true));
+    }
+    for v in s.volumes_from.iter().filter(|v| !v.container) {
+        named.push((v.source.clone(), "volumes_from", false));
+    }
+    for service in s.namespaces.services() {
+        named.push((service.to_owned(), "ipc/pid", true));
+    }
+    for key in ["uts", "userns_mode", "cgroup"] {
+        let mode = match key {
+            "uts" => &s.namespaces.uts,
+            "userns_mode" => &s.namespaces.userns_mode,
+            _ => &s.namespaces.cgroup,
+        };
+        if mode.as_deref().is_some_and(|m| m.starts_with("service:")) {
+            ctx.report(
+                Diagnostic::error(format!("`{key}` cannot name a service"))
+                    .hint("the engine shares this namespace with the host only"),
+                node,
+                &format!("{path}.{key}"),
+            );
+        }
+    }
+    named.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+    for (service, key, restart) in named {
+        if service == me {
+            ctx.error(
+                node,
+                &format!("{path}.{}", key.split('/').next().unwrap_or(key)),
+                format!("`{key}` names the service itself"),
+            );
+            continue;
+        }
+        if !refs.services.contains(&service) {
+            ctx.error(
+                node,
+                &format!("{path}.{}", key.split('/').next().unwrap_or(key)),
+                format!("`{key}` names service `{service}`, which is not defined"),
+            );
+            continue;
+        }
+        s.depends_on.entry(service).or_insert(Dependency {
+            condition: DependencyCondition::ServiceStarted,
+            restart,
+            required: true,
+        });
+    }
+    // `network_mode: service:x` is checked where it is read.
+    if let Some(other) = s
+        .network_mode
+        .as_deref()
+        .and_then(|m| m.strip_prefix("service:"))
+        .filter(|o| *o != me && refs.services.contains(*o))
+    {
+        s.depends_on.entry(other.to_owned()).or_insert(Dependency {
+            condition: DependencyCondition::ServiceStarted,
+            restart: true,
+            required: true,
+        });
+    }
 }
 
 /// A command as a list, or a string split like Compose splits it.
@@ -718,6 +912,8 @@ fn repo_files(
             source: repo_path,
             content: bytes.to_vec(),
             mode,
+            uid: 0,
+            gid: 0,
         }];
     }
     let under = (ctx.input.is_dir)(&repo_path);
@@ -743,6 +939,8 @@ fn repo_files(
                 source: file,
                 content: bytes.to_vec(),
                 mode,
+                uid: 0,
+                gid: 0,
             });
         }
     }
@@ -757,6 +955,7 @@ fn configs(ctx: &mut Ctx, node: &Node, path: &str, refs: &Refs) -> Vec<FileMount
     };
     for (i, item) in items.iter().enumerate() {
         let ipath = format!("{path}[{i}]");
+        let (mut uid, mut gid) = (0, 0);
         let (source, target, mode) = match &item.value {
             Value::Map(fields) => {
                 let mut source = None;
@@ -771,6 +970,8 @@ fn configs(ctx: &mut Ctx, node: &Node, path: &str, refs: &Refs) -> Vec<FileMount
                         "source" => source = ctx.text(v, &fp),
                         "target" => target = ctx.text(v, &fp),
                         "mode" => mode = file_mode(ctx, v, &fp).unwrap_or(mode),
+                        "uid" => uid = owner_id(ctx, v, &fp),
+                        "gid" => gid = owner_id(ctx, v, &fp),
                         k if k.starts_with("x-") => {}
                         _ => ctx.unsupported(k, &fp),
                     }
@@ -809,6 +1010,8 @@ fn configs(ctx: &mut Ctx, node: &Node, path: &str, refs: &Refs) -> Vec<FileMount
                     source: def.source.clone(),
                     content: def.content.clone(),
                     mode,
+                    uid,
+                    gid,
                 };
                 match out
                     .iter()
@@ -821,6 +1024,13 @@ fn configs(ctx: &mut Ctx, node: &Node, path: &str, refs: &Refs) -> Vec<FileMount
         }
     }
     out
+}
+
+/// A numeric user or group id (`"103"`), as docker compose writes it into
+/// the archive it copies configs with.
+fn owner_id(ctx: &mut Ctx, node: &Node, path: &str) -> u32 {
+    ctx.int_in(node, path, 0..=i64::from(u32::MAX))
+        .map_or(0, |n| n as u32)
 }
 
 /// A file mode: an integer (`0440` in YAML is octal, as in Compose) or an
@@ -883,14 +1093,48 @@ fn networks(
                             attachment.aliases =
                                 dedup(ctx.texts(fv, &fp).into_iter().map(|(t, _)| t))
                         }
-                        "ipv4_address" => {
-                            if let Some(ip) = ctx.text(fv, &fp) {
-                                if ip.parse::<std::net::Ipv4Addr>().is_err() {
-                                    ctx.error(fv, &fp, format!("`{ip}` is not an IPv4 address"));
-                                }
+                        "ipv4_address" | "ipv6_address" => {
+                            let Some(ip) = ctx.text(fv, &fp) else {
+                                continue;
+                            };
+                            let v6 = field == "ipv6_address";
+                            let parsed = ip
+                                .parse::<std::net::IpAddr>()
+                                .ok()
+                                .filter(|a| a.is_ipv6() == v6);
+                            match parsed {
+                                None => ctx.error(
+                                    fv,
+                                    &fp,
+                                    format!(
+                                        "`{ip}` is not an IPv{} address",
+                                        if v6 { 6 } else { 4 }
+                                    ),
+                                ),
+                                Some(addr) => static_ip_in_subnet(ctx, refs, name, addr, fv, &fp),
+                            }
+                            if v6 {
+                                attachment.ipv6_address = Some(ip);
+                            } else {
                                 attachment.ipv4_address = Some(ip);
                             }
                         }
+                        "link_local_ips" => {
+                            let mut ips = Vec::new();
+                            for (ip, at) in ctx.texts(fv, &fp) {
+                                if ip.parse::<std::net::IpAddr>().is_err() {
+                                    ctx.error(at, &fp, format!("`{ip}` is not an IP address"));
+                                } else if !ips.contains(&ip) {
+                                    ips.push(ip);
+                                }
+                            }
+                            attachment.link_local_ips = ips;
+                        }
+                        "mac_address" => attachment.mac_address = engine::mac(ctx, fv, &fp),
+                        "driver_opts" => attachment.driver_opts = ctx.string_map(fv, &fp),
+                        "priority" => attachment.priority = ctx.int(fv, &fp).unwrap_or(0),
+                        "gw_priority" => attachment.gw_priority = ctx.int(fv, &fp).unwrap_or(0),
+                        "interface_name" => attachment.interface_name = ctx.text(fv, &fp),
                         f if f.starts_with("x-") => {}
                         _ => ctx.unsupported(fk, &fp),
                     }
@@ -909,6 +1153,66 @@ fn networks(
         ),
     }
     out
+}
+
+/// A static address must fall in one of the network's configured subnets:
+/// the engine assigns fixed addresses only on networks with a user-set
+/// subnet, and refuses one outside it when the container starts.
+fn static_ip_in_subnet(
+    ctx: &mut Ctx,
+    refs: &Refs,
+    network: &str,
+    addr: std::net::IpAddr,
+    at: &Node,
+    path: &str,
+) {
+    let Some(net) = refs.networks.get(network) else {
+        if network == "default" {
+            ctx.report(
+                Diagnostic::error(format!("static address `{addr}` on the implicit `default` network, which has no subnet"))
+                    .hint("declare `networks: {default: {ipam: {config: [{subnet: ...}]}}}`, or another network with a subnet"),
+                at,
+                path,
+            );
+        }
+        return;
+    };
+    if net.external {
+        return;
+    }
+    let subnets: Vec<&str> = net
+        .ipam
+        .config
+        .iter()
+        .filter_map(|p| p.subnet.as_deref())
+        .filter(|s| s.contains(':') == addr.is_ipv6())
+        .collect();
+    if subnets.is_empty() {
+        ctx.report(
+            Diagnostic::error(format!(
+                "static address `{addr}` on network `{network}`, which has no IPv{} subnet configured",
+                if addr.is_ipv6() { 6 } else { 4 }
+            ))
+            .hint(format!("the engine assigns fixed addresses only within a configured subnet: set `networks.{network}.ipam.config[].subnet`")),
+            at,
+            path,
+        );
+        return;
+    }
+    if !subnets
+        .iter()
+        .any(|s| syntax::cidr_contains(s, addr).unwrap_or(false))
+    {
+        ctx.report(
+            Diagnostic::error(format!(
+                "static address `{addr}` is outside the subnet of network `{network}` ({})",
+                subnets.join(", ")
+            ))
+            .hint("pick an address inside the subnet, or change the network's `ipam.config`"),
+            at,
+            path,
+        );
+    }
 }
 
 fn depends_on(
@@ -1179,12 +1483,16 @@ fn logging(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Logging> {
     Some(logging)
 }
 
+/// `deploy`: replicas, resources and the restart policy map onto the
+/// engine; the swarm-only keys are ignored, as docker compose ignores them
+/// (noted once per file).
 fn deploy<'n>(
     ctx: &mut Ctx,
     node: &'n Node,
     path: &str,
     s: &mut Service,
     replicas: &mut Option<(i64, &'n Node)>,
+    written: &mut engine::DeployResources,
 ) {
     for (k, v) in ctx.map(node, path).unwrap_or_default() {
         let Some(key) = ctx.key(k, path) else {
@@ -1193,6 +1501,16 @@ fn deploy<'n>(
         let fp = format!("{path}.{key}");
         match key {
             "replicas" => *replicas = ctx.int_in(v, &fp, 0..=10_000).map(|n| (n, v)),
+            "mode" => match ctx.text(v, &fp).as_deref() {
+                // One engine is one node: `global` is one replica.
+                Some("replicated" | "global" | "") | None => {}
+                Some(other) => ctx.cannot_apply(
+                    v,
+                    &fp,
+                    &format!("deploy.mode: {other}"),
+                    "it runs a swarm job; docker compose runs `replicated` and `global` services only",
+                ),
+            },
             "resources" => {
                 for (rk, rv) in ctx.map(v, &fp).unwrap_or_default() {
                     let Some(rkey) = ctx.key(rk, &fp) else {
@@ -1200,13 +1518,22 @@ fn deploy<'n>(
                     };
                     let rp = format!("{fp}.{rkey}");
                     match rkey {
-                        "limits" => s.resources.limits = resource_set(ctx, rv, &rp, true),
-                        "reservations" => {
-                            s.resources.reservations = resource_set(ctx, rv, &rp, false)
+                        "limits" => {
+                            written.limits = true;
+                            s.resources.limits = resource_set(ctx, rv, &rp, true, s)
                         }
+                        "reservations" => {
+                            written.reservations = true;
+                            s.resources.reservations = resource_set(ctx, rv, &rp, false, s)
+                        }
+                        k if k.starts_with("x-") => {}
                         _ => ctx.unsupported(rk, &rp),
                     }
                 }
+            }
+            "restart_policy" => restart_policy(ctx, v, &fp, s),
+            "labels" | "placement" | "update_config" | "rollback_config" | "endpoint_mode" => {
+                ctx.swarm_only(k, &fp)
             }
             k if k.starts_with("x-") => {}
             _ => ctx.unsupported(k, &fp),
@@ -1214,7 +1541,66 @@ fn deploy<'n>(
     }
 }
 
-fn resource_set(ctx: &mut Ctx, node: &Node, path: &str, limits: bool) -> ResourceSet {
+/// `deploy.restart_policy` overrides `restart`, as docker compose maps it:
+/// `none` → `no`, `any` → `always`, `on-failure` with `max_attempts`.
+fn restart_policy(ctx: &mut Ctx, node: &Node, path: &str, s: &mut Service) {
+    let mut condition = None;
+    let mut attempts = None;
+    for (k, v) in ctx.map(node, path).unwrap_or_default() {
+        let Some(key) = ctx.key(k, path) else {
+            continue;
+        };
+        let fp = format!("{path}.{key}");
+        match key {
+            "condition" => {
+                condition = match ctx.text(v, &fp).as_deref() {
+                    Some("none" | "no") => Some("no"),
+                    Some("on-failure") => Some("on-failure"),
+                    Some("any" | "always") => Some("always"),
+                    Some("unless-stopped") => Some("unless-stopped"),
+                    Some(other) => {
+                        ctx.error(
+                            v,
+                            &fp,
+                            format!("`{other}` is not a restart condition (none, on-failure, any)"),
+                        );
+                        return;
+                    }
+                    None => return,
+                }
+            }
+            "max_attempts" => {
+                attempts = ctx.int_in(v, &fp, 0..=i64::from(u32::MAX)).map(|n| (n, v))
+            }
+            "delay" | "window" => ctx.swarm_only(k, &fp),
+            k if k.starts_with("x-") => {}
+            _ => ctx.unsupported(k, &fp),
+        }
+    }
+    // No condition is the engine's default, `no`: docker compose passes the
+    // empty condition through, and `deploy.restart_policy` wins over `restart`.
+    let condition = condition.unwrap_or("no");
+    s.restart = Some(match attempts {
+        Some((n, _)) if n > 0 && condition == "on-failure" => format!("on-failure:{n}"),
+        Some((n, a)) if n > 0 => {
+            ctx.error(
+                a,
+                &format!("{path}.max_attempts"),
+                format!("`max_attempts` applies to `condition: on-failure` only; the engine refuses it with `{condition}`"),
+            );
+            return;
+        }
+        _ => condition.to_owned(),
+    });
+}
+
+fn resource_set(
+    ctx: &mut Ctx,
+    node: &Node,
+    path: &str,
+    limits: bool,
+    s: &mut Service,
+) -> ResourceSet {
     let mut set = ResourceSet::default();
     for (k, v) in ctx.map(node, path).unwrap_or_default() {
         let Some(key) = ctx.key(k, path) else {
@@ -1231,21 +1617,14 @@ fn resource_set(ctx: &mut Ctx, node: &Node, path: &str, limits: bool) -> Resourc
                     ok
                 })
             }
-            "memory" => {
-                set.memory = match &v.value {
-                    Value::Int(n) if *n >= 0 => Some(*n as u64),
-                    _ => ctx
-                        .text(v, &fp)
-                        .and_then(|t| match syntax::parse_bytes(&t) {
-                            Ok(n) => Some(n),
-                            Err(e) => {
-                                ctx.error(v, &fp, e);
-                                None
-                            }
-                        }),
-                }
+            "memory" => set.memory = ctx.bytes(v, &fp),
+            "pids" if limits => set.pids = ctx.int_in(v, &fp, -1..=i64::MAX),
+            "devices" if !limits => {
+                let requests = engine::device_requests(ctx, v, &fp, true);
+                s.resources.device_requests.extend(requests);
             }
-            "pids" if limits => set.pids = ctx.int(v, &fp),
+            "generic_resources" if !limits => ctx.swarm_only(k, &fp),
+            k if k.starts_with("x-") => {}
             _ => ctx.unsupported(k, &fp),
         }
     }

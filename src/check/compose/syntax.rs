@@ -199,6 +199,41 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// Parses a CIDR block (`172.28.0.0/16`, `fd00::/64`) into its network
+/// address and prefix length.
+pub fn parse_cidr(cidr: &str) -> Result<(std::net::IpAddr, u8), String> {
+    let (ip, prefix) = cidr
+        .split_once('/')
+        .ok_or_else(|| format!("`{cidr}` is not a CIDR block (e.g. `172.28.0.0/16`)"))?;
+    let ip: std::net::IpAddr = ip
+        .parse()
+        .map_err(|_| format!("`{cidr}`: `{ip}` is not an IP address"))?;
+    let max = if ip.is_ipv6() { 128 } else { 32 };
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| *p <= max)
+        .ok_or_else(|| format!("`{cidr}`: the prefix length must be 0 to {max}"))?;
+    Ok((ip, prefix))
+}
+
+/// Whether `addr` is inside the CIDR block.
+pub fn cidr_contains(cidr: &str, addr: std::net::IpAddr) -> Result<bool, String> {
+    use std::net::IpAddr;
+    let (net, prefix) = parse_cidr(cidr)?;
+    Ok(match (net, addr) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    })
+}
+
 /// Splits a command string into words the way Compose does (go-shellwords):
 /// whitespace separates, quotes group, a backslash escapes the next character
 /// (except inside single quotes). No variables, globs or command
@@ -340,6 +375,21 @@ mod tests {
         assert!(is_path("C:\\data") && is_windows_path("D:/x") && !is_windows_path("data:/x"));
         let unc = parse_volume("\\\\server\\share:/data").unwrap();
         assert_eq!(unc.source.as_deref(), Some("\\\\server\\share"));
+    }
+
+    #[test]
+    fn cidr_blocks_contain_their_addresses() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert!(cidr_contains("172.28.0.0/16", ip("172.28.5.9")).unwrap());
+        assert!(!cidr_contains("172.28.0.0/16", ip("172.29.0.1")).unwrap());
+        assert!(cidr_contains("10.0.0.0/8", ip("10.255.255.255")).unwrap());
+        assert!(cidr_contains("0.0.0.0/0", ip("8.8.8.8")).unwrap());
+        assert!(cidr_contains("fd00:1::/64", ip("fd00:1::10")).unwrap());
+        assert!(!cidr_contains("fd00:1::/64", ip("fd00:2::10")).unwrap());
+        assert!(!cidr_contains("172.28.0.0/16", ip("fd00::1")).unwrap());
+        for bad in ["172.28.0.0", "172.28.0.0/33", "x/8", "fd00::/129"] {
+            assert!(parse_cidr(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

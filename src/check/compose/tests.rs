@@ -10,13 +10,13 @@ use crate::diag::{Diagnostic, Diagnostics};
 use crate::model::compose::*;
 
 /// An in-memory rendered repo.
-struct Repo {
+pub(super) struct Repo {
     files: BTreeMap<String, Vec<u8>>,
     vars: BTreeMap<String, String>,
 }
 
 impl Repo {
-    fn new(files: &[(&str, &str)]) -> Repo {
+    pub(super) fn new(files: &[(&str, &str)]) -> Repo {
         Repo {
             files: files
                 .iter()
@@ -26,12 +26,12 @@ impl Repo {
         }
     }
 
-    fn var(mut self, k: &str, v: &str) -> Repo {
+    pub(super) fn var(mut self, k: &str, v: &str) -> Repo {
         self.vars.insert(k.into(), v.into());
         self
     }
 
-    fn load(&self, file: &str) -> Result<(Project, Vec<Diagnostic>), Diagnostics> {
+    pub(super) fn load(&self, file: &str) -> Result<(Project, Vec<Diagnostic>), Diagnostics> {
         // The signature is `ReadFile`'s; `Diagnostic` is large (diag.rs).
         #[allow(clippy::result_large_err)]
         let read = |p: &str| -> Option<Result<Arc<[u8]>, Diagnostic>> {
@@ -56,14 +56,14 @@ impl Repo {
         })
     }
 
-    fn ok(&self, file: &str) -> (Project, Vec<Diagnostic>) {
+    pub(super) fn ok(&self, file: &str) -> (Project, Vec<Diagnostic>) {
         match self.load(file) {
             Ok(r) => r,
             Err(d) => panic!("expected {file} to load:\n{d}"),
         }
     }
 
-    fn err(&self, file: &str) -> Vec<Diagnostic> {
+    pub(super) fn err(&self, file: &str) -> Vec<Diagnostic> {
         match self.load(file) {
             Ok((p, _)) => panic!("expected {file} to fail, got {p:#?}"),
             Err(d) => d.into_iter().filter(Diagnostic::is_error).collect(),
@@ -71,12 +71,12 @@ impl Repo {
     }
 }
 
-fn one(text: &str) -> Repo {
+pub(super) fn one(text: &str) -> Repo {
     Repo::new(&[("compose/stack.yaml", text)])
 }
 
 /// The single error of a file, asserting its line and object path.
-fn single_error(repo: &Repo, line: u32, object: &str) -> Diagnostic {
+pub(super) fn single_error(repo: &Repo, line: u32, object: &str) -> Diagnostic {
     let errors = repo.err("compose/stack.yaml");
     assert_eq!(errors.len(), 1, "{errors:#?}");
     let e = errors.into_iter().next().unwrap();
@@ -182,7 +182,9 @@ services:
     healthcheck:
       test: ["CMD", "pg_isready"]
 networks:
-  front: {}
+  front:
+    ipam:
+      config: [{subnet: 172.20.0.0/16}]
   back:
     external: true
     name: shared-back
@@ -453,14 +455,14 @@ fn build_is_rejected_with_its_line() {
 fn unsupported_keys_name_their_path() {
     let e = single_error(
         &one(
-            "services:\n  web:\n    image: x\n    deploy:\n      replicas: 2\n      placement:\n        constraints: [a]\n",
+            "services:\n  web:\n    image: x\n    deploy:\n      replicas: 2\n      placment:\n        constraints: [a]\n",
         ),
         6,
-        "services.web.deploy.placement",
+        "services.web.deploy.placment",
     );
     assert_eq!(
         e.to_string().lines().next().unwrap(),
-        "error: compose/stack.yaml:6:7: services.web.deploy.placement: key not supported by driftless"
+        "error: compose/stack.yaml:6:7: services.web.deploy.placment: key not supported by driftless"
     );
     let e = single_error(
         &one("services:\n  web:\n    image: x\n    secrets: [a]\n"),
@@ -474,9 +476,9 @@ fn unsupported_keys_name_their_path() {
         "secrets",
     );
     single_error(
-        &one("services: {a: {image: x}}\nnetworks:\n  n:\n    ipam: {}\n"),
+        &one("services: {a: {image: x}}\nnetworks:\n  n:\n    ipam: {drivr: x}\n"),
         4,
-        "networks.n.ipam",
+        "networks.n.ipam.drivr",
     );
 }
 

@@ -104,6 +104,14 @@ struct RawEnvironment {
     notify: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     placement: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    compose: RawCompose,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCompose {
+    profiles: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -353,6 +361,19 @@ pub struct Environment {
     /// rendered paths), for an environment spanning several Docker hosts.
     /// Empty: every docker target gets every Compose file.
     pub placement: BTreeMap<String, Vec<String>>,
+    /// How the environment's Compose projects are put together.
+    pub compose: ComposeSettings,
+}
+
+/// `environments.<env>.compose`: what docker compose would take from its
+/// command line and shell (`COMPOSE_PROFILES`), per environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ComposeSettings {
+    /// The active profiles of every Compose project of the environment
+    /// (`COMPOSE_PROFILES`); `None`: the project's variables decide.
+    pub profiles: Option<Vec<String>>,
+    /// Line of `profiles` in the manifest, for diagnostics.
+    pub profiles_line: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -728,6 +749,7 @@ impl Manifest {
                     drift_interval,
                     notify,
                     placement: env.placement,
+                    compose: compose_settings(&name, env.compose, &mut diags),
                     name,
                 },
             );
@@ -849,6 +871,37 @@ fn claim_problems(
         }
     }
     problems
+}
+
+/// Validates `environments.<name>.compose`.
+fn compose_settings(name: &str, raw: RawCompose, diags: &mut Diagnostics) -> ComposeSettings {
+    let mut settings = ComposeSettings::default();
+    if let Some(profiles) = raw.profiles {
+        let line = profiles.referenced.line() as u32;
+        for p in &profiles.value {
+            if !valid_profile_name(p) {
+                diags.push(
+                    Diagnostic::error(format!(
+                        "environments.{name}.compose.profiles: `{p}` is not a profile name"
+                    ))
+                    .file(FILE)
+                    .line(line)
+                    .hint("profile names are letters, digits, `_`, `.` and `-`, starting with a letter or digit; `*` activates every profile"),
+                );
+            }
+        }
+        settings.profiles = Some(profiles.value);
+        settings.profiles_line = line;
+    }
+    settings
+}
+
+/// A Compose profile name (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`), or `*` for all.
+pub fn valid_profile_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name == "*"
+        || chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 fn paths_globs(p: &Paths) -> impl Iterator<Item = &String> {

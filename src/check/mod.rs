@@ -171,7 +171,13 @@ pub fn environment(
 
     // Compose projects.
     let variables = compose_variables(renderer.values());
+    let options = compose::Options {
+        profiles: env.compose.profiles.as_deref(),
+        profiles_origin: (crate::manifest::FILE, env.compose.profiles_line),
+        values_file: Some(&env.values),
+    };
     let mut projects: Vec<Project> = Vec::new();
+    let mut stacks_failed = false;
     for path in &sel.stacks {
         let Some((rendered, text)) = text_of(path, &mut diags) else {
             continue;
@@ -199,7 +205,7 @@ pub fn environment(
             read: &read,
             is_dir: &list_dir,
         };
-        match compose::load(&input) {
+        match compose::load_with(&input, &options) {
             Ok((project, w)) => {
                 warnings.extend(w.into_iter().map(|d| located(d, &rendered)));
                 for (name, service) in &project.services {
@@ -228,8 +234,14 @@ pub fn environment(
                     projects.push(project);
                 }
             }
-            Err(d) => diags.extend(d.into_iter().map(|d| located(d, &rendered))),
+            Err(d) => {
+                stacks_failed = true;
+                diags.extend(d.into_iter().map(|d| located(d, &rendered)));
+            }
         }
+    }
+    if !stacks_failed {
+        check_environment_profiles(env, &variables, &projects, &mut diags);
     }
 
     // Kubernetes objects.
@@ -409,6 +421,50 @@ pub fn environment(
         warnings: warnings.into_iter().map(|d| d.or_env(&env.name)).collect(),
         files,
     })
+}
+
+/// Profiles set for the whole environment (driftless.yaml's
+/// `compose.profiles`, or `COMPOSE_PROFILES` in the values) must each be
+/// used by a service of one of its projects.
+fn check_environment_profiles(
+    env: &Environment,
+    variables: &BTreeMap<String, String>,
+    projects: &[Project],
+    diags: &mut Diagnostics,
+) {
+    let (names, file, line, what) = match (&env.compose.profiles, variables.get("COMPOSE_PROFILES"))
+    {
+        (Some(names), _) => (
+            names.clone(),
+            crate::manifest::FILE,
+            env.compose.profiles_line,
+            "`compose.profiles` in driftless.yaml",
+        ),
+        (None, Some(value)) if !value.is_empty() => (
+            compose::split_profiles(value),
+            env.values.as_str(),
+            0,
+            "`COMPOSE_PROFILES` in the environment's values",
+        ),
+        _ => return,
+    };
+    let defined: BTreeSet<&str> = projects
+        .iter()
+        .flat_map(Project::defined_profiles)
+        .collect();
+    for name in names.iter().filter(|n| *n != "*") {
+        if !defined.contains(name.as_str()) {
+            diags.push(
+                Diagnostic::error(format!(
+                    "profile `{name}` set by {what} is not used by any service of environment `{}`",
+                    env.name
+                ))
+                .file(file)
+                .line(line)
+                .hint(compose::known_profiles_hint(&defined)),
+            );
+        }
+    }
 }
 
 /// A backup job's source must name a service (and project) the environment has.

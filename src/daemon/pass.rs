@@ -965,6 +965,7 @@ mod tests {
         let text = "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {}\nenvironments:\n  dev:\n    targets: [local]\n";
         let manifest = crate::manifest::Manifest::parse(text).unwrap();
         let mut p = crate::model::compose::Project {
+            disabled_services: Default::default(),
             name: "p".into(),
             services: BTreeMap::new(),
             networks: BTreeMap::new(),

@@ -10,16 +10,33 @@ use serde::Serialize;
 
 use super::Origin;
 
-/// One Compose file = one project.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One Compose project: a Compose file with what it includes and the
+/// files merged over it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct Project {
-    /// Project name (`name:` in the file, else derived from the file name and
-    /// the environment); `[a-z0-9][a-z0-9_-]*`.
+    /// Project name (`COMPOSE_PROJECT_NAME`, `name:` in the file, else
+    /// derived from the file name and the environment); `[a-z0-9][a-z0-9_-]*`.
     pub name: String,
+    /// The enabled services: those with no `profiles`, or one that is active.
     pub services: BTreeMap<String, Service>,
+    /// Services whose profiles are all inactive, with those profiles: never
+    /// created, and their containers never pruned as orphans (as Compose).
+    pub disabled_services: BTreeMap<String, Vec<String>>,
     pub networks: BTreeMap<String, Network>,
     pub volumes: BTreeMap<String, Volume>,
     pub origin: Origin,
+}
+
+impl Project {
+    /// Every profile a service of the project names, enabled or not.
+    pub fn defined_profiles(&self) -> std::collections::BTreeSet<&str> {
+        self.services
+            .values()
+            .flat_map(|s| s.profiles.iter())
+            .chain(self.disabled_services.values().flatten())
+            .map(String::as_str)
+            .collect()
+    }
 }
 
 /// A fully resolved service.

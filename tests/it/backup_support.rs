@@ -337,6 +337,7 @@ pub async fn start_redis(docker: &Docker, project: &str, volume: &str) -> String
 /// A project as the backup context sees it: services by name, volumes by key.
 pub fn project(name: &str, services: &[&str], volumes: &[(&str, &str)]) -> Project {
     Project {
+        disabled_services: Default::default(),
         name: name.to_owned(),
         services: services
             .iter()

@@ -90,6 +90,7 @@ fn sleeper() -> Service {
 
 fn project(name: &str, services: Vec<(&str, Service)>) -> Project {
     Project {
+        disabled_services: Default::default(),
         name: name.into(),
         services: services
             .into_iter()

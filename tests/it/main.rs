@@ -13,6 +13,7 @@ mod backups;
 mod branches;
 mod compose_backend;
 mod compose_keys;
+mod compose_project;
 mod corpus;
 mod daemon;
 mod daemon_support;

@@ -9,10 +9,8 @@ use std::time::Duration;
 use driftless::backend::{ApplyReport, Backend, BackendError, Context, Health, Verdict};
 use driftless::model::{DesiredState, Resources, TargetState};
 use driftless::plan::{Action, Change, Resource, unified_diff};
-use driftless::reconcile::{self, RenderOptions};
+use driftless::reconcile;
 use driftless::render::SecretMode;
-use driftless::secrets::SecretSource;
-use driftless::source::{Limits, Source};
 
 use crate::support::RepoBuilder;
 
@@ -152,22 +150,9 @@ fn load(
     repo: &RepoBuilder,
     secrets: &std::path::Path,
 ) -> (DesiredState, driftless::secrets::Masker) {
-    let source = Source::open(
-        repo.path().to_str().unwrap(),
-        None,
-        repo.path(),
-        &driftless::source::Auth::None,
-    )
-    .unwrap();
-    let options = RenderOptions {
-        secrets: SecretSource {
-            dir: Some(secrets.to_owned()),
-            from_env: false,
-        },
-        mode: SecretMode::Require,
-        limits: Limits::default(),
-    };
-    let loaded = reconcile::load(&source, "dev", &options).unwrap_or_else(|d| panic!("{d}"));
+    let loaded = repo
+        .load("dev", Some(secrets), SecretMode::Require)
+        .unwrap_or_else(|d| panic!("{d}"));
     (loaded.checked.state, loaded.renderer.masker())
 }
 

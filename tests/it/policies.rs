@@ -2,10 +2,7 @@
 //! object silences it (and is reported), modes and the repo's own policies.
 
 use driftless::diag::{Diagnostic, Diagnostics};
-use driftless::reconcile::{self, RenderOptions};
 use driftless::render::SecretMode;
-use driftless::secrets::SecretSource;
-use driftless::source::{Auth, Limits, Source};
 
 use crate::support::RepoBuilder;
 
@@ -174,22 +171,8 @@ fn bad_repo(except: bool) -> RepoBuilder {
 }
 
 fn check(repo: &RepoBuilder, env: &str) -> Result<Vec<Diagnostic>, Diagnostics> {
-    let source = Source::open(
-        repo.path().to_str().unwrap(),
-        None,
-        repo.path(),
-        &Auth::None,
-    )
-    .unwrap();
-    let options = RenderOptions {
-        secrets: SecretSource {
-            dir: None,
-            from_env: false,
-        },
-        mode: SecretMode::Placeholder,
-        limits: Limits::default(),
-    };
-    reconcile::load(&source, env, &options).map(|l| l.checked.warnings)
+    repo.load(env, None, SecretMode::Placeholder)
+        .map(|l| l.checked.warnings)
 }
 
 fn policy_diags<'a>(diags: impl IntoIterator<Item = &'a Diagnostic>) -> Vec<(String, String)> {

@@ -79,6 +79,32 @@ impl RepoBuilder {
     pub fn driftless(&self, args: &[&str]) -> Run {
         driftless(self.path(), args)
     }
+
+    /// Source → render → check of environment `env` through the library,
+    /// with secrets from `secrets` (a directory) only.
+    pub fn load(
+        &self,
+        env: &str,
+        secrets: Option<&std::path::Path>,
+        mode: driftless::render::SecretMode,
+    ) -> Result<driftless::reconcile::Loaded, driftless::diag::Diagnostics> {
+        let source = driftless::source::Source::open(
+            self.path().to_str().expect("UTF-8 temp path"),
+            None,
+            self.path(),
+            &driftless::source::Auth::None,
+        )
+        .expect("open the repo");
+        let options = driftless::reconcile::RenderOptions {
+            secrets: driftless::secrets::SecretSource {
+                dir: secrets.map(std::path::Path::to_owned),
+                from_env: false,
+            },
+            mode,
+            limits: driftless::source::Limits::default(),
+        };
+        driftless::reconcile::load(&source, env, &options)
+    }
 }
 
 /// What one run of the binary printed and returned.

@@ -431,6 +431,7 @@ mod tests {
             ..ContainerSummary::default()
         };
         let projects = vec![Project {
+            disabled_services: Default::default(),
             name: "shop".into(),
             services: BTreeMap::new(),
             networks: BTreeMap::new(),

@@ -175,19 +175,32 @@ pub fn plan(
             .map(|c| c.service.as_str())
             .collect();
         let mut removed = 0;
+        let mut counted = live_services.len();
         for s in &live_services {
-            if !p.services.contains_key(*s) {
+            if let Some(profiles) = p.disabled_services.get(*s) {
+                // Compose leaves a service of an inactive profile alone: it
+                // is defined, so not an orphan, and not enabled, so not run.
+                counted -= 1;
+                services.push(Change {
+                    target: target.to_owned(),
+                    resource: Resource::new("service", format!("{}/{s}", p.name)),
+                    action: Action::Unchanged,
+                    detail: Some(format!(
+                        "disabled (profiles {} not active); its containers are left as they are",
+                        profiles.join(", ")
+                    )),
+                    diff: None,
+                });
+            } else if !p.services.contains_key(*s) {
                 removed += 1;
                 removals.push(orphan_service(target, &p.name, s, live, ctx));
             }
         }
-        if removed * 2 > live_services.len() && !ctx.allow.mass_removal {
+        if removed * 2 > counted && !ctx.allow.mass_removal {
             return Err(refuse(format!(
                 "the plan removes {removed} of {} services of project `{}`; if that is intended, \
                  set `allow.mass_removal: true` for environment `{}`",
-                live_services.len(),
-                p.name,
-                ctx.environment
+                counted, p.name, ctx.environment
             )));
         }
     }
@@ -611,6 +624,7 @@ mod tests {
             ..Service::default()
         };
         Project {
+            disabled_services: Default::default(),
             name: "shop".into(),
             services: [
                 ("api".to_owned(), svc("api")),
@@ -894,6 +908,35 @@ mod tests {
 
         let err = run(&[], &live, &Allow::default()).unwrap_err().to_string();
         assert!(err.contains("no Compose project"), "{err}");
+    }
+
+    #[test]
+    fn a_service_of_an_inactive_profile_is_neither_created_nor_pruned() {
+        let mut p = project();
+        let live = deployed(&p);
+        // `web` and `db` move to a profile that is not active: their running
+        // containers are left alone (and do not count as a mass removal).
+        for s in ["web", "db"] {
+            p.services.remove(s);
+            p.disabled_services.insert(s.into(), vec!["extra".into()]);
+        }
+        let changes = run(std::slice::from_ref(&p), &live, &Allow::default()).unwrap();
+        assert!(actions(&changes).is_empty(), "{changes:#?}");
+        let web = changes
+            .iter()
+            .find(|c| c.resource.name == "shop/web")
+            .unwrap();
+        assert!(
+            web.detail
+                .as_deref()
+                .unwrap()
+                .contains("profiles extra not active"),
+            "{web:?}"
+        );
+        // Not deployed yet: nothing is created for them.
+        let changes = run(&[p], &Live::default(), &Allow::default()).unwrap();
+        let names: Vec<_> = actions(&changes).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["shop_default", "shop_data", "shop/api"]);
     }
 
     #[test]

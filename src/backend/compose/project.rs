@@ -130,6 +130,7 @@ mod tests {
         api.depends_on
             .insert("db".into(), dep(DependencyCondition::ServiceHealthy));
         let project = Project {
+            disabled_services: Default::default(),
             name: "p".into(),
             services: [
                 ("web".to_owned(), web),

@@ -583,6 +583,7 @@ mod tests {
             ..Service::default()
         };
         let project = Project {
+            disabled_services: Default::default(),
             name: "shop".into(),
             services: [("web".to_owned(), service.clone())].into(),
             networks: BTreeMap::new(),

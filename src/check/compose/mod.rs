@@ -31,10 +31,13 @@ mod dotenv;
 mod engine;
 mod extends;
 mod interpolate;
+mod profiles;
 mod read;
 mod resources;
 mod service;
 mod syntax;
+
+pub use profiles::{known_profiles_hint, split_profiles};
 
 /// Reads a rendered repo file by repo path: `None` when it is not in the
 /// repo, an error diagnostic when it is there but cannot be read.
@@ -58,11 +61,35 @@ pub struct Input<'a> {
     pub is_dir: &'a dyn Fn(&str) -> Vec<String>,
 }
 
+/// What a project takes from outside its Compose files — what docker
+/// compose takes from its command line (`-p`, `--profile`): driftless.yaml's
+/// settings for the environment. The default takes everything from the
+/// files and their variables.
+#[derive(Debug, Clone, Default)]
+pub struct Options<'a> {
+    /// The active profiles set by driftless.yaml; they replace
+    /// `COMPOSE_PROFILES` from the values and `.env`.
+    pub profiles: Option<&'a [String]>,
+    /// Where [`Options::profiles`] is set (file, line), for diagnostics.
+    pub profiles_origin: (&'a str, u32),
+    /// The environment's values file, named when a `COMPOSE_*` variable set
+    /// there is wrong.
+    pub values_file: Option<&'a str>,
+}
+
 /// Loads one Compose file into a [`Project`]. On success, returns the
 /// warnings too (unset variables, obsolete `version`); on failure, every
 /// error and warning found.
 pub fn load(input: &Input) -> Result<(Project, Vec<Diagnostic>), Diagnostics> {
-    let mut ctx = Ctx::new(input);
+    load_with(input, &Options::default())
+}
+
+/// [`load`] with settings from outside the files (see [`Options`]).
+pub fn load_with(
+    input: &Input,
+    options: &Options,
+) -> Result<(Project, Vec<Diagnostic>), Diagnostics> {
+    let mut ctx = Ctx::new(input, options);
     let project = ctx.load();
     let diags = std::mem::take(&mut ctx.diags);
     match project {
@@ -85,6 +112,7 @@ pub fn load(input: &Input) -> Result<(Project, Vec<Diagnostic>), Diagnostics> {
 /// and the diagnostics found so far.
 pub(crate) struct Ctx<'a> {
     input: &'a Input<'a>,
+    options: &'a Options<'a>,
     diags: Vec<Diagnostic>,
     /// `.env` values overlaid with [`Input::variables`].
     vars: BTreeMap<String, String>,
@@ -99,12 +127,17 @@ pub(crate) struct Ctx<'a> {
     swarm_only: Vec<(String, u32)>,
     /// Whether `develop` was seen (noted once per file).
     develop: Option<(String, u32)>,
+    /// The `.env` read for the project (repo path, text), to locate the
+    /// `COMPOSE_*` variables it sets.
+    dotenv: Option<(String, String)>,
 }
 
 impl<'a> Ctx<'a> {
-    fn new(input: &'a Input<'a>) -> Self {
+    fn new(input: &'a Input<'a>, options: &'a Options<'a>) -> Self {
         Ctx {
             input,
+            options,
+            dotenv: None,
             diags: Vec::new(),
             vars: BTreeMap::new(),
             warned: BTreeSet::new(),
@@ -181,7 +214,10 @@ impl<'a> Ctx<'a> {
                 _ => self.unsupported(k, key),
             }
         }
-        let project_name = self.project_name(name);
+        let project_name = match self.variable_origin(profiles::PROJECT_NAME) {
+            Some(origin) => self.project_name_from_variable(origin),
+            None => self.project_name(name),
+        };
 
         // Services keep their tags until `extends` is merged; the top-level
         // resources are final as written.
@@ -192,6 +228,7 @@ impl<'a> Ctx<'a> {
         let configs = resources::configs(self, configs.as_ref());
 
         let mut project = Project {
+            disabled_services: Default::default(),
             name: project_name.clone().unwrap_or_default(),
             services: BTreeMap::new(),
             networks,
@@ -253,6 +290,7 @@ impl<'a> Ctx<'a> {
                 project.services.insert(name.to_owned(), svc);
             }
         }
+        profiles::apply(self, &mut project);
         self.check_project(&mut project);
         self.notes();
         project_name.map(|_| project)
@@ -305,6 +343,7 @@ impl<'a> Ctx<'a> {
         let Some(text) = self.read_text(&path, None, "") else {
             return;
         };
+        self.dotenv = Some((path.clone(), text.clone()));
         let lookup = |k: &str| input.variables.get(k).cloned();
         match dotenv::parse(&text, &lookup) {
             Ok(parsed) => {

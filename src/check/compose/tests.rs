@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Input, load};
+use super::Input;
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::model::compose::*;
 
@@ -32,6 +32,14 @@ impl Repo {
     }
 
     pub(super) fn load(&self, file: &str) -> Result<(Project, Vec<Diagnostic>), Diagnostics> {
+        self.load_opts(file, &super::Options::default())
+    }
+
+    fn load_opts(
+        &self,
+        file: &str,
+        options: &super::Options,
+    ) -> Result<(Project, Vec<Diagnostic>), Diagnostics> {
         // The signature is `ReadFile`'s; `Diagnostic` is large (diag.rs).
         #[allow(clippy::result_large_err)]
         let read = |p: &str| -> Option<Result<Arc<[u8]>, Diagnostic>> {
@@ -46,14 +54,17 @@ impl Repo {
                 .collect()
         };
         let text = String::from_utf8(self.files[file].clone()).unwrap();
-        load(&Input {
-            file,
-            text: &text,
-            default_project_name: "My App",
-            variables: &self.vars,
-            read: &read,
-            is_dir: &is_dir,
-        })
+        super::load_with(
+            &Input {
+                file,
+                text: &text,
+                default_project_name: "My App",
+                variables: &self.vars,
+                read: &read,
+                is_dir: &is_dir,
+            },
+            options,
+        )
     }
 
     pub(super) fn ok(&self, file: &str) -> (Project, Vec<Diagnostic>) {
@@ -203,7 +214,7 @@ configs:
         ("compose/html/index.html", "<h1>hi</h1>"),
         ("compose/html/img/logo.svg", "<svg/>"),
         ("compose/site.conf", "server {}"),
-        ("compose/.env", "PORT=80\n"),
+        ("compose/.env", "PORT=80\nCOMPOSE_PROFILES=web\n"),
     ]);
     let (p, warnings) = repo.ok("compose/stack.yaml");
     assert!(warnings.is_empty(), "{warnings:#?}");
@@ -793,3 +804,5 @@ fn networks_and_volumes_resolve_names_and_external_ones_take_no_settings() {
         "volumes.v.internal",
     );
 }
+
+mod profiles;

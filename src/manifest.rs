@@ -41,6 +41,15 @@ struct RawManifest {
     daemons: Vec<Spanned<String>>,
     #[serde(default)]
     prune_removed_environments: bool,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+/// `limits:` — parser limits a repo may raise.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    yaml_alias_expansion: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -166,6 +175,9 @@ pub struct Manifest {
     pub daemons: Vec<String>,
     /// Whether resources of an environment removed from the manifest are pruned.
     pub prune_removed_environments: bool,
+    /// YAML limits for the Compose files and Kubernetes manifests the repo
+    /// renders (`limits.yaml_alias_expansion`).
+    pub yaml: crate::yaml::Limits,
 }
 
 /// Where each kind of desired state lives in the repo: globs over the
@@ -813,6 +825,21 @@ impl Manifest {
                 }
             }
         }
+        let mut yaml_limits = crate::yaml::Limits::default();
+        if let Some(n) = &raw.limits.yaml_alias_expansion {
+            let max = crate::yaml::MAX_ALIAS_EXPANSION as u64;
+            if n.value == 0 || n.value > max {
+                diags.push(err(
+                    format!(
+                        "limits.yaml_alias_expansion: {} is not between 1 and {max}",
+                        n.value
+                    ),
+                    n.referenced.line(),
+                ));
+            } else {
+                yaml_limits.alias_expansion = n.value as usize;
+            }
+        }
         if diags.has_errors() {
             return Err(diags);
         }
@@ -822,6 +849,7 @@ impl Manifest {
             notifications,
             daemons,
             prune_removed_environments: raw.prune_removed_environments,
+            yaml: yaml_limits,
         })
     }
 

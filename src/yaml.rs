@@ -22,14 +22,26 @@
 //! | nodes | 1,000,000 | a 100,000-item list; every 5 MiB file of real data | |
 //! | parser events | 2,000,000 | the same | |
 //! | scalar text | 32 MiB | | |
-//! | aliases | 10,000; at most 10 per anchor on average once past 100 | `<<: *defaults` in every service | |
-//! | alias replay | 100,000 events in total, 16 levels of alias-in-alias | a 5,000-event anchor used 20 times | billion laughs |
+//! | aliases | 10,000 | `<<: *defaults` in every service | |
+//! | alias expansion | [`Limits::alias_expansion`] = 200,000 nodes added by aliases, 16 levels of alias-in-alias | ten times the largest corpus file (16,164 nodes) copied by aliases | billion laughs |
+//!
+//! The alias budget is on work, not on a ratio: what counts is how many nodes
+//! the aliases add once expanded. A normal file (57 services, 150 aliases of
+//! a few defaults anchors) adds a few thousand. Before the real parse,
+//! [`check_alias_expansion`] walks the parser's events once and adds up each
+//! anchor's expanded size without expanding anything, so a billion-laughs
+//! file is refused in microseconds, naming the anchor that crossed the limit
+//! and its line. The limit can be raised per repo (`limits.yaml_alias_expansion`
+//! in `driftless.yaml`) for the Compose files and Kubernetes manifests it
+//! renders; the node and event budgets grow with it.
 //!
 //! A tree built from these limits is at most a few hundred MB for a hostile
 //! 5 MiB file, and no deeper than [`MAX_DEPTH`] (checked while building, alias
 //! expansions included), so every recursive walk over a [`Node`] is bounded.
 
+use std::borrow::Cow;
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -52,8 +64,33 @@ pub const MAX_EVENTS: usize = 2_000_000;
 pub const MAX_SCALAR_BYTES: usize = 32 * 1024 * 1024;
 /// Most alias (`*name`) uses in one stream.
 pub const MAX_ALIASES: usize = 10_000;
-/// Most events replayed from aliases in one stream (billion-laughs guard).
-pub const MAX_REPLAYED_EVENTS: usize = 100_000;
+/// Default of [`Limits::alias_expansion`]: about twelve times the largest
+/// file of the shared corpus (a Prometheus CRD of 16,164 nodes) copied by
+/// aliases.
+pub const DEFAULT_ALIAS_EXPANSION: usize = 200_000;
+/// Highest [`Limits::alias_expansion`] a repo may set: a tree of this many
+/// nodes is about a gigabyte.
+pub const MAX_ALIAS_EXPANSION: usize = 10_000_000;
+/// Where a repo raises [`Limits::alias_expansion`], for hints.
+pub const ALIAS_EXPANSION_KEY: &str = "limits.yaml_alias_expansion";
+
+/// The YAML limits a repo may change (`limits:` in `driftless.yaml`); the
+/// others are fixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Limits {
+    /// Most nodes (scalars, sequences, mappings) aliases may add to one
+    /// stream once expanded: an alias of an anchored mapping of 30 nodes
+    /// adds 30.
+    pub alias_expansion: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            alias_expansion: DEFAULT_ALIAS_EXPANSION,
+        }
+    }
+}
 
 /// A YAML error with its position (1-based; 0 when unknown).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,61 +102,111 @@ pub struct YamlError {
     pub line: u32,
     /// 1-based column, 0 when unknown.
     pub column: u32,
+    /// What to do about it, when there is something specific.
+    pub hint: Option<String>,
 }
 
 impl YamlError {
     /// The error as a diagnostic of `file`.
     pub fn into_diagnostic(self, file: &str) -> Diagnostic {
-        Diagnostic::error(self.message)
+        let d = Diagnostic::error(self.message)
             .file(file)
-            .at(self.line, self.column)
+            .at(self.line, self.column);
+        match self.hint {
+            Some(hint) => d.hint(hint),
+            None => d,
+        }
     }
 }
 
 /// The parser options every driftless YAML read uses.
 pub fn options() -> serde_saphyr::Options {
+    options_with(&Limits::default())
+}
+
+/// [`options`] with `limits`. serde-saphyr counts replayed alias events
+/// against its node and event budgets, so those grow with the alias budget;
+/// its own replay limit stays as a backstop behind
+/// [`check_alias_expansion`] (a collection is two events, so twice the
+/// nodes).
+fn options_with(limits: &Limits) -> serde_saphyr::Options {
+    let expansion = limits.alias_expansion;
     let mut budget = serde_saphyr::Budget::default();
     budget.max_depth = MAX_DEPTH;
     budget.max_documents = MAX_DOCUMENTS;
-    budget.max_nodes = MAX_NODES;
-    budget.max_events = MAX_EVENTS;
+    budget.max_nodes = MAX_NODES.saturating_add(expansion);
+    budget.max_events = MAX_EVENTS.saturating_add(expansion.saturating_mul(2));
     budget.max_total_scalar_bytes = MAX_SCALAR_BYTES;
     budget.max_aliases = MAX_ALIASES;
     budget.max_anchors = MAX_ALIASES;
+    // The ratio of aliases to anchors says nothing about the work they
+    // cause (`<<: *defaults` in 57 services is 57 uses of one anchor); the
+    // expansion budget measures that work instead.
+    budget.enforce_alias_anchor_ratio = false;
 
     let mut options = serde_saphyr::Options::default();
     options.strict_booleans = true;
     options.budget = Some(budget);
     options.duplicate_keys = serde_saphyr::options::DuplicateKeyPolicy::Error;
     options.merge_keys = serde_saphyr::options::MergeKeyPolicy::Merge;
-    options.alias_limits.max_total_replayed_events = MAX_REPLAYED_EVENTS;
+    options.alias_limits.max_total_replayed_events = expansion.saturating_mul(2);
     options.alias_limits.max_replay_stack_depth = 16;
     // Messages are ours: one line, position in the fields.
     options.with_snippet = false;
     options
 }
 
-fn convert(e: serde_saphyr::Error) -> YamlError {
+/// Converts a serde-saphyr error of `text`, never pointing past its end (an
+/// error found at the end of the stream is reported on the last line).
+fn convert(e: serde_saphyr::Error, text: &str, limits: &Limits) -> YamlError {
     let (line, column) = e
         .location()
         .map(|l| (l.line() as u32, l.column() as u32))
         .unwrap_or((0, 0));
+    let last = last_line(text);
+    let (line, column) = if line > last {
+        (last, 0)
+    } else {
+        (line, column)
+    };
+    let hint = matches!(
+        e.without_snippet(),
+        serde_saphyr::Error::AliasReplayLimitExceeded { .. }
+    )
+    .then(|| raise_hint(limits));
     YamlError {
-        message: message_of(&e),
+        message: message_of(&e, limits),
         line,
         column,
+        hint,
     }
+}
+
+/// The 1-based number of the last line of `text` that has content.
+fn last_line(text: &str) -> u32 {
+    let lines = text.trim_end_matches(['\n', '\r']).lines().count().max(1);
+    u32::try_from(lines).unwrap_or(u32::MAX)
+}
+
+fn raise_hint(limits: &Limits) -> String {
+    format!(
+        "if the file is meant to be this large, raise `{ALIAS_EXPANSION_KEY}` in driftless.yaml (now {}, at most {MAX_ALIAS_EXPANSION})",
+        limits.alias_expansion
+    )
 }
 
 /// The message of a serde-saphyr error without its position (which goes in
 /// the [`YamlError`] fields), naming the limit when a budget was hit.
-fn message_of(e: &serde_saphyr::Error) -> String {
+fn message_of(e: &serde_saphyr::Error, limits: &Limits) -> String {
     use serde_saphyr::{Error, MessageFormatter as _};
     match e {
-        Error::AliasError { error, .. } | Error::WithSnippet { error, .. } => message_of(error),
-        Error::Budget { breach, .. } => budget_message(breach),
+        Error::AliasError { error, .. } | Error::WithSnippet { error, .. } => {
+            message_of(error, limits)
+        }
+        Error::Budget { breach, .. } => budget_message(breach, limits),
         Error::AliasReplayLimitExceeded { .. } => format!(
-            "YAML limit hit: aliases expand to more than {MAX_REPLAYED_EVENTS} events (an alias bomb?)"
+            "YAML limit hit: aliases expand to more than {} nodes (an alias bomb?)",
+            limits.alias_expansion
         ),
         Error::AliasExpansionLimitExceeded { .. } => {
             "YAML limit hit: one anchor is expanded too many times (an alias bomb?)".to_owned()
@@ -144,25 +231,137 @@ fn message_of(e: &serde_saphyr::Error) -> String {
 }
 
 /// Names the limit that was hit, with its value.
-fn budget_message(breach: &BudgetBreach) -> String {
+fn budget_message(breach: &BudgetBreach, limits: &Limits) -> String {
     let what = match breach {
         BudgetBreach::Depth { .. } => {
             format!("nesting deeper than {MAX_DEPTH} levels")
         }
         BudgetBreach::Documents { .. } => format!("more than {MAX_DOCUMENTS} documents"),
-        BudgetBreach::Nodes { .. } => format!("more than {MAX_NODES} nodes"),
-        BudgetBreach::Events { .. } => format!("more than {MAX_EVENTS} parser events"),
+        BudgetBreach::Nodes { .. } => format!(
+            "more than {} nodes, aliases expanded",
+            MAX_NODES.saturating_add(limits.alias_expansion)
+        ),
+        BudgetBreach::Events { .. } => format!(
+            "more than {} parser events, aliases expanded",
+            MAX_EVENTS.saturating_add(limits.alias_expansion.saturating_mul(2))
+        ),
         BudgetBreach::ScalarBytes { .. } => {
-            format!("more than {MAX_SCALAR_BYTES} bytes of scalar text")
+            format!("more than {MAX_SCALAR_BYTES} bytes of scalar text, aliases expanded")
         }
         BudgetBreach::Aliases { .. } => format!("more than {MAX_ALIASES} aliases"),
         BudgetBreach::Anchors { .. } => format!("more than {MAX_ALIASES} anchors"),
-        BudgetBreach::AliasAnchorRatio { aliases, anchors } => format!(
-            "{aliases} aliases for {anchors} anchors (more than 10 uses per anchor: an alias bomb?)"
-        ),
         other => format!("{other:?}"),
     };
     format!("YAML limit hit: {what}")
+}
+
+/// Refuses `text` when its aliases would add more than
+/// `limits.alias_expansion` nodes, naming the anchor whose alias crossed the
+/// limit and where it is defined.
+///
+/// One pass over the parser's events with nothing expanded: each anchor's
+/// size is its own nodes plus the sizes of the aliases inside it, so the
+/// cost is linear in the text however much it would expand. An alias of an
+/// anchor still open (a recursive reference) counts one node, as the parser
+/// replays it. A text the parser rejects passes: the real parse reports it.
+pub fn check_alias_expansion(text: &str, limits: &Limits) -> Result<(), YamlError> {
+    use serde_saphyr::granit_parser::{Event, Parser};
+
+    if !may_define_anchor(text) {
+        return Ok(());
+    }
+    let mut options = serde_saphyr::granit_parser::Options::default();
+    options.emit_anchor_events = true;
+    options.block_nesting_limit = options.block_nesting_limit.max(MAX_DEPTH + 1);
+
+    struct Anchor<'t> {
+        name: Cow<'t, str>,
+        line: usize,
+        column: usize,
+        /// Nodes, once the anchored node is complete.
+        size: Option<u64>,
+    }
+    let limit = limits.alias_expansion as u64;
+    let mut anchors: HashMap<usize, Anchor> = HashMap::new();
+    // Open collections: (anchor id or 0, nodes so far).
+    let mut open: Vec<(usize, u64)> = Vec::new();
+    let mut added: u64 = 0;
+    let count = |open: &mut Vec<(usize, u64)>, n: u64| {
+        if let Some((_, size)) = open.last_mut() {
+            *size = size.saturating_add(n);
+        }
+    };
+    for item in Parser::new_from_str_with_options(text, options) {
+        let Ok((event, span)) = item else {
+            return Ok(());
+        };
+        match event {
+            Event::Scalar(_, _, anchor, _) => {
+                count(&mut open, 1);
+                if let Some(a) = anchors.get_mut(&anchor) {
+                    a.size = Some(1);
+                }
+            }
+            Event::SequenceStart(_, anchor, _) | Event::MappingStart(_, anchor, _) => {
+                open.push((anchor, 1));
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                if let Some((anchor, size)) = open.pop() {
+                    count(&mut open, size);
+                    if let Some(a) = anchors.get_mut(&anchor) {
+                        a.size = Some(size);
+                    }
+                }
+            }
+            Event::Anchor(id, name) => {
+                anchors.insert(
+                    id,
+                    Anchor {
+                        name,
+                        line: span.start.line(),
+                        column: span.start.col() + 1,
+                        size: None,
+                    },
+                );
+            }
+            Event::Alias(id) => {
+                let anchor = anchors.get(&id);
+                let size = anchor.and_then(|a| a.size).unwrap_or(1);
+                count(&mut open, size);
+                added = added.saturating_add(size);
+                if added > limit {
+                    let (name, line, column) =
+                        anchor.map_or(("?", 0, 0), |a| (a.name.as_ref(), a.line, a.column));
+                    return Err(YamlError {
+                        message: format!(
+                            "YAML limit hit: aliases expand to more than {limit} nodes; anchor `&{name}` ({size} nodes) is repeated by `*{name}` at line {} (an alias bomb?)",
+                            span.start.line()
+                        ),
+                        line: u32::try_from(line).unwrap_or(0),
+                        column: u32::try_from(column).unwrap_or(0),
+                        hint: Some(raise_hint(limits)),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether `text` may hold an anchor (`&name` at the start of a node): an
+/// `&` at the start or after whitespace or a flow indicator. False
+/// positives only cost a pass over the events; there are no false negatives.
+fn may_define_anchor(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'&'
+            && (i == 0
+                || matches!(
+                    bytes[i - 1],
+                    b' ' | b'\t' | b'\n' | b'\r' | b'[' | b'{' | b','
+                ))
+    })
 }
 
 /// The options for [`Node`] trees: those of [`options`], plus integers with a
@@ -171,7 +370,11 @@ fn budget_message(breach: &BudgetBreach) -> String {
 /// yaml.v3 and yaml.v2) do exactly that; a file mode written `0644` must mean
 /// what it means to `docker compose` and `kubectl`.
 pub fn node_options() -> serde_saphyr::Options {
-    let mut options = options();
+    node_options_with(&Limits::default())
+}
+
+fn node_options_with(limits: &Limits) -> serde_saphyr::Options {
+    let mut options = options_with(limits);
     options.legacy_octal_numbers = true;
     options
 }
@@ -180,7 +383,12 @@ pub fn node_options() -> serde_saphyr::Options {
 /// [`parse_documents`]) so an untyped field nested to the budget's depth
 /// cannot overflow the caller's stack.
 pub fn from_str<T: DeserializeOwned + Send>(text: &str) -> Result<T, YamlError> {
-    on_parser_stack(|| serde_saphyr::from_str_with_options(text, options()).map_err(convert))
+    let limits = Limits::default();
+    on_parser_stack(|| {
+        check_alias_expansion(text, &limits)?;
+        serde_saphyr::from_str_with_options(text, options_with(&limits))
+            .map_err(|e| convert(e, text, &limits))
+    })
 }
 
 /// A YAML value with the 1-based line and column where it starts.
@@ -357,7 +565,12 @@ fn format_float(f: f64) -> String {
 /// Parses a single-document YAML text into a located tree. An empty or
 /// comment-only text is [`Value::Null`]; more than one document is an error.
 pub fn parse_document(text: &str) -> Result<Node, YamlError> {
-    let mut docs = parse_documents(text)?;
+    parse_document_with(text, &Limits::default())
+}
+
+/// [`parse_document`] with a repo's [`Limits`].
+pub fn parse_document_with(text: &str, limits: &Limits) -> Result<Node, YamlError> {
+    let mut docs = parse_documents_with(text, limits)?;
     match docs.len() {
         0 => Ok(Node {
             line: 1,
@@ -372,6 +585,7 @@ pub fn parse_document(text: &str) -> Result<Node, YamlError> {
             ),
             line: docs[1].line,
             column: 0,
+            hint: None,
         }),
     }
 }
@@ -379,9 +593,16 @@ pub fn parse_document(text: &str) -> Result<Node, YamlError> {
 /// Parses a YAML stream into one located tree per document. Empty,
 /// comment-only and plain-null documents yield nothing.
 pub fn parse_documents(text: &str) -> Result<Vec<Node>, YamlError> {
+    parse_documents_with(text, &Limits::default())
+}
+
+/// [`parse_documents`] with a repo's [`Limits`].
+pub fn parse_documents_with(text: &str, limits: &Limits) -> Result<Vec<Node>, YamlError> {
     on_parser_stack(|| {
+        check_alias_expansion(text, limits)?;
         DEPTH.with(|d| d.set(0));
-        serde_saphyr::from_multiple_with_options::<Node>(text, node_options()).map_err(convert)
+        serde_saphyr::from_multiple_with_options::<Node>(text, node_options_with(limits))
+            .map_err(|e| convert(e, text, limits))
     })
 }
 
@@ -409,6 +630,7 @@ fn on_parser_stack<R: Send>(
                 message: format!("cannot start the YAML parser thread: {e}"),
                 line: 0,
                 column: 0,
+                hint: None,
             }),
         }
     })
@@ -654,17 +876,82 @@ mod tests {
         assert_eq!(n.get("nine").unwrap().scalar_text().as_deref(), Some("9"));
     }
 
+    const BILLION_LAUGHS: &str = include_str!("../tests/fixtures/compose/billion-laughs.yaml");
+    const ANCHORS_57: &str = include_str!("../tests/fixtures/compose/anchors-57-services.yaml");
+
     #[test]
-    fn billion_laughs_fails_fast_naming_the_limit() {
-        let mut text = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
-        for i in 1..10 {
-            let p = i - 1;
-            text.push_str(&format!(
-                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
-            ));
+    fn billion_laughs_is_refused_naming_the_anchor_and_its_line() {
+        let e = parse_document(BILLION_LAUGHS).unwrap_err();
+        assert!(e.message.starts_with("YAML limit hit"), "{e:?}");
+        // a4 (66,430 nodes) is the first anchor whose copies cross 200,000.
+        assert!(
+            e.message.contains("anchor `&a4` (66430 nodes)")
+                && e.message.contains("`*a4` at line 9"),
+            "{e:?}"
+        );
+        assert_eq!((e.line, e.column), (8, 7), "the line of `&a4`: {e:?}");
+        let hint = e.hint.as_deref().unwrap_or_default();
+        assert!(hint.contains(ALIAS_EXPANSION_KEY), "{e:?}");
+        // Typed reads are guarded the same way.
+        let typed = from_str::<serde_json::Value>(BILLION_LAUGHS).unwrap_err();
+        assert_eq!(typed.line, 8, "{typed:?}");
+    }
+
+    #[test]
+    fn many_merge_aliases_of_a_few_anchors_load() {
+        // 150 aliases of 10 anchors: more than 10 per anchor, a few thousand
+        // nodes expanded.
+        let n = parse_document(ANCHORS_57).unwrap();
+        let services = n.get("services").and_then(Node::as_map).unwrap();
+        assert_eq!(services.len(), 57);
+        let gateway = n.get("services").and_then(|s| s.get("gateway")).unwrap();
+        assert_eq!(
+            gateway.get("init").map(|v| &v.value),
+            Some(&Value::Bool(true))
+        );
+        assert!(gateway.get("<<").is_none());
+    }
+
+    #[test]
+    fn the_alias_budget_counts_expanded_nodes_and_can_be_raised() {
+        // An anchored list of 1,000 scalars (1,001 nodes) used 250 times adds
+        // 250,250 nodes: over the default, under a raised limit.
+        let mut text = format!("a: &big [{}]\nb:\n", vec!["x"; 1000].join(", "));
+        for _ in 0..250 {
+            text.push_str("  - *big\n");
         }
         let e = parse_document(&text).unwrap_err();
-        assert!(e.message.starts_with("YAML limit hit"), "{e:?}");
+        assert!(e.message.contains("anchor `&big` (1001 nodes)"), "{e:?}");
+        assert_eq!(e.line, 1);
+        let raised = Limits {
+            alias_expansion: 300_000,
+        };
+        let n = parse_document_with(&text, &raised).unwrap();
+        assert_eq!(
+            n.get("b").and_then(Node::as_seq).map(<[Node]>::len),
+            Some(250)
+        );
+    }
+
+    #[test]
+    fn recursive_and_unknown_aliases_do_not_hang_the_budget() {
+        for text in ["a: &a [*a, *a]\n", "a: *nope\n", "a: &a\n  b: *a\n"] {
+            let _ = parse_document(text);
+        }
+        // `&` inside values is no anchor: the budget pass is skipped.
+        assert!(!may_define_anchor("url: http://x/?a=1&b=2\n"));
+        assert!(may_define_anchor("x: &a 1\n") && may_define_anchor("[&a 1, *a]"));
+    }
+
+    #[test]
+    fn errors_never_point_past_the_end_of_the_file() {
+        for text in ["a: [1, 2\n", "a: {b: 1\n\n\n", "a: 'open\n"] {
+            let e = parse_document(text).unwrap_err();
+            assert!(
+                e.line as usize <= text.lines().count().max(1),
+                "{text:?}: {e:?}"
+            );
+        }
     }
 
     #[test]

@@ -15,8 +15,17 @@ use crate::yaml::{self, Node, Value};
 /// Loads every object of the manifest file `file` (a rendered repo path).
 /// All problems of the file are returned at once.
 pub fn load(file: &str, text: &str) -> Result<Vec<KubeObject>, Diagnostics> {
+    load_with(file, text, &yaml::Limits::default())
+}
+
+/// [`load`] with the repo's YAML limits (`driftless.yaml` `limits:`).
+pub fn load_with(
+    file: &str,
+    text: &str,
+    limits: &yaml::Limits,
+) -> Result<Vec<KubeObject>, Diagnostics> {
     let mut diags = Diagnostics::new();
-    let docs = match yaml::parse_documents(text) {
+    let docs = match yaml::parse_documents_with(text, limits) {
         Ok(docs) => docs,
         Err(e) => {
             diags.push(match helm_line(text) {

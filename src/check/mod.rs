@@ -204,6 +204,7 @@ pub fn environment(
             variables: &variables,
             read: &read,
             is_dir: &list_dir,
+            yaml: manifest.yaml,
         };
         match compose::load_with(&input, &options) {
             Ok((project, w)) => {
@@ -251,7 +252,7 @@ pub fn environment(
         let Some((rendered, text)) = text_of(path, &mut diags) else {
             continue;
         };
-        match kube::load(path, &text) {
+        match kube::load_with(path, &text, &manifest.yaml) {
             Ok(list) => {
                 for o in list {
                     let key = format!("{}/{}", o.api_version, o.key());

@@ -33,6 +33,7 @@ fn load(text: &str) -> Project {
         variables: &variables,
         read: &read,
         is_dir: &is_dir,
+        yaml: Default::default(),
     }) {
         Ok((project, _)) => project,
         Err(d) => panic!("the stack does not load:\n{d}"),

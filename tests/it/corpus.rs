@@ -450,6 +450,7 @@ fn load_compose(repo: &CorpusRepo, file: &str) -> Result<(Project, Vec<Diagnosti
         variables: &variables,
         read: &read,
         is_dir: &is_dir,
+        yaml: Default::default(),
     })
 }
 
@@ -739,4 +740,64 @@ fn corpus_compose_semantics_match_compose() {
     assert_eq!(p.services["base"].image, "alpine:latest");
     assert_eq!(p.services["base"].command, None);
     assert!(p.services["init"].command.is_some());
+}
+
+/// Fixtures written for what the shared corpus lacks (`tests/fixtures/compose/`):
+/// a file of 57 services with 150 aliases of 10 anchors loads, and a
+/// billion-laughs file is refused naming the anchor, at a line of the file.
+#[test]
+fn anchor_fixtures_load_or_are_refused_by_the_alias_budget() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/compose");
+    let load = |name: &str| {
+        let text = std::fs::read_to_string(dir.join(name)).expect("fixture");
+        let file = format!("compose/{name}");
+        let variables = BTreeMap::new();
+        let read = |_: &str| None;
+        let is_dir = |_: &str| Vec::new();
+        let r = compose::load(&compose::Input {
+            file: &file,
+            text: &text,
+            default_project_name: "fixtures",
+            variables: &variables,
+            read: &read,
+            is_dir: &is_dir,
+            yaml: Default::default(),
+        });
+        (r, text.lines().count() as u32)
+    };
+
+    let (r, _) = load("anchors-57-services.yaml");
+    let (project, _) = r.unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(project.services.len(), 57);
+    let gateway = &project.services["gateway"];
+    assert_eq!(gateway.restart.as_deref(), Some("unless-stopped"));
+    assert_eq!(
+        gateway.resources.limits.memory,
+        Some(2 << 30),
+        "`*large` merged"
+    );
+    assert_eq!(gateway.environment["TZ"].as_deref(), Some("UTC"));
+    assert_eq!(
+        gateway.environment["SERVICE_NAME"].as_deref(),
+        Some("gateway")
+    );
+    assert!(gateway.healthcheck.is_some());
+    assert_eq!(
+        project.services["auth"].resources.limits.memory,
+        Some(256 << 20),
+        "`*small` merged"
+    );
+
+    let (r, lines) = load("billion-laughs.yaml");
+    let errors = r.expect_err("an alias bomb");
+    let e = errors.errors().next().expect("an error");
+    assert!(e.message.contains("anchor `&a4`"), "{e}");
+    assert_eq!(e.line, Some(8), "{e}");
+    assert!(e.line.is_some_and(|l| l <= lines), "{e}");
+    assert!(
+        e.hint
+            .as_deref()
+            .is_some_and(|h| h.contains("limits.yaml_alias_expansion")),
+        "{e}"
+    );
 }

@@ -106,9 +106,57 @@ fn billion_laughs_alias_bomb() {
         bomb.trim_end().replace('\n', "\n  ")
     );
     let repo = RepoBuilder::minimal().file("compose/stack.yaml", text);
+    // `&e` (66,430 nodes) is the anchor whose copies cross the budget; the
+    // error is at its line and says how to raise the limit.
     assert_clear_error(
         &repo.driftless(&["validate"]),
-        &["error[dev]", "compose/stack.yaml"],
+        &[
+            "error[dev]: compose/stack.yaml:6:",
+            "anchor `&e`",
+            "limits.yaml_alias_expansion",
+        ],
+    );
+}
+
+#[test]
+fn the_alias_budget_is_raised_in_driftless_yaml() {
+    // 300 copies of a 1,001-node anchor: 300,300 nodes, over the default.
+    let mut stack = format!(
+        "x-big: &big [{}]\nservices:\n  web:\n    image: busybox:1\nx-copies:\n",
+        vec!["x"; 1000].join(", ")
+    );
+    for _ in 0..300 {
+        stack.push_str("  - *big\n");
+    }
+    let manifest = |limits: &str| {
+        format!(
+            "apiVersion: driftless/v1\n{limits}targets:\n  local:\n    docker: {{}}\nenvironments:\n  dev:\n    targets: [local]\n"
+        )
+    };
+    let refused = RepoBuilder::minimal().file("compose/stack.yaml", &stack);
+    assert_clear_error(
+        &refused.driftless(&["validate"]),
+        &[
+            "compose/stack.yaml:1:",
+            "anchor `&big`",
+            "limits.yaml_alias_expansion",
+        ],
+    );
+    let raised = RepoBuilder::minimal()
+        .file("compose/stack.yaml", &stack)
+        .file(
+            "driftless.yaml",
+            manifest("limits:\n  yaml_alias_expansion: 400000\n"),
+        );
+    let run = raised.driftless(&["validate"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let absurd = RepoBuilder::minimal().file(
+        "driftless.yaml",
+        manifest("limits:\n  yaml_alias_expansion: 0\n"),
+    );
+    assert_clear_error(
+        &absurd.driftless(&["validate"]),
+        &["driftless.yaml:3", "limits.yaml_alias_expansion"],
     );
 }
 

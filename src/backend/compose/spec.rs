@@ -746,6 +746,7 @@ mod tests {
             )]
             .into(),
             volumes: BTreeMap::new(),
+            disabled_services: BTreeMap::new(),
             origin: Default::default(),
         };
         let (body, extra) = container(&replica(&project, "app", 1));
@@ -854,6 +855,7 @@ mod tests {
             services: [("web".to_owned(), s)].into(),
             networks: BTreeMap::new(),
             volumes: BTreeMap::new(),
+            disabled_services: BTreeMap::new(),
             origin: Default::default(),
         };
         let needs: BTreeMap<String, (u32, u32)> = api_requirements(&p).into_iter().collect();

@@ -59,6 +59,9 @@ pub struct Input<'a> {
     /// Repo paths of the files under a repo directory, at any depth (empty
     /// when the directory does not exist).
     pub is_dir: &'a dyn Fn(&str) -> Vec<String>,
+    /// YAML limits for this file and the files it `extends` (the repo's
+    /// `limits:`).
+    pub yaml: yaml::Limits,
 }
 
 /// What a project takes from outside its Compose files — what docker
@@ -150,7 +153,7 @@ impl<'a> Ctx<'a> {
 
     fn load(&mut self) -> Option<Project> {
         let file = self.input.file;
-        let mut root = match yaml::parse_document(self.input.text) {
+        let mut root = match yaml::parse_document_with(self.input.text, &self.input.yaml) {
             Ok(root) => root,
             Err(e) => {
                 self.diags.push(e.into_diagnostic(file));
@@ -458,7 +461,7 @@ impl<'a> Ctx<'a> {
         // Insert first: a file that extends itself must not be read twice.
         self.files.insert(path.to_owned(), None);
         let text = self.read_text(path, Some(at), object)?;
-        let mut root = match yaml::parse_document(&text) {
+        let mut root = match yaml::parse_document_with(&text, &self.input.yaml) {
             Ok(root) => root,
             Err(e) => {
                 self.diags.push(e.into_diagnostic(path));

@@ -62,6 +62,7 @@ impl Repo {
                 variables: &self.vars,
                 read: &read,
                 is_dir: &is_dir,
+                yaml: Default::default(),
             },
             options,
         )

@@ -190,11 +190,18 @@ pub(crate) fn apply(ctx: &mut Ctx, project: &mut Project) {
     // What enabled services need must be enabled too.
     let mut errors = Vec::new();
     for (name, s) in project.services.iter_mut() {
+        // `network_mode: service:x` implies a dependency on x; its own
+        // error below says more than a second "depends on" would.
+        let shared = s
+            .network_mode
+            .as_deref()
+            .and_then(|m| m.strip_prefix("service:"))
+            .map(str::to_owned);
         s.depends_on.retain(|dep, d| {
             let Some(profiles) = project.disabled_services.get(dep) else {
                 return true;
             };
-            if d.required {
+            if d.required && shared.as_deref() != Some(dep.as_str()) {
                 errors.push((
                     name.clone(),
                     s.origin.line,

@@ -201,11 +201,16 @@ fn unknown_manifest_key() {
 fn unsupported_compose_key() {
     let repo = RepoBuilder::minimal().file(
         "compose/stack.yaml",
-        format!("{STACK_HEAD}    devices: [/dev/fuse]\n"),
+        format!("{STACK_HEAD}    credential_spec: {{file: spec.json}}\n"),
     );
     assert_clear_error(
         &repo.driftless(&["validate"]),
-        &["error[dev]", "compose/stack.yaml:4", "devices"],
+        &[
+            "error[dev]",
+            "compose/stack.yaml:4",
+            "credential_spec",
+            "Windows",
+        ],
     );
 }
 
@@ -249,7 +254,7 @@ fn all_errors_are_listed_not_only_the_first() {
         .file("compose/a.yaml", "services:\n  web:\n    build: .\n")
         .file(
             "compose/b.yaml",
-            "services:\n  db:\n    image: postgres:16\n    devices: [/dev/fuse]\n",
+            "services:\n  db:\n    image: postgres:16\n    credential_spec: {file: spec.json}\n",
         );
     assert_clear_error(
         &repo.driftless(&["validate"]),

@@ -14,7 +14,8 @@ fn main() {
         EnvFilter::try_from_env("DRIFTLESS_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        // Every line, from any crate, passes the secret masker.
+        .with_writer(driftless::secrets::log_writer);
     match cli.log_format {
         cli::LogFormat::Json => subscriber.json().init(),
         cli::LogFormat::Text => subscriber.init(),

@@ -24,6 +24,7 @@ mod identities;
 mod kube_backend;
 mod kube_e2e;
 mod leases;
+mod logging;
 mod operator;
 mod pipeline;
 mod policies;

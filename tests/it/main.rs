@@ -19,6 +19,7 @@ mod daemon;
 mod daemon_support;
 mod deploy;
 mod example;
+mod faults;
 mod identities;
 mod kube_backend;
 mod kube_e2e;

@@ -375,6 +375,7 @@ impl<'a> Ctx<'a> {
         interpolate::interpolate_tree(root, path, &mut subst, &mut failures);
         let unset = std::mem::take(&mut subst.unset);
         let unset_at = std::mem::take(&mut subst.unset_at);
+        let lone_dollars = std::mem::take(&mut subst.lone_dollars_at);
         drop(subst);
         let file = root.file.as_deref().unwrap_or(self.input.file).to_owned();
         for f in failures {
@@ -395,6 +396,17 @@ impl<'a> Ctx<'a> {
         }
         for (name, (line, object)) in unset.iter().zip(unset_at) {
             self.warn_unset(name, &file, line, &object);
+        }
+        for (line, column, object, value) in lone_dollars {
+            self.diags.push(
+                Diagnostic::warning(format!(
+                    "`$` starts no variable in `{value}`; it is kept as written, as docker compose v2 keeps it (docker-compose 1.x refuses it as an invalid interpolation format)"
+                ))
+                .file(file.clone())
+                .at(line, column)
+                .object(object)
+                .hint("write `$$` for a literal `$` (`$$(date)`): that means the same to every Compose version and silences this warning"),
+            );
         }
     }
 

@@ -429,14 +429,36 @@ fn required_variables_and_bad_templates_fail_with_line_and_path() {
         "services.app.command",
     );
     assert!(e.hint.unwrap().contains("$$"));
-    // A `$` that starts no variable stays, as in Compose v2.
-    let (p, _) =
+    // A `$` that starts no variable stays, as in Compose v2, with a
+    // warning at its line (docker-compose 1.x refused it).
+    let (p, warnings) =
         one("services:\n  app:\n    image: x\n    command: [sh, -c, 'echo $(date) $ 5']\n")
             .ok("compose/stack.yaml");
     assert_eq!(
         p.services["app"].command.as_ref().unwrap()[2],
         "echo $(date) $ 5"
     );
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    let w = &warnings[0];
+    assert_eq!(
+        (w.file.as_deref(), w.line, w.object.as_deref()),
+        (
+            Some("compose/stack.yaml"),
+            Some(4),
+            Some("services.app.command[2]")
+        )
+    );
+    assert!(w.message.contains("`echo $(date) $ 5`"), "{w}");
+    assert!(w.hint.as_deref().unwrap().contains("$$(date)"), "{w}");
+    // Escaped, it is the same value and says nothing.
+    let (p, warnings) =
+        one("services:\n  app:\n    image: x\n    command: [sh, -c, 'echo $$(date)']\n")
+            .ok("compose/stack.yaml");
+    assert_eq!(
+        p.services["app"].command.as_ref().unwrap()[2],
+        "echo $(date)"
+    );
+    assert!(warnings.is_empty(), "{warnings:#?}");
 }
 
 #[test]

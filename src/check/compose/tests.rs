@@ -462,6 +462,32 @@ fn required_variables_and_bad_templates_fail_with_line_and_path() {
 }
 
 #[test]
+fn invalid_image_references_are_refused_at_their_line() {
+    for (image, want) in [
+        ("apache/airflow:|version|", "contains `|`"),
+        ("elasticsearch:", "the tag after `:` is empty"),
+        ("UPPER/Case:1", "must be lowercase"),
+    ] {
+        let e = single_error(
+            &one(&format!("services:\n  app:\n    image: '{image}'\n")),
+            3,
+            "services.app.image",
+        );
+        assert!(e.message.contains(&format!("`{image}`")), "{e}");
+        assert!(e.message.contains(want), "{e}");
+    }
+    // An unset variable in the tag is found at validate time too.
+    let errors =
+        one("services:\n  es:\n    image: elasticsearch:${ES_VERSION}\n").err("compose/stack.yaml");
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].message.contains("tag after `:` is empty"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
 fn dotenv_errors_point_into_the_env_file() {
     let repo = Repo::new(&[
         ("compose/stack.yaml", "services: {a: {image: x}}\n"),

@@ -3,7 +3,10 @@
 //! `${VAR+alt}`, nesting (`${A:-${B}}`) and `$$` for a literal `$`, with
 //! compose-go v2's rules: names are `[_a-zA-Z][_a-zA-Z0-9]*`; a `$` followed
 //! by anything other than `$`, a name or `{` stays as written (`$(cmd)`,
-//! `cost: 5 $`); a `${...}` that is not a valid form is an error; an unset
+//! `cost: 5 $`: compose-go since its PR #307, docker compose 2.12; the
+//! loader warns, since docker-compose 1.x refused it as an "Invalid
+//! interpolation format" and a `$(cmd)` meant for a shell usually wants
+//! `$$(cmd)`); a `${...}` that is not a valid form is an error; an unset
 //! variable without a default becomes the empty string (with a warning); and
 //! only string values are interpolated, never mapping keys.
 
@@ -30,6 +33,11 @@ pub struct Substitution<'a> {
     /// Where each of [`Substitution::unset`] was first used by
     /// [`interpolate_tree`]: (line, object path).
     pub unset_at: Vec<(u32, String)>,
+    /// Values in which [`interpolate_tree`] kept a `$` that starts no
+    /// variable (`$(date)`): (line, column, object path, value).
+    pub lone_dollars_at: Vec<(u32, u32, String, String)>,
+    /// Whether the last substitution kept such a `$`.
+    saw_lone_dollar: bool,
 }
 
 impl<'a> Substitution<'a> {
@@ -38,6 +46,8 @@ impl<'a> Substitution<'a> {
             lookup,
             unset: Vec::new(),
             unset_at: Vec::new(),
+            lone_dollars_at: Vec::new(),
+            saw_lone_dollar: false,
         }
     }
 
@@ -80,6 +90,7 @@ impl<'a> Substitution<'a> {
                     i += 1 + len;
                 }
                 _ => {
+                    self.saw_lone_dollar = true;
                     out.push('$');
                     i += 1;
                 }
@@ -197,6 +208,8 @@ pub fn interpolate_tree(
     match &mut node.value {
         Value::String(s) if s.contains('$') => {
             let known = subst.unset.len();
+            subst.saw_lone_dollar = false;
+            let written = s.clone();
             match subst.substitute(s) {
                 Ok(v) => *s = v,
                 Err(error) => failures.push(Failure {
@@ -209,6 +222,11 @@ pub fn interpolate_tree(
             }
             for _ in known..subst.unset.len() {
                 subst.unset_at.push((node.line, path.to_owned()));
+            }
+            if std::mem::take(&mut subst.saw_lone_dollar) {
+                subst
+                    .lone_dollars_at
+                    .push((node.line, node.column, path.to_owned(), written));
             }
         }
         Value::Seq(items) => {
@@ -342,5 +360,19 @@ mod tests {
         );
         assert_eq!(failures.len(), 1);
         assert_eq!((failures[0].path.as_str(), failures[0].line), ("l[2]", 2));
+    }
+
+    #[test]
+    fn trees_note_each_value_keeping_a_lone_dollar() {
+        let mut n = crate::yaml::parse_document("a: echo $(date)\nb: $$(x)\nc: [5 $]\n").unwrap();
+        let lookup = |_: &str| None;
+        let mut s = Substitution::new(&lookup);
+        interpolate_tree(&mut n, "", &mut s, &mut Vec::new());
+        let at: Vec<_> = s
+            .lone_dollars_at
+            .iter()
+            .map(|(line, _, path, value)| (*line, path.as_str(), value.as_str()))
+            .collect();
+        assert_eq!(at, [(1, "a", "echo $(date)"), (3, "c[0]", "5 $")]);
     }
 }

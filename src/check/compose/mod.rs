@@ -12,6 +12,7 @@
 //! 4. resolve `extends` with Compose's merge rules, `!reset` and `!override`
 //!    included ([`extends`]);
 //! 5. convert each service key by key, expanding short syntax ([`syntax`]),
+//!    image references checked with the distribution grammar ([`reference`]),
 //!    reading `env_file`s, relative bind mounts and `configs` files from the
 //!    repo ([`service`]);
 //! 6. check references between services, networks, volumes and configs.
@@ -33,6 +34,7 @@ mod extends;
 mod interpolate;
 mod profiles;
 mod read;
+mod reference;
 mod resources;
 mod service;
 mod syntax;
@@ -121,6 +123,9 @@ pub(crate) struct Ctx<'a> {
     vars: BTreeMap<String, String>,
     /// Variables already reported unset (Compose warns once per name).
     warned: BTreeSet<String>,
+    /// Values whose interpolation failed (file, line, column): left as
+    /// written and already reported, so later checks skip them.
+    failed: BTreeSet<(String, u32, u32)>,
     /// Parsed and interpolated Compose files by repo path (`None`: failed).
     files: HashMap<String, Option<Arc<Node>>>,
     /// Services with `extends` resolved, by (file, service).
@@ -144,6 +149,7 @@ impl<'a> Ctx<'a> {
             diags: Vec::new(),
             vars: BTreeMap::new(),
             warned: BTreeSet::new(),
+            failed: BTreeSet::new(),
             files: HashMap::new(),
             resolved: HashMap::new(),
             swarm_only: Vec::new(),
@@ -375,9 +381,11 @@ impl<'a> Ctx<'a> {
         interpolate::interpolate_tree(root, path, &mut subst, &mut failures);
         let unset = std::mem::take(&mut subst.unset);
         let unset_at = std::mem::take(&mut subst.unset_at);
+        let lone_dollars = std::mem::take(&mut subst.lone_dollars_at);
         drop(subst);
         let file = root.file.as_deref().unwrap_or(self.input.file).to_owned();
         for f in failures {
+            self.failed.insert((file.clone(), f.line, f.column));
             let d = match f.error {
                 interpolate::Error::Invalid(reason) => {
                     Diagnostic::error(format!("invalid interpolation in `{}`: {reason}", f.value))
@@ -396,6 +404,24 @@ impl<'a> Ctx<'a> {
         for (name, (line, object)) in unset.iter().zip(unset_at) {
             self.warn_unset(name, &file, line, &object);
         }
+        for (line, column, object, value) in lone_dollars {
+            self.diags.push(
+                Diagnostic::warning(format!(
+                    "`$` starts no variable in `{value}`; it is kept as written, as docker compose v2 keeps it (docker-compose 1.x refuses it as an invalid interpolation format)"
+                ))
+                .file(file.clone())
+                .at(line, column)
+                .object(object)
+                .hint("write `$$` for a literal `$` (`$$(date)`): that means the same to every Compose version and silences this warning"),
+            );
+        }
+    }
+
+    /// Whether `node`'s interpolation failed (an error already reported).
+    pub(crate) fn interpolation_failed(&self, node: &Node) -> bool {
+        let file = node.file.as_deref().unwrap_or(self.input.file);
+        self.failed
+            .contains(&(file.to_owned(), node.line, node.column))
     }
 
     fn warn_unset(&mut self, name: &str, file: &str, line: u32, object: &str) {

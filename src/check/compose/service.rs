@@ -116,8 +116,19 @@ pub(crate) fn service(
         match field {
             "image" => {
                 image = ctx.text(v, &fp);
-                if image.as_deref() == Some("") {
-                    ctx.error(v, &fp, "`image` is empty");
+                match image.as_deref() {
+                    Some("") => ctx.error(v, &fp, "`image` is empty"),
+                    Some(r) if !ctx.interpolation_failed(v) => {
+                        if let Some(why) = super::reference::problem(r) {
+                            ctx.report(
+                                Diagnostic::error(format!("invalid image reference `{r}`: {why}"))
+                                    .hint("write `[registry/]repository[:tag][@sha256:digest]`, as the distribution spec and the engine's pull require"),
+                                v,
+                                &fp,
+                            );
+                        }
+                    }
+                    _ => {}
                 }
             }
             "build" => {

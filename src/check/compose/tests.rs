@@ -429,13 +429,61 @@ fn required_variables_and_bad_templates_fail_with_line_and_path() {
         "services.app.command",
     );
     assert!(e.hint.unwrap().contains("$$"));
-    // A `$` that starts no variable stays, as in Compose v2.
-    let (p, _) =
+    // A `$` that starts no variable stays, as in Compose v2, with a
+    // warning at its line (docker-compose 1.x refused it).
+    let (p, warnings) =
         one("services:\n  app:\n    image: x\n    command: [sh, -c, 'echo $(date) $ 5']\n")
             .ok("compose/stack.yaml");
     assert_eq!(
         p.services["app"].command.as_ref().unwrap()[2],
         "echo $(date) $ 5"
+    );
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    let w = &warnings[0];
+    assert_eq!(
+        (w.file.as_deref(), w.line, w.object.as_deref()),
+        (
+            Some("compose/stack.yaml"),
+            Some(4),
+            Some("services.app.command[2]")
+        )
+    );
+    assert!(w.message.contains("`echo $(date) $ 5`"), "{w}");
+    assert!(w.hint.as_deref().unwrap().contains("$$(date)"), "{w}");
+    // Escaped, it is the same value and says nothing.
+    let (p, warnings) =
+        one("services:\n  app:\n    image: x\n    command: [sh, -c, 'echo $$(date)']\n")
+            .ok("compose/stack.yaml");
+    assert_eq!(
+        p.services["app"].command.as_ref().unwrap()[2],
+        "echo $(date)"
+    );
+    assert!(warnings.is_empty(), "{warnings:#?}");
+}
+
+#[test]
+fn invalid_image_references_are_refused_at_their_line() {
+    for (image, want) in [
+        ("apache/airflow:|version|", "contains `|`"),
+        ("elasticsearch:", "the tag after `:` is empty"),
+        ("UPPER/Case:1", "must be lowercase"),
+    ] {
+        let e = single_error(
+            &one(&format!("services:\n  app:\n    image: '{image}'\n")),
+            3,
+            "services.app.image",
+        );
+        assert!(e.message.contains(&format!("`{image}`")), "{e}");
+        assert!(e.message.contains(want), "{e}");
+    }
+    // An unset variable in the tag is found at validate time too.
+    let errors =
+        one("services:\n  es:\n    image: elasticsearch:${ES_VERSION}\n").err("compose/stack.yaml");
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].message.contains("tag after `:` is empty"),
+        "{}",
+        errors[0]
     );
 }
 

@@ -14,7 +14,8 @@ fn main() {
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(log_filter(daemon))
         .with_ansi(colour())
-        .with_writer(std::io::stderr);
+        // Every line, from any crate, passes the secret masker.
+        .with_writer(driftless::secrets::log_writer);
     match cli.log_format {
         cli::LogFormat::Json => subscriber.json().init(),
         cli::LogFormat::Text => subscriber.init(),

@@ -6,8 +6,14 @@
 //! value handed out is recorded, and a [`Masker`] built from them replaces
 //! each occurrence — raw, base64, JSON-escaped, URL-encoded — in anything
 //! driftless prints, logs, stores or serves.
+//!
+//! Log lines, from any crate (bollard logs request bodies at `debug`), pass
+//! a process-wide masker: [`mask_logs_of`] adds values to it and
+//! [`log_writer`] is the writer the binary's subscriber formats into.
 
 use std::borrow::Cow;
+use std::io::Write as _;
+use std::sync::{PoisonError, RwLock};
 
 use base64::Engine as _;
 
@@ -44,12 +50,11 @@ impl Masker {
         }
         let b64 = base64::engine::general_purpose::STANDARD;
         let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let json = serde_json::to_string(value).expect("string serialises");
         let forms = [
             value.to_owned(),
             b64.encode(value),
             b64url.encode(value),
-            json[1..json.len() - 1].to_owned(),
+            json_escape(value),
             url_encode(value),
         ];
         for f in forms {
@@ -109,6 +114,73 @@ impl Masker {
             _ => {}
         }
     }
+}
+
+/// What every log line is masked with: each value [`mask_logs_of`] was
+/// given, raw and in its encodings, and each of those JSON-escaped once more
+/// (the JSON log format escapes a message that already quotes a JSON body).
+static LOG_MASKER: RwLock<Masker> = RwLock::new(Masker {
+    needles: Vec::new(),
+});
+
+/// Masks every later log line against `masker`'s values too.
+pub fn mask_logs_of(masker: &Masker) {
+    let mut extra = masker.clone();
+    for n in &masker.needles {
+        let json = json_escape(n);
+        if !extra.needles.contains(&json) {
+            extra.needles.push(json);
+        }
+    }
+    let mut log = LOG_MASKER.write().unwrap_or_else(PoisonError::into_inner);
+    log.merge(&extra);
+}
+
+/// `line` masked with the process-wide log masker.
+pub fn mask_log_line(line: &str) -> String {
+    let log = LOG_MASKER.read().unwrap_or_else(PoisonError::into_inner);
+    log.mask(line).into_owned()
+}
+
+/// A log line being formatted: collected whole, then masked and written to
+/// stderr when the subscriber drops it (once per event), so a secret split
+/// across two `write` calls is still seen whole.
+#[derive(Debug, Default)]
+pub struct LogWriter {
+    line: Vec<u8>,
+}
+
+/// The `MakeWriter` of the binary's tracing subscriber.
+pub fn log_writer() -> LogWriter {
+    LogWriter::default()
+}
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.line.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        if self.line.is_empty() {
+            return;
+        }
+        let line = mask_log_line(&String::from_utf8_lossy(&self.line));
+        // Nowhere to report a failed write to stderr.
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+}
+
+/// `s` as it appears inside a JSON string (without the quotes).
+fn json_escape(s: &str) -> String {
+    let json = serde_json::to_string(s).expect("string serialises");
+    json[1..json.len() - 1].to_owned()
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
@@ -228,6 +300,22 @@ mod tests {
         assert!(!masked.contains("p%40ss"), "{masked}");
         assert!(!masked.contains(r#"p@ss \"word\""#), "{masked}");
         assert_eq!(masked.matches(MASK).count(), 4, "{masked}");
+    }
+
+    #[test]
+    fn log_lines_are_masked_raw_and_json_escaped_twice() {
+        let secret = "log\"secret/value";
+        mask_logs_of(&Masker::from_values([secret]));
+        let once = json_escape(secret);
+        let twice = json_escape(&once);
+        let line = format!("body={secret} json={once} log-json={twice}");
+        let masked = mask_log_line(&line);
+        assert_eq!(masked, "body=****** json=****** log-json=******");
+        let mut w = log_writer();
+        w.write_all(b"split ").unwrap();
+        w.write_all(b"write").unwrap();
+        assert_eq!(w.line, b"split write");
+        w.line.clear();
     }
 
     #[test]

@@ -129,7 +129,9 @@ pub fn daemon_masker(config: &DaemonConfig) -> Masker {
     }
     values.extend(config.webhook.secret.iter().map(|s| s.expose().to_owned()));
     values.extend(config.api_token.iter().map(|s| s.expose().to_owned()));
-    Masker::from_values(values)
+    let masker = Masker::from_values(values);
+    crate::secrets::mask_logs_of(&masker);
+    masker
 }
 
 /// Runs the daemon until a signal; returns the exit code.

@@ -52,7 +52,11 @@ impl Ledger {
             Some(lookup) => lookup.clone(),
             None => {
                 let lookup = match self.source.get(name) {
-                    Ok(value) => Lookup::Found(value),
+                    Ok(value) => {
+                        // Before the value can reach any log line.
+                        crate::secrets::mask_logs_of(&Masker::from_values([&value]));
+                        Lookup::Found(value)
+                    }
                     Err(e @ SecretError::Missing(..)) => Lookup::Missing(e),
                     // A bad name, a value too short to mask or an unreadable
                     // file is wrong in every mode: report it, record nothing.

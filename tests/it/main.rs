@@ -32,5 +32,6 @@ mod reconcile_cli;
 mod remote_docker;
 mod render;
 mod rules;
+mod secrets;
 mod source;
 mod validate;

@@ -172,6 +172,7 @@ fn masker_for(objects: &[KubeObject], base: &Masker) -> Masker {
             m.add(&v);
         }
     }
+    crate::secrets::mask_logs_of(&m);
     m
 }
 

@@ -51,6 +51,17 @@ pub fn root_manifest(source: &Source, limits: Limits) -> Result<(Snapshot, Manif
     Ok((snapshot, manifest))
 }
 
+/// The manifest that lists the environments, like [`root_manifest`], read
+/// without the rest of the commit where possible: a daemon looks it up on
+/// every poll, and a commit too large to snapshot must still be found (and
+/// refused by its pass) rather than hide behind the manifest lookup.
+pub fn manifest_only(source: &Source, limits: Limits) -> Result<Manifest, Diagnostics> {
+    let snapshot = source
+        .root_file_snapshot(manifest::FILE, limits)
+        .map_err(source_error)?;
+    manifest_of(&snapshot)
+}
+
 /// Source → render → check for one environment. The environment's own
 /// branch is read (manifest included) unless the source is a work tree or
 /// pinned to a revision.

@@ -112,8 +112,8 @@ impl RepoHandle {
             .map_err(|e| SourceError::Git(format!("resolve task: {e}")))?
     }
 
-    /// Reads the root manifest at the default branch and resolves `env`'s
-    /// branch head.
+    /// Reads the root manifest at the default branch (that file only, not
+    /// the whole commit) and resolves `env`'s branch head.
     pub async fn head(self: &Arc<Self>, env: &str) -> Result<Lookup, String> {
         let me = self.clone();
         let env = env.to_owned();
@@ -122,8 +122,8 @@ impl RepoHandle {
                 repo: Box::new(me.repo.clone()),
                 pinned: None,
             };
-            let (_, manifest) =
-                reconcile::root_manifest(&source, me.limits).map_err(|d| d.to_string())?;
+            let manifest =
+                reconcile::manifest_only(&source, me.limits).map_err(|d| d.to_string())?;
             let Some(environment) = manifest.environments.get(&env) else {
                 return Ok(Lookup::Removed {
                     prune: manifest.prune_removed_environments,
@@ -163,9 +163,7 @@ impl RepoHandle {
                 repo: Box::new(me.repo.clone()),
                 pinned: None,
             };
-            reconcile::root_manifest(&source, me.limits)
-                .map(|(_, m)| m)
-                .map_err(|d| d.to_string())
+            reconcile::manifest_only(&source, me.limits).map_err(|d| d.to_string())
         })
         .await
         .map_err(|e| format!("manifest task: {e}"))?

@@ -233,7 +233,7 @@ impl Repo {
             .tree_id()
             .map_err(|e| git_error(format!("read commit {id}"), &e))?;
         let raw = read_tree(&repo, tree_id.detach(), limits)?;
-        let files = raw.resolve(limits.max_files)?;
+        let files = raw.resolve(&limits)?;
         let mut loaded: HashMap<&str, Arc<[u8]>> = HashMap::with_capacity(raw.file_count());
         let mut out = Vec::with_capacity(files.len());
         for (path, real) in &files {
@@ -254,6 +254,37 @@ impl Repo {
             Revision::Commit { id: id.to_string() },
             out,
         ))
+    }
+
+    /// The content of regular file `name` in the root directory of
+    /// `commit`, reading that one tree and blob only; `None` when the root
+    /// holds no regular file of that name (absent, or a symlink that needs
+    /// the whole tree to resolve).
+    pub fn root_file(
+        &self,
+        commit: &str,
+        name: &str,
+        limits: Limits,
+    ) -> Result<Option<Vec<u8>>, SourceError> {
+        let repo = self.local();
+        let id = gix::ObjectId::from_hex(commit.as_bytes())
+            .map_err(|e| SourceError::Git(format!("read commit `{commit}`: {e}")))?;
+        let tree = repo
+            .find_object(id)
+            .and_then(|o| o.peel_to_tree())
+            .map_err(|e| git_error(format!("read commit {id}"), &e))?;
+        let decoded = tree
+            .decode()
+            .map_err(|e| git_error(format!("decode tree `.` of {id}"), &e))?;
+        let Some(entry) = decoded.entries.iter().find(|e| e.filename == name) else {
+            return Ok(None);
+        };
+        match entry.mode.kind() {
+            gix::objs::tree::EntryKind::Blob | gix::objs::tree::EntryKind::BlobExecutable => {
+                read_blob(&repo, entry.oid.to_owned(), name, limits).map(Some)
+            }
+            _ => Ok(None),
+        }
     }
 
     /// The work tree directory, when the repo has one.
@@ -290,7 +321,8 @@ impl Repo {
 
 /// Reads the tree `tree_id` (recursively, without recursion on the stack)
 /// into a [`RawTree`] of blob ids; symlink targets are read here. Fails when
-/// it holds more than `limits.max_files` files or directories.
+/// it holds more than `limits.max_files` files or directories, or breaks a
+/// path limit (checked before each path is built).
 pub(crate) fn read_tree(
     repo: &gix::Repository,
     tree_id: gix::ObjectId,
@@ -312,6 +344,7 @@ pub(crate) fn read_tree(
             )
         })?;
         for entry in &decoded.entries {
+            raw.admit(&dir, &entry.filename.to_str_lossy(), &limits)?;
             let path = entry_path(&dir, entry.filename)?;
             match entry.mode.kind() {
                 gix::objs::tree::EntryKind::Tree => {

@@ -81,6 +81,15 @@ pub struct Limits {
     pub max_file_bytes: u64,
     /// Most files in one snapshot (default 20,000).
     pub max_files: usize,
+    /// Longest repo path, in bytes (default 4,096, Linux's `PATH_MAX`).
+    pub max_path_bytes: usize,
+    /// Deepest directory nesting (default 64).
+    pub max_depth: usize,
+    /// Most bytes of all paths of a snapshot together, symlinked copies
+    /// included (default 16 MiB). Git stores a directory's name once, however
+    /// deep it is and however often it is referenced; a snapshot stores every
+    /// full path, so without this bound a small commit costs gigabytes.
+    pub max_path_bytes_total: usize,
 }
 
 impl Default for Limits {
@@ -88,8 +97,25 @@ impl Default for Limits {
         Limits {
             max_file_bytes: 5 * 1024 * 1024,
             max_files: 20_000,
+            max_path_bytes: 4096,
+            max_depth: 64,
+            max_path_bytes_total: 16 * 1024 * 1024,
         }
     }
+}
+
+/// `path` cut to its first 120 bytes for a message, with its full length:
+/// an over-long path is itself too long to print.
+pub(crate) fn abbreviate(path: &str) -> String {
+    const SHOWN: usize = 120;
+    if path.len() <= SHOWN {
+        return path.to_owned();
+    }
+    let mut end = SHOWN;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &path[..end], path.len())
 }
 
 /// Errors reading a repo into a snapshot. Each names the path at fault.
@@ -101,6 +127,14 @@ pub enum SourceError {
     FileTooLarge { path: String, size: u64, limit: u64 },
     #[error("repository has more than {limit} files; raise the limit or split the repo")]
     TooManyFiles { limit: usize },
+    #[error("{path}: path is over the {limit}-byte limit; shorten the directory and file names")]
+    PathTooLong { path: String, limit: usize },
+    #[error("{path}: directories nest deeper than {limit} levels; flatten the layout")]
+    TooDeep { path: String, limit: usize },
+    #[error(
+        "the repository's paths add up to more than {limit} bytes (directory links and deep trees count every full path); shorten names or flatten the layout"
+    )]
+    PathsTooLarge { limit: usize },
     #[error(
         "{path}: symlink points to `{target}`, outside the repository; symlinks must stay inside the repo"
     )]

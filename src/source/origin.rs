@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::git::{Auth, Repo};
-use super::{Limits, Snapshot, SourceError, worktree};
+use super::{Limits, Revision, Snapshot, SourceError, worktree};
 
 /// An opened desired-state repo.
 pub enum Source {
@@ -75,6 +75,27 @@ impl Source {
                 let commit = repo.resolve("HEAD").or_else(|_| repo.resolve("main"))?;
                 repo.snapshot(&commit, limits)
             }
+        }
+    }
+
+    /// A snapshot holding what is needed to read `path` at the root
+    /// revision: for a Git repo whose root holds `path` as a regular file,
+    /// only that file (one tree and one blob read, whatever else the commit
+    /// holds); otherwise the whole [`Source::root_snapshot`].
+    pub fn root_file_snapshot(&self, path: &str, limits: Limits) -> Result<Snapshot, SourceError> {
+        let Source::Git { repo, pinned } = self else {
+            return self.root_snapshot(limits);
+        };
+        let commit = match pinned {
+            Some(commit) => repo.resolve(commit)?,
+            None => repo.resolve("HEAD").or_else(|_| repo.resolve("main"))?,
+        };
+        match repo.root_file(&commit, path, limits)? {
+            Some(content) => Ok(Snapshot::from_files(
+                Revision::Commit { id: commit },
+                [(path.to_owned(), content)],
+            )),
+            None => repo.snapshot(&commit, limits),
         }
     }
 

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 
-use super::SourceError;
+use super::{Limits, SourceError, abbreviate};
 
 /// Most links followed to resolve one path, and most nested directory links
 /// expanded inside each other; the same bound Linux uses (`MAXSYMLINKS`).
@@ -33,6 +33,8 @@ pub(crate) struct RawTree<T> {
     nodes: BTreeMap<String, Node<T>>,
     dirs: BTreeSet<String>,
     files: usize,
+    /// Bytes of all paths admitted so far (see [`RawTree::admit`]).
+    path_bytes: usize,
 }
 
 /// Where a symlink leads inside the tree.
@@ -54,7 +56,51 @@ impl<T> RawTree<T> {
             nodes: BTreeMap::new(),
             dirs: BTreeSet::new(),
             files: 0,
+            path_bytes: 0,
         }
+    }
+
+    /// Checks that entry `name` of directory `dir` (`""` for the root) keeps
+    /// within the path limits of `limits`, and charges its path to the
+    /// tree's budget. Readers call it before building the path, so a deep or
+    /// wide tree is refused before it costs memory.
+    pub(crate) fn admit(
+        &mut self,
+        dir: &str,
+        name: &str,
+        limits: &Limits,
+    ) -> Result<(), SourceError> {
+        let (len, depth) = if dir.is_empty() {
+            (name.len(), 1)
+        } else {
+            (dir.len() + 1 + name.len(), dir.matches('/').count() + 2)
+        };
+        let shown = || {
+            if dir.is_empty() {
+                abbreviate(name)
+            } else {
+                abbreviate(&format!("{dir}/{name}"))
+            }
+        };
+        if depth > limits.max_depth {
+            return Err(SourceError::TooDeep {
+                path: shown(),
+                limit: limits.max_depth,
+            });
+        }
+        if len > limits.max_path_bytes {
+            return Err(SourceError::PathTooLong {
+                path: shown(),
+                limit: limits.max_path_bytes,
+            });
+        }
+        self.path_bytes += len;
+        if self.path_bytes > limits.max_path_bytes_total {
+            return Err(SourceError::PathsTooLarge {
+                limit: limits.max_path_bytes_total,
+            });
+        }
+        Ok(())
     }
 
     /// Number of regular files added so far.
@@ -105,10 +151,16 @@ impl<T> RawTree<T> {
     ///
     /// A link to a file appears as that file; a link to a directory makes the
     /// directory's files appear under the link path; a dangling link is left
-    /// out (and logged). Fails on a link leaving the root, on loops, and when
-    /// the result has more than `max_files` files.
-    pub(crate) fn resolve(&self, max_files: usize) -> Result<Vec<(String, String)>, SourceError> {
+    /// out (and logged). Fails on a link leaving the root, on loops, when
+    /// the result has more than `max_files` files, and when the paths that
+    /// directory links add break the path limits.
+    pub(crate) fn resolve(&self, limits: &Limits) -> Result<Vec<(String, String)>, SourceError> {
+        let max_files = limits.max_files;
         let too_many = || SourceError::TooManyFiles { limit: max_files };
+        let mut budget = Budget {
+            used: self.path_bytes,
+            limits,
+        };
         let mut out = Vec::with_capacity(self.files);
         let mut memo: HashMap<String, Expansion> = HashMap::new();
         for (path, node) in &self.nodes {
@@ -121,15 +173,13 @@ impl<T> RawTree<T> {
                             return Err(SourceError::SymlinkLoop { path: path.clone() });
                         }
                         let mut chain = vec![real.clone()];
-                        let files = self.expand(&real, path, &mut chain, &mut memo, max_files)?;
+                        let files = self.expand(&real, path, &mut chain, &mut memo, &mut budget)?;
                         if out.len() + files.len() > max_files {
                             return Err(too_many());
                         }
-                        out.extend(
-                            files
-                                .iter()
-                                .map(|(rel, real)| (format!("{path}/{rel}"), real.clone())),
-                        );
+                        for (rel, real) in files.iter() {
+                            out.push((budget.join(path, rel)?, real.clone()));
+                        }
                     }
                     Target::Missing => dangling(path, node),
                 },
@@ -151,8 +201,9 @@ impl<T> RawTree<T> {
         via: &str,
         chain: &mut Vec<String>,
         memo: &mut HashMap<String, Expansion>,
-        max_files: usize,
+        budget: &mut Budget<'_>,
     ) -> Result<Expansion, SourceError> {
+        let max_files = budget.limits.max_files;
         if let Some(done) = memo.get(dir) {
             return Ok(Rc::clone(done));
         }
@@ -170,21 +221,25 @@ impl<T> RawTree<T> {
         for (path, node) in inside {
             let rel = &path[prefix.len()..];
             match node {
-                Node::File(_) => files.push((rel.to_owned(), path.clone())),
+                Node::File(_) => {
+                    budget.charge(rel.len())?;
+                    files.push((rel.to_owned(), path.clone()));
+                }
                 Node::Link(_) => match self.follow(path)? {
-                    Target::File(real) => files.push((rel.to_owned(), real)),
+                    Target::File(real) => {
+                        budget.charge(rel.len())?;
+                        files.push((rel.to_owned(), real));
+                    }
                     Target::Dir(real) => {
                         if chain.iter().any(|open| is_ancestor_or_self(&real, open)) {
                             return Err(SourceError::SymlinkLoop { path: path.clone() });
                         }
                         chain.push(real.clone());
-                        let nested = self.expand(&real, path, chain, memo, max_files);
+                        let nested = self.expand(&real, path, chain, memo, budget);
                         chain.pop();
-                        files.extend(
-                            nested?
-                                .iter()
-                                .map(|(sub, real)| (format!("{rel}/{sub}"), real.clone())),
-                        );
+                        for (sub, real) in nested?.iter() {
+                            files.push((budget.join(rel, sub)?, real.clone()));
+                        }
                     }
                     Target::Missing => dangling(path, node),
                 },
@@ -266,6 +321,38 @@ impl<T> RawTree<T> {
     }
 }
 
+/// The path bytes a resolution may still allocate: directory links make
+/// new, longer paths out of the tree's own.
+struct Budget<'a> {
+    used: usize,
+    limits: &'a Limits,
+}
+
+impl Budget<'_> {
+    fn charge(&mut self, bytes: usize) -> Result<(), SourceError> {
+        self.used += bytes;
+        if self.used > self.limits.max_path_bytes_total {
+            return Err(SourceError::PathsTooLarge {
+                limit: self.limits.max_path_bytes_total,
+            });
+        }
+        Ok(())
+    }
+
+    /// `dir/rel`, checked against the length limit and charged.
+    fn join(&mut self, dir: &str, rel: &str) -> Result<String, SourceError> {
+        let len = dir.len() + 1 + rel.len();
+        if len > self.limits.max_path_bytes {
+            return Err(SourceError::PathTooLong {
+                path: abbreviate(&format!("{dir}/{rel}")),
+                limit: self.limits.max_path_bytes,
+            });
+        }
+        self.charge(len)?;
+        Ok(format!("{dir}/{rel}"))
+    }
+}
+
 /// Whether link text `text`, read in a directory `depth` levels below the
 /// root, is absolute or climbs above the root when read as written. This
 /// is stricter than the walk in [`RawTree::follow`] (which stops early at a
@@ -333,8 +420,15 @@ mod tests {
         t
     }
 
+    fn max_files(n: usize) -> Limits {
+        Limits {
+            max_files: n,
+            ..Limits::default()
+        }
+    }
+
     fn resolved(t: &RawTree<()>) -> Vec<(String, String)> {
-        let mut v = t.resolve(1000).unwrap();
+        let mut v = t.resolve(&max_files(1000)).unwrap();
         v.sort();
         v
     }
@@ -410,7 +504,7 @@ mod tests {
             "./../..",
         ] {
             let t = tree(&[("f", None), ("d/ln", Some(target))]);
-            match t.resolve(100) {
+            match t.resolve(&max_files(100)) {
                 Err(SourceError::SymlinkEscapes { path, target: got }) => {
                     assert_eq!(path, "d/ln");
                     assert_eq!(got, target);
@@ -421,11 +515,11 @@ mod tests {
         // One level up from `d` is the root: inside, found or dangling.
         for target in ["../f", "../outside", "x/../../f"] {
             let t = tree(&[("f", None), ("d/ln", Some(target))]);
-            assert!(t.resolve(100).is_ok(), "{target}");
+            assert!(t.resolve(&max_files(100)).is_ok(), "{target}");
         }
         // Through a chain, the error names the link that leaves.
         let t = tree(&[("a", Some("b")), ("b", Some("/etc/passwd"))]);
-        match t.resolve(100) {
+        match t.resolve(&max_files(100)) {
             Err(SourceError::SymlinkEscapes { path, .. }) => assert_eq!(path, "b"),
             other => panic!("{other:?}"),
         }
@@ -443,7 +537,10 @@ mod tests {
         ];
         for t in cases {
             assert!(
-                matches!(t.resolve(1000), Err(SourceError::SymlinkLoop { .. })),
+                matches!(
+                    t.resolve(&max_files(1000)),
+                    Err(SourceError::SymlinkLoop { .. })
+                ),
                 "{t:?}"
             );
         }
@@ -456,7 +553,7 @@ mod tests {
             .map(|(p, l)| (p.as_str(), l.as_deref()))
             .collect();
         assert!(matches!(
-            tree(&entries).resolve(1000),
+            tree(&entries).resolve(&max_files(1000)),
             Err(SourceError::SymlinkLoop { .. })
         ));
     }
@@ -485,7 +582,7 @@ mod tests {
             .map(|(p, l)| (p.as_str(), l.as_deref()))
             .collect();
         assert!(matches!(
-            tree(&entries).resolve(10_000),
+            tree(&entries).resolve(&max_files(10_000)),
             Err(SourceError::TooManyFiles { limit: 10_000 })
         ));
     }
@@ -497,5 +594,89 @@ mod tests {
         assert!(is_ancestor_or_self("a", "a/b"));
         assert!(!is_ancestor_or_self("a", "ab"));
         assert!(!is_ancestor_or_self("a/b", "a"));
+    }
+
+    #[test]
+    fn deep_long_and_wide_paths_are_refused_before_they_are_built() {
+        let limits = Limits {
+            max_path_bytes: 20,
+            max_depth: 3,
+            max_path_bytes_total: 40,
+            ..Limits::default()
+        };
+        let mut t: RawTree<()> = RawTree::new();
+        t.admit("", "a", &limits).unwrap();
+        t.admit("a", "b", &limits).unwrap();
+        t.admit("a/b", "c", &limits).unwrap();
+        assert!(matches!(
+            t.admit("a/b/c", "d", &limits),
+            Err(SourceError::TooDeep { limit: 3, .. })
+        ));
+        let long = "n".repeat(300);
+        match t.admit("a", &long, &limits) {
+            Err(SourceError::PathTooLong { path, limit: 20 }) => {
+                // The message names the path without printing all of it.
+                assert!(
+                    path.starts_with("a/nnn") && path.ends_with("(302 bytes)"),
+                    "{path}"
+                );
+                assert!(path.len() < 200, "{path}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut t: RawTree<()> = RawTree::new();
+        for i in 0..4 {
+            t.admit("", &format!("file-{i}-xx"), &limits).unwrap();
+        }
+        assert!(matches!(
+            t.admit("", "one-more", &limits),
+            Err(SourceError::PathsTooLarge { limit: 40 })
+        ));
+    }
+
+    #[test]
+    fn paths_made_by_directory_links_count_against_the_limits() {
+        // Ten links to a directory holding a hundred files: 1,000 new paths.
+        let mut entries = Vec::new();
+        for i in 0..100 {
+            entries.push((format!("real/file-{i:03}"), None));
+        }
+        for i in 0..10 {
+            entries.push((format!("alias-{i}"), Some("real".to_owned())));
+        }
+        let entries: Vec<(&str, Option<&str>)> = entries
+            .iter()
+            .map(|(p, l)| (p.as_str(), l.as_deref()))
+            .collect();
+        let t = tree(&entries);
+        assert_eq!(t.resolve(&Limits::default()).unwrap().len(), 1100);
+        let tight = Limits {
+            max_path_bytes_total: 10_000,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            t.resolve(&tight),
+            Err(SourceError::PathsTooLarge { limit: 10_000 })
+        ));
+        // A link nested in itself through a long name breaks the length limit.
+        let long = "l".repeat(3000);
+        let t = tree(&[
+            ("d/f", None),
+            (&format!("d/{long}"), Some("../e")),
+            ("e/x", Some("../d/f")),
+            ("e2", Some("d")),
+        ]);
+        let short = Limits {
+            max_path_bytes: 3000,
+            ..Limits::default()
+        };
+        assert!(
+            matches!(
+                t.resolve(&short),
+                Err(SourceError::PathTooLong { limit: 3000, .. })
+            ),
+            "{:?}",
+            t.resolve(&short)
+        );
     }
 }

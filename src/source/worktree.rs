@@ -57,7 +57,7 @@ pub fn snapshot(root: &Path, limits: Limits) -> Result<Snapshot, SourceError> {
     let raw = walk(&root, &mut ignore, limits)?;
     drop(ignore);
 
-    let files = raw.resolve(limits.max_files)?;
+    let files = raw.resolve(&limits)?;
     let mut loaded: HashMap<&str, Arc<[u8]>> = HashMap::with_capacity(raw.file_count());
     let mut out = Vec::with_capacity(files.len());
     for (path, real) in &files {
@@ -304,6 +304,7 @@ fn walk(root: &Path, ignore: &mut Ignore<'_>, limits: Limits) -> Result<RawTree<
             if name == ".git" {
                 continue;
             }
+            raw.admit(&rel_dir, name, &limits)?;
             let path = if rel_dir.is_empty() {
                 name.to_owned()
             } else {

@@ -58,6 +58,27 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// Runs `git args` in `dir` with `input` on its stdin; returns its stdout.
+pub fn git_with_input(dir: &Path, args: &[&str], input: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("git");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write to git");
+    let out = child.wait_with_output().expect("git");
+    assert!(out.status.success(), "git {args:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// A bare repo (what the daemon follows) and a clone to commit and push from.
 pub struct Bare {
     dir: tempfile::TempDir,
@@ -287,6 +308,30 @@ impl Daemon {
         };
         // SAFETY: kill(2) on our own child's pid.
         assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Caps the daemon's address space (`RLIMIT_AS`) at `bytes` from now
+    /// on: an allocation past it fails (and a Rust process aborts).
+    pub fn limit_address_space(&self, bytes: u64) {
+        let limit = libc::rlimit {
+            rlim_cur: bytes,
+            rlim_max: bytes,
+        };
+        // SAFETY: prlimit(2) on our own child's pid with a valid rlimit.
+        let rc = unsafe {
+            libc::prlimit(
+                self.pid() as libc::pid_t,
+                libc::RLIMIT_AS,
+                &limit,
+                std::ptr::null_mut(),
+            )
+        };
+        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
     }
 
     /// Waits for the process to exit; returns its exit code.

@@ -3,7 +3,6 @@
 //! `worktree::snapshot` (local trees).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::support::git;
 use std::time::{Duration, Instant};
@@ -375,6 +374,7 @@ fn oversize_files_and_too_many_files_are_errors() {
     let limits = Limits {
         max_file_bytes: 10,
         max_files: 100,
+        ..Limits::default()
     };
     for result in both(&dir, limits) {
         match result {
@@ -388,6 +388,7 @@ fn oversize_files_and_too_many_files_are_errors() {
     let limits = Limits {
         max_file_bytes: 100,
         max_files: 1,
+        ..Limits::default()
     };
     for result in both(&dir, limits) {
         assert!(
@@ -399,6 +400,7 @@ fn oversize_files_and_too_many_files_are_errors() {
     let limits = Limits {
         max_file_bytes: 100,
         max_files: 2,
+        ..Limits::default()
     };
     for result in both(&dir, limits) {
         assert_eq!(result.unwrap().len(), 2);
@@ -467,24 +469,7 @@ fn a_thousand_file_snapshot_takes_milliseconds() {
 
 /// Builds a commit whose root tree is `tree_lines` (`git mktree` input).
 fn commit_tree(dir: &Path, tree_lines: &str) -> String {
-    let mut child = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["mktree", "--missing"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(tree_lines.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let tree = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let tree = crate::daemon_support::git_with_input(dir, &["mktree", "--missing"], tree_lines);
     git(dir, &["commit-tree", &tree, "-m", "crafted"])
 }
 

@@ -345,7 +345,8 @@ const COMPOSE_REJECTED: &[(&str, &str)] = &[
     ),
     (
         "compose/compose-go/schema/using-variables.yaml",
-        "cannot apply external, invalid value, undefined reference, unsupported secrets, wrong type",
+        // Its `wrong type` errors came from unset variables: one error each now.
+        "cannot apply external, invalid value, undefined reference, unset variable, unsupported secrets",
     ),
     (
         "compose/docker-compose-e2e/fixtures/bridge/compose.yaml",

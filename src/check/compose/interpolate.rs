@@ -38,6 +38,11 @@ pub struct Substitution<'a> {
     pub lone_dollars_at: Vec<(u32, u32, String, String)>,
     /// Whether the last substitution kept such a `$`.
     saw_lone_dollar: bool,
+    /// Values [`interpolate_tree`] emptied in part with unset variables:
+    /// (line, column, the first such variable).
+    pub tainted: Vec<(u32, u32, String)>,
+    /// Unset variables used by the current substitution, in order.
+    used_unset: Vec<String>,
 }
 
 impl<'a> Substitution<'a> {
@@ -48,6 +53,8 @@ impl<'a> Substitution<'a> {
             unset_at: Vec::new(),
             lone_dollars_at: Vec::new(),
             saw_lone_dollar: false,
+            tainted: Vec::new(),
+            used_unset: Vec::new(),
         }
     }
 
@@ -103,6 +110,7 @@ impl<'a> Substitution<'a> {
         match (self.lookup)(name) {
             Some(value) => value,
             None => {
+                self.used_unset.push(name.to_owned());
                 if !self.unset.iter().any(|n| n == name) {
                     self.unset.push(name.to_owned());
                 }
@@ -209,6 +217,7 @@ pub fn interpolate_tree(
         Value::String(s) if s.contains('$') => {
             let known = subst.unset.len();
             subst.saw_lone_dollar = false;
+            subst.used_unset.clear();
             let written = s.clone();
             match subst.substitute(s) {
                 Ok(v) => *s = v,
@@ -222,6 +231,9 @@ pub fn interpolate_tree(
             }
             for _ in known..subst.unset.len() {
                 subst.unset_at.push((node.line, path.to_owned()));
+            }
+            if let Some(name) = subst.used_unset.first().cloned() {
+                subst.tainted.push((node.line, node.column, name));
             }
             if std::mem::take(&mut subst.saw_lone_dollar) {
                 subst

@@ -96,6 +96,7 @@ pub fn load_with(
 ) -> Result<(Project, Vec<Diagnostic>), Diagnostics> {
     let mut ctx = Ctx::new(input, options);
     let project = ctx.load();
+    ctx.unset_variable_errors();
     let diags = std::mem::take(&mut ctx.diags);
     match project {
         Some(project) if !diags.iter().any(Diagnostic::is_error) => Ok((project, diags)),
@@ -126,6 +127,11 @@ pub(crate) struct Ctx<'a> {
     /// Values whose interpolation failed (file, line, column): left as
     /// written and already reported, so later checks skip them.
     failed: BTreeSet<(String, u32, u32)>,
+    /// Values emptied in part by an unset variable (file, line, column) →
+    /// the variable: an error there is its consequence.
+    tainted: HashMap<(String, u32, u32), String>,
+    /// Errors caused by each unset variable, reported as one per variable.
+    caused: BTreeMap<String, Vec<Diagnostic>>,
     /// Parsed and interpolated Compose files by repo path (`None`: failed).
     files: HashMap<String, Option<Arc<Node>>>,
     /// Services with `extends` resolved, by (file, service).
@@ -150,6 +156,8 @@ impl<'a> Ctx<'a> {
             vars: BTreeMap::new(),
             warned: BTreeSet::new(),
             failed: BTreeSet::new(),
+            tainted: HashMap::new(),
+            caused: BTreeMap::new(),
             files: HashMap::new(),
             resolved: HashMap::new(),
             swarm_only: Vec::new(),
@@ -382,8 +390,12 @@ impl<'a> Ctx<'a> {
         let unset = std::mem::take(&mut subst.unset);
         let unset_at = std::mem::take(&mut subst.unset_at);
         let lone_dollars = std::mem::take(&mut subst.lone_dollars_at);
+        let tainted = std::mem::take(&mut subst.tainted);
         drop(subst);
         let file = root.file.as_deref().unwrap_or(self.input.file).to_owned();
+        for (line, column, name) in tainted {
+            self.tainted.insert((file.clone(), line, column), name);
+        }
         for f in failures {
             self.failed.insert((file.clone(), f.line, f.column));
             let d = match f.error {
@@ -414,6 +426,45 @@ impl<'a> Ctx<'a> {
                 .object(object)
                 .hint("write `$$` for a literal `$` (`$$(date)`): that means the same to every Compose version and silences this warning"),
             );
+        }
+    }
+
+    /// One error per unset variable that made values invalid, at its first
+    /// such value, in place of the errors it caused and its warning.
+    fn unset_variable_errors(&mut self) {
+        let dotenv = match &self.dotenv {
+            Some((path, _)) => format!("`{path}`"),
+            None => crate::source::join_relative(self.input.file, ".env").map_or_else(
+                |_| "`.env`".to_owned(),
+                |p| format!("`{p}` (not in the repo)"),
+            ),
+        };
+        let values = self.options.values_file.map_or_else(
+            || "the environment's values".to_owned(),
+            |f| format!("`{f}`"),
+        );
+        for (name, caused) in std::mem::take(&mut self.caused) {
+            let unset = format!("variable `{name}` is not set");
+            self.diags
+                .retain(|d| d.is_error() || !d.message.starts_with(&unset));
+            let first = &caused[0];
+            let more = match caused.len() - 1 {
+                0 => String::new(),
+                1 => " (and 1 more value using it)".to_owned(),
+                n => format!(" (and {n} more values using it)"),
+            };
+            let mut d = Diagnostic::error(format!(
+                "{unset}, so a value using it is invalid: {}{more}",
+                first.message
+            ))
+            .hint(format!(
+                "set `{name}` in {dotenv} next to the Compose file or in {values}, or give a default: `${{{name}:-default}}`"
+            ));
+            d.file = first.file.clone();
+            d.line = first.line;
+            d.column = first.column;
+            d.object = first.object.clone();
+            self.diags.push(d);
         }
     }
 
@@ -645,11 +696,19 @@ impl<'a> Ctx<'a> {
     // ---- diagnostics --------------------------------------------------
 
     /// Pushes `d` located at `node` (its file, line, column) for `object`.
+    /// An error at a value an unset variable emptied is set aside, to be
+    /// reported once per variable ([`Ctx::unset_variable_errors`]).
     pub(crate) fn report(&mut self, d: Diagnostic, node: &Node, object: &str) {
         let file = node.file.as_deref().unwrap_or(self.input.file);
         let mut d = d.file(file).at(node.line, node.column);
         if !object.is_empty() {
             d = d.object(object);
+        }
+        if d.is_error()
+            && let Some(name) = self.tainted.get(&(file.to_owned(), node.line, node.column))
+        {
+            self.caused.entry(name.clone()).or_default().push(d);
+            return;
         }
         self.diags.push(d);
     }

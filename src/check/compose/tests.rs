@@ -485,6 +485,48 @@ fn invalid_image_references_are_refused_at_their_line() {
         "{}",
         errors[0]
     );
+    assert!(
+        errors[0].message.contains("`ES_VERSION` is not set"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn an_unset_variable_is_one_error_naming_it_not_one_per_use() {
+    let repo = one(
+        "services:\n  a:\n    image: app:${TAG}\n    healthcheck:\n      test: [CMD, 'true']\n      interval: ${INTERVAL}\n      timeout: ${INTERVAL}\n  b:\n    image: ${IMAGE}\n    scale: ${INTERVAL}\n",
+    );
+    let diags = match repo.load("compose/stack.yaml") {
+        Ok((p, _)) => panic!("loaded {p:#?}"),
+        Err(d) => d.into_iter().collect::<Vec<_>>(),
+    };
+    let errors: Vec<&Diagnostic> = diags.iter().filter(|d| d.is_error()).collect();
+    let mut named: Vec<(&str, Option<u32>)> = errors
+        .iter()
+        .map(|e| {
+            let name = ["TAG", "INTERVAL", "IMAGE"]
+                .into_iter()
+                .find(|n| e.message.contains(&format!("`{n}` is not set")))
+                .unwrap_or_else(|| panic!("an error naming no variable: {e}"));
+            (name, e.line)
+        })
+        .collect();
+    named.sort();
+    assert_eq!(
+        named,
+        [("IMAGE", Some(9)), ("INTERVAL", Some(6)), ("TAG", Some(3))],
+        "{errors:#?}"
+    );
+    let interval = errors
+        .iter()
+        .find(|e| e.message.contains("INTERVAL"))
+        .unwrap();
+    assert!(interval.message.contains("and 2 more values"), "{interval}");
+    let hint = interval.hint.as_deref().unwrap();
+    assert!(hint.contains("compose/.env` (not in the repo)"), "{hint}");
+    // The error replaces the warning about the same variable.
+    assert!(diags.iter().all(|d| d.is_error()), "{diags:#?}");
 }
 
 #[test]

@@ -8,6 +8,16 @@ use std::path::{Path, PathBuf};
 use super::git::{Auth, Repo};
 use super::{Limits, Revision, Snapshot, SourceError, worktree};
 
+/// The commit whose `driftless.yaml` lists the environments: the pinned
+/// one (resolved when the source was opened), else the default branch
+/// (`HEAD`, else `main`).
+fn root_commit(repo: &Repo, pinned: &Option<String>) -> Result<String, SourceError> {
+    match pinned {
+        Some(commit) => Ok(commit.clone()),
+        None => repo.resolve("HEAD").or_else(|_| repo.resolve("main")),
+    }
+}
+
 /// An opened desired-state repo.
 pub enum Source {
     /// A local directory read as it is, uncommitted edits included.
@@ -67,14 +77,7 @@ impl Source {
     pub fn root_snapshot(&self, limits: Limits) -> Result<Snapshot, SourceError> {
         match self {
             Source::WorkTree { root } => worktree::snapshot(root, limits),
-            Source::Git {
-                repo,
-                pinned: Some(commit),
-            } => repo.snapshot(commit, limits),
-            Source::Git { repo, pinned: None } => {
-                let commit = repo.resolve("HEAD").or_else(|_| repo.resolve("main"))?;
-                repo.snapshot(&commit, limits)
-            }
+            Source::Git { repo, pinned } => repo.snapshot(&root_commit(repo, pinned)?, limits),
         }
     }
 
@@ -86,10 +89,7 @@ impl Source {
         let Source::Git { repo, pinned } = self else {
             return self.root_snapshot(limits);
         };
-        let commit = match pinned {
-            Some(commit) => repo.resolve(commit)?,
-            None => repo.resolve("HEAD").or_else(|_| repo.resolve("main"))?,
-        };
+        let commit = root_commit(repo, pinned)?;
         match repo.root_file(&commit, path, limits)? {
             Some(content) => Ok(Snapshot::from_files(
                 Revision::Commit { id: commit },

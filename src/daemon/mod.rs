@@ -37,7 +37,6 @@ pub mod config;
 pub mod lease;
 pub mod lock;
 pub mod pass;
-pub mod probe;
 pub mod repo;
 pub mod triggers;
 pub mod worker;

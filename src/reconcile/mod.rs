@@ -7,6 +7,8 @@
 //! does, chosen before it does anything.
 
 pub mod decide;
+pub mod pipeline;
+pub mod probe;
 
 use std::time::Duration;
 

@@ -29,7 +29,7 @@ use crate::reconcile::RenderOptions;
 use crate::render::SecretMode;
 use crate::secrets::{Masker, SecretSource};
 use crate::source::Limits;
-use crate::store::Store;
+use crate::store::{OnLost, Store, StoreError};
 
 pub mod alert;
 pub mod backups;
@@ -134,16 +134,40 @@ pub fn daemon_masker(config: &DaemonConfig) -> Masker {
     masker
 }
 
+/// Opens the state store. A used state directory whose store is gone is a
+/// refusal to start (exit 2) unless `--accept-lost-state` was given; then
+/// the loss is logged as a warning and the daemon starts from nothing.
+async fn open_store(config: &DaemonConfig) -> Result<Store> {
+    let state_dir = config.state_dir.clone();
+    let on_lost = if config.accept_lost_state {
+        OnLost::Accept
+    } else {
+        OnLost::Refuse
+    };
+    let opened = tokio::task::spawn_blocking(move || Store::open_with(&state_dir, on_lost)).await?;
+    match opened {
+        Ok((store, lost)) => {
+            if let Some(lost) = lost {
+                let moved_to = lost.moved_to.as_ref().map(|p| p.display().to_string());
+                tracing::warn!(
+                    state_dir = %config.state_dir.display(),
+                    lost = %lost.kind,
+                    moved_to = moved_to.as_deref().unwrap_or("-"),
+                    "--accept-lost-state: the state store was lost; starting from nothing (suspensions, pins, failed-commit marks, last good commits and history are forgotten)"
+                );
+            }
+            Ok(store)
+        }
+        Err(e @ StoreError::Lost { .. }) => Err(UsageError(e.to_string()).into()),
+        Err(e) => Err(anyhow::Error::new(e).context("open the state store")),
+    }
+}
+
 /// Runs the daemon until a signal; returns the exit code.
 pub async fn run(config: DaemonConfig) -> Result<i32> {
     tracing::info!(config = %config.sanitized(), "driftless daemon starting");
     let masker = daemon_masker(&config);
-    let state_dir = config.state_dir.clone();
-    let store = Arc::new(
-        tokio::task::spawn_blocking(move || Store::open(&state_dir))
-            .await?
-            .context("open the state store")?,
-    );
+    let store = Arc::new(open_store(&config).await?);
     let limits = Limits::default();
 
     let repo = {

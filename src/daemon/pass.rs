@@ -24,10 +24,11 @@ use super::probe;
 use super::repo::{Head, Lookup, RepoHandle};
 use crate::backend::{Backend, BackendError, Context, Driver, DriverLive, Health, Verdict};
 use crate::model::{DesiredState, Resources};
+use crate::reconcile::decide::{self, Decision, Ended, Key, Next, Policy, Run, Suspension};
 use crate::reconcile::{self, RenderOptions};
 use crate::secrets::Masker;
 use crate::source::CommitId;
-use crate::store::{Effects, Finish, ImageIds, Kind, Outcome, Store, Timings, Trigger};
+use crate::store::{Effects, Finish, ImageIds, Kind, LastGood, Outcome, Store, Timings, Trigger};
 
 /// Everything a pass of one environment needs; shared by its worker.
 #[derive(Debug, Clone)]
@@ -79,13 +80,6 @@ struct Applied {
     masker: Masker,
 }
 
-/// What a pass applies: a commit, optionally pinned to image ids.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Key {
-    commit: CommitId,
-    pinned_images: bool,
-}
-
 /// How a pass ended, for the worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PassEnd {
@@ -95,19 +89,20 @@ pub enum PassEnd {
     Retry(String),
 }
 
-/// How one deploy attempt ended.
+/// How one deploy attempt ended, with its (masked) error.
 #[derive(Debug)]
-enum Attempt {
-    /// In the desired state and healthy.
-    Good,
-    /// Render or check failed: nothing was applied.
-    Invalid(String),
-    /// A backend refused the plan: nothing was applied.
-    Refused(String),
-    /// Applying failed or the result is unhealthy.
-    Bad(String),
-    /// Repo or engine unreachable.
-    Transient(String),
+struct Attempt {
+    ended: Ended,
+    error: Option<String>,
+}
+
+impl Attempt {
+    fn transient(error: String) -> Attempt {
+        Attempt {
+            ended: Ended::Transient,
+            error: Some(error),
+        }
+    }
 }
 
 /// Runs one pass; `since` is when the trigger fired (fetches that started
@@ -151,42 +146,20 @@ pub async fn run(ctx: &EnvContext, memo: &mut Memo, trigger: Trigger, since: Ins
     let env = &head.environment;
 
     // What should run now.
-    let last_good = state.last_good.clone();
-    let (commit, pin, kind, rollback_of, forced) = if let Some(pinned) = &control.pinned {
-        let pin = last_good
-            .as_ref()
-            .filter(|lg| &lg.commit == pinned)
-            .map(|lg| lg.image_ids.clone());
-        (pinned.clone(), pin, Kind::Deploy, None, true)
-    } else {
-        match state.failed.iter().any(|f| f.commit == head.commit) {
-            false => (head.commit.clone(), None, Kind::Deploy, None, false),
-            true => match &last_good {
-                Some(lg) if lg.commit != head.commit && env.rollback.automatic => (
-                    lg.commit.clone(),
-                    Some(lg.image_ids.clone()),
-                    Kind::Rollback,
-                    Some(head.commit.clone()),
-                    false,
-                ),
-                _ => {
-                    tracing::debug!(commit = %head.commit, "head is marked failed; waiting for a newer commit");
-                    return PassEnd::Done;
-                }
-            },
+    let run = match decide::what_to_run(&state, &head.commit, env.rollback.automatic) {
+        Decision::Run(run) => run,
+        Decision::Wait { failed } => {
+            tracing::debug!(commit = %failed, "head is marked failed; waiting for a newer commit");
+            return PassEnd::Done;
         }
     };
-    let key = Key {
-        commit: commit.clone(),
-        pinned_images: pin.is_some(),
-    };
-    tracing::Span::current().record("commit", commit.short());
+    let key = run.key();
+    tracing::Span::current().record("commit", run.commit.short());
 
     // A poll, a ref change or a repeated webhook with nothing new: compare
     // the live state's fingerprint instead of running the pipeline.
-    if matches!(trigger, Trigger::Poll | Trigger::Watch | Trigger::Webhook)
-        && let Some(applied) = &memo.applied
-        && applied.key == key
+    if let Some(applied) = &memo.applied
+        && decide::may_skip(trigger, Some(&applied.key), &key)
     {
         match fingerprint(&applied.drivers, &applied.desired, &applied.masker).await {
             Ok(fp) if fp == applied.fingerprint => {
@@ -198,317 +171,222 @@ pub async fn run(ctx: &EnvContext, memo: &mut Memo, trigger: Trigger, since: Ins
         }
     }
 
-    let (first, pending) = deploy(
+    let policy = Policy {
+        automatic_rollback: env.rollback.automatic,
+        remove_on_failed_first_deploy: env.allow.remove_on_failed_first_deploy,
+    };
+    act(
         ctx,
         memo,
-        &key,
-        pin.as_ref(),
-        kind,
-        rollback_of.as_ref(),
+        &head,
+        run,
         trigger,
+        state.last_good.as_ref(),
+        policy,
     )
-    .await;
-    let mask = |r: String| ctx.masker.mask(&r).into_owned();
-    match first {
-        Attempt::Good => {
-            // A rollback state stays on the last good record; anything else
-            // healthy becomes the last good commit.
-            let effects = Effects {
-                last_good: kind == Kind::Deploy,
-                ..Effects::default()
-            };
-            record(ctx, pending, effects).await;
-            PassEnd::Done
-        }
-        Attempt::Transient(e) => {
-            record(ctx, pending, Effects::default()).await;
-            PassEnd::Retry(e)
-        }
-        Attempt::Invalid(e) => {
-            let effects = Effects {
-                failed: (!forced).then(|| mask(format!("invalid: {e}"))),
-                ..Effects::default()
-            };
-            record(ctx, pending, effects).await;
-            notify(
-                ctx,
-                &head,
-                EventKind::Invalid,
-                &commit,
-                None,
-                format!(
-                    "commit {} does not render or check; nothing was applied: {e}",
-                    commit.short()
-                ),
-            )
-            .await;
-            PassEnd::Done
-        }
-        Attempt::Refused(e) => {
-            let effects = Effects {
-                failed: (!forced).then(|| mask(format!("refused: {e}"))),
-                ..Effects::default()
-            };
-            record(ctx, pending, effects).await;
-            notify(
-                ctx,
-                &head,
-                EventKind::DeployFailed,
-                &commit,
-                None,
-                format!(
-                    "commit {} was refused; nothing was applied: {e}",
-                    commit.short()
-                ),
-            )
-            .await;
-            PassEnd::Done
-        }
-        Attempt::Bad(e) if kind == Kind::Rollback => {
-            // Running the last good commit failed: stop, no flapping.
-            // A rollback always names the commit it replaces.
-            let failed = rollback_of.as_ref().unwrap_or(&commit);
-            let reason = mask(format!("rollback to {} failed: {e}", commit.short()));
-            suspended(&reason);
-            let effects = Effects {
-                suspend: Some(reason.clone()),
-                ..Effects::default()
-            };
-            record(ctx, pending, effects).await;
-            notify(
-                ctx,
-                &head,
-                EventKind::RollbackFailed,
-                failed,
-                Some(&commit),
-                reason,
-            )
-            .await;
-            PassEnd::Done
-        }
-        Attempt::Bad(e) => {
-            failed_deploy(
-                ctx,
-                memo,
-                &head,
-                Failure {
-                    commit: &commit,
-                    forced,
-                    last_good,
-                    trigger,
-                    error: e,
-                    pending,
-                },
-            )
-            .await
-        }
-    }
+    .await
 }
 
-/// A deploy that applied something bad, not yet recorded.
-struct Failure<'a> {
-    commit: &'a CommitId,
-    /// An operator pinned the commit.
-    forced: bool,
-    last_good: Option<crate::store::LastGood>,
-    trigger: Trigger,
+/// The deploy that went bad before a rollback, for the rollback's messages.
+struct RolledFrom {
     error: String,
-    pending: Option<Pending>,
+    /// The backups taken while the last good commit ran, described.
+    matching: String,
 }
 
-/// A deploy applied something and it is bad: mark the commit, roll back.
-async fn failed_deploy(ctx: &EnvContext, memo: &mut Memo, head: &Head, f: Failure<'_>) -> PassEnd {
-    let Failure {
-        commit,
-        forced,
-        last_good,
-        trigger,
-        error,
-        pending,
-    } = f;
-    let env = &head.environment;
+/// Runs `run` and does what [`decide::after`] says follows: record, retry,
+/// mark failed, roll back (running the rollback the same way), suspend.
+async fn act(
+    ctx: &EnvContext,
+    memo: &mut Memo,
+    head: &Head,
+    mut run: Run,
+    trigger: Trigger,
+    last_good: Option<&LastGood>,
+    policy: Policy,
+) -> PassEnd {
     let mask = |r: String| ctx.masker.mask(&r).into_owned();
-    if forced {
-        // An operator pinned this commit: do not undo their choice, stop.
-        let reason = mask(format!("pinned commit {} failed: {error}", commit.short()));
-        suspended(&reason);
-        let effects = Effects {
-            suspend: Some(reason.clone()),
-            ..Effects::default()
-        };
-        record(ctx, pending, effects).await;
-        notify(ctx, head, EventKind::DeployFailed, commit, None, reason).await;
-        return PassEnd::Done;
-    }
-    let failed = Effects {
-        failed: Some(mask(error.clone())),
-        ..Effects::default()
-    };
-    match last_good {
-        None => {
-            let mut reason = format!("first deploy of {} failed: {error}", commit.short());
-            if env.allow.remove_on_failed_first_deploy {
-                match remove_all(memo).await {
-                    Ok(()) => reason.push_str("; what it created was removed"),
-                    Err(e) => reason.push_str(&format!("; removing what it created failed: {e}")),
-                }
+    let mut rolled_from: Option<RolledFrom> = None;
+    loop {
+        let (attempt, pending) = deploy(ctx, memo, &run, trigger).await;
+        let error = attempt.error.unwrap_or_default();
+        let commit = &run.commit;
+        match decide::after(&run, attempt.ended, last_good, policy) {
+            Next::Record { last_good } => {
+                let effects = Effects {
+                    last_good,
+                    ..Effects::default()
+                };
+                record(ctx, pending, effects).await;
+                return PassEnd::Done;
             }
-            let reason = mask(reason);
-            suspended(&reason);
-            let effects = Effects {
-                suspend: Some(reason.clone()),
-                ..failed
-            };
-            record(ctx, pending, effects).await;
-            notify(
-                ctx,
-                head,
-                EventKind::FirstDeployFailed,
-                commit,
-                None,
-                reason,
-            )
-            .await;
-            PassEnd::Done
-        }
-        Some(lg) if lg.commit == *commit => {
-            // The last good commit itself went bad (on a drift re-apply):
-            // there is nothing older to return to. Say so; the next drift
-            // pass tries again.
-            record(ctx, pending, failed).await;
-            notify(
-                ctx,
-                head,
-                EventKind::DeployFailed,
-                commit,
-                None,
-                format!("last good commit {} is unhealthy: {error}", commit.short()),
-            )
-            .await;
-            PassEnd::Done
-        }
-        Some(_) if !env.rollback.automatic => {
-            record(ctx, pending, failed).await;
-            notify(
-                ctx,
-                head,
-                EventKind::DeployFailed,
-                commit,
-                None,
-                format!(
+            Next::RolledBack { failed } => {
+                record(ctx, pending, Effects::default()).await;
+                let (why, matching) = rolled_from
+                    .map(|r| (r.error, r.matching))
+                    .unwrap_or_default();
+                notify(
+                    ctx,
+                    head,
+                    EventKind::RolledBack,
+                    &failed,
+                    Some(commit),
+                    format!(
+                        "commit {} failed ({why}); rolled back to {}{matching}",
+                        failed.short(),
+                        commit.short()
+                    ),
+                )
+                .await;
+                return PassEnd::Done;
+            }
+            // For a rollback: the next pass finds the head failed and runs
+            // the last good commit again, the same rollback.
+            Next::Retry => {
+                record(ctx, pending, Effects::default()).await;
+                return PassEnd::Retry(error);
+            }
+            Next::Reject { mark_failed } => {
+                let (label, kind, what) = match attempt.ended {
+                    Ended::Invalid => ("invalid", EventKind::Invalid, "does not render or check"),
+                    _ => ("refused", EventKind::DeployFailed, "was refused"),
+                };
+                let effects = Effects {
+                    failed: mark_failed.then(|| mask(format!("{label}: {error}"))),
+                    ..Effects::default()
+                };
+                record(ctx, pending, effects).await;
+                let message = format!(
+                    "commit {} {what}; nothing was applied: {error}",
+                    commit.short()
+                );
+                notify(ctx, head, kind, commit, None, message).await;
+                return PassEnd::Done;
+            }
+            Next::LastGoodUnhealthy => {
+                // There is nothing older to return to. Say so; the next
+                // drift pass tries again.
+                record(ctx, pending, failed_effects(&mask, &error)).await;
+                let message = format!("last good commit {} is unhealthy: {error}", commit.short());
+                notify(ctx, head, EventKind::DeployFailed, commit, None, message).await;
+                return PassEnd::Done;
+            }
+            Next::MarkFailed => {
+                record(ctx, pending, failed_effects(&mask, &error)).await;
+                let message = format!(
                     "commit {} failed and automatic rollback is off: {error}",
                     commit.short()
-                ),
-            )
-            .await;
-            PassEnd::Done
-        }
-        Some(lg) => {
-            record(ctx, pending, failed).await;
-            // The backups taken while the last good commit ran (before the
-            // failed deploy), named in the log and the notification.
-            let (name, to) = (ctx.name.clone(), lg.commit.clone());
-            let matching = ctx
-                .store
-                .call(move |s| crate::backup::deploys::matching(s, &name, &to))
-                .await
-                .map(|b| crate::backup::deploys::describe(&ctx.name, &b))
-                .unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "cannot look up the matching backup");
-                    None
+                );
+                notify(ctx, head, EventKind::DeployFailed, commit, None, message).await;
+                return PassEnd::Done;
+            }
+            Next::RollBack(rollback) => {
+                record(ctx, pending, failed_effects(&mask, &error)).await;
+                let matching = matching_backups(ctx, &rollback.commit).await;
+                tracing::warn!(failed = %commit.short(), to = %rollback.commit.short(), matching = matching.as_deref().unwrap_or("none"), "rolling back to the last good commit");
+                rolled_from = Some(RolledFrom {
+                    error,
+                    matching: matching.map(|m| format!("; {m}")).unwrap_or_default(),
                 });
-            tracing::warn!(failed = %commit.short(), to = %lg.commit.short(), matching = matching.as_deref().unwrap_or("none"), "rolling back to the last good commit");
-            let matching = matching.map(|m| format!("; {m}")).unwrap_or_default();
-            let key = Key {
-                commit: lg.commit.clone(),
-                pinned_images: true,
-            };
-            let (rollback, pending) = deploy(
-                ctx,
-                memo,
-                &key,
-                Some(&lg.image_ids),
-                Kind::Rollback,
-                Some(commit),
-                trigger,
-            )
-            .await;
-            match rollback {
-                Attempt::Good => {
-                    record(ctx, pending, Effects::default()).await;
-                    notify(
-                        ctx,
-                        head,
-                        EventKind::RolledBack,
+                run = rollback;
+            }
+            Next::Suspend {
+                why,
+                mark_failed,
+                remove_created,
+            } => {
+                let (kind, failed, to, mut reason) = match &why {
+                    Suspension::PinnedFailed => (
+                        EventKind::DeployFailed,
                         commit,
-                        Some(&lg.commit),
-                        format!(
-                            "commit {} failed ({error}); rolled back to {}{matching}",
-                            commit.short(),
-                            lg.commit.short()
-                        ),
-                    )
-                    .await;
-                    PassEnd::Done
-                }
-                // The next pass finds the head failed and runs the last good
-                // commit again: the same rollback.
-                Attempt::Transient(e) => {
-                    record(ctx, pending, Effects::default()).await;
-                    PassEnd::Retry(e)
-                }
-                Attempt::Invalid(e) | Attempt::Refused(e) | Attempt::Bad(e) => {
-                    let reason = mask(format!(
-                        "commit {} failed ({error}) and the rollback to {} failed: {e}",
-                        commit.short(),
-                        lg.commit.short()
-                    ));
-                    suspended(&reason);
-                    let effects = Effects {
-                        suspend: Some(reason.clone()),
-                        ..Effects::default()
-                    };
-                    record(ctx, pending, effects).await;
-                    notify(
-                        ctx,
-                        head,
-                        EventKind::RollbackFailed,
+                        None,
+                        format!("pinned commit {} failed: {error}", commit.short()),
+                    ),
+                    Suspension::FirstDeployFailed => (
+                        EventKind::FirstDeployFailed,
                         commit,
-                        Some(&lg.commit),
-                        reason,
-                    )
-                    .await;
-                    PassEnd::Done
+                        None,
+                        format!("first deploy of {} failed: {error}", commit.short()),
+                    ),
+                    Suspension::RollbackFailed { failed } => {
+                        let reason = match &rolled_from {
+                            Some(from) => format!(
+                                "commit {} failed ({}) and the rollback to {} failed: {error}",
+                                failed.short(),
+                                from.error,
+                                commit.short()
+                            ),
+                            None => format!("rollback to {} failed: {error}", commit.short()),
+                        };
+                        (EventKind::RollbackFailed, failed, Some(commit), reason)
+                    }
+                };
+                if remove_created {
+                    match remove_all(memo).await {
+                        Ok(()) => reason.push_str("; what it created was removed"),
+                        Err(e) => {
+                            reason.push_str(&format!("; removing what it created failed: {e}"))
+                        }
+                    }
                 }
+                let reason = mask(reason);
+                suspended(&reason);
+                let effects = Effects {
+                    suspend: Some(reason.clone()),
+                    failed: mark_failed.then(|| mask(error.clone())),
+                    ..Effects::default()
+                };
+                record(ctx, pending, effects).await;
+                notify(ctx, head, kind, failed, to, reason).await;
+                return PassEnd::Done;
             }
         }
     }
 }
 
-/// Loads, plans, applies and verifies `key`, recording it. Updates the memo
+/// The commit is marked failed for `error`.
+fn failed_effects(mask: &impl Fn(String) -> String, error: &str) -> Effects {
+    Effects {
+        failed: Some(mask(error.to_owned())),
+        ..Effects::default()
+    }
+}
+
+/// The backups taken while `to` last ran (before the failed deploy), as
+/// the rollback's log and notification name them.
+async fn matching_backups(ctx: &EnvContext, to: &CommitId) -> Option<String> {
+    let (name, to) = (ctx.name.clone(), to.clone());
+    ctx.store
+        .call(move |s| crate::backup::deploys::matching(s, &name, &to))
+        .await
+        .map(|b| crate::backup::deploys::describe(&ctx.name, &b))
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot look up the matching backup");
+            None
+        })
+}
+
+/// Loads, plans, applies and verifies `run`, recording it. Updates the memo
 /// with what was applied.
-#[allow(clippy::too_many_arguments)]
 async fn deploy(
     ctx: &EnvContext,
     memo: &mut Memo,
-    key: &Key,
-    pin: Option<&ImageIds>,
-    kind: Kind,
-    rollback_of: Option<&CommitId>,
+    run: &Run,
     trigger: Trigger,
 ) -> (Attempt, Option<Pending>) {
     let started = SystemTime::now();
+    let (key, pin, kind) = (&run.key(), run.pin.as_ref(), run.kind());
     if kind == Kind::Rollback {
         ctx.metrics.rollback(&ctx.name);
     }
-    let (name, failed) = (ctx.name.clone(), rollback_of.cloned());
+    let (name, failed) = (ctx.name.clone(), run.rollback_of().cloned());
     let begun = ctx
         .store
         .call(move |s| s.begin(&name, trigger, kind, failed.as_ref(), started))
         .await;
     let id = match begun {
         Ok(id) => id,
-        Err(e) => return (Attempt::Transient(e.to_string()), None),
+        Err(e) => return (Attempt::transient(e.to_string()), None),
     };
     let mut rec = Recorder {
         ctx,
@@ -538,14 +416,10 @@ async fn deploy(
         Ok(Ok(l)) => l,
         Ok(Err(diags)) => {
             let e = ctx.masker.mask(&diags.to_string()).into_owned();
-            return rec.end(Outcome::Invalid, Some(e.clone()), Attempt::Invalid(e));
+            return rec.end(Outcome::Invalid, Ended::Invalid, Some(e.clone()));
         }
         Err(e) => {
-            return rec.end(
-                Outcome::Failed,
-                Some(e.to_string()),
-                Attempt::Transient(e.to_string()),
-            );
+            return rec.end(Outcome::Failed, Ended::Transient, Some(e.to_string()));
         }
     };
     let mut masker = ctx.masker.clone();
@@ -606,7 +480,7 @@ async fn deploy(
             Ok(_) => {}
             Err(e) => {
                 let e = masker.mask(&e).into_owned();
-                return rec.end(Outcome::Failed, Some(e.clone()), Attempt::Transient(e));
+                return rec.end(Outcome::Failed, Ended::Transient, Some(e.clone()));
             }
         }
     }
@@ -616,7 +490,7 @@ async fn deploy(
     if let Some(lease) = &ctx.lease
         && let Err(e) = lease.fence().await
     {
-        return rec.end(Outcome::Failed, Some(e.clone()), Attempt::Transient(e));
+        return rec.end(Outcome::Failed, Ended::Transient, Some(e.clone()));
     }
     let t = Instant::now();
     let applied = reconcile::apply(&drivers, &desired, &plan, &masker).await;
@@ -682,11 +556,7 @@ async fn deploy(
                 fingerprint: Vec::new(),
                 masker,
             });
-            return rec.end(
-                Outcome::Unhealthy,
-                Some(reason.clone()),
-                Attempt::Bad(reason),
-            );
+            return rec.end(Outcome::Unhealthy, Ended::Bad, Some(reason.clone()));
         }
     }
     let fp = fingerprint(&drivers, &desired, &masker)
@@ -712,7 +582,7 @@ async fn deploy(
     } else {
         tracing::info!(outcome = outcome.as_str(), "reconciled");
     }
-    rec.end(outcome, None, Attempt::Good)
+    rec.end(outcome, Ended::Good, None)
 }
 
 async fn last_good_is(ctx: &EnvContext, commit: &CommitId) -> bool {
@@ -764,11 +634,11 @@ impl Recorder<'_> {
     fn end(
         mut self,
         outcome: Outcome,
+        ended: Ended,
         error: Option<String>,
-        attempt: Attempt,
     ) -> (Attempt, Option<Pending>) {
         self.finish.outcome = outcome;
-        self.finish.error = error;
+        self.finish.error = error.clone();
         self.ctx
             .metrics
             .reconciled(&self.ctx.name, outcome, &self.finish.timings);
@@ -784,7 +654,7 @@ impl Recorder<'_> {
             finish: self.finish,
             discard: self.discard,
         };
-        (attempt, Some(pending))
+        (Attempt { ended, error }, Some(pending))
     }
 
     /// A backend error: unreachable is transient, a refusal applied
@@ -797,19 +667,17 @@ impl Recorder<'_> {
     ) -> (Attempt, Option<Pending>) {
         let text = masker.mask(&e.to_string()).into_owned();
         match e {
-            BackendError::Unavailable { .. } => self.end(
-                Outcome::Failed,
-                Some(text.clone()),
-                Attempt::Transient(text),
-            ),
+            BackendError::Unavailable { .. } => {
+                self.end(Outcome::Failed, Ended::Transient, Some(text.clone()))
+            }
             BackendError::Refused { .. } => {
-                self.end(Outcome::Failed, Some(text.clone()), Attempt::Refused(text))
+                self.end(Outcome::Failed, Ended::Refused, Some(text.clone()))
             }
             BackendError::Apply { .. } if applying => {
-                self.end(Outcome::Failed, Some(text.clone()), Attempt::Bad(text))
+                self.end(Outcome::Failed, Ended::Bad, Some(text.clone()))
             }
             BackendError::Apply { .. } => {
-                self.end(Outcome::Failed, Some(text.clone()), Attempt::Refused(text))
+                self.end(Outcome::Failed, Ended::Refused, Some(text.clone()))
             }
         }
     }

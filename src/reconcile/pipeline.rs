@@ -102,6 +102,13 @@ pub trait Hooks: Sync {
     /// The source that reads `commit`.
     fn source_at(&self, commit: &CommitId) -> Result<Source, String>;
 
+    /// `run` already loaded by the caller (the CLI's checked work tree, so
+    /// the apply executes exactly what was read); `None` loads it from
+    /// [`Hooks::source_at`].
+    fn loaded(&self, _run: &Run) -> Option<Loaded> {
+        None
+    }
+
     /// Checked right before each apply; an error stops the reconcile as
     /// transient, nothing applied (the daemon's Lease fence).
     fn fence(&self) -> impl Future<Output = Result<(), String>> + Send {
@@ -491,12 +498,17 @@ async fn deploy<H: Hooks>(
 
     // source → render → check
     let t = Instant::now();
-    let source = match hooks.source_at(&run.commit) {
-        Ok(s) => s,
-        Err(e) => return rec.end(Outcome::Failed, Ended::Transient, Some(e)),
+    let loaded = match hooks.loaded(run) {
+        Some(loaded) => Ok(Ok(loaded)),
+        None => {
+            let source = match hooks.source_at(&run.commit) {
+                Ok(s) => s,
+                Err(e) => return rec.end(Outcome::Failed, Ended::Transient, Some(e)),
+            };
+            let (name, options) = (env.name.to_owned(), env.render.clone());
+            tokio::task::spawn_blocking(move || super::load(&source, &name, &options)).await
+        }
     };
-    let (name, options) = (env.name.to_owned(), env.render.clone());
-    let loaded = tokio::task::spawn_blocking(move || super::load(&source, &name, &options)).await;
     rec.timings.load_ms = Some(ms(t));
     let loaded = match loaded {
         Ok(Ok(l)) => l,

@@ -4,6 +4,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -11,12 +12,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use driftless::daemon::config::{DaemonConfig, Overrides};
 use driftless::daemon::lock::{self, EnvLock, LockError};
 use driftless::diag::Diagnostics;
+use driftless::reconcile::decide::{Origin, Policy, Run};
+use driftless::reconcile::pipeline::{self, Claim, End, Scope};
 use driftless::reconcile::{self, RenderOptions};
 use driftless::render::SecretMode;
 use driftless::secrets::{Masker, SecretSource};
 use driftless::source::short;
-use driftless::source::{Auth, Limits, Source};
-use driftless::store::Store;
+use driftless::source::{Auth, CommitId, Limits, Source};
+use driftless::store::{Kind, Store, Trigger};
 
 mod backup;
 
@@ -324,6 +327,19 @@ pub struct ReconcileArgs {
     /// `allow.mass_removal` does.
     #[arg(long, alias = "allow-mass-removal")]
     pub allow_mass_prune: bool,
+    /// Apply as this daemon identity: only the targets it owns, and those
+    /// nobody owns (a daemon's `identity`).
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// Apply targets a daemon identity owns without being it (a target
+    /// with an `owner` is refused otherwise).
+    #[arg(long, conflicts_with = "identity")]
+    pub ignore_owner: bool,
+    /// Roll back to the last good commit when the result is unhealthy, as
+    /// the daemon does (`--rollback-on-failure=false` to keep it).
+    /// Default: the environment's `rollback.automatic`.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub rollback_on_failure: Option<bool>,
     #[command(flatten)]
     pub state: StateArgs,
 }
@@ -539,8 +555,8 @@ fn report(args: &ValidateArgs, summaries: &[serde_json::Value], diags: &Diagnost
 fn reconcile_cmd(args: ReconcileArgs) -> Result<i32> {
     let source = args.repo.source()?;
     // Reconcile needs every secret: a placeholder must never reach a live system.
-    let loaded = match reconcile::load(&source, &args.env, &args.repo.options(SecretMode::Require))
-    {
+    let options = args.repo.options(SecretMode::Require);
+    let loaded = match reconcile::load(&source, &args.env, &options) {
         Ok(l) => l,
         Err(diags) => {
             print_diagnostics(&diags, &Masker::default());
@@ -551,97 +567,277 @@ fn reconcile_cmd(args: ReconcileArgs) -> Result<i32> {
     for w in &loaded.checked.warnings {
         eprintln!("{}", masker.mask(&w.to_string()));
     }
-    let mut loaded = loaded;
-    if args.allow_mass_prune {
-        loaded.checked.state.environment.allow.mass_removal = true;
-    }
+    let env = &args.env;
     let desired = &loaded.checked.state;
-    if !args.dry_run && desired.revision.commit().is_none() {
-        eprintln!(
-            "error[{}]: the work tree at {} has uncommitted changes (or is not a Git repository); commit first, or pass --dry-run to see the plan",
-            args.env, args.repo.repo
-        );
-        return Ok(1);
-    }
-    // An apply takes the environment's lock: a running daemon that drives
-    // it holds it, and the two must never apply at once.
-    let _lock = if args.dry_run {
-        None
-    } else {
-        match EnvLock::try_acquire(
-            &args.state.dir(),
-            &args.env,
-            &format!("driftless reconcile pid {}", std::process::id()),
-        ) {
-            Ok(l) => Some(l),
-            Err(LockError::Held { holder, .. }) => {
+    let commit = desired.revision.commit().map(CommitId::new);
+    let targets = match &args.identity {
+        Some(identity) => {
+            let identity = identity.as_str();
+            let claimed = desired
+                .targets
+                .iter()
+                .any(|t| t.target.claimed_by(Some(identity)));
+            if !claimed && !args.dry_run {
+                let owners: Vec<String> = desired
+                    .targets
+                    .iter()
+                    .map(|t| {
+                        let owner = t.target.owner.as_deref().unwrap_or("none");
+                        format!("`{}` (owner `{owner}`)", t.target.name)
+                    })
+                    .collect();
                 eprintln!(
-                    "error[{env}]: environment {env} is driven by {holder}; apply through it (push to the branch, `driftless rollback --env {env} --to SHA`, or POST /api/environments/{env}/reconcile); --dry-run is always allowed",
-                    env = args.env
+                    "error[{env}]: identity `{identity}` claims none of {env}'s targets: {}",
+                    owners.join(", ")
                 );
                 return Ok(1);
             }
-            Err(e) => return Err(e.into()),
+            Claim::Identity(Some(identity))
+        }
+        // A dry-run changes nothing: it may plan every target.
+        None if args.ignore_owner || args.dry_run => Claim::All,
+        None => {
+            // A target a daemon identity owns is that daemon's to apply.
+            if let Some(t) = desired.targets.iter().find(|t| t.target.owner.is_some()) {
+                let owner = t.target.owner.as_deref().unwrap_or_default();
+                eprintln!(
+                    "error[{env}]: target `{}` is owned by daemon identity `{owner}`; apply through that daemon, pass --identity {owner} to apply as it, or --ignore-owner; --dry-run is always allowed",
+                    t.target.name
+                );
+                return Ok(1);
+            }
+            Claim::Identity(None)
         }
     };
+    let scope = Scope {
+        masker: &masker,
+        targets,
+        allow_mass_removal: args.allow_mass_prune,
+    };
+    let color = std::io::stdout().is_terminal() && args.output == Output::Text;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    runtime.block_on(async {
-        let fail = |e: driftless::backend::BackendError| {
-            eprintln!("error[{}]: {}", args.env, masker.mask(&e.to_string()));
-            Ok(1)
-        };
-        let drivers = match reconcile::connect(desired).await {
-            Ok(d) => d,
-            Err(e) => return fail(e),
-        };
-        let plan = match reconcile::plan(&drivers, desired, &masker).await {
-            Ok(p) => p,
-            Err(e) => return fail(e),
-        };
-        let color = std::io::stdout().is_terminal() && args.output == Output::Text;
-        if args.dry_run {
+    if args.dry_run {
+        // The same load and plan as an apply; nothing applied or recorded.
+        return runtime.block_on(async {
+            let plan = match pipeline::prepare(loaded, scope, None).await {
+                Ok(p) => p.plan,
+                Err(e) => {
+                    eprintln!("error[{env}]: {}", masker.mask(&e.to_string()));
+                    return Ok(1);
+                }
+            };
             match args.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&plan.to_json())?),
                 Output::Text => print!("{}", plan.render_text(color, args.verbose)),
             }
-            return Ok(if args.detailed_exitcode && plan.has_changes() { 2 } else { 0 });
-        }
-        if args.output == Output::Text {
-            print!("{}", plan.render_text(color, args.verbose));
-        }
-        let report = match reconcile::apply(&drivers, desired, &plan, &masker).await {
-            Ok(r) => r,
-            Err(e) => return fail(e),
-        };
-        let verdicts = match reconcile::verify(&drivers, desired, &masker, std::time::Duration::from_secs(1)).await {
-            Ok(v) => v,
-            Err(e) => return fail(e),
-        };
-        let healthy = verdicts.iter().all(|v| v.health == driftless::backend::Health::Healthy);
-        match args.output {
-            Output::Json => {
-                let mut doc = serde_json::json!({"plan": plan.to_json(), "image_ids": report.image_ids, "health": verdicts});
-                masker.mask_json(&mut doc);
-                println!("{}", serde_json::to_string_pretty(&doc)?);
-            }
-            Output::Text => {
-                println!("applied {} changes", report.applied.len());
-                for v in verdicts.iter().filter(|v| v.health != driftless::backend::Health::Healthy) {
-                    println!("unhealthy: {} {}: {}", v.target, v.resource.name, masker.mask(&v.reason));
-                }
-                if healthy {
-                    println!("{}: healthy at {}", args.env, desired.revision);
-                }
-            }
-        }
-        if !healthy {
+            Ok(if args.detailed_exitcode && plan.has_changes() {
+                2
+            } else {
+                0
+            })
+        });
+    }
+    let Some(commit) = commit else {
+        eprintln!(
+            "error[{env}]: the work tree at {} has uncommitted changes (or is not a Git repository); commit first, or pass --dry-run to see the plan",
+            args.repo.repo
+        );
+        return Ok(1);
+    };
+    // An apply takes the environment's lock: a running daemon that drives
+    // it holds it, and the two must never apply at once.
+    let _lock = match EnvLock::try_acquire(
+        &args.state.dir(),
+        env,
+        &format!("driftless reconcile pid {}", std::process::id()),
+    ) {
+        Ok(l) => l,
+        Err(LockError::Held { holder, .. }) => {
+            eprintln!(
+                "error[{env}]: environment {env} is driven by {holder}; apply through it (push to the branch, `driftless rollback --env {env} --to SHA`, or POST /api/environments/{env}/reconcile); --dry-run is always allowed"
+            );
             return Ok(1);
         }
-        Ok(if args.detailed_exitcode && plan.has_changes() { 2 } else { 0 })
+        Err(e) => return Err(e.into()),
+    };
+    // Recorded where the daemon records it, so `driftless history` shows
+    // what CI deployed, and a rollback finds the last good commit.
+    let store = Arc::new(Store::open(&args.state.dir()).context("open the state store")?);
+    store.mark_interrupted(env)?;
+    let state = store.env_state(env)?;
+    if let Some(reason) = &state.control.suspended {
+        eprintln!(
+            "error[{env}]: environment {env} is suspended ({reason}); `driftless resume --env {env}` lifts it"
+        );
+        return Ok(1);
+    }
+    let settings = &desired.environment;
+    let policy = Policy {
+        automatic_rollback: args
+            .rollback_on_failure
+            .unwrap_or(settings.rollback.automatic),
+        remove_on_failed_first_deploy: settings.allow.remove_on_failed_first_deploy,
+    };
+    let revision = desired.revision.to_string();
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("driftless/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("HTTP client")?;
+    let penv = pipeline::Env {
+        name: env,
+        store: &store,
+        render: &options,
+        scope,
+        http: &http,
+        verify_poll: std::time::Duration::from_secs(1),
+    };
+    let run = Run {
+        commit,
+        pin: None,
+        origin: Origin::Head,
+    };
+    let hooks = CliHooks {
+        source: &source,
+        first: std::sync::Mutex::new(Some((run.clone(), loaded))),
+        print_plans: args.output == Output::Text,
+        color,
+        verbose: args.verbose,
+    };
+    let report = runtime.block_on(pipeline::reconcile(
+        penv,
+        &hooks,
+        &mut pipeline::Memo::default(),
+        run,
+        Trigger::Manual,
+        state.last_good.as_ref(),
+        policy,
+    ));
+    let healthy = report.end == End::Done { healthy: true };
+    let Some(first) = report.runs.first() else {
+        return Ok(1);
+    };
+    let rollback = report.runs.get(1);
+    match args.output {
+        Output::Json => {
+            let mut doc = serde_json::json!({
+                "plan": first.plan.as_ref().map(|p| p.to_json()),
+                "image_ids": first.image_ids,
+                "health": first.verdicts,
+                "outcome": first.outcome,
+                "error": first.error,
+                "backups": first.backups,
+                "rollback": rollback.map(|r| serde_json::json!({
+                    "commit": r.run.commit,
+                    "outcome": r.outcome,
+                    "error": r.error,
+                })),
+            });
+            masker.mask_json(&mut doc);
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        Output::Text => {
+            for r in &report.runs {
+                print_run(env, r, &masker);
+            }
+            if healthy {
+                println!("{env}: healthy at {revision}");
+            }
+        }
+    }
+    if let End::Retry(e) = &report.end {
+        eprintln!(
+            "error[{env}]: {}; nothing more was done, try again",
+            masker.mask(e)
+        );
+    }
+    if !healthy {
+        return Ok(1);
+    }
+    let changed = first.plan.as_ref().is_some_and(|p| p.has_changes());
+    Ok(if args.detailed_exitcode && changed {
+        2
+    } else {
+        0
     })
+}
+
+/// What one run of `reconcile` did, as text.
+fn print_run(env: &str, r: &pipeline::RunReport, masker: &Masker) {
+    let changes = r.plan.as_ref().map_or(0, |p| p.summary().changed());
+    match (r.run.kind(), r.outcome.is_good()) {
+        (Kind::Rollback, true) => println!("{env}: rolled back to {}", r.run.commit.short()),
+        (Kind::Rollback, false) => println!(
+            "{env}: the rollback to {} failed ({})",
+            r.run.commit.short(),
+            r.outcome.as_str()
+        ),
+        (Kind::Deploy, true) => println!("applied {changes} changes"),
+        (Kind::Deploy, false) => {}
+    }
+    for b in &r.backups {
+        println!("before_apply backup: {b}");
+    }
+    let unhealthy: Vec<_> = r
+        .verdicts
+        .iter()
+        .filter(|v| v.health != driftless::backend::Health::Healthy)
+        .collect();
+    for v in &unhealthy {
+        println!(
+            "unhealthy: {} {}: {}",
+            v.target,
+            v.resource.name,
+            masker.mask(&v.reason)
+        );
+    }
+    if let Some(e) = &r.error
+        && unhealthy.is_empty()
+    {
+        eprintln!("error[{env}]: {}", masker.mask(e));
+    }
+}
+
+/// The CLI's side of the pipeline: commits read from the repo it was given,
+/// plans printed as they are made, notices on stderr.
+struct CliHooks<'a> {
+    source: &'a Source,
+    /// The run asked for, loaded and checked already.
+    first: std::sync::Mutex<Option<(Run, reconcile::Loaded)>>,
+    print_plans: bool,
+    color: bool,
+    verbose: bool,
+}
+
+impl pipeline::Hooks for CliHooks<'_> {
+    fn source_at(&self, commit: &CommitId) -> std::result::Result<Source, String> {
+        self.source.at(commit).map_err(|e| e.to_string())
+    }
+
+    fn loaded(&self, run: &Run) -> Option<reconcile::Loaded> {
+        let mut first = self.first.lock().unwrap_or_else(|e| e.into_inner());
+        match first.take() {
+            Some((asked, loaded)) if asked == *run => Some(loaded),
+            _ => None,
+        }
+    }
+
+    fn planned(&self, run: &Run, plan: &driftless::plan::Plan) {
+        if !self.print_plans {
+            return;
+        }
+        if run.kind() == Kind::Rollback {
+            println!("rolling back to {}", run.commit.short());
+        }
+        print!("{}", plan.render_text(self.color, self.verbose));
+    }
+
+    fn notify(&self, notice: pipeline::Notice) -> impl std::future::Future<Output = ()> + Send {
+        eprintln!("{}", notice.message);
+        async {}
+    }
 }
 
 fn daemon_cmd(args: DaemonArgs) -> Result<i32> {

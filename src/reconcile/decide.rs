@@ -185,9 +185,10 @@ pub enum Next {
     /// when `mark_failed` (never a pin, never the last good commit).
     Reject { mark_failed: bool },
     /// The last good commit went bad when applied again (drift corrected
-    /// into a crash loop): there is nothing older to return to. Mark it
-    /// failed and say so.
-    LastGoodUnhealthy,
+    /// into a crash loop): there is nothing older to return to, and it is
+    /// never marked failed — that would switch self-healing off. Say so;
+    /// the next pass retries it with backoff.
+    RetryLastGood,
     /// Applied and bad, and automatic rollback is off: mark it failed and
     /// notify; what was applied stays.
     MarkFailed,
@@ -224,28 +225,21 @@ pub fn after(run: &Run, ended: Ended, last_good: Option<&LastGood>, policy: Poli
             remove_created: false,
         },
         (Ended::Invalid | Ended::Refused, origin) => Next::Reject {
-            mark_failed: !matches!(origin, Origin::Pinned),
+            mark_failed: !matches!(origin, Origin::Pinned) && !is_last_good,
         },
         (Ended::Bad, Origin::Pinned) => Next::Suspend {
             why: Suspension::PinnedFailed,
             mark_failed: false,
             remove_created: false,
         },
-        // Running the last good commit again failed: stop, no flapping.
-        (Ended::Bad, Origin::LastGood { failed }) => Next::Suspend {
-            why: Suspension::RollbackFailed {
-                failed: failed.clone(),
-            },
-            mark_failed: false,
-            remove_created: false,
-        },
+        (Ended::Bad, Origin::LastGood { .. }) => Next::RetryLastGood,
         (Ended::Bad, Origin::Head) => match last_good {
             None => Next::Suspend {
                 why: Suspension::FirstDeployFailed,
                 mark_failed: true,
                 remove_created: policy.remove_on_failed_first_deploy,
             },
-            Some(_) if is_last_good => Next::LastGoodUnhealthy,
+            Some(_) if is_last_good => Next::RetryLastGood,
             Some(_) if !policy.automatic_rollback => Next::MarkFailed,
             Some(lg) => Next::RollBack(run.rollback_to(lg)),
         },
@@ -457,8 +451,8 @@ mod tests {
             ("a refused head is marked failed", &head, Ended::Refused, None, on, Next::Reject { mark_failed: true }),
             ("an invalid pin is not marked", &pinned, Ended::Invalid, Some(&lg), on, Next::Reject { mark_failed: false }),
             ("a refused pin is not marked", &pinned, Ended::Refused, Some(&lg), on, Next::Reject { mark_failed: false }),
-            ("an invalid last good commit is marked", &lg_again, Ended::Invalid, Some(&lg), on, Next::Reject { mark_failed: true }),
-            ("an invalid rollback state is marked", &restored, Ended::Invalid, Some(&lg), on, Next::Reject { mark_failed: true }),
+            ("an invalid last good commit is not marked", &lg_again, Ended::Invalid, Some(&lg), on, Next::Reject { mark_failed: false }),
+            ("an invalid rollback state is not marked", &restored, Ended::Invalid, Some(&lg), on, Next::Reject { mark_failed: false }),
             ("an invalid rollback suspends", &rollback, Ended::Invalid, Some(&lg), on, rollback_failed.clone()),
             ("a refused rollback suspends", &rollback, Ended::Refused, Some(&lg), on, rollback_failed.clone()),
             // Applied and bad.
@@ -466,9 +460,9 @@ mod tests {
             ("a bad head with automatic rollback off is marked", &head, Ended::Bad, Some(&lg), off, Next::MarkFailed),
             ("a bad first deploy suspends", &head, Ended::Bad, None, on, Next::Suspend { why: Suspension::FirstDeployFailed, mark_failed: true, remove_created: false }),
             ("a bad first deploy removes what it created when allowed", &head, Ended::Bad, None, remove, Next::Suspend { why: Suspension::FirstDeployFailed, mark_failed: true, remove_created: true }),
-            ("a bad last good commit is marked", &lg_again, Ended::Bad, Some(&lg), on, Next::LastGoodUnhealthy),
-            ("a bad last good commit is marked with rollback off", &lg_again, Ended::Bad, Some(&lg), off, Next::LastGoodUnhealthy),
-            ("a bad rollback state suspends", &restored, Ended::Bad, Some(&lg), on, rollback_failed.clone()),
+            ("a bad last good commit is retried, never marked", &lg_again, Ended::Bad, Some(&lg), on, Next::RetryLastGood),
+            ("a bad last good commit is retried with rollback off", &lg_again, Ended::Bad, Some(&lg), off, Next::RetryLastGood),
+            ("a bad rollback state is retried, never marked", &restored, Ended::Bad, Some(&lg), on, Next::RetryLastGood),
             ("a bad pin suspends", &pinned, Ended::Bad, Some(&lg), on, suspend(Suspension::PinnedFailed)),
             ("a bad pin suspends without a last good commit", &pinned, Ended::Bad, None, on, suspend(Suspension::PinnedFailed)),
             ("a bad rollback suspends", &rollback, Ended::Bad, Some(&lg), on, rollback_failed),

@@ -102,6 +102,13 @@ pub trait Hooks: Sync {
     /// The source that reads `commit`.
     fn source_at(&self, commit: &CommitId) -> Result<Source, String>;
 
+    /// `run` already loaded by the caller (the CLI's checked work tree, so
+    /// the apply executes exactly what was read); `None` loads it from
+    /// [`Hooks::source_at`].
+    fn loaded(&self, _run: &Run) -> Option<Loaded> {
+        None
+    }
+
     /// Checked right before each apply; an error stops the reconcile as
     /// transient, nothing applied (the daemon's Lease fence).
     fn fence(&self) -> impl Future<Output = Result<(), String>> + Send {
@@ -134,7 +141,7 @@ pub enum End {
     /// Nothing more to do until the next trigger; `healthy` when the commit
     /// asked for runs healthy.
     Done { healthy: bool },
-    /// Something was unreachable (repo, engine, store, Lease) or the last
+    /// Something was unreachable (repo, engine, store, Lease), or the last
     /// good commit is unhealthy again: try again after a backoff.
     Retry(String),
 }
@@ -343,15 +350,23 @@ pub async fn reconcile<H: Hooks>(
                 hooks.notify(say(kind, None, &commit, message)).await;
                 break End::Done { healthy: false };
             }
-            Next::LastGoodUnhealthy => {
-                // There is nothing older to return to. Say so; the next
-                // drift pass tries again.
-                record(env, pending, failed_effects(&mask, &error)).await;
-                let message = format!("last good commit {} is unhealthy: {error}", commit.short());
+            Next::RetryLastGood => {
+                // Nothing older to return to, and not marked failed: the
+                // retry (with backoff) applies it again.
+                record(env, pending, Effects::default()).await;
+                let message = format!(
+                    "last good commit {} is unhealthy: {error}; retrying with backoff",
+                    commit.short()
+                );
                 hooks
-                    .notify(say(NoticeKind::DeployFailed, None, &commit, message))
+                    .notify(say(
+                        NoticeKind::DeployFailed,
+                        None,
+                        &commit,
+                        message.clone(),
+                    ))
                     .await;
-                break End::Done { healthy: false };
+                break End::Retry(mask(message));
             }
             Next::MarkFailed => {
                 record(env, pending, failed_effects(&mask, &error)).await;
@@ -491,12 +506,17 @@ async fn deploy<H: Hooks>(
 
     // source → render → check
     let t = Instant::now();
-    let source = match hooks.source_at(&run.commit) {
-        Ok(s) => s,
-        Err(e) => return rec.end(Outcome::Failed, Ended::Transient, Some(e)),
+    let loaded = match hooks.loaded(run) {
+        Some(loaded) => Ok(Ok(loaded)),
+        None => {
+            let source = match hooks.source_at(&run.commit) {
+                Ok(s) => s,
+                Err(e) => return rec.end(Outcome::Failed, Ended::Transient, Some(e)),
+            };
+            let (name, options) = (env.name.to_owned(), env.render.clone());
+            tokio::task::spawn_blocking(move || super::load(&source, &name, &options)).await
+        }
     };
-    let (name, options) = (env.name.to_owned(), env.render.clone());
-    let loaded = tokio::task::spawn_blocking(move || super::load(&source, &name, &options)).await;
     rec.timings.load_ms = Some(ms(t));
     let loaded = match loaded {
         Ok(Ok(l)) => l,
@@ -597,12 +617,12 @@ async fn deploy<H: Hooks>(
     rec.report.image_ids = report.image_ids;
 
     // verify: after changes, and whenever this state is not known good.
+    // A state the memo saw go bad is verified again, last good or not.
     let known_good = !changed
-        && (memo
-            .applied
-            .as_ref()
-            .is_some_and(|a| a.key == key && !a.fingerprint.is_empty())
-            || kind == Kind::Deploy && last_good.is_some_and(|lg| lg.commit == key.commit));
+        && match memo.applied.as_ref().filter(|a| a.key == key) {
+            Some(a) => !a.fingerprint.is_empty(),
+            None => kind == Kind::Deploy && last_good.is_some_and(|lg| lg.commit == key.commit),
+        };
     if !known_good {
         let t = Instant::now();
         let deadline = Instant::now() + desired.environment.health.deadline;

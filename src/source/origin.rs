@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::git::{Auth, Repo};
-use super::{Limits, Revision, Snapshot, SourceError, worktree};
+use super::{CommitId, Limits, Revision, Snapshot, SourceError, worktree};
 
 /// The commit whose `driftless.yaml` lists the environments: the pinned
 /// one (resolved when the source was opened), else the default branch
@@ -69,6 +69,19 @@ impl Source {
         Ok(Source::Git {
             repo: Box::new(repo),
             pinned,
+        })
+    }
+
+    /// The same repo pinned to `commit`: every environment is read at it
+    /// (a work tree through its Git repository).
+    pub fn at(&self, commit: &CommitId) -> Result<Source, SourceError> {
+        let repo = match self {
+            Source::WorkTree { root } => Repo::open(root)?,
+            Source::Git { repo, .. } => (**repo).clone(),
+        };
+        Ok(Source::Git {
+            repo: Box::new(repo),
+            pinned: Some(commit.to_string()),
         })
     }
 

@@ -1155,3 +1155,87 @@ async fn drift_is_corrected_and_a_removed_environment_keeps_its_resources() {
     assert_eq!(containers(docker, &stack.project).await, after);
     assert_eq!(stack.page().await.trim(), "good v1");
 }
+
+/// #20.5: the drift timer re-applies the last good commit and it fails
+/// again inside the settle window (it exits at start while its volume
+/// holds a marker). The last good commit is never marked failed: the
+/// status says it is being retried, and the retry that finds it able to
+/// run puts it back.
+#[tokio::test]
+async fn a_crash_looping_drift_reapply_is_retried_and_never_marks_the_last_good_commit_failed() {
+    let Some(engine) = engine().await else {
+        return;
+    };
+    let docker = engine.docker();
+    let receiver = Receiver::start().await;
+    let stack = Stack::new("daemon-crashloop", BUSYBOX, &receiver.url);
+    let _cleanup = Cleanup::new(&[&stack.project]);
+    let secrets = secrets_dir();
+    let state = tempfile::tempdir().unwrap();
+    let mut files = stack.files("good v1", GOOD_CHECK, "");
+    files[0].1 = files[0]
+        .1
+        .replace("drift_interval: 1h", "drift_interval: 2s");
+    files[2].1 = files[2]
+        .1
+        .replace(
+            "command: [httpd, -f, -p, \"8080\", -h, /www]",
+            "command: [sh, -c, \"test ! -e /data/broken && exec httpd -f -p 8080 -h /www\"]",
+        )
+        .replace("    volumes:\n", "    volumes:\n      - data:/data\n")
+        + "volumes:\n  data: {}\n";
+    let bare = Bare::new(&files);
+    let c1 = crate::daemon_support::git(&bare.path(), &["rev-parse", "main"]);
+    let env = stack.env.clone();
+    let long = Duration::from_secs(120);
+    let mut d = Daemon::start(&stack.options(&bare, state.path(), secrets.path()));
+    d.ready().await;
+    d.wait(&env, "first deploy", long, last_good_is(&c1)).await;
+    assert_eq!(stack.page().await.trim(), "good v1");
+
+    // The volume now stops the service from starting; the container goes:
+    // the drift timer's re-apply crash-loops.
+    let before = containers(docker, &stack.project).await;
+    assert_eq!(before.len(), 1);
+    let docker_cli = |args: &[&str]| {
+        let out = std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "docker {args:?}: {out:?}");
+    };
+    docker_cli(&["exec", &before[0].0, "sh", "-c", "echo > /data/broken"]);
+    docker_cli(&["rm", "-f", &before[0].0]);
+    let retrying = |s: &serde_json::Value| {
+        s["worker"]["last_error"].as_str().is_some_and(|e| {
+            e.contains(&format!("last good commit {} is unhealthy", &c1[..12]))
+                && e.contains("retrying")
+        })
+    };
+    let s = d.wait(&env, "the re-apply retried", long, retrying).await;
+    let passes = s["worker"]["passes"].as_u64().unwrap();
+    // Retried again and again, never marked failed, never suspended.
+    let s = d
+        .wait(&env, "more retries", long, |s| {
+            s["worker"]["passes"].as_u64().unwrap_or(0) >= passes + 2
+        })
+        .await;
+    assert!(
+        !failed(&c1)(&s),
+        "the last good commit was marked failed: {s}"
+    );
+    assert!(s["control"]["suspended"].is_null(), "{s}");
+    assert!(last_good_is(&c1)(&s), "{s}");
+
+    // The marker goes: the next retry brings the service back.
+    let volume = format!("{}_data:/data", stack.project);
+    docker_cli(&["run", "--rm", "-v", &volume, BUSYBOX, "rm", "/data/broken"]);
+    let s = d
+        .wait(&env, "recovered", long, |s| {
+            s["worker"]["last_error"].is_null() && s["last_reconcile"]["outcome"] == "healthy"
+        })
+        .await;
+    assert!(!failed(&c1)(&s), "{s}");
+    assert!(last_good_is(&c1)(&s), "{s}");
+    assert_eq!(stack.page().await.trim(), "good v1");
+}

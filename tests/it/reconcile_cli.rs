@@ -4,6 +4,7 @@
 
 use std::process::Command;
 
+use crate::daemon_support::{Daemon, free_port};
 use crate::docker_support::{BUSYBOX, Cleanup, engine, project_name};
 use crate::support::{RepoBuilder, Run, driftless, git};
 
@@ -212,5 +213,211 @@ async fn removing_everything_is_refused_unless_allowed_on_the_command_line() {
             .stdout
             .contains(&format!("service {}/web  delete", f.project)),
         "{allowed:?}"
+    );
+}
+
+/// A repo whose one `web` service serves a page that an HTTP probe wants to
+/// contain "good" (the container's own healthcheck passes either way), with
+/// `rollback.automatic: true`.
+struct Probed {
+    repo: RepoBuilder,
+    env: String,
+    project: String,
+    port: u16,
+    state: tempfile::TempDir,
+}
+
+impl Probed {
+    fn new(test: &str) -> Probed {
+        let project = project_name(test);
+        let env = format!("e{}", project.trim_start_matches("dlt-").replace('_', "-"));
+        let port = free_port();
+        let manifest = format!(
+            "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {{}}\nenvironments:\n  {env}:\n    values: environments/values.yaml\n    targets: [local]\n    health:\n      deadline: 20s\n      settle: 1s\n      probes:\n        - name: page\n          http: {{ url: \"http://127.0.0.1:{port}/index.html\", contains: good }}\n          interval: 500ms\n    rollback: {{ automatic: true }}\n"
+        );
+        let stack = format!(
+            "name: {project}\nservices:\n  web:\n    image: {BUSYBOX}\n    command: [httpd, -f, -p, \"8080\", -h, /www]\n    ports: [\"127.0.0.1:{port}:8080\"]\n    volumes:\n      - ./www/index.html:/www/index.html:ro\n    healthcheck:\n      test: [\"CMD\", \"wget\", \"-q\", \"-O-\", \"http://127.0.0.1:8080/\"]\n      interval: 1s\n      retries: 30\n"
+        );
+        let repo = RepoBuilder::new()
+            .file("driftless.yaml", manifest)
+            .file("environments/values.yaml", "{}\n")
+            .file("compose/stack.yaml", stack)
+            .file("compose/www/index.html", "good v1\n");
+        git(repo.path(), &["init", "-q"]);
+        git(repo.path(), &["add", "-A"]);
+        git(repo.path(), &["commit", "-q", "-m", "v1"]);
+        Probed {
+            repo,
+            env,
+            project,
+            port,
+            state: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn reconcile(&self, args: &[&str]) -> Run {
+        let mut all = vec![
+            "reconcile",
+            "--env",
+            &self.env,
+            "--state-dir",
+            self.state.path().to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        driftless(self.repo.path(), &all)
+    }
+
+    fn commit_page(&self, page: &str) -> String {
+        std::fs::write(self.repo.path().join("compose/www/index.html"), page).unwrap();
+        git(self.repo.path(), &["commit", "-q", "-am", "page"]);
+        git(self.repo.path(), &["rev-parse", "HEAD"])
+    }
+
+    async fn page(&self) -> String {
+        match reqwest::get(format!("http://127.0.0.1:{}/index.html", self.port)).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(e) => format!("unreachable: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_failing_probe_rolls_the_cli_back_to_the_last_good_commit_recorded_in_history() {
+    let Some(_engine) = engine().await else {
+        return;
+    };
+    // reqwest (the test's page reads) needs the one rustls provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let f = Probed::new("cli-probe");
+    let _cleanup = Cleanup::new(&[&f.project]);
+    let good = git(f.repo.path(), &["rev-parse", "HEAD"]);
+
+    let first = f.reconcile(&[]);
+    assert_eq!(first.code, 0, "{first:?}");
+    assert_eq!(f.page().await, "good v1\n");
+
+    // The container is healthy; only the probe sees the page is wrong.
+    let bad = f.commit_page("broken\n");
+    let second = f.reconcile(&[]);
+    assert_eq!(second.code, 1, "a rolled-back reconcile fails: {second:?}");
+    assert!(
+        second
+            .stdout
+            .contains(&format!("rolled back to {}", &good[..12])),
+        "{second:?}"
+    );
+    assert!(
+        second.stdout.contains("unhealthy: probes page"),
+        "{second:?}"
+    );
+    assert_eq!(
+        f.page().await,
+        "good v1\n",
+        "the last good page is served again"
+    );
+
+    let history = Daemon::history(f.state.path(), &f.env);
+    let rows: Vec<(String, String, String)> = history["reconciles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap_or("").to_owned(),
+                r["commit"].as_str().unwrap_or("").to_owned(),
+                r["outcome"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let row = |kind: &str, commit: &str, outcome: &str| {
+        (kind.to_owned(), commit.to_owned(), outcome.to_owned())
+    };
+    assert_eq!(
+        rows,
+        [
+            row("rollback", &good, "healthy"),
+            row("deploy", &bad, "unhealthy"),
+            row("deploy", &good, "healthy"),
+        ],
+        "{history}"
+    );
+    assert_eq!(history["reconciles"][0]["trigger"], "manual", "{history}");
+    assert_eq!(
+        history["reconciles"][0]["rollback_of"],
+        bad.as_str(),
+        "{history}"
+    );
+    assert_eq!(history["last_good"]["commit"], good.as_str(), "{history}");
+    assert!(
+        history["failed_commits"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|c| c["commit"] == bad.as_str())),
+        "{history}"
+    );
+
+    // Without the rollback, the bad commit stays and is still a failure.
+    let third = f.reconcile(&["--rollback-on-failure=false"]);
+    assert_eq!(third.code, 1, "{third:?}");
+    assert!(!third.stdout.contains("rolled back"), "{third:?}");
+    assert_eq!(f.page().await, "broken\n");
+}
+
+#[test]
+fn a_target_owned_by_another_identity_is_refused_naming_the_owner() {
+    let repo = RepoBuilder::new()
+        .file(
+            "driftless.yaml",
+            "apiVersion: driftless/v1\ndaemons: [ops-edge]\ntargets:\n  edge:\n    owner: ops-edge\n    docker: {}\nenvironments:\n  prod:\n    targets: [edge]\n",
+        )
+        .file("environments/prod.yaml", "{}\n")
+        .file(
+            "compose/stack.yaml",
+            format!("name: dlt-owned\nservices:\n  web:\n    image: {BUSYBOX}\n"),
+        );
+    git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-q", "-m", "v1"]);
+    let state = tempfile::tempdir().unwrap();
+    let state = state.path().to_str().unwrap();
+
+    let refused = driftless(
+        repo.path(),
+        &["reconcile", "--env", "prod", "--state-dir", state],
+    );
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("target `edge` is owned by daemon identity `ops-edge`"),
+        "{refused:?}"
+    );
+    assert!(
+        refused.stderr.contains("--identity ops-edge"),
+        "{refused:?}"
+    );
+
+    let other = driftless(
+        repo.path(),
+        &[
+            "reconcile",
+            "--env",
+            "prod",
+            "--identity",
+            "ops-core",
+            "--state-dir",
+            state,
+        ],
+    );
+    assert_eq!(other.code, 1, "{other:?}");
+    assert!(
+        other.stderr.contains("identity `ops-core` claims none of")
+            && other.stderr.contains("`edge` (owner `ops-edge`)"),
+        "{other:?}"
+    );
+    let history = Daemon::history(std::path::Path::new(state), "prod");
+    assert_eq!(
+        history["reconciles"],
+        serde_json::json!([]),
+        "nothing ran: {history}"
     );
 }

@@ -174,11 +174,23 @@ pub fn environment(
     // included by another is part of that project, not one of its own.
     let variables = compose_variables(renderer.values());
     let overrides = compose_overrides(env, &sel.stacks, &outputs, &mut diags);
-    let merged: BTreeSet<&str> = overrides.values().flatten().map(String::as_str).collect();
+    // A default override file next to a Compose file is never a project of
+    // its own, also when driftless.yaml lists other files to merge.
+    let exists = |p: &str| outputs.iter().any(|o| o == p);
+    let merged: BTreeSet<String> = overrides
+        .values()
+        .flatten()
+        .cloned()
+        .chain(
+            sel.stacks
+                .iter()
+                .filter_map(|main| compose::default_override(main, &exists)),
+        )
+        .collect();
     let secret = |name: &str| renderer.secret(name);
     let mut loads = Vec::new();
     for path in &sel.stacks {
-        if merged.contains(path.as_str()) {
+        if merged.contains(path) {
             continue;
         }
         let Some((rendered, text)) = text_of(path, &mut diags) else {

@@ -1,6 +1,6 @@
 //! How Compose projects are put together, from the user's side through
 //! `driftless validate`: profiles and the project name from driftless.yaml,
-//! the values and `.env`.
+//! the values and `.env`; included and override files; what is refused.
 
 use driftless::model::Resources;
 use driftless::model::compose::Project;
@@ -120,4 +120,90 @@ fn dotenv_sets_profiles_and_the_project_name_as_for_docker_compose() {
     let services: Vec<&str> = p[0].services.keys().map(String::as_str).collect();
     assert_eq!(services, ["debug", "web"]);
     assert!(ok(&repo.driftless(&["validate"])).contains("2 services"));
+}
+
+#[test]
+fn includes_and_override_files_make_one_project() {
+    let repo = RepoBuilder::new()
+        .file(
+            "driftless.yaml",
+            manifest("    paths:\n      stacks: [\"compose/**/*.yaml\"]\n    compose:\n      overrides:\n        compose/shop/compose.yaml: [compose/shop/prod.yaml]\n"),
+        )
+        .file("environments/dev.yaml", "{}\n")
+        .file(
+            "compose/shop/compose.yaml",
+            "name: shop\ninclude: [../db/compose.yaml]\nservices:\n  web: {image: 'busybox:1.36'}\n",
+        )
+        .file("compose/shop/prod.yaml", "services:\n  web: {restart: always}\n")
+        // Not merged: driftless.yaml lists the files for this project.
+        .file("compose/shop/compose.override.yaml", "services:\n  web: {restart: 'no'}\n")
+        .file("compose/db/compose.yaml", "services:\n  db: {image: 'busybox:1.36'}\n");
+    let p = projects(&repo);
+    // The included file and the override files are no projects of their own.
+    assert_eq!(p.len(), 1, "{p:#?}");
+    let services: Vec<&str> = p[0].services.keys().map(String::as_str).collect();
+    assert_eq!(services, ["db", "web"]);
+    assert_eq!(p[0].services["web"].restart.as_deref(), Some("always"));
+}
+
+#[test]
+fn include_cycles_missing_files_and_unvalued_secrets_are_refused_with_their_line() {
+    let base = || {
+        RepoBuilder::new()
+            .file("environments/dev.yaml", "{}\n")
+            .file("driftless.yaml", manifest(""))
+    };
+    let repo = base()
+        .file(
+            "compose/stack.yaml",
+            "services:\n  web: {image: 'busybox:1.36'}\ninclude:\n  - ../lib/a.yaml\n",
+        )
+        .file("lib/a.yaml", "include:\n  - ../compose/stack.yaml\n");
+    refused(
+        &repo.driftless(&["validate"]),
+        &[
+            "lib/a.yaml:2",
+            "`include` cycle: compose/stack.yaml -> lib/a.yaml -> compose/stack.yaml",
+        ],
+    );
+    let repo = base().file(
+        "compose/stack.yaml",
+        "services:\n  web: {image: 'busybox:1.36'}\ninclude:\n  - db.yaml\n",
+    );
+    refused(
+        &repo.driftless(&["validate"]),
+        &[
+            "compose/stack.yaml:4",
+            "`compose/db.yaml` is not in the repository",
+        ],
+    );
+    let repo = base().file("compose/stack.yaml", STACK).file(
+        "driftless.yaml",
+        manifest(
+            "    compose:\n      overrides:\n        compose/stack.yaml: [compose/prod.yaml]\n",
+        ),
+    );
+    refused(
+        &repo.driftless(&["validate"]),
+        &[
+            "driftless.yaml:10",
+            "`compose/prod.yaml` (merged over `compose/stack.yaml`) is not in the repository",
+        ],
+    );
+    // A secret from the secret source: `validate` works without it, as
+    // for `secret()`; `reconcile` needs it, even for a dry run.
+    let repo = base().file(
+        "compose/stack.yaml",
+        "services:\n  web:\n    image: busybox:1.36\n    secrets: [token]\nsecrets:\n  token:\n    x-driftless-secret: shop_token\n",
+    );
+    ok(&repo.driftless(&["validate"]));
+    let run = repo.driftless(&["reconcile", "--env", "dev", "--dry-run"]);
+    refused(
+        &run,
+        &[
+            "compose/stack.yaml:7",
+            "secret `token` has no value",
+            "DRIFTLESS_SECRET_SHOP_TOKEN",
+        ],
+    );
 }

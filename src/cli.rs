@@ -180,6 +180,11 @@ pub struct DaemonArgs {
     /// File holding the API bearer token (or set DRIFTLESS_API_TOKEN).
     #[arg(long, env = "DRIFTLESS_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
+    /// Start even though the state directory held a store that is now
+    /// missing, empty or damaged: every suspension, pin, failed-commit mark
+    /// and last good commit it held is forgotten (logged as a warning).
+    #[arg(long)]
+    pub accept_lost_state: bool,
 }
 
 #[derive(Debug, Args)]
@@ -652,6 +657,7 @@ fn daemon_cmd(args: DaemonArgs) -> Result<i32> {
         poll_interval: args.poll_interval,
         webhook_secret_file: args.webhook_secret_file,
         api_token_file: args.api_token_file,
+        accept_lost_state: args.accept_lost_state,
     };
     let config = match DaemonConfig::resolve(&overrides) {
         Ok(c) => c,

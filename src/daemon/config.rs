@@ -131,6 +131,9 @@ pub struct Overrides {
     pub poll_interval: Option<String>,
     pub webhook_secret_file: Option<PathBuf>,
     pub api_token_file: Option<PathBuf>,
+    /// `--accept-lost-state`: start even though the state directory's store
+    /// is gone (a flag only, never the file: it is a one-time decision).
+    pub accept_lost_state: bool,
 }
 
 /// A secret value: never printed.
@@ -197,6 +200,9 @@ pub struct DaemonConfig {
     /// Leader election per environment among replicas (`None`: this
     /// daemon drives its environments alone, guarded by local locks).
     pub leases: Option<super::lease::LeaseSettings>,
+    /// Start from an empty store when a used state directory's store is
+    /// gone, instead of refusing to start (`--accept-lost-state`).
+    pub accept_lost_state: bool,
 }
 
 /// Every problem found in the configuration, one per line.
@@ -479,6 +485,7 @@ impl DaemonConfig {
                 deliveries_age,
             },
             leases,
+            accept_lost_state: o.accept_lost_state,
         })
     }
 
@@ -512,6 +519,7 @@ impl DaemonConfig {
                 Auth::SshKey { path } => format!("ssh key {}", path.display()),
             },
             "retention": self.retention,
+            "accept_lost_state": self.accept_lost_state,
             "leases": self.leases.as_ref().map(|l| serde_json::json!({
                 "namespace": l.namespace,
                 "holder": l.holder,

@@ -29,7 +29,7 @@ use crate::reconcile::RenderOptions;
 use crate::render::SecretMode;
 use crate::secrets::{Masker, SecretSource};
 use crate::source::Limits;
-use crate::store::Store;
+use crate::store::{OnLost, Store, StoreError};
 
 pub mod alert;
 pub mod backups;
@@ -37,7 +37,6 @@ pub mod config;
 pub mod lease;
 pub mod lock;
 pub mod pass;
-pub mod probe;
 pub mod repo;
 pub mod triggers;
 pub mod worker;
@@ -134,16 +133,42 @@ pub fn daemon_masker(config: &DaemonConfig) -> Masker {
     masker
 }
 
+/// Opens the state store. A used state directory whose store is gone is a
+/// refusal to start (exit 2) unless `--accept-lost-state` was given; then
+/// the loss is logged as a warning and the daemon starts from nothing.
+async fn open_store(config: &DaemonConfig) -> Result<Store> {
+    let state_dir = config.state_dir.clone();
+    let on_lost = if config.accept_lost_state {
+        OnLost::Accept
+    } else {
+        OnLost::Refuse
+    };
+    let opened = tokio::task::spawn_blocking(move || Store::open_with(&state_dir, on_lost)).await?;
+    match opened {
+        Ok((store, lost)) => {
+            if let Some(lost) = lost {
+                let moved_to = lost.moved_to.as_ref().map(|p| p.display().to_string());
+                tracing::warn!(
+                    state_dir = %config.state_dir.display(),
+                    lost = %lost.kind,
+                    moved_to = moved_to.as_deref().unwrap_or("-"),
+                    "--accept-lost-state: the state store was lost; starting from nothing (suspensions, pins, failed-commit marks, last good commits and history are forgotten)"
+                );
+            }
+            Ok(store)
+        }
+        Err(e @ StoreError::Lost { .. }) => Err(UsageError(e.to_string()).into()),
+        Err(e) => Err(anyhow::Error::new(e).context("open the state store")),
+    }
+}
+
 /// Runs the daemon until a signal; returns the exit code.
 pub async fn run(config: DaemonConfig) -> Result<i32> {
     tracing::info!(config = %config.sanitized(), "driftless daemon starting");
+    let nofile = crate::http::server::raise_nofile_limit();
+    tracing::info!(limit = nofile, "open descriptors allowed");
     let masker = daemon_masker(&config);
-    let state_dir = config.state_dir.clone();
-    let store = Arc::new(
-        tokio::task::spawn_blocking(move || Store::open(&state_dir))
-            .await?
-            .context("open the state store")?,
-    );
+    let store = Arc::new(open_store(&config).await?);
     let limits = Limits::default();
 
     let repo = {
@@ -328,6 +353,10 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
         webhook_secret: config.webhook.secret.clone(),
         api_token: config.api_token.clone(),
         limiter: crate::http::RateLimiter::new(config.webhook.rate_limit, config.webhook.burst),
+        unsigned_limiter: crate::http::RateLimiter::new(
+            config.webhook.rate_limit,
+            config.webhook.burst,
+        ),
         ready: Default::default(),
         masker: masker.clone(),
         metrics: metrics.clone(),
@@ -346,16 +375,8 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
         }
         let app = crate::http::router(state.clone(), config.webhook.max_body_bytes);
         let stop = cancel.child_token();
-        tasks.spawn(async move {
-            // Connect info: `api.reads: loopback` needs the peer address.
-            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
+        let limits = crate::http::server::Limits::for_descriptors(nofile);
+        tasks.spawn(crate::http::server::serve(listener, app, limits, stop));
         tracing::info!(address = %local, "listening");
     }
     state.ready.store(true, Ordering::Relaxed);

@@ -28,6 +28,9 @@ pub(super) struct Ledger {
     source: SecretSource,
     mode: SecretMode,
     seen: Mutex<BTreeMap<String, Lookup>>,
+    /// Values that came from elsewhere (Compose secrets read from a repo
+    /// file or a variable), masked like the ones handed out.
+    extra: Mutex<Vec<String>>,
 }
 
 impl Ledger {
@@ -36,6 +39,7 @@ impl Ledger {
             source,
             mode,
             seen: Mutex::new(BTreeMap::new()),
+            extra: Mutex::new(Vec::new()),
         }
     }
 
@@ -75,12 +79,28 @@ impl Ledger {
         }
     }
 
-    /// A masker for every value handed out so far.
+    /// A masker for every value handed out or recorded so far.
     pub(super) fn masker(&self) -> Masker {
-        Masker::from_values(self.seen().values().filter_map(|l| match l {
+        let mut m = Masker::from_values(self.seen().values().filter_map(|l| match l {
             Lookup::Found(v) => Some(v.as_str()),
             Lookup::Missing(_) => None,
-        }))
+        }));
+        let extra = self.extra.lock().unwrap_or_else(PoisonError::into_inner);
+        for v in extra.iter() {
+            m.add(v);
+        }
+        m
+    }
+
+    /// Records a secret value that did not come from `secret()`, so it is
+    /// masked too (log lines from now on, every output through
+    /// [`Ledger::masker`]).
+    pub(super) fn record(&self, value: &str) {
+        crate::secrets::mask_logs_of(&Masker::from_values([value]));
+        let mut extra = self.extra.lock().unwrap_or_else(PoisonError::into_inner);
+        if !extra.iter().any(|v| v == value) {
+            extra.push(value.to_owned());
+        }
     }
 
     /// Names asked for that were not set, sorted.

@@ -32,6 +32,7 @@ use rusqlite::Connection;
 pub mod backups;
 pub mod control;
 pub mod deliveries;
+pub mod identity;
 pub mod queries;
 pub mod reconciles;
 pub mod retention;
@@ -39,6 +40,7 @@ pub mod schema;
 
 pub use backups::{BackupJobStats, BackupOutcome, BackupRun, BackupTrigger};
 pub use control::{Control, EnvState, FailedCommit, LastGood};
+pub use identity::{Lost, LostKind, OnLost};
 pub use queries::{EnvHealth, EnvSummary, HistoryQuery};
 pub use reconciles::{Effects, Finish, ImageIds, Kind, Outcome, ReconcileRecord, Timings, Trigger};
 pub use retention::{Pruned, Retention};
@@ -66,6 +68,17 @@ pub enum StoreError {
     Open { path: String, message: String },
     #[error("state store: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// The state directory was used before (its marker names a store) but
+    /// that store is gone: starting from nothing would forget suspensions,
+    /// pins, failed commits and last good commits without a word.
+    #[error(
+        "state store {path}: {kind}, but this state directory held a store before ({marker} names it): its suspensions, pins, failed-commit marks, last good commits and history are gone; restore state.db from a backup, or start the daemon once with --accept-lost-state to begin from nothing"
+    )]
+    Lost {
+        path: String,
+        kind: LostKind,
+        marker: &'static str,
+    },
     #[error(
         "state store: schema version {found} is newer than this driftless knows ({known}); upgrade driftless"
     )]
@@ -78,6 +91,19 @@ pub enum StoreError {
     Task(#[from] tokio::task::JoinError),
 }
 
+impl StoreError {
+    /// Whether SQLite failed at the disk: full, an I/O error, read-only, or
+    /// the file cannot be opened.
+    pub fn is_disk_failure(&self) -> bool {
+        use rusqlite::ErrorCode::*;
+        matches!(
+            self,
+            StoreError::Sql(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, DiskFull | SystemIoFailure | ReadOnly | CannotOpen)
+        )
+    }
+}
+
 /// The store's result type.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
@@ -85,6 +111,9 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub struct Store {
     conn: Mutex<Connection>,
     path: Option<PathBuf>,
+    /// Whether the last call that tried to write failed at the disk (full,
+    /// I/O error, read-only): `/readyz` answers 503 until a write succeeds.
+    write_failed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -101,18 +130,96 @@ pub fn millis(t: SystemTime) -> i64 {
 }
 
 impl Store {
-    /// Opens (creating if needed) `dir/state.db` and migrates it.
+    /// Opens (creating if needed) `dir/state.db` and migrates it; refuses a
+    /// used state directory whose store is gone ([`StoreError::Lost`]).
     pub fn open(dir: &Path) -> Result<Store> {
+        Ok(Store::open_with(dir, OnLost::Refuse)?.0)
+    }
+
+    /// [`Store::open`], with the choice of what a lost store means: with
+    /// [`OnLost::Accept`] an empty store is started (a damaged file moved
+    /// aside first) and the loss is returned.
+    pub fn open_with(dir: &Path, on_lost: OnLost) -> Result<(Store, Option<Lost>)> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
             path: dir.display().to_string(),
             message: e.to_string(),
         })?;
         let path = dir.join(FILE);
-        let conn = Connection::open(&path).map_err(|e| StoreError::Open {
+        let marker = identity::read_marker(dir)?;
+        let refuse = |kind| StoreError::Lost {
+            path: path.display().to_string(),
+            kind,
+            marker: identity::MARKER,
+        };
+        let mut found = None;
+        if marker.is_some() && !path.exists() {
+            if on_lost == OnLost::Refuse {
+                return Err(refuse(LostKind::Missing));
+            }
+            found = Some(LostKind::Missing);
+        }
+        let store = match Store::open_file(&path, marker.is_some(), on_lost) {
+            Ok((store, empty)) => {
+                if empty {
+                    found = found.or(Some(LostKind::Empty));
+                }
+                store
+            }
+            Err(e)
+                if identity::is_damage(&e) && (marker.is_some() || on_lost == OnLost::Accept) =>
+            {
+                if on_lost == OnLost::Refuse {
+                    return Err(refuse(LostKind::Damaged));
+                }
+                let moved = identity::move_aside(&path)?;
+                let (store, _) = Store::open_with(dir, OnLost::Accept)?;
+                let lost = Lost {
+                    kind: LostKind::Damaged,
+                    moved_to: Some(moved),
+                };
+                return Ok((store, Some(lost)));
+            }
+            Err(e) => return Err(e),
+        };
+        // A store under a marker naming another id — or no id at all, which
+        // a store of a release before markers never has under a marker — is
+        // not the store the directory held.
+        let existing = store.with(|c| identity::existing_id(c))?;
+        if found.is_none() && marker.is_some() && existing != marker {
+            if on_lost == OnLost::Refuse {
+                return Err(refuse(LostKind::Replaced));
+            }
+            found = Some(LostKind::Replaced);
+        }
+        let id = store.with(|c| identity::store_id(c))?;
+        if marker.as_deref() != Some(id.as_str()) {
+            identity::write_marker(dir, &id)?;
+        }
+        let lost = found.map(|kind| Lost {
+            kind,
+            moved_to: None,
+        });
+        Ok((store, lost))
+    }
+
+    /// Opens and migrates the file; `true` when a marked directory's file
+    /// held no schema (it was lost). With `marked` and [`OnLost::Refuse`],
+    /// an empty file is refused before anything is written to it.
+    fn open_file(path: &Path, marked: bool, on_lost: OnLost) -> Result<(Store, bool)> {
+        let conn = Connection::open(path).map_err(|e| StoreError::Open {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        Store::setup(conn, Some(path))
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let empty = marked && version == 0;
+        if empty && on_lost == OnLost::Refuse {
+            return Err(StoreError::Lost {
+                path: path.display().to_string(),
+                kind: LostKind::Empty,
+                marker: identity::MARKER,
+            });
+        }
+        Ok((Store::setup(conn, Some(path.to_owned()))?, empty))
     }
 
     /// An in-memory store (tests).
@@ -128,6 +235,7 @@ impl Store {
         let store = Store {
             conn: Mutex::new(conn),
             path,
+            write_failed: Default::default(),
         };
         store.with(schema::migrate)?;
         Ok(store)
@@ -143,7 +251,21 @@ impl Store {
         // A panic while holding the lock leaves a consistent database
         // (transactions roll back on drop), so a poisoned lock is usable.
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut conn)
+        let before = conn.total_changes();
+        let out = f(&mut conn);
+        use std::sync::atomic::Ordering::Relaxed;
+        match &out {
+            Err(e) if e.is_disk_failure() => self.write_failed.store(true, Relaxed),
+            Ok(_) if conn.total_changes() != before => self.write_failed.store(false, Relaxed),
+            _ => {}
+        }
+        out
+    }
+
+    /// Whether the store can write, as far as its last write shows: `false`
+    /// after a write failed at the disk, until one succeeds.
+    pub fn writable(&self) -> bool {
+        !self.write_failed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs `f` in one transaction: it commits when `f` succeeds and rolls

@@ -87,6 +87,11 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE deliveries DROP COLUMN outcome;
     "#,
+    // 4: the store's random id, which the state directory's marker file
+    // repeats (see `identity`): a lost store is told from a new one.
+    r#"
+    CREATE TABLE store_id (id TEXT NOT NULL);
+    "#,
 ];
 
 /// Applies the migrations `c` has not had yet, each in its own transaction.

@@ -324,7 +324,7 @@ async fn a_rollback_pinned_to_the_built_id_runs_it_without_rebuilding() {
         targets: vec![pinned.clone()],
         backups: vec![],
     };
-    driftless::daemon::pass::pin_images(&mut state, &recorded, &live);
+    driftless::reconcile::pipeline::pin_images(&mut state, &recorded, &live);
     pinned = state.targets.remove(0);
     assert_eq!(
         projects(&pinned)[0].services["web"].image,

@@ -157,6 +157,75 @@ fn rows_for(history: &serde_json::Value, commit: &str) -> Vec<serde_json::Value>
         .collect()
 }
 
+/// A daemon driving a [`Stack`] that has deployed its first commit.
+struct Deployed {
+    stack: Stack,
+    bare: Bare,
+    c1: String,
+    d: Daemon,
+    secrets: tempfile::TempDir,
+    state: tempfile::TempDir,
+    _cleanup: Cleanup,
+    _receiver: Receiver,
+}
+
+impl Deployed {
+    async fn start(test: &str) -> Deployed {
+        let receiver = Receiver::start().await;
+        let stack = Stack::new(test, BUSYBOX, &receiver.url);
+        let cleanup = Cleanup::new(&[&stack.project]);
+        let secrets = secrets_dir();
+        let state = tempfile::tempdir().unwrap();
+        let bare = Bare::new(&stack.files("good v1", GOOD_CHECK, ""));
+        let c1 = crate::daemon_support::git(&bare.path(), &["rev-parse", "main"]);
+        let mut d = Daemon::start(&stack.options(&bare, state.path(), secrets.path()));
+        d.ready().await;
+        d.wait(&stack.env, "first deploy", LONG, last_good_is(&c1))
+            .await;
+        Deployed {
+            stack,
+            bare,
+            c1,
+            d,
+            secrets,
+            state,
+            _cleanup: cleanup,
+            _receiver: receiver,
+        }
+    }
+
+    fn options(&self) -> Options {
+        self.stack
+            .options(&self.bare, self.state.path(), self.secrets.path())
+    }
+
+    fn state_arg(&self) -> String {
+        self.state.path().to_str().unwrap().to_owned()
+    }
+
+    /// `driftless suspend` on the state directory, seen by the daemon.
+    async fn suspend(&mut self, reason: &str) {
+        let (code, _, err) = cli(&[
+            "suspend",
+            "--env",
+            &self.stack.env,
+            "--reason",
+            reason,
+            "--state-dir",
+            &self.state_arg(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        self.d
+            .wait(&self.stack.env, "suspended", LONG, |s| {
+                s["control"]["suspended"] == reason
+            })
+            .await;
+    }
+}
+
+/// How long a deploy may take in these tests.
+const LONG: Duration = Duration::from_secs(120);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pushes_deploy_bad_commits_roll_back_to_pinned_images_and_nothing_leaks() {
     let Some(engine) = engine().await else {
@@ -416,25 +485,18 @@ async fn cli_is_refused_while_the_daemon_drives_and_pin_suspend_resume_work() {
     let Some(engine) = engine().await else {
         return;
     };
-    let receiver = Receiver::start().await;
-    let stack = Stack::new("daemon-ctl", BUSYBOX, &receiver.url);
-    let _cleanup = Cleanup::new(&[&stack.project]);
-    let secrets = secrets_dir();
-    let state = tempfile::tempdir().unwrap();
-    let state_arg = state.path().to_str().unwrap().to_owned();
-    let bare = Bare::new(&stack.files("good v1", GOOD_CHECK, ""));
-    let c1 = crate::daemon_support::git(&bare.path(), &["rev-parse", "main"]);
+    let mut run = Deployed::start("daemon-ctl").await;
+    let (stack, bare, c1) = (&run.stack, &run.bare, run.c1.clone());
     let env = stack.env.clone();
-    let long = Duration::from_secs(120);
-    let mut d = Daemon::start(&stack.options(&bare, state.path(), secrets.path()));
-    d.ready().await;
-    d.wait(&env, "first deploy", long, last_good_is(&c1)).await;
+    let state_arg = run.state_arg();
+    let long = LONG;
+    let d = &mut run.d;
     let c2 = bare.commit(&stack.files("good v2", GOOD_CHECK, ""), "v2");
     d.wait(&env, "c2", long, last_good_is(&c2)).await;
 
     // A CLI apply is refused; a dry-run is allowed.
     let repo = bare.path().to_str().unwrap().to_owned();
-    let secrets_arg = secrets.path().to_str().unwrap().to_owned();
+    let secrets_arg = run.secrets.path().to_str().unwrap().to_owned();
     let base = [
         "reconcile",
         "--env",
@@ -487,25 +549,13 @@ async fn cli_is_refused_while_the_daemon_drives_and_pin_suspend_resume_work() {
     );
 
     // Suspend: nothing changes, even when drifted; the status shows it.
-    let (code, _, err) = cli(&[
-        "suspend",
-        "--env",
-        &env,
-        "--reason",
-        "maintenance",
-        "--state-dir",
-        &state_arg,
-    ]);
-    assert_eq!(code, 0, "{err}");
-    d.wait(&env, "suspended", long, |s| {
-        s["control"]["suspended"] == "maintenance"
-    })
-    .await;
+    run.suspend("maintenance").await;
+    let (stack, d) = (&run.stack, &mut run.d);
 
     // The pin and suspension survive a restart.
     d.signal("TERM");
     assert_eq!(d.wait_exit(Duration::from_secs(60)).await, Some(0));
-    let mut d = Daemon::start(&stack.options(&bare, state.path(), secrets.path()));
+    let mut d = Daemon::start(&run.options());
     d.ready().await;
     let s = d
         .wait(&env, "status after restart", long, |s| {
@@ -571,6 +621,91 @@ async fn kill_9_during_an_apply_then_restart_converges_with_an_intact_store() {
             .all(|r| r.outcome != driftless::store::Outcome::Running),
         "{h:#?}"
     );
+}
+
+/// A state directory whose `state.db` was truncated to nothing, then
+/// deleted: the daemon refuses to start (exit 2, naming the file and the
+/// flag) and touches nothing — it would otherwise forget the suspension
+/// and deploy the commit pushed while suspended. `--accept-lost-state`
+/// starts it, with a warning, from nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_truncated_or_deleted_store_refuses_to_start_unless_the_loss_is_accepted() {
+    let Some(engine) = engine().await else {
+        return;
+    };
+    let mut run = Deployed::start("daemon-lost").await;
+    run.suspend("maintenance").await;
+    let (stack, env, state_arg) = (&run.stack, run.stack.env.clone(), run.state_arg());
+    let c2 = run
+        .bare
+        .commit(&stack.files("good v2", GOOD_CHECK, ""), "v2");
+    run.d.signal("TERM");
+    assert_eq!(run.d.wait_exit(Duration::from_secs(60)).await, Some(0));
+    let options = run.options();
+    let long = LONG;
+
+    let db = run.state.path().join("state.db");
+    let truncate = |p: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_len(0)
+            .unwrap()
+    };
+    let delete = |p: &std::path::Path| std::fs::remove_file(p).unwrap();
+    for (damage, what, how) in [
+        (
+            &truncate as &dyn Fn(&std::path::Path),
+            "truncated",
+            "the file is empty",
+        ),
+        (&delete, "deleted", "the file is missing"),
+    ] {
+        damage(&db);
+        let mut d = Daemon::start(&options);
+        assert_eq!(
+            d.wait_exit(Duration::from_secs(60)).await,
+            Some(2),
+            "{what}"
+        );
+        let log = d.log_text();
+        assert!(
+            log.contains(&format!("{}: {how}", db.display()))
+                && log.contains("suspensions, pins, failed-commit marks")
+                && log.contains("--accept-lost-state"),
+            "{what}: {log}"
+        );
+        assert_eq!(
+            stack.page().await.trim(),
+            "good v1",
+            "{what}: nothing deployed"
+        );
+        // The CLI refuses the directory too, rather than starting it afresh.
+        let (code, _, err) = cli(&["history", "--env", &env, "--state-dir", &state_arg]);
+        assert_ne!(code, 0, "{what}: {err}");
+        assert!(err.contains("--accept-lost-state"), "{what}: {err}");
+    }
+
+    // Accepted: the daemon starts from nothing, says so, and (the
+    // suspension forgotten) deploys the branch head.
+    let mut d = Daemon::start_with_flags(&options, &["--accept-lost-state"]);
+    d.ready().await;
+    d.wait(&env, "c2 after the accepted loss", long, last_good_is(&c2))
+        .await;
+    let warned = d.log_text().lines().any(|l| {
+        l.contains("\"level\":\"WARN\"")
+            && l.contains("--accept-lost-state")
+            && l.contains("the file is missing")
+    });
+    assert!(warned, "{}", d.log_text());
+    assert_eq!(stack.page().await.trim(), "good v2");
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(60)).await, Some(0));
+    // The new store is the directory's store now: a plain start works.
+    let mut d = Daemon::start(&options);
+    d.ready().await;
+    let _ = engine;
 }
 
 /// A unix-socket proxy to the engine that the test stops and starts.

@@ -156,6 +156,15 @@ impl Daemon {
     /// [`Daemon::start`] listening on `host` (`0.0.0.0`: reachable from a
     /// non-loopback address too); [`Daemon::url`] still uses loopback.
     pub fn start_on(o: &Options, host: &str) -> Daemon {
+        Daemon::spawn(o, host, &[])
+    }
+
+    /// [`Daemon::start`] with extra `daemon` flags.
+    pub fn start_with_flags(o: &Options, flags: &[&str]) -> Daemon {
+        Daemon::spawn(o, "127.0.0.1", flags)
+    }
+
+    fn spawn(o: &Options, host: &str, flags: &[&str]) -> Daemon {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let port = free_port();
         let log_dir = Arc::new(tempfile::tempdir().unwrap());
@@ -188,6 +197,7 @@ impl Daemon {
         let mut cmd = Command::new(binary());
         cmd.args(["--log-format", "json", "daemon", "--config"])
             .arg(&config)
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);

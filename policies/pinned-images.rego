@@ -4,11 +4,13 @@
 # versions").
 #
 # Applies to: Compose services, Kubernetes workload containers (init
-# containers included).
+# containers included). A service built from the commit (`build:`) is
+# pinned by the commit itself, and rolled back to its built image id.
 package driftless.policies.pinned_images
 
 violation contains {"object": s.id, "msg": msg} if {
 	some s in input.services
+	not s.built
 	msg := problem(s.image)
 }
 

@@ -203,7 +203,11 @@ pub fn environment(
             Some(render(p).map(|r| r.content.clone()))
         };
         let list_dir = |dir: &str| -> Vec<String> {
-            let prefix = format!("{}/", dir.trim_end_matches('/'));
+            // `""` is the repository root (a build context).
+            let prefix = match dir.trim_end_matches('/') {
+                "" => String::new(),
+                d => format!("{d}/"),
+            };
             outputs
                 .iter()
                 .filter(|o| o.starts_with(&prefix))

@@ -390,6 +390,7 @@ fn services(p: &Project, is_secret: &dyn Fn(&str) -> bool) -> Vec<Value> {
                 "file": s.origin.file,
                 "line": s.origin.line,
                 "image": s.image,
+                "built": s.build.is_some(),
                 "user": s.user,
                 "privileged": s.privileged,
                 "network_mode": s.network_mode,

@@ -121,7 +121,106 @@ pub struct Service {
     /// Size of `/dev/shm` in bytes.
     pub shm_size: Option<u64>,
     pub oom_score_adj: Option<i64>,
+    /// `build:`: the image is built from the commit, not pulled; `image`
+    /// is then the name it is tagged with (`<project>-<service>` unless
+    /// the file gives `image:`).
+    pub build: Option<Build>,
     pub origin: Origin,
+}
+
+/// How a service's image is built (`build:`), fully resolved: the context's
+/// files are read from the commit's snapshot with `.dockerignore` applied,
+/// so what is built is what is committed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Build {
+    pub context: BuildContext,
+    /// The Dockerfile's path in the context sent to the engine (a
+    /// Dockerfile outside the context, or `dockerfile_inline`, is added to
+    /// it under a generated `.dockerfile.<hash>` name, as the docker CLI does).
+    pub dockerfile: String,
+    /// Build arguments; an `args` entry without a value takes the project's
+    /// variable of that name, and is left out when there is none.
+    pub args: BTreeMap<String, String>,
+    pub target: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Network mode for `RUN` steps (`host`, `none`, `default`).
+    pub network: Option<String>,
+    pub extra_hosts: Vec<String>,
+    pub shm_size: Option<u64>,
+    pub cache_from: Vec<String>,
+    pub no_cache: bool,
+    /// Pull a newer base image even when one is present.
+    pub pull: bool,
+}
+
+impl Build {
+    /// A build of `context` with `dockerfile` and every option unset.
+    pub fn new(context: BuildContext, dockerfile: impl Into<String>) -> Build {
+        Build {
+            context,
+            dockerfile: dockerfile.into(),
+            args: BTreeMap::new(),
+            target: None,
+            labels: BTreeMap::new(),
+            network: None,
+            extra_hosts: Vec::new(),
+            shm_size: None,
+            cache_from: Vec::new(),
+            no_cache: false,
+            pull: false,
+        }
+    }
+}
+
+/// Where a build's context comes from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BuildContext {
+    /// A directory of the commit (repo path, `""` for the root) and the
+    /// files sent from it, paths relative to it.
+    Snapshot {
+        dir: String,
+        #[serde(serialize_with = "serialize_context_files")]
+        files: Vec<ContextFile>,
+    },
+    /// A git URL the engine fetches itself (the build API's `remote`).
+    Remote { url: String },
+}
+
+/// One file of a build context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextFile {
+    /// Path inside the context, `/`-separated.
+    pub path: String,
+    /// Unix mode the file is sent with.
+    pub mode: u32,
+    pub content: std::sync::Arc<[u8]>,
+}
+
+/// A context serialises as its file count and digest, never its contents.
+fn serialize_context_files<S: serde::Serializer>(
+    files: &[ContextFile],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!(
+        "{} files, sha256:{}",
+        files.len(),
+        context_digest(files)
+    ))
+}
+
+/// SHA-256 over a context's paths, modes and contents (hex).
+pub fn context_digest(files: &[ContextFile]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for f in files {
+        h.update((f.path.len() as u64).to_le_bytes());
+        h.update(f.path.as_bytes());
+        h.update(f.mode.to_le_bytes());
+        h.update((f.content.len() as u64).to_le_bytes());
+        h.update(&f.content);
+    }
+    hex::encode(h.finalize())
 }
 
 /// The namespaces a container shares or gets (`ipc`, `pid`, `uts`,

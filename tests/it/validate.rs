@@ -215,12 +215,16 @@ fn unsupported_compose_key() {
 }
 
 #[test]
-fn build_key_says_to_push_images_first() {
+fn build_without_a_dockerfile_names_the_missing_file() {
     let repo =
         RepoBuilder::minimal().file("compose/stack.yaml", "services:\n  web:\n    build: .\n");
     assert_clear_error(
         &repo.driftless(&["validate"]),
-        &["error[dev]", "compose/stack.yaml:3", "build", "image"],
+        &[
+            "error[dev]",
+            "compose/stack.yaml:3",
+            "Dockerfile `compose/Dockerfile` is not in the repository",
+        ],
     );
 }
 

@@ -26,7 +26,9 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 use super::live::{Live, LiveContainer};
-use super::{ComposeBackend, archive, hash, hooks, image, labels, live, plan, project, spec};
+use super::{
+    ComposeBackend, archive, build, hash, hooks, image, labels, live, plan, project, spec,
+};
 use crate::backend::{ApplyReport, BackendError, Context};
 use crate::model::TargetState;
 use crate::model::compose::{DependencyCondition, Project, PullPolicy, Service};
@@ -107,7 +109,10 @@ impl<'a> Applier<'a> {
                             ),
                         ));
                     }
-                    references.insert(s.image.as_str());
+                    // A built image is built (below), never pulled.
+                    if build::of(s).is_none() {
+                        references.insert(s.image.as_str());
+                    }
                     let image_changed = matches!(&c.action, Action::Recreate { reason } if reason == "image changed");
                     match s.pull_policy {
                         PullPolicy::Always if image_changed || c.action == Action::Create => {
@@ -148,7 +153,12 @@ impl<'a> Applier<'a> {
         let live = live::read(self.docker(), self.ctx.environment, self.projects)
             .await
             .map_err(|e| self.backend.unavailable(e))?;
-        let images = self.ensure_images(&references, &refresh, &live).await?;
+        // Builds, then pulls, before anything is stopped: a failed build or
+        // pull leaves the running stack as it was.
+        let built = self.build_images(changes, &live).await?;
+        let images = self
+            .ensure_images(&references, &refresh, &live, built)
+            .await?;
 
         let state = State {
             live,
@@ -235,21 +245,59 @@ impl<'a> Applier<'a> {
         }
     }
 
+    /// Builds the images of the changed services whose image was not built
+    /// from their context and options (as the plan found), each reference
+    /// once; returns whether anything was built. A failed build is an error
+    /// with the tail of its log, before anything is changed.
+    async fn build_images(&self, changes: &[Change], live: &Live) -> Result<bool> {
+        let mut done: BTreeSet<&str> = BTreeSet::new();
+        for c in changes {
+            if c.resource.kind != "service"
+                || matches!(c.action, Action::Unchanged | Action::Delete)
+            {
+                continue;
+            }
+            let Some((_, _, s)) = self.service(&c.resource.name) else {
+                continue;
+            };
+            let Some(b) = build::of(s) else { continue };
+            let present = live.images.contains_key(&s.image);
+            if done.contains(s.image.as_str())
+                || build::needed(s, live.builds.get(&s.image), present).is_none()
+            {
+                continue;
+            }
+            build::build(self.docker(), s, b).await.map_err(|e| {
+                self.error(
+                    &c.resource.name,
+                    format!(
+                        "building image {} failed; nothing was changed: {e}",
+                        s.image
+                    ),
+                )
+            })?;
+            done.insert(s.image.as_str());
+        }
+        Ok(!done.is_empty())
+    }
+
     /// Pulls the references that are not present, and those in `refresh`;
-    /// returns reference → id for every desired image present afterwards.
-    /// Runs before any change.
+    /// returns reference → id for every desired image present afterwards
+    /// (listed again when `built` says images were built). Runs before any
+    /// change.
     async fn ensure_images(
         &self,
         references: &BTreeSet<&str>,
         refresh: &BTreeSet<&str>,
         live: &Live,
+        built: bool,
     ) -> Result<BTreeMap<String, String>> {
         let missing: Vec<&str> = references
             .iter()
             .copied()
             .filter(|r| !live.images.contains_key(*r) || refresh.contains(r))
             .collect();
-        if missing.is_empty() {
+        if missing.is_empty() && !built {
             return Ok(live.images.clone());
         }
         for reference in &missing {
@@ -493,6 +541,7 @@ impl<'a> Applier<'a> {
             &c.action,
             Action::Recreate { reason }
                 if reason.starts_with("config changed")
+                    || reason.starts_with("image rebuilt")
                     || matches!(
                         reason.as_str(),
                         "image changed" | "network changed" | "dependency recreated"

@@ -205,6 +205,8 @@ impl<'a> Definition<'a> {
             shm_size,
             oom_score_adj,
             secrets,
+            // What is built is in the image id the hash takes.
+            build: _,
             origin: _,
         } = service;
         Definition {
@@ -322,8 +324,24 @@ pub fn definition_text(service: &Service, image_id: Option<&str>) -> String {
     if let serde_json::Value::Object(map) = &mut value {
         map.insert(
             "image_id".to_owned(),
-            serde_json::Value::String(image_id.unwrap_or("(not present: pull)").to_owned()),
+            serde_json::Value::String(
+                image_id
+                    .unwrap_or(if service.build.is_some() {
+                        "(built at apply)"
+                    } else {
+                        "(not present: pull)"
+                    })
+                    .to_owned(),
+            ),
         );
+        // What the image is built from: shown (its context as a digest),
+        // not hashed — the built image's id is in the hash.
+        if let Some(b) = &service.build {
+            map.insert(
+                "build".to_owned(),
+                serde_json::to_value(b).expect("plain data"),
+            );
+        }
     }
     prune(&mut value);
     // YAML, as users wrote the service; empty and default fields left out so

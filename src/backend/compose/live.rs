@@ -14,6 +14,7 @@ use bollard::query_parameters::{
     ListVolumesOptionsBuilder,
 };
 
+use super::build::BuiltImage;
 use super::{image, labels};
 use crate::model::compose::{Ipam, IpamPool, Project, PullPolicy};
 
@@ -35,6 +36,9 @@ pub struct Live {
     pub newer_in_registry: BTreeMap<String, String>,
     /// The engine API version of the connection (`None`: not known).
     pub api_version: Option<(u32, u32)>,
+    /// Desired references of services with `build:` that are present →
+    /// what their image was built from (its build labels).
+    pub builds: BTreeMap<String, BuiltImage>,
 }
 
 /// A container as listed (no inspect).
@@ -155,7 +159,12 @@ pub async fn check_registry(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), String> {
     let mut asked: BTreeSet<&str> = BTreeSet::new();
-    for s in projects.iter().flat_map(|p| p.services.values()) {
+    // A built image is never pulled, so the registry is not asked.
+    for s in projects
+        .iter()
+        .flat_map(|p| p.services.values())
+        .filter(|s| s.build.is_none())
+    {
         let due = match s.pull_policy {
             PullPolicy::Always => true,
             PullPolicy::Refresh(period) => match live.images.get(&s.image) {
@@ -339,6 +348,16 @@ impl Live {
                 (i.id.clone(), digests)
             })
             .collect();
+        let builds = projects
+            .iter()
+            .flat_map(|p| p.services.values())
+            .filter(|s| s.build.is_some())
+            .filter_map(|s| {
+                let id = resolved.get(&s.image)?;
+                let image = images.iter().find(|i| i.id == *id)?;
+                Some((s.image.clone(), BuiltImage::from_labels(&image.labels)))
+            })
+            .collect();
         Live {
             containers: live_containers,
             networks: live_networks,
@@ -347,6 +366,7 @@ impl Live {
             image_digests,
             newer_in_registry: BTreeMap::new(),
             api_version: None,
+            builds,
         }
     }
 

@@ -2,7 +2,8 @@
 //! API (bollard), so stacks run the same on a local or a remote engine.
 //!
 //! read live ([`live`], four list calls) → plan ([`plan`], pure) → apply
-//! ([`apply`], dependency order, pulls first) → health ([`health`]).
+//! ([`apply`], dependency order, builds and pulls first) → health
+//! ([`health`]). [`build`] decides what is built and builds it.
 //! [`hash`] decides what is recreated; [`spec`] maps the model onto the
 //! engine's container config; [`archive`] carries config files into
 //! containers; [`image`] resolves references and registry auth.
@@ -24,6 +25,7 @@ use crate::plan::Change;
 
 pub mod apply;
 pub mod archive;
+pub mod build;
 pub mod connect;
 pub mod hash;
 pub mod health;
@@ -56,6 +58,13 @@ pub mod labels {
     /// The masked readable definition a container was created from, so the
     /// next plan can diff against it without a call per container.
     pub const DEFINITION: &str = "io.driftless.definition";
+    /// On an image built from `build:`: the hash of its context and
+    /// options (`backend::compose::build`), compared on the next plan.
+    pub const BUILD: &str = "io.driftless.build";
+    /// On a built image: the hash of its build options alone.
+    pub const BUILD_OPTIONS: &str = "io.driftless.build.options";
+    /// On a built image of a small context: `path digest` per file.
+    pub const BUILD_FILES: &str = "io.driftless.build.files";
     /// What goes into `com.docker.compose.version`.
     pub const VERSION_VALUE: &str = concat!("driftless-", env!("CARGO_PKG_VERSION"));
 }

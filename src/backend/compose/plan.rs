@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::live::{ContainerState, Live, LiveContainer};
 use super::project;
-use super::{hash, spec};
+use super::{build, hash, spec};
 use crate::backend::{BackendError, Context};
 use crate::model::compose::{Ipam, IpamPool, Network, Project, PullPolicy, Service};
 use crate::plan::{Action, Change, Resource, unified_diff};
@@ -66,6 +66,7 @@ pub fn plan(
     let mut changes = Vec::new();
     let mut services = Vec::new();
     let mut removals = Vec::new();
+    let rebuilt = rebuilds(projects, live);
 
     for p in projects {
         // Networks and volumes first: containers need them.
@@ -139,7 +140,8 @@ pub fn plan(
         let mut replaced: BTreeSet<&str> = BTreeSet::new();
         for name in project::start_order(p) {
             let service = &p.services[name];
-            let mut c = service_change(target, p, name, service, live, ctx);
+            let rebuild = rebuilt.get(service.image.as_str()).map(String::as_str);
+            let mut c = service_change(target, p, name, service, live, rebuild, ctx);
             let joins_recreated = project::service_networks(service)
                 .iter()
                 .any(|n| recreated_networks.contains(n));
@@ -265,16 +267,38 @@ pub fn plan(
     Ok(changes)
 }
 
-/// The change for one desired service.
+/// Reference → why its image is built before anything runs it: the
+/// references of services with `build:` whose present image was not built
+/// from this context and these options. A service that only runs such a
+/// reference (`image:` alone) is rebuilt with it.
+fn rebuilds<'p>(projects: &'p [Project], live: &Live) -> BTreeMap<&'p str, String> {
+    let mut out = BTreeMap::new();
+    for s in projects.iter().flat_map(|p| p.services.values()) {
+        let present = live.images.contains_key(&s.image);
+        if let Some(why) = build::needed(s, live.builds.get(&s.image), present) {
+            out.entry(s.image.as_str()).or_insert(why);
+        }
+    }
+    out
+}
+
+/// The change for one desired service; `rebuild` says why its image is
+/// built first, if it is.
 fn service_change(
     target: &str,
     p: &Project,
     name: &str,
     service: &Service,
     live: &Live,
+    rebuild: Option<&str>,
     ctx: Context<'_>,
 ) -> Change {
-    let image_id = live.images.get(&service.image).map(String::as_str);
+    // A rebuilt image's id is known only once it is built.
+    let image_id = live
+        .images
+        .get(&service.image)
+        .map(String::as_str)
+        .filter(|_| rebuild.is_none());
     let desired_text = ctx
         .masker
         .mask(&hash::definition_text(service, image_id))
@@ -288,7 +312,9 @@ fn service_change(
         diff: None,
     };
     let newer = live.newer_in_registry.get(&service.image);
-    let pull = if image_id.is_none() {
+    let pull = if let Some(why) = rebuild {
+        Some(format!("build {} ({why})", service.image))
+    } else if image_id.is_none() {
         Some(format!("pull {}", service.image))
     } else {
         newer.map(|digest| {
@@ -325,7 +351,9 @@ fn service_change(
     let failed: Vec<&&LiveContainer> = containers.iter().filter(|c| !is_up(c, service)).collect();
 
     if image_changed || config_changed {
-        c.action = recreate(&if image_changed {
+        c.action = recreate(&if let Some(why) = rebuild {
+            format!("image rebuilt: {why}")
+        } else if image_changed {
             "image changed".to_owned()
         } else {
             let fields = hash::changed_fields(&live_text, &desired_text);
@@ -582,7 +610,10 @@ fn policy_name(policy: PullPolicy) -> String {
 fn refuse_unsupported(projects: &[Project], live: &Live) -> Result<(), String> {
     for p in projects {
         for (name, s) in &p.services {
-            if s.pull_policy == PullPolicy::Never && !live.images.contains_key(&s.image) {
+            if s.pull_policy == PullPolicy::Never
+                && s.build.is_none()
+                && !live.images.contains_key(&s.image)
+            {
                 return Err(format!(
                     "service {}/{name}: image {} is not present and `pull_policy: never` forbids pulling it; \
                      load it onto the engine or change the policy",

@@ -28,6 +28,7 @@ use crate::model::Origin;
 use crate::model::compose::{Network, Project};
 use crate::yaml::{self, Node, Value};
 
+mod build;
 mod dotenv;
 mod engine;
 mod extends;
@@ -363,7 +364,11 @@ impl<'a> Ctx<'a> {
                 continue;
             };
             let node = self.apply_tags(node, &path);
-            if let Some(svc) = service::service(self, name, k, &node, &refs) {
+            if let Some(mut svc) = service::service(self, name, k, &node, &refs) {
+                if svc.image.is_empty() {
+                    // A built image without `image:` is named as Compose names it.
+                    svc.image = format!("{}-{}", project.name, name.to_ascii_lowercase());
+                }
                 project.services.insert(name.to_owned(), svc);
             }
         }
@@ -875,5 +880,7 @@ fn find_cycle(project: &Project, start: &str) -> Option<Vec<String>> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_build;
 #[cfg(test)]
 mod tests_keys;

@@ -123,14 +123,7 @@ pub(crate) fn service(
             }
             "build" => {
                 has_build = true;
-                ctx.report(
-                    Diagnostic::error(
-                        "`build` is not supported: build and push the image, then reference it with `image:`",
-                    )
-                    .hint("driftless deploys images from a registry; build them in CI"),
-                    k,
-                    &fp,
-                );
+                s.build = super::build::build(ctx, v, &fp);
             }
             "command" => s.command = command(ctx, v, &fp),
             "entrypoint" => s.entrypoint = command(ctx, v, &fp),
@@ -315,6 +308,8 @@ pub(crate) fn service(
 
     match image {
         Some(image) => s.image = image,
+        // Named after the project by the loader (`<project>-<service>`).
+        None if s.build.is_some() => {}
         None if has_build || refused_key => return None,
         None => {
             ctx.report(
@@ -1387,7 +1382,7 @@ fn healthcheck(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Healthcheck> {
 
 /// `extra_hosts` as `host:ip` (list of `host:ip` / `host=ip`, or a mapping
 /// of host to one IP or a list of them).
-fn extra_hosts(ctx: &mut Ctx, node: &Node, path: &str) -> Vec<String> {
+pub(crate) fn extra_hosts(ctx: &mut Ctx, node: &Node, path: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut push = |ctx: &mut Ctx, host: &str, ip: &str, at: &Node| {
         if host.is_empty() || ip.is_empty() {

@@ -46,7 +46,11 @@ impl Repo {
             self.files.get(p).map(|c| Ok(Arc::from(c.as_slice())))
         };
         let is_dir = |p: &str| -> Vec<String> {
-            let prefix = format!("{p}/");
+            let prefix = if p.is_empty() {
+                String::new()
+            } else {
+                format!("{p}/")
+            };
             self.files
                 .keys()
                 .filter(|k| k.starts_with(&prefix))
@@ -538,19 +542,6 @@ fn dotenv_errors_point_into_the_env_file() {
     let errors = repo.err("compose/stack.yaml");
     assert_eq!(errors[0].file.as_deref(), Some("compose/.env"));
     assert_eq!(errors[0].line, Some(2));
-}
-
-#[test]
-fn build_is_rejected_with_its_line() {
-    let e = single_error(
-        &one("services:\n  web:\n    build: .\n    image: web\n"),
-        3,
-        "services.web.build",
-    );
-    assert_eq!(
-        e.message,
-        "`build` is not supported: build and push the image, then reference it with `image:`"
-    );
 }
 
 #[test]

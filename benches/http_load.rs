@@ -113,6 +113,7 @@ fn main() {
             webhook_secret: None,
             api_token: Some(Secret::new("bench-api-token-123")),
             limiter: RateLimiter::new(1000, 1000),
+            unsigned_limiter: RateLimiter::new(1000, 1000),
             ready: true.into(),
             // The daemon always has some secrets to mask.
             masker: Masker::from_values(

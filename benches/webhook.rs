@@ -51,6 +51,7 @@ fn main() {
             webhook_secret: Some(Secret::new(SECRET)),
             api_token: None,
             limiter: RateLimiter::new(1_000_000, 1_000_000),
+            unsigned_limiter: RateLimiter::new(1_000_000, 1_000_000),
             ready: true.into(),
             masker: Default::default(),
             metrics: Default::default(),

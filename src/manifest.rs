@@ -121,6 +121,7 @@ struct RawEnvironment {
 #[serde(deny_unknown_fields)]
 struct RawCompose {
     profiles: Option<Spanned<Vec<String>>>,
+    overrides: Option<Spanned<BTreeMap<String, Vec<String>>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -386,6 +387,12 @@ pub struct ComposeSettings {
     pub profiles: Option<Vec<String>>,
     /// Line of `profiles` in the manifest, for diagnostics.
     pub profiles_line: u32,
+    /// Files merged over a Compose file, in order (docker compose's further
+    /// `-f` files): main file → override files, rendered repo paths. A main
+    /// file listed here does not get its default `compose.override.yaml`.
+    pub overrides: BTreeMap<String, Vec<String>>,
+    /// Line of `overrides` in the manifest, for diagnostics.
+    pub overrides_line: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -920,6 +927,37 @@ fn compose_settings(name: &str, raw: RawCompose, diags: &mut Diagnostics) -> Com
         }
         settings.profiles = Some(profiles.value);
         settings.profiles_line = line;
+    }
+    if let Some(overrides) = raw.overrides {
+        let line = overrides.referenced.line() as u32;
+        for (main, list) in &overrides.value {
+            let mut seen = BTreeSet::new();
+            for file in std::iter::once(main).chain(list) {
+                let bad = file.starts_with('/')
+                    || file
+                        .split('/')
+                        .any(|c| c == ".." || c == "." || c.is_empty());
+                let problem = if bad {
+                    Some(format!("`{file}` is not a repo path"))
+                } else if !seen.insert(file.as_str()) {
+                    Some(format!("`{file}` is listed twice for `{main}`"))
+                } else {
+                    None
+                };
+                if let Some(problem) = problem {
+                    diags.push(
+                        Diagnostic::error(format!(
+                            "environments.{name}.compose.overrides: {problem}"
+                        ))
+                        .file(FILE)
+                        .line(line)
+                        .hint("map a Compose file's repo path to the files merged over it, e.g. `compose/app.yaml: [compose/app.prod.yaml]`"),
+                    );
+                }
+            }
+        }
+        settings.overrides = overrides.value;
+        settings.overrides_line = line;
     }
     settings
 }

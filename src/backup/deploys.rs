@@ -3,9 +3,16 @@
 //! a rollback returns to — those taken before a deploy while that commit
 //! was running, so their data fits it.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
-use crate::store::{BackupRun, Store, StoreError};
+use super::Context;
+use super::codec::Identities;
+use super::runner;
+use crate::model::{BackupJob, DesiredState};
+use crate::secrets::Masker;
+use crate::store::{BackupRun, BackupTrigger, Store, StoreError};
 
 /// A backup taken before a deploy, as `history` and `rollback` name it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -110,6 +117,80 @@ pub fn annotate(store: &Store, records: &mut [serde_json::Value]) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// Connects a backup context for `desired`: its Docker target, the
+/// rendered files (the `config` source), and the identities that decrypt
+/// backups for verification when the host has them.
+pub async fn connect(
+    desired: &DesiredState,
+    files: Vec<(String, Vec<u8>)>,
+    masker: Masker,
+) -> Result<Context, String> {
+    let identities = Identities::from_env().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "backup identity not usable: encrypted backups are verified by checksum only");
+        None
+    });
+    Ok(Context::connect(desired, files, masker)
+        .await
+        .map_err(|e| e.to_string())?
+        .with_identities(identities))
+}
+
+/// Runs the `before_apply` jobs of `desired` ahead of a deploy of `env`,
+/// recorded with reconcile `reconcile_id`; returns the backups taken
+/// (`job/id`). An error names the failed job: the deploy must not go ahead
+/// without its backup. A job whose service has no running container yet
+/// (a first deploy) is skipped.
+pub async fn before_apply(
+    store: &Arc<Store>,
+    env: &str,
+    desired: &DesiredState,
+    files: Vec<(String, Vec<u8>)>,
+    masker: &Masker,
+    reconcile_id: i64,
+) -> Result<Vec<String>, String> {
+    let jobs: Vec<&BackupJob> = desired.backups.iter().filter(|j| j.before_apply).collect();
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ctx = connect(desired, files, masker.clone()).await?;
+    let mut ids = Vec::new();
+    for job in jobs {
+        let report = runner::run_for(
+            &ctx,
+            job,
+            BackupTrigger::BeforeApply,
+            None,
+            Some(reconcile_id),
+        )
+        .await;
+        // Nothing deployed yet is no failed run: there was nothing to lose.
+        if !report.nothing_to_back_up {
+            runner::record(
+                store,
+                &ctx.env,
+                job,
+                BackupTrigger::BeforeApply,
+                Some(reconcile_id),
+                &report,
+            )
+            .await;
+        }
+        match (&report.error, report.nothing_to_back_up) {
+            (None, _) => ids.push(format!("{}/{}", job.name, report.id.unwrap_or_default())),
+            (Some(e), true) => {
+                tracing::info!(env = %env, job = %job.name, error = %e, "before_apply backup skipped: nothing deployed to back up yet")
+            }
+            (Some(e), false) => {
+                return Err(format!(
+                    "before_apply backup job {} failed, nothing applied: {e}",
+                    job.name
+                ));
+            }
+        }
+    }
+    Ok(ids)
 }
 
 #[cfg(test)]

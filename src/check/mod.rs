@@ -169,16 +169,18 @@ pub fn environment(
         }
     };
 
-    // Compose projects.
+    // Compose projects. A file merged over another (`compose.override.yaml`
+    // next to `compose.yaml`, or `compose.overrides` in driftless.yaml) or
+    // included by another is part of that project, not one of its own.
     let variables = compose_variables(renderer.values());
-    let options = compose::Options {
-        profiles: env.compose.profiles.as_deref(),
-        profiles_origin: (crate::manifest::FILE, env.compose.profiles_line),
-        values_file: Some(&env.values),
-    };
-    let mut projects: Vec<Project> = Vec::new();
-    let mut stacks_failed = false;
+    let overrides = compose_overrides(env, &sel.stacks, &outputs, &mut diags);
+    let merged: BTreeSet<&str> = overrides.values().flatten().map(String::as_str).collect();
+    let secret = |name: &str| renderer.secret(name);
+    let mut loads = Vec::new();
     for path in &sel.stacks {
+        if merged.contains(path.as_str()) {
+            continue;
+        }
         let Some((rendered, text)) = text_of(path, &mut diags) else {
             continue;
         };
@@ -206,15 +208,49 @@ pub fn environment(
             is_dir: &list_dir,
             yaml: manifest.yaml,
         };
-        match compose::load_with(&input, &options) {
-            Ok((project, w)) => {
-                warnings.extend(w.into_iter().map(|d| located(d, &rendered)));
+        let options = compose::Options {
+            profiles: env.compose.profiles.as_deref(),
+            profiles_origin: (crate::manifest::FILE, env.compose.profiles_line),
+            values_file: Some(&env.values),
+            overrides: overrides.get(path).map_or(&[], Vec::as_slice),
+            secret: Some(&secret),
+        };
+        loads.push((path, rendered, compose::load_project(&input, &options)));
+    }
+    let included: BTreeSet<String> = loads
+        .iter()
+        .filter_map(|(path, _, r)| r.as_ref().ok().map(|l| (path, l)))
+        .flat_map(|(path, l)| l.files.iter().filter(move |f| *f != *path).cloned())
+        .collect();
+    let mut projects: Vec<Project> = Vec::new();
+    let mut stacks_failed = false;
+    for (path, rendered, result) in loads {
+        if included.contains(path.as_str()) {
+            continue;
+        }
+        let files = files.borrow();
+        let locate = |d: Diagnostic| match d.file.as_deref().and_then(|f| files.get(f)) {
+            Some(r) => located(d, r),
+            None => located(d, &rendered),
+        };
+        match result {
+            Ok(loaded) => {
+                let project = loaded.project;
+                // Compose secret values are masked in every output, as
+                // `secret()` values are.
+                for f in project.services.values().flat_map(|s| &s.secrets) {
+                    if let Ok(value) = std::str::from_utf8(&f.content) {
+                        renderer.record_secret(value);
+                    }
+                }
+                warnings.extend(loaded.warnings.into_iter().map(locate));
                 for (name, service) in &project.services {
                     if let Some(file) = service.unwritable_file() {
                         diags.push(located(
                             Diagnostic::error(format!(
                                 "config file {file} cannot be delivered: the service is `read_only` and the engine refuses to write to a read-only root file system"
                             ))
+                            .file(service.origin.file.clone())
                             .line(service.origin.line)
                             .object(format!("services.{name}"))
                             .hint("mount a volume (or tmpfs) at the file's directory, or drop `read_only`"),
@@ -237,7 +273,7 @@ pub fn environment(
             }
             Err(d) => {
                 stacks_failed = true;
-                diags.extend(d.into_iter().map(|d| located(d, &rendered)));
+                diags.extend(d.into_iter().map(locate));
             }
         }
     }
@@ -427,6 +463,63 @@ pub fn environment(
 /// Profiles set for the whole environment (driftless.yaml's
 /// `compose.profiles`, or `COMPOSE_PROFILES` in the values) must each be
 /// used by a service of one of its projects.
+/// The files merged over each Compose file of the environment, in order:
+/// driftless.yaml's `compose.overrides` for it, else the override file
+/// docker compose would pick up next to it. An override entry that names
+/// no Compose file of the environment, or a file that is not there, is an
+/// error at its line in driftless.yaml.
+fn compose_overrides(
+    env: &Environment,
+    stacks: &[String],
+    outputs: &[String],
+    diags: &mut Diagnostics,
+) -> BTreeMap<String, Vec<String>> {
+    let exists = |p: &str| outputs.iter().any(|o| o == p);
+    let mut out = BTreeMap::new();
+    let at = |message: String, hint: &str| {
+        Diagnostic::error(message)
+            .file(crate::manifest::FILE)
+            .line(env.compose.overrides_line)
+            .hint(hint.to_owned())
+    };
+    for (main, list) in &env.compose.overrides {
+        if !stacks.contains(main) {
+            diags.push(at(
+                format!(
+                    "environments.{}.compose.overrides: `{main}` is not a Compose file of the environment",
+                    env.name
+                ),
+                "name a file that `paths.stacks` selects (its rendered path)",
+            ));
+            continue;
+        }
+        for file in list {
+            if !exists(file) {
+                diags.push(at(
+                    format!(
+                        "environments.{}.compose.overrides: `{file}` (merged over `{main}`) is not in the repository",
+                        env.name
+                    ),
+                    "use the rendered repo path of the file, e.g. `compose/app.prod.yaml`",
+                ));
+            }
+        }
+        out.insert(
+            main.clone(),
+            list.iter().filter(|f| exists(f)).cloned().collect(),
+        );
+    }
+    for main in stacks {
+        if out.contains_key(main) {
+            continue;
+        }
+        if let Some(over) = compose::default_override(main, &exists) {
+            out.insert(main.clone(), vec![over]);
+        }
+    }
+    out
+}
+
 fn check_environment_profiles(
     env: &Environment,
     variables: &BTreeMap<String, String>,

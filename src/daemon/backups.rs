@@ -2,8 +2,9 @@
 //! the commit last deployed good, on their cron schedules in their time
 //! zones; reports runs missed while the daemon was down (and runs them once
 //! when the job says `run_missed`); raises an alert for a failed run and
-//! for a job that has not succeeded within twice its interval. And
-//! [`before_apply`]: the jobs a deploy runs first.
+//! for a job that has not succeeded within twice its interval. The jobs a
+//! deploy runs first are `backup::deploys::before_apply`, run by the
+//! pipeline.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -15,11 +16,9 @@ use super::alert::{Event, EventKind};
 use super::pass::EnvContext;
 use super::repo::Lookup;
 use crate::backup::Context;
-use crate::backup::codec::Identities;
 use crate::backup::runner::{self, RunReport};
 use crate::check::schedule::Schedule;
-use crate::model::{BackupJob, DesiredState};
-use crate::secrets::Masker;
+use crate::model::BackupJob;
 use crate::source::CommitId;
 use crate::store::BackupTrigger;
 
@@ -220,27 +219,12 @@ async fn load(env: &EnvContext, commit: &CommitId) -> Result<Loaded, String> {
         .iter()
         .filter_map(|j| Schedule::parse(&j.schedule).ok().map(|s| (j.clone(), s)))
         .collect();
-    let ctx = context(&loaded.checked.state, files, masker).await?;
+    let ctx = crate::backup::deploys::connect(&loaded.checked.state, files, masker).await?;
     Ok(Loaded {
         commit: commit.clone(),
         ctx,
         jobs,
     })
-}
-
-async fn context(
-    desired: &DesiredState,
-    files: Vec<(String, Vec<u8>)>,
-    masker: Masker,
-) -> Result<Context, String> {
-    let identities = Identities::from_env().unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "backup identity not usable: encrypted backups are verified by checksum only");
-        None
-    });
-    Ok(Context::connect(desired, files, masker)
-        .await
-        .map_err(|e| e.to_string())?
-        .with_identities(identities))
 }
 
 async fn notify(env: &EnvContext, kind: EventKind, message: String) {
@@ -256,60 +240,6 @@ async fn notify(env: &EnvContext, kind: EventKind, message: String) {
         daemon: env.identity.clone(),
     };
     env.notifier.send(&head.notifications, &event).await;
-}
-
-/// Runs the `before_apply` jobs of `desired` ahead of a deploy, recorded
-/// with reconcile `reconcile_id`. An error names the failed job: the deploy
-/// must not go ahead without its backup. A job whose service has no running
-/// container yet (a first deploy) is skipped.
-pub async fn before_apply(
-    env: &EnvContext,
-    desired: &DesiredState,
-    files: Vec<(String, Vec<u8>)>,
-    masker: &Masker,
-    reconcile_id: i64,
-) -> Result<Vec<String>, String> {
-    let jobs: Vec<&BackupJob> = desired.backups.iter().filter(|j| j.before_apply).collect();
-    if jobs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ctx = context(desired, files, masker.clone()).await?;
-    let mut ids = Vec::new();
-    for job in jobs {
-        let report = runner::run_for(
-            &ctx,
-            job,
-            BackupTrigger::BeforeApply,
-            None,
-            Some(reconcile_id),
-        )
-        .await;
-        // Nothing deployed yet is no failed run: there was nothing to lose.
-        if !report.nothing_to_back_up {
-            runner::record(
-                &env.store,
-                &ctx.env,
-                job,
-                BackupTrigger::BeforeApply,
-                Some(reconcile_id),
-                &report,
-            )
-            .await;
-        }
-        match (&report.error, report.nothing_to_back_up) {
-            (None, _) => ids.push(format!("{}/{}", job.name, report.id.unwrap_or_default())),
-            (Some(e), true) => {
-                tracing::info!(env = %env.name, job = %job.name, error = %e, "before_apply backup skipped: nothing deployed to back up yet")
-            }
-            (Some(e), false) => {
-                return Err(format!(
-                    "before_apply backup job {} failed, nothing applied: {e}",
-                    job.name
-                ));
-            }
-        }
-    }
-    Ok(ids)
 }
 
 #[cfg(test)]

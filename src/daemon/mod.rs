@@ -37,7 +37,6 @@ pub mod config;
 pub mod lease;
 pub mod lock;
 pub mod pass;
-pub mod probe;
 pub mod repo;
 pub mod triggers;
 pub mod worker;
@@ -166,6 +165,8 @@ async fn open_store(config: &DaemonConfig) -> Result<Store> {
 /// Runs the daemon until a signal; returns the exit code.
 pub async fn run(config: DaemonConfig) -> Result<i32> {
     tracing::info!(config = %config.sanitized(), "driftless daemon starting");
+    let nofile = crate::http::server::raise_nofile_limit();
+    tracing::info!(limit = nofile, "open descriptors allowed");
     let masker = daemon_masker(&config);
     let store = Arc::new(open_store(&config).await?);
     let limits = Limits::default();
@@ -352,6 +353,10 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
         webhook_secret: config.webhook.secret.clone(),
         api_token: config.api_token.clone(),
         limiter: crate::http::RateLimiter::new(config.webhook.rate_limit, config.webhook.burst),
+        unsigned_limiter: crate::http::RateLimiter::new(
+            config.webhook.rate_limit,
+            config.webhook.burst,
+        ),
         ready: Default::default(),
         masker: masker.clone(),
         metrics: metrics.clone(),
@@ -370,16 +375,8 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
         }
         let app = crate::http::router(state.clone(), config.webhook.max_body_bytes);
         let stop = cancel.child_token();
-        tasks.spawn(async move {
-            // Connect info: `api.reads: loopback` needs the peer address.
-            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
+        let limits = crate::http::server::Limits::for_descriptors(nofile);
+        tasks.spawn(crate::http::server::serve(listener, app, limits, stop));
         tracing::info!(address = %local, "listening");
     }
     state.ready.store(true, Ordering::Relaxed);

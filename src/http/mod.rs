@@ -27,6 +27,7 @@ use crate::store::{Store, Trigger};
 pub mod api;
 pub mod client;
 pub mod metrics;
+pub mod server;
 pub mod status;
 pub mod webhook;
 
@@ -47,7 +48,11 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub webhook_secret: Option<Secret>,
     pub api_token: Option<Secret>,
+    /// Signed webhook deliveries.
     pub limiter: RateLimiter,
+    /// Webhook requests whose signature fails: a bucket of their own, so
+    /// forgeries never spend the signed deliveries' budget.
+    pub unsigned_limiter: RateLimiter,
     pub ready: AtomicBool,
     pub masker: Masker,
     /// Counters the workers and handlers update; `/metrics` shows them.
@@ -236,19 +241,52 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> axum::Router {
             post(webhook::github).layer(DefaultBodyLimit::max(max_body_bytes)),
         );
     }
-    app.with_state(state)
+    app.layer(axum::middleware::map_response(nosniff))
+        .with_state(state)
+}
+
+/// Every answer says what it is: browsers must not sniff a JSON or text
+/// answer into HTML.
+async fn nosniff(mut resp: Response) -> Response {
+    resp.headers_mut().insert(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        axum::http::HeaderValue::from_static("nosniff"),
+    );
+    resp
 }
 
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Ready: started, the store reads and its last write did not fail at the
+/// disk, and no environment is waiting out a backoff because something it
+/// needs (the engine, the repo) is unreachable. The body says which.
 async fn readyz(State(s): State<Arc<AppState>>) -> Response {
-    if s.ready.load(Ordering::Relaxed) && s.store.call(|s| s.schema_version()).await.is_ok() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    let not_ready =
+        |why: String| (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response();
+    if !s.ready.load(Ordering::Relaxed) {
+        return not_ready("starting".to_owned());
     }
+    if s.store.call(|s| s.schema_version()).await.is_err() {
+        return not_ready("the state store cannot be read".to_owned());
+    }
+    if !s.store.writable() {
+        return not_ready("the state store cannot write (disk full or failing)".to_owned());
+    }
+    let stuck: Vec<&str> = s
+        .envs
+        .iter()
+        .filter(|(_, e)| e.stats.snapshot().last_error.is_some())
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if !stuck.is_empty() {
+        return not_ready(format!(
+            "unreachable, retrying with backoff: {}",
+            stuck.join(", ")
+        ));
+    }
+    (StatusCode::OK, "ready\n").into_response()
 }
 
 /// A JSON answer `{"status": …, …}` with a status code.
@@ -279,9 +317,35 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
 }
 
 impl Caller {
+    /// Whether the peer is on loopback; an IPv4 peer of a dual-stack
+    /// listener (`::ffff:127.0.0.1`) counts as the IPv4 address it is.
     fn is_loopback(&self) -> bool {
-        self.0.is_some_and(|a| a.ip().is_loopback())
+        self.0.is_some_and(|a| a.ip().to_canonical().is_loopback())
     }
+}
+
+/// Whether a request's `Host` names this machine's loopback: `localhost`
+/// (or a name under `.localhost`) or a loopback address, with or without a
+/// port. A page a browser loaded from another name (DNS rebinding:
+/// `rebind.attacker.example` resolving to 127.0.0.1) sends that name, and is
+/// refused a token-less read. No `Host` at all (HTTP/1.0) is no browser's.
+fn host_is_loopback(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(axum::http::header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// Whether a read (page, `/metrics`, API GET) is allowed, by `api.reads`:
@@ -292,13 +356,13 @@ pub fn read_allowed(s: &AppState, caller: Caller, headers: &HeaderMap) -> Result
     match s.reads {
         ReadAccess::Open => Ok(()),
         ReadAccess::Token => authorized(s, headers),
-        ReadAccess::Loopback if caller.is_loopback() => Ok(()),
+        ReadAccess::Loopback if caller.is_loopback() && host_is_loopback(headers) => Ok(()),
         ReadAccess::Loopback => match authorized(s, headers) {
             Ok(()) => Ok(()),
             Err(r) if headers.contains_key("authorization") => Err(r),
             Err(_) => Err(answer(
                 StatusCode::FORBIDDEN,
-                serde_json::json!({"error": "reads are open to loopback callers only (api.reads: loopback); send the API bearer token"}),
+                serde_json::json!({"error": "reads are open to loopback callers that name a loopback host only (api.reads: loopback); send the API bearer token"}),
             )),
         },
     }
@@ -465,6 +529,48 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn host(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(axum::http::header::HOST, value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn only_loopback_host_names_read_without_a_token() {
+        for ok in [
+            "localhost",
+            "localhost:8080",
+            "LOCALHOST.",
+            "status.localhost:1",
+            "127.0.0.1:9000",
+            "127.3.2.1",
+            "[::1]:9000",
+            "[::ffff:127.0.0.1]:80",
+        ] {
+            assert!(host_is_loopback(&host(ok)), "{ok}");
+        }
+        for bad in [
+            "rebind.attacker.example",
+            "rebind.attacker.example:9000",
+            "localhost.attacker.example",
+            "10.0.0.1:80",
+            "[2001:db8::1]:80",
+            "",
+        ] {
+            assert!(!host_is_loopback(&host(bad)), "{bad}");
+        }
+        assert!(host_is_loopback(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn a_v4_mapped_loopback_peer_is_loopback() {
+        let mapped: std::net::SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
+        assert!(Caller(Some(mapped)).is_loopback());
+        let remote: std::net::SocketAddr = "[::ffff:10.1.2.3]:5000".parse().unwrap();
+        assert!(!Caller(Some(remote)).is_loopback());
+        assert!(!Caller(None).is_loopback());
+    }
 
     #[test]
     fn rate_limiter_allows_the_burst_then_refuses() {

@@ -2,8 +2,9 @@
 //!
 //! The signature (`X-Hub-Signature-256: sha256=<hex>`, HMAC-SHA256 of the
 //! raw body under the configured secret) is checked first, in constant time
-//! (`Mac::verify_slice`); then the delivery id is recorded (a replay is
-//! acknowledged and ignored); then the event decides: `ping` → 200, a
+//! (`Mac::verify_slice`), and unsigned requests are rate-limited apart from
+//! signed ones; then the payload is read; then the delivery id is recorded
+//! (a replay is acknowledged and ignored); then the event decides: `ping` → 200, a
 //! `push` to a tracked branch → 202 and its environments marked dirty,
 //! anything else → 202 with the reason. Both content types GitHub offers
 //! are read (`application/json`, and form-encoded `payload=`).
@@ -92,15 +93,13 @@ fn done(s: &AppState, outcome: &str, code: StatusCode, body: serde_json::Value) 
 }
 
 /// The handler. Never fetches or applies: it marks environments dirty.
+///
+/// The signature is checked before anything else counts: requests that
+/// fail it spend the unauthenticated bucket ([`AppState::unsigned_limiter`]),
+/// so a flood of forgeries never rate-limits a correctly signed push. A
+/// delivery id is recorded only once the payload has been read, so a
+/// redelivery of a delivery that was refused as malformed is read again.
 pub async fn github(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    if !s.limiter.allow() {
-        return done(
-            &s,
-            "rate_limited",
-            StatusCode::TOO_MANY_REQUESTS,
-            json!({"error": "too many requests"}),
-        );
-    }
     let Some(secret) = &s.webhook_secret else {
         return done(
             &s,
@@ -114,6 +113,9 @@ pub async fn github(State(s): State<Arc<AppState>>, headers: HeaderMap, body: By
         &body,
         header(&headers, "x-hub-signature-256"),
     ) {
+        if !s.unsigned_limiter.allow() {
+            return rate_limited(&s);
+        }
         tracing::warn!("webhook: missing or wrong signature");
         return done(
             &s,
@@ -122,7 +124,35 @@ pub async fn github(State(s): State<Arc<AppState>>, headers: HeaderMap, body: By
             json!({"error": "missing or wrong X-Hub-Signature-256"}),
         );
     }
+    if !s.limiter.allow() {
+        return rate_limited(&s);
+    }
     let event = header(&headers, "x-github-event").unwrap_or("").to_owned();
+    let push = match event.as_str() {
+        "" => {
+            return done(
+                &s,
+                "bad_request",
+                StatusCode::BAD_REQUEST,
+                json!({"error": "missing X-GitHub-Event"}),
+            );
+        }
+        "push" => {
+            let content_type = header(&headers, "content-type").unwrap_or("application/json");
+            match payload(content_type, &body).and_then(|doc| decide_push(&doc)) {
+                Ok(decision) => Some(decision),
+                Err(e) => {
+                    return done(
+                        &s,
+                        "bad_request",
+                        StatusCode::BAD_REQUEST,
+                        json!({"error": e}),
+                    );
+                }
+            }
+        }
+        _ => None,
+    };
     if let Some(delivery) = header(&headers, "x-github-delivery") {
         let (id, kind) = (delivery.to_owned(), event.clone());
         let recorded = s
@@ -150,78 +180,62 @@ pub async fn github(State(s): State<Arc<AppState>>, headers: HeaderMap, body: By
             }
         }
     }
-    match event.as_str() {
-        "ping" => done(&s, "pong", StatusCode::OK, json!({"status": "pong"})),
-        "push" => {
-            let content_type = header(&headers, "content-type").unwrap_or("application/json");
-            let doc = match payload(content_type, &body) {
-                Ok(d) => d,
-                Err(e) => {
-                    return done(
-                        &s,
-                        "bad_request",
-                        StatusCode::BAD_REQUEST,
-                        json!({"error": e}),
-                    );
-                }
-            };
-            match decide_push(&doc) {
-                Err(e) => done(
-                    &s,
-                    "bad_request",
-                    StatusCode::BAD_REQUEST,
-                    json!({"error": e}),
-                ),
-                Ok(PushDecision::Ignored(reason)) => done(
-                    &s,
-                    "ignored",
-                    StatusCode::ACCEPTED,
-                    json!({"status": "ignored", "reason": reason}),
-                ),
-                Ok(PushDecision::Branch(branch)) => {
-                    let envs = s
-                        .branches
-                        .read()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(&branch)
-                        .cloned()
-                        .unwrap_or_default();
-                    if envs.is_empty() {
-                        return done(
-                            &s,
-                            "ignored",
-                            StatusCode::ACCEPTED,
-                            json!({"status": "ignored", "reason": format!("branch {branch} is not followed by an environment this daemon drives")}),
-                        );
-                    }
-                    for env in &envs {
-                        if let Some(e) = s.envs.get(env) {
-                            e.dirty.mark(Trigger::Webhook);
-                        }
-                    }
-                    tracing::info!(branch = %branch, environments = ?envs, "webhook: push accepted");
-                    done(
-                        &s,
-                        "accepted",
-                        StatusCode::ACCEPTED,
-                        json!({"status": "accepted", "environments": envs}),
-                    )
-                }
-            }
-        }
-        "" => done(
+    match (event.as_str(), push) {
+        ("ping", _) => done(&s, "pong", StatusCode::OK, json!({"status": "pong"})),
+        (_, Some(PushDecision::Ignored(reason))) => done(
             &s,
-            "bad_request",
-            StatusCode::BAD_REQUEST,
-            json!({"error": "missing X-GitHub-Event"}),
+            "ignored",
+            StatusCode::ACCEPTED,
+            json!({"status": "ignored", "reason": reason}),
         ),
-        other => done(
+        (_, Some(PushDecision::Branch(branch))) => push_to(&s, branch),
+        (other, None) => done(
             &s,
             "ignored",
             StatusCode::ACCEPTED,
             json!({"status": "ignored", "reason": format!("event `{other}` is not handled")}),
         ),
     }
+}
+
+fn rate_limited(s: &AppState) -> Response {
+    done(
+        s,
+        "rate_limited",
+        StatusCode::TOO_MANY_REQUESTS,
+        json!({"error": "too many requests"}),
+    )
+}
+
+/// A push to `branch`: marks the environments that follow it dirty.
+fn push_to(s: &AppState, branch: String) -> Response {
+    let envs = s
+        .branches
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&branch)
+        .cloned()
+        .unwrap_or_default();
+    if envs.is_empty() {
+        return done(
+            s,
+            "ignored",
+            StatusCode::ACCEPTED,
+            json!({"status": "ignored", "reason": format!("branch {branch} is not followed by an environment this daemon drives")}),
+        );
+    }
+    for env in &envs {
+        if let Some(e) = s.envs.get(env) {
+            e.dirty.mark(Trigger::Webhook);
+        }
+    }
+    tracing::info!(branch = %branch, environments = ?envs, "webhook: push accepted");
+    done(
+        s,
+        "accepted",
+        StatusCode::ACCEPTED,
+        json!({"status": "accepted", "environments": envs}),
+    )
 }
 
 #[cfg(test)]

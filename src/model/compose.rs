@@ -53,6 +53,11 @@ pub struct Service {
     /// Files from the repo delivered into the container before it starts
     /// (relative bind mounts of files, and `configs`).
     pub files: Vec<FileMount>,
+    /// Compose `secrets:`, delivered like [`Service::files`] (at
+    /// `/run/secrets/<target>` by default) but never shown: the config hash
+    /// and the readable definition carry a digest of each value, and every
+    /// value is masked in output.
+    pub secrets: Vec<FileMount>,
     /// Network name (project-level key) → attachment. Empty with no
     /// `network_mode`: the project's `default` network.
     pub networks: BTreeMap<String, ServiceNetwork>,
@@ -213,12 +218,16 @@ impl Service {
                 _ => None,
             })
             .collect();
-        self.files.iter().map(|f| f.target.as_str()).find(|t| {
-            !mounts.iter().any(|m| {
-                t.strip_prefix(m.trim_end_matches('/'))
-                    .is_some_and(|rest| rest.starts_with('/'))
+        self.files
+            .iter()
+            .chain(&self.secrets)
+            .map(|f| f.target.as_str())
+            .find(|t| {
+                !mounts.iter().any(|m| {
+                    t.strip_prefix(m.trim_end_matches('/'))
+                        .is_some_and(|rest| rest.starts_with('/'))
+                })
             })
-        })
     }
 }
 

@@ -35,6 +35,9 @@ pub(super) struct Ledger {
     source: SecretSource,
     mode: SecretMode,
     seen: Mutex<BTreeMap<String, Lookup>>,
+    /// Values that came from elsewhere (Compose secrets read from a repo
+    /// file or a variable), masked like the ones handed out.
+    extra: Mutex<Vec<String>>,
     /// Stand-ins by (name, shadow), so one shadow render sees one value
     /// per name.
     stand_ins: Mutex<BTreeMap<(String, usize), String>>,
@@ -83,6 +86,7 @@ impl Ledger {
             source,
             mode,
             seen: Mutex::new(BTreeMap::new()),
+            extra: Mutex::new(Vec::new()),
             stand_ins: Mutex::new(BTreeMap::new()),
             seed: seed.finish(),
             derived: Mutex::new(BTreeSet::new()),
@@ -165,13 +169,17 @@ impl Ledger {
             .extend(forms);
     }
 
-    /// A masker for every value handed out so far and the text derived
-    /// from them.
+    /// A masker for every value handed out or recorded so far and the
+    /// text derived from them.
     pub(super) fn masker(&self) -> Masker {
         let mut m = Masker::from_values(self.seen().values().filter_map(|l| match l {
             Lookup::Found(v) => Some(v.as_str()),
             Lookup::Missing(_) => None,
         }));
+        let extra = self.extra.lock().unwrap_or_else(PoisonError::into_inner);
+        for v in extra.iter() {
+            m.add(v);
+        }
         for d in self
             .derived
             .lock()
@@ -181,6 +189,17 @@ impl Ledger {
             m.add(d);
         }
         m
+    }
+
+    /// Records a secret value that did not come from `secret()`, so it is
+    /// masked too (log lines from now on, every output through
+    /// [`Ledger::masker`]).
+    pub(super) fn record(&self, value: &str) {
+        crate::secrets::mask_logs_of(&Masker::from_values([value]));
+        let mut extra = self.extra.lock().unwrap_or_else(PoisonError::into_inner);
+        if !extra.iter().any(|v| v == value) {
+            extra.push(value.to_owned());
+        }
     }
 
     /// Names asked for that were not set, sorted.

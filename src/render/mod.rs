@@ -340,6 +340,23 @@ impl Renderer {
         self.ledger.masker()
     }
 
+    /// A secret by name, exactly as `secret(name)` in a template gives it
+    /// (recorded for masking; a placeholder when missing in
+    /// [`SecretMode::Placeholder`]). Compose's `x-driftless-secret` reads
+    /// its values here.
+    pub fn secret(&self, name: &str) -> Result<String, String> {
+        self.ledger.secret(name).map_err(|e| {
+            e.detail()
+                .map_or_else(|| e.to_string(), std::borrow::ToOwned::to_owned)
+        })
+    }
+
+    /// Records a secret value read elsewhere (a Compose secret's `file:` or
+    /// `environment:`) so that every output masks it.
+    pub fn record_secret(&self, value: &str) {
+        self.ledger.record(value);
+    }
+
     /// Names `secret()` was called with that are not set, sorted. In
     /// [`SecretMode::Require`] each of these also failed its render.
     pub fn missing_secrets(&self) -> Vec<String> {

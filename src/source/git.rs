@@ -193,12 +193,21 @@ impl Repo {
             ]
         };
         for name in &names {
-            // An invalid ref name (`a..b`) is simply not a ref.
-            if let Ok(Some(mut reference)) = repo.try_find_reference(name.as_str()) {
-                let commit = reference.peel_to_commit().map_err(|e| {
-                    fail(format!("`{name}` does not lead to a commit: {}", chain(&e)))
-                })?;
-                return Ok(commit.id.to_string());
+            match repo.try_find_reference(name.as_str()) {
+                Ok(Some(mut reference)) => {
+                    let commit = reference.peel_to_commit().map_err(|e| {
+                        fail(format!("`{name}` does not lead to a commit: {}", chain(&e)))
+                    })?;
+                    return Ok(commit.id.to_string());
+                }
+                Ok(None) => {}
+                // Reading the refs failed (out of descriptors, a vanished
+                // file): say so, never "no such branch".
+                Err(e) if io_cause(&e).is_some() => {
+                    return Err(fail(format!("cannot read `{name}`: {}", chain(&e))));
+                }
+                // An invalid ref name (`a..b`) is simply not a ref.
+                Err(_) => {}
             }
         }
         let id = repo.rev_parse_single(rev).map_err(|e| {
@@ -709,6 +718,18 @@ pub(crate) fn git_error(
     err: &(dyn std::error::Error + 'static),
 ) -> SourceError {
     SourceError::Git(format!("{context}: {}", chain(err)))
+}
+
+/// The I/O error somewhere in `e`'s chain of causes, if any.
+fn io_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        cur = err.source();
+    }
+    None
 }
 
 #[cfg(test)]

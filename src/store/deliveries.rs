@@ -40,4 +40,25 @@ mod tests {
         assert!(s.record_delivery("d2", "ping", t(2)).unwrap());
         assert_eq!(s.delivery_count().unwrap(), 2);
     }
+
+    #[test]
+    fn a_write_failing_at_the_disk_marks_the_store_unwritable_until_one_succeeds() {
+        let t = |s| UNIX_EPOCH + Duration::from_secs(s);
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.writable());
+        // query_only makes SQLite refuse writes as it does on a read-only disk.
+        s.with(|c| Ok(c.execute_batch("PRAGMA query_only = 1")?))
+            .unwrap();
+        let err = s.record_delivery("d1", "push", t(1)).unwrap_err();
+        assert!(err.is_disk_failure(), "{err}");
+        assert!(!s.writable());
+        // Reads that work do not make it writable again; a write that works does.
+        assert_eq!(s.delivery_count().unwrap(), 0);
+        assert!(!s.writable());
+        s.with(|c| Ok(c.execute_batch("PRAGMA query_only = 0")?))
+            .unwrap();
+        assert!(s.record_delivery("d1", "push", t(2)).unwrap());
+        assert!(s.writable());
+    }
 }

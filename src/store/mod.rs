@@ -91,6 +91,19 @@ pub enum StoreError {
     Task(#[from] tokio::task::JoinError),
 }
 
+impl StoreError {
+    /// Whether SQLite failed at the disk: full, an I/O error, read-only, or
+    /// the file cannot be opened.
+    pub fn is_disk_failure(&self) -> bool {
+        use rusqlite::ErrorCode::*;
+        matches!(
+            self,
+            StoreError::Sql(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, DiskFull | SystemIoFailure | ReadOnly | CannotOpen)
+        )
+    }
+}
+
 /// The store's result type.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
@@ -98,6 +111,9 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub struct Store {
     conn: Mutex<Connection>,
     path: Option<PathBuf>,
+    /// Whether the last call that tried to write failed at the disk (full,
+    /// I/O error, read-only): `/readyz` answers 503 until a write succeeds.
+    write_failed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -219,6 +235,7 @@ impl Store {
         let store = Store {
             conn: Mutex::new(conn),
             path,
+            write_failed: Default::default(),
         };
         store.with(schema::migrate)?;
         Ok(store)
@@ -234,7 +251,21 @@ impl Store {
         // A panic while holding the lock leaves a consistent database
         // (transactions roll back on drop), so a poisoned lock is usable.
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut conn)
+        let before = conn.total_changes();
+        let out = f(&mut conn);
+        use std::sync::atomic::Ordering::Relaxed;
+        match &out {
+            Err(e) if e.is_disk_failure() => self.write_failed.store(true, Relaxed),
+            Ok(_) if conn.total_changes() != before => self.write_failed.store(false, Relaxed),
+            _ => {}
+        }
+        out
+    }
+
+    /// Whether the store can write, as far as its last write shows: `false`
+    /// after a write failed at the disk, until one succeeds.
+    pub fn writable(&self) -> bool {
+        !self.write_failed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs `f` in one transaction: it commits when `f` succeeds and rolls

@@ -14,6 +14,7 @@ mod branches;
 mod compose_backend;
 mod compose_keys;
 mod compose_project;
+mod compose_structure;
 mod corpus;
 mod daemon;
 mod daemon_support;

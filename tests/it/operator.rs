@@ -10,16 +10,17 @@
 //! secret in any answer).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use driftless::daemon::config::{ReadAccess, Secret};
 use driftless::daemon::worker::{Dirty, WorkerStats};
+use driftless::http::server::{Limits, serve as serve_http};
 use driftless::http::{AppState, EnvEntry, RateLimiter, router};
 use driftless::secrets::Masker;
 use driftless::store::{Finish, ImageIds, Kind, Outcome, Store, Timings, Trigger};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "operator-api-token-5521";
 const CANARY: &str = "op-LEAK-CANARY-secret-9173";
@@ -96,6 +97,19 @@ struct Served {
 }
 
 async fn serve(store: Arc<Store>, token: Option<&str>, reads: ReadAccess) -> Served {
+    serve_on(store, token, reads, None, "0.0.0.0:0", Limits::default()).await
+}
+
+/// [`serve`] with a webhook secret, a listen address and the listener's
+/// limits: the daemon's own accept loop.
+async fn serve_on(
+    store: Arc<Store>,
+    token: Option<&str>,
+    reads: ReadAccess,
+    webhook: Option<&str>,
+    listen: &str,
+    limits: Limits,
+) -> Served {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let envs: BTreeMap<String, EnvEntry> = ["dev", "prod"]
         .iter()
@@ -114,9 +128,12 @@ async fn serve(store: Arc<Store>, token: Option<&str>, reads: ReadAccess) -> Ser
         envs,
         branches: Arc::new(RwLock::new(BTreeMap::new())),
         store,
-        webhook_secret: None,
+        webhook_secret: webhook.map(Secret::new),
         api_token: token.map(Secret::new),
-        limiter: RateLimiter::new(1000, 1000),
+        // With a webhook: a small bucket, 1/s with bursts of 50, so a test
+        // can empty it.
+        limiter: RateLimiter::new(1, if webhook.is_some() { 50 } else { 1000 }),
+        unsigned_limiter: RateLimiter::new(1, if webhook.is_some() { 50 } else { 1000 }),
         ready: true.into(),
         masker: Masker::from_values([CANARY.to_owned(), TOKEN.to_owned()]),
         metrics: Arc::new(driftless::http::metrics::Metrics::new(&names)),
@@ -125,13 +142,10 @@ async fn serve(store: Arc<Store>, token: Option<&str>, reads: ReadAccess) -> Ser
         pages: Default::default(),
         cache: Default::default(),
     });
-    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let app =
-        router(state.clone(), 1024 * 1024).into_make_service_with_connect_info::<SocketAddr>();
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let app = router(state.clone(), 1024 * 1024);
+    let task = tokio::spawn(serve_http(listener, app, limits, CancellationToken::new()));
     Served {
         base: format!("http://127.0.0.1:{port}"),
         outside: format!("http://{}:{port}", outside_ip()),
@@ -1163,4 +1177,287 @@ async fn the_cli_reads_the_daemon_and_token_from_the_environment() {
         2,
         "{out}"
     );
+}
+
+const HOOK: &str = "operator-hook-secret-4411";
+
+fn hook_signature(body: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(HOOK.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+async fn hook(s: &Served, event: &str, delivery: &str, body: &str, signed: bool) -> u16 {
+    let mut req = s
+        .client
+        .post(format!("{}/hooks/github", s.base))
+        .header("content-type", "application/json")
+        .header("x-github-event", event)
+        .header("x-github-delivery", delivery)
+        .body(body.to_owned());
+    if signed {
+        req = req.header("x-hub-signature-256", hook_signature(body.as_bytes()));
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn forged_webhooks_never_rate_limit_a_signed_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = seeded_store(dir.path());
+    let s = serve_on(
+        store,
+        Some(TOKEN),
+        ReadAccess::Loopback,
+        Some(HOOK),
+        "127.0.0.1:0",
+        Limits::default(),
+    )
+    .await;
+    // 300 unsigned requests: refused, and once their own bucket is empty, 429.
+    let mut codes = BTreeMap::new();
+    for i in 0..300 {
+        let code = hook(&s, "ping", &format!("forged-{i}"), "{}", false).await;
+        *codes.entry(code).or_insert(0) += 1;
+    }
+    assert_eq!(
+        codes.keys().copied().collect::<Vec<_>>(),
+        [401, 429],
+        "{codes:?}"
+    );
+    // A correctly signed delivery right after still gets through.
+    assert_eq!(hook(&s, "ping", "signed-1", "{}", true).await, 200);
+}
+
+#[tokio::test]
+async fn a_delivery_refused_as_malformed_is_read_again_when_redelivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = seeded_store(dir.path());
+    let s = serve_on(
+        store,
+        Some(TOKEN),
+        ReadAccess::Loopback,
+        Some(HOOK),
+        "127.0.0.1:0",
+        Limits::default(),
+    )
+    .await;
+    s.state
+        .branches
+        .write()
+        .unwrap()
+        .insert("main".into(), vec!["dev".into()]);
+    assert_eq!(hook(&s, "push", "d-1", "{not json", true).await, 400);
+    let push = r#"{"ref": "refs/heads/main"}"#;
+    assert_eq!(hook(&s, "push", "d-1", push, true).await, 202);
+    assert!(s.state.envs["dev"].dirty.is_pending());
+    // The same delivery a second time is the replay.
+    assert_eq!(hook(&s, "push", "d-1", push, true).await, 200);
+}
+
+#[tokio::test]
+async fn token_less_reads_need_a_loopback_host_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = seeded_store(dir.path());
+    let s = serve(store, Some(TOKEN), ReadAccess::Loopback).await;
+    for path in READS {
+        // A browser page from a rebinding name reaches 127.0.0.1 with its Host.
+        let r = s
+            .client
+            .get(format!("{}{path}", s.base))
+            .header("host", "rebind.attacker.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 403, "{path}");
+        let r = s
+            .client
+            .get(format!("{}{path}", s.base))
+            .header("host", "rebind.attacker.example")
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path} with the token");
+        let r = s
+            .client
+            .get(format!("{}{path}", s.base))
+            .header("host", "localhost")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path} as localhost");
+    }
+}
+
+#[tokio::test]
+async fn a_dual_stack_listener_serves_ipv4_loopback_as_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = seeded_store(dir.path());
+    let s = serve_on(
+        store,
+        Some(TOKEN),
+        ReadAccess::Loopback,
+        None,
+        "[::]:0",
+        Limits::default(),
+    )
+    .await;
+    for path in READS {
+        let (code, body) = s.get(&s.base, path, None).await;
+        assert_eq!(code, 200, "{path} from 127.0.0.1 on [::]: {body}");
+    }
+}
+
+#[tokio::test]
+async fn every_answer_forbids_content_sniffing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = seeded_store(dir.path());
+    let s = serve(store, Some(TOKEN), ReadAccess::Loopback).await;
+    for path in READS
+        .iter()
+        .chain(&["/healthz", "/readyz", "/no-such-route"])
+    {
+        let r = s
+            .client
+            .get(format!("{}{path}", s.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.headers()
+                .get("x-content-type-options")
+                .map(|v| v.to_str().unwrap()),
+            Some("nosniff"),
+            "{path}"
+        );
+    }
+    let r = s
+        .client
+        .get(format!("{}/", s.outside))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(r.headers().contains_key("x-content-type-options"));
+}
+
+/// Reads a connection until the server closes it; `None` if it stays open
+/// for `patience`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, patience: Duration) -> Option<()> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(patience, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_connections_are_closed_and_the_page_still_answers() {
+    use tokio::io::AsyncWriteExt;
+    driftless::http::server::raise_nofile_limit();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = seeded_store(dir.path());
+    let limits = Limits {
+        header_read: Duration::from_secs(2),
+        request: Duration::from_secs(2),
+        connections: 2048,
+    };
+    let s = serve_on(
+        store,
+        Some(TOKEN),
+        ReadAccess::Loopback,
+        None,
+        "127.0.0.1:0",
+        limits,
+    )
+    .await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+
+    // 1,100 sockets that never send a byte: the page still answers.
+    let mut idle = Vec::new();
+    for _ in 0..1100 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let (code, _) = s.get(&s.base, "/", None).await;
+    assert_eq!(code, 200);
+    // A slow-loris head, and a body trickled after a whole head.
+    let mut loris = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    loris
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    let mut trickle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    trickle
+        .write_all(b"POST /api/v1/environments/dev/suspend HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nx")
+        .await
+        .unwrap();
+    // The server closes every one of them (a generous bound: the limits are 2 s).
+    let patience = Duration::from_secs(30);
+    assert!(
+        closed_within(&mut loris, patience).await.is_some(),
+        "slow head kept open"
+    );
+    assert!(
+        closed_within(&mut trickle, patience).await.is_some(),
+        "trickled body kept open"
+    );
+    for (i, c) in idle.iter_mut().enumerate() {
+        assert!(
+            closed_within(c, patience).await.is_some(),
+            "idle socket {i} kept open"
+        );
+    }
+}
+
+#[tokio::test]
+async fn past_the_connection_cap_a_request_waits_for_a_slot_and_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = seeded_store(dir.path());
+    let limits = Limits {
+        header_read: Duration::from_secs(1),
+        request: Duration::from_secs(5),
+        connections: 4,
+    };
+    let s = serve_on(
+        store,
+        Some(TOKEN),
+        ReadAccess::Loopback,
+        None,
+        "127.0.0.1:0",
+        limits,
+    )
+    .await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // All four slots are held by idle sockets: the request is answered once
+    // the header timeout frees one, not refused and not left hanging.
+    let (code, _) = s.get(&s.base, "/healthz", None).await;
+    assert_eq!(code, 200);
+}
+
+#[tokio::test]
+async fn readyz_says_not_ready_while_an_environment_waits_out_an_unreachable_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = seeded_store(dir.path());
+    let s = serve(store, Some(TOKEN), ReadAccess::Loopback).await;
+    assert_eq!(s.get(&s.base, "/readyz", None).await.0, 200);
+    *s.state.envs["prod"].stats.last_error.lock().unwrap() =
+        Some("Docker engine unreachable".into());
+    let (code, body) = s.get(&s.base, "/readyz", None).await;
+    assert_eq!(code, 503);
+    assert!(body.contains("prod") && !body.contains("dev"), "{body}");
+    *s.state.envs["prod"].stats.last_error.lock().unwrap() = None;
+    assert_eq!(s.get(&s.base, "/readyz", None).await.0, 200);
 }

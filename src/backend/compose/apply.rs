@@ -586,8 +586,15 @@ impl<'a> Applier<'a> {
             .await
             .map_err(|e| self.error(resource, format!("create {name}: {e}")))?;
         let id = created.id;
-        if !r.service.files.is_empty() {
-            let tar = archive::files_tar(&r.service.files)
+        if !r.service.files.is_empty() || !r.service.secrets.is_empty() {
+            let files: Vec<_> = r
+                .service
+                .files
+                .iter()
+                .chain(&r.service.secrets)
+                .cloned()
+                .collect();
+            let tar = archive::files_tar(&files)
                 .map_err(|e| self.error(resource, format!("config files archive: {e}")))?;
             self.docker()
                 .upload_to_container(

@@ -105,6 +105,22 @@ struct Definition<'a> {
     shm_size: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     oom_score_adj: Option<i64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    secrets: Vec<SecretEntry<'a>>,
+}
+
+/// A Compose secret in the canonical form: where it lands and a digest of
+/// its value, never the value (nor its length).
+#[derive(Serialize)]
+struct SecretEntry<'a> {
+    target: &'a str,
+    source: &'a str,
+    mode: u32,
+    sha256: String,
+    #[serde(skip_serializing_if = "is_root")]
+    uid: u32,
+    #[serde(skip_serializing_if = "is_root")]
+    gid: u32,
 }
 
 /// A config file in the canonical form: its content is hashed, not copied,
@@ -188,6 +204,7 @@ impl<'a> Definition<'a> {
             pre_stop,
             shm_size,
             oom_score_adj,
+            secrets,
             origin: _,
         } = service;
         Definition {
@@ -254,6 +271,17 @@ impl<'a> Definition<'a> {
             pre_stop,
             shm_size: *shm_size,
             oom_score_adj: *oom_score_adj,
+            secrets: secrets
+                .iter()
+                .map(|f| SecretEntry {
+                    target: &f.target,
+                    source: &f.source,
+                    mode: f.mode,
+                    sha256: sha256_hex(&f.content),
+                    uid: f.uid,
+                    gid: f.gid,
+                })
+                .collect(),
         }
     }
 }

@@ -55,7 +55,9 @@ pub fn container(r: &Replica<'_>) -> (ContainerCreateBody, Vec<ExtraNetwork>) {
         })
         .collect::<Vec<_>>()
         .join(",");
-    let working_dir = std::path::Path::new(&s.origin.file)
+    // The project's directory, as Compose labels every container of it
+    // (services of an included file too).
+    let working_dir = std::path::Path::new(&p.origin.file)
         .parent()
         .map(|d| d.to_string_lossy().into_owned())
         .filter(|d| !d.is_empty())

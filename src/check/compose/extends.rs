@@ -189,52 +189,41 @@ impl Ctx<'_> {
 
     /// Rewrites the relative paths of a service read from `from` so that
     /// they mean the same files when read from `to`.
-    fn rebase_paths(&mut self, service: &mut Node, from: &str, to: &str, path: &str) {
+    pub(crate) fn rebase_paths(&mut self, service: &mut Node, from: &str, to: &str, path: &str) {
         let Value::Map(entries) = &mut service.value else {
             return;
         };
         let to_dir = to.rsplit_once('/').map_or("", |(d, _)| d);
         let mut errors: Vec<(Node, String)> = Vec::new();
-        // `short_volume`: the string is `source:target[:options]` and only a
-        // source starting with `.` is a path; otherwise the whole string is a
-        // path and anything not absolute is relative.
         let rebase = |node: &mut Node, short_volume: bool, errors: &mut Vec<(Node, String)>| {
-            let Value::String(p) = &mut node.value else {
-                return;
-            };
-            let spec = p.clone();
-            let (source, rest) = match spec.split_once(':').filter(|_| short_volume) {
-                Some((source, rest)) => (source, Some(rest)),
-                None => (spec.as_str(), None),
-            };
-            let relative = if short_volume {
-                source.starts_with('.')
-            } else {
-                !source.is_empty() && !source.starts_with(['/', '~']) && !source.contains("://")
-            };
-            if !relative {
-                return;
-            }
-            match join_relative(from, source) {
-                Ok(repo_path) => {
-                    let source = relative_path(to_dir, &repo_path);
-                    *p = match rest {
-                        Some(rest) => format!("{source}:{rest}"),
-                        None => source,
-                    };
-                }
-                Err(e) => errors.push((node.clone(), e.to_string())),
+            if let Err(e) = rebase_path(node, from, to_dir, short_volume) {
+                errors.push((node.clone(), e));
             }
         };
         for (k, v) in entries.iter_mut() {
+            let volumes = match k.as_str() {
+                Some("volumes") => true,
+                Some("env_file" | "label_file") => false,
+                // `build: ./dir` or `build: {context: ./dir}` (a URL stays).
+                Some("build") => {
+                    match &mut v.value {
+                        Value::String(_) => rebase(v, false, &mut errors),
+                        Value::Map(fields) => {
+                            for (fk, fv) in fields.iter_mut() {
+                                if fk.as_str() == Some("context") {
+                                    rebase(fv, false, &mut errors);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
             let items: Vec<&mut Node> = match &mut v.value {
                 Value::Seq(items) => items.iter_mut().collect(),
                 _ => vec![v],
-            };
-            let volumes = match k.as_str() {
-                Some("volumes") => true,
-                Some("env_file") => false,
-                _ => continue,
             };
             for item in items {
                 match &mut item.value {
@@ -262,8 +251,47 @@ impl Ctx<'_> {
     }
 }
 
+/// Rewrites one relative path read from the file `from` so that it means
+/// the same repo path from the directory `to_dir`. With `short_volume`, the
+/// string is `source:target[:options]` and only a source starting with `.`
+/// is a path; otherwise the whole string is a path and anything not
+/// absolute (nor a URL) is relative.
+pub(crate) fn rebase_path(
+    node: &mut Node,
+    from: &str,
+    to_dir: &str,
+    short_volume: bool,
+) -> Result<(), String> {
+    let Value::String(p) = &mut node.value else {
+        return Ok(());
+    };
+    let spec = p.clone();
+    let (source, rest) = match spec.split_once(':').filter(|_| short_volume) {
+        Some((source, rest)) => (source, Some(rest)),
+        None => (spec.as_str(), None),
+    };
+    let relative = if short_volume {
+        source.starts_with('.')
+    } else {
+        !source.is_empty()
+            && !source.starts_with(['/', '~'])
+            && !source.contains("://")
+            && !source.starts_with("git@")
+    };
+    if !relative {
+        return Ok(());
+    }
+    let repo_path = join_relative(from, source).map_err(|e| e.to_string())?;
+    let source = relative_path(to_dir, &repo_path);
+    *p = match rest {
+        Some(rest) => format!("{source}:{rest}"),
+        None => source,
+    };
+    Ok(())
+}
+
 /// `target` (a repo path) relative to the repo directory `dir`.
-fn relative_path(dir: &str, target: &str) -> String {
+pub(crate) fn relative_path(dir: &str, target: &str) -> String {
     let from: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
     let to: Vec<&str> = target.split('/').filter(|p| !p.is_empty()).collect();
     let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
@@ -273,6 +301,13 @@ fn relative_path(dir: &str, target: &str) -> String {
     }
     parts.extend(&to[common..]);
     parts.join("/")
+}
+
+/// Merges the service `over` over `base` with Compose's rules.
+pub(crate) fn merge_service(base: Node, over: Node) -> Node {
+    let mut merged = merge(base, over, &mut Vec::new());
+    merged.tag = None;
+    merged
 }
 
 /// Merges `over` into `base` at `path` (keys below the service).
@@ -292,6 +327,13 @@ fn merge(base: Node, over: Node, path: &mut Vec<String>) -> Node {
             return concat(to_sequence(base), to_sequence(over), false);
         }
         ["extra_hosts"] => return concat(to_sequence(base), to_sequence(over), true),
+        // Unique resources: an entry of `over` with the key of one in
+        // `base` replaces it in place; the others are appended.
+        ["volumes"] | ["secrets"] | ["configs"] | ["ports"]
+            if matches!((&base.value, &over.value), (Value::Seq(_), Value::Seq(_))) =>
+        {
+            return merge_unique(base, over, p[0]);
+        }
         ["depends_on"] => {
             return merge_mappings(to_mapping(base, true), to_mapping(over, true), path);
         }
@@ -349,6 +391,51 @@ fn merge_mappings(base: Node, over: Node, path: &mut Vec<String>) -> Node {
     Node {
         value: Value::Map(entries),
         ..base
+    }
+}
+
+/// Merges two sequences of unique resources (compose-spec `merge.md`:
+/// volumes, secrets and configs by target, ports by address, published
+/// port, target and protocol).
+fn merge_unique(base: Node, over: Node, key: &str) -> Node {
+    let (Value::Seq(mut items), Value::Seq(more)) = (base.value.clone(), over.value) else {
+        return base;
+    };
+    for item in more {
+        let k = unique_key(&item, key);
+        match items.iter().position(|i| unique_key(i, key) == k) {
+            Some(i) => items[i] = item,
+            None => items.push(item),
+        }
+    }
+    Node {
+        value: Value::Seq(items),
+        ..base
+    }
+}
+
+/// The unique key of one entry of `volumes`, `secrets`, `configs` or
+/// `ports`, short or long syntax.
+fn unique_key(item: &Node, key: &str) -> String {
+    let field = |name: &str| item.get(name).and_then(Node::scalar_text);
+    match (key, &item.value) {
+        ("volumes", Value::String(s)) => {
+            let parts: Vec<&str> = s.split(':').collect();
+            parts.get(1).unwrap_or(&parts[0]).to_string()
+        }
+        ("volumes", _) => field("target").unwrap_or_default(),
+        ("secrets" | "configs", Value::String(s)) => s.clone(),
+        ("secrets" | "configs", _) => field("target")
+            .or_else(|| field("source"))
+            .unwrap_or_default(),
+        ("ports", Value::Map(_)) => format!(
+            "{}:{}:{}/{}",
+            field("host_ip").unwrap_or_default(),
+            field("published").unwrap_or_default(),
+            field("target").unwrap_or_default(),
+            field("protocol").unwrap_or_else(|| "tcp".to_owned())
+        ),
+        _ => item.scalar_text().unwrap_or_default(),
     }
 }
 

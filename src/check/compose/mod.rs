@@ -31,6 +31,7 @@ use crate::yaml::{self, Node, Value};
 mod dotenv;
 mod engine;
 mod extends;
+mod include;
 mod interpolate;
 mod profiles;
 mod read;
@@ -39,6 +40,7 @@ mod resources;
 mod service;
 mod syntax;
 
+pub use include::default_override;
 pub use profiles::{known_profiles_hint, split_profiles};
 
 /// Reads a rendered repo file by repo path: `None` when it is not in the
@@ -70,7 +72,7 @@ pub struct Input<'a> {
 /// compose takes from its command line (`-p`, `--profile`): driftless.yaml's
 /// settings for the environment. The default takes everything from the
 /// files and their variables.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Options<'a> {
     /// The active profiles set by driftless.yaml; they replace
     /// `COMPOSE_PROFILES` from the values and `.env`.
@@ -80,6 +82,38 @@ pub struct Options<'a> {
     /// The environment's values file, named when a `COMPOSE_*` variable set
     /// there is wrong.
     pub values_file: Option<&'a str>,
+    /// Compose files merged over the main one, in order (docker compose's
+    /// further `-f` files): `compose.override.yaml`, or driftless.yaml's
+    /// `compose.overrides`. Repo paths; their relative paths resolve from
+    /// the main file's directory.
+    pub overrides: &'a [String],
+    /// Looks a secret up in driftless's secret source (the
+    /// `x-driftless-secret` of a Compose secret); `None`: there is none.
+    pub secret: Option<&'a SecretLookup<'a>>,
+}
+
+impl std::fmt::Debug for Options<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("profiles", &self.profiles)
+            .field("profiles_origin", &self.profiles_origin)
+            .field("values_file", &self.values_file)
+            .field("overrides", &self.overrides)
+            .field("secret", &self.secret.is_some())
+            .finish()
+    }
+}
+
+/// Reads a value from driftless's secret source by name, or says why not.
+pub type SecretLookup<'a> = dyn Fn(&str) -> Result<String, String> + 'a;
+
+/// A loaded project with its warnings and every Compose file it was built
+/// from (the main file first, then included and override files).
+#[derive(Debug)]
+pub struct Loaded {
+    pub project: Project,
+    pub warnings: Vec<Diagnostic>,
+    pub files: Vec<String>,
 }
 
 /// Loads one Compose file into a [`Project`]. On success, returns the
@@ -94,12 +128,21 @@ pub fn load_with(
     input: &Input,
     options: &Options,
 ) -> Result<(Project, Vec<Diagnostic>), Diagnostics> {
+    load_project(input, options).map(|l| (l.project, l.warnings))
+}
+
+/// [`load_with`], also naming the files the project was built from.
+pub fn load_project(input: &Input, options: &Options) -> Result<Loaded, Diagnostics> {
     let mut ctx = Ctx::new(input, options);
     let project = ctx.load();
     ctx.unset_variable_errors();
     let diags = std::mem::take(&mut ctx.diags);
     match project {
-        Some(project) if !diags.iter().any(Diagnostic::is_error) => Ok((project, diags)),
+        Some(project) if !diags.iter().any(Diagnostic::is_error) => Ok(Loaded {
+            project,
+            warnings: diags,
+            files: std::mem::take(&mut ctx.sources),
+        }),
         _ => {
             let mut all = Diagnostics::new();
             all.extend(diags);
@@ -144,6 +187,8 @@ pub(crate) struct Ctx<'a> {
     /// The `.env` read for the project (repo path, text), to locate the
     /// `COMPOSE_*` variables it sets.
     dotenv: Option<(String, String)>,
+    /// The Compose files the project is built from, main file first.
+    sources: Vec<String>,
 }
 
 impl<'a> Ctx<'a> {
@@ -162,6 +207,7 @@ impl<'a> Ctx<'a> {
             resolved: HashMap::new(),
             swarm_only: Vec::new(),
             develop: None,
+            sources: vec![input.file.to_owned()],
         }
     }
 
@@ -192,6 +238,17 @@ impl<'a> Ctx<'a> {
         }
         self.read_dotenv();
         self.interpolate(&mut root, "");
+        let mut chain = vec![file.to_owned()];
+        self.expand_includes(&mut root, file, &mut chain);
+        for over in self.options.overrides {
+            let Some(mut tree) = self.parse_file(over, &root.with_value(Value::Null), "") else {
+                continue;
+            };
+            self.sources.push(over.clone());
+            let mut chain = vec![over.clone()];
+            self.expand_includes(&mut tree, file, &mut chain);
+            root = include::merge_files(root, tree);
+        }
         let root = Arc::new(root);
         self.files.insert(file.to_owned(), Some(root.clone()));
 
@@ -213,7 +270,7 @@ impl<'a> Ctx<'a> {
                         .filter(|n| !n.is_empty())
                         .map(|n| (n, v))
                 }
-                "services" | "networks" | "volumes" | "configs" => {}
+                "services" | "networks" | "volumes" | "configs" | "secrets" => {}
                 "models" => self.cannot_apply(
                     k,
                     key,
@@ -240,9 +297,11 @@ impl<'a> Ctx<'a> {
         // resources are final as written.
         let mut top = |key: &str| root.get(key).cloned().map(|n| self.apply_tags(n, key));
         let (networks, volumes, configs) = (top("networks"), top("volumes"), top("configs"));
+        let secrets = top("secrets");
         let networks = resources::networks(self, networks.as_ref(), &project_name);
         let volumes = resources::volumes(self, volumes.as_ref(), &project_name);
         let configs = resources::configs(self, configs.as_ref());
+        let secrets = resources::secrets(self, secrets.as_ref());
 
         let mut project = Project {
             disabled_services: Default::default(),
@@ -285,6 +344,7 @@ impl<'a> Ctx<'a> {
             networks: &project.networks,
             volumes: &project.volumes,
             configs: &configs,
+            secrets: &secrets,
         };
         for (k, _) in entries {
             let Some(name) = self.key(k, "services") else {
@@ -622,10 +682,13 @@ impl<'a> Ctx<'a> {
             }
         }
         for (name, message) in errors {
-            let line = project.services.get(&name).map_or(0, |s| s.origin.line);
+            let (file, line) = project.services.get(&name).map_or_else(
+                || (self.input.file.to_owned(), 0),
+                |s| (s.origin.file.clone(), s.origin.line),
+            );
             self.diags.push(
                 Diagnostic::error(message)
-                    .file(self.input.file)
+                    .file(file)
                     .line(line)
                     .object(format!("services.{name}.container_name")),
             );
@@ -639,14 +702,14 @@ impl<'a> Ctx<'a> {
                 key.pop();
                 key.sort();
                 if reported.insert(key) {
-                    let line = project.services[start].origin.line;
+                    let origin = &project.services[start].origin;
                     self.diags.push(
                         Diagnostic::error(format!(
                             "dependency cycle: {}",
                             cycle.join(" -> ")
                         ))
-                        .file(self.input.file)
-                        .line(line)
+                        .file(origin.file.clone())
+                        .line(origin.line)
                         .object(format!("services.{start}.depends_on"))
                         .hint("services cannot depend on each other in a loop; remove one `depends_on` entry"),
                     );
@@ -678,6 +741,14 @@ impl<'a> Ctx<'a> {
                     .line(line)
                     .object(object),
             );
+        }
+    }
+
+    /// A value from driftless's secret source.
+    pub(crate) fn secret(&self, name: &str) -> Result<String, String> {
+        match self.options.secret {
+            Some(lookup) => lookup(name),
+            None => Err("no secret source is configured here".to_owned()),
         }
     }
 

@@ -204,7 +204,7 @@ pub(crate) fn apply(ctx: &mut Ctx, project: &mut Project) {
             if d.required && shared.as_deref() != Some(dep.as_str()) {
                 errors.push((
                     name.clone(),
-                    s.origin.line,
+                    s.origin.clone(),
                     "depends_on",
                     format!(
                         "service `{name}` depends on `{dep}`, which is disabled: none of its profiles ({}) is active",
@@ -222,7 +222,7 @@ pub(crate) fn apply(ctx: &mut Ctx, project: &mut Project) {
         {
             errors.push((
                 name.clone(),
-                s.origin.line,
+                s.origin.clone(),
                 "network_mode",
                 format!(
                     "service `{name}` shares the network of `{other}`, which is disabled: none of its profiles ({}) is active",
@@ -231,7 +231,7 @@ pub(crate) fn apply(ctx: &mut Ctx, project: &mut Project) {
             ));
         }
     }
-    for (name, line, key, message) in errors {
+    for (name, origin, key, message) in errors {
         let hint = match &active {
             Some(a) => format!(
                 "activate one of those profiles in {}, or give `{name}` the same profiles",
@@ -243,8 +243,8 @@ pub(crate) fn apply(ctx: &mut Ctx, project: &mut Project) {
         };
         ctx.diags.push(
             Diagnostic::error(message)
-                .file(ctx.input.file)
-                .line(line)
+                .file(origin.file)
+                .line(origin.line)
                 .object(format!("services.{name}.{key}"))
                 .hint(hint),
         );

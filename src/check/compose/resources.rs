@@ -1,10 +1,12 @@
-//! Top-level `networks`, `volumes` and `configs`: names resolved as Compose
-//! resolves them (`<project>_<key>` unless `name:` or `external`), config
-//! content read from the repo.
+//! Top-level `networks`, `volumes`, `configs` and `secrets`: names resolved
+//! as Compose resolves them (`<project>_<key>` unless `name:` or
+//! `external`), config content read from the repo, secret values from the
+//! repo, the project's variables or driftless's secret source.
 
 use std::collections::BTreeMap;
 
 use super::{Ctx, syntax};
+use crate::diag::Diagnostic;
 use crate::model::compose::{Ipam, IpamPool, Network, Volume};
 use crate::source::join_relative;
 use crate::yaml::Node;
@@ -353,21 +355,7 @@ pub(crate) fn configs(ctx: &mut Ctx, node: Option<&Node>) -> BTreeMap<String, Op
             match field {
                 "file" => {
                     sources += 1;
-                    let Some(rel) = ctx.text(fv, &fpath) else {
-                        continue;
-                    };
-                    let file = fv.file.as_deref().unwrap_or(ctx.input.file).to_owned();
-                    match join_relative(&file, &rel) {
-                        Ok(repo_path) => {
-                            if let Some(bytes) = ctx.read_bytes(&repo_path, Some(fv), &fpath) {
-                                def = Some(ConfigDef {
-                                    source: repo_path,
-                                    content: bytes.to_vec(),
-                                });
-                            }
-                        }
-                        Err(e) => ctx.error(fv, &fpath, e.to_string()),
-                    }
+                    def = repo_file(ctx, fv, &fpath);
                 }
                 "content" => {
                     sources += 1;
@@ -421,6 +409,158 @@ pub(crate) fn configs(ctx: &mut Ctx, node: Option<&Node>) -> BTreeMap<String, Op
                 v,
                 &path,
                 "a config needs exactly one of `file:`, `content:` or `environment:`",
+            );
+            def = None;
+        }
+        out.insert(key.to_owned(), def);
+    }
+    out
+}
+
+/// The content of the repo file a config's or secret's `file:` names,
+/// relative to the project directory (an included file's `file:` is
+/// rebased to it); `None` when it cannot be read (reported).
+fn repo_file(ctx: &mut Ctx, node: &Node, path: &str) -> Option<ConfigDef> {
+    let rel = ctx.text(node, path)?;
+    match join_relative(ctx.input.file, &rel) {
+        Ok(repo_path) => {
+            let bytes = ctx.read_bytes(&repo_path, Some(node), path)?;
+            Some(ConfigDef {
+                source: repo_path,
+                content: bytes.to_vec(),
+            })
+        }
+        Err(e) => {
+            ctx.error(node, path, e.to_string());
+            None
+        }
+    }
+}
+
+/// Top-level `secrets:` as docker compose delivers them outside swarm:
+/// the value of `file:` (a repo file), `environment:` (a variable of the
+/// project) or — a driftless extension — `x-driftless-secret: NAME`, read
+/// from driftless's secret source (the secrets directory or
+/// `DRIFTLESS_SECRET_<NAME>`), never from Git. `None` for a secret that is
+/// defined but broken (already reported).
+pub(crate) fn secrets(ctx: &mut Ctx, node: Option<&Node>) -> BTreeMap<String, Option<ConfigDef>> {
+    let mut out = BTreeMap::new();
+    let Some(node) = node else { return out };
+    let Some(entries) = ctx.map(node, "secrets") else {
+        return out;
+    };
+    for (k, v) in entries {
+        let Some(key) = ctx.key(k, "secrets") else {
+            continue;
+        };
+        let path = format!("secrets.{key}");
+        let mut def: Option<ConfigDef> = None;
+        let mut sources = 0;
+        let mut refused = false;
+        for (fk, fv) in ctx.map(v, &path).unwrap_or_default() {
+            let Some(field) = ctx.key(fk, &path) else {
+                continue;
+            };
+            let fpath = format!("{path}.{field}");
+            match field {
+                "file" => {
+                    sources += 1;
+                    def = repo_file(ctx, fv, &fpath);
+                }
+                "environment" => {
+                    sources += 1;
+                    let Some(var) = ctx.text(fv, &fpath) else {
+                        continue;
+                    };
+                    match ctx.vars.get(&var).cloned() {
+                        Some(value) => {
+                            def = Some(ConfigDef {
+                                source: path.clone(),
+                                content: value.into_bytes(),
+                            })
+                        }
+                        None => ctx.report(
+                            Diagnostic::error(format!(
+                                "secret `{key}` has no value: variable `{var}` is not set"
+                            ))
+                            .hint(format!(
+                                "set `{var}` in the environment's values or in `.env`, or read the value from driftless's secret source with `x-driftless-secret: <name>`"
+                            )),
+                            fv,
+                            &fpath,
+                        ),
+                    }
+                }
+                "x-driftless-secret" => {
+                    sources += 1;
+                    let Some(name) = ctx.text(fv, &fpath) else {
+                        continue;
+                    };
+                    match ctx.secret(&name) {
+                        Ok(value) => {
+                            def = Some(ConfigDef {
+                                source: path.clone(),
+                                content: value.into_bytes(),
+                            })
+                        }
+                        Err(e) => ctx.report(
+                            Diagnostic::error(format!("secret `{key}` has no value: {e}")).hint(
+                                "driftless reads `x-driftless-secret` values from its secrets directory (`--secrets-dir`) or `DRIFTLESS_SECRET_<NAME>`, never from Git",
+                            ),
+                            fv,
+                            &fpath,
+                        ),
+                    }
+                }
+                // Swarm secret objects' metadata: no effect on a file in
+                // the container, as in docker compose.
+                "name" | "labels" => {}
+                "external" => {
+                    refused = true;
+                    ctx.cannot_apply(
+                        fk,
+                        &fpath,
+                        "external",
+                        "an external secret is a swarm object; docker compose refuses it outside swarm too",
+                    );
+                }
+                "driver" | "driver_opts" | "template_driver" => {
+                    refused = true;
+                    ctx.cannot_apply(
+                        fk,
+                        &fpath,
+                        field,
+                        "secret drivers are swarm plugins; docker compose refuses them outside swarm too",
+                    );
+                }
+                f if f.starts_with("x-") => {}
+                _ => ctx.unsupported(fk, &fpath),
+            }
+        }
+        if sources != 1 && !refused {
+            ctx.report(
+                Diagnostic::error(if sources == 0 {
+                    format!("secret `{key}` has no value")
+                } else {
+                    format!("secret `{key}` has more than one value")
+                })
+                .hint("give it exactly one of `file:` (a repo file), `environment:` (a variable) or `x-driftless-secret:` (a name in driftless's secret source)"),
+                k,
+                &path,
+            );
+            def = None;
+        }
+        if let Some(d) = &def
+            && d.content.len() < crate::secrets::MIN_SECRET_LEN
+        {
+            ctx.report(
+                Diagnostic::error(format!(
+                    "secret `{key}` is shorter than {} bytes and could not be masked in output",
+                    crate::secrets::MIN_SECRET_LEN
+                ))
+                .hint("use a longer value"),
+                k,
+                &path,
             );
             def = None;
         }

@@ -22,17 +22,7 @@ pub(crate) struct Refs<'r> {
     pub networks: &'r BTreeMap<String, Network>,
     pub volumes: &'r BTreeMap<String, Volume>,
     pub configs: &'r BTreeMap<String, Option<ConfigDef>>,
-}
-
-/// Hints for keys people often write that driftless does not apply.
-fn unsupported_hint(key: &str) -> Option<&'static str> {
-    Some(match key {
-        "secrets" => {
-            "Compose secrets are not supported; deliver files with `configs:` or values with `environment:`"
-        }
-        "include" => "`include` is not supported; merge the files, or load each as its own project",
-        _ => return None,
-    })
+    pub secrets: &'r BTreeMap<String, Option<ConfigDef>>,
 }
 
 /// Keys of the Compose specification that cannot apply to a Linux Docker
@@ -88,7 +78,7 @@ pub(crate) fn service(
     let mut s = Service {
         replicas: 1,
         origin: Origin {
-            file: ctx.input.file.to_owned(),
+            file: key.file.as_deref().unwrap_or(ctx.input.file).to_owned(),
             line: key.line,
         },
         ..Service::default()
@@ -153,7 +143,8 @@ pub(crate) fn service(
                 s.volumes = mounts;
                 s.files.extend(files);
             }
-            "configs" => s.files.extend(configs(ctx, v, &fp, refs)),
+            "configs" => s.files.extend(files_of(ctx, v, &fp, refs, Listed::Config)),
+            "secrets" => s.secrets = files_of(ctx, v, &fp, refs, Listed::Secret),
             "networks" => s.networks = networks(ctx, v, &fp, refs),
             "network_mode" => {
                 if let Some(mode) = ctx.text(v, &fp) {
@@ -254,13 +245,12 @@ pub(crate) fn service(
             "pull_refresh_after" => pull_refresh_after = ctx.text(v, &fp).map(|t| (t, v)),
             f if engine::service_key(ctx, f, v, &fp, &mut s, &mut legacy) => {}
             f if f.starts_with("x-") => {}
-            f => match (refused(f), unsupported_hint(f)) {
-                (Some(why), _) => {
+            f => match refused(f) {
+                Some(why) => {
                     refused_key = true;
                     ctx.cannot_apply(k, &fp, f, why)
                 }
-                (None, Some(hint)) => ctx.unsupported_with(k, &fp, hint),
-                (None, None) => ctx.unsupported(k, &fp),
+                None => ctx.unsupported(k, &fp),
             },
         }
     }
@@ -339,8 +329,9 @@ pub(crate) fn service(
     Some(s)
 }
 
-/// `label_file`: one path or a list, relative to the Compose file; every
-/// file is required.
+/// `label_file`: one path or a list, relative to the project directory
+/// (paths from `extends` and `include` are rebased to it); every file is
+/// required.
 fn label_file_list<'n>(
     ctx: &mut Ctx,
     node: &'n Node,
@@ -348,8 +339,7 @@ fn label_file_list<'n>(
 ) -> Vec<(String, &'n Node, String)> {
     let mut out = Vec::new();
     for (rel, at) in ctx.text_or_texts(node, path) {
-        let file = at.file.as_deref().unwrap_or(ctx.input.file).to_owned();
-        match join_relative(&file, &rel) {
+        match join_relative(ctx.input.file, &rel) {
             Ok(p) => out.push((p, at, path.to_owned())),
             Err(e) => ctx.error(at, path, e.to_string()),
         }
@@ -958,8 +948,22 @@ fn repo_files(
     files
 }
 
-/// Service-level `configs:` as files.
-fn configs(ctx: &mut Ctx, node: &Node, path: &str, refs: &Refs) -> Vec<FileMount> {
+/// Which top-level resource a service-level list refers to.
+#[derive(Clone, Copy, PartialEq)]
+enum Listed {
+    Config,
+    Secret,
+}
+
+/// Service-level `configs:` or `secrets:` as files: a config lands at
+/// `/<source>` unless `target` says otherwise, a secret at
+/// `/run/secrets/<source>` (a relative `target` is under `/run/secrets`),
+/// as docker compose places them outside swarm.
+fn files_of(ctx: &mut Ctx, node: &Node, path: &str, refs: &Refs, kind: Listed) -> Vec<FileMount> {
+    let (noun, defs, dir) = match kind {
+        Listed::Config => ("config", refs.configs, ""),
+        Listed::Secret => ("secret", refs.secrets, "/run/secrets"),
+    };
     let mut out = Vec::new();
     let Some(items) = ctx.seq(node, path) else {
         return out;
@@ -991,7 +995,7 @@ fn configs(ctx: &mut Ctx, node: &Node, path: &str, refs: &Refs) -> Vec<FileMount
                     ctx.error(
                         item,
                         &ipath,
-                        "a config needs `source:`, the name of a top-level config",
+                        format!("a {noun} needs `source:`, the name of a top-level {noun}"),
                     );
                     continue;
                 };
@@ -1004,13 +1008,20 @@ fn configs(ctx: &mut Ctx, node: &Node, path: &str, refs: &Refs) -> Vec<FileMount
         };
         let target = match target {
             Some(t) if t.starts_with('/') => t,
-            Some(t) => format!("/{t}"),
-            None => format!("/{source}"),
+            Some(t) => format!("{dir}/{t}"),
+            None => format!("{dir}/{source}"),
         };
-        match refs.configs.get(&source) {
+        let hint = match kind {
+            Listed::Config => {
+                "declare it under the top-level `configs:` with `file:` or `content:`"
+            }
+            Listed::Secret => {
+                "declare it under the top-level `secrets:` with `file:`, `environment:` or `x-driftless-secret:`"
+            }
+        };
+        match defs.get(&source) {
             None => ctx.report(
-                Diagnostic::error(format!("config `{source}` is not defined"))
-                    .hint("declare it under the top-level `configs:` with `file:` or `content:`"),
+                Diagnostic::error(format!("{noun} `{source}` is not defined")).hint(hint),
                 item,
                 &ipath,
             ),

@@ -35,7 +35,7 @@ impl Repo {
         self.load_opts(file, &super::Options::default())
     }
 
-    fn load_opts(
+    pub(super) fn load_opts(
         &self,
         file: &str,
         options: &super::Options,
@@ -566,16 +566,17 @@ fn unsupported_keys_name_their_path() {
         e.to_string().lines().next().unwrap(),
         "error: compose/stack.yaml:6:7: services.web.deploy.placment: key not supported by driftless"
     );
+    // Secrets are supported; an undefined one is named with a hint.
     let e = single_error(
         &one("services:\n  web:\n    image: x\n    secrets: [a]\n"),
         4,
-        "services.web.secrets",
+        "services.web.secrets[0]",
     );
-    assert!(e.hint.unwrap().contains("configs"));
+    assert!(e.hint.unwrap().contains("x-driftless-secret"));
     single_error(
-        &one("services: {a: {image: x}}\nsecrets: {}\n"),
-        2,
-        "secrets",
+        &one("services: {a: {image: x}}\nsecrets:\n  s: {file: stack.yaml, fil: x}\n"),
+        3,
+        "secrets.s.fil",
     );
     single_error(
         &one("services: {a: {image: x}}\nnetworks:\n  n:\n    ipam: {drivr: x}\n"),
@@ -896,4 +897,6 @@ fn networks_and_volumes_resolve_names_and_external_ones_take_no_settings() {
     );
 }
 
+mod include;
 mod profiles;
+mod secrets;

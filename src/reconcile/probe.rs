@@ -1,5 +1,5 @@
 //! HTTP and TCP probes declared in an environment's `health.probes`, run
-//! from the daemon after an apply, next to the backends' own verdicts.
+//! by the pipeline after an apply, next to the backends' own verdicts.
 //!
 //! A probe passes once it answers as declared; it is retried at its
 //! interval until the deadline, so a service that takes a while to start

@@ -3,7 +3,12 @@
 //! [`load`] is the pure half — source → render → check — shared by `render`,
 //! `validate` and `reconcile`. [`plan`], [`apply`] and [`verify`] drive a
 //! [`Backend`] over the targets of a [`DesiredState`]; the daemon strings
-//! them together with the record stage.
+//! them together with the record stage. [`decide`] is what a reconcile
+//! does, chosen before it does anything.
+
+pub mod decide;
+pub mod pipeline;
+pub mod probe;
 
 use std::time::Duration;
 

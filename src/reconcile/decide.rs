@@ -1,0 +1,506 @@
+//! What a reconcile does, decided before anything is done: pure functions
+//! of the recorded state, the branch head and the environment's settings.
+//!
+//! [`what_to_run`] picks the commit (an operator's pin, the head of the
+//! branch, or the last good commit when the head is marked failed);
+//! [`may_skip`] says when a trigger may be answered by comparing the live
+//! state's fingerprint instead of running the pipeline; [`after`] says what
+//! follows from how a run ended (record, retry, mark failed, roll back,
+//! suspend). The daemon's pass and `driftless reconcile` act on these
+//! values; neither decides anything itself. No IO, no clock.
+
+use crate::source::CommitId;
+use crate::store::{EnvState, ImageIds, Kind, LastGood, Trigger};
+
+/// Why a commit is the one to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// An operator pinned it (`driftless rollback`, the API): their
+    /// choice is never undone automatically.
+    Pinned,
+    /// The head of the environment's branch.
+    Head,
+    /// The last good commit, run because the head (`failed`) is marked
+    /// failed — the rollback state a later pass keeps re-applying.
+    LastGood { failed: CommitId },
+    /// The rollback right after `failed` went bad, in the same reconcile.
+    Rollback { failed: CommitId },
+}
+
+/// A commit to run, optionally pinned to the image ids it ran with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    pub commit: CommitId,
+    /// Image ids to pin services to (a rollback, or a pin on the last good
+    /// commit): `project/service` → `sha256:…`.
+    pub pin: Option<ImageIds>,
+    pub origin: Origin,
+}
+
+/// What a run applies, for comparing with what was applied last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    pub commit: CommitId,
+    pub pinned_images: bool,
+}
+
+impl Run {
+    /// How history names it.
+    pub fn kind(&self) -> Kind {
+        match self.origin {
+            Origin::Pinned | Origin::Head => Kind::Deploy,
+            Origin::LastGood { .. } | Origin::Rollback { .. } => Kind::Rollback,
+        }
+    }
+
+    /// The commit a rollback replaces.
+    pub fn rollback_of(&self) -> Option<&CommitId> {
+        match &self.origin {
+            Origin::LastGood { failed } | Origin::Rollback { failed } => Some(failed),
+            Origin::Pinned | Origin::Head => None,
+        }
+    }
+
+    pub fn key(&self) -> Key {
+        Key {
+            commit: self.commit.clone(),
+            pinned_images: self.pin.is_some(),
+        }
+    }
+
+    /// The rollback to `last_good` after this run went bad.
+    fn rollback_to(&self, last_good: &LastGood) -> Run {
+        Run {
+            commit: last_good.commit.clone(),
+            pin: Some(last_good.image_ids.clone()),
+            origin: Origin::Rollback {
+                failed: self.commit.clone(),
+            },
+        }
+    }
+}
+
+/// What a reconcile should run now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Run(Run),
+    /// The head is marked failed and there is nothing else to run (no last
+    /// good commit, it is the head itself, or automatic rollback is off):
+    /// wait for a newer commit.
+    Wait {
+        failed: CommitId,
+    },
+}
+
+/// Picks what runs: a pin first, then the head unless it is marked failed,
+/// then the last good commit when automatic rollback is on.
+pub fn what_to_run(state: &EnvState, head: &CommitId, automatic_rollback: bool) -> Decision {
+    let last_good = state.last_good.as_ref();
+    if let Some(pinned) = &state.control.pinned {
+        return Decision::Run(Run {
+            commit: pinned.clone(),
+            pin: last_good
+                .filter(|lg| &lg.commit == pinned)
+                .map(|lg| lg.image_ids.clone()),
+            origin: Origin::Pinned,
+        });
+    }
+    if !state.failed.iter().any(|f| &f.commit == head) {
+        return Decision::Run(Run {
+            commit: head.clone(),
+            pin: None,
+            origin: Origin::Head,
+        });
+    }
+    match last_good {
+        Some(lg) if &lg.commit != head && automatic_rollback => Decision::Run(Run {
+            commit: lg.commit.clone(),
+            pin: Some(lg.image_ids.clone()),
+            origin: Origin::LastGood {
+                failed: head.clone(),
+            },
+        }),
+        _ => Decision::Wait {
+            failed: head.clone(),
+        },
+    }
+}
+
+/// Whether `trigger` may be answered by comparing the live state's
+/// fingerprint with the one after the last pass, instead of running the
+/// pipeline: a poll, a ref change or a repeated webhook that finds the same
+/// commit applied. The drift timer, retries, start-up and operators always
+/// run it.
+pub fn may_skip(trigger: Trigger, applied: Option<&Key>, run: &Key) -> bool {
+    matches!(trigger, Trigger::Poll | Trigger::Watch | Trigger::Webhook) && applied == Some(run)
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// In the desired state and healthy.
+    Good,
+    /// Render or check failed: nothing was applied.
+    Invalid,
+    /// A backend refused the plan: nothing was applied.
+    Refused,
+    /// Applying failed or the result is unhealthy.
+    Bad,
+    /// The repo, an engine or the store was unreachable: nothing ran to an
+    /// end.
+    Transient,
+}
+
+/// The environment's settings [`after`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// `rollback.automatic`.
+    pub automatic_rollback: bool,
+    /// `allow.remove_on_failed_first_deploy`.
+    pub remove_on_failed_first_deploy: bool,
+}
+
+/// Why an environment is suspended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Suspension {
+    /// The operator's pinned commit failed: their choice is not undone.
+    PinnedFailed,
+    /// The first deploy failed: there is no good state to return to.
+    FirstDeployFailed,
+    /// `failed` went bad and so did the rollback from it.
+    RollbackFailed { failed: CommitId },
+}
+
+/// What follows from how a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Record it; a healthy deploy's commit becomes the last good one.
+    Record { last_good: bool },
+    /// The rollback from `failed` is healthy: record it (the last good
+    /// commit stays as it is) and say so.
+    RolledBack { failed: CommitId },
+    /// Retry after a backoff (nothing is marked).
+    Retry,
+    /// Nothing was applied: record, notify, and mark the commit failed
+    /// when `mark_failed` (never a pin, never the last good commit).
+    Reject { mark_failed: bool },
+    /// The last good commit went bad when applied again (drift corrected
+    /// into a crash loop): there is nothing older to return to. Mark it
+    /// failed and say so.
+    LastGoodUnhealthy,
+    /// Applied and bad, and automatic rollback is off: mark it failed and
+    /// notify; what was applied stays.
+    MarkFailed,
+    /// Mark it failed, then run this rollback.
+    RollBack(Run),
+    /// Stop reconciling until an operator resumes.
+    Suspend {
+        why: Suspension,
+        /// The commit is marked failed as well.
+        mark_failed: bool,
+        /// Remove what the first deploy created.
+        remove_created: bool,
+    },
+}
+
+/// What follows from `run` ending as `ended`, given the last good commit
+/// recorded before it ran.
+pub fn after(run: &Run, ended: Ended, last_good: Option<&LastGood>, policy: Policy) -> Next {
+    let is_last_good = last_good.is_some_and(|lg| lg.commit == run.commit);
+    match (ended, &run.origin) {
+        (Ended::Transient, _) => Next::Retry,
+        (Ended::Good, Origin::Rollback { failed }) => Next::RolledBack {
+            failed: failed.clone(),
+        },
+        (Ended::Good, origin) => Next::Record {
+            last_good: matches!(origin, Origin::Pinned | Origin::Head),
+        },
+        // The rollback itself failed, whatever the way: stop, no flapping.
+        (_, Origin::Rollback { failed }) => Next::Suspend {
+            why: Suspension::RollbackFailed {
+                failed: failed.clone(),
+            },
+            mark_failed: false,
+            remove_created: false,
+        },
+        (Ended::Invalid | Ended::Refused, origin) => Next::Reject {
+            mark_failed: !matches!(origin, Origin::Pinned),
+        },
+        (Ended::Bad, Origin::Pinned) => Next::Suspend {
+            why: Suspension::PinnedFailed,
+            mark_failed: false,
+            remove_created: false,
+        },
+        // Running the last good commit again failed: stop, no flapping.
+        (Ended::Bad, Origin::LastGood { failed }) => Next::Suspend {
+            why: Suspension::RollbackFailed {
+                failed: failed.clone(),
+            },
+            mark_failed: false,
+            remove_created: false,
+        },
+        (Ended::Bad, Origin::Head) => match last_good {
+            None => Next::Suspend {
+                why: Suspension::FirstDeployFailed,
+                mark_failed: true,
+                remove_created: policy.remove_on_failed_first_deploy,
+            },
+            Some(_) if is_last_good => Next::LastGoodUnhealthy,
+            Some(_) if !policy.automatic_rollback => Next::MarkFailed,
+            Some(lg) => Next::RollBack(run.rollback_to(lg)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Control, FailedCommit};
+
+    fn c(s: &str) -> CommitId {
+        CommitId::new(s)
+    }
+
+    fn ids(s: &str) -> ImageIds {
+        [("p/web".to_owned(), format!("sha256:{s}"))].into()
+    }
+
+    fn good(commit: &str) -> LastGood {
+        LastGood {
+            commit: c(commit),
+            image_ids: ids(commit),
+            reconcile_id: Some(1),
+            recorded_at: 0,
+        }
+    }
+
+    fn state(last_good: Option<&str>, failed: &[&str], pinned: Option<&str>) -> EnvState {
+        EnvState {
+            last_good: last_good.map(good),
+            failed: failed
+                .iter()
+                .map(|f| FailedCommit {
+                    commit: c(f),
+                    reason: "bad".into(),
+                    failed_at: 0,
+                })
+                .collect(),
+            control: Control {
+                pinned: pinned.map(c),
+                ..Control::default()
+            },
+        }
+    }
+
+    fn run(commit: &str, origin: Origin) -> Run {
+        Run {
+            commit: c(commit),
+            pin: None,
+            origin,
+        }
+    }
+
+    #[test]
+    fn what_to_run_covers_every_branch() {
+        let head = |s| run(s, Origin::Head);
+        let cases: Vec<(&str, EnvState, bool, Decision)> = vec![
+            (
+                "the head when nothing is marked",
+                state(Some("a"), &[], None),
+                true,
+                Decision::Run(head("h")),
+            ),
+            (
+                "the head on a first deploy",
+                state(None, &[], None),
+                true,
+                Decision::Run(head("h")),
+            ),
+            (
+                "another failed commit does not matter",
+                state(Some("a"), &["x"], None),
+                true,
+                Decision::Run(head("h")),
+            ),
+            (
+                "a failed head runs the last good commit pinned",
+                state(Some("a"), &["h"], None),
+                true,
+                Decision::Run(Run {
+                    commit: c("a"),
+                    pin: Some(ids("a")),
+                    origin: Origin::LastGood { failed: c("h") },
+                }),
+            ),
+            (
+                "a failed head waits when automatic rollback is off",
+                state(Some("a"), &["h"], None),
+                false,
+                Decision::Wait { failed: c("h") },
+            ),
+            (
+                "a failed head waits without a last good commit",
+                state(None, &["h"], None),
+                true,
+                Decision::Wait { failed: c("h") },
+            ),
+            (
+                "a failed head that is the last good commit waits",
+                state(Some("h"), &["h"], None),
+                true,
+                Decision::Wait { failed: c("h") },
+            ),
+            (
+                "a pin wins over a failed head",
+                state(Some("a"), &["h"], Some("p")),
+                true,
+                Decision::Run(run("p", Origin::Pinned)),
+            ),
+            (
+                "a pin on the last good commit runs its image ids",
+                state(Some("a"), &[], Some("a")),
+                true,
+                Decision::Run(Run {
+                    commit: c("a"),
+                    pin: Some(ids("a")),
+                    origin: Origin::Pinned,
+                }),
+            ),
+            (
+                "a pin on a failed commit runs it anyway",
+                state(Some("a"), &["p"], Some("p")),
+                false,
+                Decision::Run(run("p", Origin::Pinned)),
+            ),
+        ];
+        for (name, state, automatic, want) in cases {
+            assert_eq!(what_to_run(&state, &c("h"), automatic), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn only_a_repeated_trigger_of_the_applied_key_may_skip() {
+        let key = |commit: &str, pinned_images| Key {
+            commit: c(commit),
+            pinned_images,
+        };
+        let applied = key("a", false);
+        for (trigger, skip) in [
+            (Trigger::Poll, true),
+            (Trigger::Watch, true),
+            (Trigger::Webhook, true),
+            (Trigger::Drift, false),
+            (Trigger::Retry, false),
+            (Trigger::Startup, false),
+            (Trigger::Manual, false),
+        ] {
+            assert_eq!(
+                may_skip(trigger, Some(&applied), &key("a", false)),
+                skip,
+                "{trigger:?}"
+            );
+        }
+        assert!(!may_skip(Trigger::Poll, None, &key("a", false)));
+        assert!(!may_skip(Trigger::Poll, Some(&applied), &key("b", false)));
+        assert!(!may_skip(Trigger::Poll, Some(&applied), &key("a", true)));
+    }
+
+    /// Name, run, how it ended, last good commit, settings, what follows.
+    type Case<'a> = (&'a str, &'a Run, Ended, Option<&'a LastGood>, Policy, Next);
+
+    #[test]
+    fn after_covers_every_branch() {
+        let on = Policy {
+            automatic_rollback: true,
+            remove_on_failed_first_deploy: false,
+        };
+        let off = Policy {
+            automatic_rollback: false,
+            ..on
+        };
+        let remove = Policy {
+            remove_on_failed_first_deploy: true,
+            ..on
+        };
+        let lg = good("a");
+        let head = run("h", Origin::Head);
+        let pinned = run("p", Origin::Pinned);
+        let lg_again = run("a", Origin::Head);
+        let restored = Run {
+            pin: Some(ids("a")),
+            ..run("a", Origin::LastGood { failed: c("h") })
+        };
+        let rollback = Run {
+            pin: Some(ids("a")),
+            ..run("a", Origin::Rollback { failed: c("h") })
+        };
+        let suspend = |why| Next::Suspend {
+            why,
+            mark_failed: false,
+            remove_created: false,
+        };
+        let rollback_failed = suspend(Suspension::RollbackFailed { failed: c("h") });
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            // Healthy.
+            ("a healthy head becomes last good", &head, Ended::Good, Some(&lg), on, Next::Record { last_good: true }),
+            ("a healthy first deploy becomes last good", &head, Ended::Good, None, on, Next::Record { last_good: true }),
+            ("a healthy pin becomes last good", &pinned, Ended::Good, Some(&lg), on, Next::Record { last_good: true }),
+            ("a healthy rollback state keeps last good", &restored, Ended::Good, Some(&lg), on, Next::Record { last_good: false }),
+            ("a healthy rollback says so", &rollback, Ended::Good, Some(&lg), on, Next::RolledBack { failed: c("h") }),
+            // Transient, whatever ran.
+            ("an unreachable engine retries a head", &head, Ended::Transient, Some(&lg), on, Next::Retry),
+            ("an unreachable engine retries a pin", &pinned, Ended::Transient, Some(&lg), on, Next::Retry),
+            ("an unreachable engine retries a rollback", &rollback, Ended::Transient, Some(&lg), on, Next::Retry),
+            // Nothing applied.
+            ("an invalid head is marked failed", &head, Ended::Invalid, Some(&lg), on, Next::Reject { mark_failed: true }),
+            ("a refused head is marked failed", &head, Ended::Refused, None, on, Next::Reject { mark_failed: true }),
+            ("an invalid pin is not marked", &pinned, Ended::Invalid, Some(&lg), on, Next::Reject { mark_failed: false }),
+            ("a refused pin is not marked", &pinned, Ended::Refused, Some(&lg), on, Next::Reject { mark_failed: false }),
+            ("an invalid last good commit is marked", &lg_again, Ended::Invalid, Some(&lg), on, Next::Reject { mark_failed: true }),
+            ("an invalid rollback state is marked", &restored, Ended::Invalid, Some(&lg), on, Next::Reject { mark_failed: true }),
+            ("an invalid rollback suspends", &rollback, Ended::Invalid, Some(&lg), on, rollback_failed.clone()),
+            ("a refused rollback suspends", &rollback, Ended::Refused, Some(&lg), on, rollback_failed.clone()),
+            // Applied and bad.
+            ("a bad head rolls back", &head, Ended::Bad, Some(&lg), on, Next::RollBack(rollback.clone())),
+            ("a bad head with automatic rollback off is marked", &head, Ended::Bad, Some(&lg), off, Next::MarkFailed),
+            ("a bad first deploy suspends", &head, Ended::Bad, None, on, Next::Suspend { why: Suspension::FirstDeployFailed, mark_failed: true, remove_created: false }),
+            ("a bad first deploy removes what it created when allowed", &head, Ended::Bad, None, remove, Next::Suspend { why: Suspension::FirstDeployFailed, mark_failed: true, remove_created: true }),
+            ("a bad last good commit is marked", &lg_again, Ended::Bad, Some(&lg), on, Next::LastGoodUnhealthy),
+            ("a bad last good commit is marked with rollback off", &lg_again, Ended::Bad, Some(&lg), off, Next::LastGoodUnhealthy),
+            ("a bad rollback state suspends", &restored, Ended::Bad, Some(&lg), on, rollback_failed.clone()),
+            ("a bad pin suspends", &pinned, Ended::Bad, Some(&lg), on, suspend(Suspension::PinnedFailed)),
+            ("a bad pin suspends without a last good commit", &pinned, Ended::Bad, None, on, suspend(Suspension::PinnedFailed)),
+            ("a bad rollback suspends", &rollback, Ended::Bad, Some(&lg), on, rollback_failed),
+        ];
+        for (name, run, ended, last_good, policy, want) in cases {
+            assert_eq!(after(run, ended, last_good, policy), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_rollback_names_the_commit_it_replaces() {
+        let Next::RollBack(rb) = after(
+            &run("h", Origin::Head),
+            Ended::Bad,
+            Some(&good("a")),
+            Policy {
+                automatic_rollback: true,
+                remove_on_failed_first_deploy: false,
+            },
+        ) else {
+            panic!("no rollback")
+        };
+        assert_eq!(rb.kind(), Kind::Rollback);
+        assert_eq!(rb.rollback_of(), Some(&c("h")));
+        assert_eq!(
+            rb.key(),
+            Key {
+                commit: c("a"),
+                pinned_images: true
+            }
+        );
+        assert_eq!(run("h", Origin::Head).kind(), Kind::Deploy);
+        assert_eq!(run("p", Origin::Pinned).rollback_of(), None);
+    }
+}

@@ -4,8 +4,10 @@
 //! `status.html`, HTML-escaped, no JavaScript, inline CSS that reflows to a
 //! phone's width. `?env=NAME` filters the history, `?before=ID` pages it.
 //!
-//! The page reads the store and nothing else; the finished HTML passes the
-//! daemon's masker before it is sent.
+//! The page reads the store and nothing else; every value passes the
+//! daemon's masker before the template escapes it for HTML (a secret
+//! holding `&`, `<`, `'` or `/` is another text once escaped), and the
+//! finished HTML passes it once more.
 
 use std::sync::Arc;
 
@@ -139,7 +141,7 @@ fn build(s: &AppState, p: &PageParams) -> Result<String, String> {
         let (diff, diff_truncated) = last
             .as_ref()
             .and_then(|r| r.diff.as_deref())
-            .map(diff_lines)
+            .map(|d| diff_lines(&s.masker.mask(d)))
             .unwrap_or_default();
         let worker = entry.stats.snapshot();
         envs.push(EnvView {
@@ -182,9 +184,19 @@ fn build(s: &AppState, p: &PageParams) -> Result<String, String> {
     let next_before = (rows.len() == HISTORY_ROWS as usize)
         .then(|| rows.last().map(|r| r.id))
         .flatten();
+    // Masked before the template escapes them for HTML: a secret holding
+    // `&`, `<`, `'` or `/` is no longer itself once escaped.
+    let masked = |v: serde_json::Value| {
+        let mut v = v;
+        s.masker.mask_json(&mut v);
+        minijinja::Value::from(minijinja::value::Serde(&v))
+    };
+    let envs = serde_json::to_value(&envs).map_err(|e| e.to_string())?;
+    let history = serde_json::to_value(rows.iter().map(row).collect::<Vec<_>>())
+        .map_err(|e| e.to_string())?;
     let ctx = minijinja::context! {
-        envs => minijinja::Value::from(minijinja::value::Serde(&envs)),
-        history => minijinja::Value::from(minijinja::value::Serde(rows.iter().map(row).collect::<Vec<_>>())),
+        envs => masked(envs),
+        history => masked(history),
         env_filter => env_filter,
         next_before => next_before,
         paged => p.before.is_some(),

@@ -6,8 +6,15 @@
 //! thread rendering with it, hence the `Mutex`. Each name is looked up once
 //! per renderer: two files that read the same secret get the same value even
 //! if the file under the secrets directory changes halfway through a render.
+//!
+//! A render runs inside a [`Scope`] (one per thread, as minijinja renders on
+//! the calling thread): it collects the secrets the render read, and in a
+//! shadow render makes `secret()` hand out stand-ins instead (see
+//! [`super::shadow`]). Text a shadow render shows to derive from a secret is
+//! recorded here too ([`Ledger::add_derived`]) and masked like the values.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use minijinja::{Error, ErrorKind};
@@ -31,15 +38,58 @@ pub(super) struct Ledger {
     /// Values that came from elsewhere (Compose secrets read from a repo
     /// file or a variable), masked like the ones handed out.
     extra: Mutex<Vec<String>>,
+    /// Stand-ins by (name, shadow), so one shadow render sees one value
+    /// per name.
+    stand_ins: Mutex<BTreeMap<(String, usize), String>>,
+    /// Seeds the stand-ins: differs per renderer.
+    seed: u64,
+    /// Rendered text derived from secrets (filters, slices, macros, ...).
+    derived: Mutex<BTreeSet<String>>,
+}
+
+/// The render running on this thread.
+#[derive(Debug, Default)]
+struct Scope {
+    /// `Some(k)`: shadow render `k`, `secret()` hands out stand-ins.
+    shadow: Option<usize>,
+    /// Secrets that were set and handed out (or stood in for).
+    used: BTreeSet<String>,
+}
+
+thread_local! {
+    static SCOPE: RefCell<Option<Scope>> = const { RefCell::new(None) };
+}
+
+/// Runs `render` as one render (`shadow`: `Some(k)` for shadow render `k`);
+/// returns its result and the names of the set secrets it read.
+pub(super) fn scoped<T>(
+    shadow: Option<usize>,
+    render: impl FnOnce() -> T,
+) -> (T, BTreeSet<String>) {
+    let outer = SCOPE.with(|s| {
+        s.replace(Some(Scope {
+            shadow,
+            used: BTreeSet::new(),
+        }))
+    });
+    let out = render();
+    let scope = SCOPE.with(|s| s.replace(outer)).unwrap_or_default();
+    (out, scope.used)
 }
 
 impl Ledger {
     pub(super) fn new(source: SecretSource, mode: SecretMode) -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut seed = std::collections::hash_map::RandomState::new().build_hasher();
+        seed.write_u8(0);
         Ledger {
             source,
             mode,
             seen: Mutex::new(BTreeMap::new()),
             extra: Mutex::new(Vec::new()),
+            stand_ins: Mutex::new(BTreeMap::new()),
+            seed: seed.finish(),
+            derived: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -70,8 +120,9 @@ impl Ledger {
                 lookup
             }
         };
+        drop(seen);
         match (lookup, self.mode) {
-            (Lookup::Found(value), _) => Ok(value),
+            (Lookup::Found(value), _) => Ok(self.hand_out(name, value)),
             (Lookup::Missing(_), SecretMode::Placeholder) => Ok(placeholder(name)),
             (Lookup::Missing(e), SecretMode::Require) => {
                 Err(Error::new(ErrorKind::InvalidOperation, e.to_string()))
@@ -79,7 +130,47 @@ impl Ledger {
         }
     }
 
-    /// A masker for every value handed out or recorded so far.
+    /// `value`, or its stand-in in a shadow render; noted in the scope.
+    fn hand_out(&self, name: &str, value: String) -> String {
+        let shadow = SCOPE.with(|s| {
+            let mut s = s.borrow_mut();
+            let scope = s.as_mut()?;
+            scope.used.insert(name.to_owned());
+            scope.shadow
+        });
+        let Some(k) = shadow else {
+            return value;
+        };
+        let mut stand_ins = self
+            .stand_ins
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let seed = self.seed ^ (k as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let seed = name.bytes().fold(seed, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
+        });
+        stand_ins
+            .entry((name.to_owned(), k))
+            .or_insert_with(|| super::shadow::stand_in(&value, seed))
+            .clone()
+    }
+
+    /// Records rendered text derived from a secret, to be masked like one.
+    pub(super) fn add_derived(&self, spans: &[String]) {
+        let mut forms = Vec::new();
+        for span in spans {
+            forms.extend(super::shadow::read_forms(span));
+        }
+        // Before the text can reach any log line.
+        crate::secrets::mask_logs_of(&Masker::from_values(&forms));
+        self.derived
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(forms);
+    }
+
+    /// A masker for every value handed out or recorded so far and the
+    /// text derived from them.
     pub(super) fn masker(&self) -> Masker {
         let mut m = Masker::from_values(self.seen().values().filter_map(|l| match l {
             Lookup::Found(v) => Some(v.as_str()),
@@ -88,6 +179,14 @@ impl Ledger {
         let extra = self.extra.lock().unwrap_or_else(PoisonError::into_inner);
         for v in extra.iter() {
             m.add(v);
+        }
+        for d in self
+            .derived
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            m.add(d);
         }
         m
     }

@@ -32,6 +32,11 @@ mod engine;
 mod error;
 mod filters;
 mod ledger;
+mod shadow;
+
+/// Shadow renders per file that read a secret: two independent stand-ins
+/// leave a chance coincidence with the real value on both a negligible one.
+const SHADOWS: usize = 2;
 
 /// The suffix that marks a template.
 pub const TEMPLATE_SUFFIX: &str = ".j2";
@@ -224,10 +229,25 @@ impl Renderer {
         if !self.snapshot.contains(&path) {
             return Err(not_found());
         }
+        let (real, used) = ledger::scoped(None, || self.render_once(&path));
+        let content = real?;
+        if !used.is_empty() {
+            self.trace_secrets(&path, &content, &used)?;
+        }
+        Ok(Rendered {
+            path: output_of(&path).to_owned(),
+            source: path,
+            content: Arc::from(content.into_bytes()),
+            templated: true,
+        })
+    }
+
+    /// One render of `path` with the context.
+    fn render_once(&self, path: &str) -> Result<String, Diagnostic> {
         let template = self
             .jinja
-            .get_template(&path)
-            .map_err(|e| self.diagnostic(&e, &path))?;
+            .get_template(path)
+            .map_err(|e| self.diagnostic(&e, path))?;
         let mut out = engine::CappedOutput::default();
         if let Err(e) = template.render_captured_to(self.context.clone(), &mut out) {
             if out.overflowed {
@@ -236,17 +256,69 @@ impl Renderer {
                     engine::MAX_OUTPUT_BYTES / (1024 * 1024)
                 ))
                 .env(&self.env)
-                .file(&path)
+                .file(path)
                 .hint("look for a loop or repeat that is far larger than intended"));
             }
-            return Err(self.diagnostic(&e, &path));
+            return Err(self.diagnostic(&e, path));
         }
-        Ok(Rendered {
-            path: output_of(&path).to_owned(),
-            source: path,
-            content: Arc::from(out.buf),
-            templated: true,
-        })
+        // minijinja writes only `str`s, so the buffer is UTF-8.
+        Ok(String::from_utf8_lossy(&out.buf).into_owned())
+    }
+
+    /// Shadow-renders `path`, which read the secrets `used`, and records the
+    /// text of `real` derived from them for masking; an error when that
+    /// text cannot be told apart (see [`shadow`]).
+    fn trace_secrets(
+        &self,
+        path: &str,
+        real: &str,
+        used: &BTreeSet<String>,
+    ) -> Result<(), Diagnostic> {
+        let names = used
+            .iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let hint = "use the secret's value as it is, or through filters that work on any value \
+                    (urlencode, b64encode, tojson, replace, ...); do not branch, loop or slice on it";
+        let mut shadows = Vec::with_capacity(SHADOWS);
+        for k in 0..SHADOWS {
+            let (out, _) = ledger::scoped(Some(k), || self.render_once(path));
+            match out {
+                Ok(text) => shadows.push(text),
+                Err(d) => {
+                    return Err(Diagnostic {
+                        message: format!(
+                            "this file renders only with some values of secret {names} ({}); driftless cannot tell which text derives from the secret, so it cannot mask it",
+                            d.message
+                        ),
+                        hint: Some(hint.to_owned()),
+                        ..d
+                    });
+                }
+            }
+        }
+        let fail = |message: String| {
+            Diagnostic::error(message)
+                .env(&self.env)
+                .file(path)
+                .hint(hint)
+        };
+        match shadow::derived(real, &shadows) {
+            Ok(spans) => {
+                self.ledger.add_derived(&spans);
+                Ok(())
+            }
+            Err(shadow::Untraceable::Lines { real, shadow }) => Err(fail(format!(
+                "secret {names} decides this file's control flow (with another value of the same length it renders {} lines instead of {}); driftless cannot tell which text derives from the secret, so it cannot mask it",
+                shadow.saturating_sub(1),
+                real.saturating_sub(1)
+            ))),
+            Err(shadow::Untraceable::TooShort { line, chars }) => Err(fail(format!(
+                "output line {line}: text derived from secret {names} is {chars} characters long, shorter than {} (or the secret decides what the line says), so it cannot be masked",
+                crate::secrets::MIN_SECRET_LEN
+            ))),
+        }
     }
 
     fn diagnostic(&self, err: &minijinja::Error, template: &str) -> Diagnostic {

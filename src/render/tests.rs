@@ -431,3 +431,195 @@ fn renders_in_parallel_from_one_renderer() {
     });
     assert_eq!(r.missing_secrets(), ["s0", "s1", "s2", "s3"]);
 }
+
+/// A secret holding the characters that encodings treat differently.
+const HOSTILE: &str = "Zx/9~q&<'\"Lm2+w";
+
+fn hostile_renderer(files: &[(&str, &str)]) -> (Renderer, tempfile::TempDir) {
+    hostile_renderer_with(files, json!({}))
+}
+
+fn hostile_renderer_with(
+    files: &[(&str, &str)],
+    context: serde_json::Value,
+) -> (Renderer, tempfile::TempDir) {
+    renderer_with_secret(files, context, "db_pw", HOSTILE)
+}
+
+/// A renderer for `files` whose secrets directory holds `name` = `value`.
+fn renderer_with_secret(
+    files: &[(&str, &str)],
+    context: serde_json::Value,
+    name: &str,
+    value: &str,
+) -> (Renderer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(name), value).unwrap();
+    let r = Renderer::with_context(
+        snapshot(files),
+        "dev",
+        context,
+        SecretSource {
+            dir: Some(dir.path().to_owned()),
+            from_env: false,
+        },
+        SecretMode::Require,
+    );
+    (r, dir)
+}
+
+/// Every string-returning construct minijinja (and pycompat, and
+/// driftless's filters) offers, applied to a secret: each line's derived
+/// text is masked whole, whatever the construct made of the value.
+#[test]
+fn text_derived_from_a_secret_through_any_construct_is_masked() {
+    let constructs = [
+        ("raw", "s"),
+        ("urlencode", "s | urlencode"),
+        ("upper", "s | upper"),
+        ("lower", "s | lower"),
+        ("title", "s | title"),
+        ("capitalize", "s | capitalize"),
+        ("replace", "s | replace('/', '_')"),
+        ("trim", "(' ' ~ s ~ ' ') | trim"),
+        ("reverse", "s | reverse"),
+        ("tojson", "s | tojson"),
+        ("escape", "s | escape"),
+        ("string", "s | string"),
+        ("pprint", "s | pprint"),
+        ("format", "'%s!' | format(s)"),
+        ("indent", "s | indent(2)"),
+        ("slice", "s[2:-2]"),
+        ("step", "s[::2]"),
+        ("concat", "'pre-' ~ s ~ '-post'"),
+        ("join", "s | list | join('.')"),
+        ("sort", "s | list | sort | join"),
+        ("unique", "s | list | unique | join"),
+        ("b64encode", "s | b64encode"),
+        (
+            "b64url",
+            "s | b64encode | replace('+', '-') | replace('/', '_')",
+        ),
+        ("sha256", "s | sha256"),
+        ("macro", "wrap(s)"),
+        ("py_upper", "s.upper()"),
+        ("py_replace", "s.replace('&', 'and')"),
+        ("py_strip", "s.strip('Z')"),
+        ("py_format", "'{}:{}'.format('u', s)"),
+        ("py_split_join", "'-'.join(s.split('/'))"),
+        ("dict", "{'k': s} | tojson"),
+        ("yaml", "{'k': s} | to_yaml"),
+    ];
+    let mut template = String::from(
+        "{% macro wrap(v) %}<{{ v | upper | urlencode }}>{% endmacro %}{% set s = secret('db_pw') %}",
+    );
+    for (name, expr) in constructs {
+        template.push_str(&format!("{name}: {{{{ {expr} }}}}\n"));
+    }
+    let (r, _dir) = hostile_renderer(&[("a.j2", &template)]);
+    let out = text(&r, "a");
+    let masked = r.masker().mask(&out).into_owned();
+    // What may stay: the mask and the template's own text around it
+    // (quotes of `tojson`, `pre-`/`-post`, the macro's `<>`, ...); none of
+    // the secret's letters or digits, in any case, nor of its encodings.
+    let allowed = |c: char| "\"'!<>{}:,- prepostuk".contains(c);
+    for (line, (name, _)) in masked.lines().zip(constructs) {
+        let rest = line
+            .strip_prefix(&format!("{name}: "))
+            .unwrap_or_else(|| panic!("{name}: {line}"));
+        assert!(rest.contains(crate::secrets::MASK), "{name}: {line}\n{out}");
+        let left = rest.replace(crate::secrets::MASK, "");
+        assert!(left.chars().all(allowed), "{name}: {line}\n{out}");
+    }
+    assert_eq!(masked.lines().count(), constructs.len(), "{masked}");
+}
+
+#[test]
+fn a_secret_in_a_macro_of_an_imported_template_is_followed() {
+    let (r, _dir) = hostile_renderer(&[
+        (
+            "lib.j2",
+            "{% macro url(user) %}postgres://{{ user }}:{{ secret('db_pw') | urlencode }}@db/app{% endmacro %}",
+        ),
+        (
+            "a.j2",
+            "{% import 'lib.j2' as lib %}url: {{ lib.url('app') }}\n",
+        ),
+    ]);
+    let out = text(&r, "a");
+    assert!(out.contains("Zx/9%7Eq%26%3C%27%22Lm2%2Bw"), "{out}");
+    assert_eq!(
+        r.masker().mask(&out),
+        format!("url: postgres://app:{}@db/app\n", crate::secrets::MASK)
+    );
+}
+
+#[test]
+fn a_multi_line_secret_is_masked_line_by_line_when_indented() {
+    let key = "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\nAQEFAASCBKcwggSjAgEAAoIB\n-----END KEY-----";
+    let (r, _dir) = renderer_with_secret(
+        &[(
+            "a.j2",
+            "key: |\n  {{ secret('tls_key') | indent(2) }}\nnext: 1\n",
+        )],
+        json!({}),
+        "tls_key",
+        key,
+    );
+    let out = text(&r, "a");
+    let masked = r.masker().mask(&out).into_owned();
+    assert!(
+        !masked.contains("MIIEvQ") && !masked.contains("AQEFAA"),
+        "{masked}"
+    );
+    assert!(masked.ends_with("next: 1\n"), "{masked}");
+}
+
+#[test]
+fn b64decode_of_a_base64_secret_works_and_its_text_is_masked() {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode("admin:Pa55/w0rd");
+    let (r, _dir) = renderer_with_secret(
+        &[("a.j2", "auth: {{ secret('basic') | b64decode }}\n")],
+        json!({}),
+        "basic",
+        &encoded,
+    );
+    let out = text(&r, "a");
+    assert_eq!(out, "auth: admin:Pa55/w0rd\n");
+    assert_eq!(r.masker().mask(&out), "auth: ******\n");
+}
+
+#[test]
+fn a_secret_that_decides_control_flow_or_is_cut_too_short_fails_the_render() {
+    let cases = [
+        (
+            "{% if secret('db_pw').startswith('Z') %}a: 1\nb: 2\n{% endif %}",
+            "decides this file's control flow",
+        ),
+        ("pin: {{ secret('db_pw')[:2] }}\n", "shorter than 4"),
+        (
+            "role: {{ roles[secret('db_pw')] }}\n",
+            "renders only with some values",
+        ),
+    ];
+    for (template, needle) in cases {
+        let roles = json!({ "roles": { HOSTILE: "admin" } });
+        let (r, _dir) = hostile_renderer_with(&[("a.j2", template)], roles);
+        let d = error(&r, "a");
+        assert_eq!(d.file.as_deref(), Some("a.j2"), "{d}");
+        assert!(
+            d.message.contains("`db_pw`") && d.message.contains(needle),
+            "{template}: {d}"
+        );
+        assert!(d.hint.is_some(), "{d}");
+        assert!(!d.to_string().contains("Zx/9"), "{d}");
+    }
+}
+
+#[test]
+fn files_that_read_no_secret_render_once_and_unchanged() {
+    let (r, _dir) = hostile_renderer(&[("a.j2", "{% for i in range(3) %}{{ i }}{% endfor %}\n")]);
+    assert_eq!(text(&r, "a"), "012\n");
+    assert!(r.masker().mask("012").contains("012"));
+}

@@ -191,7 +191,12 @@ pub async fn run(
         if let Some(d) = memo.drift_interval() {
             drift_interval = d;
         }
-        next_drift = Instant::now() + drift_interval;
+        // A pass that may have ended at the fingerprint is no drift check:
+        // with polls more frequent than the drift interval, resetting the
+        // timer after each of them kept drift correction from ever running.
+        if crate::reconcile::decide::always_plans(trigger) {
+            next_drift = Instant::now() + drift_interval;
+        }
         match end {
             PassEnd::Done => {
                 retry = None;

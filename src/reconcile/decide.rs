@@ -132,7 +132,16 @@ pub fn what_to_run(state: &EnvState, head: &CommitId, automatic_rollback: bool) 
 /// commit applied. The drift timer, retries, start-up and operators always
 /// run it.
 pub fn may_skip(trigger: Trigger, applied: Option<&Key>, run: &Key) -> bool {
-    matches!(trigger, Trigger::Poll | Trigger::Watch | Trigger::Webhook) && applied == Some(run)
+    !always_plans(trigger) && applied == Some(run)
+}
+
+/// Whether a pass for `trigger` always plans against the live state (so it
+/// is a drift check): every trigger but a poll, a ref change or a webhook,
+/// which may end at the live fingerprint ([`may_skip`]). Only such passes
+/// push the drift timer back; otherwise frequent polls would keep the drift
+/// check from ever running.
+pub fn always_plans(trigger: Trigger) -> bool {
+    !matches!(trigger, Trigger::Poll | Trigger::Watch | Trigger::Webhook)
 }
 
 /// How a run ended.
@@ -370,6 +379,15 @@ mod tests {
         for (name, state, automatic, want) in cases {
             assert_eq!(what_to_run(&state, &c("h"), automatic), want, "{name}");
         }
+    }
+
+    #[test]
+    fn only_passes_that_cannot_skip_count_as_drift_checks() {
+        for t in Trigger::ALL {
+            let skips = matches!(t, Trigger::Poll | Trigger::Watch | Trigger::Webhook);
+            assert_eq!(always_plans(*t), !skips, "{t:?}");
+        }
+        assert!(always_plans(Trigger::Drift));
     }
 
     #[test]

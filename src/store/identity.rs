@@ -77,7 +77,11 @@ pub(super) fn read_marker(dir: &Path) -> Result<Option<String>> {
 /// fsync): a crash leaves the old marker or the new one, never half.
 pub(super) fn write_marker(dir: &Path, id: &str) -> Result<()> {
     let path = dir.join(MARKER);
-    let tmp = dir.join(format!("{MARKER}.tmp-{}", std::process::id()));
+    // Unique per process and per call: two threads of one process (or two
+    // opens in a row) never share a temporary file.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!("{MARKER}.tmp-{}-{n}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(format!("{id}\n").as_bytes())?;

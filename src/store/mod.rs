@@ -230,7 +230,21 @@ impl Store {
     fn setup(conn: Connection, path: Option<PathBuf>) -> Result<Store> {
         conn.busy_timeout(Duration::from_secs(10))?;
         // `journal_mode` answers with a row; an in-memory database stays `memory`.
-        let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        // Switching a new file to WAL takes an exclusive lock without
+        // calling the busy handler: when another process opens the same new
+        // store at that moment, wait for it here as the busy timeout would.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let _mode: String = loop {
+            match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)) {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                other => break other?,
+            }
+        };
         conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")?;
         let store = Store {
             conn: Mutex::new(conn),

@@ -96,7 +96,12 @@ pub const MIGRATIONS: &[&str] = &[
 
 /// Applies the migrations `c` has not had yet, each in its own transaction.
 pub(super) fn migrate(c: &mut Connection) -> Result<()> {
-    let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    // One write transaction, the version read inside it: a second process
+    // opening the same store at the same moment (the CLI beside a starting
+    // daemon) waits for the lock and then finds the migrations applied,
+    // instead of running them again ("table reconciles already exists").
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let known = MIGRATIONS.len() as i64;
     if version > known {
         return Err(StoreError::TooNew {
@@ -104,12 +109,13 @@ pub(super) fn migrate(c: &mut Connection) -> Result<()> {
             known,
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let tx = c.transaction()?;
+    for sql in MIGRATIONS.iter().skip(version as usize) {
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-        tx.commit()?;
     }
+    if version < known {
+        tx.pragma_update(None, "user_version", known)?;
+    }
+    tx.commit()?;
     Ok(())
 }
 
@@ -132,6 +138,22 @@ impl Store {
 mod tests {
     use super::super::*;
     use super::*;
+
+    #[test]
+    fn stores_opened_at_the_same_moment_migrate_once() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let opened: Vec<_> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..4)
+                    .map(|_| s.spawn(|| Store::open(dir.path()).map(|st| st.schema_version())))
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for o in opened {
+                assert_eq!(o.unwrap().unwrap(), MIGRATIONS.len() as i64);
+            }
+        }
+    }
 
     /// A state directory written by the release before the store became a
     /// folder (schema 1, WAL mode): reconciles of both kinds and most

@@ -1181,6 +1181,27 @@ async fn the_cli_reads_the_daemon_and_token_from_the_environment() {
 
 const HOOK: &str = "operator-hook-secret-4411";
 
+/// The seeded store served with the token and `api.reads: loopback`, the
+/// daemon's defaults, on `listen` with `limits` (and a webhook secret).
+async fn loopback_server(
+    webhook: Option<&str>,
+    listen: &str,
+    limits: Limits,
+) -> (tempfile::TempDir, Served) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = seeded_store(dir.path());
+    let s = serve_on(
+        store,
+        Some(TOKEN),
+        ReadAccess::Loopback,
+        webhook,
+        listen,
+        limits,
+    )
+    .await;
+    (dir, s)
+}
+
 fn hook_signature(body: &[u8]) -> String {
     use hmac::{KeyInit, Mac};
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(HOOK.as_bytes()).unwrap();
@@ -1204,17 +1225,7 @@ async fn hook(s: &Served, event: &str, delivery: &str, body: &str, signed: bool)
 
 #[tokio::test]
 async fn forged_webhooks_never_rate_limit_a_signed_push() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _) = seeded_store(dir.path());
-    let s = serve_on(
-        store,
-        Some(TOKEN),
-        ReadAccess::Loopback,
-        Some(HOOK),
-        "127.0.0.1:0",
-        Limits::default(),
-    )
-    .await;
+    let (_dir, s) = loopback_server(Some(HOOK), "127.0.0.1:0", Limits::default()).await;
     // 300 unsigned requests: refused, and once their own bucket is empty, 429.
     let mut codes = BTreeMap::new();
     for i in 0..300 {
@@ -1232,17 +1243,7 @@ async fn forged_webhooks_never_rate_limit_a_signed_push() {
 
 #[tokio::test]
 async fn a_delivery_refused_as_malformed_is_read_again_when_redelivered() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _) = seeded_store(dir.path());
-    let s = serve_on(
-        store,
-        Some(TOKEN),
-        ReadAccess::Loopback,
-        Some(HOOK),
-        "127.0.0.1:0",
-        Limits::default(),
-    )
-    .await;
+    let (_dir, s) = loopback_server(Some(HOOK), "127.0.0.1:0", Limits::default()).await;
     s.state
         .branches
         .write()
@@ -1293,17 +1294,7 @@ async fn token_less_reads_need_a_loopback_host_name() {
 
 #[tokio::test]
 async fn a_dual_stack_listener_serves_ipv4_loopback_as_loopback() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _) = seeded_store(dir.path());
-    let s = serve_on(
-        store,
-        Some(TOKEN),
-        ReadAccess::Loopback,
-        None,
-        "[::]:0",
-        Limits::default(),
-    )
-    .await;
+    let (_dir, s) = loopback_server(None, "[::]:0", Limits::default()).await;
     for path in READS {
         let (code, body) = s.get(&s.base, path, None).await;
         assert_eq!(code, 200, "{path} from 127.0.0.1 on [::]: {body}");
@@ -1364,22 +1355,12 @@ async fn closed_within(stream: &mut tokio::net::TcpStream, patience: Duration) -
 async fn idle_and_slow_connections_are_closed_and_the_page_still_answers() {
     use tokio::io::AsyncWriteExt;
     driftless::http::server::raise_nofile_limit();
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _) = seeded_store(dir.path());
     let limits = Limits {
         header_read: Duration::from_secs(2),
         request: Duration::from_secs(2),
         connections: 2048,
     };
-    let s = serve_on(
-        store,
-        Some(TOKEN),
-        ReadAccess::Loopback,
-        None,
-        "127.0.0.1:0",
-        limits,
-    )
-    .await;
+    let (_dir, s) = loopback_server(None, "127.0.0.1:0", limits).await;
     let addr = s.base.trim_start_matches("http://").to_owned();
 
     // 1,100 sockets that never send a byte: the page still answers.
@@ -1420,22 +1401,12 @@ async fn idle_and_slow_connections_are_closed_and_the_page_still_answers() {
 
 #[tokio::test]
 async fn past_the_connection_cap_a_request_waits_for_a_slot_and_is_answered() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _) = seeded_store(dir.path());
     let limits = Limits {
         header_read: Duration::from_secs(1),
         request: Duration::from_secs(5),
         connections: 4,
     };
-    let s = serve_on(
-        store,
-        Some(TOKEN),
-        ReadAccess::Loopback,
-        None,
-        "127.0.0.1:0",
-        limits,
-    )
-    .await;
+    let (_dir, s) = loopback_server(None, "127.0.0.1:0", limits).await;
     let addr = s.base.trim_start_matches("http://").to_owned();
     let mut idle = Vec::new();
     for _ in 0..4 {

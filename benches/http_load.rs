@@ -46,11 +46,12 @@ fn seed(store: &Store) {
     for env in ENVS {
         for i in 0..ROWS {
             let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000 + i * 60);
+            let commit: driftless::source::CommitId = format!("{i:040x}").into();
             let id = store
-                .begin(env, Trigger::Poll, Kind::Deploy, None, t)
+                .begin(env, &commit, Trigger::Poll, Kind::Deploy, None, t)
                 .unwrap();
             let finish = Finish {
-                commit: Some(format!("{i:040x}").into()),
+                commit: Some(commit),
                 outcome: if i % 10 == 3 {
                     Outcome::Unhealthy
                 } else {

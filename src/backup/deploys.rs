@@ -201,7 +201,9 @@ mod tests {
 
     fn reconcile(s: &Store, kind: Kind, commit: &str, outcome: Outcome) -> i64 {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
-        let id = s.begin("prod", Trigger::Poll, kind, None, at).unwrap();
+        let id = s
+            .begin("prod", &commit.into(), Trigger::Poll, kind, None, at)
+            .unwrap();
         let finish = Finish {
             commit: Some(commit.into()),
             outcome,

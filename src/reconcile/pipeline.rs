@@ -330,7 +330,11 @@ pub async fn reconcile<H: Hooks>(
             // For a rollback: the next pass finds the head failed and runs
             // the last good commit again, the same rollback.
             Next::Retry => {
-                record(env, pending, Effects::default()).await;
+                let effects = Effects {
+                    collapse_repeat: true,
+                    ..Effects::default()
+                };
+                record(env, pending, effects).await;
                 break End::Retry(error);
             }
             Next::Reject { mark_failed } => {
@@ -483,10 +487,14 @@ async fn deploy<H: Hooks>(
 ) -> Attempt {
     let started = SystemTime::now();
     let (key, kind) = (run.key(), run.kind());
-    let (name, failed) = (env.name.to_owned(), run.rollback_of().cloned());
+    let (name, commit, failed) = (
+        env.name.to_owned(),
+        run.commit.clone(),
+        run.rollback_of().cloned(),
+    );
     let begun = env
         .store
-        .call(move |s| s.begin(&name, trigger, kind, failed.as_ref(), started))
+        .call(move |s| s.begin(&name, &commit, trigger, kind, failed.as_ref(), started))
         .await;
     let mut rec = Recorder {
         hooks,

@@ -283,7 +283,7 @@ mod tests {
         let t = |secs| UNIX_EPOCH + Duration::from_secs(secs);
         let reconcile = |commit: &str, outcome| {
             let id = s
-                .begin("dev", Trigger::Poll, Kind::Deploy, None, t(1))
+                .begin("dev", &"c0".into(), Trigger::Poll, Kind::Deploy, None, t(1))
                 .unwrap();
             let end = Finish {
                 commit: Some(commit.into()),

@@ -246,7 +246,14 @@ mod tests {
             .enumerate()
         {
             let id = s
-                .begin("dev", Trigger::Poll, Kind::Deploy, None, t(i as u64))
+                .begin(
+                    "dev",
+                    &"c0".into(),
+                    Trigger::Poll,
+                    Kind::Deploy,
+                    None,
+                    t(i as u64),
+                )
                 .unwrap();
             let finish = Finish {
                 commit: Some(format!("c{i}").into()),
@@ -261,8 +268,15 @@ mod tests {
             s.finish(id, &finish, t(i as u64 + 1)).unwrap();
             ids.push(id);
         }
-        s.begin("prod", Trigger::Poll, Kind::Deploy, None, t(9))
-            .unwrap();
+        s.begin(
+            "prod",
+            &"c0".into(),
+            Trigger::Poll,
+            Kind::Deploy,
+            None,
+            t(9),
+        )
+        .unwrap();
         let page = s
             .history_page(&HistoryQuery {
                 env: Some("dev"),
@@ -305,7 +319,14 @@ mod tests {
         assert_eq!((sum.health, sum.out_of_sync), (EnvHealth::Healthy, 0));
         // A later unhealthy deploy: one resource out of sync, unhealthy.
         let id = s
-            .begin("dev", Trigger::Poll, Kind::Deploy, None, t(20))
+            .begin(
+                "dev",
+                &"c0".into(),
+                Trigger::Poll,
+                Kind::Deploy,
+                None,
+                t(20),
+            )
             .unwrap();
         let finish = Finish {
             commit: Some("c3".into()),

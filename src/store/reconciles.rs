@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Result, Store, millis, text_enum};
@@ -115,6 +115,10 @@ pub struct Effects {
     /// The row is not worth keeping (an unchanged re-plan by a timer): it is
     /// deleted instead, and the other effects still apply.
     pub discard: bool,
+    /// A retry: when it ended as the environment's previous reconcile did
+    /// (same commit, outcome and error), its row is deleted, so an outage
+    /// leaves one row in history, not one per retry.
+    pub collapse_repeat: bool,
 }
 
 /// One row of history.
@@ -197,11 +201,33 @@ fn finish(c: &Connection, id: i64, finish: &Finish, at: SystemTime) -> Result<()
     Ok(())
 }
 
+/// Whether `end` repeats how `env`'s reconcile before `id` ended.
+fn repeats(c: &Connection, env: &str, id: i64, end: &Finish) -> Result<bool> {
+    let previous = c
+        .query_row(
+            "SELECT commit_id, outcome, error FROM reconciles WHERE env = ?1 AND id < ?2 ORDER BY id DESC LIMIT 1",
+            params![env, id],
+            |r| {
+                Ok((
+                    r.get::<_, Option<CommitId>>(0)?,
+                    r.get::<_, Outcome>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
+            },
+        )
+        .optional()?;
+    Ok(previous.is_some_and(|(commit, outcome, error)| {
+        commit == end.commit && outcome == end.outcome && error == end.error
+    }))
+}
+
 impl Store {
-    /// Records the start of a reconcile; returns its id.
+    /// Records the start of a reconcile of `commit`; returns its id. A
+    /// reconcile interrupted before its end keeps the commit it was running.
     pub fn begin(
         &self,
         env: &str,
+        commit: &CommitId,
         trigger: Trigger,
         kind: Kind,
         rollback_of: Option<&CommitId>,
@@ -209,8 +235,8 @@ impl Store {
     ) -> Result<i64> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO reconciles (env, trigger, kind, rollback_of, outcome, started_at) VALUES (?1, ?2, ?3, ?4, 'running', ?5)",
-                params![env, trigger, kind, rollback_of, millis(started)],
+                "INSERT INTO reconciles (env, commit_id, trigger, kind, rollback_of, outcome, started_at) VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6)",
+                params![env, commit, trigger, kind, rollback_of, millis(started)],
             )?;
             Ok(c.last_insert_rowid())
         })
@@ -227,12 +253,13 @@ impl Store {
         at: SystemTime,
     ) -> Result<()> {
         self.transaction(|tx| {
-            if effects.discard {
+            let drop = effects.discard || (effects.collapse_repeat && repeats(tx, env, id, end)?);
+            if drop {
                 tx.execute("DELETE FROM reconciles WHERE id = ?1", params![id])?;
             } else {
                 finish(tx, id, end, at)?;
             }
-            let kept = (!effects.discard).then_some(id);
+            let kept = (!drop).then_some(id);
             if let Some(commit) = &end.commit {
                 if effects.last_good {
                     super::control::set_last_good(tx, env, commit, &end.image_ids, kept, at)?;
@@ -312,13 +339,21 @@ mod tests {
     fn reconciles_round_trip_newest_first() {
         let s = Store::open_in_memory().unwrap();
         let a = s
-            .begin("dev", Trigger::Poll, Kind::Deploy, None, t(10))
+            .begin(
+                "dev",
+                &"c0".into(),
+                Trigger::Poll,
+                Kind::Deploy,
+                None,
+                t(10),
+            )
             .unwrap();
         let end = finish("abc", Outcome::Healthy);
         s.finish(a, &end, t(11)).unwrap();
         let b = s
             .begin(
                 "dev",
+                &"c1".into(),
                 Trigger::Webhook,
                 Kind::Rollback,
                 Some(&"bad".into()),
@@ -346,10 +381,57 @@ mod tests {
     }
 
     #[test]
+    fn retries_that_fail_alike_leave_one_row() {
+        let s = Store::open_in_memory().unwrap();
+        let retry = Effects {
+            collapse_repeat: true,
+            ..Effects::default()
+        };
+        let failing = |commit: &str, error: &str| Finish {
+            error: Some(error.into()),
+            ..finish(commit, Outcome::Failed)
+        };
+        let mut ids = Vec::new();
+        for (i, (commit, error)) in [
+            ("c1", "engine unreachable"),
+            ("c1", "engine unreachable"),
+            ("c1", "engine unreachable"),
+            ("c1", "store is read-only"),
+            ("c2", "store is read-only"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let at = t(i as u64 + 1);
+            let id = s
+                .begin(
+                    "dev",
+                    &commit.into(),
+                    Trigger::Retry,
+                    Kind::Deploy,
+                    None,
+                    at,
+                )
+                .unwrap();
+            s.record("dev", id, &failing(commit, error), &retry, at)
+                .unwrap();
+            ids.push(id);
+        }
+        let kept: Vec<i64> = s
+            .history(Some("dev"), 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        // The first of the outage, then each new error or commit.
+        assert_eq!(kept, vec![ids[4], ids[3], ids[0]]);
+    }
+
+    #[test]
     fn a_record_writes_the_row_and_its_effects_together() {
         let s = Store::open_in_memory().unwrap();
         let a = s
-            .begin("dev", Trigger::Poll, Kind::Deploy, None, t(1))
+            .begin("dev", &"c0".into(), Trigger::Poll, Kind::Deploy, None, t(1))
             .unwrap();
         let effects = Effects {
             last_good: true,
@@ -362,7 +444,7 @@ mod tests {
         assert_eq!(lg.image_ids["p/web"], "sha256:1");
 
         let b = s
-            .begin("dev", Trigger::Poll, Kind::Deploy, None, t(3))
+            .begin("dev", &"c0".into(), Trigger::Poll, Kind::Deploy, None, t(3))
             .unwrap();
         let effects = Effects {
             failed: Some("unhealthy".into()),
@@ -383,7 +465,14 @@ mod tests {
 
         // A discarded row goes; its effects stay.
         let d = s
-            .begin("dev", Trigger::Drift, Kind::Deploy, None, t(4))
+            .begin(
+                "dev",
+                &"c0".into(),
+                Trigger::Drift,
+                Kind::Deploy,
+                None,
+                t(4),
+            )
             .unwrap();
         let effects = Effects {
             last_good: true,
@@ -406,7 +495,7 @@ mod tests {
         })
         .unwrap();
         let c = s
-            .begin("dev", Trigger::Poll, Kind::Deploy, None, t(5))
+            .begin("dev", &"c0".into(), Trigger::Poll, Kind::Deploy, None, t(5))
             .unwrap();
         let effects = Effects {
             failed: Some("bad".into()),
@@ -424,8 +513,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Store::open(dir.path()).unwrap();
-            s.begin("dev", Trigger::Startup, Kind::Deploy, None, t(1))
-                .unwrap();
+            s.begin(
+                "dev",
+                &"c0".into(),
+                Trigger::Startup,
+                Kind::Deploy,
+                None,
+                t(1),
+            )
+            .unwrap();
             s.set_last_good("dev", &"c1".into(), &ImageIds::new(), None, t(1))
                 .unwrap();
         }
@@ -435,7 +531,10 @@ mod tests {
         assert_eq!(s.history(None, 5).unwrap()[0].outcome, Outcome::Running);
         // The holder of the environment's lock marks what it finds running.
         assert_eq!(s.mark_interrupted("dev").unwrap(), 1);
-        assert_eq!(s.history(None, 5).unwrap()[0].outcome, Outcome::Interrupted);
+        let row = &s.history(None, 5).unwrap()[0];
+        assert_eq!(row.outcome, Outcome::Interrupted);
+        // It still says which commit was being deployed.
+        assert_eq!(row.commit.as_ref().map(|c| c.as_str()), Some("c0"));
         assert_eq!(s.last_good("dev").unwrap().unwrap().commit, "c1");
         assert_eq!(s.integrity_check().unwrap(), Ok(()));
         let mode: String = s
@@ -472,7 +571,16 @@ mod tests {
     async fn async_callers_go_through_the_blocking_pool() {
         let s = std::sync::Arc::new(Store::open_in_memory().unwrap());
         let id = s
-            .call(|s| s.begin("dev", Trigger::Manual, Kind::Deploy, None, t(1)))
+            .call(|s| {
+                s.begin(
+                    "dev",
+                    &"c0".into(),
+                    Trigger::Manual,
+                    Kind::Deploy,
+                    None,
+                    t(1),
+                )
+            })
             .await
             .unwrap();
         let rows = s.call(|s| s.history(Some("dev"), 1)).await.unwrap();

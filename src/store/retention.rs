@@ -85,12 +85,26 @@ mod tests {
         let s = Store::open_in_memory().unwrap();
         let day = 86_400;
         for i in 0..5 {
-            s.begin("dev", Trigger::Poll, Kind::Deploy, None, t(i * day))
-                .unwrap();
+            s.begin(
+                "dev",
+                &"c0".into(),
+                Trigger::Poll,
+                Kind::Deploy,
+                None,
+                t(i * day),
+            )
+            .unwrap();
         }
         for i in 0..3 {
-            s.begin("prod", Trigger::Poll, Kind::Deploy, None, t(100 * day + i))
-                .unwrap();
+            s.begin(
+                "prod",
+                &"c0".into(),
+                Trigger::Poll,
+                Kind::Deploy,
+                None,
+                t(100 * day + i),
+            )
+            .unwrap();
         }
         s.with(|c| Ok(c.execute("UPDATE reconciles SET outcome = 'healthy'", [])?))
             .unwrap();

@@ -18,6 +18,7 @@ use driftless::daemon::worker::{Dirty, WorkerStats};
 use driftless::http::server::{Limits, serve as serve_http};
 use driftless::http::{AppState, EnvEntry, RateLimiter, router};
 use driftless::secrets::Masker;
+use driftless::source::CommitId;
 use driftless::store::{Finish, ImageIds, Kind, Outcome, Store, Timings, Trigger};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -50,11 +51,19 @@ fn seeded_store(dir: &std::path::Path) -> (Arc<Store>, Vec<i64>) {
     let outcomes = [Outcome::Healthy, Outcome::Unhealthy, Outcome::Invalid];
     let mut ids = Vec::new();
     for i in 0..7u64 {
+        let commit: CommitId = format!("{i:040}").into();
         let id = store
-            .begin("dev", Trigger::Poll, Kind::Deploy, None, at(i * 10))
+            .begin(
+                "dev",
+                &commit,
+                Trigger::Poll,
+                Kind::Deploy,
+                None,
+                at(i * 10),
+            )
             .unwrap();
         let finish = Finish {
-            commit: Some(format!("{i:040}").into()),
+            commit: Some(commit),
             outcome: outcomes[i as usize % 3],
             plan: Some(
                 json!({"changes": [{"target": "local", "resource": {"kind": "service", "name": "p/web"}, "action": {"type": "update"}, "diff": format!("-TOKEN: old\n+TOKEN: {CANARY}\n")}]}),
@@ -74,7 +83,14 @@ fn seeded_store(dir: &std::path::Path) -> (Arc<Store>, Vec<i64>) {
         ids.push(id);
     }
     store
-        .begin("prod", Trigger::Startup, Kind::Deploy, None, at(100))
+        .begin(
+            "prod",
+            &format!("{:040}", 100).into(),
+            Trigger::Startup,
+            Kind::Deploy,
+            None,
+            at(100),
+        )
         .unwrap();
     store
         .set_last_good(

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::alert::{Event, EventKind, Notifier};
-use super::repo::{Head, Lookup, RepoHandle};
+use super::repo::{Head, HeadError, Lookup, RepoHandle};
 use crate::reconcile::RenderOptions;
 use crate::reconcile::decide::{self, Decision, Policy, Run};
 use crate::reconcile::pipeline::{self, End, Hooks, Notice, NoticeKind};
@@ -71,6 +71,8 @@ pub struct Memo {
     pipeline: pipeline::Memo,
     removed: bool,
     last_invalid_manifest: Option<String>,
+    /// The environment as the root manifest last listed it.
+    last_head: Option<Head>,
 }
 
 impl Memo {
@@ -113,19 +115,43 @@ pub async fn run(ctx: &EnvContext, memo: &mut Memo, trigger: Trigger, since: Ins
     let head = match ctx.repo.head(&ctx.name).await {
         Ok(Lookup::Found(head)) => {
             memo.removed = false;
+            memo.last_head = Some((*head).clone());
             head
         }
         Ok(Lookup::Removed { prune }) => {
             removed(ctx, memo, prune).await;
             return PassEnd::Done;
         }
-        Err(e) => {
-            let e = ctx.masker.mask(&e).into_owned();
-            if memo.last_invalid_manifest.as_deref() != Some(e.as_str()) {
-                tracing::error!(error = %e, "the root manifest cannot be read; nothing is applied");
-                memo.last_invalid_manifest = Some(e);
+        // The default branch's commit is refused before any environment
+        // could be read from it: it is recorded against that commit like
+        // any invalid commit, with the environment as last seen, so the
+        // last good commit keeps being driven (drift, rollback).
+        Err(HeadError::Invalid { commit, message }) => match &memo.last_head {
+            Some(last) => Box::new(Head {
+                commit,
+                ..last.clone()
+            }),
+            None => {
+                say_once(
+                    memo,
+                    ctx,
+                    &message,
+                    "the root manifest cannot be read; nothing is applied",
+                );
+                return PassEnd::Done;
             }
+        },
+        Err(HeadError::NoBranch(e)) => {
+            say_once(
+                memo,
+                ctx,
+                &e,
+                "the environment's branch does not exist; nothing is applied",
+            );
             return PassEnd::Done;
+        }
+        Err(HeadError::Unreadable(e)) => {
+            return PassEnd::Retry(ctx.masker.mask(&format!("read the repo: {e}")).into_owned());
         }
     };
     memo.last_invalid_manifest = None;
@@ -228,6 +254,15 @@ impl Hooks for DaemonHooks<'_> {
                 .send(&self.head.notifications, &event)
                 .await
         }
+    }
+}
+
+/// Logs `error` unless the previous pass logged the same.
+fn say_once(memo: &mut Memo, ctx: &EnvContext, error: &str, what: &str) {
+    let e = ctx.masker.mask(error).into_owned();
+    if memo.last_invalid_manifest.as_deref() != Some(e.as_str()) {
+        tracing::error!(error = %e, "{what}");
+        memo.last_invalid_manifest = Some(e);
     }
 }
 

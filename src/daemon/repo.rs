@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use crate::manifest;
 use crate::reconcile;
 use crate::source::{Auth, CommitId, Limits, Repo, Source, SourceError};
 
@@ -32,6 +33,22 @@ pub struct Head {
     /// The notifications the environment names, from the root manifest.
     pub notifications: Vec<(String, crate::manifest::Notification)>,
     pub prune_removed: bool,
+}
+
+/// Why the head of an environment could not be looked up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    /// The repo could not be read (I/O, object database): try again.
+    #[error("{0}")]
+    Unreadable(String),
+    /// The environment's branch does not exist (yet): nothing to deploy.
+    #[error("{0}")]
+    NoBranch(String),
+    /// The default branch's `commit` holds a root manifest that does not
+    /// load (it does not parse, or the commit breaks the source limits):
+    /// a refusal of that commit, recorded like any invalid commit.
+    #[error("commit {}: {message}", commit.short())]
+    Invalid { commit: CommitId, message: String },
 }
 
 /// The outcome of looking an environment up at the head of the repo.
@@ -114,26 +131,44 @@ impl RepoHandle {
 
     /// Reads the root manifest at the default branch (that file only, not
     /// the whole commit) and resolves `env`'s branch head.
-    pub async fn head(self: &Arc<Self>, env: &str) -> Result<Lookup, String> {
+    pub async fn head(self: &Arc<Self>, env: &str) -> Result<Lookup, HeadError> {
         let me = self.clone();
         let env = env.to_owned();
         tokio::task::spawn_blocking(move || {
+            let unreadable = |e: SourceError| HeadError::Unreadable(e.to_string());
+            let root = me
+                .repo
+                .resolve("HEAD")
+                .or_else(|_| me.repo.resolve("main"))
+                .map_err(unreadable)?;
             let source = Source::Git {
                 repo: Box::new(me.repo.clone()),
-                pinned: None,
+                pinned: Some(root.clone()),
             };
-            let manifest =
-                reconcile::manifest_only(&source, me.limits).map_err(|d| d.to_string())?;
+            let invalid = |message: String| HeadError::Invalid {
+                commit: CommitId::new(root.as_str()),
+                message,
+            };
+            let snapshot = match source.root_file_snapshot(manifest::FILE, me.limits) {
+                Ok(s) => s,
+                Err(e @ (SourceError::Io { .. } | SourceError::Git(_))) => {
+                    return Err(unreadable(e));
+                }
+                Err(e) => return Err(invalid(e.to_string())),
+            };
+            let manifest = reconcile::manifest_of(&snapshot).map_err(|d| invalid(d.to_string()))?;
             let Some(environment) = manifest.environments.get(&env) else {
                 return Ok(Lookup::Removed {
                     prune: manifest.prune_removed_environments,
                 });
             };
-            let commit = me
-                .repo
-                .resolve(&environment.branch)
-                .map(CommitId::new)
-                .map_err(|e| e.to_string())?;
+            let commit = match me.repo.resolve(&environment.branch) {
+                Ok(c) => CommitId::new(c),
+                Err(e @ SourceError::NoSuchRevision { .. }) => {
+                    return Err(HeadError::NoBranch(e.to_string()));
+                }
+                Err(e) => return Err(unreadable(e)),
+            };
             let notifications = environment
                 .notify
                 .iter()
@@ -152,7 +187,7 @@ impl RepoHandle {
             })))
         })
         .await
-        .map_err(|e| format!("manifest task: {e}"))?
+        .map_err(|e| HeadError::Unreadable(format!("manifest task: {e}")))?
     }
 
     /// The root manifest at the default branch.

@@ -210,12 +210,12 @@ impl Repo {
                 Err(_) => {}
             }
         }
-        let id = repo.rev_parse_single(rev).map_err(|e| {
-            fail(format!(
-                "no branch, tag or commit of that name ({})",
-                chain(&e)
-            ))
-        })?;
+        let id = repo
+            .rev_parse_single(rev)
+            .map_err(|e| SourceError::NoSuchRevision {
+                rev: rev.to_owned(),
+                why: chain(&e),
+            })?;
         let commit = id
             .object()
             .and_then(|o| o.peel_to_commit())

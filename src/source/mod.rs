@@ -147,6 +147,8 @@ pub enum SourceError {
     NotFound { path: String },
     #[error("{path}: file is not valid UTF-8")]
     NotUtf8 { path: String },
+    #[error("resolve `{rev}`: no branch, tag or commit of that name ({why})")]
+    NoSuchRevision { rev: String, why: String },
     #[error("{0}")]
     Git(String),
     #[error("{path}: {source}")]

@@ -98,7 +98,9 @@ impl Bare {
         self.dir.path().join("repo.git")
     }
 
-    fn work(&self) -> PathBuf {
+    /// The clone commits are made in (for what [`Bare::commit`] cannot
+    /// write, a symlink say).
+    pub fn work(&self) -> PathBuf {
         self.dir.path().join("work")
     }
 

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::daemon_support::{Bare, Daemon, Options, git, git_with_input};
+use crate::daemon_support::{Bare, Daemon, Options, Receiver, git, git_with_input};
 
 const MANIFEST: &str = "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {}\nenvironments:\n  deepdirs:\n    values: environments/values.yaml\n    targets: [local]\n    drift_interval: 1h\n";
 
@@ -115,4 +115,133 @@ async fn a_deep_directory_commit_is_refused_in_bounded_memory_and_recorded() {
     let s = daemon.status("deepdirs").await.expect("the daemon answers");
     assert_eq!(s["last_good"]["commit"], first, "{s:#}");
     assert!(address_space(daemon.pid()) < limit);
+}
+
+/// Waits until `commit` is marked failed, then returns its history row
+/// and the notification that names it.
+async fn refused(
+    daemon: &mut Daemon,
+    state: &Path,
+    receiver: &Receiver,
+    commit: &str,
+    what: &str,
+) -> (String, String) {
+    daemon
+        .wait("refusals", what, Duration::from_secs(60), |s| {
+            s["failed_commits"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|f| f["commit"] == commit))
+        })
+        .await;
+    let history = Daemon::history(state, "refusals");
+    let row = history["reconciles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["commit"] == commit)
+        .unwrap_or_else(|| panic!("{what}: no history row for {commit}: {history:#}"))
+        .clone();
+    assert_eq!(row["outcome"], "invalid", "{what}: {row:#}");
+    // The notification is sent after the record is written.
+    let short = &commit[..12];
+    let notice = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Some(n) = receiver.all().into_iter().find(|b| b.contains(short)) {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "{what}: no notification names {short}: {:?}",
+            receiver.all()
+        )
+    });
+    assert!(notice.contains("invalid"), "{what}: {notice}");
+    (row.to_string(), notice)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_commits_are_recorded_and_notified_and_the_last_good_keeps_running() {
+    let receiver = Receiver::start().await;
+    let manifest = format!(
+        "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {{}}\nenvironments:\n  refusals:\n    values: environments/values.yaml\n    targets: [local]\n    drift_interval: 1h\n    notify: [hook]\nnotifications:\n  hook: {{ webhook: \"{}/notify\" }}\n",
+        receiver.url
+    );
+    let bare = Bare::new(&[
+        ("driftless.yaml", manifest.clone()),
+        ("environments/values.yaml", "a: 1\n".to_owned()),
+    ]);
+    let state = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::start(&Options {
+        repo: bare.path(),
+        env: "refusals".into(),
+        state_dir: state.path().to_owned(),
+        secrets_dir: secrets.path().to_owned(),
+        poll: "1s",
+        watch: false,
+        extra: String::new(),
+        vars: vec![],
+    });
+    daemon.ready().await;
+    let first = git(&bare.path(), &["rev-parse", "main"]);
+    daemon
+        .wait(
+            "refusals",
+            "the first commit",
+            Duration::from_secs(60),
+            |s| s["last_good"]["commit"] == first,
+        )
+        .await;
+
+    // A symlink out of the repo: the snapshot refuses the commit.
+    std::os::unix::fs::symlink("/etc/passwd", bare.work().join("escape")).unwrap();
+    let escape = bare.commit(&[], "a symlink out of the repo");
+    let (row, notice) = refused(&mut daemon, state.path(), &receiver, &escape, "the symlink").await;
+    assert!(row.contains("outside the repository"), "{row}");
+    assert!(notice.contains("outside the repository"), "{notice}");
+    std::fs::remove_file(bare.work().join("escape")).unwrap();
+
+    // A root manifest that does not parse: the environment cannot even be
+    // looked up in it, and still the commit is recorded and notified.
+    let broken = bare.commit(
+        &[(
+            "driftless.yaml",
+            "apiVersion: driftless/v1\ntargets: [\n".to_owned(),
+        )],
+        "a broken root manifest",
+    );
+    let (row, _) = refused(
+        &mut daemon,
+        state.path(),
+        &receiver,
+        &broken,
+        "the broken manifest",
+    )
+    .await;
+    assert!(row.contains("driftless.yaml"), "{row}");
+
+    // Refused once each, not once per poll, and the last good is untouched.
+    let history = Daemon::history(state.path(), "refusals");
+    let rows = history["reconciles"].as_array().unwrap();
+    for commit in [&escape, &broken] {
+        let n = rows.iter().filter(|r| r["commit"] == **commit).count();
+        assert_eq!(n, 1, "{commit}: {history:#}");
+    }
+    let s = daemon.status("refusals").await.expect("the daemon answers");
+    assert_eq!(s["last_good"]["commit"], first, "{s:#}");
+
+    // A fixed manifest deploys again.
+    let fixed = bare.commit(&[("driftless.yaml", manifest)], "fixed");
+    daemon
+        .wait(
+            "refusals",
+            "the fixed commit",
+            Duration::from_secs(60),
+            |s| s["last_good"]["commit"] == fixed,
+        )
+        .await;
 }

@@ -289,21 +289,7 @@ async fn pushes_deploy_bad_commits_roll_back_to_pinned_images_and_nothing_leaks(
     );
 
     // The bad commit is not retried, even when asked to reconcile.
-    let before = d.status(&env).await.unwrap()["worker"]["passes"]
-        .as_u64()
-        .unwrap();
-    let r = d
-        .client()
-        .post(d.url(&format!("/api/environments/{env}/reconcile")))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    d.wait(&env, "manual pass", long, |s| {
-        s["worker"]["passes"].as_u64() > Some(before) && s["worker"]["running"] == false
-    })
-    .await;
+    manual_pass(&mut d, &env).await;
     let h = Daemon::history(state.path(), &env);
     let deploys_of_c3 = h["reconciles"]
         .as_array()
@@ -325,8 +311,13 @@ async fn pushes_deploy_bad_commits_roll_back_to_pinned_images_and_nothing_leaks(
     assert_eq!(containers(docker, &stack.project).await, running);
     assert_eq!(stack.page().await.trim(), "good v2");
 
-    // A page the probe rejects (the container itself is healthy): rolled back.
+    // The tag moves back to the image the rollback pinned: the service is
+    // named by its tag again, and the container stays (same image id).
     tag(docker, BUSYBOX, &image).await;
+    manual_pass(&mut d, &env).await;
+    assert_eq!(containers(docker, &stack.project).await, running);
+
+    // A page the probe rejects (the container itself is healthy): rolled back.
     let c5 = bare.commit(&stack.files("broken page", GOOD_CHECK, ""), "probe fails");
     d.wait(&env, "c5 failed and rolled back", long, |s| {
         failed(&c5)(s)
@@ -1238,4 +1229,23 @@ async fn a_crash_looping_drift_reapply_is_retried_and_never_marks_the_last_good_
     assert!(!failed(&c1)(&s), "{s}");
     assert!(last_good_is(&c1)(&s), "{s}");
     assert_eq!(stack.page().await.trim(), "good v1");
+}
+
+/// Asks the daemon for a pass of `env` and waits until it has run.
+async fn manual_pass(d: &mut Daemon, env: &str) {
+    let before = d.status(env).await.unwrap()["worker"]["passes"]
+        .as_u64()
+        .unwrap();
+    let r = d
+        .client()
+        .post(d.url(&format!("/api/environments/{env}/reconcile")))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    d.wait(env, "manual pass", Duration::from_secs(120), |s| {
+        s["worker"]["passes"].as_u64() > Some(before) && s["worker"]["running"] == false
+    })
+    .await;
 }

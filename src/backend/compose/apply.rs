@@ -587,7 +587,7 @@ impl<'a> Applier<'a> {
         let mut kept = BTreeSet::new();
         for c in live.iter().rev() {
             let outdated = force
-                || c.config_hash.as_deref() != Some(config_hash.as_str())
+                || !hash::hash_matches(c.config_hash.as_deref(), service, &image_id)
                 || c.image_id != image_id
                 || !plan::is_up(c, service);
             if c.number == 0 || c.number > service.replicas || kept.contains(&c.number) || outdated

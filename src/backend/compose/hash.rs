@@ -311,6 +311,27 @@ pub fn config_hash(service: &Service, image_id: &str) -> String {
     hex::encode(hasher.finalize())
 }
 
+/// Whether a container labelled `live` (its config hash) already runs
+/// `service` on `image_id`. The reference is only a way to name the image:
+/// a container created pinned to the id (`sha256:…`, as a rollback creates
+/// it) matches the same service named by a tag that resolves to that id
+/// again, so moving the tag back recreates nothing.
+pub fn hash_matches(live: Option<&str>, service: &Service, image_id: &str) -> bool {
+    let Some(live) = live else {
+        return false;
+    };
+    if live == config_hash(service, image_id) {
+        return true;
+    }
+    service.image != image_id && {
+        let pinned = Service {
+            image: image_id.to_owned(),
+            ..service.clone()
+        };
+        live == config_hash(&pinned, image_id)
+    }
+}
+
 /// Largest file shown line by line in a diff; larger or binary files show
 /// as size and digest only.
 const SHOWN_FILE_MAX: usize = 64 * 1024;
@@ -505,6 +526,24 @@ mod tests {
             h,
             "25182fcccdff674c48bb824ed27ccc5e03bf88036a3b79c640349073bfc66c05"
         );
+    }
+
+    #[test]
+    fn a_container_pinned_to_the_id_matches_the_tag_that_resolves_to_it() {
+        let s = service();
+        let pinned = Service {
+            image: "sha256:0123".into(),
+            ..service()
+        };
+        let live = config_hash(&pinned, "sha256:0123");
+        assert!(hash_matches(Some(&live), &s, "sha256:0123"));
+        assert!(hash_matches(Some(&live), &pinned, "sha256:0123"));
+        // Not when the tag resolves elsewhere, nor when anything else changed.
+        assert!(!hash_matches(Some(&live), &s, "sha256:4567"));
+        let mut other = service();
+        other.environment.insert("B".into(), Some("3".into()));
+        assert!(!hash_matches(Some(&live), &other, "sha256:0123"));
+        assert!(!hash_matches(None, &s, "sha256:0123"));
     }
 
     #[test]

@@ -340,14 +340,13 @@ fn service_change(
     let recreate = |reason: &str| Action::Recreate {
         reason: reason.to_owned(),
     };
-    let desired_hash = image_id.map(|id| hash::config_hash(service, id));
     let image_changed = match image_id {
         None => true,
         Some(id) => newer.is_some() || containers.iter().any(|c| c.image_id != id),
     };
-    let config_changed = containers
-        .iter()
-        .any(|c| c.config_hash.as_deref() != desired_hash.as_deref());
+    let config_changed = containers.iter().any(|c| {
+        !image_id.is_some_and(|id| hash::hash_matches(c.config_hash.as_deref(), service, id))
+    });
     let failed: Vec<&&LiveContainer> = containers.iter().filter(|c| !is_up(c, service)).collect();
 
     if image_changed || config_changed {

@@ -20,7 +20,7 @@ use crate::reconcile::decide::{self, Decision, Policy, Run};
 use crate::reconcile::pipeline::{self, End, Hooks, Notice, NoticeKind};
 use crate::secrets::Masker;
 use crate::source::{CommitId, Source};
-use crate::store::{Kind, Outcome, Store, Timings, Trigger};
+use crate::store::{Outcome, Store, Timings, Trigger};
 
 /// Everything a pass of one environment needs; shared by its worker.
 #[derive(Debug, Clone)]
@@ -224,7 +224,7 @@ impl Hooks for DaemonHooks<'_> {
     }
 
     fn ended(&self, run: &Run, outcome: Outcome, timings: &Timings) {
-        if run.kind() == Kind::Rollback {
+        if decide::rolled_back(run, outcome) {
             self.ctx.metrics.rollback(&self.ctx.name);
         }
         self.ctx

@@ -61,7 +61,7 @@ struct Inner {
     reconciles: BTreeMap<(String, String), u64>,
     /// (env, phase) → histogram.
     durations: BTreeMap<(String, String), Histogram>,
-    /// env → rollbacks started.
+    /// env → rollbacks run ([`crate::reconcile::decide::rolled_back`]).
     rollbacks: BTreeMap<String, u64>,
     /// outcome → webhook requests.
     webhook: BTreeMap<String, u64>,
@@ -129,7 +129,7 @@ impl Metrics {
         }
     }
 
-    /// A rollback of `env` started.
+    /// A rollback of `env` ran.
     pub fn rollback(&self, env: &str) {
         *self.lock().rollbacks.entry(env.to_owned()).or_default() += 1;
     }

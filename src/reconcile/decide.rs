@@ -10,7 +10,7 @@
 //! values; neither decides anything itself. No IO, no clock.
 
 use crate::source::CommitId;
-use crate::store::{EnvState, ImageIds, Kind, LastGood, Trigger};
+use crate::store::{EnvState, ImageIds, Kind, LastGood, Outcome, Trigger};
 
 /// Why a commit is the one to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +77,18 @@ impl Run {
                 failed: self.commit.clone(),
             },
         }
+    }
+}
+
+/// Whether `run`, ended as `outcome`, rolled something back (what
+/// `driftless_rollbacks_total` counts): the rollback right after a bad
+/// deploy, or a re-run of the last good commit that had to change what was
+/// live — not every later pass that finds the rolled-back state in place.
+pub fn rolled_back(run: &Run, outcome: Outcome) -> bool {
+    match run.origin {
+        Origin::Rollback { .. } => true,
+        Origin::LastGood { .. } => outcome != Outcome::Unchanged,
+        Origin::Pinned | Origin::Head => false,
     }
 }
 
@@ -487,6 +499,35 @@ mod tests {
         ];
         for (name, run, ended, last_good, policy, want) in cases {
             assert_eq!(after(run, ended, last_good, policy), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn only_runs_that_change_what_is_live_back_count_as_rollbacks() {
+        let failed = || c("h");
+        let cases = [
+            (
+                Origin::Rollback { failed: failed() },
+                Outcome::Healthy,
+                true,
+            ),
+            (Origin::Rollback { failed: failed() }, Outcome::Failed, true),
+            (
+                Origin::LastGood { failed: failed() },
+                Outcome::Healthy,
+                true,
+            ),
+            (
+                Origin::LastGood { failed: failed() },
+                Outcome::Unchanged,
+                false,
+            ),
+            (Origin::Head, Outcome::Healthy, false),
+            (Origin::Pinned, Outcome::Healthy, false),
+        ];
+        for (origin, outcome, want) in cases {
+            let r = run("g", origin.clone());
+            assert_eq!(rolled_back(&r, outcome), want, "{origin:?} {outcome:?}");
         }
     }
 

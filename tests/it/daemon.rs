@@ -316,6 +316,11 @@ async fn pushes_deploy_bad_commits_roll_back_to_pinned_images_and_nothing_leaks(
     tag(docker, BUSYBOX, &image).await;
     manual_pass(&mut d, &env).await;
     assert_eq!(containers(docker, &stack.project).await, running);
+    // One rollback so far, however many passes found it in place.
+    let metrics = d.client().get(d.url("/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    let rollbacks = format!("driftless_rollbacks_total{{env=\"{env}\"}} 1\n");
+    assert!(metrics.contains(&rollbacks), "{metrics}");
 
     // A page the probe rejects (the container itself is healthy): rolled back.
     let c5 = bare.commit(&stack.files("broken page", GOOD_CHECK, ""), "probe fails");

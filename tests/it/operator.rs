@@ -825,10 +825,11 @@ mod e2e {
                 m.get("driftless_resources_out_of_sync", &[("env", env)]),
                 Some(0.0)
             );
-            // A later trigger on the failed head re-applies the last good
-            // commit as a rollback (unchanged): 0 or more, but present.
-            assert!(
-                m.get("driftless_rollbacks_total", &[("env", env)]) >= Some(0.0),
+            // The invalid commit applied nothing, so later passes that
+            // find the last good commit in place roll nothing back.
+            assert_eq!(
+                m.get("driftless_rollbacks_total", &[("env", env)]),
+                Some(0.0),
                 "{text}"
             );
         }

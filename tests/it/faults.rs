@@ -42,6 +42,51 @@ fn push_deep_chain(repo: &Path, depth: usize) -> String {
     commit
 }
 
+/// A daemon driving `env` of a bare repo holding `manifest`, its first
+/// commit deployed.
+struct Deployed {
+    bare: Bare,
+    state: tempfile::TempDir,
+    _secrets: tempfile::TempDir,
+    first: String,
+    daemon: Daemon,
+}
+
+impl Deployed {
+    async fn start(env: &str, manifest: String) -> Deployed {
+        let bare = Bare::new(&[
+            ("driftless.yaml", manifest),
+            ("environments/values.yaml", "a: 1\n".to_owned()),
+        ]);
+        let state = tempfile::tempdir().unwrap();
+        let secrets = tempfile::tempdir().unwrap();
+        let mut daemon = Daemon::start(&Options {
+            repo: bare.path(),
+            env: env.into(),
+            state_dir: state.path().to_owned(),
+            secrets_dir: secrets.path().to_owned(),
+            poll: "1s",
+            watch: false,
+            extra: String::new(),
+            vars: vec![],
+        });
+        daemon.ready().await;
+        let first = git(&bare.path(), &["rev-parse", "main"]);
+        daemon
+            .wait(env, "the first commit", Duration::from_secs(60), |s| {
+                s["last_good"]["commit"] == first
+            })
+            .await;
+        Deployed {
+            bare,
+            state,
+            _secrets: secrets,
+            first,
+            daemon,
+        }
+    }
+}
+
 /// `VmSize` (address space in use) of process `pid`, in bytes.
 fn address_space(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -55,32 +100,13 @@ fn address_space(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deep_directory_commit_is_refused_in_bounded_memory_and_recorded() {
-    let bare = Bare::new(&[
-        ("driftless.yaml", MANIFEST.to_owned()),
-        ("environments/values.yaml", "a: 1\n".to_owned()),
-    ]);
-    let state = tempfile::tempdir().unwrap();
-    let secrets = tempfile::tempdir().unwrap();
-    let mut daemon = Daemon::start(&Options {
-        repo: bare.path(),
-        env: "deepdirs".into(),
-        state_dir: state.path().to_owned(),
-        secrets_dir: secrets.path().to_owned(),
-        poll: "1s",
-        watch: false,
-        extra: String::new(),
-        vars: vec![],
-    });
-    daemon.ready().await;
-    let first = git(&bare.path(), &["rev-parse", "main"]);
-    daemon
-        .wait(
-            "deepdirs",
-            "the first commit",
-            Duration::from_secs(60),
-            |s| s["last_good"]["commit"] == first,
-        )
-        .await;
+    let Deployed {
+        bare,
+        state,
+        first,
+        mut daemon,
+        _secrets,
+    } = Deployed::start("deepdirs", MANIFEST.to_owned()).await;
     // 512 MiB more address space than the daemon uses now; on the old
     // reader this commit took it from 34 MB to 5.5 GB and aborted it.
     let limit = address_space(daemon.pid()) + 512 * 1024 * 1024;
@@ -170,32 +196,13 @@ async fn refused_commits_are_recorded_and_notified_and_the_last_good_keeps_runni
         "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {{}}\nenvironments:\n  refusals:\n    values: environments/values.yaml\n    targets: [local]\n    drift_interval: 1h\n    notify: [hook]\nnotifications:\n  hook: {{ webhook: \"{}/notify\" }}\n",
         receiver.url
     );
-    let bare = Bare::new(&[
-        ("driftless.yaml", manifest.clone()),
-        ("environments/values.yaml", "a: 1\n".to_owned()),
-    ]);
-    let state = tempfile::tempdir().unwrap();
-    let secrets = tempfile::tempdir().unwrap();
-    let mut daemon = Daemon::start(&Options {
-        repo: bare.path(),
-        env: "refusals".into(),
-        state_dir: state.path().to_owned(),
-        secrets_dir: secrets.path().to_owned(),
-        poll: "1s",
-        watch: false,
-        extra: String::new(),
-        vars: vec![],
-    });
-    daemon.ready().await;
-    let first = git(&bare.path(), &["rev-parse", "main"]);
-    daemon
-        .wait(
-            "refusals",
-            "the first commit",
-            Duration::from_secs(60),
-            |s| s["last_good"]["commit"] == first,
-        )
-        .await;
+    let Deployed {
+        bare,
+        state,
+        first,
+        mut daemon,
+        _secrets,
+    } = Deployed::start("refusals", manifest.clone()).await;
 
     // A symlink out of the repo: the snapshot refuses the commit.
     std::os::unix::fs::symlink("/etc/passwd", bare.work().join("escape")).unwrap();

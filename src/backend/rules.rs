@@ -83,6 +83,10 @@ pub struct Live {
     pub owned: BTreeMap<String, String>,
     /// Other files in the directory (someone else's, or another environment's).
     pub foreign: BTreeSet<String>,
+    /// The container holding the directory does not exist (yet): on a
+    /// first deploy the same plan creates it, and the files are written
+    /// once it does (the apply runs the Docker targets first).
+    pub missing_container: Option<String>,
 }
 
 impl RulesBackend {
@@ -124,16 +128,27 @@ impl RulesBackend {
         }
     }
 
-    /// Every regular file directly in the rules directory: name → bytes.
-    async fn list(&self) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    /// Every regular file directly in the rules directory: name → bytes;
+    /// `None` when the container holding it does not exist.
+    async fn list_live(&self) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
         match &self.store {
-            Store::Host(dir) => list_host(dir),
+            Store::Host(dir) => list_host(dir).map(Some),
             Store::Container {
                 docker,
                 container,
                 dir,
             } => list_container(docker, container, dir).await,
         }
+    }
+
+    /// Every regular file directly in the rules directory: name → bytes.
+    async fn list(&self) -> Result<BTreeMap<String, Vec<u8>>, String> {
+        self.list_live().await?.ok_or_else(|| match &self.store {
+            Store::Container { container, .. } => {
+                format!("container {container} does not exist; the rules target needs it running")
+            }
+            Store::Host(dir) => format!("{} cannot be read", dir.display()),
+        })
     }
 
     async fn write(&self, files: &[(String, Vec<u8>)]) -> Result<(), String> {
@@ -308,11 +323,13 @@ fn write_host(dir: &Path, files: &[(String, Vec<u8>)]) -> Result<(), String> {
     Ok(())
 }
 
+/// The rules directory's files in `container`; `None` when there is no
+/// such container.
 async fn list_container(
     docker: &Docker,
     container: &str,
     dir: &str,
-) -> Result<BTreeMap<String, Vec<u8>>, String> {
+) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
     let options = bollard::query_parameters::DownloadFromContainerOptionsBuilder::default()
         .path(&format!("{dir}/"))
         .build();
@@ -325,7 +342,9 @@ async fn list_container(
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404,
                 message,
-            }) if !message.contains("No such container") => return Ok(BTreeMap::new()),
+            }) => {
+                return Ok((!message.contains("No such container")).then(BTreeMap::new));
+            }
             Err(e) => return Err(format!("read {dir} in container {container}: {e}")),
         }
     }
@@ -359,7 +378,7 @@ async fn list_container(
             .map_err(|e| format!("read {dir}/{name} in container {container}: {e}"))?;
         out.insert(name, bytes);
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 async fn write_container(
@@ -490,7 +509,13 @@ pub fn plan(
             target: target.to_owned(),
             resource: Resource::new(KIND, &f.name),
             action,
-            detail: Some(format!("groups: {}", f.groups.join(", "))),
+            detail: Some(match &live.missing_container {
+                Some(c) => format!(
+                    "groups: {}; written once container {c} exists (the Docker targets apply first)",
+                    f.groups.join(", ")
+                ),
+                None => format!("groups: {}", f.groups.join(", ")),
+            }),
             diff,
         });
     }
@@ -579,8 +604,17 @@ impl Backend for RulesBackend {
         ctx: Context<'_>,
     ) -> Result<Live, BackendError> {
         rule_files(desired)?;
-        let listing = self.list().await.map_err(|e| self.unavailable(e))?;
-        Ok(classify(ctx.environment, listing))
+        let listing = self.list_live().await.map_err(|e| self.unavailable(e))?;
+        Ok(match listing {
+            Some(listing) => classify(ctx.environment, listing),
+            None => Live {
+                missing_container: match &self.store {
+                    Store::Container { container, .. } => Some(container.clone()),
+                    Store::Host(_) => None,
+                },
+                ..Live::default()
+            },
+        })
     }
 
     async fn plan(
@@ -759,6 +793,7 @@ mod tests {
                 ("gone.yml".into(), "g\n".into()),
             ]),
             foreign: BTreeSet::from(["theirs.yml".into()]),
+            missing_container: None,
         };
         let desired = [
             file("same.yml", "s\n"),
@@ -782,6 +817,25 @@ mod tests {
         assert!(changes[1].diff.as_deref().unwrap().contains("-old\n+new"));
         let e = plan("prom", &[file("theirs.yml", "x")], &live, ctx(&m, &a)).unwrap_err();
         assert!(e.to_string().contains("not managed by driftless"), "{e}");
+    }
+
+    #[test]
+    fn files_for_a_container_not_created_yet_are_planned_as_creates_after_it() {
+        let masker = Masker::default();
+        let allow = Allow::default();
+        let live = Live {
+            missing_container: Some("aiops-dev-prometheus-1".into()),
+            ..Live::default()
+        };
+        let files = [file("a.yml", "groups: []\n")];
+        let changes = plan("prom", &files, &live, ctx(&masker, &allow)).unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].action, Action::Create);
+        let detail = changes[0].detail.as_deref().unwrap();
+        assert!(
+            detail.contains("written once container aiops-dev-prometheus-1 exists"),
+            "{detail}"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::backend::{ApplyReport, Backend, BackendError, Context, Driver, Health, Verdict};
 use crate::check::{self, Checked};
 use crate::diag::{Diagnostic, Diagnostics};
-use crate::manifest::{self, Manifest};
+use crate::manifest::{self, Manifest, TargetKind};
 use crate::model::{DesiredState, TargetState};
 use crate::plan::Plan;
 use crate::render::{Renderer, SecretMode};
@@ -145,7 +145,8 @@ pub async fn plan<B: Backend>(
 }
 
 /// Applies `plan` — the very value a dry-run printed — target by target,
-/// stopping at the first error.
+/// stopping at the first error. Prometheus targets go last: their rules
+/// directory may be in a container the Docker targets create.
 pub async fn apply<B: Backend>(
     backends: &[B],
     desired: &DesiredState,
@@ -154,7 +155,9 @@ pub async fn apply<B: Backend>(
 ) -> Result<ApplyReport, BackendError> {
     let ctx = context(desired, masker);
     let mut report = ApplyReport::default();
-    for (backend, target) in pairs(backends, desired) {
+    let mut ordered: Vec<_> = pairs(backends, desired).collect();
+    ordered.sort_by_key(|(_, t)| matches!(t.target.kind, TargetKind::Prometheus(_)));
+    for (backend, target) in ordered {
         let changes: Vec<_> = plan
             .changes
             .iter()

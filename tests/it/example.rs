@@ -141,3 +141,58 @@ fn secrets_are_placeholders_without_a_secrets_dir() {
     );
     assert!(rendered(&loaded).contains("<secret:postgres_password>"));
 }
+
+/// Every secret the example's templates read.
+const SECRETS: &[&str] = &[
+    "alertmanager_webhook_token",
+    "elastic_password",
+    "grafana_admin_password",
+    "jwt_secret",
+    "kibana_system_password",
+    "logstash_writer_password",
+    "mongodb_app_password",
+    "mongodb_root_password",
+    "pagerduty_routing_key",
+    "postgres_password",
+    "redis_password",
+    "slack_webhook_url",
+];
+
+/// A newcomer's first command against their engine: nothing of the
+/// example is deployed yet, and the rule files go into a Prometheus
+/// container the same plan creates.
+#[test]
+fn the_first_dry_run_of_dev_plans_every_service_and_the_rule_files_after_them() {
+    let secrets = tempfile::tempdir().unwrap();
+    for name in SECRETS {
+        std::fs::write(secrets.path().join(name), format!("s3cret-{name}\n")).unwrap();
+    }
+    let dir = secrets.path().to_str().unwrap();
+    let args = [
+        "reconcile",
+        "--env",
+        "dev",
+        "--dry-run",
+        "--identity",
+        "ops-dev",
+        "--secrets-dir",
+        dir,
+    ];
+    let run = driftless(&example_repo(), &args);
+    assert_eq!(run.code, 0, "{run:?}");
+    for service in ["traefik", "postgres", "prometheus", "grafana", "kibana"] {
+        let line = format!("+ docker-local: service aiops-dev/{service}  create");
+        assert!(run.stdout.contains(&line), "{line}\n{}", run.stdout);
+    }
+    for file in ["aiops-alerts.yml", "aiops-records.yml"] {
+        let line = format!("+ prometheus-dev: rule-file {file}  create");
+        assert!(run.stdout.contains(&line), "{line}\n{}", run.stdout);
+    }
+    assert!(
+        run.stdout
+            .contains("written once container aiops-dev-prometheus-1 exists"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains("s3cret-"), "{}", run.stdout);
+}

@@ -111,7 +111,7 @@ fn resolve_branches_tags_and_shas() {
 
     for unknown in ["nope", "deadbeef", "v1.0-missing"] {
         let err = repo.resolve(unknown).unwrap_err();
-        assert!(matches!(err, SourceError::Git(_)));
+        assert!(matches!(err, SourceError::NoSuchRevision { .. }), "{err:?}");
         assert!(err.to_string().contains(&format!("`{unknown}`")), "{err}");
     }
     let err = repo

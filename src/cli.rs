@@ -533,8 +533,21 @@ fn report(args: &ValidateArgs, summaries: &[serde_json::Value], diags: &Diagnost
         let env = s["environment"].as_str().unwrap_or("?");
         if s["ok"].as_bool() == Some(true) {
             let mark = if color { "\x1b[32mok\x1b[0m" } else { "ok" };
+            let missing: Vec<&str> = s["missing_secrets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n.as_str())
+                .collect();
+            let missing = match missing.as_slice() {
+                [] => String::new(),
+                names => format!(
+                    "; secrets not set (checked with placeholders, `reconcile` needs them): {}",
+                    names.join(", ")
+                ),
+            };
             println!(
-                "{env}: {mark} at {} — {} services, {} Kubernetes objects, {} rule files, {} backup jobs",
+                "{env}: {mark} at {} — {} services, {} Kubernetes objects, {} rule files, {} backup jobs{missing}",
                 s["revision_short"].as_str().unwrap_or("?"),
                 s["services"],
                 s["objects"],

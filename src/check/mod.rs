@@ -189,11 +189,15 @@ pub fn environment(
         .collect();
     let secret = |name: &str| renderer.secret(name);
     let mut loads = Vec::new();
+    // A Compose file that did not render or load: checks that look for its
+    // services (backup jobs, profiles) would only report consequences.
+    let mut stacks_failed = false;
     for path in &sel.stacks {
         if merged.contains(path) {
             continue;
         }
         let Some((rendered, text)) = text_of(path, &mut diags) else {
+            stacks_failed = true;
             continue;
         };
         let read = |p: &str| -> Option<Result<Arc<[u8]>, Diagnostic>> {
@@ -239,7 +243,6 @@ pub fn environment(
         .flat_map(|(path, l)| l.files.iter().filter(move |f| *f != *path).cloned())
         .collect();
     let mut projects: Vec<Project> = Vec::new();
-    let mut stacks_failed = false;
     for (path, rendered, result) in loads {
         if included.contains(path.as_str()) {
             continue;
@@ -401,7 +404,7 @@ pub fn environment(
                             &rendered,
                         ));
                     } else {
-                        if let Err(d) = check_backup_source(&job, &projects) {
+                        if !stacks_failed && let Err(d) = check_backup_source(&job, &projects) {
                             diags.push(located(d.line(job.origin.line), &rendered));
                         }
                         jobs.push(job);

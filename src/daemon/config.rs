@@ -246,6 +246,11 @@ impl DaemonConfig {
             None if Path::new(FILE).exists() => read_file(Path::new(FILE), &mut errors),
             None => RawConfig::default(),
         };
+        // A file that does not parse leaves every field at its default:
+        // what else would be said ("no repo") only follows from that.
+        if !errors.is_empty() {
+            return Err(ConfigError(errors));
+        }
         let mut dur = |field: &str, value: Option<&str>, default: Duration| match value {
             None => default,
             Some(v) => match crate::duration::parse(v) {
@@ -598,6 +603,30 @@ mod tests {
         assert!(!shown.contains("hook-secret-value"), "{shown}");
         assert!(shown.contains("\"secret\":\"******\""), "{shown}");
         assert!(!format!("{c:?}").contains("hook-secret-value"));
+    }
+
+    #[test]
+    fn a_file_that_does_not_parse_is_the_only_error_said() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("d.yaml");
+        std::fs::write(
+            &file,
+            "repo: /srv/repo.git
+bogus_key: 1
+",
+        )
+        .unwrap();
+        let o = Overrides {
+            config: Some(file),
+            ..Overrides::default()
+        };
+        let ConfigError(errors) = DaemonConfig::resolve_with(&o, &no_env).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("unknown field `bogus_key`"),
+            "{errors:?}"
+        );
+        assert!(errors[0].contains("d.yaml:2"), "{errors:?}");
     }
 
     #[test]

@@ -54,6 +54,21 @@ struct Scope {
     shadow: Option<usize>,
     /// Secrets that were set and handed out (or stood in for).
     used: BTreeSet<String>,
+    /// Missing secrets that render as placeholders even in
+    /// [`SecretMode::Require`], so one run finds every missing secret of a
+    /// file (the render fails all the same).
+    tolerate: BTreeSet<String>,
+    /// The missing secret that failed this render.
+    missing: Option<String>,
+}
+
+/// What a render read, besides its result.
+#[derive(Debug, Default)]
+pub(super) struct Reads {
+    /// The names of the set secrets it read.
+    pub used: BTreeSet<String>,
+    /// The missing secret that failed it ([`SecretMode::Require`]).
+    pub missing: Option<String>,
 }
 
 thread_local! {
@@ -66,15 +81,31 @@ pub(super) fn scoped<T>(
     shadow: Option<usize>,
     render: impl FnOnce() -> T,
 ) -> (T, BTreeSet<String>) {
+    let (out, reads) = scoped_tolerating(shadow, BTreeSet::new(), render);
+    (out, reads.used)
+}
+
+/// [`scoped`], with the missing secrets `tolerate` rendered as
+/// placeholders; also says which missing secret failed the render.
+pub(super) fn scoped_tolerating<T>(
+    shadow: Option<usize>,
+    tolerate: BTreeSet<String>,
+    render: impl FnOnce() -> T,
+) -> (T, Reads) {
     let outer = SCOPE.with(|s| {
         s.replace(Some(Scope {
             shadow,
-            used: BTreeSet::new(),
+            tolerate,
+            ..Scope::default()
         }))
     });
     let out = render();
     let scope = SCOPE.with(|s| s.replace(outer)).unwrap_or_default();
-    (out, scope.used)
+    let reads = Reads {
+        used: scope.used,
+        missing: scope.missing,
+    };
+    (out, reads)
 }
 
 impl Ledger {
@@ -125,7 +156,22 @@ impl Ledger {
             (Lookup::Found(value), _) => Ok(self.hand_out(name, value)),
             (Lookup::Missing(_), SecretMode::Placeholder) => Ok(placeholder(name)),
             (Lookup::Missing(e), SecretMode::Require) => {
-                Err(Error::new(ErrorKind::InvalidOperation, e.to_string()))
+                let tolerated = SCOPE.with(|s| {
+                    let mut s = s.borrow_mut();
+                    let Some(scope) = s.as_mut() else {
+                        return false;
+                    };
+                    let tolerated = scope.tolerate.contains(name);
+                    if !tolerated {
+                        scope.missing.get_or_insert_with(|| name.to_owned());
+                    }
+                    tolerated
+                });
+                if tolerated {
+                    Ok(placeholder(name))
+                } else {
+                    Err(Error::new(ErrorKind::InvalidOperation, e.to_string()))
+                }
             }
         }
     }

@@ -229,8 +229,7 @@ impl Renderer {
         if !self.snapshot.contains(&path) {
             return Err(not_found());
         }
-        let (real, used) = ledger::scoped(None, || self.render_once(&path));
-        let content = real?;
+        let (content, used) = self.render_finding_missing_secrets(&path)?;
         if !used.is_empty() {
             self.trace_secrets(&path, &content, &used)?;
         }
@@ -240,6 +239,48 @@ impl Renderer {
             content: Arc::from(content.into_bytes()),
             templated: true,
         })
+    }
+
+    /// Renders `path` for real. A render that fails on a missing secret is
+    /// repeated with that secret as a placeholder, so the error names every
+    /// missing secret of the file with its line, not one per run.
+    fn render_finding_missing_secrets(
+        &self,
+        path: &str,
+    ) -> Result<(String, BTreeSet<String>), Diagnostic> {
+        /// Enough for any real file; bounds the renders of a hostile one.
+        const MAX_MISSING: usize = 64;
+        let mut tolerate = BTreeSet::new();
+        let mut first: Option<Diagnostic> = None;
+        let mut more = Vec::new();
+        loop {
+            let (real, reads) =
+                ledger::scoped_tolerating(None, tolerate.clone(), || self.render_once(path));
+            match (real, reads.missing) {
+                (Err(d), Some(name)) if tolerate.len() < MAX_MISSING => {
+                    match &first {
+                        None => first = Some(d),
+                        Some(_) => more.push(match d.line {
+                            Some(line) => format!("`{name}` (line {line})"),
+                            None => format!("`{name}`"),
+                        }),
+                    }
+                    tolerate.insert(name);
+                }
+                (real, _) => match first {
+                    None => return real.map(|content| (content, reads.used)),
+                    Some(mut d) => {
+                        if !more.is_empty() {
+                            d.message.push_str(&format!(
+                                "; also not set in this file: {}",
+                                more.join(", ")
+                            ));
+                        }
+                        return Err(d);
+                    }
+                },
+            }
+        }
     }
 
     /// One render of `path` with the context.

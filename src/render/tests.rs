@@ -346,6 +346,35 @@ fn secrets_require_mode_fails_naming_how_to_set_it() {
 }
 
 #[test]
+fn one_error_names_every_missing_secret_of_a_file_with_its_line() {
+    let dir = secret_dir();
+    let r = Renderer::with_context(
+        snapshot(&[(
+            "a.j2",
+            "a: {{ secret('api_token') }}\nb: {{ secret('db_password') }}\nc: {{ secret('smtp') }}\nd: {{ secret('api_token') }}\ne: {{ secret('jwt') }}\n",
+        )]),
+        "prod",
+        json!({}),
+        SecretSource {
+            dir: Some(dir.path().to_owned()),
+            from_env: false,
+        },
+        SecretMode::Require,
+    );
+    let d = error(&r, "a");
+    assert_eq!(d.line, Some(1), "{d}");
+    assert!(d.message.contains("secret `api_token` is not set"), "{d}");
+    assert!(
+        d.message
+            .contains("also not set in this file: `smtp` (line 3), `jwt` (line 5)"),
+        "{d}"
+    );
+    assert_eq!(r.missing_secrets(), ["api_token", "jwt", "smtp"]);
+    // The secret that is set is still masked.
+    assert_eq!(r.masker().mask("hunter2-pw"), "******");
+}
+
+#[test]
 fn bad_secret_names_fail_in_every_mode() {
     let r = renderer(&[("a.j2", "{{ secret('../etc/passwd') }}")], json!({}));
     let d = error(&r, "a");

@@ -158,15 +158,69 @@ const SECRETS: &[&str] = &[
     "slack_webhook_url",
 ];
 
+/// A secrets directory holding every secret of the example but `except`.
+fn secrets_but(except: &[&str]) -> tempfile::TempDir {
+    let secrets = tempfile::tempdir().unwrap();
+    for name in SECRETS.iter().filter(|n| !except.contains(n)) {
+        std::fs::write(secrets.path().join(name), format!("s3cret-{name}\n")).unwrap();
+    }
+    secrets
+}
+
+/// One run says everything that is missing, and nothing that only follows
+/// from it (the backup jobs of a stack that did not render).
+#[test]
+fn a_dry_run_names_every_missing_secret_once_and_no_consequences() {
+    let missing = ["postgres_password", "redis_password", "jwt_secret"];
+    let secrets = secrets_but(&missing);
+    let dir = secrets.path().to_str().unwrap();
+    let args = [
+        "reconcile",
+        "--env",
+        "dev",
+        "--dry-run",
+        "--identity",
+        "ops-dev",
+        "--secrets-dir",
+        dir,
+    ];
+    let run = driftless(&example_repo(), &args);
+    assert_eq!(run.code, 1, "{run:?}");
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    for name in missing {
+        assert!(
+            errors[0].contains(&format!("`{name}`")),
+            "{name}: {}",
+            run.stderr
+        );
+    }
+    assert!(!run.stderr.contains("backup job"), "{}", run.stderr);
+
+    // `validate` renders placeholders, and says which secrets it lacked.
+    let run = driftless(
+        &example_repo(),
+        &["validate", "--env", "dev", "--secrets-dir", dir],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("secrets not set (checked with placeholders, `reconcile` needs them): jwt_secret, postgres_password, redis_password"),
+        "{}",
+        run.stdout
+    );
+}
+
 /// A newcomer's first command against their engine: nothing of the
 /// example is deployed yet, and the rule files go into a Prometheus
 /// container the same plan creates.
 #[test]
 fn the_first_dry_run_of_dev_plans_every_service_and_the_rule_files_after_them() {
-    let secrets = tempfile::tempdir().unwrap();
-    for name in SECRETS {
-        std::fs::write(secrets.path().join(name), format!("s3cret-{name}\n")).unwrap();
-    }
+    let secrets = secrets_but(&[]);
     let dir = secrets.path().to_str().unwrap();
     let args = [
         "reconcile",

@@ -718,6 +718,7 @@ mod tests {
             environment: "dev",
             masker,
             allow,
+            owner: crate::backend::Owner::new("dev@test"),
         }
     }
 

@@ -43,6 +43,7 @@ pub(crate) fn ctx<'a>(env: &'a str, masker: &'a Masker, allow: &'a Allow) -> Con
         environment: env,
         masker,
         allow,
+        owner: driftless::backend::Owner::new(env),
     }
 }
 

@@ -123,6 +123,16 @@ async fn two_repos_with_dev_on_one_engine_never_plan_to_touch_each_others_projec
     );
     assert!(refused.stderr.contains("--adopt"), "{refused:?}");
     assert_eq!(instance(&pa).await, ia, "repo a's container untouched");
+
+    // Were it repo a moved elsewhere, naming a's instance keeps the
+    // project as it runs: nothing to do.
+    let moved = Repo::new(
+        "stack.yaml",
+        &sleeper(&pa),
+        &format!("    instance: \"{ia}\"\n"),
+    );
+    let dry = moved.reconcile(&["--dry-run", "--detailed-exitcode"]);
+    assert_eq!(dry.code, 0, "{dry:?}");
 }
 
 /// `docker-compose -p <project> up -d` of `<dir>/<file>`.

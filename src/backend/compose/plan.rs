@@ -659,9 +659,18 @@ fn adoptable(owner: &Ownership, adopt: Adopt) -> bool {
 /// What to do about a project held by `owner`, for a refusal.
 fn how_to_adopt(owner: &Ownership, environment: &str) -> String {
     match owner {
-        Ownership::Instance(_) | Ownership::Environment(_) => format!(
-            "two driftless instances cannot own one project; give one of them another project \
-             name, or move the project to this one by running \
+        Ownership::Instance(other) => format!(
+            "two driftless instances cannot own one project; if `{other}` is this repo under \
+             an earlier URL or path, set `instance: {other}` for environment `{environment}` \
+             in driftless.yaml to keep the project as it is; otherwise give one of them \
+             another project name, or move the project to this one by running \
+             `driftless reconcile --env {environment} --adopt` once, which recreates its \
+             containers (`adopt: true` in driftless.yaml does not take another instance's \
+             project; `--dry-run` shows what would be recreated)"
+        ),
+        Ownership::Environment(_) => format!(
+            "two driftless environments cannot own one project; give one of them another \
+             project name, or move the project to this one by running \
              `driftless reconcile --env {environment} --adopt` once (`adopt: true` in \
              driftless.yaml does not take another instance's project; `--dry-run` shows what \
              would be recreated)"
@@ -1278,6 +1287,10 @@ mod tests {
                 err.contains(
                     "`adopt: true` in driftless.yaml does not take another instance's project"
                 ),
+                "{err}"
+            );
+            assert!(
+                err.contains("set `instance: dev@github.com/acme/b` for environment `dev`"),
                 "{err}"
             );
         }

@@ -159,7 +159,11 @@ impl Ownership {
             Ownership::Ours => None,
             Ownership::Instance(i) => Some(format!("another driftless instance, `{i}`")),
             Ownership::Environment(e) => Some(format!("driftless environment `{e}`")),
-            Ownership::Unmanaged { version: Some(v) } => Some(format!("docker-compose {v}")),
+            // 1.x is the Python `docker-compose`, later ones the plugin.
+            Ownership::Unmanaged { version: Some(v) } if v.starts_with("1.") => {
+                Some(format!("docker-compose {v}"))
+            }
+            Ownership::Unmanaged { version: Some(v) } => Some(format!("docker compose {v}")),
             Ownership::Unmanaged { version: None } => Some("another tool".to_owned()),
         }
     }
@@ -588,6 +592,23 @@ mod tests {
             ]
         );
         assert_eq!(live.containers[0].number, 1);
+    }
+
+    #[test]
+    fn says_which_tool_deployed_a_project() {
+        let unmanaged = |v: Option<&str>| Ownership::Unmanaged {
+            version: v.map(str::to_owned),
+        };
+        assert_eq!(
+            unmanaged(Some("1.29.2")).describe().as_deref(),
+            Some("docker-compose 1.29.2")
+        );
+        assert_eq!(
+            unmanaged(Some("2.24.6")).describe().as_deref(),
+            Some("docker compose 2.24.6")
+        );
+        assert_eq!(unmanaged(None).describe().as_deref(), Some("another tool"));
+        assert_eq!(Ownership::Ours.describe(), None);
     }
 
     #[test]

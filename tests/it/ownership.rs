@@ -271,3 +271,74 @@ async fn adopt_true_in_the_manifest_adopts_what_docker_compose_started() {
         "{after:?}"
     );
 }
+
+/// Replaces `project`'s one container by a copy labelled as a release from
+/// before instance labels: everything but `io.driftless.instance`, on the
+/// same image id and network.
+async fn relabel_as_before_instances(
+    engine: &driftless::backend::compose::ComposeBackend,
+    project: &str,
+) {
+    use bollard::models::{ContainerCreateBody, HostConfig};
+    use bollard::query_parameters::{
+        CreateContainerOptionsBuilder, InspectContainerOptions, RemoveContainerOptionsBuilder,
+    };
+    let docker = engine.docker();
+    let listed = containers(engine, project).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let old = listed[0].id.clone().unwrap();
+    let inspect = docker
+        .inspect_container(&old, None::<InspectContainerOptions>)
+        .await
+        .unwrap();
+    let config = inspect.config.unwrap_or_default();
+    let mut labels = config.labels.unwrap_or_default();
+    assert!(labels.remove("io.driftless.instance").is_some());
+    let name = inspect.name.unwrap().trim_start_matches('/').to_owned();
+    let network = inspect.host_config.and_then(|h| h.network_mode);
+    docker
+        .remove_container(
+            &old,
+            Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+        )
+        .await
+        .unwrap();
+    let body = ContainerCreateBody {
+        image: inspect.image,
+        cmd: config.cmd,
+        labels: Some(labels),
+        host_config: Some(HostConfig {
+            network_mode: network,
+            ..HostConfig::default()
+        }),
+        ..ContainerCreateBody::default()
+    };
+    let created = docker
+        .create_container(
+            Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+            body,
+        )
+        .await
+        .unwrap();
+    docker.start_container(&created.id, None).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_deployment_from_before_instance_labels_stays_the_environments_without_a_recreate() {
+    let Some(engine) = engine().await else {
+        return;
+    };
+    let project = project_name("own-legacy");
+    let _cleanup = Cleanup::new(&[&project]);
+    let repo = Repo::new("stack.yaml", &sleeper(&project), "");
+    assert_eq!(repo.reconcile(&[]).code, 0, "first deploy");
+    relabel_as_before_instances(&engine, &project).await;
+    let before = containers(&engine, &project).await;
+    assert!(labels_of(&before[0], "io.driftless.instance").is_none());
+
+    let dry = repo.reconcile(&["--dry-run", "--detailed-exitcode"]);
+    assert_eq!(dry.code, 0, "nothing to do: {dry:?}");
+    assert_eq!(repo.reconcile(&[]).code, 0);
+    let after = containers(&engine, &project).await;
+    assert_eq!(after[0].id, before[0].id, "not recreated");
+}

@@ -515,18 +515,22 @@ fn orphan_service(
         .iter()
         .find_map(|c| c.definition.clone())
         .unwrap_or_default();
+    let names = containers
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    // In an adopted project: a service the other tool ran that the
+    // desired project does not have.
+    let detail = match containers.iter().find_map(|c| c.owner.describe()) {
+        Some(who) => format!("not in the desired project; adopt from {who} and remove {names}"),
+        None => format!("no longer desired; remove {names}"),
+    };
     Change {
         target: target.to_owned(),
         resource: Resource::new("service", format!("{project}/{service}")),
         action: Action::Delete,
-        detail: Some(format!(
-            "no longer desired; remove {}",
-            containers
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
+        detail: Some(detail),
         diff: unified_diff(&live_text, "", ctx.masker),
     }
 }
@@ -1207,6 +1211,31 @@ mod tests {
         assert!(
             detail.starts_with("adopt shop-api-1 from docker-compose 1.29.2: the same image, a configuration driftless cannot compare"),
             "{detail}"
+        );
+        // A service the compose project ran that the file no longer has
+        // goes too, saying it was adopted.
+        let mut extra = live.clone();
+        let mut old = extra.containers[0].clone();
+        old.service = "cron".into();
+        old.name = "shop_cron_1".into();
+        extra.containers.push(old);
+        let changes = run_adopting(
+            std::slice::from_ref(&p),
+            &extra,
+            &Allow::default(),
+            Adopt::Unmanaged,
+        )
+        .unwrap();
+        let cron = changes
+            .iter()
+            .find(|c| c.resource.name == "shop/cron")
+            .unwrap();
+        assert_eq!(cron.action, Action::Delete);
+        assert_eq!(
+            cron.detail.as_deref(),
+            Some(
+                "not in the desired project; adopt from docker-compose 1.29.2 and remove shop_cron_1"
+            )
         );
         // Once recreated, the containers are the environment's own.
         let mut after = live.clone();

@@ -148,6 +148,7 @@ impl Bench {
                 environment: "bench",
                 masker: &masker,
                 allow: &allow,
+                owner: driftless::backend::Owner::new("bench@test"),
             };
             let live = b.read_live(&t, ctx).await.unwrap();
             let plan = b.plan(&t, &live, ctx).await.unwrap();
@@ -166,6 +167,7 @@ impl Bench {
                 environment: "bench",
                 masker: &masker,
                 allow: &allow,
+                owner: driftless::backend::Owner::new("bench@test"),
             };
             let live = b.read_live(t, ctx).await.unwrap();
             let plan = b.plan(t, &live, ctx).await.unwrap();

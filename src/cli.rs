@@ -327,6 +327,12 @@ pub struct ReconcileArgs {
     /// `allow.mass_removal` does.
     #[arg(long, alias = "allow-mass-removal")]
     pub allow_mass_prune: bool,
+    /// Take over a Compose project of the same name that this environment
+    /// does not own — one another tool (docker compose) or another
+    /// driftless instance deployed. With --dry-run: show which containers
+    /// would be kept and which recreated, and why.
+    #[arg(long)]
+    pub adopt: bool,
     /// Apply as this daemon identity: only the targets it owns, and those
     /// nobody owns (a daemon's `identity`).
     #[arg(long)]
@@ -626,6 +632,7 @@ fn reconcile_cmd(args: ReconcileArgs) -> Result<i32> {
         masker: &masker,
         targets,
         allow_mass_removal: args.allow_mass_prune,
+        adopt: args.adopt,
     };
     let color = std::io::stdout().is_terminal() && args.output == Output::Text;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -115,6 +115,9 @@ struct RawEnvironment {
     placement: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     compose: RawCompose,
+    instance: Option<Spanned<String>>,
+    #[serde(default)]
+    adopt: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -376,6 +379,23 @@ pub struct Environment {
     pub placement: BTreeMap<String, Vec<String>>,
     /// How the environment's Compose projects are put together.
     pub compose: ComposeSettings,
+    /// The ownership id its resources are labelled with, when set
+    /// (`instance:`); `None`: derived from the repo and the environment
+    /// ([`instance`]).
+    pub instance: Option<String>,
+    /// What a plan may adopt of a project of the same name it does not own
+    /// (`adopt: true`: projects no driftless deployed).
+    pub adopt: Adopt,
+}
+
+/// The ownership id of `env` deployed from the repo known as `repo`
+/// ([`crate::source::Source::identity`]): the explicit `instance:`, else
+/// `<env>@<repo>`, so two repos' `dev` never share one.
+pub fn instance(env: &Environment, repo: &str) -> String {
+    match &env.instance {
+        Some(explicit) => explicit.clone(),
+        None => format!("{}@{repo}", env.name),
+    }
 }
 
 /// `environments.<env>.compose`: what docker compose would take from its
@@ -454,6 +474,23 @@ pub struct Allow {
     /// Remove what a failed first deploy created.
     #[serde(default)]
     pub remove_on_failed_first_deploy: bool,
+}
+
+/// What a plan may take over of a project of the same name that this
+/// environment does not own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Adopt {
+    /// Nothing: such a project is refused, with how to adopt it.
+    #[default]
+    No,
+    /// Projects no driftless deployed (docker compose's, another tool's):
+    /// the environment's `adopt: true`.
+    Unmanaged,
+    /// Those, and projects of another driftless instance: `reconcile
+    /// --adopt`, a one-time act (a standing setting would let two
+    /// instances take the project from each other on every pass).
+    Any,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -769,6 +806,19 @@ impl Manifest {
                     notify,
                     placement: env.placement,
                     compose: compose_settings(&name, env.compose, &mut diags),
+                    instance: env.instance.and_then(|i| {
+                        let ok = !i.value.trim().is_empty()
+                            && i.value.len() <= 200
+                            && !i.value.chars().any(char::is_control);
+                        if !ok {
+                            diags.push(err(
+                                format!("environments.{name}.instance: must be 1 to 200 characters without control characters"),
+                                i.referenced.line(),
+                            ).hint("it is the label value that marks what this environment owns; leave it out to derive it from the repo"));
+                        }
+                        ok.then_some(i.value)
+                    }),
+                    adopt: if env.adopt { Adopt::Unmanaged } else { Adopt::No },
                     name,
                 },
             );
@@ -782,9 +832,9 @@ impl Manifest {
             ));
         }
         for (name, env) in &environments {
-            // Projects are found by their environment label, so two docker
-            // targets of one environment on one engine would prune each
-            // other's: they must be different engines.
+            // Projects are found by their instance label, one per
+            // environment, so two docker targets of one environment on one
+            // engine would prune each other's: they must be different engines.
             let mut hosts: BTreeMap<Option<&String>, &String> = BTreeMap::new();
             for t in &env.targets {
                 if let Some(Target {
@@ -1031,6 +1081,29 @@ mod tests {
         assert!(dev.rollback.automatic);
         assert!(!dev.allow.prune_volumes);
         assert_eq!(dev.paths, Paths::default());
+    }
+
+    #[test]
+    fn the_instance_is_derived_from_the_repo_unless_set_and_adopt_is_opt_in() {
+        let m = Manifest::parse(MINIMAL).unwrap();
+        let dev = m.environment("dev").unwrap();
+        assert_eq!(dev.adopt, Adopt::No);
+        assert_eq!(
+            instance(dev, "github.com/acme/ops"),
+            "dev@github.com/acme/ops"
+        );
+
+        let text = format!("{MINIMAL}    instance: shop-dev\n    adopt: true\n");
+        let m = Manifest::parse(&text).unwrap();
+        let dev = m.environment("dev").unwrap();
+        assert_eq!(dev.adopt, Adopt::Unmanaged);
+        assert_eq!(instance(dev, "github.com/acme/ops"), "shop-dev");
+
+        let text = format!("{MINIMAL}    instance: \"\"\n");
+        let diags = Manifest::parse(&text).unwrap_err();
+        let d = diags.errors().next().unwrap();
+        assert!(d.message.contains("environments.dev.instance"), "{d}");
+        assert_eq!(d.line, Some(8), "{d}");
     }
 
     #[test]

@@ -13,6 +13,10 @@ use crate::source::Revision;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DesiredState {
     pub environment: Environment,
+    /// The ownership id every resource it deploys is labelled with
+    /// ([`crate::manifest::instance`]; set by [`crate::reconcile::load`],
+    /// which knows the repo, empty before).
+    pub instance: String,
     pub revision: Revision,
     /// One entry per target of the environment, in manifest order.
     pub targets: Vec<TargetState>,

@@ -9,7 +9,7 @@ use std::future::Future;
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::Allow;
+use crate::manifest::{Adopt, Allow};
 use crate::model::TargetState;
 use crate::plan::Change;
 use crate::secrets::Masker;
@@ -25,6 +25,28 @@ pub struct Context<'a> {
     pub masker: &'a Masker,
     /// The environment's opt-ins for destructive actions.
     pub allow: &'a Allow,
+    /// Which live resources the environment owns, and which it may adopt.
+    pub owner: Owner<'a>,
+}
+
+/// The ownership of what an environment deploys: every resource it creates
+/// carries `instance` (unique to the desired state: repo and environment,
+/// or the environment's explicit `instance:`), and only what carries it is
+/// the environment's to change or prune.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner<'a> {
+    pub instance: &'a str,
+    pub adopt: Adopt,
+}
+
+impl<'a> Owner<'a> {
+    /// Owns what carries `instance`, adopts nothing.
+    pub fn new(instance: &'a str) -> Owner<'a> {
+        Owner {
+            instance,
+            adopt: Adopt::No,
+        }
+    }
 }
 
 /// A backend failure, with what to do when there is something to say.

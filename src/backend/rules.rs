@@ -752,6 +752,7 @@ mod tests {
             environment: "dev",
             masker,
             allow,
+            owner: crate::backend::Owner::new("dev@test"),
         }
     }
 

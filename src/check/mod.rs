@@ -465,6 +465,7 @@ pub fn environment(
     }
     let state = DesiredState {
         environment: env.clone(),
+        instance: String::new(),
         revision: renderer.revision().clone(),
         targets,
         backups: jobs,

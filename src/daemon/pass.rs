@@ -58,6 +58,7 @@ impl EnvContext {
                     Some(self.identity.as_str()).filter(|i| !i.is_empty()),
                 ),
                 allow_mass_removal: false,
+                adopt: false,
             },
             http: &self.http,
             verify_poll: self.verify_poll,

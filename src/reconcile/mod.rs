@@ -12,7 +12,7 @@ pub mod probe;
 
 use std::time::Duration;
 
-use crate::backend::{ApplyReport, Backend, BackendError, Context, Driver, Health, Verdict};
+use crate::backend::{ApplyReport, Backend, BackendError, Context, Driver, Health, Owner, Verdict};
 use crate::check::{self, Checked};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::manifest::{self, Manifest, TargetKind};
@@ -107,7 +107,8 @@ pub fn load(
         options.secrets.clone(),
         options.mode,
     )?;
-    let checked = check::environment(&manifest, env, &renderer)?;
+    let mut checked = check::environment(&manifest, env, &renderer)?;
+    checked.state.instance = manifest::instance(env, &source.identity());
     Ok(Loaded {
         manifest,
         renderer,
@@ -213,6 +214,15 @@ fn context<'a>(desired: &'a DesiredState, masker: &'a Masker) -> Context<'a> {
         environment: &desired.environment.name,
         masker,
         allow: &desired.environment.allow,
+        owner: owner(desired),
+    }
+}
+
+/// The ownership a plan of `desired` works with.
+pub fn owner(desired: &DesiredState) -> Owner<'_> {
+    Owner {
+        instance: &desired.instance,
+        adopt: desired.environment.adopt,
     }
 }
 

@@ -58,6 +58,9 @@ pub struct Scope<'a> {
     /// Allow a plan removing most of what is deployed, as the
     /// environment's `allow.mass_removal` does (the CLI's flag).
     pub allow_mass_removal: bool,
+    /// Adopt a project of the same name that another tool or another
+    /// driftless instance deployed (the CLI's `--adopt`).
+    pub adopt: bool,
 }
 
 /// Which of an environment's targets a reconcile drives.
@@ -254,6 +257,9 @@ pub async fn prepare(
     }
     if scope.allow_mass_removal {
         desired.environment.allow.mass_removal = true;
+    }
+    if scope.adopt {
+        desired.environment.adopt = crate::manifest::Adopt::Any;
     }
     let drivers = super::connect(&desired).await?;
     if let Some(ids) = pin {
@@ -800,6 +806,7 @@ async fn live_images(
         environment: &desired.environment.name,
         masker,
         allow: &desired.environment.allow,
+        owner: super::owner(desired),
     };
     let mut out = BTreeMap::new();
     // Only Compose targets run images driftless pins; others are not read.
@@ -848,6 +855,7 @@ pub async fn fingerprint(
         environment: &desired.environment.name,
         masker,
         allow: &desired.environment.allow,
+        owner: super::owner(desired),
     };
     let mut hasher = Sha256::new();
     for (d, t) in drivers.iter().zip(&desired.targets) {
@@ -887,6 +895,7 @@ mod tests {
         }
         let mut desired = DesiredState {
             environment: manifest.environments["dev"].clone(),
+            instance: "dev@test".into(),
             revision: crate::source::Revision::Commit { id: "c".into() },
             targets: vec![crate::model::TargetState {
                 target: manifest.targets["local"].clone(),

@@ -320,6 +320,21 @@ impl Repo {
         self.repo.path()
     }
 
+    /// What the repo is known as wherever it is checked out
+    /// ([`super::identity`]): the URL of its `origin` (the URL a cached
+    /// clone was made from), else its own location.
+    pub fn identity(&self) -> String {
+        let origin = match &self.origin {
+            Some(o) => Some(o.url.clone()),
+            None => self.local().find_remote(ORIGIN).ok().and_then(|r| {
+                r.url(Direction::Fetch)
+                    .map(|u| u.to_bstring().to_str_lossy().into_owned())
+            }),
+        };
+        let location = self.work_dir().unwrap_or_else(|| self.git_dir().to_owned());
+        super::identity(origin.as_deref(), &location)
+    }
+
     /// A handle for this thread. No object cache: a snapshot reads each
     /// object once (measured: no faster with one), and the pack delta cache
     /// of `max-performance` is on regardless.

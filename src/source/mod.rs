@@ -13,12 +13,14 @@ use serde::Serialize;
 
 mod commit;
 pub mod git;
+mod identity;
 mod origin;
 mod tree;
 pub mod worktree;
 
 pub use commit::{CommitId, short};
 pub use git::{Auth, Repo};
+pub use identity::identity;
 pub use origin::Source;
 
 /// Which revision a snapshot holds.

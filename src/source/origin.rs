@@ -85,6 +85,18 @@ impl Source {
         })
     }
 
+    /// What the repo is known as ([`super::identity`]): the same for a
+    /// clone on a laptop and the URL a daemon follows.
+    pub fn identity(&self) -> String {
+        match self {
+            Source::WorkTree { root } => match Repo::open(root) {
+                Ok(repo) => repo.identity(),
+                Err(_) => super::identity(None, root),
+            },
+            Source::Git { repo, .. } => repo.identity(),
+        }
+    }
+
     /// The snapshot whose `driftless.yaml` lists the environments: the work
     /// tree, the pinned commit, or the default branch (`HEAD`, else `main`).
     pub fn root_snapshot(&self, limits: Limits) -> Result<Snapshot, SourceError> {

@@ -43,6 +43,7 @@ pub(crate) fn ctx<'a>(env: &'a str, masker: &'a Masker, allow: &'a Allow) -> Con
         environment: env,
         masker,
         allow,
+        owner: driftless::backend::Owner::new(env),
     }
 }
 
@@ -308,6 +309,7 @@ async fn deploy_noop_env_change_and_compose_labels() {
     assert_eq!(l[labels::CONTAINER_NUMBER], "1");
     assert_eq!(l[labels::ONEOFF], "False");
     assert_eq!(l[labels::ENVIRONMENT], name);
+    assert_eq!(l[labels::INSTANCE], name);
     assert_eq!(l[labels::IMAGE], report.image_ids[&format!("{name}/api")]);
     assert!(
         l[labels::DEPENDS_ON].contains("db:service_healthy:false"),
@@ -562,10 +564,13 @@ async fn removed_service_goes_and_its_volume_stays() {
     assert!(kept.detail.as_deref().unwrap().contains("kept"), "{kept:?}");
     let left = container_ids(&b, &name).await;
     assert_eq!(left.keys().collect::<Vec<_>>(), [&format!("{name}-app-1")]);
-    b.docker()
+    let kept = b
+        .docker()
         .inspect_volume(&volume)
         .await
         .expect("the named volume must survive its service");
+    // Labelled as the environment's own, like its containers and networks.
+    assert_eq!(kept.labels[labels::INSTANCE], name);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -651,6 +656,7 @@ async fn network_changes() {
         .await
         .unwrap();
     assert_eq!(net.internal, Some(true));
+    assert_eq!(net.labels.unwrap()[labels::INSTANCE], name);
     assert!(
         changed(
             &dry_run(&b, &name, &desired(vec![p]), &Allow::default())

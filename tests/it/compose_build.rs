@@ -320,6 +320,7 @@ async fn a_rollback_pinned_to_the_built_id_runs_it_without_rebuilding() {
     .into();
     let mut state = driftless::model::DesiredState {
         environment: rollback_env(),
+        instance: name.clone(),
         revision: driftless::source::Revision::Commit { id: "good".into() },
         targets: vec![pinned.clone()],
         backups: vec![],

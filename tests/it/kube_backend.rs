@@ -112,6 +112,7 @@ impl Fixture {
             environment: "prod",
             masker: &self.masker,
             allow,
+            owner: driftless::backend::Owner::new("prod@test"),
         }
     }
 

@@ -132,6 +132,7 @@ impl E2e {
             environment: ENV,
             masker: &self.masker,
             allow,
+            owner: driftless::backend::Owner::new(ENV),
         };
         let live = self.backend.read_live(&self.target, ctx).await?;
         self.backend.plan(&self.target, &live, ctx).await
@@ -142,6 +143,7 @@ impl E2e {
             environment: ENV,
             masker: &self.masker,
             allow,
+            owner: driftless::backend::Owner::new(ENV),
         };
         self.backend
             .apply(&self.target, plan, ctx)

@@ -28,6 +28,7 @@ mod kube_e2e;
 mod leases;
 mod logging;
 mod operator;
+mod ownership;
 mod pipeline;
 mod policies;
 mod reconcile_cli;

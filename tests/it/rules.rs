@@ -331,6 +331,7 @@ pub(crate) mod live {
             environment: "dev",
             masker: &masker,
             allow: &allow,
+            owner: driftless::backend::Owner::new("dev@test"),
         };
         // A file someone put there by hand: never touched.
         let theirs = prom.rules_dir().join("hand-made.yml");
@@ -467,6 +468,7 @@ pub(crate) mod live {
             environment: "dev",
             masker: &masker,
             allow: &allow,
+            owner: driftless::backend::Owner::new("dev@test"),
         };
         let b = connect(&t).await;
         let p = plan(&b, &t, ctx).await;
@@ -539,6 +541,7 @@ pub(crate) mod live {
             environment: "dev",
             masker: &masker,
             allow: &allow,
+            owner: driftless::backend::Owner::new("dev@test"),
         };
         let t1 = with_files(
             target.clone(),

@@ -150,7 +150,7 @@ impl<'a> Applier<'a> {
             self.report_images(&image::resolve(self.references(), &listed), &mut report);
             return Ok(report);
         }
-        let live = live::read(self.docker(), self.ctx.environment, self.projects)
+        let live = live::read(self.docker(), self.ctx, self.projects)
             .await
             .map_err(|e| self.backend.unavailable(e))?;
         // Builds, then pulls, before anything is stopped: a failed build or
@@ -456,6 +456,7 @@ impl<'a> Applier<'a> {
         labels_map.insert(labels::NETWORK.into(), key);
         labels_map.insert(labels::VERSION.into(), labels::VERSION_VALUE.into());
         labels_map.insert(labels::ENVIRONMENT.into(), self.ctx.environment.into());
+        labels_map.insert(labels::INSTANCE.into(), self.ctx.owner.instance.into());
         self.docker()
             .create_network(NetworkCreateRequest {
                 name: name.to_owned(),
@@ -496,6 +497,7 @@ impl<'a> Applier<'a> {
                 labels_map.insert(labels::VOLUME.into(), key.clone());
                 labels_map.insert(labels::VERSION.into(), labels::VERSION_VALUE.into());
                 labels_map.insert(labels::ENVIRONMENT.into(), self.ctx.environment.into());
+                labels_map.insert(labels::INSTANCE.into(), self.ctx.owner.instance.into());
                 self.docker()
                     .create_volume(VolumeCreateRequest {
                         name: Some(name.clone()),
@@ -615,6 +617,7 @@ impl<'a> Applier<'a> {
                 config_hash: &config_hash,
                 definition: &definition,
                 environment: self.ctx.environment,
+                instance: self.ctx.owner.instance,
             };
             self.create_and_start(&replica, &resource).await?;
         }

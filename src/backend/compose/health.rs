@@ -38,7 +38,15 @@ pub async fn health(
         ))
         .await
         .map_err(|e| backend.unavailable(e))?;
-    let live = Live::from_listings(ctx.environment, projects, &list, &[], &[], &[]);
+    let live = Live::from_listings(
+        ctx.environment,
+        ctx.owner.instance,
+        projects,
+        &list,
+        &[],
+        &[],
+        &[],
+    );
     let now = SystemTime::now();
     let mut verdicts = Vec::new();
     for p in projects {

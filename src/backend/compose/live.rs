@@ -4,6 +4,13 @@
 //! networks, volumes, images — whatever the number of services, and
 //! [`Live::from_listings`] turns their answers into plain data that the pure
 //! planner consumes (and that unit tests build by hand).
+//!
+//! It also decides what of the engine is the environment's ([`Ownership`]):
+//! resources carrying its instance label, and — from before instance
+//! labels — those with its environment label in a project it renders.
+//! Resources of a rendered project that someone else deployed are listed
+//! with who that is, for the planner to refuse or adopt; anything else on
+//! the engine is not listed at all, so it is never changed or pruned.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -21,9 +28,9 @@ use crate::model::compose::{Ipam, IpamPool, Project, PullPolicy};
 /// The live state relevant to one environment on one engine.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Live {
-    /// Containers of the desired projects and of projects this environment
-    /// deployed before (found by the environment label), one-off containers
-    /// (`compose run`) excluded.
+    /// Containers of the desired projects (whoever owns them) and of
+    /// projects this environment deployed before (found by its instance
+    /// label), one-off containers (`compose run`) excluded.
     pub containers: Vec<LiveContainer>,
     pub networks: Vec<LiveNetwork>,
     pub volumes: Vec<LiveVolume>,
@@ -56,8 +63,7 @@ pub struct LiveContainer {
     pub exit_code: Option<i64>,
     pub image_id: String,
     pub config_hash: Option<String>,
-    /// The environment that deployed it (`None`: not driftless).
-    pub environment: Option<String>,
+    pub owner: Ownership,
     /// The masked readable definition it was created from.
     pub definition: Option<String>,
     pub labels: BTreeMap<String, String>,
@@ -81,7 +87,7 @@ pub struct LiveNetwork {
     /// Compose project and key (`com.docker.compose.network`), when labelled.
     pub project: Option<String>,
     pub key: Option<String>,
-    pub environment: Option<String>,
+    pub owner: Ownership,
     pub driver: String,
     pub internal: bool,
     pub labels: BTreeMap<String, String>,
@@ -97,22 +103,84 @@ pub struct LiveVolume {
     pub name: String,
     pub project: Option<String>,
     pub key: Option<String>,
-    pub environment: Option<String>,
+    pub owner: Ownership,
     pub driver: String,
     pub labels: BTreeMap<String, String>,
     pub options: BTreeMap<String, String>,
 }
 
-/// Reads the live state for `projects` of `environment`: four list calls.
+/// Whose a live resource is, as its labels tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ownership {
+    /// This environment's: it carries the environment's instance label,
+    /// or (deployed before instance labels) its environment label and
+    /// belongs to a project the environment renders. Such a resource keeps
+    /// the old labels until it is next recreated for a reason of its own:
+    /// Docker cannot relabel a container, network or volume in place.
+    Ours,
+    /// Another driftless instance's (its instance label).
+    Instance(String),
+    /// A driftless environment's from before instance labels, another one
+    /// than this (its environment label).
+    Environment(String),
+    /// Not driftless's: docker compose or another tool created it, with
+    /// the `com.docker.compose.version` it wrote, if any.
+    Unmanaged { version: Option<String> },
+}
+
+impl Ownership {
+    /// Who the resource belongs to, or `None` when it is not the
+    /// environment's and not of a project it renders (`desired`): then it
+    /// is none of the environment's business.
+    pub fn of(
+        labels: &BTreeMap<String, String>,
+        environment: &str,
+        instance: &str,
+        desired: bool,
+    ) -> Option<Ownership> {
+        let owner = match (
+            labels.get(labels::INSTANCE),
+            labels.get(labels::ENVIRONMENT),
+        ) {
+            (Some(i), _) if i == instance => return Some(Ownership::Ours),
+            (Some(i), _) => Ownership::Instance(i.clone()),
+            (None, Some(e)) if e == environment => Ownership::Ours,
+            (None, Some(e)) => Ownership::Environment(e.clone()),
+            (None, None) => Ownership::Unmanaged {
+                version: labels.get(labels::VERSION).cloned(),
+            },
+        };
+        desired.then_some(owner)
+    }
+
+    /// Who deployed it, in words (`None` for this environment).
+    pub fn describe(&self) -> Option<String> {
+        match self {
+            Ownership::Ours => None,
+            Ownership::Instance(i) => Some(format!("another driftless instance, `{i}`")),
+            Ownership::Environment(e) => Some(format!("driftless environment `{e}`")),
+            // 1.x is the Python `docker-compose`, later ones the plugin.
+            Ownership::Unmanaged { version: Some(v) } if v.starts_with("1.") => {
+                Some(format!("docker-compose {v}"))
+            }
+            Ownership::Unmanaged { version: Some(v) } => Some(format!("docker compose {v}")),
+            Ownership::Unmanaged { version: None } => Some("another tool".to_owned()),
+        }
+    }
+}
+
+/// Reads the live state for `projects` of the environment of `ctx`: four
+/// list calls.
 pub async fn read(
     docker: &Docker,
-    environment: &str,
+    ctx: crate::backend::Context<'_>,
     projects: &[Project],
 ) -> Result<Live, bollard::errors::Error> {
     // One filter on the presence of the project label returns every Compose
     // resource on the engine; the environment's own ones (including those of
     // projects it no longer renders) are picked out client-side, because the
-    // engine ANDs label filters and cannot express "project in … or env = …".
+    // engine ANDs label filters and cannot express "project in … or
+    // instance = …".
     let compose_only = HashMap::from([("label", vec![labels::PROJECT])]);
     let containers = docker.list_containers(Some(
         ListContainersOptionsBuilder::default()
@@ -134,7 +202,8 @@ pub async fn read(
     let (containers, networks, volumes, images) =
         futures_util::try_join!(containers, networks, volumes, images)?;
     let mut live = Live::from_listings(
-        environment,
+        ctx.environment,
+        ctx.owner.instance,
         projects,
         &containers,
         &networks,
@@ -213,9 +282,11 @@ pub async fn check_registry(
 }
 
 impl Live {
-    /// Builds the live state from the engine's list answers.
+    /// Builds the live state of the environment whose ownership id is
+    /// `instance` from the engine's list answers.
     pub fn from_listings(
         environment: &str,
+        instance: &str,
         projects: &[Project],
         containers: &[ContainerSummary],
         networks: &[Network],
@@ -223,8 +294,9 @@ impl Live {
         images: &[ImageSummary],
     ) -> Live {
         let desired: BTreeSet<&str> = projects.iter().map(|p| p.name.as_str()).collect();
-        let ours = |project: &str, env: Option<&String>| {
-            desired.contains(project) || env.is_some_and(|e| e == environment)
+        let owner = |project: Option<&str>, labels: &BTreeMap<String, String>| {
+            let desired = project.is_some_and(|p| desired.contains(p));
+            Ownership::of(labels, environment, instance, desired)
         };
 
         let mut live_containers = Vec::new();
@@ -234,9 +306,10 @@ impl Live {
             let Some(project) = labels.get(labels::PROJECT).cloned() else {
                 continue;
             };
-            if !ours(&project, labels.get(labels::ENVIRONMENT))
-                || labels.get(labels::ONEOFF).is_some_and(|v| v == "True")
-            {
+            let Some(owner) = owner(Some(&project), &labels) else {
+                continue;
+            };
+            if labels.get(labels::ONEOFF).is_some_and(|v| v == "True") {
                 continue;
             }
             let status = c.status.clone().unwrap_or_default();
@@ -266,7 +339,7 @@ impl Live {
                 exit_code: exit_code(&status),
                 image_id: c.image_id.clone().unwrap_or_default(),
                 config_hash: labels.get(labels::CONFIG_HASH).cloned(),
-                environment: labels.get(labels::ENVIRONMENT).cloned(),
+                owner,
                 definition: labels.get(labels::DEFINITION).cloned(),
                 project,
                 labels,
@@ -285,19 +358,19 @@ impl Live {
             let desired_name = projects
                 .iter()
                 .any(|p| p.networks.values().any(|net| net.name == name));
-            if !desired_name
-                && !project
-                    .as_deref()
-                    .is_some_and(|p| ours(p, labels.get(labels::ENVIRONMENT)))
-            {
+            // A network a project names (an external one included) is
+            // listed whoever made it; the planner decides what it may do.
+            let Some(owner) = owner(project.as_deref(), &labels).or_else(|| {
+                desired_name.then(|| Ownership::of(&labels, environment, instance, true))?
+            }) else {
                 continue;
-            }
+            };
             live_networks.push(LiveNetwork {
                 id: n.id.clone().unwrap_or_default(),
                 name,
                 project,
                 key: labels.get(labels::NETWORK).cloned(),
-                environment: labels.get(labels::ENVIRONMENT).cloned(),
+                owner,
                 driver: n.driver.clone().unwrap_or_default(),
                 internal: n.internal.unwrap_or(false),
                 options: n.options.clone().unwrap_or_default().into_iter().collect(),
@@ -313,17 +386,19 @@ impl Live {
         for v in volumes {
             let labels: BTreeMap<String, String> = v.labels.clone().into_iter().collect();
             let project = labels.get(labels::PROJECT).cloned();
-            if !project
-                .as_deref()
-                .is_some_and(|p| ours(p, labels.get(labels::ENVIRONMENT)))
-            {
+            let desired_name = projects
+                .iter()
+                .any(|p| p.volumes.values().any(|vol| vol.name == v.name));
+            let Some(owner) = owner(project.as_deref(), &labels).or_else(|| {
+                desired_name.then(|| Ownership::of(&labels, environment, instance, true))?
+            }) else {
                 continue;
-            }
+            };
             live_volumes.push(LiveVolume {
                 name: v.name.clone(),
                 project,
                 key: labels.get(labels::VOLUME).cloned(),
-                environment: labels.get(labels::ENVIRONMENT).cloned(),
+                owner,
                 driver: v.driver.clone(),
                 options: v.options.clone().into_iter().collect(),
                 labels,
@@ -428,52 +503,128 @@ mod tests {
         assert_eq!(exit_code("Up 2 minutes (healthy)"), None);
     }
 
-    #[test]
-    fn keeps_desired_projects_and_the_environments_own_and_skips_oneoffs() {
-        let summary = |project: &str, env: Option<&str>, oneoff: bool| ContainerSummary {
+    /// A container of `project` with the given driftless labels.
+    fn summary(project: &str, driftless: &[(&str, &str)], oneoff: bool) -> ContainerSummary {
+        let labels = [
+            (labels::PROJECT, project),
+            (labels::SERVICE, "web"),
+            (labels::CONTAINER_NUMBER, "1"),
+            (labels::ONEOFF, if oneoff { "True" } else { "False" }),
+        ]
+        .into_iter()
+        .chain(driftless.iter().copied())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        ContainerSummary {
             id: Some(format!("id-{project}")),
             names: Some(vec![format!("/{project}-web-1")]),
             state: Some(ContainerSummaryStateEnum::RUNNING),
-            labels: Some(
-                [
-                    (labels::PROJECT.to_owned(), project.to_owned()),
-                    (labels::SERVICE.to_owned(), "web".to_owned()),
-                    (labels::CONTAINER_NUMBER.to_owned(), "1".to_owned()),
-                    (
-                        labels::ONEOFF.to_owned(),
-                        if oneoff { "True" } else { "False" }.to_owned(),
-                    ),
-                ]
-                .into_iter()
-                .chain(env.map(|e| (labels::ENVIRONMENT.to_owned(), e.to_owned())))
-                .collect(),
-            ),
+            labels: Some(labels),
             ..ContainerSummary::default()
-        };
-        let projects = vec![Project {
-            disabled_services: Default::default(),
-            name: "shop".into(),
-            services: BTreeMap::new(),
-            networks: BTreeMap::new(),
-            volumes: BTreeMap::new(),
-            origin: Default::default(),
-        }];
+        }
+    }
+
+    fn projects(names: &[&str]) -> Vec<Project> {
+        names
+            .iter()
+            .map(|n| Project {
+                disabled_services: Default::default(),
+                name: (*n).into(),
+                services: BTreeMap::new(),
+                networks: BTreeMap::new(),
+                volumes: BTreeMap::new(),
+                origin: Default::default(),
+            })
+            .collect()
+    }
+
+    fn owners(live: &Live) -> Vec<(&str, &Ownership)> {
+        live.containers
+            .iter()
+            .map(|c| (c.project.as_str(), &c.owner))
+            .collect()
+    }
+
+    const OURS: (&str, &str) = (labels::INSTANCE, "dev@github.com/acme/a");
+
+    #[test]
+    fn lists_the_instances_own_and_whoever_holds_a_desired_project() {
+        let env = |e| (labels::ENVIRONMENT, e);
         let live = Live::from_listings(
             "dev",
-            &projects,
+            OURS.1,
+            &projects(&["shop", "legacy", "taken", "compose"]),
             &[
-                summary("shop", None, false),
-                summary("shop", None, true),
-                summary("old", Some("dev"), false),
-                summary("other", Some("prod"), false),
-                summary("manual", None, false),
+                summary("shop", &[env("dev"), OURS], false),
+                summary("shop", &[env("dev"), OURS], true),
+                // Ours from before instance labels: a desired project.
+                summary("legacy", &[env("dev")], false),
+                // Another repo's `dev`, in a project both render.
+                summary("taken", &[env("dev"), (labels::INSTANCE, "dev@b")], false),
+                summary("compose", &[(labels::VERSION, "1.29.2")], false),
+                // Not desired: ours by instance (pruned), the others unseen.
+                summary("retired", &[env("dev"), OURS], false),
+                summary("old", &[env("dev")], false),
+                summary(
+                    "other-repo",
+                    &[env("dev"), (labels::INSTANCE, "dev@b")],
+                    false,
+                ),
+                summary("manual", &[], false),
             ],
             &[],
             &[],
             &[],
         );
-        let names: Vec<_> = live.containers.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["old-web-1", "shop-web-1"]);
+        assert_eq!(
+            owners(&live),
+            [
+                (
+                    "compose",
+                    &Ownership::Unmanaged {
+                        version: Some("1.29.2".into())
+                    }
+                ),
+                ("legacy", &Ownership::Ours),
+                ("retired", &Ownership::Ours),
+                ("shop", &Ownership::Ours),
+                ("taken", &Ownership::Instance("dev@b".into())),
+            ]
+        );
         assert_eq!(live.containers[0].number, 1);
+    }
+
+    #[test]
+    fn says_which_tool_deployed_a_project() {
+        let unmanaged = |v: Option<&str>| Ownership::Unmanaged {
+            version: v.map(str::to_owned),
+        };
+        assert_eq!(
+            unmanaged(Some("1.29.2")).describe().as_deref(),
+            Some("docker-compose 1.29.2")
+        );
+        assert_eq!(
+            unmanaged(Some("2.24.6")).describe().as_deref(),
+            Some("docker compose 2.24.6")
+        );
+        assert_eq!(unmanaged(None).describe().as_deref(), Some("another tool"));
+        assert_eq!(Ownership::Ours.describe(), None);
+    }
+
+    #[test]
+    fn a_legacy_label_of_another_environment_is_not_ours() {
+        let live = Live::from_listings(
+            "dev",
+            OURS.1,
+            &projects(&["shop"]),
+            &[summary("shop", &[(labels::ENVIRONMENT, "prod")], false)],
+            &[],
+            &[],
+            &[],
+        );
+        assert_eq!(
+            owners(&live),
+            [("shop", &Ownership::Environment("prod".into()))]
+        );
     }
 }

@@ -52,9 +52,14 @@ pub mod labels {
     pub const DEPENDS_ON: &str = "com.docker.compose.depends_on";
     pub const NETWORK: &str = "com.docker.compose.network";
     pub const VOLUME: &str = "com.docker.compose.volume";
-    /// The driftless environment that deployed the resource: how a project
-    /// the environment no longer renders is still found and removed.
+    /// The driftless environment that deployed the resource (informative;
+    /// ownership is [`INSTANCE`], this only for what came before it).
     pub const ENVIRONMENT: &str = "io.driftless.environment";
+    /// The ownership id of the desired state that deployed the resource
+    /// ([`crate::manifest::instance`]): only what carries the
+    /// environment's own is its to change or prune, so two repos' `dev`
+    /// on one engine never touch each other's projects.
+    pub const INSTANCE: &str = "io.driftless.instance";
     /// The masked readable definition a container was created from, so the
     /// next plan can diff against it without a call per container.
     pub const DEFINITION: &str = "io.driftless.definition";
@@ -184,7 +189,7 @@ impl Backend for ComposeBackend {
         ctx: Context<'_>,
     ) -> Result<Live, BackendError> {
         let projects = projects(desired)?;
-        let mut live = live::read(&self.docker, ctx.environment, projects)
+        let mut live = live::read(&self.docker, ctx, projects)
             .await
             .map_err(|e| self.unavailable(e))?;
         // `pull_policy: always` and refresh periods: one registry question

@@ -7,10 +7,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::live::{ContainerState, Live, LiveContainer};
+use super::live::{ContainerState, Live, LiveContainer, Ownership};
 use super::project;
 use super::{build, hash, spec};
 use crate::backend::{BackendError, Context};
+use crate::manifest::Adopt;
 use crate::model::compose::{Ipam, IpamPool, Network, Project, PullPolicy, Service};
 use crate::plan::{Action, Change, Resource, unified_diff};
 
@@ -18,8 +19,9 @@ use crate::plan::{Action, Change, Resource, unified_diff};
 ///
 /// Refuses (unless the environment opts into mass removal) a plan that
 /// removes more than half of a project's services, or every project of the
-/// environment; refuses to take over a project deployed by another
-/// environment.
+/// environment; refuses to take over a project of the same name that it
+/// does not own ([`refuse_foreign`]) unless told to adopt it, and then
+/// recreates each adopted container (reason `adopted`).
 pub fn plan(
     target: &str,
     projects: &[Project],
@@ -38,18 +40,7 @@ pub fn plan(
         diff: None,
     };
 
-    for c in &live.containers {
-        if let Some(env) = &c.environment
-            && env != ctx.environment
-            && projects.iter().any(|p| p.name == c.project)
-        {
-            return Err(refuse(format!(
-                "project `{}` is deployed by environment `{env}` on this engine (container {}); \
-                 two environments cannot own one project",
-                c.project, c.name
-            )));
-        }
-    }
+    refuse_foreign(live, ctx).map_err(refuse)?;
     refuse_unsupported(projects, live).map_err(refuse)?;
     let desired_names: BTreeSet<&str> = projects.iter().map(|p| p.name.as_str()).collect();
     let live_projects: BTreeSet<&str> =
@@ -90,6 +81,17 @@ pub fn plan(
                     let live_text = network_text_live(n, &net);
                     let desired_text = network_text(&net);
                     if live_text != desired_text {
+                        if let Some(who) = n.owner.describe()
+                            && !adoptable(&n.owner, ctx.owner.adopt)
+                        {
+                            return Err(refuse(format!(
+                                "network `{}` (project `{}`) was created by {who} and differs from \
+                                 the desired one; driftless recreates only networks it owns: {}",
+                                n.name,
+                                p.name,
+                                how_to_adopt(&n.owner, ctx.environment)
+                            )));
+                        }
                         c.action = Action::Recreate {
                             reason: "config changed".into(),
                         };
@@ -236,8 +238,7 @@ pub fn plan(
         .flat_map(|p| project::networks(p).into_values().map(|n| n.name))
         .collect();
     for n in &live.networks {
-        if !desired_networks.contains(&n.name) && n.environment.as_deref() == Some(ctx.environment)
-        {
+        if !desired_networks.contains(&n.name) && n.owner == Ownership::Ours {
             changes.push(change("network", n.name.clone(), Action::Delete));
         }
     }
@@ -248,9 +249,7 @@ pub fn plan(
         .flat_map(|p| p.volumes.values().map(|v| v.name.as_str()))
         .collect();
     for v in &live.volumes {
-        if desired_volumes.contains(v.name.as_str())
-            || v.environment.as_deref() != Some(ctx.environment)
-        {
+        if desired_volumes.contains(v.name.as_str()) || v.owner != Ownership::Ours {
             continue;
         }
         let mut c = change("volume", v.name.clone(), Action::Delete);
@@ -348,6 +347,52 @@ fn service_change(
         !image_id.is_some_and(|id| hash::hash_matches(c.config_hash.as_deref(), service, id))
     });
     let failed: Vec<&&LiveContainer> = containers.iter().filter(|c| !is_up(c, service)).collect();
+
+    let adopted: Vec<&&LiveContainer> = containers
+        .iter()
+        .filter(|c| c.owner != Ownership::Ours)
+        .collect();
+    if !adopted.is_empty() {
+        // Only reached when the environment may adopt (`refuse_foreign`).
+        c.action = recreate("adopted");
+        let fields = hash::changed_fields(&live_text, &desired_text);
+        let same_config = image_id.is_some_and(|id| {
+            adopted
+                .iter()
+                .all(|a| hash::hash_matches(a.config_hash.as_deref(), service, id))
+        });
+        let config = if same_config {
+            "the same configuration".to_owned()
+        } else if !live_text.is_empty() {
+            if fields.is_empty() {
+                "another configuration".to_owned()
+            } else {
+                format!("another configuration ({})", fields.join(", "))
+            }
+        } else {
+            "a configuration driftless cannot compare (no driftless definition, and \
+             its config hash is another tool's)"
+                .to_owned()
+        };
+        let image = if image_changed {
+            "another image"
+        } else {
+            "the same image"
+        };
+        let who = adopted[0].owner.describe().unwrap_or_default();
+        let names: Vec<&str> = adopted.iter().map(|a| a.name.as_str()).collect();
+        c.detail = Some(join_detail([
+            Some(format!(
+                "adopt {} from {who}: {image}, {config}; recreated so that it carries this \
+                 environment's ownership label (Docker cannot relabel a container)",
+                names.join(", ")
+            )),
+            pull,
+            scale_text(&containers, service),
+        ]));
+        c.diff = unified_diff(&live_text, &desired_text, ctx.masker);
+        return c;
+    }
 
     if image_changed || config_changed {
         c.action = recreate(&if let Some(why) = rebuild {
@@ -470,18 +515,22 @@ fn orphan_service(
         .iter()
         .find_map(|c| c.definition.clone())
         .unwrap_or_default();
+    let names = containers
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    // In an adopted project: a service the other tool ran that the
+    // desired project does not have.
+    let detail = match containers.iter().find_map(|c| c.owner.describe()) {
+        Some(who) => format!("not in the desired project; adopt from {who} and remove {names}"),
+        None => format!("no longer desired; remove {names}"),
+    };
     Change {
         target: target.to_owned(),
         resource: Resource::new("service", format!("{project}/{service}")),
         action: Action::Delete,
-        detail: Some(format!(
-            "no longer desired; remove {}",
-            containers
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
+        detail: Some(detail),
         diff: unified_diff(&live_text, "", ctx.masker),
     }
 }
@@ -602,6 +651,71 @@ fn policy_name(policy: PullPolicy) -> String {
     }
 }
 
+/// Whether `adopt` lets the environment take over what `owner` holds.
+fn adoptable(owner: &Ownership, adopt: Adopt) -> bool {
+    match owner {
+        Ownership::Ours => true,
+        Ownership::Unmanaged { .. } => adopt != Adopt::No,
+        Ownership::Instance(_) | Ownership::Environment(_) => adopt == Adopt::Any,
+    }
+}
+
+/// What to do about a project held by `owner`, for a refusal.
+fn how_to_adopt(owner: &Ownership, environment: &str) -> String {
+    match owner {
+        Ownership::Instance(other) => format!(
+            "two driftless instances cannot own one project; if `{other}` is this repo under \
+             an earlier URL or path, set `instance: {other}` for environment `{environment}` \
+             in driftless.yaml to keep the project as it is; otherwise give one of them \
+             another project name, or move the project to this one by running \
+             `driftless reconcile --env {environment} --adopt` once, which recreates its \
+             containers (`adopt: true` in driftless.yaml does not take another instance's \
+             project; `--dry-run` shows what would be recreated)"
+        ),
+        Ownership::Environment(_) => format!(
+            "two driftless environments cannot own one project; give one of them another \
+             project name, or move the project to this one by running \
+             `driftless reconcile --env {environment} --adopt` once (`adopt: true` in \
+             driftless.yaml does not take another instance's project; `--dry-run` shows what \
+             would be recreated)"
+        ),
+        _ => format!(
+            "to take it over, set `adopt: true` for environment `{environment}` in driftless.yaml \
+             or run `driftless reconcile --env {environment} --adopt` (add `--dry-run` to see \
+             which containers would be recreated and why), or give the project another name"
+        ),
+    }
+}
+
+/// Refuses a plan for projects of the same name as desired ones whose
+/// containers another tool or another driftless instance deployed, unless
+/// the environment may adopt them: one line per such project, all at once.
+fn refuse_foreign(live: &Live, ctx: Context<'_>) -> Result<(), String> {
+    let mut held: BTreeMap<&str, (&Ownership, &str)> = BTreeMap::new();
+    for c in &live.containers {
+        if !adoptable(&c.owner, ctx.owner.adopt) {
+            held.entry(c.project.as_str())
+                .or_insert((&c.owner, c.name.as_str()));
+        }
+    }
+    if held.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = held
+        .into_iter()
+        .map(|(project, (owner, container))| {
+            let who = owner.describe().unwrap_or_default();
+            format!(
+                "project `{project}` is deployed on this engine by {who} (container {container}), \
+                 not by this environment (instance `{}`); {}",
+                ctx.owner.instance,
+                how_to_adopt(owner, ctx.environment)
+            )
+        })
+        .collect();
+    Err(lines.join("\n"))
+}
+
 /// What the engine or the policy cannot do, refused before anything is
 /// planned: keys the engine's API version does not know (docker compose
 /// refuses `healthcheck.start_interval` the same way), and images that
@@ -687,7 +801,7 @@ mod tests {
             exit_code: None,
             image_id: IMG.into(),
             config_hash: Some(hash::config_hash(s, IMG)),
-            environment: Some("dev".into()),
+            owner: Ownership::Ours,
             definition: Some(hash::definition_text(s, Some(IMG))),
             labels: BTreeMap::new(),
         }
@@ -702,7 +816,7 @@ mod tests {
                 name: "shop_default".into(),
                 project: Some("shop".into()),
                 key: Some("default".into()),
-                environment: Some("dev".into()),
+                owner: Ownership::Ours,
                 driver: "bridge".into(),
                 internal: false,
                 labels: BTreeMap::new(),
@@ -715,7 +829,7 @@ mod tests {
                 name: "shop_data".into(),
                 project: Some("shop".into()),
                 key: Some("data".into()),
-                environment: Some("dev".into()),
+                owner: Ownership::Ours,
                 driver: "local".into(),
                 labels: BTreeMap::new(),
                 options: BTreeMap::new(),
@@ -726,6 +840,15 @@ mod tests {
     }
 
     fn run(projects: &[Project], live: &Live, allow: &Allow) -> Result<Vec<Change>, BackendError> {
+        run_adopting(projects, live, allow, Adopt::No)
+    }
+
+    fn run_adopting(
+        projects: &[Project],
+        live: &Live,
+        allow: &Allow,
+        adopt: Adopt,
+    ) -> Result<Vec<Change>, BackendError> {
         let masker = Masker::from_values(["supersecret"]);
         plan(
             "local",
@@ -735,6 +858,10 @@ mod tests {
                 environment: "dev",
                 masker: &masker,
                 allow,
+                owner: crate::backend::Owner {
+                    instance: "dev@github.com/acme/a",
+                    adopt,
+                },
             },
         )
     }
@@ -1005,9 +1132,215 @@ mod tests {
     fn a_project_of_another_environment_is_not_taken_over() {
         let p = project();
         let mut live = deployed(&p);
-        live.containers[0].environment = Some("prod".into());
+        live.containers[0].owner = Ownership::Environment("prod".into());
         let err = run(&[p], &live, &Allow::default()).unwrap_err().to_string();
-        assert!(err.contains("deployed by environment `prod`"), "{err}");
+        assert!(
+            err.contains("deployed on this engine by driftless environment `prod`"),
+            "{err}"
+        );
+    }
+
+    /// `p` as `docker-compose 1.29.2 up -d` leaves it: same names, its own
+    /// config hashes, no driftless labels.
+    fn started_by_compose(p: &Project) -> Live {
+        let mut live = deployed(p);
+        for c in &mut live.containers {
+            c.owner = Ownership::Unmanaged {
+                version: Some("1.29.2".into()),
+            };
+            c.config_hash = Some("0f3c-compose-hash".into());
+            c.definition = None;
+        }
+        for n in &mut live.networks {
+            n.owner = Ownership::Unmanaged {
+                version: Some("1.29.2".into()),
+            };
+        }
+        for v in &mut live.volumes {
+            v.owner = Ownership::Unmanaged {
+                version: Some("1.29.2".into()),
+            };
+        }
+        live
+    }
+
+    #[test]
+    fn a_project_another_tool_started_is_refused_with_how_to_adopt_it() {
+        let p = project();
+        let live = started_by_compose(&p);
+        let err = run(std::slice::from_ref(&p), &live, &Allow::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("project `shop` is deployed on this engine by docker-compose 1.29.2"),
+            "{err}"
+        );
+        assert!(err.contains("`adopt: true`"), "{err}");
+        assert!(err.contains("--adopt"), "{err}");
+        assert_eq!(err.lines().count(), 1, "one line per project: {err}");
+    }
+
+    #[test]
+    fn adopting_recreates_each_container_and_keeps_the_network_and_volume() {
+        let p = project();
+        let live = started_by_compose(&p);
+        let changes = run_adopting(
+            std::slice::from_ref(&p),
+            &live,
+            &Allow::default(),
+            Adopt::Unmanaged,
+        )
+        .unwrap();
+        let acts = actions(&changes);
+        assert_eq!(
+            acts.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["shop/api", "shop/db", "shop/web"]
+        );
+        assert!(
+            acts.iter().all(|(_, a)| *a
+                == Action::Recreate {
+                    reason: "adopted".into()
+                }),
+            "{acts:?}"
+        );
+        let api = changes
+            .iter()
+            .find(|c| c.resource.name == "shop/api")
+            .unwrap();
+        let detail = api.detail.as_deref().unwrap();
+        assert!(
+            detail.starts_with("adopt shop-api-1 from docker-compose 1.29.2: the same image, a configuration driftless cannot compare"),
+            "{detail}"
+        );
+        // A service the compose project ran that the file no longer has
+        // goes too, saying it was adopted.
+        let mut extra = live.clone();
+        let mut old = extra.containers[0].clone();
+        old.service = "cron".into();
+        old.name = "shop_cron_1".into();
+        extra.containers.push(old);
+        let changes = run_adopting(
+            std::slice::from_ref(&p),
+            &extra,
+            &Allow::default(),
+            Adopt::Unmanaged,
+        )
+        .unwrap();
+        let cron = changes
+            .iter()
+            .find(|c| c.resource.name == "shop/cron")
+            .unwrap();
+        assert_eq!(cron.action, Action::Delete);
+        assert_eq!(
+            cron.detail.as_deref(),
+            Some(
+                "not in the desired project; adopt from docker-compose 1.29.2 and remove shop_cron_1"
+            )
+        );
+        // Once recreated, the containers are the environment's own.
+        let mut after = live.clone();
+        for c in &mut after.containers {
+            *c = container(&p, &c.service, 1);
+        }
+        assert!(actions(&run(&[p], &after, &Allow::default()).unwrap()).is_empty());
+    }
+
+    #[test]
+    fn what_another_tool_created_is_never_pruned() {
+        let p = project();
+        let mut live = started_by_compose(&p);
+        live.containers.clear();
+        // The project is no longer rendered: its network and volume are
+        // not this environment's, so nothing is deleted, even when allowed.
+        let allow = Allow {
+            prune_volumes: true,
+            mass_removal: true,
+            ..Allow::default()
+        };
+        assert!(actions(&run(&[], &live, &allow).unwrap()).is_empty());
+        let mut ours = deployed(&p);
+        ours.containers.clear();
+        assert_eq!(actions(&run(&[], &ours, &allow).unwrap()).len(), 2);
+    }
+
+    #[test]
+    fn a_differing_network_another_tool_created_is_not_recreated_without_adopt() {
+        let mut p = project();
+        let mut live = started_by_compose(&p);
+        live.containers.clear();
+        p.networks.insert(
+            "default".into(),
+            Network {
+                name: "shop_default".into(),
+                internal: true,
+                ..Network::default()
+            },
+        );
+        let err = run(std::slice::from_ref(&p), &live, &Allow::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "network `shop_default` (project `shop`) was created by docker-compose 1.29.2"
+            ),
+            "{err}"
+        );
+        let changes = run_adopting(&[p], &live, &Allow::default(), Adopt::Unmanaged).unwrap();
+        assert_eq!(
+            actions(&changes)[0],
+            (
+                "shop_default".to_owned(),
+                Action::Recreate {
+                    reason: "config changed".into()
+                }
+            )
+        );
+    }
+
+    #[test]
+    fn another_instances_project_needs_the_one_time_flag() {
+        let p = project();
+        let mut live = deployed(&p);
+        for c in &mut live.containers {
+            c.owner = Ownership::Instance("dev@github.com/acme/b".into());
+        }
+        for adopt in [Adopt::No, Adopt::Unmanaged] {
+            let err = run_adopting(std::slice::from_ref(&p), &live, &Allow::default(), adopt)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("by another driftless instance, `dev@github.com/acme/b`"),
+                "{err}"
+            );
+            assert!(
+                err.contains(
+                    "`adopt: true` in driftless.yaml does not take another instance's project"
+                ),
+                "{err}"
+            );
+            assert!(
+                err.contains("set `instance: dev@github.com/acme/b` for environment `dev`"),
+                "{err}"
+            );
+        }
+        let changes = run_adopting(&[p], &live, &Allow::default(), Adopt::Any).unwrap();
+        let api = changes
+            .iter()
+            .find(|c| c.resource.name == "shop/api")
+            .unwrap();
+        assert_eq!(
+            api.action,
+            Action::Recreate {
+                reason: "adopted".into()
+            }
+        );
+        assert!(
+            api.detail
+                .as_deref()
+                .unwrap()
+                .contains("the same image, the same configuration"),
+            "{api:?}"
+        );
     }
 
     #[test]

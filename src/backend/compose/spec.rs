@@ -30,6 +30,8 @@ pub struct Replica<'a> {
     /// Masked readable definition (see [`super::hash::definition_text`]).
     pub definition: &'a str,
     pub environment: &'a str,
+    /// The ownership id ([`labels::INSTANCE`]).
+    pub instance: &'a str,
 }
 
 /// A network to join after create (the engine takes one at create time on
@@ -74,6 +76,7 @@ pub fn container(r: &Replica<'_>) -> (ContainerCreateBody, Vec<ExtraNetwork>) {
         (labels::IMAGE, r.image_id.to_owned()),
         (labels::DEPENDS_ON, depends_on),
         (labels::ENVIRONMENT, r.environment.to_owned()),
+        (labels::INSTANCE, r.instance.to_owned()),
         (labels::DEFINITION, r.definition.to_owned()),
     ] {
         label_map.insert(k.to_owned(), v);
@@ -608,6 +611,7 @@ mod tests {
             config_hash: "h",
             definition: "d",
             environment: "dev",
+            instance: "dev@test",
         });
         assert!(extra.is_empty());
         let hc = body.host_config.unwrap();
@@ -643,6 +647,7 @@ mod tests {
             config_hash: "h",
             definition: "d",
             environment: "dev",
+            instance: "dev@test",
         }
     }
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::control::{self, Control, FailedCommit, LastGood};
 use super::reconciles::{RECORD_COLUMNS, RECORD_COLUMNS_BRIEF, row};
-use super::{Kind, Outcome, ReconcileRecord, Result, Store};
+use super::{Outcome, ReconcileRecord, Result, Store};
 
 /// A page of history: filters and a cursor (ids are increasing, so
 /// `before` is the smallest id of the previous page).
@@ -122,14 +122,17 @@ fn env_summary(c: &Connection, env: &str) -> Result<EnvSummary> {
         // An interrupted reconcile left the live state unknown.
         _ => EnvHealth::Unknown,
     };
-    let deploy: Option<(Outcome, u32)> = c
+    // Out of sync with what the environment is held at: the changes of
+    // the last planned reconcile when it did not end good. A healthy
+    // rollback puts the live state back in sync with the last good commit.
+    let planned: Option<(Outcome, u32)> = c
         .query_row(
-            "SELECT outcome, changes FROM reconciles WHERE env = ?1 AND kind = ?2 AND changes IS NOT NULL AND outcome != ?3 ORDER BY id DESC LIMIT 1",
-            params![env, Kind::Deploy, Outcome::Running],
+            "SELECT outcome, changes FROM reconciles WHERE env = ?1 AND changes IS NOT NULL AND outcome NOT IN (?2, ?3) ORDER BY id DESC LIMIT 1",
+            params![env, Outcome::Running, Outcome::Invalid],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
-    let out_of_sync = match deploy {
+    let out_of_sync = match planned {
         Some((outcome, changes)) if !outcome.is_good() => u64::from(changes),
         _ => 0,
     };
@@ -224,7 +227,7 @@ impl Store {
 mod tests {
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    use super::super::{Finish, ImageIds, Timings, Trigger};
+    use super::super::{Finish, ImageIds, Kind, Timings, Trigger};
     use super::*;
 
     fn t(secs: u64) -> SystemTime {
@@ -343,6 +346,27 @@ mod tests {
         assert_eq!(sum.current_commit.as_deref(), Some("c2"));
         assert_eq!((sum.health, sum.out_of_sync), (EnvHealth::Unhealthy, 1));
         assert_eq!(s.last_plan("dev").unwrap().unwrap().id, id);
+        // Rolled back to c2, healthy: in sync with what dev is held at.
+        let back = s
+            .begin(
+                "dev",
+                &"c2".into(),
+                Trigger::Poll,
+                Kind::Rollback,
+                Some(&"c3".into()),
+                t(22),
+            )
+            .unwrap();
+        let finish = Finish {
+            commit: Some("c2".into()),
+            outcome: Outcome::Healthy,
+            changes: Some(1),
+            error: None,
+            ..finish
+        };
+        s.finish(back, &finish, t(23)).unwrap();
+        let sum = s.env_summary("dev").unwrap();
+        assert_eq!((sum.health, sum.out_of_sync), (EnvHealth::Healthy, 0));
         assert_eq!(s.env_summary("prod").unwrap().health, EnvHealth::Unknown);
         assert_eq!(
             s.env_summaries(&["dev".into(), "prod".into()]).unwrap(),

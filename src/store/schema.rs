@@ -231,10 +231,11 @@ mod tests {
         assert_eq!(s.before_apply_runs(&[2]).unwrap().len(), 1);
 
         // The summary reads the new column: the newest deploy with a plan
-        // in dev ended unhealthy with two changes, but a rollback ran since.
+        // in dev ended unhealthy with two changes, but the healthy rollback
+        // since put dev back in sync with its last good commit.
         let dev = s.env_summary("dev").unwrap();
         assert_eq!(dev.current_commit.as_deref(), Some(c1));
-        assert_eq!((dev.health, dev.out_of_sync), (EnvHealth::Healthy, 2));
+        assert_eq!((dev.health, dev.out_of_sync), (EnvHealth::Healthy, 0));
         let prod = s.env_summary("prod").unwrap();
         assert_eq!((prod.health, prod.out_of_sync), (EnvHealth::Healthy, 0));
     }

@@ -321,6 +321,17 @@ async fn pushes_deploy_bad_commits_roll_back_to_pinned_images_and_nothing_leaks(
     let metrics = metrics.text().await.unwrap();
     let rollbacks = format!("driftless_rollbacks_total{{env=\"{env}\"}} 1\n");
     assert!(metrics.contains(&rollbacks), "{metrics}");
+    // Healthy at the last good commit: nothing is out of sync with it.
+    let s = d
+        .client()
+        .get(d.url(&format!("/api/v1/environments/{env}")))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let s: serde_json::Value = serde_json::from_str(&s.text().await.unwrap()).unwrap();
+    assert_eq!(s["drift"]["resources_out_of_sync"], 0, "{s:#}");
+    assert_eq!(s["drift"]["in_sync"], true, "{s:#}");
 
     // A page the probe rejects (the container itself is healthy): rolled back.
     let c5 = bare.commit(&stack.files("broken page", GOOD_CHECK, ""), "probe fails");

@@ -113,7 +113,25 @@ fn widen(chars: &[char], (mut start, mut end): (usize, usize)) -> (usize, usize)
 }
 
 /// The runs of `real` (character ranges) that `other` does not have.
+///
+/// Lines of one length are compared position by position: a stand-in
+/// replaces a secret character for character, so that is where they differ,
+/// and an alignment could pair a secret's `/` with a `/` the stand-in has
+/// elsewhere, leaving it unmasked. Other lines are diffed.
 fn changed(real: &[char], other: &[char]) -> Vec<(usize, usize)> {
+    if real.len() == other.len() {
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for (i, (a, b)) in real.iter().zip(other).enumerate() {
+            if a == b {
+                continue;
+            }
+            match runs.last_mut() {
+                Some(last) if last.1 == i => last.1 = i + 1,
+                _ => runs.push((i, i + 1)),
+            }
+        }
+        return runs;
+    }
     let prefix = real.iter().zip(other).take_while(|(a, b)| a == b).count();
     let room = real.len().min(other.len()) - prefix;
     let suffix = real
@@ -284,6 +302,18 @@ mod tests {
             }
         }
         assert_ne!(stand_in(value, 1), stand_in(value, 2));
+    }
+
+    #[test]
+    fn a_stand_in_holding_the_secrets_character_elsewhere_does_not_unmask_it() {
+        // An alignment pairs the real `/` with the shadow's `/` one place
+        // on; position by position every character differs.
+        let spans = derived(
+            "slice: /9~q&<\n",
+            &["slice: #/3!kl\n".to_owned(), "slice: ,x/4@m\n".to_owned()],
+        )
+        .unwrap();
+        assert_eq!(spans, ["/9~q&<"]);
     }
 
     #[test]

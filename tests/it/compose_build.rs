@@ -52,7 +52,7 @@ fn repo(name: &str, page: &str, dockerfile: &str) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// Loads `compose/stack.yaml` of an in-memory repo as `validate` would.
-fn load(files: &BTreeMap<String, Vec<u8>>) -> Project {
+pub(crate) fn load(files: &BTreeMap<String, Vec<u8>>) -> Project {
     let text = String::from_utf8(files["compose/stack.yaml"].clone()).unwrap();
     let variables = BTreeMap::new();
     #[allow(clippy::result_large_err)]

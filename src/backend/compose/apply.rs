@@ -27,7 +27,7 @@ use futures_util::StreamExt;
 
 use super::live::{Live, LiveContainer};
 use super::{
-    ComposeBackend, archive, build, hash, hooks, image, labels, live, plan, project, spec,
+    ComposeBackend, archive, binds, build, hash, hooks, image, labels, live, plan, project, spec,
 };
 use crate::backend::{ApplyReport, BackendError, Context};
 use crate::model::TargetState;
@@ -132,7 +132,10 @@ impl<'a> Applier<'a> {
                         ),
                     });
                 }
-                ("network" | "volume", _) => {}
+                ("bind", Action::Create | Action::Update) => {
+                    self.bound_dir(name)?;
+                }
+                ("network" | "volume" | "bind", _) => {}
                 (kind, _) => {
                     return Err(self.error(name, format!("unknown resource kind `{kind}`")));
                 }
@@ -176,6 +179,7 @@ impl<'a> Applier<'a> {
             if c.resource.kind != "service" {
                 match c.resource.kind.as_str() {
                     "network" => self.network(c, &state).await?,
+                    "bind" => self.bind(c, &state).await?,
                     _ => self.volume(c).await?,
                 }
                 report.applied.push(c.clone());
@@ -517,6 +521,72 @@ impl<'a> Applier<'a> {
                 .map_err(|e| self.error(name, e)),
             _ => Ok(()),
         }
+    }
+
+    /// The desired bound repo directory whose volume is `volume`.
+    fn bound_dir(&self, volume: &str) -> Result<(&'a Project, binds::BoundDir<'a>)> {
+        self.projects
+            .iter()
+            .find_map(|p| binds::of(p).remove(volume).map(|d| (p, d)))
+            .ok_or_else(|| {
+                self.error(
+                    volume,
+                    "the change names a bound directory that is not desired",
+                )
+            })
+    }
+
+    /// Creates (when the plan says so) and fills the volume of a bound repo
+    /// directory, with the image of a service that binds it: what changed
+    /// since the listing the volume holds is written, what driftless wrote
+    /// and the repo no longer holds is removed.
+    async fn bind(&self, c: &Change, state: &State) -> Result<()> {
+        let volume = &c.resource.name;
+        let (project, dir) = self.bound_dir(volume)?;
+        if c.action == Action::Create {
+            let labels_map = HashMap::from([
+                (labels::PROJECT.to_owned(), project.name.clone()),
+                (labels::VERSION.to_owned(), labels::VERSION_VALUE.to_owned()),
+                (
+                    labels::ENVIRONMENT.to_owned(),
+                    self.ctx.environment.to_owned(),
+                ),
+                (labels::BIND_SOURCE.to_owned(), dir.source.to_owned()),
+            ]);
+            self.docker()
+                .create_volume(VolumeCreateRequest {
+                    name: Some(volume.clone()),
+                    driver: Some("local".into()),
+                    labels: Some(labels_map),
+                    ..VolumeCreateRequest::default()
+                })
+                .await
+                .map_err(|e| self.error(volume, e))?;
+        }
+        let image = dir
+            .services
+            .iter()
+            .find_map(|s| state.images.get(&project.services[*s].image))
+            .ok_or_else(|| {
+                self.error(
+                    volume,
+                    "no image of a service that binds the directory is present to fill it with",
+                )
+            })?;
+        let listing = match c.action {
+            Action::Create => None,
+            _ => state.live.bind_listings.get(volume),
+        };
+        let fill = binds::fill_for(dir.files, listing);
+        tracing::info!(
+            volume = %volume,
+            written = fill.write.len(),
+            removed = fill.remove.len(),
+            "filling the volume of a bound directory"
+        );
+        binds::fill(self.docker(), volume, image, &fill)
+            .await
+            .map_err(|e| self.error(volume, e))
     }
 
     async fn service_change(&self, c: &Change, state: &State) -> Result<()> {
@@ -946,6 +1016,7 @@ mod tests {
                 source: None,
                 target: "/conf".into(),
                 read_only: false,
+                no_copy: false,
             }],
             ..Service::default()
         };

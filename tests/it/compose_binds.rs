@@ -1,0 +1,249 @@
+//! Relative bind mounts of repo directories on the real engine, as docker
+//! compose has them: two services binding `./shared` share one directory
+//! (one volume of the project), what the containers write survives a
+//! redeploy, a new commit updates the repo's files in place without
+//! recreating anything, and a file the repo no longer holds goes while
+//! the files the containers wrote stay. Locally through the backend, and
+//! through the CLI against the same engine reached over `tcp://` with TLS.
+
+use std::collections::BTreeMap;
+
+use bollard::query_parameters::DownloadFromContainerOptionsBuilder;
+use driftless::backend::compose::ComposeBackend;
+use driftless::backend::compose::binds;
+use driftless::plan::Action;
+use futures_util::StreamExt;
+
+use crate::backup_support::exec;
+use crate::compose_backend::{changed, container_ids, desired, read_file, reconcile};
+use crate::compose_build::load;
+use crate::docker_support::{BUSYBOX, Cleanup, containers, engine, project_name};
+use crate::remote_docker::cli;
+use crate::support::{RepoBuilder, git};
+use crate::tls_proxy::{Pki, TlsProxy};
+
+/// Two services binding one repo directory at different paths; `web`
+/// sleeps `seconds`.
+fn stack(project: &str, seconds: u32) -> String {
+    format!(
+        "name: {project}
+services:
+  web:
+    image: {BUSYBOX}
+    command: [sleep, \"{seconds}\"]
+    init: true
+    stop_grace_period: 1s
+    volumes: ['./shared:/srv']
+  worker:
+    image: {BUSYBOX}
+    command: [sleep, \"3600\"]
+    init: true
+    stop_grace_period: 1s
+    volumes: ['./shared:/shared']
+"
+    )
+}
+
+/// Whether `path` exists in `container` (the archive API answers 404).
+async fn exists(b: &ComposeBackend, container: &str, path: &str) -> bool {
+    let mut stream = b.docker().download_from_container(
+        container,
+        Some(
+            DownloadFromContainerOptionsBuilder::default()
+                .path(path)
+                .build(),
+        ),
+    );
+    match stream.next().await {
+        Some(Ok(_)) => true,
+        Some(Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        })) => false,
+        other => panic!("reading {path} from {container}: {other:?}"),
+    }
+}
+
+async fn write(b: &ComposeBackend, container: &str, path: &str, text: &str) {
+    exec(
+        b.docker(),
+        container,
+        &["sh", "-c", &format!("echo {text} > {path}")],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("write {path} in {container}: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_binding_one_directory_share_it_across_redeploys() {
+    let Some(b) = engine().await else { return };
+    let name = project_name("binds");
+    let _cleanup = Cleanup::new(&[&name]);
+    let env = format!("{name}-env");
+    let mut files: BTreeMap<String, Vec<u8>> = [
+        ("compose/stack.yaml", stack(&name, 3600)),
+        ("compose/shared/config.txt", "v1\n".to_owned()),
+        ("compose/shared/old.txt", "old\n".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.into_bytes()))
+    .collect();
+    let volume = binds::volume_name(&name, "compose/shared");
+
+    // First deploy: the volume is created and filled before the services.
+    let v1 = desired(vec![load(&files)]);
+    let (changes, _) = reconcile(&b, &env, &v1).await;
+    let bind = changes
+        .iter()
+        .position(|c| c.resource.kind == "bind")
+        .unwrap();
+    assert_eq!(changes[bind].resource.name, volume);
+    assert_eq!(changes[bind].action, Action::Create);
+    assert!(
+        changes[bind + 1..]
+            .iter()
+            .all(|c| c.resource.kind == "service")
+    );
+    let ids = container_ids(&b, &name).await;
+    let web = &ids[&format!("{name}-web-1")];
+    let worker = &ids[&format!("{name}-worker-1")];
+    assert_eq!(read_file(&b, web, "/srv/config.txt").await, "v1\n");
+
+    // Each sees what the other writes: one directory, not two copies.
+    write(&b, worker, "/shared/from-worker.txt", "worker").await;
+    write(&b, web, "/srv/from-web.txt", "web").await;
+    assert_eq!(read_file(&b, web, "/srv/from-worker.txt").await, "worker\n");
+    assert_eq!(read_file(&b, worker, "/shared/from-web.txt").await, "web\n");
+
+    // The same commit again: nothing to do, nothing sent.
+    let (changes, _) = reconcile(&b, &env, &v1).await;
+    assert_eq!(changed(&changes), []);
+
+    // A new commit: one file changed, one removed, one added, and a file a
+    // container had edited that the repo changes too.
+    files.insert("compose/shared/config.txt".into(), b"v2\n".to_vec());
+    files.remove("compose/shared/old.txt");
+    files.insert("compose/shared/new.txt".into(), b"new\n".to_vec());
+    let v2 = desired(vec![load(&files)]);
+    let (changes, _) = reconcile(&b, &env, &v2).await;
+    assert_eq!(changed(&changes), [(volume.clone(), Action::Update)]);
+    let diff = changes
+        .iter()
+        .find(|c| c.resource.kind == "bind")
+        .and_then(|c| c.diff.clone())
+        .unwrap();
+    assert!(
+        diff.contains("-old.txt") && diff.contains("+new.txt"),
+        "{diff}"
+    );
+    // Updated in place, seen live: no container was recreated.
+    assert_eq!(container_ids(&b, &name).await, ids);
+    assert_eq!(read_file(&b, web, "/srv/config.txt").await, "v2\n");
+    assert_eq!(read_file(&b, worker, "/shared/new.txt").await, "new\n");
+    assert!(!exists(&b, web, "/srv/old.txt").await);
+    // What the containers wrote is theirs: kept.
+    assert_eq!(read_file(&b, web, "/srv/from-worker.txt").await, "worker\n");
+    assert_eq!(read_file(&b, worker, "/shared/from-web.txt").await, "web\n");
+    let (changes, _) = reconcile(&b, &env, &v2).await;
+    assert_eq!(changed(&changes), []);
+
+    // A replaced container mounts the same volume: its data is still there.
+    files.insert("compose/stack.yaml".into(), stack(&name, 3601).into_bytes());
+    let v3 = desired(vec![load(&files)]);
+    let (changes, _) = reconcile(&b, &env, &v3).await;
+    assert!(matches!(
+        changed(&changes).as_slice(),
+        [(s, Action::Recreate { .. })] if s == &format!("{name}/web")
+    ));
+    let web = &container_ids(&b, &name).await[&format!("{name}-web-1")];
+    assert_eq!(read_file(&b, web, "/srv/from-worker.txt").await, "worker\n");
+    assert_eq!(read_file(&b, web, "/srv/config.txt").await, "v2\n");
+}
+
+fn commit(repo: &std::path::Path, message: &str) {
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "-q", "-m", message]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bound_directory_works_the_same_on_a_tls_remote_engine() {
+    let Some(local) = engine().await else { return };
+    let project = project_name("binds-tls");
+    let _cleanup = Cleanup::new(&[&project]);
+    let pki = Pki::new();
+    let proxy = TlsProxy::start(&pki).await;
+    let certs = pki.client_dir();
+    let certs = [("DOCKER_CERT_PATH", certs.to_str().unwrap())];
+    let env = "remote-binds";
+    let manifest = format!(
+        "apiVersion: driftless/v1\ntargets:\n  remote:\n    docker: {{ host: \"{}\" }}\nenvironments:\n  {env}:\n    values: environments/values.yaml\n    targets: [remote]\n    health: {{ deadline: 60s, settle: 1s }}\n",
+        proxy.host
+    );
+    let repo = RepoBuilder::new()
+        .file("driftless.yaml", manifest)
+        .file("environments/values.yaml", "{}\n")
+        .file("compose/stack.yaml", stack(&project, 3600))
+        .file("compose/shared/config.txt", "v1\n")
+        .file("compose/shared/old.txt", "old\n");
+    git(repo.path(), &["init", "-q"]);
+    commit(repo.path(), "v1");
+    let state = tempfile::tempdir().unwrap();
+    let state = state.path().to_str().unwrap();
+    let volume = binds::volume_name(&project, "compose/shared");
+    let apply = || async {
+        let run = cli(
+            repo.path(),
+            &["reconcile", "--env", env, "--state-dir", state],
+            &certs,
+        )
+        .await;
+        assert_eq!(run.code, 0, "{run:?}");
+    };
+
+    // The dry run names the volume the directory becomes.
+    let dry = cli(
+        repo.path(),
+        &["reconcile", "--env", env, "--dry-run"],
+        &certs,
+    )
+    .await;
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert!(dry.stdout.contains(&volume), "{}", dry.stdout);
+    assert!(dry.stdout.contains("compose/shared"), "{}", dry.stdout);
+
+    apply().await;
+    let ids = container_ids(&local, &project).await;
+    let web = &ids[&format!("{project}-web-1")];
+    let worker = &ids[&format!("{project}-worker-1")];
+    write(&local, worker, "/shared/from-worker.txt", "worker").await;
+    assert_eq!(
+        read_file(&local, web, "/srv/from-worker.txt").await,
+        "worker\n"
+    );
+
+    std::fs::write(repo.path().join("compose/shared/config.txt"), "v2\n").unwrap();
+    std::fs::remove_file(repo.path().join("compose/shared/old.txt")).unwrap();
+    commit(repo.path(), "v2");
+    apply().await;
+    assert_eq!(container_ids(&local, &project).await, ids);
+    assert_eq!(read_file(&local, web, "/srv/config.txt").await, "v2\n");
+    assert!(!exists(&local, worker, "/shared/old.txt").await);
+    assert_eq!(
+        read_file(&local, worker, "/shared/from-worker.txt").await,
+        "worker\n"
+    );
+    let again = cli(
+        repo.path(),
+        &[
+            "reconcile",
+            "--env",
+            env,
+            "--dry-run",
+            "--detailed-exitcode",
+        ],
+        &certs,
+    )
+    .await;
+    assert_eq!(again.code, 0, "nothing left to do: {again:?}");
+    assert_eq!(containers(&local, &project).await.len(), 2);
+    assert_eq!(proxy.refused(), 0);
+}

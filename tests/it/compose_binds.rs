@@ -11,13 +11,16 @@ use std::collections::BTreeMap;
 use bollard::query_parameters::DownloadFromContainerOptionsBuilder;
 use driftless::backend::compose::ComposeBackend;
 use driftless::backend::compose::binds;
+use driftless::manifest::Allow;
 use driftless::plan::Action;
 use futures_util::StreamExt;
 
 use crate::backup_support::exec;
-use crate::compose_backend::{changed, container_ids, desired, read_file, reconcile};
+use crate::compose_backend::{changed, container_ids, desired, dry_run, read_file, reconcile};
 use crate::compose_build::load;
-use crate::docker_support::{BUSYBOX, Cleanup, containers, engine, project_name};
+use crate::docker_support::{
+    BUSYBOX, Cleanup, CountingProxy, containers, engine, local_target, project_name,
+};
 use crate::remote_docker::cli;
 use crate::support::{RepoBuilder, git};
 use crate::tls_proxy::{Pki, TlsProxy};
@@ -114,9 +117,21 @@ async fn services_binding_one_directory_share_it_across_redeploys() {
     assert_eq!(read_file(&b, web, "/srv/from-worker.txt").await, "worker\n");
     assert_eq!(read_file(&b, worker, "/shared/from-web.txt").await, "web\n");
 
-    // The same commit again: nothing to do, nothing sent.
-    let (changes, _) = reconcile(&b, &env, &v1).await;
-    assert_eq!(changed(&changes), []);
+    // The same commit again: nothing to do, nothing sent — the plan is
+    // the four list calls and one read of the directory's listing.
+    let proxy = CountingProxy::start();
+    let counted = ComposeBackend::connect(&driftless::manifest::DockerTarget {
+        host: Some(proxy.host.clone()),
+        ..local_target()
+    })
+    .await
+    .unwrap();
+    proxy.take();
+    let plan = dry_run(&counted, &env, &v1, &Allow::default())
+        .await
+        .unwrap();
+    assert_eq!(changed(&plan), []);
+    assert_eq!(proxy.take(), 5, "four lists and one listing read");
 
     // A new commit: one file changed, one removed, one added, and a file a
     // container had edited that the repo changes too.

@@ -286,14 +286,15 @@ fn bind_change(
     ctx: Context<'_>,
 ) -> Change {
     let desired = binds::Listing::of(dir.files);
+    let files = |n: usize| format!("{n} file{}", if n == 1 { "" } else { "s" });
     let mut detail = format!(
-        "repo directory `{}` ({} files), mounted by {}",
+        "repo directory `{}` ({}), mounted by {}",
         if dir.source.is_empty() {
             "."
         } else {
             dir.source
         },
-        dir.files.len(),
+        files(dir.files.len()),
         dir.services.join(", ")
     );
     let exists = live.volumes.iter().any(|v| v.name == volume);
@@ -303,8 +304,8 @@ fn bind_change(
         Some(l) => {
             let f = binds::fill_for(dir.files, Some(l));
             detail.push_str(&format!(
-                "; {} files written, {} removed (files the containers wrote are kept)",
-                f.write.len(),
+                "; {} written, {} removed (files the containers wrote are kept)",
+                files(f.write.len()),
                 f.remove.len()
             ));
             (

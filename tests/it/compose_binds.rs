@@ -18,9 +18,7 @@ use futures_util::StreamExt;
 use crate::backup_support::exec;
 use crate::compose_backend::{changed, container_ids, desired, dry_run, read_file, reconcile};
 use crate::compose_build::load;
-use crate::docker_support::{
-    BUSYBOX, Cleanup, CountingProxy, containers, engine, local_target, project_name,
-};
+use crate::docker_support::{BUSYBOX, Cleanup, CountingProxy, containers, engine, project_name};
 use crate::remote_docker::cli;
 use crate::support::{RepoBuilder, git};
 use crate::tls_proxy::{Pki, TlsProxy};
@@ -120,13 +118,7 @@ async fn services_binding_one_directory_share_it_across_redeploys() {
     // The same commit again: nothing to do, nothing sent — the plan is
     // the four list calls and one read of the directory's listing.
     let proxy = CountingProxy::start();
-    let counted = ComposeBackend::connect(&driftless::manifest::DockerTarget {
-        host: Some(proxy.host.clone()),
-        ..local_target()
-    })
-    .await
-    .unwrap();
-    proxy.take();
+    let counted = proxy.backend().await;
     let plan = dry_run(&counted, &env, &v1, &Allow::default())
         .await
         .unwrap();

@@ -254,3 +254,80 @@ async fn a_bound_directory_works_the_same_on_a_tls_remote_engine() {
     assert_eq!(containers(&local, &project).await.len(), 2);
     assert_eq!(proxy.refused(), 0);
 }
+
+/// The bind options docker compose accepts reach the engine as compose
+/// sends them, and the engine takes them: `Binds` strings for the short
+/// syntax (the missing host path created, `~` expanded to this process's
+/// home), `Mounts` with propagation for the long syntax, `nocopy` on a
+/// volume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_options_reach_the_engine_as_docker_compose_sends_them() {
+    let Some(b) = engine().await else { return };
+    let name = project_name("bindopts");
+    let _cleanup = Cleanup::new(&[&name]);
+    let host = tempfile::tempdir().unwrap();
+    let missing = host.path().join("created-by-the-engine");
+    let home = std::env::var("HOME").unwrap();
+    let in_home = format!(".driftless-test-{name}");
+    let stack = format!(
+        "name: {name}
+services:
+  app:
+    image: {BUSYBOX}
+    command: [sleep, \"3600\"]
+    init: true
+    stop_grace_period: 1s
+    volumes:
+      - {missing}:/created:rw,z,rprivate
+      - ~/{in_home}:/home-dir:ro
+      - type: bind
+        source: {host}
+        target: /long
+        bind: {{propagation: rprivate}}
+      - data:/data:nocopy
+volumes:
+  data: {{}}
+",
+        missing = missing.display(),
+        host = host.path().display(),
+    );
+    let files: BTreeMap<String, Vec<u8>> =
+        [("compose/stack.yaml".to_owned(), stack.into_bytes())].into();
+    reconcile(&b, &format!("{name}-env"), &desired(vec![load(&files)])).await;
+    let id = &container_ids(&b, &name).await[&format!("{name}-app-1")];
+    let inspect = b
+        .docker()
+        .inspect_container(
+            id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .unwrap();
+    let hc = inspect.host_config.unwrap();
+    assert_eq!(
+        hc.binds.unwrap_or_default(),
+        [
+            format!("{}:/created:rw,z,rprivate", missing.display()),
+            format!("{home}/{in_home}:/home-dir:ro"),
+        ]
+    );
+    assert!(missing.is_dir(), "the engine created the missing host path");
+    let mounts = hc.mounts.unwrap_or_default();
+    let long = mounts
+        .iter()
+        .find(|m| m.target.as_deref() == Some("/long"))
+        .unwrap();
+    assert_eq!(
+        long.bind_options.as_ref().and_then(|o| o.propagation),
+        Some(bollard::models::MountBindOptionsPropagationEnum::RPRIVATE)
+    );
+    let data = mounts
+        .iter()
+        .find(|m| m.target.as_deref() == Some("/data"))
+        .unwrap();
+    assert_eq!(
+        data.volume_options.as_ref().and_then(|o| o.no_copy),
+        Some(true)
+    );
+    let _ = std::fs::remove_dir(format!("{home}/{in_home}"));
+}

@@ -164,6 +164,34 @@ async fn services_binding_one_directory_share_it_across_redeploys() {
     let web = &container_ids(&b, &name).await[&format!("{name}-web-1")];
     assert_eq!(read_file(&b, web, "/srv/from-worker.txt").await, "worker\n");
     assert_eq!(read_file(&b, web, "/srv/config.txt").await, "v2\n");
+
+    // With no container mounting it, the plan cannot read the listing; the
+    // fill reads it through its helper, so a dropped file still goes.
+    for id in container_ids(&b, &name).await.values() {
+        b.docker()
+            .remove_container(
+                id,
+                Some(
+                    bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+                        .force(true)
+                        .build(),
+                ),
+            )
+            .await
+            .unwrap();
+    }
+    files.remove("compose/shared/new.txt");
+    let v4 = desired(vec![load(&files)]);
+    let (changes, _) = reconcile(&b, &env, &v4).await;
+    let bind = changes.iter().find(|c| c.resource.kind == "bind").unwrap();
+    assert_eq!(bind.action, Action::Update);
+    let ids = container_ids(&b, &name).await;
+    let web = &ids[&format!("{name}-web-1")];
+    assert!(!exists(&b, web, "/srv/new.txt").await);
+    assert_eq!(read_file(&b, web, "/srv/from-worker.txt").await, "worker\n");
+    assert_eq!(read_file(&b, web, "/srv/config.txt").await, "v2\n");
+    let (changes, _) = reconcile(&b, &env, &v4).await;
+    assert_eq!(changed(&changes), []);
 }
 
 fn commit(repo: &std::path::Path, message: &str) {

@@ -573,20 +573,16 @@ impl<'a> Applier<'a> {
                     "no image of a service that binds the directory is present to fill it with",
                 )
             })?;
-        let listing = match c.action {
-            Action::Create => None,
-            _ => state.live.bind_listings.get(volume),
+        let holds = match (&c.action, state.live.bind_listings.get(volume)) {
+            (Action::Create, _) => binds::Holds::Nothing,
+            (_, Some(listing)) => binds::Holds::Listing(listing),
+            (_, None) => binds::Holds::Unknown,
         };
-        let fill = binds::fill_for(dir.files, listing);
-        tracing::info!(
-            volume = %volume,
-            written = fill.write.len(),
-            removed = fill.remove.len(),
-            "filling the volume of a bound directory"
-        );
-        binds::fill(self.docker(), volume, image, &fill)
+        let (written, removed) = binds::fill(self.docker(), volume, image, dir.files, holds)
             .await
-            .map_err(|e| self.error(volume, e))
+            .map_err(|e| self.error(volume, e))?;
+        tracing::info!(%volume, written, removed, "filled the volume of a bound directory");
+        Ok(())
     }
 
     async fn service_change(&self, c: &Change, state: &State) -> Result<()> {

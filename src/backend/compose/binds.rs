@@ -227,35 +227,7 @@ pub async fn read_listings(
             });
             let Some((id, at)) = mounted else { continue };
             let path = format!("{}/{BIND_LISTING}", at.trim_end_matches('/'));
-            let mut stream = docker.download_from_container(
-                &id,
-                Some(
-                    DownloadFromContainerOptionsBuilder::default()
-                        .path(&path)
-                        .build(),
-                ),
-            );
-            let mut bytes = Vec::new();
-            let mut readable = true;
-            while let Some(chunk) = stream.next().await {
-                match chunk {
-                    Ok(chunk) if bytes.len() + chunk.len() <= LISTING_MAX => {
-                        bytes.extend_from_slice(&chunk)
-                    }
-                    Ok(_) => {
-                        readable = false;
-                        break;
-                    }
-                    // Gone (removed by hand) or a container the engine
-                    // cannot read now: the content is not known.
-                    Err(bollard::errors::Error::DockerResponseServerError { .. }) => {
-                        readable = false;
-                        break;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            if let Some(listing) = readable.then(|| parse_listing(&bytes)).flatten() {
+            if let Some(listing) = read_listing(docker, &id, &path).await? {
                 out.insert(volume, listing);
             }
         }
@@ -263,39 +235,94 @@ pub async fn read_listings(
     Ok(out)
 }
 
-/// Writes `fill` into `volume` with helper containers of `image` (an image
-/// id present on the engine): files the repo no longer holds are removed
-/// first (a started helper running `rm`), then the files and the listing
-/// are uploaded (a created, never started helper). Helpers are removed on
-/// every path.
+/// The listing at `path` in `container` (`None`: missing, too large, not
+/// a listing, or a container the engine cannot read now).
+async fn read_listing(
+    docker: &Docker,
+    container: &str,
+    path: &str,
+) -> Result<Option<Listing>, bollard::errors::Error> {
+    let mut stream = docker.download_from_container(
+        container,
+        Some(
+            DownloadFromContainerOptionsBuilder::default()
+                .path(path)
+                .build(),
+        ),
+    );
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) if bytes.len() + chunk.len() <= LISTING_MAX => {
+                bytes.extend_from_slice(&chunk)
+            }
+            Ok(_) | Err(bollard::errors::Error::DockerResponseServerError { .. }) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(parse_listing(&bytes))
+}
+
+/// What apply knows of a volume's content before it fills it.
+#[derive(Debug, Clone, Copy)]
+pub enum Holds<'a> {
+    /// Just created: nothing.
+    Nothing,
+    /// What the plan read.
+    Listing(&'a Listing),
+    /// The plan could not read it (no container mounts the volume): the
+    /// fill reads it through its own helper.
+    Unknown,
+}
+
+/// Brings `volume` to `files` with helper containers of `image` (an image
+/// id present on the engine): files the listing has and the repo no
+/// longer holds are removed first (a started helper running `rm`), then
+/// the new and changed files and the listing are uploaded (a created,
+/// never started helper). Helpers are removed on every path. Returns how
+/// many files were written and removed.
 pub async fn fill(
     docker: &Docker,
     volume: &str,
     image: &str,
-    fill: &Fill<'_>,
-) -> Result<(), String> {
-    if !fill.remove.is_empty() {
-        let paths: Vec<String> = fill
-            .remove
-            .iter()
-            .map(|p| format!("{HELPER_MOUNT}/{p}"))
-            .collect();
-        let helper = create_helper(docker, volume, image, Some(paths)).await?;
-        let removed = run_to_end(docker, &helper).await;
-        remove_helper(docker, &helper).await;
-        removed.map_err(|e| {
-            format!(
-                "removing the {} files the repo no longer holds from volume {volume}: {e} \
-                 (the helper runs `rm` of image {image}; the service's image needs one)",
-                fill.remove.len()
-            )
-        })?;
-    }
-    let tar = fill_tar(fill).map_err(|e| format!("archive of the directory: {e}"))?;
+    files: &[ContextFile],
+    holds: Holds<'_>,
+) -> Result<(usize, usize), String> {
     let helper = create_helper(docker, volume, image, None).await?;
-    let uploaded = docker
+    let done = fill_through(docker, volume, image, &helper, files, holds).await;
+    remove_helper(docker, &helper).await;
+    done
+}
+
+async fn fill_through(
+    docker: &Docker,
+    volume: &str,
+    image: &str,
+    helper: &str,
+    files: &[ContextFile],
+    holds: Holds<'_>,
+) -> Result<(usize, usize), String> {
+    let read;
+    let live = match holds {
+        Holds::Nothing => None,
+        Holds::Listing(l) => Some(l),
+        Holds::Unknown => {
+            read = read_listing(docker, helper, &format!("{HELPER_MOUNT}/{BIND_LISTING}"))
+                .await
+                .map_err(|e| format!("read the listing of volume {volume}: {e}"))?;
+            read.as_ref()
+        }
+    };
+    let fill = fill_for(files, live);
+    if !fill.remove.is_empty() {
+        remove_files(docker, volume, image, &fill.remove).await?;
+    }
+    let tar = fill_tar(&fill).map_err(|e| format!("archive of the directory: {e}"))?;
+    docker
         .upload_to_container(
-            &helper,
+            helper,
             Some(
                 UploadToContainerOptionsBuilder::default()
                     .path(HELPER_MOUNT)
@@ -303,9 +330,33 @@ pub async fn fill(
             ),
             bollard::body_full(tar.into()),
         )
-        .await;
+        .await
+        .map_err(|e| format!("copy the directory's files into volume {volume}: {e}"))?;
+    Ok((fill.write.len(), fill.remove.len()))
+}
+
+/// Removes `paths` (relative to the volume's root) with a started helper
+/// running `rm -f --` as root.
+async fn remove_files(
+    docker: &Docker,
+    volume: &str,
+    image: &str,
+    paths: &[String],
+) -> Result<(), String> {
+    let absolute: Vec<String> = paths
+        .iter()
+        .map(|p| format!("{HELPER_MOUNT}/{p}"))
+        .collect();
+    let helper = create_helper(docker, volume, image, Some(absolute)).await?;
+    let removed = run_to_end(docker, &helper).await;
     remove_helper(docker, &helper).await;
-    uploaded.map_err(|e| format!("copy the directory's files into volume {volume}: {e}"))
+    removed.map_err(|e| {
+        format!(
+            "removing the {} files the repo no longer holds from volume {volume}: {e} \
+             (the helper runs `rm` of image {image}; the service's image needs one)",
+            paths.len()
+        )
+    })
 }
 
 /// Creates a helper with `volume` at [`HELPER_MOUNT`]; with `remove`, one

@@ -315,8 +315,8 @@ fn bind_change(
         }
         None => {
             detail.push_str(
-                "; what the volume holds is not known (no container of ours mounts it, or its \
-                 listing is gone), so every file is written again",
+                "; what the volume holds is read when it is filled (no container of ours \
+                 mounts it now); with its listing gone every file is written again",
             );
             (Action::Update, None)
         }
@@ -1043,7 +1043,13 @@ mod tests {
         let changes = run(std::slice::from_ref(&v1), &live, &Allow::default()).unwrap();
         let unknown = bind(&changes);
         assert_eq!(unknown[0].action, Action::Update);
-        assert!(unknown[0].detail.as_deref().unwrap().contains("not known"));
+        assert!(
+            unknown[0]
+                .detail
+                .as_deref()
+                .unwrap()
+                .contains("read when it is filled")
+        );
 
         // No longer bound: kept like a named volume unless pruning is allowed.
         let changes = run(&[project()], &live, &Allow::default()).unwrap();

@@ -18,7 +18,9 @@ use futures_util::StreamExt;
 use crate::backup_support::exec;
 use crate::compose_backend::{changed, container_ids, desired, dry_run, read_file, reconcile};
 use crate::compose_build::load;
-use crate::docker_support::{BUSYBOX, Cleanup, CountingProxy, containers, engine, project_name};
+use crate::docker_support::{
+    BUSYBOX, Cleanup, CountingProxy, add_file, build_image, containers, engine, project_name,
+};
 use crate::remote_docker::cli;
 use crate::support::{RepoBuilder, git};
 use crate::tls_proxy::{Pki, TlsProxy};
@@ -358,4 +360,59 @@ volumes:
         Some(true)
     );
     let _ = std::fs::remove_dir(format!("{home}/{in_home}"));
+}
+
+/// Removing a file the repo dropped runs `rm` in a helper; when the
+/// binding service's image has none (distroless), another image of the
+/// project does it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_are_removed_with_another_image_when_the_service_has_no_rm() {
+    let Some(b) = engine().await else { return };
+    let name = project_name("binds-norm");
+    let no_rm = format!("driftless-test/no-rm:{name}");
+    let _cleanup = Cleanup::new(&[&name]).image(&no_rm);
+    let mut context = tar::Builder::new(Vec::new());
+    add_file(
+        &mut context,
+        "Dockerfile",
+        0o644,
+        format!("FROM {BUSYBOX}\nRUN rm /bin/rm\n").as_bytes(),
+    );
+    build_image(b.docker(), &no_rm, context.into_inner().unwrap()).await;
+    let stack = format!(
+        "name: {name}
+services:
+  app:
+    image: {no_rm}
+    command: [sleep, \"3600\"]
+    init: true
+    stop_grace_period: 1s
+    volumes: ['./shared:/shared']
+  other:
+    image: {BUSYBOX}
+    command: [sleep, \"3600\"]
+    init: true
+    stop_grace_period: 1s
+"
+    );
+    let env = format!("{name}-env");
+    let mut files: BTreeMap<String, Vec<u8>> = [
+        ("compose/stack.yaml", stack),
+        ("compose/shared/keep.txt", "keep\n".to_owned()),
+        ("compose/shared/gone.txt", "gone\n".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.into_bytes()))
+    .collect();
+    reconcile(&b, &env, &desired(vec![load(&files)])).await;
+    let app = &container_ids(&b, &name).await[&format!("{name}-app-1")];
+    assert!(exists(&b, app, "/shared/gone.txt").await);
+    files.remove("compose/shared/gone.txt");
+    let (changes, _) = reconcile(&b, &env, &desired(vec![load(&files)])).await;
+    assert_eq!(
+        changed(&changes),
+        [(binds::volume_name(&name, "compose/shared"), Action::Update)]
+    );
+    assert!(!exists(&b, app, "/shared/gone.txt").await);
+    assert_eq!(read_file(&b, app, "/shared/keep.txt").await, "keep\n");
 }

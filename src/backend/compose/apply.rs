@@ -563,22 +563,24 @@ impl<'a> Applier<'a> {
                 .await
                 .map_err(|e| self.error(volume, e))?;
         }
-        let image = dir
+        // The binding services' images first, then the project's others.
+        let mut images: Vec<&str> = Vec::new();
+        let services = dir
             .services
             .iter()
-            .find_map(|s| state.images.get(&project.services[*s].image))
-            .ok_or_else(|| {
-                self.error(
-                    volume,
-                    "no image of a service that binds the directory is present to fill it with",
-                )
-            })?;
+            .filter_map(|s| project.services.get(*s))
+            .chain(project.services.values());
+        for id in services.filter_map(|s| state.images.get(&s.image)) {
+            if !images.contains(&id.as_str()) {
+                images.push(id);
+            }
+        }
         let holds = match (&c.action, state.live.bind_listings.get(volume)) {
             (Action::Create, _) => binds::Holds::Nothing,
             (_, Some(listing)) => binds::Holds::Listing(listing),
             (_, None) => binds::Holds::Unknown,
         };
-        let (written, removed) = binds::fill(self.docker(), volume, image, dir.files, holds)
+        let (written, removed) = binds::fill(self.docker(), volume, &images, dir.files, holds)
             .await
             .map_err(|e| self.error(volume, e))?;
         tracing::info!(%volume, written, removed, "filled the volume of a bound directory");

@@ -277,21 +277,25 @@ pub enum Holds<'a> {
     Unknown,
 }
 
-/// Brings `volume` to `files` with helper containers of `image` (an image
-/// id present on the engine): files the listing has and the repo no
-/// longer holds are removed first (a started helper running `rm`), then
-/// the new and changed files and the listing are uploaded (a created,
-/// never started helper). Helpers are removed on every path. Returns how
-/// many files were written and removed.
+/// Brings `volume` to `files` with helper containers of `images` (image
+/// ids present on the engine, a binding service's first): files the
+/// listing has and the repo no longer holds are removed first (a started
+/// helper running `rm`, of the first image that has one), then the new
+/// and changed files and the listing are uploaded (a created, never
+/// started helper of the first image). Helpers are removed on every path.
+/// Returns how many files were written and removed.
 pub async fn fill(
     docker: &Docker,
     volume: &str,
-    image: &str,
+    images: &[&str],
     files: &[ContextFile],
     holds: Holds<'_>,
 ) -> Result<(usize, usize), String> {
+    let image = images
+        .first()
+        .ok_or_else(|| format!("no image is present to fill volume {volume} with"))?;
     let helper = create_helper(docker, volume, image, None).await?;
-    let done = fill_through(docker, volume, image, &helper, files, holds).await;
+    let done = fill_through(docker, volume, images, &helper, files, holds).await;
     remove_helper(docker, &helper).await;
     done
 }
@@ -299,7 +303,7 @@ pub async fn fill(
 async fn fill_through(
     docker: &Docker,
     volume: &str,
-    image: &str,
+    images: &[&str],
     helper: &str,
     files: &[ContextFile],
     holds: Holds<'_>,
@@ -317,7 +321,7 @@ async fn fill_through(
     };
     let fill = fill_for(files, live);
     if !fill.remove.is_empty() {
-        remove_files(docker, volume, image, &fill.remove).await?;
+        remove_files(docker, volume, images, &fill.remove).await?;
     }
     let tar = fill_tar(&fill).map_err(|e| format!("archive of the directory: {e}"))?;
     docker
@@ -336,27 +340,34 @@ async fn fill_through(
 }
 
 /// Removes `paths` (relative to the volume's root) with a started helper
-/// running `rm -f --` as root.
+/// running `rm -f --` as root, of the first of `images` where that works
+/// (a distroless image has no `rm`; another image of the project may).
 async fn remove_files(
     docker: &Docker,
     volume: &str,
-    image: &str,
+    images: &[&str],
     paths: &[String],
 ) -> Result<(), String> {
     let absolute: Vec<String> = paths
         .iter()
         .map(|p| format!("{HELPER_MOUNT}/{p}"))
         .collect();
-    let helper = create_helper(docker, volume, image, Some(absolute)).await?;
-    let removed = run_to_end(docker, &helper).await;
-    remove_helper(docker, &helper).await;
-    removed.map_err(|e| {
-        format!(
-            "removing the {} files the repo no longer holds from volume {volume}: {e} \
-             (the helper runs `rm` of image {image}; the service's image needs one)",
-            paths.len()
-        )
-    })
+    let mut failures = Vec::new();
+    for image in images {
+        let helper = create_helper(docker, volume, image, Some(absolute.clone())).await?;
+        let removed = run_to_end(docker, &helper).await;
+        remove_helper(docker, &helper).await;
+        match removed {
+            Ok(()) => return Ok(()),
+            Err(e) => failures.push(format!("image {image}: {e}")),
+        }
+    }
+    Err(format!(
+        "removing the {} files the repo no longer holds from volume {volume} needs `rm` in an \
+         image of the project, and none ran it ({})",
+        paths.len(),
+        failures.join("; ")
+    ))
 }
 
 /// Creates a helper with `volume` at [`HELPER_MOUNT`]; with `remove`, one

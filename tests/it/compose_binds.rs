@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use bollard::query_parameters::DownloadFromContainerOptionsBuilder;
+use driftless::backend::Backend;
 use driftless::backend::compose::ComposeBackend;
 use driftless::backend::compose::binds;
 use driftless::manifest::Allow;
@@ -415,4 +416,54 @@ services:
     );
     assert!(!exists(&b, app, "/shared/gone.txt").await);
     assert_eq!(read_file(&b, app, "/shared/keep.txt").await, "keep\n");
+}
+
+/// A volume of the bound directory's name that driftless did not create
+/// is another tool's: the apply stops at it and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_of_that_name_driftless_did_not_create_is_left_alone() {
+    let Some(b) = engine().await else { return };
+    let name = project_name("binds-taken");
+    let _cleanup = Cleanup::new(&[&name]);
+    let volume = binds::volume_name(&name, "compose/shared");
+    // Labelled with the project only, so the test's cleanup finds it.
+    b.docker()
+        .create_volume(bollard::models::VolumeCreateRequest {
+            name: Some(volume.clone()),
+            labels: Some([("com.docker.compose.project".to_owned(), name.clone())].into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let files: BTreeMap<String, Vec<u8>> = [
+        (
+            "compose/stack.yaml".to_owned(),
+            stack(&name, 3600).into_bytes(),
+        ),
+        ("compose/shared/a.txt".to_owned(), b"a\n".to_vec()),
+    ]
+    .into();
+    let d = desired(vec![load(&files)]);
+    let env = format!("{name}-env");
+    let allow = Allow::default();
+    let changes = dry_run(&b, &env, &d, &allow).await.unwrap();
+    let masker = driftless::secrets::Masker::default();
+    let err = b
+        .apply(
+            &d,
+            &changes,
+            driftless::backend::Context {
+                environment: &env,
+                masker: &masker,
+                allow: &allow,
+            },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&volume) && err.contains("did not create"),
+        "{err}"
+    );
+    assert!(containers(&b, &name).await.is_empty(), "nothing started");
 }

@@ -543,25 +543,39 @@ impl<'a> Applier<'a> {
     async fn bind(&self, c: &Change, state: &State) -> Result<()> {
         let volume = &c.resource.name;
         let (project, dir) = self.bound_dir(volume)?;
-        if c.action == Action::Create {
-            let labels_map = HashMap::from([
-                (labels::PROJECT.to_owned(), project.name.clone()),
-                (labels::VERSION.to_owned(), labels::VERSION_VALUE.to_owned()),
-                (
-                    labels::ENVIRONMENT.to_owned(),
-                    self.ctx.environment.to_owned(),
+        // Created for an update too: creating an existing volume changes
+        // nothing, and one removed since the plan comes back labelled
+        // (a helper's mount would create it without labels).
+        let labels_map = HashMap::from([
+            (labels::PROJECT.to_owned(), project.name.clone()),
+            (labels::VERSION.to_owned(), labels::VERSION_VALUE.to_owned()),
+            (
+                labels::ENVIRONMENT.to_owned(),
+                self.ctx.environment.to_owned(),
+            ),
+            (labels::BIND_SOURCE.to_owned(), dir.source.to_owned()),
+        ]);
+        let created = self
+            .docker()
+            .create_volume(VolumeCreateRequest {
+                name: Some(volume.clone()),
+                driver: Some("local".into()),
+                labels: Some(labels_map),
+                ..VolumeCreateRequest::default()
+            })
+            .await
+            .map_err(|e| self.error(volume, e))?;
+        if created.labels.get(labels::ENVIRONMENT).map(String::as_str) != Some(self.ctx.environment)
+        {
+            return Err(self.error(
+                volume,
+                format!(
+                    "a volume of this name exists that driftless did not create for environment \
+                     `{}`; it is left alone: remove or rename it to let driftless deliver the \
+                     directory `{}`",
+                    self.ctx.environment, dir.source
                 ),
-                (labels::BIND_SOURCE.to_owned(), dir.source.to_owned()),
-            ]);
-            self.docker()
-                .create_volume(VolumeCreateRequest {
-                    name: Some(volume.clone()),
-                    driver: Some("local".into()),
-                    labels: Some(labels_map),
-                    ..VolumeCreateRequest::default()
-                })
-                .await
-                .map_err(|e| self.error(volume, e))?;
+            ));
         }
         // The binding services' images first, then the project's others.
         let mut images: Vec<&str> = Vec::new();

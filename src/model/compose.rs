@@ -691,6 +691,51 @@ mod tests {
     use super::*;
 
     #[test]
+    fn mounts_without_the_new_options_serialise_as_before() {
+        // The config hash is over this form: a bind or volume that sets
+        // none of the options added later keeps its hash, so upgrading
+        // driftless recreates nothing.
+        let bind = Mount::Bind {
+            source: "/srv".into(),
+            target: "/srv".into(),
+            read_only: true,
+            selinux: None,
+            propagation: None,
+            create_host_path: true,
+        };
+        assert_eq!(
+            serde_json::to_string(&bind).unwrap(),
+            r#"{"type":"bind","source":"/srv","target":"/srv","read_only":true}"#
+        );
+        let volume = Mount::Volume {
+            source: Some("data".into()),
+            target: "/data".into(),
+            read_only: false,
+            no_copy: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&volume).unwrap(),
+            r#"{"type":"volume","source":"data","target":"/data","read_only":false}"#
+        );
+        // A bound directory's files are not in it: they change in place.
+        let dir = Mount::RepoDir {
+            source: "compose/shared".into(),
+            target: "/shared".into(),
+            read_only: false,
+            files: vec![ContextFile {
+                path: "a".into(),
+                mode: 0o644,
+                content: std::sync::Arc::from(&b"a"[..]),
+            }]
+            .into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&dir).unwrap(),
+            r#"{"type":"repo_dir","source":"compose/shared","target":"/shared","read_only":false}"#
+        );
+    }
+
+    #[test]
     fn cdi_names_are_vendor_class_and_device() {
         assert!(is_cdi_name("nvidia.com/gpu=all"));
         assert!(is_cdi_name("vendor.example/class=dev0"));

@@ -134,7 +134,25 @@ async fn services_binding_one_directory_share_it_across_redeploys() {
     files.remove("compose/shared/old.txt");
     files.insert("compose/shared/new.txt".into(), b"new\n".to_vec());
     let v2 = desired(vec![load(&files)]);
+    // A helper an interrupted fill left behind goes with the next fill.
+    let leftover = b
+        .docker()
+        .create_container(
+            None::<bollard::query_parameters::CreateContainerOptions>,
+            bollard::models::ContainerCreateBody {
+                image: Some(BUSYBOX.to_owned()),
+                labels: Some([(binds::HELPER_LABEL.to_owned(), volume.clone())].into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .id;
     let (changes, _) = reconcile(&b, &env, &v2).await;
+    assert!(
+        b.docker().inspect_container(&leftover, None).await.is_err(),
+        "the leftover helper was removed"
+    );
     assert_eq!(changed(&changes), [(volume.clone(), Action::Update)]);
     let diff = changes
         .iter()

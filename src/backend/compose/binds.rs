@@ -18,8 +18,8 @@ use std::collections::{BTreeMap, HashMap};
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, ContainerSummary, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
-    DownloadFromContainerOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
-    UploadToContainerOptionsBuilder,
+    DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, StartContainerOptions, UploadToContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -294,6 +294,7 @@ pub async fn fill(
     let image = images
         .first()
         .ok_or_else(|| format!("no image is present to fill volume {volume} with"))?;
+    remove_leftover_helpers(docker, volume).await?;
     let helper = create_helper(docker, volume, image, None).await?;
     let done = fill_through(docker, volume, images, &helper, files, holds).await;
     remove_helper(docker, &helper).await;
@@ -436,6 +437,25 @@ async fn run_to_end(docker: &Docker, id: &str) -> Result<(), String> {
             }
             Err(e) => return Err(e.to_string()),
         }
+    }
+    Ok(())
+}
+
+/// Removes helpers of `volume` an interrupted fill left (a cancelled
+/// apply cannot remove them): one list call, made only when filling.
+async fn remove_leftover_helpers(docker: &Docker, volume: &str) -> Result<(), String> {
+    let filters = HashMap::from([("label", vec![format!("{HELPER_LABEL}={volume}")])]);
+    let left = docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .map_err(|e| format!("list helper containers of volume {volume}: {e}"))?;
+    for id in left.into_iter().filter_map(|c| c.id) {
+        remove_helper(docker, &id).await;
     }
     Ok(())
 }

@@ -313,6 +313,11 @@ impl Service {
                     target,
                     read_only: false,
                     ..
+                }
+                | Mount::RepoDir {
+                    target,
+                    read_only: false,
+                    ..
                 } => Some(target.as_str()),
                 _ => None,
             })
@@ -327,6 +332,16 @@ impl Service {
                         .is_some_and(|rest| rest.starts_with('/'))
                 })
             })
+    }
+}
+
+impl Mount {
+    /// The files of a bound repo directory (none for other mounts).
+    pub fn repo_files(&self) -> &[ContextFile] {
+        match self {
+            Mount::RepoDir { files, .. } => files,
+            _ => &[],
+        }
     }
 }
 
@@ -349,19 +364,60 @@ pub enum Mount {
         source: Option<String>,
         target: String,
         read_only: bool,
+        /// `nocopy`: the engine does not copy the image's files at
+        /// `target` into an empty volume.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        no_copy: bool,
     },
-    /// A bind mount of an absolute host path (relative paths become
-    /// [`FileMount`]s, delivered through the API).
+    /// A bind mount of a host path: absolute, or `~`/`~/…` (the home of the
+    /// user running driftless, expanded when the container is created).
+    /// Relative paths of the repo become [`Mount::RepoDir`] (directories)
+    /// or [`FileMount`]s (files).
     Bind {
         source: String,
         target: String,
         read_only: bool,
+        /// `z` (shared) or `Z` (private): the engine relabels the host path
+        /// for SELinux.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        selinux: Option<String>,
+        /// `rprivate`, `private`, `rshared`, `shared`, `rslave`, `slave`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        propagation: Option<String>,
+        /// Create a missing host path (the short syntax always does, the
+        /// long one with `bind.create_host_path`). Left out of the config
+        /// hash: it changes nothing for a container whose path exists.
+        #[serde(skip)]
+        create_host_path: bool,
+    },
+    /// A directory of the repo bound into the container (`./shared:/shared`),
+    /// delivered as docker compose shares a host directory: through one
+    /// volume per project and directory, filled from the commit and
+    /// mounted by every service that binds it, so what one container
+    /// writes the others see, and it survives a redeploy. Its files are not
+    /// in the config hash: a new commit updates the volume in place and
+    /// recreates nothing, as containers see a host directory change live.
+    RepoDir {
+        /// Repo path of the directory (`""` for the repo's root).
+        source: String,
+        target: String,
+        read_only: bool,
+        /// The directory's files at this commit, paths relative to it
+        /// (empty when the repo has no such directory: docker compose
+        /// creates a missing host path).
+        #[serde(skip)]
+        files: std::sync::Arc<[ContextFile]>,
     },
     Tmpfs {
         target: String,
         size: Option<u64>,
     },
 }
+
+/// The file driftless keeps in the volume of a bound repo directory
+/// ([`Mount::RepoDir`]): the digest and the files it wrote, so a later
+/// commit removes only those. A repo file of that name is refused.
+pub const BIND_LISTING: &str = ".driftless-bind";
 
 /// A file from the repo placed into the container at `target`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -633,6 +689,51 @@ mod content {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mounts_without_the_new_options_serialise_as_before() {
+        // The config hash is over this form: a bind or volume that sets
+        // none of the options added later keeps its hash, so upgrading
+        // driftless recreates nothing.
+        let bind = Mount::Bind {
+            source: "/srv".into(),
+            target: "/srv".into(),
+            read_only: true,
+            selinux: None,
+            propagation: None,
+            create_host_path: true,
+        };
+        assert_eq!(
+            serde_json::to_string(&bind).unwrap(),
+            r#"{"type":"bind","source":"/srv","target":"/srv","read_only":true}"#
+        );
+        let volume = Mount::Volume {
+            source: Some("data".into()),
+            target: "/data".into(),
+            read_only: false,
+            no_copy: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&volume).unwrap(),
+            r#"{"type":"volume","source":"data","target":"/data","read_only":false}"#
+        );
+        // A bound directory's files are not in it: they change in place.
+        let dir = Mount::RepoDir {
+            source: "compose/shared".into(),
+            target: "/shared".into(),
+            read_only: false,
+            files: vec![ContextFile {
+                path: "a".into(),
+                mode: 0o644,
+                content: std::sync::Arc::from(&b"a"[..]),
+            }]
+            .into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&dir).unwrap(),
+            r#"{"type":"repo_dir","source":"compose/shared","target":"/shared","read_only":false}"#
+        );
+    }
 
     #[test]
     fn cdi_names_are_vendor_class_and_device() {

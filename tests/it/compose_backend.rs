@@ -538,6 +538,7 @@ async fn removed_service_goes_and_its_volume_stays() {
         source: Some("data".into()),
         target: "/data".into(),
         read_only: false,
+        no_copy: false,
     }];
     let mut p = project(&name, vec![("db", db), ("app", sleeper())]);
     let volume = format!("{name}_data");

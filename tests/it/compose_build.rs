@@ -22,7 +22,7 @@ use driftless::plan::Action;
 use driftless::secrets::Masker;
 
 use crate::compose_backend::{changed, container_ids, ctx, desired, dry_run, read_file, reconcile};
-use crate::docker_support::{BUSYBOX, Cleanup, CountingProxy, engine, local_target, project_name};
+use crate::docker_support::{BUSYBOX, Cleanup, CountingProxy, engine, project_name};
 use crate::support::RepoBuilder;
 
 /// The web service's Dockerfile: the fixture image plus a page from the
@@ -52,7 +52,7 @@ fn repo(name: &str, page: &str, dockerfile: &str) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// Loads `compose/stack.yaml` of an in-memory repo as `validate` would.
-fn load(files: &BTreeMap<String, Vec<u8>>) -> Project {
+pub(crate) fn load(files: &BTreeMap<String, Vec<u8>>) -> Project {
     let text = String::from_utf8(files["compose/stack.yaml"].clone()).unwrap();
     let variables = BTreeMap::new();
     #[allow(clippy::result_large_err)]
@@ -179,13 +179,7 @@ async fn a_built_service_runs_and_a_replan_sends_no_context() {
     );
 
     let proxy = CountingProxy::start();
-    let counted = ComposeBackend::connect(&driftless::manifest::DockerTarget {
-        host: Some(proxy.host.clone()),
-        ..local_target()
-    })
-    .await
-    .unwrap();
-    proxy.take();
+    let counted = proxy.backend().await;
     // Loaded again from the same files, as the next pass would.
     let again = desired(vec![load(&repo(&name, "v1\n", &dockerfile()))]);
     let allow = Allow::default();

@@ -238,13 +238,7 @@ async fn engine_keys_apply_noop_and_change_one_at_a_time() {
 
     // No-op: nothing to do, in the four list calls of any no-op plan.
     let proxy = CountingProxy::start();
-    let counted = ComposeBackend::connect(&driftless::manifest::DockerTarget {
-        host: Some(proxy.host.clone()),
-        ..local_target()
-    })
-    .await
-    .unwrap();
-    proxy.take();
+    let counted = proxy.backend().await;
     let allow = Allow::default();
     let d = desired(vec![load(&stack.yaml())]);
     let plan = dry_run(&counted, &name, &d, &allow).await.unwrap();

@@ -321,6 +321,19 @@ impl CountingProxy {
         }
     }
 
+    /// A backend connected to the engine through the proxy, with the
+    /// count reset after connecting.
+    pub async fn backend(&self) -> ComposeBackend {
+        let backend = ComposeBackend::connect(&DockerTarget {
+            host: Some(self.host.clone()),
+            ..local_target()
+        })
+        .await
+        .unwrap();
+        self.take();
+        backend
+    }
+
     /// Calls since the last `take`.
     pub fn take(&self) -> usize {
         self.count.swap(0, Ordering::SeqCst)

@@ -12,6 +12,7 @@ mod tls_proxy;
 mod backups;
 mod branches;
 mod compose_backend;
+mod compose_binds;
 mod compose_build;
 mod compose_keys;
 mod compose_project;

@@ -32,7 +32,7 @@ fn repo(env: &str, project: &str, host: &str, extra: &str) -> RepoBuilder {
 }
 
 /// Runs the CLI off the async runtime (the proxy lives on it).
-async fn cli(repo: &std::path::Path, args: &[&str], envs: &[(&str, &str)]) -> Run {
+pub(crate) async fn cli(repo: &std::path::Path, args: &[&str], envs: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_driftless"));
     cmd.args(args).arg("--repo").arg(repo);
     cmd.env_remove("DOCKER_CERT_PATH").env_remove("DOCKER_HOST");

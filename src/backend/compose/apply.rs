@@ -27,7 +27,7 @@ use futures_util::StreamExt;
 
 use super::live::{Live, LiveContainer};
 use super::{
-    ComposeBackend, archive, build, hash, hooks, image, labels, live, plan, project, spec,
+    ComposeBackend, archive, binds, build, hash, hooks, image, labels, live, plan, project, spec,
 };
 use crate::backend::{ApplyReport, BackendError, Context};
 use crate::model::TargetState;
@@ -132,7 +132,10 @@ impl<'a> Applier<'a> {
                         ),
                     });
                 }
-                ("network" | "volume", _) => {}
+                ("bind", Action::Create | Action::Update) => {
+                    self.bound_dir(name)?;
+                }
+                ("network" | "volume" | "bind", _) => {}
                 (kind, _) => {
                     return Err(self.error(name, format!("unknown resource kind `{kind}`")));
                 }
@@ -176,6 +179,7 @@ impl<'a> Applier<'a> {
             if c.resource.kind != "service" {
                 match c.resource.kind.as_str() {
                     "network" => self.network(c, &state).await?,
+                    "bind" => self.bind(c, &state).await?,
                     _ => self.volume(c).await?,
                 }
                 report.applied.push(c.clone());
@@ -519,6 +523,88 @@ impl<'a> Applier<'a> {
                 .map_err(|e| self.error(name, e)),
             _ => Ok(()),
         }
+    }
+
+    /// The desired bound repo directory whose volume is `volume`.
+    fn bound_dir(&self, volume: &str) -> Result<(&'a Project, binds::BoundDir<'a>)> {
+        self.projects
+            .iter()
+            .find_map(|p| binds::of(p).remove(volume).map(|d| (p, d)))
+            .ok_or_else(|| {
+                self.error(
+                    volume,
+                    "the change names a bound directory that is not desired",
+                )
+            })
+    }
+
+    /// Creates (when the plan says so) and fills the volume of a bound repo
+    /// directory, with the image of a service that binds it: what changed
+    /// since the listing the volume holds is written, what driftless wrote
+    /// and the repo no longer holds is removed.
+    async fn bind(&self, c: &Change, state: &State) -> Result<()> {
+        let volume = &c.resource.name;
+        let (project, dir) = self.bound_dir(volume)?;
+        // Created for an update too: creating an existing volume changes
+        // nothing, and one removed since the plan comes back labelled
+        // (a helper's mount would create it without labels).
+        let labels_map = HashMap::from([
+            (labels::PROJECT.to_owned(), project.name.clone()),
+            (labels::VERSION.to_owned(), labels::VERSION_VALUE.to_owned()),
+            (
+                labels::ENVIRONMENT.to_owned(),
+                self.ctx.environment.to_owned(),
+            ),
+            (
+                labels::INSTANCE.to_owned(),
+                self.ctx.owner.instance.to_owned(),
+            ),
+            (labels::BIND_SOURCE.to_owned(), dir.source.to_owned()),
+        ]);
+        let created = self
+            .docker()
+            .create_volume(VolumeCreateRequest {
+                name: Some(volume.clone()),
+                driver: Some("local".into()),
+                labels: Some(labels_map),
+                ..VolumeCreateRequest::default()
+            })
+            .await
+            .map_err(|e| self.error(volume, e))?;
+        if created.labels.get(labels::INSTANCE).map(String::as_str) != Some(self.ctx.owner.instance)
+        {
+            return Err(self.error(
+                volume,
+                format!(
+                    "a volume of this name exists that driftless did not create for environment \
+                     `{}` (instance `{}`); it is left alone: remove or rename it to let driftless \
+                     deliver the directory `{}`",
+                    self.ctx.environment, self.ctx.owner.instance, dir.source
+                ),
+            ));
+        }
+        // The binding services' images first, then the project's others.
+        let mut images: Vec<&str> = Vec::new();
+        let services = dir
+            .services
+            .iter()
+            .filter_map(|s| project.services.get(*s))
+            .chain(project.services.values());
+        for id in services.filter_map(|s| state.images.get(&s.image)) {
+            if !images.contains(&id.as_str()) {
+                images.push(id);
+            }
+        }
+        let holds = match (&c.action, state.live.bind_listings.get(volume)) {
+            (Action::Create, _) => binds::Holds::Nothing,
+            (_, Some(listing)) => binds::Holds::Listing(listing),
+            (_, None) => binds::Holds::Unknown,
+        };
+        let (written, removed) = binds::fill(self.docker(), volume, &images, dir.files, holds)
+            .await
+            .map_err(|e| self.error(volume, e))?;
+        tracing::info!(%volume, written, removed, "filled the volume of a bound directory");
+        Ok(())
     }
 
     async fn service_change(&self, c: &Change, state: &State) -> Result<()> {
@@ -949,6 +1035,7 @@ mod tests {
                 source: None,
                 target: "/conf".into(),
                 read_only: false,
+                no_copy: false,
             }],
             ..Service::default()
         };

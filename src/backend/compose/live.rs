@@ -1,7 +1,8 @@
 //! Live state: what the engine runs for the projects of one environment.
 //!
 //! Owns the read side. [`read`] makes exactly four list calls — containers,
-//! networks, volumes, images — whatever the number of services, and
+//! networks, volumes, images — whatever the number of services (plus one
+//! archive read per bound repo directory, [`binds::read_listings`]), and
 //! [`Live::from_listings`] turns their answers into plain data that the pure
 //! planner consumes (and that unit tests build by hand).
 //!
@@ -22,7 +23,7 @@ use bollard::query_parameters::{
 };
 
 use super::build::BuiltImage;
-use super::{image, labels};
+use super::{binds, image, labels};
 use crate::model::compose::{Ipam, IpamPool, Project, PullPolicy};
 
 /// The live state relevant to one environment on one engine.
@@ -46,6 +47,9 @@ pub struct Live {
     /// Desired references of services with `build:` that are present →
     /// what their image was built from (its build labels).
     pub builds: BTreeMap<String, BuiltImage>,
+    /// Volume of a bound repo directory → what it holds of the repo, for
+    /// the existing ones whose listing a container could read.
+    pub bind_listings: BTreeMap<String, binds::Listing>,
 }
 
 /// A container as listed (no inspect).
@@ -210,6 +214,15 @@ pub async fn read(
         &volumes.volumes.unwrap_or_default(),
         &images,
     );
+    // One archive read per bound repo directory (not per container).
+    let ours: BTreeSet<String> = live
+        .containers
+        .iter()
+        .filter(|c| c.owner == Ownership::Ours)
+        .map(|c| c.id.clone())
+        .collect();
+    live.bind_listings =
+        binds::read_listings(docker, &ours, projects, &containers, &live.volumes).await?;
     let version = docker.client_version();
     live.api_version = Some((version.major_version as u32, version.minor_version as u32));
     Ok(live)
@@ -442,6 +455,7 @@ impl Live {
             newer_in_registry: BTreeMap::new(),
             api_version: None,
             builds,
+            bind_listings: BTreeMap::new(),
         }
     }
 

@@ -6,7 +6,8 @@
 //! ([`health`]). [`build`] decides what is built and builds it.
 //! [`hash`] decides what is recreated; [`spec`] maps the model onto the
 //! engine's container config; [`archive`] carries config files into
-//! containers; [`image`] resolves references and registry auth.
+//! containers; [`binds`] delivers bound repo directories through volumes;
+//! [`image`] resolves references and registry auth.
 //!
 //! What it creates carries the labels `docker compose` v2 writes
 //! ([`labels`]), so `docker ps --filter label=com.docker.compose.project=…`
@@ -25,6 +26,7 @@ use crate::plan::Change;
 
 pub mod apply;
 pub mod archive;
+pub mod binds;
 pub mod build;
 pub mod connect;
 pub mod hash;
@@ -70,6 +72,8 @@ pub mod labels {
     pub const BUILD_OPTIONS: &str = "io.driftless.build.options";
     /// On a built image of a small context: `path digest` per file.
     pub const BUILD_FILES: &str = "io.driftless.build.files";
+    /// On the volume of a bound repo directory: the directory's repo path.
+    pub const BIND_SOURCE: &str = "io.driftless.bind";
     /// What goes into `com.docker.compose.version`.
     pub const VERSION_VALUE: &str = concat!("driftless-", env!("CARGO_PKG_VERSION"));
 }

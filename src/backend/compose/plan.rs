@@ -2,14 +2,15 @@
 //!
 //! No IO and no clock: everything it needs is in its arguments, so the
 //! plan a dry run prints is exactly what apply executes, and every rule is
-//! unit-tested without Docker. Order of the result is apply order: networks
-//! and volumes to create, services in dependency order, then removals.
+//! unit-tested without Docker. Order of the result is apply order: networks,
+//! volumes and bound repo directories, services in dependency order, then
+//! removals.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::live::{ContainerState, Live, LiveContainer, Ownership};
 use super::project;
-use super::{build, hash, spec};
+use super::{binds, build, hash, spec};
 use crate::backend::{BackendError, Context};
 use crate::manifest::Adopt;
 use crate::model::compose::{Ipam, IpamPool, Network, Project, PullPolicy, Service};
@@ -138,6 +139,9 @@ pub fn plan(
             }
             changes.push(c);
         }
+        for (volume, dir) in binds::of(p) {
+            changes.push(bind_change(target, &volume, &dir, live, ctx));
+        }
 
         let mut replaced: BTreeSet<&str> = BTreeSet::new();
         for name in project::start_order(p) {
@@ -244,9 +248,14 @@ pub fn plan(
     }
 
     // Named volumes are data: kept unless the environment opts in.
-    let desired_volumes: BTreeSet<&str> = projects
+    let desired_volumes: BTreeSet<String> = projects
         .iter()
-        .flat_map(|p| p.volumes.values().map(|v| v.name.as_str()))
+        .flat_map(|p| {
+            p.volumes
+                .values()
+                .map(|v| v.name.clone())
+                .chain(binds::of(p).into_keys())
+        })
         .collect();
     for v in &live.volumes {
         if desired_volumes.contains(v.name.as_str()) || v.owner != Ownership::Ours {
@@ -264,6 +273,62 @@ pub fn plan(
         changes.push(c);
     }
     Ok(changes)
+}
+
+/// The change for the volume of a bound repo directory: created when
+/// missing, updated when its listing differs from the commit's files or
+/// cannot be read, else unchanged (nothing is sent). Recreates nothing:
+/// containers see the volume change as they see a host directory change.
+fn bind_change(
+    target: &str,
+    volume: &str,
+    dir: &binds::BoundDir<'_>,
+    live: &Live,
+    ctx: Context<'_>,
+) -> Change {
+    let desired = binds::Listing::of(dir.files);
+    let files = |n: usize| format!("{n} file{}", if n == 1 { "" } else { "s" });
+    let mut detail = format!(
+        "repo directory `{}` ({}), mounted by {}",
+        if dir.source.is_empty() {
+            "."
+        } else {
+            dir.source
+        },
+        files(dir.files.len()),
+        dir.services.join(", ")
+    );
+    let exists = live.volumes.iter().any(|v| v.name == volume);
+    let (action, diff) = match live.bind_listings.get(volume) {
+        _ if !exists => (Action::Create, None),
+        Some(l) if l.digest == desired.digest => (Action::Unchanged, None),
+        Some(l) => {
+            let f = binds::fill_for(dir.files, Some(l));
+            detail.push_str(&format!(
+                "; {} written, {} removed (files the containers wrote are kept)",
+                files(f.write.len()),
+                f.remove.len()
+            ));
+            (
+                Action::Update,
+                unified_diff(&l.text(), &desired.text(), ctx.masker),
+            )
+        }
+        None => {
+            detail.push_str(
+                "; what the volume holds is read when it is filled (no container of ours \
+                 mounts it now); with its listing gone every file is written again",
+            );
+            (Action::Update, None)
+        }
+    };
+    Change {
+        target: target.to_owned(),
+        resource: Resource::new("bind", volume),
+        action,
+        detail: Some(detail),
+        diff,
+    }
 }
 
 /// Reference → why its image is built before anything runs it: the
@@ -1012,6 +1077,122 @@ mod tests {
         live.containers[0].state = ContainerState::Exited;
         live.containers[0].exit_code = Some(0);
         assert!(actions(&run(&[p], &live, &Allow::default()).unwrap()).is_empty());
+    }
+
+    #[test]
+    fn a_bound_directory_is_one_volume_updated_in_place() {
+        use crate::model::compose::{ContextFile, Mount};
+        let files = |text: &str| -> std::sync::Arc<[ContextFile]> {
+            vec![ContextFile {
+                path: "app.conf".into(),
+                mode: 0o644,
+                content: std::sync::Arc::from(text.as_bytes()),
+            }]
+            .into()
+        };
+        let with_dir = |text: &str| {
+            let mut p = project();
+            for s in p.services.values_mut() {
+                s.volumes.push(Mount::RepoDir {
+                    source: "compose/shared".into(),
+                    target: "/shared".into(),
+                    read_only: false,
+                    files: files(text),
+                });
+            }
+            p
+        };
+        let volume = binds::volume_name("shop", "compose/shared");
+        let bind = |changes: &[Change]| -> Vec<Change> {
+            changes
+                .iter()
+                .filter(|c| c.resource.kind == "bind")
+                .cloned()
+                .collect()
+        };
+        let v1 = with_dir("v1");
+        // First deploy: one volume for both services, before them.
+        let changes = run(
+            std::slice::from_ref(&v1),
+            &Live::default(),
+            &Allow::default(),
+        )
+        .unwrap();
+        let first = bind(&changes);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].resource.name, volume);
+        assert_eq!(first[0].action, Action::Create);
+        let detail = first[0].detail.as_deref().unwrap();
+        assert!(
+            detail.contains("`compose/shared`") && detail.contains("api, db, web"),
+            "{detail}"
+        );
+        let at = |kind: &str| {
+            changes
+                .iter()
+                .position(|c| c.resource.kind == kind)
+                .unwrap()
+        };
+        assert!(at("bind") < at("service"));
+
+        let mut live = deployed(&v1);
+        live.volumes.push(LiveVolume {
+            name: volume.clone(),
+            project: Some("shop".into()),
+            key: None,
+            owner: Ownership::Ours,
+            driver: "local".into(),
+            labels: BTreeMap::new(),
+            options: BTreeMap::new(),
+        });
+        live.bind_listings
+            .insert(volume.clone(), binds::Listing::of(&files("v1")));
+        // Same content: nothing to send, nothing recreated.
+        let changes = run(std::slice::from_ref(&v1), &live, &Allow::default()).unwrap();
+        assert!(
+            changes.iter().all(|c| c.action == Action::Unchanged),
+            "{changes:#?}"
+        );
+
+        // Changed content: the volume is updated, no service recreated.
+        let changes = run(&[with_dir("v2")], &live, &Allow::default()).unwrap();
+        let update = bind(&changes);
+        assert_eq!(update[0].action, Action::Update);
+        assert!(update[0].diff.as_deref().unwrap().contains("app.conf"));
+        assert!(
+            changes
+                .iter()
+                .filter(|c| c.resource.kind == "service")
+                .all(|c| c.action == Action::Unchanged)
+        );
+
+        // A listing that cannot be read: written again, said so.
+        live.bind_listings.clear();
+        let changes = run(std::slice::from_ref(&v1), &live, &Allow::default()).unwrap();
+        let unknown = bind(&changes);
+        assert_eq!(unknown[0].action, Action::Update);
+        assert!(
+            unknown[0]
+                .detail
+                .as_deref()
+                .unwrap()
+                .contains("read when it is filled")
+        );
+
+        // No longer bound: kept like a named volume unless pruning is allowed.
+        let changes = run(&[project()], &live, &Allow::default()).unwrap();
+        let kept = changes.iter().find(|c| c.resource.name == volume).unwrap();
+        assert_eq!(
+            (kept.resource.kind.as_str(), &kept.action),
+            ("volume", &Action::Unchanged)
+        );
+        let allow = Allow {
+            prune_volumes: true,
+            ..Allow::default()
+        };
+        let changes = run(&[project()], &live, &allow).unwrap();
+        let pruned = changes.iter().find(|c| c.resource.name == volume).unwrap();
+        assert_eq!(pruned.action, Action::Delete);
     }
 
     #[test]

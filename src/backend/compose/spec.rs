@@ -5,16 +5,17 @@
 //! and labels.
 
 use std::collections::HashMap;
+use std::str::FromStr;
 
 use bollard::models::{
     ContainerCreateBody, DeviceMapping, DeviceRequest, EndpointIpamConfig, EndpointSettings,
     HealthConfig, HostConfig, HostConfigCgroupnsModeEnum, HostConfigLogConfig, IpamConfig,
-    Mount as EngineMount, MountTmpfsOptions, MountType, NetworkingConfig, PortBinding,
-    ResourcesBlkioWeightDevice, ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
-    ThrottleDevice,
+    Mount as EngineMount, MountBindOptions, MountBindOptionsPropagationEnum, MountTmpfsOptions,
+    MountType, MountVolumeOptions, NetworkingConfig, PortBinding, ResourcesBlkioWeightDevice,
+    ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum, ThrottleDevice,
 };
 
-use super::{labels, project};
+use super::{binds, labels, project};
 use crate::model::compose::{
     Ipam, Mount, Project, Resources, Service, ServiceNetwork, is_cdi_name,
 };
@@ -117,49 +118,7 @@ pub fn container(r: &Replica<'_>) -> (ContainerCreateBody, Vec<ExtraNetwork>) {
     exposed.sort();
     exposed.dedup();
 
-    let mounts = s
-        .volumes
-        .iter()
-        .map(|m| match m {
-            Mount::Volume {
-                source,
-                target,
-                read_only,
-            } => EngineMount {
-                typ: Some(MountType::VOLUME),
-                // A key of the project's `volumes:` becomes its engine name.
-                source: source.as_ref().map(|k| {
-                    p.volumes
-                        .get(k)
-                        .map(|v| v.name.clone())
-                        .unwrap_or(k.clone())
-                }),
-                target: Some(target.clone()),
-                read_only: Some(*read_only),
-                ..EngineMount::default()
-            },
-            Mount::Bind {
-                source,
-                target,
-                read_only,
-            } => EngineMount {
-                typ: Some(MountType::BIND),
-                source: Some(source.clone()),
-                target: Some(target.clone()),
-                read_only: Some(*read_only),
-                ..EngineMount::default()
-            },
-            Mount::Tmpfs { target, size } => EngineMount {
-                typ: Some(MountType::TMPFS),
-                target: Some(target.clone()),
-                tmpfs_options: size.map(|size| MountTmpfsOptions {
-                    size_bytes: Some(size as i64),
-                    ..MountTmpfsOptions::default()
-                }),
-                ..EngineMount::default()
-            },
-        })
-        .collect();
+    let (mounts, binds) = mounts(p, s, home().as_deref());
 
     let healthcheck = s.healthcheck.as_ref().map(|h| {
         let nanos = |d: Option<std::time::Duration>| d.map(|d| d.as_nanos() as i64);
@@ -255,6 +214,7 @@ pub fn container(r: &Replica<'_>) -> (ContainerCreateBody, Vec<ExtraNetwork>) {
         oom_score_adj: s.oom_score_adj,
         port_bindings: Some(port_bindings),
         mounts: Some(mounts),
+        binds: (!binds.is_empty()).then_some(binds),
         restart_policy,
         network_mode,
         extra_hosts: Some(s.extra_hosts.clone()),
@@ -448,6 +408,115 @@ fn links(p: &Project, number: u32, s: &Service) -> Vec<String> {
     out
 }
 
+/// The home directory `~` in a bind source stands for: the `HOME` of the
+/// process running driftless, as docker compose expands it for whoever
+/// runs it.
+fn home() -> Option<String> {
+    std::env::var("HOME").ok().filter(|h| h.starts_with('/'))
+}
+
+/// A bind source with a leading `~` expanded to `home` (left as written
+/// without one, which the engine refuses with the path in its message).
+fn bind_source(source: &str, home: Option<&str>) -> String {
+    match (source.strip_prefix('~'), home) {
+        (Some(rest), Some(home)) if rest.is_empty() || rest.starts_with('/') => {
+            format!("{}{rest}", home.trim_end_matches('/'))
+        }
+        _ => source.to_owned(),
+    }
+}
+
+/// The service's mounts as the engine takes them, as docker compose
+/// passes them: `HostConfig.Mounts`, except binds that create a missing
+/// host path or are relabelled for SELinux, which only the older
+/// `HostConfig.Binds` form (`source:target:rw,z,rshared`) can express.
+/// A bound repo directory is its project's volume for it, mounted with
+/// `nocopy` (a bind never shows the image's files at its target).
+pub fn mounts(p: &Project, s: &Service, home: Option<&str>) -> (Vec<EngineMount>, Vec<String>) {
+    let mut mounts = Vec::new();
+    let mut binds = Vec::new();
+    for m in &s.volumes {
+        match m {
+            Mount::Volume {
+                source,
+                target,
+                read_only,
+                no_copy,
+            } => mounts.push(EngineMount {
+                typ: Some(MountType::VOLUME),
+                // A key of the project's `volumes:` becomes its engine name.
+                source: source.as_ref().map(|k| {
+                    p.volumes
+                        .get(k)
+                        .map(|v| v.name.clone())
+                        .unwrap_or(k.clone())
+                }),
+                target: Some(target.clone()),
+                read_only: Some(*read_only),
+                volume_options: no_copy.then(|| MountVolumeOptions {
+                    no_copy: Some(true),
+                    ..MountVolumeOptions::default()
+                }),
+                ..EngineMount::default()
+            }),
+            Mount::Bind {
+                source,
+                target,
+                read_only,
+                selinux,
+                propagation,
+                create_host_path,
+            } => {
+                let source = bind_source(source, home);
+                if *create_host_path || selinux.is_some() {
+                    let mut options = vec![if *read_only { "ro" } else { "rw" }];
+                    options.extend(selinux.as_deref());
+                    options.extend(propagation.as_deref());
+                    binds.push(format!("{source}:{target}:{}", options.join(",")));
+                } else {
+                    mounts.push(EngineMount {
+                        typ: Some(MountType::BIND),
+                        source: Some(source),
+                        target: Some(target.clone()),
+                        read_only: Some(*read_only),
+                        bind_options: propagation.as_ref().map(|p| MountBindOptions {
+                            propagation: MountBindOptionsPropagationEnum::from_str(p).ok(),
+                            ..MountBindOptions::default()
+                        }),
+                        ..EngineMount::default()
+                    });
+                }
+            }
+            Mount::RepoDir {
+                source,
+                target,
+                read_only,
+                ..
+            } => mounts.push(EngineMount {
+                typ: Some(MountType::VOLUME),
+                source: Some(binds::volume_name(&p.name, source)),
+                target: Some(target.clone()),
+                read_only: Some(*read_only),
+                volume_options: Some(MountVolumeOptions {
+                    no_copy: Some(true),
+                    ..MountVolumeOptions::default()
+                }),
+                ..EngineMount::default()
+            }),
+            Mount::Tmpfs { target, size } => mounts.push(EngineMount {
+                typ: Some(MountType::TMPFS),
+                target: Some(target.clone()),
+                tmpfs_options: size.map(|size| MountTmpfsOptions {
+                    size_bytes: Some(size as i64),
+                    ..MountTmpfsOptions::default()
+                }),
+                ..EngineMount::default()
+            }),
+        }
+    }
+    (mounts, binds)
+}
+
 /// `volumes_from` as the engine takes it: `container[:ro]`, a service
 /// standing for its first replica. Unlike docker compose v2, which drops
 /// the mode, `:ro` is kept (as the specification and Compose v1 have it).
@@ -574,6 +643,7 @@ mod tests {
                 source: Some("data".into()),
                 target: "/data".into(),
                 read_only: false,
+                no_copy: false,
             }],
             restart: Some("on-failure:3".into()),
             resources: Resources {
@@ -869,5 +939,86 @@ mod tests {
         assert_eq!(needs["services.web.healthcheck.start_interval"], (1, 44));
         assert_eq!(needs["services.web.annotations"], (1, 43));
         assert_eq!(needs["services.web.mac_address"], (1, 44));
+    }
+
+    #[test]
+    fn binds_map_as_docker_compose_passes_them() {
+        let b = |source: &str,
+                 target: &str,
+                 selinux: Option<&str>,
+                 propagation: Option<&str>,
+                 create: bool| {
+            Mount::Bind {
+                source: source.into(),
+                target: target.into(),
+                read_only: target == "/ro",
+                selinux: selinux.map(Into::into),
+                propagation: propagation.map(Into::into),
+                create_host_path: create,
+            }
+        };
+        let s = Service {
+            volumes: vec![
+                // Short syntax: `Binds`, options in compose's order.
+                b("/srv/ro", "/ro", Some("z"), Some("rshared"), true),
+                b("~/data", "/home", None, None, true),
+                // Long syntax without `create_host_path`: `Mounts`.
+                b("/srv/m", "/m", None, Some("rslave"), false),
+                // SELinux needs `Binds` even without `create_host_path`.
+                b("/srv/l", "/l", Some("Z"), None, false),
+                Mount::Volume {
+                    source: Some("data".into()),
+                    target: "/data".into(),
+                    read_only: false,
+                    no_copy: true,
+                },
+                Mount::RepoDir {
+                    source: "compose/shared".into(),
+                    target: "/shared".into(),
+                    read_only: false,
+                    files: Vec::new().into(),
+                },
+            ],
+            ..Service::default()
+        };
+        let p = Project {
+            name: "shop".into(),
+            ..Project::default()
+        };
+        let (mounts, binds) = mounts(&p, &s, Some("/home/me/"));
+        assert_eq!(
+            binds,
+            [
+                "/srv/ro:/ro:ro,z,rshared",
+                "/home/me/data:/home:rw",
+                "/srv/l:/l:rw,Z",
+            ]
+        );
+        assert_eq!(mounts.len(), 3);
+        assert_eq!(mounts[0].typ, Some(MountType::BIND));
+        assert_eq!(
+            mounts[0].bind_options.as_ref().unwrap().propagation,
+            Some(MountBindOptionsPropagationEnum::RSLAVE)
+        );
+        assert_eq!(mounts[1].source.as_deref(), Some("data"));
+        assert_eq!(
+            mounts[1].volume_options.as_ref().unwrap().no_copy,
+            Some(true)
+        );
+        // A bound repo directory is the project's volume for it, never
+        // showing the image's files at the target (as a bind would not).
+        assert_eq!(mounts[2].typ, Some(MountType::VOLUME));
+        assert_eq!(
+            mounts[2].source.as_deref(),
+            Some(binds::volume_name("shop", "compose/shared").as_str())
+        );
+        assert_eq!(
+            mounts[2].volume_options.as_ref().unwrap().no_copy,
+            Some(true)
+        );
+        // Without a home directory, `~` is left for the engine to refuse.
+        assert_eq!(bind_source("~/x", None), "~/x");
+        assert_eq!(bind_source("~", Some("/root")), "/root");
+        assert_eq!(bind_source("~x", Some("/root")), "~x");
     }
 }

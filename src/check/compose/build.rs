@@ -329,7 +329,7 @@ fn generated(text: &str) -> ContextFile {
 
 /// The mode a context file is sent with. A snapshot does not carry file
 /// modes, so scripts (`#!`) and ELF binaries are sent executable.
-fn mode_of(content: &[u8]) -> u32 {
+pub(crate) fn mode_of(content: &[u8]) -> u32 {
     if content.starts_with(b"#!") || content.starts_with(b"\x7fELF") {
         0o755
     } else {

@@ -437,6 +437,33 @@ fn repo_file(ctx: &mut Ctx, node: &Node, path: &str) -> Option<ConfigDef> {
     }
 }
 
+/// A secret's `file:`: a repo file. A secret is rarely committed, so one
+/// that is not in the repo, or a host path, is refused with where
+/// driftless takes secret values from instead.
+fn secret_file(ctx: &mut Ctx, node: &Node, path: &str, key: &str) -> Option<ConfigDef> {
+    let rel = ctx.text(node, path)?;
+    let hint = format!(
+        "driftless reads `file:` from the repo only, and secrets belong outside Git: replace it with \
+         `x-driftless-secret: {key}` and put the value in driftless's secrets directory \
+         (`--secrets-dir`) or `{}`, or use `environment:` with a variable",
+        crate::secrets::SecretSource::env_var(key)
+    );
+    let message = match join_relative(ctx.input.file, &rel) {
+        Ok(repo_path) => match ctx.read_bytes(&repo_path, None, path) {
+            Some(bytes) => {
+                return Some(ConfigDef {
+                    source: repo_path,
+                    content: bytes.to_vec(),
+                });
+            }
+            None => format!("`{repo_path}` is not in the repository"),
+        },
+        Err(e) => e.to_string(),
+    };
+    ctx.report(Diagnostic::error(message).hint(hint), node, path);
+    None
+}
+
 /// Top-level `secrets:` as docker compose delivers them outside swarm:
 /// the value of `file:` (a repo file), `environment:` (a variable of the
 /// project) or — a driftless extension — `x-driftless-secret: NAME`, read
@@ -465,7 +492,7 @@ pub(crate) fn secrets(ctx: &mut Ctx, node: Option<&Node>) -> BTreeMap<String, Op
             match field {
                 "file" => {
                     sources += 1;
-                    def = repo_file(ctx, fv, &fpath);
+                    def = secret_file(ctx, fv, &fpath, key);
                 }
                 "environment" => {
                     sources += 1;

@@ -10,8 +10,8 @@ use super::{Ctx, dotenv, engine, syntax};
 use crate::diag::Diagnostic;
 use crate::model::Origin;
 use crate::model::compose::{
-    Dependency, DependencyCondition, FileMount, Healthcheck, Logging, Mount, Network, Port,
-    ResourceSet, Service, ServiceNetwork, Ulimit, Volume,
+    BIND_LISTING, ContextFile, Dependency, DependencyCondition, FileMount, Healthcheck, Logging,
+    Mount, Network, Port, ResourceSet, Service, ServiceNetwork, Ulimit, Volume,
 };
 use crate::source::join_relative;
 use crate::yaml::{Node, Value};
@@ -655,7 +655,7 @@ fn long_port(ctx: &mut Ctx, item: &Node, fields: &[(Node, Node)], path: &str) ->
     }
 }
 
-/// Mounts and the files of relative bind mounts.
+/// Mounts and the files of relative bind mounts of files.
 fn volumes(ctx: &mut Ctx, node: &Node, path: &str, refs: &Refs) -> (Vec<Mount>, Vec<FileMount>) {
     let mut mounts = Vec::new();
     let mut files = Vec::new();
@@ -679,7 +679,21 @@ fn volumes(ctx: &mut Ctx, node: &Node, path: &str, refs: &Refs) -> (Vec<Mount>, 
             );
             continue;
         }
-        match spec.kind {
+        let VolumeSpec {
+            kind,
+            target,
+            read_only,
+            bind,
+            no_copy,
+        } = spec;
+        if no_copy && !matches!(kind, Kind::Volume(_)) {
+            ctx.warning(
+                item,
+                &ipath,
+                "`nocopy` applies to volumes only; it has no effect on this mount",
+            );
+        }
+        match kind {
             Kind::Volume(source) => {
                 if let Some(name) = &source
                     && !refs.volumes.contains_key(name)
@@ -693,14 +707,12 @@ fn volumes(ctx: &mut Ctx, node: &Node, path: &str, refs: &Refs) -> (Vec<Mount>, 
                 }
                 mounts.push(Mount::Volume {
                     source,
-                    target: spec.target,
-                    read_only: spec.read_only,
+                    target,
+                    read_only,
+                    no_copy,
                 });
             }
-            Kind::Tmpfs(size) => mounts.push(Mount::Tmpfs {
-                target: spec.target,
-                size,
-            }),
+            Kind::Tmpfs(size) => mounts.push(Mount::Tmpfs { target, size }),
             Kind::Bind(source) if syntax::is_windows_path(&source) => ctx.report(
                 Diagnostic::error(format!("bind source `{source}` is a Windows path"))
                     .hint("driftless deploys to Linux Docker engines; use an absolute Linux path"),
@@ -709,18 +721,69 @@ fn volumes(ctx: &mut Ctx, node: &Node, path: &str, refs: &Refs) -> (Vec<Mount>, 
             ),
             Kind::Bind(source) if source.starts_with('/') => mounts.push(Mount::Bind {
                 source,
-                target: spec.target,
-                read_only: spec.read_only,
+                target,
+                read_only,
+                selinux: bind.selinux,
+                propagation: bind.propagation,
+                create_host_path: bind.create_host_path,
             }),
-            Kind::Bind(source) if source.starts_with('~') => ctx.report(
-                Diagnostic::error(format!("bind source `{source}` depends on the home directory of whoever runs Compose"))
-                    .hint("use an absolute host path, or a path relative to the Compose file for files from the repo"),
-                item,
-                &ipath,
-            ),
+            Kind::Bind(source) if source.starts_with('~') => {
+                if source != "~" && !source.starts_with("~/") {
+                    ctx.report(
+                        Diagnostic::error(format!("bind source `{source}` names another user's home directory"))
+                            .hint("docker compose expands only `~` and `~/…` (the home of the user running it); use an absolute host path"),
+                        item,
+                        &ipath,
+                    );
+                    continue;
+                }
+                ctx.warning(
+                    item,
+                    &ipath,
+                    format!(
+                        "bind source `{source}`: `~` is the home directory of the user running driftless \
+                         (for the daemon, the daemon's own `HOME`), as docker compose expands it for \
+                         whoever runs it; on a remote engine that path must exist on the engine's host"
+                    ),
+                );
+                mounts.push(Mount::Bind {
+                    source,
+                    target,
+                    read_only,
+                    selinux: bind.selinux,
+                    propagation: bind.propagation,
+                    create_host_path: bind.create_host_path,
+                });
+            }
             Kind::Bind(source) => {
-                let mode = if spec.read_only { 0o444 } else { 0o644 };
-                files.extend(repo_files(ctx, item, &ipath, &source, &spec.target, mode));
+                if bind.propagation.is_some() {
+                    ctx.warning(
+                        item,
+                        &ipath,
+                        format!(
+                            "bind propagation has no effect on `{source}`: files from the repo are \
+                             delivered through the API, not bound from a host path"
+                        ),
+                    );
+                }
+                let mode = if read_only { 0o444 } else { 0o644 };
+                match repo_bind(ctx, item, &ipath, &source, bind.create_host_path) {
+                    RepoBind::File(repo_path, content) => files.push(FileMount {
+                        target,
+                        source: repo_path,
+                        content: content.to_vec(),
+                        mode,
+                        uid: 0,
+                        gid: 0,
+                    }),
+                    RepoBind::Dir(repo_path, dir_files) => mounts.push(Mount::RepoDir {
+                        source: repo_path,
+                        target,
+                        read_only,
+                        files: dir_files.into(),
+                    }),
+                    RepoBind::Refused => {}
+                }
             }
         }
     }
@@ -737,7 +800,22 @@ struct VolumeSpec {
     kind: Kind,
     target: String,
     read_only: bool,
+    bind: BindSpec,
+    no_copy: bool,
 }
+
+/// The bind options of one mount, as written.
+#[derive(Default)]
+struct BindSpec {
+    selinux: Option<String>,
+    propagation: Option<String>,
+    create_host_path: bool,
+}
+
+/// Bind propagation modes the engine takes.
+const PROPAGATIONS: [&str; 6] = [
+    "rprivate", "private", "rshared", "shared", "rslave", "slave",
+];
 
 fn short_volume(ctx: &mut Ctx, item: &Node, text: &str, path: &str) -> Option<VolumeSpec> {
     let v = match syntax::parse_volume(text) {
@@ -748,10 +826,19 @@ fn short_volume(ctx: &mut Ctx, item: &Node, text: &str, path: &str) -> Option<Vo
         }
     };
     let mut read_only = false;
+    let mut no_copy = false;
+    // The short syntax creates a missing host path, as docker-compose v1 did.
+    let mut bind = BindSpec {
+        create_host_path: true,
+        ..BindSpec::default()
+    };
     for option in &v.options {
         match option.as_str() {
             "ro" => read_only = true,
             "rw" => read_only = false,
+            "nocopy" => no_copy = true,
+            "z" | "Z" => bind.selinux = Some(option.clone()),
+            p if PROPAGATIONS.contains(&p) => bind.propagation = Some(p.to_owned()),
             // Mount consistency is a Docker Desktop (macOS) hint; engines ignore it.
             "cached" | "delegated" | "consistent" => {}
             other => {
@@ -759,7 +846,7 @@ fn short_volume(ctx: &mut Ctx, item: &Node, text: &str, path: &str) -> Option<Vo
                     Diagnostic::error(format!(
                         "volume option `{other}` is not supported by driftless"
                     ))
-                    .hint("supported options: `ro`, `rw`"),
+                    .hint("supported options: `ro`, `rw`, `nocopy`, `z`, `Z`, and the propagation modes `rprivate`, `private`, `rshared`, `shared`, `rslave`, `slave`"),
                     item,
                     path,
                 );
@@ -771,10 +858,20 @@ fn short_volume(ctx: &mut Ctx, item: &Node, text: &str, path: &str) -> Option<Vo
         Some(source) if syntax::is_path(&source) => Kind::Bind(source),
         Some(source) => Kind::Volume(Some(source)),
     };
+    if !matches!(kind, Kind::Bind(_)) && (bind.selinux.is_some() || bind.propagation.is_some()) {
+        ctx.warning(
+            item,
+            path,
+            "`z`, `Z` and propagation modes apply to bind mounts; the engine ignores them on a volume",
+        );
+        bind = BindSpec::default();
+    }
     Some(VolumeSpec {
         kind,
         target: v.target,
         read_only,
+        bind,
+        no_copy,
     })
 }
 
@@ -789,6 +886,8 @@ fn long_volume(
     let mut target = None;
     let mut read_only = false;
     let mut tmpfs_size = None;
+    let mut bind = BindSpec::default();
+    let mut no_copy = false;
     for (k, v) in fields {
         let Some(key) = ctx.key(k, path) else {
             continue;
@@ -800,16 +899,17 @@ fn long_volume(
             "target" => target = ctx.text(v, &fp),
             "read_only" => read_only = ctx.bool(v, &fp).unwrap_or(false),
             "consistency" => {}
-            "bind" => {
-                for (bk, bv) in ctx.map(v, &fp).unwrap_or_default() {
-                    let Some(bkey) = ctx.key(bk, &fp) else {
+            "bind" => bind = bind_options(ctx, v, &fp),
+            "volume" => {
+                for (vk, vv) in ctx.map(v, &fp).unwrap_or_default() {
+                    let Some(vkey) = ctx.key(vk, &fp) else {
                         continue;
                     };
-                    let bp = format!("{fp}.{bkey}");
-                    match bkey {
-                        // Compose's default; files from the repo are always created.
-                        "create_host_path" if ctx.bool(bv, &bp) == Some(true) => {}
-                        _ => ctx.unsupported(bk, &bp),
+                    let vp = format!("{fp}.{vkey}");
+                    match vkey {
+                        "nocopy" => no_copy = ctx.bool(vv, &vp).unwrap_or(false),
+                        k if k.starts_with("x-") => {}
+                        _ => ctx.unsupported(vk, &vp),
                     }
                 }
             }
@@ -882,65 +982,142 @@ fn long_volume(
         kind,
         target,
         read_only,
+        bind,
+        no_copy,
     })
 }
 
-/// The repo file or directory at `rel` (relative to the Compose file) as
-/// files to place under `target`.
-fn repo_files(
+/// A long-syntax mount's `bind:` map: `propagation`, `create_host_path`,
+/// `selinux` (`z` or `Z`).
+fn bind_options(ctx: &mut Ctx, node: &Node, path: &str) -> BindSpec {
+    let mut bind = BindSpec::default();
+    for (bk, bv) in ctx.map(node, path).unwrap_or_default() {
+        let Some(bkey) = ctx.key(bk, path) else {
+            continue;
+        };
+        let bp = format!("{path}.{bkey}");
+        match bkey {
+            "create_host_path" => bind.create_host_path = ctx.bool(bv, &bp).unwrap_or(false),
+            "propagation" => {
+                if let Some(p) = ctx.text(bv, &bp) {
+                    if PROPAGATIONS.contains(&p.as_str()) {
+                        bind.propagation = Some(p);
+                    } else {
+                        ctx.error(
+                            bv,
+                            &bp,
+                            format!(
+                                "bind propagation must be one of {}, not `{p}`",
+                                PROPAGATIONS.join(", ")
+                            ),
+                        );
+                    }
+                }
+            }
+            "selinux" => {
+                if let Some(l) = ctx.text(bv, &bp) {
+                    if l == "z" || l == "Z" {
+                        bind.selinux = Some(l);
+                    } else {
+                        ctx.error(
+                            bv,
+                            &bp,
+                            format!("`selinux` must be `z` (shared) or `Z` (private), not `{l}`"),
+                        );
+                    }
+                }
+            }
+            k if k.starts_with("x-") => {}
+            _ => ctx.unsupported(bk, &bp),
+        }
+    }
+    bind
+}
+
+/// What a relative bind source is in the repo.
+enum RepoBind {
+    /// A file: its repo path and content, copied into each container.
+    File(String, std::sync::Arc<[u8]>),
+    /// A directory (or, created like a missing host path, nothing yet):
+    /// its repo path and files.
+    Dir(String, Vec<ContextFile>),
+    /// Reported.
+    Refused,
+}
+
+/// The repo file or directory at `rel` (relative to the Compose file).
+fn repo_bind(
     ctx: &mut Ctx,
     item: &Node,
     path: &str,
     rel: &str,
-    target: &str,
-    mode: u32,
-) -> Vec<FileMount> {
+    create_host_path: bool,
+) -> RepoBind {
     let repo_path = match join_relative(ctx.input.file, rel) {
         Ok(p) => p,
         Err(e) => {
             ctx.error(item, path, e.to_string());
-            return Vec::new();
+            return RepoBind::Refused;
         }
     };
     if let Some(bytes) = ctx.read_bytes(&repo_path, None, path) {
-        return vec![FileMount {
-            target: target.to_owned(),
-            source: repo_path,
-            content: bytes.to_vec(),
-            mode,
-            uid: 0,
-            gid: 0,
-        }];
+        return RepoBind::File(repo_path, bytes);
     }
     let under = (ctx.input.is_dir)(&repo_path);
     if under.is_empty() {
-        ctx.report(
-            Diagnostic::error(format!("bind source `{rel}` (`{repo_path}`) is not a file or directory in the repository"))
-                .hint("a relative bind mount delivers files from the repo; for data the container writes, use a named volume"),
+        if !create_host_path {
+            ctx.report(
+                Diagnostic::error(format!("bind source `{rel}` (`{repo_path}`) is not a file or directory in the repository"))
+                    .hint("commit it, or set `bind: {create_host_path: true}` for an empty directory the containers fill (the short syntax creates it)"),
+                item,
+                path,
+            );
+            return RepoBind::Refused;
+        }
+        ctx.warning(
             item,
             path,
+            format!(
+                "bind source `{rel}` (`{repo_path}`) is not in the repository: it starts as an empty \
+                 directory, as docker compose creates a missing host path"
+            ),
         );
-        return Vec::new();
+        return RepoBind::Dir(repo_path, Vec::new());
     }
-    let prefix = format!("{repo_path}/");
+    let prefix = if repo_path.is_empty() {
+        String::new()
+    } else {
+        format!("{repo_path}/")
+    };
     let mut files = Vec::new();
     for file in under {
         let Some(sub) = file.strip_prefix(&prefix) else {
             continue;
         };
         let sub = sub.to_owned();
-        if let Some(bytes) = ctx.read_bytes(&file, Some(item), path) {
-            files.push(FileMount {
-                target: format!("{}/{sub}", target.trim_end_matches('/')),
-                source: file,
-                content: bytes.to_vec(),
-                mode,
-                uid: 0,
-                gid: 0,
+        if sub == BIND_LISTING {
+            ctx.report(
+                Diagnostic::error(format!(
+                    "`{file}` has the name driftless keeps its listing of a bound directory under"
+                ))
+                .hint(format!(
+                    "rename it: `{BIND_LISTING}` in a bound directory is driftless's"
+                )),
+                item,
+                path,
+            );
+            continue;
+        }
+        if let Some(content) = ctx.read_bytes(&file, Some(item), path) {
+            files.push(ContextFile {
+                mode: super::build::mode_of(&content),
+                path: sub,
+                content,
             });
         }
     }
-    files
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    RepoBind::Dir(repo_path, files)
 }
 
 /// Which top-level resource a service-level list refers to.
@@ -1663,9 +1840,10 @@ fn dedup(items: impl IntoIterator<Item = String>) -> Vec<String> {
 /// earlier one in place.
 fn dedup_mounts(s: &mut Service) {
     let target = |m: &Mount| match m {
-        Mount::Volume { target, .. } | Mount::Bind { target, .. } | Mount::Tmpfs { target, .. } => {
-            target.clone()
-        }
+        Mount::Volume { target, .. }
+        | Mount::Bind { target, .. }
+        | Mount::RepoDir { target, .. }
+        | Mount::Tmpfs { target, .. } => target.clone(),
     };
     let mut mounts: Vec<Mount> = Vec::new();
     for m in std::mem::take(&mut s.volumes) {

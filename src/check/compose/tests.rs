@@ -269,17 +269,28 @@ configs:
             Mount::Volume {
                 source: Some("data".into()),
                 target: "/var/lib/data".into(),
-                read_only: false
+                read_only: false,
+                no_copy: false,
+            },
+            Mount::RepoDir {
+                source: "compose/html".into(),
+                target: "/usr/share/nginx/html".into(),
+                read_only: false,
+                files: web.volumes[1].repo_files().to_vec().into(),
             },
             Mount::Bind {
                 source: "/var/run/docker.sock".into(),
                 target: "/var/run/docker.sock".into(),
-                read_only: true
+                read_only: true,
+                selinux: None,
+                propagation: None,
+                create_host_path: true,
             },
             Mount::Volume {
                 source: None,
                 target: "/anonymous".into(),
-                read_only: false
+                read_only: false,
+                no_copy: false,
             },
             Mount::Tmpfs {
                 target: "/tmp".into(),
@@ -296,21 +307,18 @@ configs:
         files,
         [
             ("/etc/nginx/nginx.conf", "compose/nginx.conf", 0o444),
-            (
-                "/usr/share/nginx/html/img/logo.svg",
-                "compose/html/img/logo.svg",
-                0o644
-            ),
-            (
-                "/usr/share/nginx/html/index.html",
-                "compose/html/index.html",
-                0o644
-            ),
             ("/site", "compose/site.conf", 0o444),
             ("/etc/inline.conf", "configs.inline", 0o440),
         ]
     );
-    assert_eq!(web.files[4].content, b"listen 80;");
+    // A bound directory is one volume of the project, its files in it.
+    let dir: Vec<&str> = web.volumes[1]
+        .repo_files()
+        .iter()
+        .map(|f| f.path.as_str())
+        .collect();
+    assert_eq!(dir, ["img/logo.svg", "index.html"]);
+    assert_eq!(web.files[2].content, b"listen 80;");
     assert_eq!(web.networks["front"].aliases, ["www"]);
     assert_eq!(
         web.networks["front"].ipv4_address.as_deref(),
@@ -679,8 +687,12 @@ fn extends_in_the_same_file_and_from_another_directory() {
     assert_eq!(imported.image, "worker:1");
     assert_eq!(imported.command.as_deref().unwrap(), ["run"]);
     assert_eq!(imported.environment["W"].as_deref(), Some("1"));
-    assert_eq!(imported.files[0].source, "shared/conf/a.yaml");
-    assert_eq!(imported.files[0].target, "/etc/worker/a.yaml");
+    // The bound directory is relative to the file that names it.
+    assert!(matches!(
+        &imported.volumes[0],
+        Mount::RepoDir { source, target, read_only: true, files }
+            if source == "shared/conf" && target == "/etc/worker" && files[0].path == "a.yaml"
+    ));
 }
 
 #[test]
@@ -761,12 +773,29 @@ fn scale_and_replicas_must_agree() {
 
 #[test]
 fn relative_binds_must_be_in_the_repo() {
+    // The long syntax without `create_host_path` needs the path to exist.
     let e = single_error(
-        &one("services:\n  db:\n    image: x\n    volumes: ['./data:/var/lib/data']\n"),
-        4,
+        &one(
+            "services:\n  db:\n    image: x\n    volumes:\n      - {type: bind, source: ./data, target: /var/lib/data}\n",
+        ),
+        5,
         "services.db.volumes[0]",
     );
-    assert!(e.hint.unwrap().contains("named volume"));
+    assert!(e.hint.unwrap().contains("create_host_path"));
+    // The short syntax creates it, as docker compose does: an empty
+    // directory, with a warning saying so.
+    let (p, warnings) =
+        one("services:\n  db:\n    image: x\n    volumes: ['./data:/var/lib/data']\n")
+            .ok("compose/stack.yaml");
+    assert!(
+        matches!(&p.services["db"].volumes[0], Mount::RepoDir { source, files, .. } if source == "compose/data" && files.is_empty())
+    );
+    assert_eq!(warnings[0].line, Some(4));
+    assert!(
+        warnings[0].message.contains("empty directory"),
+        "{}",
+        warnings[0].message
+    );
     single_error(
         &one("services:\n  db:\n    image: x\n    volumes: ['../../etc:/etc']\n"),
         4,
@@ -888,6 +917,7 @@ fn networks_and_volumes_resolve_names_and_external_ones_take_no_settings() {
     );
 }
 
+mod binds;
 mod include;
 mod profiles;
 mod secrets;

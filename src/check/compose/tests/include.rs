@@ -207,7 +207,8 @@ fn an_override_file_merges_over_the_main_file_with_compose_rules() {
         [Mount::Volume {
             source: Some("other".into()),
             target: "/data".into(),
-            read_only: false
+            read_only: false,
+            no_copy: false,
         }]
     );
     assert_eq!(web.files[0].target, "/etc/a.conf");

@@ -158,3 +158,34 @@ fn a_secret_with_no_value_is_refused_where_it_is_defined() {
             .any(|e| e.message.contains("shorter than 4 bytes") && e.line == Some(6))
     );
 }
+
+#[test]
+fn a_secret_file_outside_the_repo_says_where_secrets_come_from() {
+    // The common published form: a file next to the Compose file that the
+    // project's docs say to create, never committed; and a host path.
+    let repo = Repo::new(&[(
+        "compose/stack.yaml",
+        "services:\n  a:\n    image: x\n    secrets: [db-pass, host]\nsecrets:\n  db-pass:\n    file: ./db_password.txt\n  host:\n    file: /run/secrets/host\n",
+    )]);
+    let errors = load(&repo).unwrap_err();
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert_eq!(errors[0].line, Some(7));
+    assert!(
+        errors[0].message.contains("compose/db_password.txt"),
+        "{}",
+        errors[0]
+    );
+    let hint = errors[0].hint.as_deref().unwrap();
+    assert!(
+        hint.contains("x-driftless-secret: db-pass") && hint.contains("DRIFTLESS_SECRET_DB_PASS"),
+        "{hint}"
+    );
+    assert_eq!(errors[1].line, Some(9));
+    assert!(
+        errors[1]
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("x-driftless-secret: host")
+    );
+}

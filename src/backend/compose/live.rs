@@ -114,6 +114,26 @@ pub async fn read(
     // projects it no longer renders) are picked out client-side, because the
     // engine ANDs label filters and cannot express "project in … or env = …".
     let compose_only = HashMap::from([("label", vec![labels::PROJECT])]);
+    // An `external` network or volume is most often made by hand, with no
+    // Compose label: a kind some project uses one of is listed unfiltered
+    // (still one call), and the external ones are picked out by name.
+    let everything = HashMap::new();
+    let networks_filter = if projects
+        .iter()
+        .any(|p| p.networks.values().any(|n| n.external))
+    {
+        &everything
+    } else {
+        &compose_only
+    };
+    let volumes_filter = if projects
+        .iter()
+        .any(|p| p.volumes.values().any(|v| v.external))
+    {
+        &everything
+    } else {
+        &compose_only
+    };
     let containers = docker.list_containers(Some(
         ListContainersOptionsBuilder::default()
             .all(true)
@@ -122,12 +142,12 @@ pub async fn read(
     ));
     let networks = docker.list_networks(Some(
         ListNetworksOptionsBuilder::default()
-            .filters(&compose_only)
+            .filters(networks_filter)
             .build(),
     ));
     let volumes = docker.list_volumes(Some(
         ListVolumesOptionsBuilder::default()
-            .filters(&compose_only)
+            .filters(volumes_filter)
             .build(),
     ));
     let images = docker.list_images(Some(ListImagesOptionsBuilder::default().build()));
@@ -313,9 +333,15 @@ impl Live {
         for v in volumes {
             let labels: BTreeMap<String, String> = v.labels.clone().into_iter().collect();
             let project = labels.get(labels::PROJECT).cloned();
-            if !project
-                .as_deref()
-                .is_some_and(|p| ours(p, labels.get(labels::ENVIRONMENT)))
+            // A volume a desired project names (an `external` one made by
+            // hand or by another project) is read whoever labelled it.
+            let desired_name = projects
+                .iter()
+                .any(|p| p.volumes.values().any(|vol| vol.name == v.name));
+            if !desired_name
+                && !project
+                    .as_deref()
+                    .is_some_and(|p| ours(p, labels.get(labels::ENVIRONMENT)))
             {
                 continue;
             }
@@ -475,5 +501,55 @@ mod tests {
         let names: Vec<_> = live.containers.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["old-web-1", "shop-web-1"]);
         assert_eq!(live.containers[0].number, 1);
+    }
+
+    /// An `external` network or volume made by hand carries no Compose
+    /// label; it is read by its name, so the plan finds it (it was
+    /// refused as missing), while an unlabelled one nobody names is not.
+    #[test]
+    fn external_resources_without_labels_are_read_by_name() {
+        use crate::model::compose::{Network as DesiredNetwork, Volume as DesiredVolume};
+        let projects = vec![Project {
+            name: "shop".into(),
+            networks: [(
+                "edge".to_owned(),
+                DesiredNetwork {
+                    name: "traefik".into(),
+                    external: true,
+                    ..DesiredNetwork::default()
+                },
+            )]
+            .into(),
+            volumes: [(
+                "certs".to_owned(),
+                DesiredVolume {
+                    name: "le-certs".into(),
+                    external: true,
+                    ..DesiredVolume::default()
+                },
+            )]
+            .into(),
+            ..Project::default()
+        }];
+        let network = |name: &str| Network {
+            name: Some(name.into()),
+            ..Network::default()
+        };
+        let volume = |name: &str| Volume {
+            name: name.into(),
+            ..Volume::default()
+        };
+        let live = Live::from_listings(
+            "dev",
+            &projects,
+            &[],
+            &[network("traefik"), network("bridge")],
+            &[volume("le-certs"), volume("somebody-elses")],
+            &[],
+        );
+        let networks: Vec<_> = live.networks.iter().map(|n| n.name.as_str()).collect();
+        let volumes: Vec<_> = live.volumes.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!((networks, volumes), (vec!["traefik"], vec!["le-certs"]));
+        assert_eq!(live.volumes[0].project, None);
     }
 }

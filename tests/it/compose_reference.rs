@@ -807,8 +807,28 @@ fn report(diffs: &[Diff]) {
     panic!("differences against docker-compose 1.29.2 changed:\n{text}");
 }
 
-/// A stack using the keys both tools know, as a user writes them.
-fn keys_stack(net: u32) -> String {
+/// A network and a volume of one name, with no labels, removed on drop.
+struct Outside(String);
+
+impl Outside {
+    fn create(name: &str) -> Outside {
+        docker(&["network", "create", name]);
+        docker(&["volume", "create", name]);
+        Outside(name.to_owned())
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        for kind in ["network", "volume"] {
+            let _ = Command::new("docker").args([kind, "rm", &self.0]).output();
+        }
+    }
+}
+
+/// A stack using the keys both tools know, as a user writes them. `ext`
+/// names a network and a volume that exist outside the project.
+fn keys_stack(net: u32, ext: &str) -> String {
     let pid = std::process::id();
     format!(
         r#"services:
@@ -899,6 +919,19 @@ fn keys_stack(net: u32) -> String {
     cpu_period: 100000
     cpu_quota: 50000
     volumes: [/shared]
+  addressed:
+    image: {BUSYBOX}
+    command: ["sleep", "3600"]
+    networks:
+      v6:
+        ipv4_address: 10.233.{net}.10
+        ipv6_address: fd00:233:{net}::10
+        link_local_ips: [169.254.10.{net}]
+        priority: 10
+      outside: {{}}
+      front:
+        priority: 100
+    volumes: [outside:/outside]
 networks:
   back:
     internal: true
@@ -912,7 +945,21 @@ networks:
           aux_addresses: {{reserved: 10.232.{net}.2}}
   front:
     attachable: true
+  v6:
+    enable_ipv6: true
+    ipam:
+      driver: default
+      options: {{com.example.ipam: "yes"}}
+      config:
+        - subnet: 10.233.{net}.0/24
+        - subnet: fd00:233:{net}::/64
+  outside:
+    external: true
+    name: {ext}
 volumes:
+  outside:
+    external: true
+    name: {ext}
   data:
     labels: {{com.example.vol: data}}
   cache:
@@ -928,9 +975,11 @@ async fn deployments_match_docker_compose_1_29() {
         return;
     };
     let net = 100 + std::process::id() % 150;
+    // The external network and volume, made by hand as users make them.
+    let outside = Outside::create(&project_name("cext"));
     let cases = vec![Case::inline(
         "keys",
-        keys_stack(net),
+        keys_stack(net, &outside.0),
         &[("app.env", "FROM_FILE=1\n# a comment\nSPACED=a b\n")],
     )];
     let mut diffs = Vec::new();

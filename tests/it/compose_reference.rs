@@ -1127,3 +1127,45 @@ networks:
         "per-network driver_opts"
     );
 }
+
+/// docker-compose 1.29.2 on top of a driftless project: `ps` lists it,
+/// `up -d` runs (it crashed on the old `driftless-…` version label) and
+/// recreates every service, because its config hash is its own (docker
+/// compose v2's is too; README, "Docker Compose on a driftless project").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_compose_up_over_a_driftless_project() {
+    let Some(_engine) = engine().await else {
+        return;
+    };
+    let ours = project_name("cup");
+    let _cleanup = Cleanup::new(&[&ours]);
+    let stack = format!(
+        "services:\n  web:\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n    init: true\n"
+    );
+    let case = Case::inline("up", stack, &[]);
+    let repo = Repo::new(&case, &ours);
+    let dir = &repo.stack_dir;
+    let applied = repo.reconcile();
+    assert_eq!(applied.code, 0, "{applied:?}");
+    let before = ids("container", &ours);
+
+    let ps = run(&mut compose(dir, &case.file, &ours, &["ps"]));
+    assert!(ps.contains(&format!("{ours}-web-1")), "{ps}");
+    let up = compose(dir, &case.file, &ours, &["up", "-d"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&up.stderr);
+    assert!(up.status.success(), "docker-compose up -d failed: {said}");
+    assert!(said.contains(&format!("Recreating {ours}-web-1")), "{said}");
+    let after = ids("container", &ours);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(before, after, "docker-compose recreated the service");
+
+    run(&mut compose(
+        dir,
+        &case.file,
+        &ours,
+        &["down", "-v", "-t", "0"],
+    ));
+    assert_eq!(ids("container", &ours), Vec::<String>::new());
+}

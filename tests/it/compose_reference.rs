@@ -1242,9 +1242,56 @@ networks:
         "1",
         "per-network driver_opts"
     );
+
+    // Keys an older engine's API would silently drop are refused at plan,
+    // naming the version they need (this machine's engine speaks 1.41).
+    let version = b.docker().client_version();
+    let have = (version.major_version, version.minor_version);
+    for (key, need, yaml) in [
+        (
+            "healthcheck.start_interval",
+            (1, 44),
+            "    healthcheck: {test: [CMD, 'true'], start_interval: 1s}\n",
+        ),
+        (
+            "annotations",
+            (1, 43),
+            "    annotations: {com.example.a: b}\n",
+        ),
+        (
+            "mac_address",
+            (1, 44),
+            "    mac_address: 02:42:ac:11:00:99\n",
+        ),
+    ] {
+        if have >= need {
+            continue;
+        }
+        let newer = load(
+            &format!("name: {name}\nservices:\n  app:\n    image: {BUSYBOX}\n{yaml}"),
+            &[],
+        );
+        let refused = crate::compose_backend::dry_run(
+            &b,
+            &name,
+            &crate::compose_backend::desired(vec![newer]),
+            &driftless::manifest::Allow::default(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            refused.contains(&format!(
+                "services.app.{key} needs Docker Engine API {}.{} or later; this engine speaks {}.{}",
+                need.0, need.1, have.0, have.1
+            )),
+            "{key}: {refused}"
+        );
+    }
 }
 
 /// docker-compose 1.29.2 on top of a driftless project: `ps` lists it,
+/// `exec` and `logs` reach its container,
 /// `up -d` runs (it crashed on the old `driftless-…` version label) and
 /// recreates every service, because its config hash is its own (docker
 /// compose v2's is too; README, "Docker Compose on a driftless project").
@@ -1267,6 +1314,15 @@ async fn docker_compose_up_over_a_driftless_project() {
 
     let ps = run(&mut compose(dir, &case.file, &ours, &["ps"]));
     assert!(ps.contains(&format!("{ours}-web-1")), "{ps}");
+    // `exec` and `logs` find the service's container by its labels.
+    let out = run(&mut compose(
+        dir,
+        &case.file,
+        &ours,
+        &["exec", "-T", "web", "echo", "exec-reached-driftless"],
+    ));
+    assert_eq!(out.trim(), "exec-reached-driftless");
+    run(&mut compose(dir, &case.file, &ours, &["logs", "web"]));
     let up = compose(dir, &case.file, &ours, &["up", "-d"])
         .output()
         .unwrap();

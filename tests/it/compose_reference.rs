@@ -1199,18 +1199,38 @@ services:
       back:
         driver_opts: {{com.example.opt: "1"}}
 networks:
-  back: {{}}
+  back:
+    labels: {{com.example.net: "{{label}}"}}
 "#
     );
-    let project = load(
-        &yaml,
-        &[
-            ("app.labels", "com.example.from-file=yes\n"),
-            ("app.env", "FROM_FILE=1\n"),
-        ],
+    let stack = |label: &str| yaml.replace("{label}", label);
+    let files = [
+        ("app.labels", "com.example.from-file=yes\n"),
+        ("app.env", "FROM_FILE=1\n"),
+    ];
+    let desired = |label: &str| crate::compose_backend::desired(vec![load(&stack(label), &files)]);
+    crate::compose_backend::reconcile(&b, &name, &desired("one")).await;
+    let allow = driftless::manifest::Allow::default();
+    let plan = crate::compose_backend::dry_run(&b, &name, &desired("one"), &allow)
+        .await
+        .unwrap();
+    assert!(
+        crate::compose_backend::changed(&plan).is_empty(),
+        "{plan:#?}"
     );
-    crate::compose_backend::reconcile(&b, &name, &crate::compose_backend::desired(vec![project]))
-        .await;
+    // A network label is part of the network: changing it recreates it.
+    let plan = crate::compose_backend::dry_run(&b, &name, &desired("two"), &allow)
+        .await
+        .unwrap();
+    assert!(
+        crate::compose_backend::changed(&plan).contains(&(
+            format!("{name}_back"),
+            driftless::plan::Action::Recreate {
+                reason: "config changed".into()
+            }
+        )),
+        "{plan:#?}"
+    );
     let app = b
         .docker()
         .inspect_container(&format!("{name}-app-1"), None::<InspectContainerOptions>)
@@ -1275,7 +1295,7 @@ networks:
             &b,
             &name,
             &crate::compose_backend::desired(vec![newer]),
-            &driftless::manifest::Allow::default(),
+            &allow,
         )
         .await
         .unwrap_err()

@@ -1167,9 +1167,9 @@ pub(crate) fn load(text: &str, files: &[(&str, &str)]) -> driftless::model::comp
     }
 }
 
-/// Keys docker-compose 1.29.2 refuses (Compose v2 additions) that this
-/// engine (API 1.41) applies, checked field by field where docker compose
-/// v2 puts them.
+/// Keys docker-compose 1.29.2 refuses or ignores (Compose v2 additions,
+/// top-level `configs`) that this engine (API 1.41) applies, checked field
+/// by field where docker compose v2 puts them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v2_keys_reach_the_engine() {
     use bollard::query_parameters::InspectContainerOptions;
@@ -1198,15 +1198,27 @@ services:
     networks:
       back:
         driver_opts: {{com.example.opt: "1"}}
+    configs:
+      - source: inline
+        target: /etc/inline.conf
+      - source: greeting
+        target: /etc/greeting
 networks:
   back:
     labels: {{com.example.net: "{{label}}"}}
+configs:
+  inline:
+    content: |
+      listen 8080
+  greeting:
+    environment: GREETING
 "#
     );
     let stack = |label: &str| yaml.replace("{label}", label);
     let files = [
         ("app.labels", "com.example.from-file=yes\n"),
         ("app.env", "FROM_FILE=1\n"),
+        (".env", "GREETING=hello from .env\n"),
     ];
     let desired = |label: &str| crate::compose_backend::desired(vec![load(&stack(label), &files)]);
     crate::compose_backend::reconcile(&b, &name, &desired("one")).await;
@@ -1261,6 +1273,17 @@ networks:
         endpoint.driver_opts.as_ref().unwrap()["com.example.opt"],
         "1",
         "per-network driver_opts"
+    );
+
+    // Top-level `configs` with `content` and `environment`, as files.
+    let container = format!("{name}-app-1");
+    assert_eq!(
+        crate::compose_backend::read_file(&b, &container, "/etc/inline.conf").await,
+        "listen 8080\n"
+    );
+    assert_eq!(
+        crate::compose_backend::read_file(&b, &container, "/etc/greeting").await,
+        "hello from .env"
     );
 
     // Keys an older engine's API would silently drop are refused at plan,

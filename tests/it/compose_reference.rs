@@ -1306,6 +1306,16 @@ configs:
             (1, 44),
             "    mac_address: 02:42:ac:11:00:99\n",
         ),
+        (
+            "networks.default.gw_priority",
+            (1, 48),
+            "    networks:\n      default:\n        gw_priority: 1\n",
+        ),
+        (
+            "networks.default.interface_name",
+            (1, 49),
+            "    networks:\n      default:\n        interface_name: eth7\n",
+        ),
     ] {
         if have >= need {
             continue;

@@ -315,8 +315,9 @@ fn inspect(kind: &str, ids: &[String]) -> Vec<Value> {
     serde_json::from_str(&docker(&args)).expect("docker inspect prints JSON")
 }
 
-/// Reads one project's containers, networks and volumes, normalised.
-fn read(project: &str) -> Deployed {
+/// Reads one project's containers, networks and volumes, normalised;
+/// `declared` is the Compose file's text.
+fn read(project: &str, declared: &str) -> Deployed {
     let containers = inspect("container", &ids("container", project));
     let networks = inspect("network", &ids("network", project));
     let volumes = inspect("volume", &ids("volume", project));
@@ -380,7 +381,7 @@ fn read(project: &str) -> Deployed {
     for n in &networks {
         let n = normalise(n);
         let key = format!("network {}", n["Name"].as_str().unwrap_or("?"));
-        out.insert(key, flatten_network(&n));
+        out.insert(key, flatten_network(&n, declared));
     }
     for v in &volumes {
         let v = normalise(v);
@@ -484,11 +485,12 @@ fn flatten_container(c: &Value) -> BTreeMap<String, String> {
     out
 }
 
-fn flatten_network(n: &Value) -> BTreeMap<String, String> {
+/// `declared`: the Compose file's text. A pool whose subnet it does not
+/// name is one the engine picked, whatever was free.
+fn flatten_network(n: &Value, declared: &str) -> BTreeMap<String, String> {
     let mut n = n.clone();
-    // A pool the engine picked from its default ranges is whatever was free.
     if let Some(pools) = n["IPAM"]["Config"].as_array_mut() {
-        pools.retain(|p| !p["Subnet"].as_str().is_some_and(in_default_pools));
+        pools.retain(|p| p["Subnet"].as_str().is_some_and(|s| declared.contains(s)));
     }
     let mut out = BTreeMap::new();
     for f in [
@@ -515,17 +517,6 @@ fn flatten_volume(v: &Value) -> BTreeMap<String, String> {
     }
     drop_ignored_labels(&mut out, "Labels");
     out
-}
-
-/// The engine's default address pools (172.16.0.0/12, 192.168.0.0/16),
-/// where it picks a subnet nobody asked for.
-fn in_default_pools(subnet: &str) -> bool {
-    let octets: Vec<u8> = subnet
-        .split(['.', '/'])
-        .take(2)
-        .filter_map(|o| o.parse().ok())
-        .collect();
-    matches!(octets[..], [172, 16..=31] | [192, 168])
 }
 
 fn is_generated(name: &str) -> bool {
@@ -712,7 +703,13 @@ fn deploy_both(case: &Case) -> Vec<Diff> {
     let dir = &repo.stack_dir;
 
     run(&mut compose(dir, &case.file, &reference, &["up", "-d"]));
-    let ref_state = read(&reference);
+    let declared = case
+        .files
+        .iter()
+        .find(|(path, _)| *path == case.file)
+        .map(|(_, text)| String::from_utf8_lossy(text).into_owned())
+        .unwrap_or_default();
+    let ref_state = read(&reference, &declared);
     run(&mut compose(
         dir,
         &case.file,
@@ -726,7 +723,7 @@ fn deploy_both(case: &Case) -> Vec<Diff> {
         "{}: driftless reconcile: {applied:?}",
         case.name
     );
-    let our_state = read(&ours);
+    let our_state = read(&ours, &declared);
 
     // The reference sees a driftless project: `ps` lists its containers,
     // `down -v` removes all of it.

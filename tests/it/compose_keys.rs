@@ -6,12 +6,10 @@
 //! change recreates only what it must, and names the key).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use bollard::query_parameters::InspectContainerOptions;
 use driftless::backend::Backend;
 use driftless::backend::compose::ComposeBackend;
-use driftless::check::compose;
 use driftless::manifest::Allow;
 use driftless::model::compose::Project;
 use driftless::plan::Action;
@@ -23,21 +21,7 @@ use crate::docker_support::{
 
 /// Loads a Compose file from text, as `validate` would (no repo files).
 fn load(text: &str) -> Project {
-    let variables = BTreeMap::new();
-    let read = |_: &str| -> Option<Result<Arc<[u8]>, driftless::diag::Diagnostic>> { None };
-    let is_dir = |_: &str| Vec::new();
-    match compose::load(&compose::Input {
-        file: "compose/stack.yaml",
-        text,
-        default_project_name: "unused",
-        variables: &variables,
-        read: &read,
-        is_dir: &is_dir,
-        yaml: Default::default(),
-    }) {
-        Ok((project, _)) => project,
-        Err(d) => panic!("the stack does not load:\n{d}"),
-    }
+    crate::compose_reference::load(text, &[])
 }
 
 /// The stack; `{..}` fields vary per step. A /24 per process keeps parallel

@@ -16,6 +16,7 @@ mod compose_binds;
 mod compose_build;
 mod compose_keys;
 mod compose_project;
+mod compose_reference;
 mod compose_structure;
 mod corpus;
 mod daemon;

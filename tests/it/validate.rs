@@ -319,3 +319,19 @@ fn read_only_service_with_a_config_file_is_caught_at_validate() {
         ],
     );
 }
+
+#[test]
+fn static_address_outside_its_subnet() {
+    let repo = RepoBuilder::minimal().file(
+        "compose/stack.yaml",
+        "services:\n  web:\n    image: busybox:1.36\n    networks:\n      back:\n        ipv4_address: 10.9.0.5\nnetworks:\n  back:\n    ipam:\n      config:\n        - subnet: 172.28.0.0/16\n",
+    );
+    assert_clear_error(
+        &repo.driftless(&["validate"]),
+        &[
+            "error[dev]",
+            "compose/stack.yaml:6",
+            "static address `10.9.0.5` is outside the subnet of network `back` (172.28.0.0/16)",
+        ],
+    );
+}

@@ -186,6 +186,26 @@ pub async fn read(
     // engine ANDs label filters and cannot express "project in … or
     // instance = …".
     let compose_only = HashMap::from([("label", vec![labels::PROJECT])]);
+    // An `external` network or volume is most often made by hand, with no
+    // Compose label: a kind some project uses one of is listed unfiltered
+    // (still one call), and the external ones are picked out by name.
+    let everything = HashMap::new();
+    let networks_filter = if projects
+        .iter()
+        .any(|p| p.networks.values().any(|n| n.external))
+    {
+        &everything
+    } else {
+        &compose_only
+    };
+    let volumes_filter = if projects
+        .iter()
+        .any(|p| p.volumes.values().any(|v| v.external))
+    {
+        &everything
+    } else {
+        &compose_only
+    };
     let containers = docker.list_containers(Some(
         ListContainersOptionsBuilder::default()
             .all(true)
@@ -194,12 +214,12 @@ pub async fn read(
     ));
     let networks = docker.list_networks(Some(
         ListNetworksOptionsBuilder::default()
-            .filters(&compose_only)
+            .filters(networks_filter)
             .build(),
     ));
     let volumes = docker.list_volumes(Some(
         ListVolumesOptionsBuilder::default()
-            .filters(&compose_only)
+            .filters(volumes_filter)
             .build(),
     ));
     let images = docker.list_images(Some(ListImagesOptionsBuilder::default().build()));
@@ -640,5 +660,56 @@ mod tests {
             owners(&live),
             [("shop", &Ownership::Environment("prod".into()))]
         );
+    }
+
+    /// An `external` network or volume made by hand carries no Compose
+    /// label; it is read by its name, so the plan finds it (it was
+    /// refused as missing), while an unlabelled one nobody names is not.
+    #[test]
+    fn external_resources_without_labels_are_read_by_name() {
+        use crate::model::compose::{Network as DesiredNetwork, Volume as DesiredVolume};
+        let projects = vec![Project {
+            name: "shop".into(),
+            networks: [(
+                "edge".to_owned(),
+                DesiredNetwork {
+                    name: "traefik".into(),
+                    external: true,
+                    ..DesiredNetwork::default()
+                },
+            )]
+            .into(),
+            volumes: [(
+                "certs".to_owned(),
+                DesiredVolume {
+                    name: "le-certs".into(),
+                    external: true,
+                    ..DesiredVolume::default()
+                },
+            )]
+            .into(),
+            ..Project::default()
+        }];
+        let network = |name: &str| Network {
+            name: Some(name.into()),
+            ..Network::default()
+        };
+        let volume = |name: &str| Volume {
+            name: name.into(),
+            ..Volume::default()
+        };
+        let live = Live::from_listings(
+            "dev",
+            OURS.1,
+            &projects,
+            &[],
+            &[network("traefik"), network("bridge")],
+            &[volume("le-certs"), volume("somebody-elses")],
+            &[],
+        );
+        let networks: Vec<_> = live.networks.iter().map(|n| n.name.as_str()).collect();
+        let volumes: Vec<_> = live.volumes.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!((networks, volumes), (vec!["traefik"], vec!["le-certs"]));
+        assert_eq!(live.volumes[0].project, None);
     }
 }

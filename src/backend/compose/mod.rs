@@ -74,8 +74,12 @@ pub mod labels {
     pub const BUILD_FILES: &str = "io.driftless.build.files";
     /// On the volume of a bound repo directory: the directory's repo path.
     pub const BIND_SOURCE: &str = "io.driftless.bind";
-    /// What goes into `com.docker.compose.version`.
-    pub const VERSION_VALUE: &str = concat!("driftless-", env!("CARGO_PKG_VERSION"));
+    /// What goes into `com.docker.compose.version`: driftless's version,
+    /// a bare version number, because docker-compose 1.x parses the label
+    /// as one (`driftless-0.1.0` made `docker-compose up` crash on a
+    /// driftless project). Who deployed a resource is told by
+    /// [`ENVIRONMENT`].
+    pub const VERSION_VALUE: &str = env!("CARGO_PKG_VERSION");
 }
 
 /// The socket used when neither the target nor `DOCKER_HOST` names one.

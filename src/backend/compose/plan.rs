@@ -629,6 +629,10 @@ pub(crate) fn network_text(net: &Network) -> String {
     if net.enable_ipv6 == Some(true) {
         text.push_str("enable_ipv6: true\n");
     }
+    // Only while set, so a network without labels reads as it always did.
+    if !net.labels.is_empty() {
+        text.push_str(&format!("labels: {:?}\n", net.labels));
+    }
     let ipam = &net.ipam;
     if let Some(driver) = &ipam.driver {
         text.push_str(&format!("ipam driver: {driver}\n"));
@@ -693,10 +697,18 @@ fn network_text_live(n: &super::live::LiveNetwork, desired: &Network) -> String 
             })
             .collect();
     }
+    // The file's labels: not the ones Compose and driftless add.
+    let labels = n
+        .labels
+        .iter()
+        .filter(|(k, _)| !k.starts_with("com.docker.compose.") && !k.starts_with("io.driftless."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     network_text(&Network {
         name: n.name.clone(),
         driver: Some(n.driver.clone()),
         internal: n.internal,
+        labels,
         driver_opts: n.options.clone(),
         attachable: n.attachable,
         enable_ipv6: Some(n.enable_ipv6),
@@ -1630,6 +1642,60 @@ mod tests {
         );
     }
 
+    /// The diff of `shop_default`, which the plan recreates because its
+    /// config changed.
+    fn recreated_default_network(changes: &[Change]) -> String {
+        let net = changes
+            .iter()
+            .find(|c| c.resource.name == "shop_default")
+            .unwrap();
+        assert_eq!(
+            net.action,
+            Action::Recreate {
+                reason: "config changed".into()
+            }
+        );
+        net.diff.clone().unwrap()
+    }
+
+    /// A network's `labels:` in the file are compared with the live ones
+    /// (not the Compose and driftless labels): changing them recreates the
+    /// network, as any other network setting does.
+    #[test]
+    fn network_labels_from_the_file_are_compared() {
+        let mut p = project();
+        let mut live = deployed(&p);
+        live.networks[0].labels = [
+            (super::super::labels::PROJECT.to_owned(), "shop".to_owned()),
+            (
+                super::super::labels::ENVIRONMENT.to_owned(),
+                "dev".to_owned(),
+            ),
+        ]
+        .into();
+        assert!(
+            actions(&run(std::slice::from_ref(&p), &live, &Allow::default()).unwrap()).is_empty(),
+            "only Compose's and driftless's own labels: unchanged"
+        );
+        let team = [("com.example.team".to_owned(), "shop".to_owned())];
+        p.networks.insert(
+            "default".into(),
+            Network {
+                name: "shop_default".into(),
+                labels: team.clone().into(),
+                ..Network::default()
+            },
+        );
+        let changes = run(std::slice::from_ref(&p), &live, &Allow::default()).unwrap();
+        let diff = recreated_default_network(&changes);
+        assert!(
+            diff.contains("+labels: {\"com.example.team\": \"shop\"}"),
+            "{diff}"
+        );
+        live.networks[0].labels.extend(team);
+        assert!(actions(&run(&[p], &live, &Allow::default()).unwrap()).is_empty());
+    }
+
     #[test]
     fn ipam_compares_what_the_file_sets_not_what_the_engine_chose() {
         let mut p = project();
@@ -1668,17 +1734,7 @@ mod tests {
 
         p.networks.get_mut("default").unwrap().ipam.config[0].subnet = Some("172.30.0.0/16".into());
         let changes = run(&[p], &live, &Allow::default()).unwrap();
-        let net = changes
-            .iter()
-            .find(|c| c.resource.name == "shop_default")
-            .unwrap();
-        assert_eq!(
-            net.action,
-            Action::Recreate {
-                reason: "config changed".into()
-            }
-        );
-        let diff = net.diff.as_deref().unwrap();
+        let diff = recreated_default_network(&changes);
         assert!(diff.contains("-ipam pool: subnet=172.18.0.0/16"), "{diff}");
         assert!(diff.contains("+ipam pool: subnet=172.30.0.0/16"), "{diff}");
     }

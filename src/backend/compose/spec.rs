@@ -86,11 +86,16 @@ pub fn container(r: &Replica<'_>) -> (ContainerCreateBody, Vec<ExtraNetwork>) {
     let env = s
         .environment
         .iter()
-        .filter_map(|(k, v)| match v {
-            Some(v) => Some(format!("{k}={v}")),
+        .map(|(k, v)| match v {
+            Some(v) => format!("{k}={v}"),
             // `KEY` alone: passed through from driftless's own environment,
-            // as Compose passes it from the shell; unset means not set.
-            None => std::env::var(k).ok().map(|v| format!("{k}={v}")),
+            // as Compose passes it from the shell. Unset, it is sent alone,
+            // as docker compose's `ToMobyEnv` sends it: the engine then
+            // unsets a value the image gives the variable.
+            None => match std::env::var(k) {
+                Ok(v) => format!("{k}={v}"),
+                Err(_) => k.clone(),
+            },
         })
         .collect();
 
@@ -907,6 +912,38 @@ mod tests {
             },
         );
         assert_eq!(project::service_networks(app), ["back", "front"]);
+    }
+
+    /// `environment: [KEY]` with `KEY` unset: sent as `KEY` alone, as
+    /// docker compose sends it (found by the differential test against
+    /// docker-compose 1.29.2, which does the same); it was left out, so an
+    /// image's own value for the variable survived.
+    #[test]
+    fn an_unset_pass_through_variable_is_sent_bare() {
+        let unset = "DRIFTLESS_SPEC_TEST_SURELY_UNSET_VARIABLE";
+        let service = Service {
+            image: "img:1".into(),
+            replicas: 1,
+            environment: [
+                (unset.to_owned(), None),
+                ("SET".to_owned(), Some("v".to_owned())),
+            ]
+            .into(),
+            ..Service::default()
+        };
+        let project = Project {
+            name: "p".into(),
+            services: [("web".to_owned(), service)].into(),
+            networks: BTreeMap::new(),
+            volumes: BTreeMap::new(),
+            disabled_services: BTreeMap::new(),
+            origin: Default::default(),
+        };
+        let (body, _) = container(&replica(&project, "web", 1));
+        assert_eq!(
+            body.env.unwrap(),
+            ["DRIFTLESS_SPEC_TEST_SURELY_UNSET_VARIABLE", "SET=v"]
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use futures_util::StreamExt;
 
 use super::live::{Live, LiveContainer};
 use super::{
-    ComposeBackend, archive, build, hash, hooks, image, labels, live, plan, project, spec,
+    ComposeBackend, archive, build, hash, hooks, image, labels, live, plan, project, rollout, spec,
 };
 use crate::backend::{ApplyReport, BackendError, Context};
 use crate::model::TargetState;
@@ -539,16 +539,8 @@ impl<'a> Applier<'a> {
             .ok_or_else(|| self.error(name, "the change names a service that is not desired"))?;
         // A recreate for a changed definition replaces every replica; other
         // changes (scale, exited containers) replace only what is wrong.
-        let force = matches!(
-            &c.action,
-            Action::Recreate { reason }
-                if reason.starts_with("config changed")
-                    || reason.starts_with("image rebuilt")
-                    || matches!(
-                        reason.as_str(),
-                        "image changed" | "network changed" | "dependency recreated"
-                    )
-        );
+        let force =
+            matches!(&c.action, Action::Recreate { reason } if rollout::replaces_all(reason));
         self.converge(p, service_name, service, force, state).await
     }
 
@@ -592,7 +584,11 @@ impl<'a> Applier<'a> {
                 || !hash::hash_matches(c.config_hash.as_deref(), service, &image_id)
                 || c.image_id != image_id
                 || !plan::is_up(c, service);
-            if c.number == 0 || c.number > service.replicas || kept.contains(&c.number) || outdated
+            if rollout::is_temporary(c)
+                || c.number == 0
+                || c.number > service.replicas
+                || kept.contains(&c.number)
+                || outdated
             {
                 self.remove_container(c, Some(service), state).await?;
             } else {

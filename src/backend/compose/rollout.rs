@@ -10,10 +10,19 @@
 //! proxies answer with both until the old one is gone; then it takes the
 //! canonical name.
 
-use crate::model::compose::{Mount, Service, UpdateOrder};
+use std::time::{Duration, Instant};
 
-use super::labels;
+use bollard::models::{ContainerStateStatusEnum, HealthStatusEnum};
+use bollard::query_parameters::{
+    InspectContainerOptions, RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder,
+};
+
+use crate::backend::BackendError;
+use crate::model::compose::{FailureAction, Mount, Service, UpdateOrder};
+
+use super::apply::{Applier, State};
 use super::live::LiveContainer;
+use super::{labels, project, spec};
 
 /// How one service's replicas are replaced, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +143,175 @@ pub fn temporary_name(canonical: &str) -> String {
 /// apply stopped in the middle): the next apply removes it.
 pub fn is_temporary(c: &LiveContainer) -> bool {
     c.labels.get(labels::TEMPORARY) == Some(&c.name)
+}
+
+/// How often a new container's state is read while it is gated.
+const POLL: Duration = Duration::from_millis(200);
+
+impl Applier<'_> {
+    /// Replaces the running containers `old` (one per replica number) of
+    /// `resource` start-first, in batches of the service's `parallelism`
+    /// with its `delay` between them: each new container is created under
+    /// a temporary name, gated on health, then the old one is stopped and
+    /// removed and the new one renamed to the canonical name. A new
+    /// container that fails is removed and its old one left running; past
+    /// `max_failure_ratio`, `failure_action` decides (`continue` goes on,
+    /// `pause` and `rollback` fail the apply naming the service).
+    pub(super) async fn replace_start_first<'r>(
+        &self,
+        old: &[&LiveContainer],
+        replica: &(dyn Fn(u32) -> spec::Replica<'r> + Sync),
+        resource: &str,
+        state: &State,
+    ) -> Result<(), BackendError> {
+        let Some(first) = old.first() else {
+            return Ok(());
+        };
+        let service = replica(first.number).service;
+        let config = &service.update_config;
+        let batch = match config.parallelism {
+            0 => old.len(),
+            n => n as usize,
+        };
+        let mut failures = Vec::new();
+        for (i, chunk) in old.chunks(batch).enumerate() {
+            if i > 0 && !config.delay.is_zero() {
+                tokio::time::sleep(config.delay).await;
+            }
+            let results = futures_util::future::join_all(
+                chunk
+                    .iter()
+                    .map(|c| self.replace_one(c, replica(c.number), resource, state)),
+            )
+            .await;
+            for result in results {
+                match result {
+                    Ok(()) => {}
+                    Err(why) => failures.push(why),
+                }
+            }
+            let ratio = failures.len() as f64 / old.len() as f64;
+            if ratio > config.max_failure_ratio && config.failure_action != FailureAction::Continue
+            {
+                break;
+            }
+        }
+        let ratio = failures.len() as f64 / old.len() as f64;
+        if failures.is_empty() || ratio <= config.max_failure_ratio {
+            for why in &failures {
+                tracing::warn!(service = %resource, "{why} (within max_failure_ratio)");
+            }
+            return Ok(());
+        }
+        Err(self.error(
+            resource,
+            format!(
+                "start-first update failed ({} of {} replicas): {}",
+                failures.len(),
+                old.len(),
+                failures.join("; ")
+            ),
+        ))
+    }
+
+    /// One replica: new under a temporary name, gated, old out, renamed.
+    /// The error is the reason, for the caller to name the service with.
+    async fn replace_one(
+        &self,
+        old: &LiveContainer,
+        r: spec::Replica<'_>,
+        resource: &str,
+        state: &State,
+    ) -> Result<(), String> {
+        let canonical =
+            project::container_name(&r.project.name, r.service_name, r.service, r.number);
+        let temporary = temporary_name(&canonical);
+        tracing::info!(container = %canonical, replacement = %temporary, "replacing start-first");
+        let gated = match self.create_as(&r, &temporary, true, resource).await {
+            Ok(id) => self.gate(&id, r.service).await.map(|()| id),
+            Err(e) => Err(crate::diag::error_chain(&e)),
+        };
+        let id = match gated {
+            Ok(id) => id,
+            Err(why) => {
+                // Whatever was created goes; the old container never stopped.
+                let _ = self
+                    .docker()
+                    .remove_container(
+                        &temporary,
+                        Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                    )
+                    .await;
+                return Err(format!(
+                    "new replica {canonical} {why}; it was removed and {} kept running",
+                    old.name
+                ));
+            }
+        };
+        self.remove_container(old, Some(r.service), state)
+            .await
+            .map_err(|e| crate::diag::error_chain(&e))?;
+        self.docker()
+            .rename_container(
+                &id,
+                RenameContainerOptionsBuilder::default()
+                    .name(&canonical)
+                    .build(),
+            )
+            .await
+            .map_err(|e| format!("rename {temporary} to {canonical}: {e}"))
+    }
+
+    /// Waits until the new container `id` is healthy (its healthcheck), or
+    /// — without one — has kept running through `monitor` with no restart.
+    async fn gate(&self, id: &str, service: &Service) -> Result<(), String> {
+        let started = Instant::now();
+        let deadline = started
+            + self
+                .backend
+                .dependency_timeout
+                .max(service.update_config.monitor);
+        loop {
+            let inspect = self
+                .docker()
+                .inspect_container(id, None::<InspectContainerOptions>)
+                .await
+                .map_err(|e| format!("could not be inspected: {e}"))?;
+            let st = inspect.state.unwrap_or_default();
+            if matches!(
+                st.status,
+                Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD)
+            ) {
+                return Err(format!("exited with code {}", st.exit_code.unwrap_or(-1)));
+            }
+            if inspect.restart_count.unwrap_or(0) > 0 {
+                return Err("restarted while it was gated".to_owned());
+            }
+            match st.health.as_ref().and_then(|h| h.status) {
+                Some(HealthStatusEnum::HEALTHY) => return Ok(()),
+                Some(HealthStatusEnum::UNHEALTHY) => {
+                    let last = st
+                        .health
+                        .and_then(|h| h.log)
+                        .and_then(|log| log.into_iter().last())
+                        .and_then(|l| l.output)
+                        .map(|o| format!(": {}", o.trim()))
+                        .unwrap_or_default();
+                    return Err(format!("failed its healthcheck{last}"));
+                }
+                Some(HealthStatusEnum::STARTING) => {}
+                None | Some(HealthStatusEnum::NONE | HealthStatusEnum::EMPTY) => {
+                    if started.elapsed() >= service.update_config.monitor {
+                        return Ok(());
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("was not healthy after {:?}", started.elapsed()));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -248,3 +248,83 @@ async fn a_new_replica_failing_health_leaves_the_old_ones_serving() {
     let v1 = image_id(&b, BUSYBOX).await;
     assert!(old.iter().all(|(_, _, image)| *image == v1), "{old:?}");
 }
+
+/// Stands in for an apply killed mid-replacement: a copy of `replica`
+/// (its labels, image and command) under its temporary name, running.
+async fn leftover_replacement(b: &ComposeBackend, replica: &str) -> String {
+    use bollard::models::ContainerCreateBody;
+    use bollard::query_parameters::{CreateContainerOptionsBuilder, InspectContainerOptions};
+    let inspect = b
+        .docker()
+        .inspect_container(replica, None::<InspectContainerOptions>)
+        .await
+        .unwrap();
+    let config = inspect.config.unwrap();
+    let temporary = format!("{replica}-driftless-next");
+    let mut labels = config.labels.unwrap_or_default();
+    labels.insert(labels::TEMPORARY.to_owned(), temporary.clone());
+    let body = ContainerCreateBody {
+        image: config.image,
+        cmd: config.cmd,
+        labels: Some(labels),
+        ..Default::default()
+    };
+    let options = CreateContainerOptionsBuilder::default()
+        .name(&temporary)
+        .build();
+    b.docker()
+        .create_container(Some(options), body)
+        .await
+        .unwrap();
+    b.docker().start_container(&temporary, None).await.unwrap();
+    temporary
+}
+
+#[tokio::test]
+async fn a_pass_after_an_interrupted_replacement_converges() {
+    let Some(b) = engine().await else { return };
+    let name = project_name("rollout-crash");
+    let _cleanup = Cleanup::new(&[&name]);
+    let d = desired(vec![project(&name, web(BUSYBOX))]);
+    reconcile(&b, &name, &d).await;
+    // Killed after the new web-2 started, and (second case) after the old
+    // web-2 was removed, before the rename.
+    leftover_replacement(&b, &format!("{name}-web-1")).await;
+    let gone = format!("{name}-web-2");
+    leftover_replacement(&b, &gone).await;
+    b.docker()
+        .remove_container(
+            &gone,
+            Some(
+                bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+                    .force(true)
+                    .build(),
+            ),
+        )
+        .await
+        .unwrap();
+
+    let (changes, _) = reconcile(&b, &name, &d).await;
+    let web = changes
+        .iter()
+        .find(|c| c.resource.name == format!("{name}/web"))
+        .unwrap();
+    assert_eq!(
+        web.action,
+        Action::Recreate {
+            reason: "replacement interrupted".into()
+        },
+        "{web:?}"
+    );
+    let names: Vec<String> = web_replicas(&b, &name)
+        .await
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .collect();
+    assert_eq!(names, [format!("{name}-web-1"), format!("{name}-web-2")]);
+    let again = dry_run(&b, &name, &d, &Allow::default()).await.unwrap();
+    assert!(
+        again.iter().all(|c| c.action == Action::Unchanged),
+        "{again:#?}"
+    );
+}

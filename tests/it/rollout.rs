@@ -17,7 +17,9 @@ use futures_util::StreamExt;
 
 use crate::compose_backend::{ctx, desired, dry_run, reconcile};
 use crate::compose_build::image_id;
-use crate::docker_support::{BUSYBOX, BUSYBOX_2, Cleanup, containers, engine, project_name};
+use crate::docker_support::{
+    BUSYBOX, BUSYBOX_2, Cleanup, containers, engine, force_remove, project_name,
+};
 
 /// httpd serving `/` (the image's `/variant` file says which image
 /// answers), healthy once it answers itself.
@@ -292,17 +294,7 @@ async fn a_pass_after_an_interrupted_replacement_converges() {
     leftover_replacement(&b, &format!("{name}-web-1")).await;
     let gone = format!("{name}-web-2");
     leftover_replacement(&b, &gone).await;
-    b.docker()
-        .remove_container(
-            &gone,
-            Some(
-                bollard::query_parameters::RemoveContainerOptionsBuilder::default()
-                    .force(true)
-                    .build(),
-            ),
-        )
-        .await
-        .unwrap();
+    force_remove(b.docker(), &gone).await;
 
     let (changes, _) = reconcile(&b, &name, &d).await;
     let web = changes

@@ -85,6 +85,12 @@ pub struct Service {
     pub resources: Resources,
     /// `deploy.replicas` (default 1).
     pub replicas: u32,
+    /// `deploy.update_config`: how replicas are replaced on a recreate.
+    #[serde(skip_serializing_if = "UpdateConfig::is_default")]
+    pub update_config: UpdateConfig,
+    /// `deploy.rollback_config`: the same for a rollback's recreate.
+    #[serde(skip_serializing_if = "UpdateConfig::is_default")]
+    pub rollback_config: UpdateConfig,
     pub profiles: Vec<String>,
     /// `tmpfs:` (`/run` or `/run:size=64m,mode=1777`): container path →
     /// mount options, as the engine's `HostConfig.Tmpfs` takes them.
@@ -343,6 +349,70 @@ impl Mount {
             _ => &[],
         }
     }
+}
+
+/// `deploy.update_config` / `deploy.rollback_config`, with Swarm's meaning
+/// on one engine. Not part of the config hash: changing how a service is
+/// replaced does not replace it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UpdateConfig {
+    /// `None`: the plan chooses (start-first where two containers of the
+    /// service can run side by side, stop-first otherwise).
+    pub order: Option<UpdateOrder>,
+    /// Replicas replaced at once; 0: all at once (default 1).
+    pub parallelism: u32,
+    /// Wait between two batches of replicas.
+    #[serde(serialize_with = "crate::duration::serde_go::serialize")]
+    pub delay: Duration,
+    pub failure_action: FailureAction,
+    /// How long a new container without a healthcheck must keep running
+    /// (with no restart) to count as healthy (default 5s).
+    #[serde(serialize_with = "crate::duration::serde_go::serialize")]
+    pub monitor: Duration,
+    /// Share of replicas that may fail before the update fails (0..=1).
+    pub max_failure_ratio: f64,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            order: None,
+            parallelism: 1,
+            delay: Duration::ZERO,
+            failure_action: FailureAction::Pause,
+            monitor: Duration::from_secs(5),
+            max_failure_ratio: 0.0,
+        }
+    }
+}
+
+impl UpdateConfig {
+    pub fn is_default(&self) -> bool {
+        *self == UpdateConfig::default()
+    }
+}
+
+/// `update_config.order`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    /// Stop the old container, then start the new one.
+    StopFirst,
+    /// Start the new container, wait until it is healthy, then stop the old.
+    StartFirst,
+}
+
+/// `update_config.failure_action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureAction {
+    /// Stop replacing and fail the deploy (what is replaced stays).
+    #[default]
+    Pause,
+    /// Fail the deploy; the environment rolls back.
+    Rollback,
+    /// Go on with the next replicas.
+    Continue,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

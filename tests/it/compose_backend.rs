@@ -22,7 +22,8 @@ use driftless::secrets::Masker;
 use futures_util::StreamExt;
 
 use crate::docker_support::{
-    BUSYBOX, BUSYBOX_2, Cleanup, CountingProxy, Registry, engine, local_target, project_name,
+    BUSYBOX, BUSYBOX_2, Cleanup, CountingProxy, Registry, engine, force_remove, local_target,
+    project_name,
 };
 
 pub(crate) fn desired(projects: Vec<Project>) -> TargetState {
@@ -480,17 +481,7 @@ async fn scaling_up_and_down() {
 
     // Replica 2 removed out of band: a missing container, and only it is
     // created again.
-    b.docker()
-        .remove_container(
-            &format!("{name}-worker-2"),
-            Some(
-                bollard::query_parameters::RemoveContainerOptionsBuilder::default()
-                    .force(true)
-                    .build(),
-            ),
-        )
-        .await
-        .unwrap();
+    force_remove(b.docker(), &format!("{name}-worker-2")).await;
     let (changes, _) = reconcile(&b, &name, &desired(vec![p.clone()])).await;
     let c = changes
         .iter()

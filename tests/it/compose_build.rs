@@ -88,7 +88,7 @@ fn projects(d: &TargetState) -> &[Project] {
     }
 }
 
-async fn image_id(b: &ComposeBackend, reference: &str) -> String {
+pub(crate) async fn image_id(b: &ComposeBackend, reference: &str) -> String {
     b.docker()
         .inspect_image(reference)
         .await

@@ -265,6 +265,17 @@ async fn remove_projects(projects: &[String], images: &[String]) {
     }
 }
 
+/// Removes a container out of band, running or not (a user's `docker rm -f`).
+pub async fn force_remove(docker: &Docker, container: &str) {
+    docker
+        .remove_container(
+            container,
+            Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("docker rm -f {container}: {e}"));
+}
+
 /// Every container of `project` on the local engine, running or not.
 pub async fn containers(
     local: &driftless::backend::compose::ComposeBackend,

@@ -36,6 +36,7 @@ mod policies;
 mod reconcile_cli;
 mod remote_docker;
 mod render;
+mod rollout;
 mod rules;
 mod secrets;
 mod source;

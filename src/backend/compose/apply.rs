@@ -27,16 +27,17 @@ use futures_util::StreamExt;
 
 use super::live::{Live, LiveContainer};
 use super::{
-    ComposeBackend, archive, binds, build, hash, hooks, image, labels, live, plan, project, spec,
+    ComposeBackend, archive, binds, build, hash, hooks, image, labels, live, plan, project,
+    rollout, spec,
 };
 use crate::backend::{ApplyReport, BackendError, Context};
 use crate::model::TargetState;
-use crate::model::compose::{DependencyCondition, Project, PullPolicy, Service};
+use crate::model::compose::{DependencyCondition, Project, PullPolicy, Service, UpdateOrder};
 use crate::plan::{Action, Change};
 
 /// Executes one apply of one target.
 pub struct Applier<'a> {
-    backend: &'a ComposeBackend,
+    pub(super) backend: &'a ComposeBackend,
     desired: &'a TargetState,
     projects: &'a [Project],
     ctx: Context<'a>,
@@ -58,7 +59,7 @@ impl<'a> Applier<'a> {
         })
     }
 
-    fn docker(&self) -> &Docker {
+    pub(super) fn docker(&self) -> &Docker {
         &self.backend.docker
     }
 
@@ -66,7 +67,7 @@ impl<'a> Applier<'a> {
         &self.desired.target.name
     }
 
-    fn error(&self, resource: &str, message: impl std::fmt::Display) -> BackendError {
+    pub(super) fn error(&self, resource: &str, message: impl std::fmt::Display) -> BackendError {
         BackendError::Apply {
             target: self.target().to_owned(),
             resource: resource.to_owned(),
@@ -625,28 +626,26 @@ impl<'a> Applier<'a> {
             .ok_or_else(|| self.error(name, "the change names a service that is not desired"))?;
         // A recreate for a changed definition replaces every replica; other
         // changes (scale, exited containers) replace only what is wrong.
-        let force = matches!(
-            &c.action,
-            Action::Recreate { reason }
-                if reason.starts_with("config changed")
-                    || reason.starts_with("image rebuilt")
-                    || matches!(
-                        reason.as_str(),
-                        "image changed" | "network changed" | "dependency recreated"
-                    )
-        );
-        self.converge(p, service_name, service, force, state).await
+        let force =
+            matches!(&c.action, Action::Recreate { reason } if rollout::replaces_all(reason));
+        let start_first = matches!(&c.action, Action::Recreate { reason }
+            if rollout::decide(service, reason).is_some_and(|d| d.order == UpdateOrder::StartFirst));
+        self.converge(p, service_name, service, force, start_first, state)
+            .await
     }
 
     /// Brings one service to its desired replicas: removes extra and
-    /// outdated containers (highest numbers first), then creates and starts
-    /// the missing numbers after waiting for the service's dependencies.
+    /// outdated containers (highest numbers first) — or, `start_first`,
+    /// replaces running outdated ones with new ones gated on health
+    /// ([`rollout`]) — then creates and starts the missing numbers after
+    /// waiting for the service's dependencies.
     async fn converge(
         &self,
         p: &Project,
         name: &str,
         service: &Service,
         force: bool,
+        start_first: bool,
         state: &State,
     ) -> Result<()> {
         let resource = format!("{}/{name}", p.name);
@@ -673,13 +672,20 @@ impl<'a> Applier<'a> {
             .cloned()
             .collect();
         let mut kept = BTreeSet::new();
+        let mut replace = Vec::new();
         for c in live.iter().rev() {
             let outdated = force
                 || !hash::hash_matches(c.config_hash.as_deref(), service, &image_id)
                 || c.image_id != image_id
                 || !plan::is_up(c, service);
-            if c.number == 0 || c.number > service.replicas || kept.contains(&c.number) || outdated
-            {
+            let extra = rollout::is_temporary(c)
+                || c.number == 0
+                || c.number > service.replicas
+                || kept.contains(&c.number);
+            if !extra && outdated && start_first && c.state == live::ContainerState::Running {
+                kept.insert(c.number);
+                replace.push(c);
+            } else if extra || outdated {
                 self.remove_container(c, Some(service), state).await?;
             } else {
                 kept.insert(c.number);
@@ -688,33 +694,54 @@ impl<'a> Applier<'a> {
         let missing: Vec<u32> = (1..=service.replicas)
             .filter(|n| !kept.contains(n))
             .collect();
-        if missing.is_empty() {
+        if missing.is_empty() && replace.is_empty() {
             return Ok(());
         }
         self.wait_for_dependencies(p, name, service, &resource)
             .await?;
+        let replica = |number| spec::Replica {
+            project: p,
+            service_name: name,
+            service,
+            number,
+            image_id: &image_id,
+            config_hash: &config_hash,
+            definition: &definition,
+            environment: self.ctx.environment,
+            instance: self.ctx.owner.instance,
+        };
+        replace.reverse();
+        self.replace_start_first(&replace, &replica, &resource, state)
+            .await?;
         for number in missing {
-            let replica = spec::Replica {
-                project: p,
-                service_name: name,
-                service,
-                number,
-                image_id: &image_id,
-                config_hash: &config_hash,
-                definition: &definition,
-                environment: self.ctx.environment,
-                instance: self.ctx.owner.instance,
-            };
-            self.create_and_start(&replica, &resource).await?;
+            self.create_and_start(&replica(number), &resource).await?;
         }
         Ok(())
     }
 
     async fn create_and_start(&self, r: &spec::Replica<'_>, resource: &str) -> Result<()> {
-        let (body, extra_networks) = spec::container(r);
         let name = project::container_name(&r.project.name, r.service_name, r.service, r.number);
+        self.create_as(r, &name, false, resource).await.map(drop)
+    }
+
+    /// Creates, fills, connects and starts replica `r` as container `name`
+    /// (`temporary`: a start-first replacement, marked so that an
+    /// interrupted one is recognised); returns its id.
+    pub(super) async fn create_as(
+        &self,
+        r: &spec::Replica<'_>,
+        name: &str,
+        temporary: bool,
+        resource: &str,
+    ) -> Result<String> {
+        let (mut body, extra_networks) = spec::container(r);
+        if temporary {
+            body.labels
+                .get_or_insert_with(Default::default)
+                .insert(labels::TEMPORARY.to_owned(), name.to_owned());
+        }
         tracing::info!(container = %name, "creating container");
-        let mut options = CreateContainerOptionsBuilder::default().name(&name);
+        let mut options = CreateContainerOptionsBuilder::default().name(name);
         if let Some(platform) = &r.service.platform {
             options = options.platform(platform);
         }
@@ -770,11 +797,11 @@ impl<'a> Applier<'a> {
                 )
             })?;
         }
-        Ok(())
+        Ok(id)
     }
 
     /// Stops (with the service's grace period) and removes a container.
-    async fn remove_container(
+    pub(super) async fn remove_container(
         &self,
         c: &LiveContainer,
         service: Option<&Service>,
@@ -973,7 +1000,7 @@ enum DepState {
 }
 
 /// What apply has learned and done so far.
-struct State {
+pub(super) struct State {
     live: Live,
     images: BTreeMap<String, String>,
     /// Container ids removed by this apply (services in one group run

@@ -22,7 +22,8 @@ use crate::model::compose::{
 /// The parts of a [`Service`] that shape a container. Left out, as Compose
 /// v2 leaves them out of its hash: `replicas` (scaling is not a recreate),
 /// `depends_on` (start order only), `profiles`, `pull_policy` (when to
-/// pull, not what runs), and `origin` (moving a service within its file
+/// pull, not what runs), `update_config` and `rollback_config` (how
+/// replicas are replaced), and `origin` (moving a service within its file
 /// must not restart it).
 ///
 /// Fields after `resources` came later: each is left out while unset, so
@@ -207,6 +208,9 @@ impl<'a> Definition<'a> {
             secrets,
             // What is built is in the image id the hash takes.
             build: _,
+            // How replicas are replaced, not what runs.
+            update_config: _,
+            rollback_config: _,
             origin: _,
         } = service;
         Definition {

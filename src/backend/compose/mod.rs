@@ -4,7 +4,8 @@
 //! read live ([`live`], four list calls) → plan ([`plan`], pure) → apply
 //! ([`apply`], dependency order, builds and pulls first) → health
 //! ([`health`]). [`build`] decides what is built and builds it.
-//! [`hash`] decides what is recreated; [`spec`] maps the model onto the
+//! [`hash`] decides what is recreated, [`rollout`] how (start-first or
+//! stop-first); [`spec`] maps the model onto the
 //! engine's container config; [`archive`] carries config files into
 //! containers; [`binds`] delivers bound repo directories through volumes;
 //! [`image`] resolves references and registry auth.
@@ -36,6 +37,7 @@ pub mod image;
 pub mod live;
 pub mod plan;
 pub mod project;
+pub mod rollout;
 pub mod spec;
 
 pub use live::Live;
@@ -72,6 +74,10 @@ pub mod labels {
     pub const BUILD_OPTIONS: &str = "io.driftless.build.options";
     /// On a built image of a small context: `path digest` per file.
     pub const BUILD_FILES: &str = "io.driftless.build.files";
+    /// On a start-first replacement: the temporary name it was created
+    /// under. A container still named so is a leftover of an interrupted
+    /// replacement ([`super::rollout::is_temporary`]).
+    pub const TEMPORARY: &str = "io.driftless.temporary-name";
     /// On the volume of a bound repo directory: the directory's repo path.
     pub const BIND_SOURCE: &str = "io.driftless.bind";
     /// What goes into `com.docker.compose.version`: driftless's version,

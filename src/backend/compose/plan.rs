@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::live::{ContainerState, Live, LiveContainer, Ownership};
-use super::project;
 use super::{binds, build, hash, spec};
+use super::{project, rollout};
 use crate::backend::{BackendError, Context};
 use crate::manifest::Adopt;
 use crate::model::compose::{Ipam, IpamPool, Network, Project, PullPolicy, Service};
@@ -171,6 +171,12 @@ pub fn plan(
             }
             if matches!(c.action, Action::Create | Action::Recreate { .. }) {
                 replaced.insert(name);
+            }
+            if let Action::Recreate { reason } = &c.action
+                && let Some(how) = rollout::decide(service, reason)
+            {
+                let before = c.detail.take().filter(|d| !d.is_empty());
+                c.detail = Some(join_detail([before, Some(how.text())]));
             }
             services.push(c);
         }
@@ -367,7 +373,11 @@ fn service_change(
         .masker
         .mask(&hash::definition_text(service, image_id))
         .into_owned();
-    let containers: Vec<&LiveContainer> = live.service_containers(&p.name, name).collect();
+    // A replacement an interrupted apply left under its temporary name is
+    // removed by the next one, and its replica judged without it.
+    let (leftovers, containers): (Vec<&LiveContainer>, Vec<&LiveContainer>) = live
+        .service_containers(&p.name, name)
+        .partition(|c| rollout::is_temporary(c));
     let mut c = Change {
         target: target.to_owned(),
         resource: Resource::new("service", format!("{}/{name}", p.name)),
@@ -486,6 +496,24 @@ fn service_change(
             scale_text(&containers, service),
         ]))
         .filter(|d| !d.is_empty());
+    } else if !leftovers.is_empty() {
+        c.action = recreate("replacement interrupted");
+        let names: Vec<&str> = leftovers.iter().map(|l| l.name.as_str()).collect();
+        c.detail = Some(join_detail([
+            Some(format!("remove {}", names.join(", "))),
+            gaps(&containers, service).map(|g| {
+                g.iter()
+                    .map(|n| {
+                        format!(
+                            "recreate {}",
+                            project::container_name(&p.name, name, service, *n)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }),
+            scale_text(&containers, service),
+        ]));
     } else if !failed.is_empty() {
         c.action = recreate("container exited");
         let states: Vec<String> = failed
@@ -1059,6 +1087,98 @@ mod tests {
         assert_eq!(
             (web.action.clone(), web.detail.as_deref()),
             (Action::Update, Some("scale 1 → 3"))
+        );
+    }
+
+    #[test]
+    fn each_replaced_service_says_its_order_and_why() {
+        use crate::model::compose::{Mount, Port};
+        let mut p = project();
+        p.services.get_mut("api").unwrap().container_name = Some("api".into());
+        p.services.get_mut("web").unwrap().ports = vec![Port {
+            host_ip: None,
+            published: Some("8080".into()),
+            target: 80,
+            protocol: "tcp".into(),
+        }];
+        p.services.get_mut("db").unwrap().volumes = vec![Mount::Volume {
+            source: Some("data".into()),
+            target: "/data".into(),
+            read_only: false,
+            no_copy: false,
+        }];
+        let mut stateless = p.services["web"].clone();
+        stateless.ports.clear();
+        stateless.replicas = 2;
+        p.services.insert("front".into(), stateless);
+        let mut live = deployed(&p);
+        live.containers.push(container(&p, "front", 2));
+        live.images.insert("app:1".into(), "sha256:2222".into());
+        let changes = run(&[p], &live, &Allow::default()).unwrap();
+        let detail = |name: &str| {
+            changes
+                .iter()
+                .find(|c| c.resource.name == name)
+                .and_then(|c| c.detail.clone())
+                .unwrap()
+        };
+        assert_eq!(
+            detail("shop/api"),
+            "stop-first, 1 at a time (`container_name: api`: two containers cannot hold one name)"
+        );
+        assert_eq!(
+            detail("shop/web"),
+            "stop-first, 1 at a time (publishes fixed host port 8080: two containers cannot bind it)"
+        );
+        assert!(
+            detail("shop/db")
+                .starts_with("stop-first, 1 at a time (mounts named volume `data` read-write"),
+            "{}",
+            detail("shop/db")
+        );
+        assert_eq!(
+            detail("shop/front"),
+            "start-first, 1 at a time (no container_name, fixed host port or address, or read-write named volume)"
+        );
+    }
+
+    #[test]
+    fn a_leftover_temporary_replacement_is_removed_and_its_replica_recreated() {
+        let mut p = project();
+        p.services.get_mut("web").unwrap().replicas = 2;
+        let mut live = deployed(&p);
+        // Killed after the old shop-web-2 was removed, before the rename.
+        let mut next = container(&p, "web", 2);
+        next.name = rollout::temporary_name("shop-web-2");
+        next.labels
+            .insert(super::super::labels::TEMPORARY.into(), next.name.clone());
+        live.containers.push(next);
+        let changes = run(std::slice::from_ref(&p), &live, &Allow::default()).unwrap();
+        let web = changes
+            .iter()
+            .find(|c| c.resource.name == "shop/web")
+            .unwrap();
+        assert_eq!(
+            web.action,
+            Action::Recreate {
+                reason: "replacement interrupted".into()
+            }
+        );
+        assert_eq!(
+            web.detail.as_deref(),
+            Some("remove shop-web-2-driftless-next; scale 1 → 2")
+        );
+        // Killed before the old one was stopped: only the leftover goes.
+        let mut both = live.clone();
+        both.containers.push(container(&p, "web", 2));
+        let changes = run(&[p], &both, &Allow::default()).unwrap();
+        let web = changes
+            .iter()
+            .find(|c| c.resource.name == "shop/web")
+            .unwrap();
+        assert_eq!(
+            web.detail.as_deref(),
+            Some("remove shop-web-2-driftless-next")
         );
     }
 

@@ -10,8 +10,9 @@ use super::{Ctx, dotenv, engine, syntax};
 use crate::diag::Diagnostic;
 use crate::model::Origin;
 use crate::model::compose::{
-    BIND_LISTING, ContextFile, Dependency, DependencyCondition, FileMount, Healthcheck, Logging,
-    Mount, Network, Port, ResourceSet, Service, ServiceNetwork, Ulimit, Volume,
+    BIND_LISTING, ContextFile, Dependency, DependencyCondition, FailureAction, FileMount,
+    Healthcheck, Logging, Mount, Network, Port, ResourceSet, Service, ServiceNetwork, Ulimit,
+    UpdateConfig, UpdateOrder, Volume,
 };
 use crate::source::join_relative;
 use crate::yaml::{Node, Value};
@@ -90,6 +91,7 @@ pub(crate) fn service(
     let mut scale: Option<(i64, &Node)> = None;
     let mut deploy_replicas: Option<(i64, &Node)> = None;
     let mut container_name_node = None;
+    let mut start_first: Vec<(&Node, String)> = Vec::new();
     let mut legacy = engine::ServiceResources::default();
     let mut written = engine::DeployResources::default();
     let mut label_files: Vec<(String, &Node, String)> = Vec::new();
@@ -202,7 +204,15 @@ pub(crate) fn service(
             "stop_grace_period" => s.stop_grace_period = ctx.duration(v, &fp),
             "ulimits" => s.ulimits = ulimits(ctx, v, &fp),
             "logging" => s.logging = logging(ctx, v, &fp),
-            "deploy" => deploy(ctx, v, &fp, &mut s, &mut deploy_replicas, &mut written),
+            "deploy" => deploy(
+                ctx,
+                v,
+                &fp,
+                &mut s,
+                &mut deploy_replicas,
+                &mut written,
+                &mut start_first,
+            ),
             "scale" => scale = ctx.int_in(v, &fp, 0..=10_000).map(|n| (n, v)),
             "profiles" => {
                 let mut profiles = Vec::new();
@@ -294,6 +304,20 @@ pub(crate) fn service(
             node,
             &format!("{path}.container_name"),
         );
+    }
+    if let Some(port) = s.ports.iter().find(|p| p.published.is_some()) {
+        for (node, fp) in &start_first {
+            ctx.report(
+                Diagnostic::error(format!(
+                    "`order: start-first` with fixed host port {}: the new container \
+                     cannot bind it while the old one holds it",
+                    port.published.as_deref().unwrap_or_default()
+                ))
+                .hint("use `order: stop-first`, or publish an ephemeral port behind a proxy"),
+                node,
+                fp,
+            );
+        }
     }
     if s.network_mode.is_some() && !s.networks.is_empty() {
         ctx.error(
@@ -1677,9 +1701,11 @@ fn logging(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Logging> {
     Some(logging)
 }
 
-/// `deploy`: replicas, resources and the restart policy map onto the
-/// engine; the swarm-only keys are ignored, as docker compose ignores them
-/// (noted once per file).
+/// `deploy`: replicas, resources, the restart policy and the update and
+/// rollback configs map onto the engine; the swarm-only keys are ignored,
+/// as docker compose ignores them (noted once per file). Each explicit
+/// `order: start-first` is pushed onto `start_first` (checked against
+/// fixed host ports once the whole service is read).
 fn deploy<'n>(
     ctx: &mut Ctx,
     node: &'n Node,
@@ -1687,6 +1713,7 @@ fn deploy<'n>(
     s: &mut Service,
     replicas: &mut Option<(i64, &'n Node)>,
     written: &mut engine::DeployResources,
+    start_first: &mut Vec<(&'n Node, String)>,
 ) {
     for (k, v) in ctx.map(node, path).unwrap_or_default() {
         let Some(key) = ctx.key(k, path) else {
@@ -1726,13 +1753,71 @@ fn deploy<'n>(
                 }
             }
             "restart_policy" => restart_policy(ctx, v, &fp, s),
-            "labels" | "placement" | "update_config" | "rollback_config" | "endpoint_mode" => {
-                ctx.swarm_only(k, &fp)
-            }
+            "update_config" => s.update_config = update_config(ctx, v, &fp, start_first),
+            "rollback_config" => s.rollback_config = update_config(ctx, v, &fp, start_first),
+            "labels" | "placement" | "endpoint_mode" => ctx.swarm_only(k, &fp),
             k if k.starts_with("x-") => {}
             _ => ctx.unsupported(k, &fp),
         }
     }
+}
+
+/// `deploy.update_config` / `deploy.rollback_config`, Swarm's keys and
+/// defaults.
+fn update_config<'n>(
+    ctx: &mut Ctx,
+    node: &'n Node,
+    path: &str,
+    start_first: &mut Vec<(&'n Node, String)>,
+) -> UpdateConfig {
+    let mut u = UpdateConfig::default();
+    for (k, v) in ctx.map(node, path).unwrap_or_default() {
+        let Some(key) = ctx.key(k, path) else {
+            continue;
+        };
+        let fp = format!("{path}.{key}");
+        match key {
+            "order" => match ctx.text(v, &fp).as_deref() {
+                Some("stop-first") => u.order = Some(UpdateOrder::StopFirst),
+                Some("start-first") => {
+                    u.order = Some(UpdateOrder::StartFirst);
+                    start_first.push((v, fp));
+                }
+                Some(other) => ctx.error(
+                    v,
+                    &fp,
+                    format!("`{other}` is not an update order (stop-first, start-first)"),
+                ),
+                None => {}
+            },
+            "parallelism" => {
+                if let Some(n) = ctx.int_in(v, &fp, 0..=10_000) {
+                    u.parallelism = n as u32;
+                }
+            }
+            "delay" => u.delay = ctx.duration(v, &fp).unwrap_or(u.delay),
+            "monitor" => u.monitor = ctx.duration(v, &fp).unwrap_or(u.monitor),
+            "failure_action" => match ctx.text(v, &fp).as_deref() {
+                Some("pause") => u.failure_action = FailureAction::Pause,
+                Some("rollback") => u.failure_action = FailureAction::Rollback,
+                Some("continue") => u.failure_action = FailureAction::Continue,
+                Some(other) => ctx.error(
+                    v,
+                    &fp,
+                    format!("`{other}` is not a failure action (pause, rollback, continue)"),
+                ),
+                None => {}
+            },
+            "max_failure_ratio" => match ctx.float(v, &fp) {
+                Some(r) if (0.0..=1.0).contains(&r) => u.max_failure_ratio = r,
+                Some(r) => ctx.error(v, &fp, format!("{r} is not a ratio between 0 and 1")),
+                None => {}
+            },
+            k if k.starts_with("x-") => {}
+            _ => ctx.unsupported(k, &fp),
+        }
+    }
+    u
 }
 
 /// `deploy.restart_policy` overrides `restart`, as docker compose maps it:

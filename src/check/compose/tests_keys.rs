@@ -544,3 +544,72 @@ fn refresh_after_sets_the_refresh_period() {
         .ok("compose/stack.yaml");
     assert_eq!(p.services["a"].pull_policy, PullPolicy::Missing);
 }
+
+#[test]
+fn update_and_rollback_configs_keep_swarms_meaning() {
+    let (p, warnings) = one(r#"
+services:
+  web:
+    image: web:1
+    deploy:
+      replicas: 4
+      update_config:
+        order: start-first
+        parallelism: 2
+        delay: 10s
+        failure_action: rollback
+        monitor: 30s
+        max_failure_ratio: 0.25
+      rollback_config: {order: stop-first, parallelism: 0, failure_action: continue}
+  db:
+    image: db:1
+"#)
+    .ok("compose/stack.yaml");
+    assert!(warnings.is_empty(), "{warnings:#?}");
+    let u = &p.services["web"].update_config;
+    assert_eq!(u.order, Some(UpdateOrder::StartFirst));
+    assert_eq!(u.parallelism, 2);
+    assert_eq!(u.delay, Duration::from_secs(10));
+    assert_eq!(u.failure_action, FailureAction::Rollback);
+    assert_eq!(u.monitor, Duration::from_secs(30));
+    assert_eq!(u.max_failure_ratio, 0.25);
+    let r = &p.services["web"].rollback_config;
+    assert_eq!(r.order, Some(UpdateOrder::StopFirst));
+    assert_eq!(r.parallelism, 0);
+    assert_eq!(r.failure_action, FailureAction::Continue);
+    // Unset: Swarm's defaults, and the order left to the plan.
+    let d = &p.services["db"].update_config;
+    assert_eq!(*d, UpdateConfig::default());
+    assert_eq!((d.order, d.parallelism), (None, 1));
+    assert_eq!(d.monitor, Duration::from_secs(5));
+}
+
+#[test]
+fn start_first_with_a_fixed_host_port_is_refused_at_its_line() {
+    let e = single_error(
+        &one(
+            "services:\n  a:\n    image: x\n    ports: [\"8080:80\"]\n    deploy:\n      update_config:\n        order: start-first\n",
+        ),
+        7,
+        "services.a.deploy.update_config.order",
+    );
+    assert!(e.message.contains("fixed host port 8080"), "{e}");
+    // An ephemeral host port is no conflict.
+    one("services:\n  a:\n    image: x\n    ports: [\"80\"]\n    deploy:\n      update_config: {order: start-first}\n")
+        .ok("compose/stack.yaml");
+    let e = single_error(
+        &one(
+            "services:\n  a:\n    image: x\n    deploy:\n      rollback_config:\n        order: blue-green\n",
+        ),
+        6,
+        "services.a.deploy.rollback_config.order",
+    );
+    assert!(e.message.contains("not an update order"), "{e}");
+    single_error(
+        &one(
+            "services:\n  a:\n    image: x\n    deploy:\n      update_config:\n        max_failure_ratio: 2\n",
+        ),
+        6,
+        "services.a.deploy.update_config.max_failure_ratio",
+    );
+}

@@ -1,0 +1,473 @@
+//! How a service's replicas are replaced when its definition changes.
+//!
+//! [`decide`] is the pure part the plan shows: start-first (the new
+//! container starts, is gated on health, and only then the old one stops)
+//! where two containers of the service can safely run side by side,
+//! stop-first otherwise, each with its reason. The apply side (below it)
+//! replaces replicas start-first: a new container under a temporary name
+//! ([`temporary_name`], marked by [`labels::TEMPORARY`]) with the labels and
+//! network aliases of the one it replaces, so Docker's DNS and label-routed
+//! proxies answer with both until the old one is gone; then it takes the
+//! canonical name.
+
+use std::time::{Duration, Instant};
+
+use bollard::models::{ContainerStateStatusEnum, HealthStatusEnum, NetworkDisconnectRequest};
+use bollard::query_parameters::{
+    InspectContainerOptions, RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder,
+};
+
+use crate::backend::BackendError;
+use crate::model::compose::{FailureAction, Mount, Service, UpdateOrder};
+
+use super::apply::{Applier, State};
+use super::live::LiveContainer;
+use super::{labels, project, spec};
+
+/// How one service's replicas are replaced, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub order: UpdateOrder,
+    pub reason: String,
+    /// Replicas replaced at once; 0: all.
+    pub parallelism: u32,
+}
+
+impl Decision {
+    /// The plan's words: `start-first, 1 at a time (why)`.
+    pub fn text(&self) -> String {
+        let order = match self.order {
+            UpdateOrder::StartFirst => "start-first",
+            UpdateOrder::StopFirst => "stop-first",
+        };
+        let batch = match self.parallelism {
+            0 => "all at once".to_owned(),
+            n => format!("{n} at a time"),
+        };
+        format!("{order}, {batch} ({})", self.reason)
+    }
+}
+
+/// Whether a recreate for `reason` replaces every replica (a changed
+/// definition or image), rather than only the broken ones.
+pub fn replaces_all(reason: &str) -> bool {
+    reason.starts_with("config changed")
+        || reason.starts_with("image rebuilt")
+        || matches!(
+            reason,
+            "image changed" | "network changed" | "dependency recreated"
+        )
+}
+
+/// How a recreate for `reason` replaces the service's replicas; `None`
+/// when it replaces only broken ones (nothing is serving there to keep).
+///
+/// Safe by default: stop-first for a service with `container_name`, a
+/// fixed host port or address, host networking, or a named volume mounted
+/// read-write (two database servers on one data directory corrupt it),
+/// unless its Compose file asks for an order; a recreated network or a
+/// shared namespace always goes stop-first (the old container must go
+/// before the new one can join).
+pub fn decide(service: &Service, reason: &str) -> Option<Decision> {
+    if !replaces_all(reason) {
+        return None;
+    }
+    let config = &service.update_config;
+    let decision = |order, reason: String| Decision {
+        order,
+        reason,
+        parallelism: config.parallelism,
+    };
+    let stop_first = |why: String| Some(decision(UpdateOrder::StopFirst, why));
+    match reason {
+        "network changed" => return stop_first("its network is recreated".into()),
+        "dependency recreated" => {
+            return stop_first("it shares a namespace or volumes with a replaced service".into());
+        }
+        _ => {}
+    }
+    if let Some(order) = config.order {
+        return Some(decision(
+            order,
+            "asked for by `deploy.update_config.order`".into(),
+        ));
+    }
+    if let Some(name) = &service.container_name {
+        return stop_first(format!(
+            "`container_name: {name}`: two containers cannot hold one name"
+        ));
+    }
+    if service.network_mode.as_deref() == Some("host") {
+        return stop_first("`network_mode: host`: its ports are the host's".into());
+    }
+    if let Some(port) = service.ports.iter().find_map(|p| p.published.as_ref()) {
+        return stop_first(format!(
+            "publishes fixed host port {port}: two containers cannot bind it"
+        ));
+    }
+    if let Some((net, addr)) = service.networks.iter().find_map(|(k, n)| {
+        n.ipv4_address
+            .as_ref()
+            .or(n.ipv6_address.as_ref())
+            .or(n.mac_address.as_ref())
+            .map(|a| (k, a))
+    }) {
+        return stop_first(format!(
+            "fixed address {addr} on network `{net}`: two containers cannot hold it"
+        ));
+    }
+    if let Some(volume) = service.volumes.iter().find_map(|m| match m {
+        Mount::Volume {
+            source: Some(source),
+            read_only: false,
+            ..
+        } => Some(source),
+        _ => None,
+    }) {
+        return stop_first(format!(
+            "mounts named volume `{volume}` read-write: two writers on one data directory can corrupt it"
+        ));
+    }
+    Some(decision(
+        UpdateOrder::StartFirst,
+        "no container_name, fixed host port or address, or read-write named volume".into(),
+    ))
+}
+
+/// The name a replacement runs under until the old container is gone.
+pub fn temporary_name(canonical: &str) -> String {
+    format!("{canonical}-driftless-next")
+}
+
+/// Whether `c` is a replacement that never took its canonical name (an
+/// apply stopped in the middle): the next apply removes it.
+pub fn is_temporary(c: &LiveContainer) -> bool {
+    c.labels.get(labels::TEMPORARY) == Some(&c.name)
+}
+
+/// How long a container out of its networks is left before it is
+/// stopped: the embedded DNS stops answering with it within this (seen:
+/// a request failed when it was stopped at once; none after 1 s).
+const DRAIN: Duration = Duration::from_secs(1);
+
+/// How often a new container's state is read while it is gated.
+const POLL: Duration = Duration::from_millis(200);
+
+impl Applier<'_> {
+    /// Replaces the running containers `old` (one per replica number) of
+    /// `resource` start-first, in batches of the service's `parallelism`
+    /// with its `delay` between them: each new container is created under
+    /// a temporary name, gated on health, then the old one is stopped and
+    /// removed and the new one renamed to the canonical name. A new
+    /// container that fails is removed and its old one left running; past
+    /// `max_failure_ratio`, `failure_action` decides (`continue` goes on,
+    /// `pause` and `rollback` fail the apply naming the service).
+    pub(super) async fn replace_start_first<'r>(
+        &self,
+        old: &[&LiveContainer],
+        replica: &(dyn Fn(u32) -> spec::Replica<'r> + Sync),
+        resource: &str,
+        state: &State,
+    ) -> Result<(), BackendError> {
+        let Some(first) = old.first() else {
+            return Ok(());
+        };
+        let service = replica(first.number).service;
+        let config = &service.update_config;
+        let batch = match config.parallelism {
+            0 => old.len(),
+            n => n as usize,
+        };
+        let mut failures = Vec::new();
+        for (i, chunk) in old.chunks(batch).enumerate() {
+            if i > 0 && !config.delay.is_zero() {
+                tokio::time::sleep(config.delay).await;
+            }
+            let results = futures_util::future::join_all(
+                chunk
+                    .iter()
+                    .map(|c| self.replace_one(c, replica(c.number), resource, state)),
+            )
+            .await;
+            for result in results {
+                match result {
+                    Ok(()) => {}
+                    Err(why) => failures.push(why),
+                }
+            }
+            let ratio = failures.len() as f64 / old.len() as f64;
+            if ratio > config.max_failure_ratio && config.failure_action != FailureAction::Continue
+            {
+                break;
+            }
+        }
+        let ratio = failures.len() as f64 / old.len() as f64;
+        if failures.is_empty() || ratio <= config.max_failure_ratio {
+            for why in &failures {
+                tracing::warn!(service = %resource, "{why} (within max_failure_ratio)");
+            }
+            return Ok(());
+        }
+        Err(self.error(
+            resource,
+            format!(
+                "start-first update failed ({} of {} replicas): {}",
+                failures.len(),
+                old.len(),
+                failures.join("; ")
+            ),
+        ))
+    }
+
+    /// One replica: new under a temporary name, gated, old out, renamed.
+    /// The error is the reason, for the caller to name the service with.
+    async fn replace_one(
+        &self,
+        old: &LiveContainer,
+        r: spec::Replica<'_>,
+        resource: &str,
+        state: &State,
+    ) -> Result<(), String> {
+        let canonical =
+            project::container_name(&r.project.name, r.service_name, r.service, r.number);
+        let temporary = temporary_name(&canonical);
+        tracing::info!(container = %canonical, replacement = %temporary, "replacing start-first");
+        let gated = match self.create_as(&r, &temporary, true, resource).await {
+            Ok(id) => self.gate(&id, r.service).await.map(|()| id),
+            Err(e) => Err(crate::diag::error_chain(&e)),
+        };
+        let id = match gated {
+            Ok(id) => id,
+            Err(why) => {
+                // Whatever was created goes; the old container never stopped.
+                self.leave_networks(&temporary, &r).await;
+                let _ = self
+                    .docker()
+                    .remove_container(
+                        &temporary,
+                        Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                    )
+                    .await;
+                return Err(format!(
+                    "new replica {canonical} {why}; it was removed and {} kept running",
+                    old.name
+                ));
+            }
+        };
+        self.leave_networks(&old.id, &r).await;
+        self.remove_container(old, Some(r.service), state)
+            .await
+            .map_err(|e| crate::diag::error_chain(&e))?;
+        self.docker()
+            .rename_container(
+                &id,
+                RenameContainerOptionsBuilder::default()
+                    .name(&canonical)
+                    .build(),
+            )
+            .await
+            .map_err(|e| format!("rename {temporary} to {canonical}: {e}"))
+    }
+
+    /// Takes a container (the old one, or a new one that failed) out of its
+    /// service's networks before it is stopped. A stopping container stays
+    /// in Docker's DNS until its process has exited, so clients keep being
+    /// sent to it while it dies (a failed request per replacement at twenty
+    /// a second, measured); out of the network, the service's aliases
+    /// answer with the others only. The embedded DNS lags the disconnect,
+    /// so the container is given [`DRAIN`] before it is stopped. A network
+    /// it is not on (or a failure) is left to the removal.
+    async fn leave_networks(&self, container: &str, r: &spec::Replica<'_>) {
+        let networks = project::networks(r.project);
+        let mut left = false;
+        for key in project::service_networks(r.service) {
+            let Some(net) = networks.get(&key) else {
+                continue;
+            };
+            let request = NetworkDisconnectRequest {
+                container: container.to_owned(),
+                force: Some(true),
+            };
+            match self.docker().disconnect_network(&net.name, request).await {
+                Ok(()) => left = true,
+                Err(e) => tracing::debug!(%container, network = %net.name, "disconnect: {e}"),
+            }
+        }
+        if left {
+            tokio::time::sleep(DRAIN).await;
+        }
+    }
+
+    /// Waits until the new container `id` is healthy (its healthcheck), or
+    /// — without one — has kept running through `monitor` with no restart.
+    async fn gate(&self, id: &str, service: &Service) -> Result<(), String> {
+        let started = Instant::now();
+        let deadline = started
+            + self
+                .backend
+                .dependency_timeout
+                .max(service.update_config.monitor);
+        loop {
+            let inspect = self
+                .docker()
+                .inspect_container(id, None::<InspectContainerOptions>)
+                .await
+                .map_err(|e| format!("could not be inspected: {e}"))?;
+            let st = inspect.state.unwrap_or_default();
+            if matches!(
+                st.status,
+                Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD)
+            ) {
+                return Err(format!("exited with code {}", st.exit_code.unwrap_or(-1)));
+            }
+            if inspect.restart_count.unwrap_or(0) > 0 {
+                return Err("restarted while it was gated".to_owned());
+            }
+            match st.health.as_ref().and_then(|h| h.status) {
+                Some(HealthStatusEnum::HEALTHY) => return Ok(()),
+                Some(HealthStatusEnum::UNHEALTHY) => {
+                    let last = st
+                        .health
+                        .and_then(|h| h.log)
+                        .and_then(|log| log.into_iter().last())
+                        .and_then(|l| l.output)
+                        .map(|o| format!(": {}", o.trim()))
+                        .unwrap_or_default();
+                    return Err(format!("failed its healthcheck{last}"));
+                }
+                Some(HealthStatusEnum::STARTING) => {}
+                None | Some(HealthStatusEnum::NONE | HealthStatusEnum::EMPTY) => {
+                    if started.elapsed() >= service.update_config.monitor {
+                        return Ok(());
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("was not healthy after {:?}", started.elapsed()));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::compose::{Port, ServiceNetwork};
+
+    fn order(s: &Service) -> (UpdateOrder, String) {
+        let d = decide(s, "image changed").unwrap();
+        (d.order, d.reason)
+    }
+
+    #[test]
+    fn start_first_only_where_two_replicas_can_run_side_by_side() {
+        let stateless = Service::default();
+        assert_eq!(order(&stateless).0, UpdateOrder::StartFirst);
+
+        let named = Service {
+            container_name: Some("proxy".into()),
+            ..Service::default()
+        };
+        assert_eq!(
+            order(&named),
+            (
+                UpdateOrder::StopFirst,
+                "`container_name: proxy`: two containers cannot hold one name".into()
+            )
+        );
+
+        let published = Service {
+            ports: vec![Port {
+                host_ip: None,
+                published: Some("8080".into()),
+                target: 80,
+                protocol: "tcp".into(),
+            }],
+            ..Service::default()
+        };
+        assert_eq!(order(&published).0, UpdateOrder::StopFirst);
+        assert!(order(&published).1.contains("fixed host port 8080"));
+        let ephemeral = Service {
+            ports: vec![Port {
+                published: None,
+                ..published.ports[0].clone()
+            }],
+            ..Service::default()
+        };
+        assert_eq!(order(&ephemeral).0, UpdateOrder::StartFirst);
+
+        let database = Service {
+            volumes: vec![Mount::Volume {
+                source: Some("pgdata".into()),
+                target: "/var/lib/postgresql/data".into(),
+                read_only: false,
+                no_copy: false,
+            }],
+            ..Service::default()
+        };
+        assert!(
+            order(&database)
+                .1
+                .contains("named volume `pgdata` read-write")
+        );
+        let reader = Service {
+            volumes: vec![
+                Mount::Volume {
+                    source: Some("assets".into()),
+                    target: "/srv".into(),
+                    read_only: true,
+                    no_copy: false,
+                },
+                Mount::Volume {
+                    source: None,
+                    target: "/tmp/cache".into(),
+                    read_only: false,
+                    no_copy: false,
+                },
+            ],
+            ..Service::default()
+        };
+        assert_eq!(order(&reader).0, UpdateOrder::StartFirst);
+
+        let fixed_ip = Service {
+            networks: [(
+                "back".to_owned(),
+                ServiceNetwork {
+                    ipv4_address: Some("10.5.0.9".into()),
+                    ..ServiceNetwork::default()
+                },
+            )]
+            .into(),
+            ..Service::default()
+        };
+        assert!(order(&fixed_ip).1.contains("10.5.0.9 on network `back`"));
+    }
+
+    #[test]
+    fn an_explicit_order_wins_and_broken_replicas_have_none() {
+        let mut database = Service {
+            volumes: vec![Mount::Volume {
+                source: Some("data".into()),
+                target: "/data".into(),
+                read_only: false,
+                no_copy: false,
+            }],
+            ..Service::default()
+        };
+        database.update_config.order = Some(UpdateOrder::StartFirst);
+        database.update_config.parallelism = 2;
+        let d = decide(&database, "config changed: environment").unwrap();
+        assert_eq!(
+            d.text(),
+            "start-first, 2 at a time (asked for by `deploy.update_config.order`)"
+        );
+        // A recreated network takes its containers down first, whatever asked.
+        assert_eq!(
+            decide(&database, "network changed").unwrap().order,
+            UpdateOrder::StopFirst
+        );
+        assert_eq!(decide(&database, "container exited"), None);
+        assert_eq!(decide(&database, "container missing"), None);
+    }
+}

@@ -1,0 +1,322 @@
+//! Zero-downtime updates against the real engine: two httpd replicas
+//! behind their service alias, a client container on the same network
+//! requesting it in a bounded loop (about 20 a second) while the image
+//! changes, and the failed requests counted from the client's log.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bollard::query_parameters::LogsOptionsBuilder;
+use driftless::backend::Backend;
+use driftless::backend::compose::{ComposeBackend, labels};
+use driftless::manifest::Allow;
+use driftless::model::compose::{Dependency, DependencyCondition, Healthcheck, Project, Service};
+use driftless::plan::Action;
+use driftless::secrets::Masker;
+use futures_util::StreamExt;
+
+use crate::compose_backend::{ctx, desired, dry_run, reconcile};
+use crate::compose_build::image_id;
+use crate::docker_support::{
+    BUSYBOX, BUSYBOX_2, Cleanup, containers, engine, force_remove, project_name,
+};
+
+/// httpd serving `/` (the image's `/variant` file says which image
+/// answers), healthy once it answers itself.
+fn web(image: &str) -> Service {
+    Service {
+        image: image.into(),
+        command: Some(
+            ["httpd", "-f", "-p", "80", "-h", "/"]
+                .map(String::from)
+                .to_vec(),
+        ),
+        healthcheck: Some(Healthcheck {
+            test: vec![
+                "CMD-SHELL".into(),
+                "wget -q -O- http://127.0.0.1/variant >/dev/null".into(),
+            ],
+            interval: Some(Duration::from_millis(300)),
+            timeout: Some(Duration::from_secs(2)),
+            retries: Some(3),
+            start_period: None,
+            start_interval: None,
+            disable: false,
+        }),
+        // PID 1 ignores SIGTERM: keep the stop wait short.
+        stop_grace_period: Some(Duration::from_secs(1)),
+        replicas: 2,
+        ..Service::default()
+    }
+}
+
+/// One line per request to `web`: the variant that answered, or `FAIL`
+/// (no `wget -T`: this busybox build crashes with it).
+/// Bounded: at most 3,000 requests (2.5 minutes).
+fn client() -> Service {
+    let script = "i=0; while [ $i -lt 3000 ]; do \
+                  if v=$(wget -q -O- http://web/variant); then echo \"ok $v\"; \
+                  else echo FAIL; fi; i=$((i+1)); sleep 0.05; done";
+    Service {
+        image: BUSYBOX.into(),
+        command: Some(vec!["sh".into(), "-c".into(), script.into()]),
+        depends_on: [(
+            "web".to_owned(),
+            Dependency {
+                condition: DependencyCondition::ServiceHealthy,
+                restart: false,
+                required: true,
+            },
+        )]
+        .into(),
+        stop_grace_period: Some(Duration::from_secs(1)),
+        replicas: 1,
+        ..Service::default()
+    }
+}
+
+fn project(name: &str, web: Service) -> Project {
+    Project {
+        name: name.into(),
+        services: [("web".to_owned(), web), ("client".to_owned(), client())].into(),
+        networks: BTreeMap::new(),
+        volumes: BTreeMap::new(),
+        disabled_services: Default::default(),
+        origin: Default::default(),
+    }
+}
+
+/// The client's answers so far.
+async fn answers(b: &ComposeBackend, project: &str) -> Vec<String> {
+    let options = LogsOptionsBuilder::default().stdout(true).build();
+    let mut stream = b
+        .docker()
+        .logs(&format!("{project}-client-1"), Some(options));
+    let mut text = String::new();
+    while let Some(chunk) = stream.next().await {
+        text.push_str(&chunk.expect("client logs").to_string());
+    }
+    text.lines().map(str::to_owned).collect()
+}
+
+/// Waits (polling the log) until the client has made `n` more requests
+/// than `seen`.
+async fn requests_after(b: &ComposeBackend, project: &str, seen: usize, n: usize) -> Vec<String> {
+    loop {
+        let lines = answers(b, project).await;
+        if lines.len() >= seen + n {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The web replicas' names, container ids and image ids.
+async fn web_replicas(b: &ComposeBackend, project: &str) -> Vec<(String, String, String)> {
+    let mut out: Vec<(String, String, String)> = containers(b, project)
+        .await
+        .into_iter()
+        .filter(|c| {
+            c.labels
+                .as_ref()
+                .and_then(|l| l.get(labels::SERVICE))
+                .is_some_and(|s| s == "web")
+        })
+        .map(|c| {
+            (
+                c.names.unwrap_or_default()[0]
+                    .trim_start_matches('/')
+                    .to_owned(),
+                c.id.unwrap_or_default(),
+                c.image_id.unwrap_or_default(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn start_first_keeps_the_service_answering_through_an_update() {
+    let Some(b) = engine().await else { return };
+    let name = project_name("rollout");
+    let _cleanup = Cleanup::new(&[&name]);
+    reconcile(&b, &name, &desired(vec![project(&name, web(BUSYBOX))])).await;
+    let before = requests_after(&b, &name, 0, 20).await;
+
+    let d = desired(vec![project(&name, web(BUSYBOX_2))]);
+    let changes = dry_run(&b, &name, &d, &Allow::default()).await.unwrap();
+    let change = changes
+        .iter()
+        .find(|c| c.resource.name == format!("{name}/web"))
+        .unwrap();
+    assert_eq!(
+        change.action,
+        Action::Recreate {
+            reason: "image changed".into()
+        }
+    );
+    assert!(
+        change
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.starts_with("start-first, 1 at a time")),
+        "{change:?}"
+    );
+    let masker = Masker::default();
+    let allow = Allow::default();
+    b.apply(&d, &changes, ctx(&name, &masker, &allow))
+        .await
+        .unwrap_or_else(|e| panic!("apply failed: {e}"));
+    let updated = answers(&b, &name).await.len();
+    let lines = requests_after(&b, &name, updated, 20).await;
+
+    // A new container joins the service's DNS when it starts, before its
+    // server listens (Docker's embedded DNS knows nothing of health): seen,
+    // at most one request per new container fails in that window. The old
+    // ones leave DNS before they stop, so their stop costs none.
+    let failed = lines.iter().filter(|l| *l == "FAIL").count();
+    assert!(failed <= 2, "failed requests during the update: {lines:?}");
+    assert!(before.iter().all(|l| l == "ok 1"), "{before:?}");
+    assert!(
+        lines[updated..].iter().all(|l| l == "ok 2"),
+        "after the update only the new version answers: {:?}",
+        &lines[updated..]
+    );
+    // Exactly the desired replicas, under their canonical names.
+    let v2 = image_id(&b, BUSYBOX_2).await;
+    let now: Vec<(String, String)> = web_replicas(&b, &name)
+        .await
+        .into_iter()
+        .map(|(name, _, image)| (name, image))
+        .collect();
+    assert_eq!(
+        now,
+        [
+            (format!("{name}-web-1"), v2.clone()),
+            (format!("{name}-web-2"), v2)
+        ]
+    );
+    // Converged: the next plan changes nothing.
+    let again = dry_run(&b, &name, &d, &Allow::default()).await.unwrap();
+    assert!(
+        again.iter().all(|c| c.action == Action::Unchanged),
+        "{again:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_new_replica_failing_health_leaves_the_old_ones_serving() {
+    let Some(b) = engine().await else { return };
+    let name = project_name("rollout-bad");
+    let _cleanup = Cleanup::new(&[&name]);
+    reconcile(&b, &name, &desired(vec![project(&name, web(BUSYBOX))])).await;
+    requests_after(&b, &name, 0, 10).await;
+    let old = web_replicas(&b, &name).await;
+
+    let mut broken = web(BUSYBOX_2);
+    if let Some(h) = broken.healthcheck.as_mut() {
+        h.test = vec!["CMD".into(), "false".into()];
+        h.retries = Some(1);
+    }
+    let d = desired(vec![project(&name, broken)]);
+    let changes = dry_run(&b, &name, &d, &Allow::default()).await.unwrap();
+    let masker = Masker::default();
+    let allow = Allow::default();
+    let err = b
+        .apply(&d, &changes, ctx(&name, &masker, &allow))
+        .await
+        .expect_err("the new replica never becomes healthy");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("{name}/web")) && text.contains("failed its healthcheck"),
+        "{text}"
+    );
+    let failed_at = answers(&b, &name).await.len();
+    let lines = requests_after(&b, &name, failed_at, 10).await;
+    // The new replica joins the service's DNS when it starts, before its
+    // server listens (Docker's embedded DNS knows nothing of health): seen,
+    // at most one request failed in that window. The old replicas answered
+    // every other one, and only they answer after.
+    let failed = lines.iter().filter(|l| *l == "FAIL").count();
+    assert!(failed <= 1, "the old replicas kept serving: {lines:?}");
+    assert!(
+        lines[failed_at..].iter().all(|l| l != "ok 2"),
+        "{:?}",
+        &lines[failed_at..]
+    );
+    // Nothing left behind: the two old replicas, the same containers.
+    assert_eq!(web_replicas(&b, &name).await, old);
+    let v1 = image_id(&b, BUSYBOX).await;
+    assert!(old.iter().all(|(_, _, image)| *image == v1), "{old:?}");
+}
+
+/// Stands in for an apply killed mid-replacement: a copy of `replica`
+/// (its labels, image and command) under its temporary name, running.
+async fn leftover_replacement(b: &ComposeBackend, replica: &str) -> String {
+    use bollard::models::ContainerCreateBody;
+    use bollard::query_parameters::{CreateContainerOptionsBuilder, InspectContainerOptions};
+    let inspect = b
+        .docker()
+        .inspect_container(replica, None::<InspectContainerOptions>)
+        .await
+        .unwrap();
+    let config = inspect.config.unwrap();
+    let temporary = format!("{replica}-driftless-next");
+    let mut labels = config.labels.unwrap_or_default();
+    labels.insert(labels::TEMPORARY.to_owned(), temporary.clone());
+    let body = ContainerCreateBody {
+        image: config.image,
+        cmd: config.cmd,
+        labels: Some(labels),
+        ..Default::default()
+    };
+    let options = CreateContainerOptionsBuilder::default()
+        .name(&temporary)
+        .build();
+    b.docker()
+        .create_container(Some(options), body)
+        .await
+        .unwrap();
+    b.docker().start_container(&temporary, None).await.unwrap();
+    temporary
+}
+
+#[tokio::test]
+async fn a_pass_after_an_interrupted_replacement_converges() {
+    let Some(b) = engine().await else { return };
+    let name = project_name("rollout-crash");
+    let _cleanup = Cleanup::new(&[&name]);
+    let d = desired(vec![project(&name, web(BUSYBOX))]);
+    reconcile(&b, &name, &d).await;
+    // Killed after the new web-2 started, and (second case) after the old
+    // web-2 was removed, before the rename.
+    leftover_replacement(&b, &format!("{name}-web-1")).await;
+    let gone = format!("{name}-web-2");
+    leftover_replacement(&b, &gone).await;
+    force_remove(b.docker(), &gone).await;
+
+    let (changes, _) = reconcile(&b, &name, &d).await;
+    let web = changes
+        .iter()
+        .find(|c| c.resource.name == format!("{name}/web"))
+        .unwrap();
+    assert_eq!(
+        web.action,
+        Action::Recreate {
+            reason: "replacement interrupted".into()
+        },
+        "{web:?}"
+    );
+    let names: Vec<String> = web_replicas(&b, &name)
+        .await
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .collect();
+    assert_eq!(names, [format!("{name}-web-1"), format!("{name}-web-2")]);
+    let again = dry_run(&b, &name, &d, &Allow::default()).await.unwrap();
+    assert!(
+        again.iter().all(|c| c.action == Action::Unchanged),
+        "{again:#?}"
+    );
+}

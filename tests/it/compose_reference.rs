@@ -115,20 +115,13 @@ const KNOWN: &[Known] = &[
          made through `Mounts`; `RW` agrees",
     ),
     known(
-        "Mounts[*].Mode",
-        "\"r*\"",
-        "-",
-        "a bind mount of a host path (`/var/run/docker.sock`, `/dev/null:/tmp/foo:ro`): \
-         1.29.2, and v2 for a short-syntax bind, send `Binds` (mode `rw`/`ro`, a missing host \
-         path created); driftless sends a `Mounts` bind (no mode, a missing host path refused)",
-    ),
-    known(
         "Mounts[\"/foo\"].*",
         "*",
-        "-",
+        "*",
         "a relative bind (`.:/foo` in `remote/compose.yaml`): docker compose bind-mounts the \
-         directory on the host; driftless copies the repo's files into the container before it \
-         starts (what runs is what is committed, and remote engines work), so there is no mount",
+         directory on the host; driftless mounts one volume per project and directory, filled \
+         from the commit (what runs is what is committed, and remote engines work), so the \
+         mount is a volume",
     ),
     known(
         "Labels[\"com.docker.compose.network\"]",
@@ -320,7 +313,13 @@ fn inspect(kind: &str, ids: &[String]) -> Vec<Value> {
 fn read(project: &str, declared: &str) -> Deployed {
     let containers = inspect("container", &ids("container", project));
     let networks = inspect("network", &ids("network", project));
-    let volumes = inspect("volume", &ids("volume", project));
+    // The volume of a bound repo directory stands in for the host
+    // directory docker compose binds, which is no object either; the
+    // mount itself is compared (`Mounts["/foo"]` in KNOWN).
+    let volumes: Vec<Value> = inspect("volume", &ids("volume", project))
+        .into_iter()
+        .filter(|v| v["Labels"]["io.driftless.bind"].is_null())
+        .collect();
 
     // Names and ids to neutral tokens: longest first, so a full id is
     // replaced before its short form.
@@ -743,13 +742,35 @@ fn deploy_both(case: &Case) -> Vec<Diff> {
         &ours,
         &["down", "-v", "-t", "0"],
     ));
+    // A bound repo directory's volume stands in for the host directory
+    // docker compose would bind, and `down -v` leaves that directory too:
+    // it stays, and goes here.
+    let bound = docker(&[
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.compose.project={ours}"),
+        "--filter",
+        "label=io.driftless.bind",
+    ]);
+    let bound: Vec<&str> = bound.lines().filter(|l| !l.is_empty()).collect();
     for kind in ["container", "network", "volume"] {
+        let left: Vec<String> = ids(kind, &ours)
+            .into_iter()
+            .filter(|id| kind != "volume" || !bound.contains(&id.as_str()))
+            .collect();
         assert_eq!(
-            ids(kind, &ours),
+            left,
             Vec::<String>::new(),
             "{}: docker-compose down left a {kind} of the driftless project",
             case.name
         );
+    }
+    if !bound.is_empty() {
+        let mut args = vec!["volume", "rm"];
+        args.extend(bound.iter().copied());
+        docker(&args);
     }
     compare(&case.name, &ref_state, &our_state)
 }

@@ -155,6 +155,8 @@ fn compose_class(d: &Diagnostic) -> String {
         format!("cannot apply {what}")
     } else if m.starts_with("static address") && m.contains("is outside the subnet") {
         "static address outside its subnet".into()
+    } else if m.starts_with("`order: start-first` with fixed host port") {
+        "start-first with fixed host port".into()
     } else if m.ends_with("is a Windows path") {
         "windows path".into()
     } else if m.ends_with("is not in the repository") {
@@ -265,7 +267,7 @@ const COMPOSE_REJECTED: &[(&str, &str)] = &[
     ),
     (
         "compose/compose-go/loader/full-example.yml",
-        "bind source not in repo, cannot apply external, container_name with replicas, file not in repo, network_mode with networks, path outside repo, secret without value, static address outside its subnet, undefined reference, unsupported additional_contexts, unsupported platforms, unsupported secrets, unsupported ssh, unsupported tags",
+        "bind source not in repo, cannot apply external, container_name with replicas, file not in repo, network_mode with networks, path outside repo, secret without value, start-first with fixed host port, static address outside its subnet, undefined reference, unsupported additional_contexts, unsupported platforms, unsupported secrets, unsupported ssh, unsupported tags",
     ),
     (
         "compose/compose-go/loader/testdata/combined/compose.yaml",

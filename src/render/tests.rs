@@ -317,14 +317,12 @@ fn secrets_placeholder_mode_lists_missing_names() {
     assert_eq!(r.masker().mask("pw=hunter2-pw"), "pw=******");
 }
 
-#[test]
-fn secrets_require_mode_fails_naming_how_to_set_it() {
+/// A renderer of `a.j2` = `template` for `prod` in [`SecretMode::Require`],
+/// with only `db_password` set (the directory lives as long as the result).
+fn requiring(template: &str) -> (Renderer, tempfile::TempDir) {
     let dir = secret_dir();
     let r = Renderer::with_context(
-        snapshot(&[(
-            "a.j2",
-            "ok: {{ secret('db_password') }}\n{{ secret('api_token') }}",
-        )]),
+        snapshot(&[("a.j2", template)]),
         "prod",
         json!({}),
         SecretSource {
@@ -333,6 +331,12 @@ fn secrets_require_mode_fails_naming_how_to_set_it() {
         },
         SecretMode::Require,
     );
+    (r, dir)
+}
+
+#[test]
+fn secrets_require_mode_fails_naming_how_to_set_it() {
+    let (r, _dir) = requiring("ok: {{ secret('db_password') }}\n{{ secret('api_token') }}");
     let d = error(&r, "a");
     assert_eq!(d.env.as_deref(), Some("prod"));
     assert_eq!(d.file.as_deref(), Some("a.j2"));
@@ -347,19 +351,8 @@ fn secrets_require_mode_fails_naming_how_to_set_it() {
 
 #[test]
 fn one_error_names_every_missing_secret_of_a_file_with_its_line() {
-    let dir = secret_dir();
-    let r = Renderer::with_context(
-        snapshot(&[(
-            "a.j2",
-            "a: {{ secret('api_token') }}\nb: {{ secret('db_password') }}\nc: {{ secret('smtp') }}\nd: {{ secret('api_token') }}\ne: {{ secret('jwt') }}\n",
-        )]),
-        "prod",
-        json!({}),
-        SecretSource {
-            dir: Some(dir.path().to_owned()),
-            from_env: false,
-        },
-        SecretMode::Require,
+    let (r, _dir) = requiring(
+        "a: {{ secret('api_token') }}\nb: {{ secret('db_password') }}\nc: {{ secret('smtp') }}\nd: {{ secret('api_token') }}\ne: {{ secret('jwt') }}\n",
     );
     let d = error(&r, "a");
     assert_eq!(d.line, Some(1), "{d}");

@@ -167,13 +167,9 @@ fn secrets_but(except: &[&str]) -> tempfile::TempDir {
     secrets
 }
 
-/// One run says everything that is missing, and nothing that only follows
-/// from it (the backup jobs of a stack that did not render).
-#[test]
-fn a_dry_run_names_every_missing_secret_once_and_no_consequences() {
-    let missing = ["postgres_password", "redis_password", "jwt_secret"];
-    let secrets = secrets_but(&missing);
-    let dir = secrets.path().to_str().unwrap();
+/// `reconcile --dry-run` of `dev` as its daemon identity, with the secrets
+/// in `secrets_dir`.
+fn dry_run_dev(secrets_dir: &str) -> crate::support::Run {
     let args = [
         "reconcile",
         "--env",
@@ -182,9 +178,19 @@ fn a_dry_run_names_every_missing_secret_once_and_no_consequences() {
         "--identity",
         "ops-dev",
         "--secrets-dir",
-        dir,
+        secrets_dir,
     ];
-    let run = driftless(&example_repo(), &args);
+    driftless(&example_repo(), &args)
+}
+
+/// One run says everything that is missing, and nothing that only follows
+/// from it (the backup jobs of a stack that did not render).
+#[test]
+fn a_dry_run_names_every_missing_secret_once_and_no_consequences() {
+    let missing = ["postgres_password", "redis_password", "jwt_secret"];
+    let secrets = secrets_but(&missing);
+    let dir = secrets.path().to_str().unwrap();
+    let run = dry_run_dev(dir);
     assert_eq!(run.code, 1, "{run:?}");
     let errors: Vec<&str> = run
         .stderr
@@ -222,17 +228,7 @@ fn a_dry_run_names_every_missing_secret_once_and_no_consequences() {
 fn the_first_dry_run_of_dev_plans_every_service_and_the_rule_files_after_them() {
     let secrets = secrets_but(&[]);
     let dir = secrets.path().to_str().unwrap();
-    let args = [
-        "reconcile",
-        "--env",
-        "dev",
-        "--dry-run",
-        "--identity",
-        "ops-dev",
-        "--secrets-dir",
-        dir,
-    ];
-    let run = driftless(&example_repo(), &args);
+    let run = dry_run_dev(dir);
     assert_eq!(run.code, 0, "{run:?}");
     for service in ["traefik", "postgres", "prometheus", "grafana", "kibana"] {
         let line = format!("+ docker-local: service aiops-dev/{service}  create");

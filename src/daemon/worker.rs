@@ -81,11 +81,14 @@ impl Dirty {
     }
 }
 
+/// A pass that must plan against the live state outranks one that may end
+/// at the fingerprint, so a poll arriving while a drift check is pending
+/// does not turn it into a poll.
 fn rank(t: Trigger) -> u8 {
     match t {
-        Trigger::Drift | Trigger::Retry => 0,
-        Trigger::Poll | Trigger::Watch => 1,
-        Trigger::Webhook => 2,
+        Trigger::Poll | Trigger::Watch => 0,
+        Trigger::Webhook => 1,
+        Trigger::Drift | Trigger::Retry => 2,
         Trigger::Startup | Trigger::Manual => 3,
     }
 }
@@ -94,6 +97,10 @@ fn rank(t: Trigger) -> u8 {
 #[derive(Debug, Default)]
 pub struct WorkerStats {
     pub passes: AtomicU64,
+    /// Passes that compared the whole live state with the commit (start-up,
+    /// the drift timer, retries, operators), as opposed to polls and
+    /// webhooks that may end at the live state's fingerprint.
+    pub drift_checks: AtomicU64,
     pub running: AtomicBool,
     pub last_error: Mutex<Option<String>>,
 }
@@ -102,6 +109,7 @@ impl WorkerStats {
     pub fn snapshot(&self) -> WorkerStatus {
         WorkerStatus {
             passes: self.passes.load(Ordering::Relaxed),
+            drift_checks: self.drift_checks.load(Ordering::Relaxed),
             running: self.running.load(Ordering::Relaxed),
             last_error: self
                 .last_error
@@ -116,6 +124,8 @@ impl WorkerStats {
 pub struct WorkerStatus {
     /// Passes run since the daemon started.
     pub passes: u64,
+    /// Of those, the passes that planned against the whole live state.
+    pub drift_checks: u64,
     pub running: bool,
     /// The transient failure being retried, if any.
     pub last_error: Option<String>,
@@ -194,11 +204,15 @@ pub async fn run(
         // A pass that may have ended at the fingerprint is no drift check:
         // with polls more frequent than the drift interval, resetting the
         // timer after each of them kept drift correction from ever running.
-        if crate::reconcile::decide::always_plans(trigger) {
+        let drift_check = crate::reconcile::decide::always_plans(trigger);
+        if drift_check {
             next_drift = Instant::now() + drift_interval;
         }
         match end {
             PassEnd::Done => {
+                if drift_check {
+                    stats.drift_checks.fetch_add(1, Ordering::Relaxed);
+                }
                 retry = None;
                 *stats.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
             }
@@ -234,6 +248,18 @@ mod tests {
         assert!(d.take().is_none());
         let again = tokio::time::timeout(Duration::from_millis(20), d.notify.notified()).await;
         assert!(again.is_err(), "a second permit was stored");
+    }
+
+    #[test]
+    fn a_poll_does_not_turn_a_pending_drift_check_into_a_poll() {
+        let d = Dirty::default();
+        d.mark(Trigger::Drift);
+        d.mark(Trigger::Poll);
+        d.mark(Trigger::Webhook);
+        assert_eq!(d.take().map(|(t, _)| t), Some(Trigger::Drift));
+        d.mark(Trigger::Retry);
+        d.mark(Trigger::Manual);
+        assert_eq!(d.take().map(|(t, _)| t), Some(Trigger::Manual));
     }
 
     #[test]

@@ -1163,6 +1163,49 @@ async fn drift_is_corrected_and_a_removed_environment_keeps_its_resources() {
     assert_eq!(stack.page().await.trim(), "good v1");
 }
 
+/// #20: polls more frequent than the drift interval do not keep the drift
+/// timer from firing. A poll that finds the head unchanged may end at the
+/// live state's fingerprint; only the timer's passes compare the whole live
+/// state, and the status counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_drift_timer_fires_while_polls_run_more_often() {
+    let Some(_engine) = engine().await else {
+        return;
+    };
+    let receiver = Receiver::start().await;
+    let stack = Stack::new("daemon-drift-timer", BUSYBOX, &receiver.url);
+    let _cleanup = Cleanup::new(&[&stack.project]);
+    let secrets = secrets_dir();
+    let state = tempfile::tempdir().unwrap();
+    let mut files = stack.files("good v1", GOOD_CHECK, "");
+    files[0].1 = files[0]
+        .1
+        .replace("drift_interval: 1h", "drift_interval: 3s");
+    let bare = Bare::new(&files);
+    let c1 = crate::daemon_support::git(&bare.path(), &["rev-parse", "main"]);
+    let env = stack.env.clone();
+    let long = Duration::from_secs(120);
+    let mut options = stack.options(&bare, state.path(), secrets.path());
+    options.poll = "1s";
+    options.watch = false;
+    let mut d = Daemon::start(&options);
+    d.ready().await;
+    let s = d.wait(&env, "first deploy", long, last_good_is(&c1)).await;
+    let (passes, checks) = (
+        s["worker"]["passes"].as_u64().unwrap(),
+        s["worker"]["drift_checks"].as_u64().unwrap(),
+    );
+    // Two drift checks later, polls ran in between (about three a check).
+    let s = d
+        .wait(&env, "two drift checks", long, |s| {
+            s["worker"]["drift_checks"].as_u64().unwrap_or(0) >= checks + 2
+        })
+        .await;
+    let polls = s["worker"]["passes"].as_u64().unwrap() - passes - 2;
+    assert!(polls >= 2, "no polls between the drift checks: {s}");
+    assert!(last_good_is(&c1)(&s), "{s}");
+}
+
 /// #20.5: the drift timer re-applies the last good commit and it fails
 /// again inside the settle window (it exits at start while its volume
 /// holds a marker). The last good commit is never marked failed: the

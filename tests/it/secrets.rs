@@ -96,9 +96,9 @@ const CONSTRUCTS: &[(&str, &str)] = &[
 
 /// A secret passed through filters, methods, slices, concatenation and a
 /// macro is masked in every output: `render`, a dry-run's plan diff, the
-/// `io.driftless.definition` label, the state store, the status page and
-/// the API — each checked for the clear text as deployed, HTML-escaped and
-/// JSON-escaped.
+/// `io.driftless.definition` label, the state store, the status page,
+/// `/metrics`, the API and a config backup — each checked for the clear
+/// text as deployed, HTML-escaped and JSON-escaped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_secret_through_any_template_construct_is_masked_in_every_output() {
     use crate::daemon_support::{Bare, Daemon, Options, cli};
@@ -122,11 +122,19 @@ async fn a_secret_through_any_template_construct_is_masked_in_every_output() {
         s.push_str(extra);
         s
     };
+    // A config backup: the rendered files, uncompressed so a leak is
+    // readable in what the destination holds.
+    let backups = tempfile::tempdir().unwrap();
+    let backup_job = format!(
+        "jobs:\n  - name: config\n    schedule: \"@daily\"\n    source: {{ config: {{}} }}\n    compression: none\n    destination: {{ local: {} }}\n",
+        backups.path().display()
+    );
     let files = |extra: &str| {
         vec![
             ("driftless.yaml", manifest.clone()),
             ("environments/values.yaml", "{}\n".to_owned()),
             ("compose/stack.yaml.j2", stack(extra)),
+            ("backups/config.yaml", backup_job.clone()),
         ]
     };
     let bare = Bare::new(&files(""));
@@ -231,6 +239,9 @@ async fn a_secret_through_any_template_construct_is_masked_in_every_output() {
     let page = d.client().get(d.url("/")).send().await.unwrap();
     assert_eq!(page.status(), 200);
     outputs.push(("status page".into(), page.text().await.unwrap()));
+    let metrics = d.client().get(d.url("/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    outputs.push(("/metrics".into(), metrics.text().await.unwrap()));
     let reconcile_id = status["last_reconcile"]["id"].as_i64().unwrap();
     for path in [
         "/api/v1/history".to_owned(),
@@ -265,6 +276,35 @@ async fn a_secret_through_any_template_construct_is_masked_in_every_output() {
         Some(0)
     );
     outputs.push(("daemon log".into(), d.log_text()));
+    let mut run = vec![
+        "backup",
+        "run",
+        "config",
+        "--env",
+        &env,
+        "--state-dir",
+        &state_arg,
+    ];
+    run.extend(repo_args);
+    let (code, out, err) = cli(&run);
+    assert_eq!(code, 0, "{err}");
+    outputs.push(("backup run".into(), out + &err));
+    let mut stored = 0;
+    let mut dirs = vec![backups.path().to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            if entry.path().is_dir() {
+                dirs.push(entry.path());
+            } else {
+                let bytes = std::fs::read(entry.path()).unwrap();
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                stored += usize::from(text.contains("postgres://app:******@db/app"));
+                outputs.push((entry.path().display().to_string(), text));
+            }
+        }
+    }
+    // The backup holds the rendered stack, masked.
+    assert_eq!(stored, 1, "no masked stack in the config backup");
     for entry in std::fs::read_dir(state.path()).unwrap().flatten() {
         if entry.path().is_file() {
             let bytes = std::fs::read(entry.path()).unwrap();

@@ -1206,6 +1206,68 @@ async fn the_drift_timer_fires_while_polls_run_more_often() {
     assert!(last_good_is(&c1)(&s), "{s}");
 }
 
+/// #20.7: on a host with the usual 1,024 descriptors (soft and hard), 1,100
+/// idle sockets neither keep the page from answering nor stop drift
+/// correction: past its connection cap (half the descriptors) the daemon
+/// leaves connections waiting instead of spending the descriptors the
+/// engine, Git and the store need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_descriptor_limit_of_1024_and_1100_idle_sockets_keep_drift_correction_going() {
+    let Some(engine) = engine().await else {
+        return;
+    };
+    let docker = engine.docker();
+    // The test's own end of 1,100 sockets needs more than 1,024.
+    driftless::http::server::raise_nofile_limit();
+    let receiver = Receiver::start().await;
+    let stack = Stack::new("daemon-nofile", BUSYBOX, &receiver.url);
+    let _cleanup = Cleanup::new(&[&stack.project]);
+    let secrets = secrets_dir();
+    let state = tempfile::tempdir().unwrap();
+    let mut files = stack.files("good v1", GOOD_CHECK, "");
+    files[0].1 = files[0]
+        .1
+        .replace("drift_interval: 1h", "drift_interval: 2s");
+    let bare = Bare::new(&files);
+    let c1 = crate::daemon_support::git(&bare.path(), &["rev-parse", "main"]);
+    let env = stack.env.clone();
+    let long = Duration::from_secs(120);
+    let mut d =
+        Daemon::start_with_nofile(&stack.options(&bare, state.path(), secrets.path()), 1024);
+    d.ready().await;
+    d.wait(&env, "first deploy", long, last_good_is(&c1)).await;
+
+    let addr = format!("127.0.0.1:{}", d.port);
+    let mut idle = Vec::new();
+    for _ in 0..1100 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // The page answers (once the header timeout frees a slot at the latest).
+    let page = d
+        .client()
+        .get(d.url("/"))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .expect("the page answers under 1,100 idle sockets");
+    assert_eq!(page.status(), 200);
+    // Drift correction still reaches the engine.
+    let before = containers(docker, &stack.project).await;
+    assert_eq!(before.len(), 1);
+    std::process::Command::new("docker")
+        .args(["rm", "-f", &before[0].0])
+        .output()
+        .unwrap();
+    d.wait(&env, "drift corrected", long, |s| {
+        s["last_reconcile"]["trigger"] == "drift" && s["last_reconcile"]["outcome"] == "healthy"
+    })
+    .await;
+    assert_eq!(stack.page().await.trim(), "good v1");
+    drop(idle);
+    let log = d.log_text();
+    assert!(!log.contains("Too many open files"), "{log}");
+}
+
 /// #20.5: the drift timer re-applies the last good commit and it fails
 /// again inside the settle window (it exits at start while its volume
 /// holds a marker). The last good commit is never marked failed: the

@@ -158,15 +158,21 @@ impl Daemon {
     /// [`Daemon::start`] listening on `host` (`0.0.0.0`: reachable from a
     /// non-loopback address too); [`Daemon::url`] still uses loopback.
     pub fn start_on(o: &Options, host: &str) -> Daemon {
-        Daemon::spawn(o, host, &[])
+        Daemon::spawn(o, host, &[], None)
     }
 
     /// [`Daemon::start`] with extra `daemon` flags.
     pub fn start_with_flags(o: &Options, flags: &[&str]) -> Daemon {
-        Daemon::spawn(o, "127.0.0.1", flags)
+        Daemon::spawn(o, "127.0.0.1", flags, None)
     }
 
-    fn spawn(o: &Options, host: &str, flags: &[&str]) -> Daemon {
+    /// [`Daemon::start`] with `RLIMIT_NOFILE` set to `limit` (soft and
+    /// hard), as on a host with the usual 1,024 descriptors.
+    pub fn start_with_nofile(o: &Options, limit: u64) -> Daemon {
+        Daemon::spawn(o, "127.0.0.1", &[], Some(limit))
+    }
+
+    fn spawn(o: &Options, host: &str, flags: &[&str], nofile: Option<u64>) -> Daemon {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let port = free_port();
         let log_dir = Arc::new(tempfile::tempdir().unwrap());
@@ -213,6 +219,23 @@ impl Daemon {
             .env("DRIFTLESS_API_TOKEN", API_TOKEN);
         for (k, v) in &o.vars {
             cmd.env(k, v);
+        }
+        if let Some(limit) = nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
         }
         let child = cmd.spawn().expect("start the daemon");
         Daemon {

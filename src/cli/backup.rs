@@ -11,6 +11,7 @@ use driftless::backup::codec::Identities;
 use driftless::backup::destination::Destination;
 use driftless::backup::{Context, runner};
 use driftless::check::schedule::Schedule;
+use driftless::daemon::lock::{self, OpLock};
 use driftless::model::BackupJob;
 use driftless::reconcile;
 use driftless::render::SecretMode;
@@ -121,6 +122,41 @@ fn find<'a>(jobs: &'a [BackupJob], name: &str, env: &str) -> Result<&'a BackupJo
     })
 }
 
+/// The environment's operation lock, held while a CLI backup or restore
+/// changes its containers: taken after the daemon's running pass (or
+/// scheduled backup) ends, and keeping the next one from starting. On drop
+/// it is released and a running daemon woken to look at the environment.
+struct Hold {
+    op: Option<OpLock>,
+    state_dir: std::path::PathBuf,
+    env: String,
+}
+
+fn hold(common: &Common, what: &str) -> Result<Hold> {
+    let state_dir = common.state.dir();
+    let holder = format!("`driftless {what}` (pid {})", std::process::id());
+    let op = OpLock::acquire(&state_dir, &common.env, &holder, |other| {
+        eprintln!(
+            "waiting for {other} to finish with environment {}",
+            common.env
+        );
+    })
+    .context("take the environment's operation lock")?;
+    Ok(Hold {
+        op: Some(op),
+        state_dir,
+        env: common.env.clone(),
+    })
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        drop(self.op.take());
+        // Best effort: without a daemon nobody watches the wake file.
+        let _ = lock::wake(&self.state_dir, &self.env);
+    }
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -217,6 +253,7 @@ fn run_job(args: JobArgs) -> Result<i32> {
     let store =
         std::sync::Arc::new(Store::open(&args.common.state.dir()).context("open the state store")?);
     let ids = identities()?;
+    let _hold = hold(&args.common, &format!("backup run {name}"))?;
     let report = runtime()?.block_on(async {
         let ctx = Context::connect(
             &loaded.checked.state,
@@ -381,6 +418,7 @@ fn restore(args: RestoreArgs) -> Result<i32> {
             return Ok(1);
         }
     }
+    let hold = hold(common, &format!("backup restore {}", job.name))?;
     let result = runtime()?.block_on(async {
         let ctx = Context::connect(
             &loaded.checked.state,
@@ -391,6 +429,7 @@ fn restore(args: RestoreArgs) -> Result<i32> {
         .with_identities(ids);
         runner::restore(&ctx, job, &manifest).await
     });
+    drop(hold);
     match result {
         Ok(()) => {
             println!("{}: restored backup {}", job.name, manifest.id);

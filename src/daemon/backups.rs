@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::alert::{Event, EventKind};
+use super::lock::{LockError, OpLock};
 use super::pass::EnvContext;
 use super::repo::Lookup;
 use crate::backup::Context;
@@ -24,6 +25,8 @@ use crate::store::BackupTrigger;
 
 /// How often the scheduler looks for a new last good commit (one query).
 const RELOAD: Duration = Duration::from_secs(5);
+/// How often a due job looks again at an operation lock someone holds.
+const OP_LOCK_RETRY: Duration = Duration::from_millis(250);
 
 /// The scheduled time that passed unrun since `last_run` (unix ms), if any.
 pub fn missed(
@@ -188,6 +191,22 @@ async fn run_job(
     job: &BackupJob,
     trigger: BackupTrigger,
 ) -> RunReport {
+    // Not while a pass or a CLI restore changes the containers.
+    let holder = format!(
+        "the daemon's backup job {} (pid {})",
+        job.name,
+        std::process::id()
+    );
+    let _op = loop {
+        match OpLock::try_acquire(&env.state_dir, &env.name, &holder) {
+            Err(LockError::Held { .. }) => tokio::time::sleep(OP_LOCK_RETRY).await,
+            Err(e) => {
+                tracing::warn!(env = %env.name, job = %job.name, error = %e, "running without the operation lock");
+                break None;
+            }
+            Ok(op) => break Some(op),
+        }
+    };
     let report = runner::run(&l.ctx, job, trigger, Some(&env.store)).await;
     if let Some(e) = &report.error {
         notify(

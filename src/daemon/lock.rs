@@ -10,6 +10,13 @@
 //! Next to it, `<env>.wake` is touched by CLI commands that change an
 //! environment's control (pin, suspend, resume); the daemon watches the
 //! directory and runs the environment again.
+//!
+//! `<env>.op` is the operation lock ([`OpLock`]): held for as long as
+//! something changes the environment's containers — a daemon pass, a
+//! scheduled backup, a CLI `backup run` or `backup restore`. A restore
+//! that stops a service therefore never overlaps a pass that would see the
+//! container exit, restart it mid-restore and judge the commit by it; a
+//! pass that finds the lock held waits (a retry, not a verdict).
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
@@ -65,51 +72,138 @@ pub fn wake(state_dir: &Path, env: &str) -> std::io::Result<()> {
     )
 }
 
+/// `<state>/locks/<env>.op`.
+pub fn op_path(state_dir: &Path, env: &str) -> PathBuf {
+    dir(state_dir).join(format!("{env}.op"))
+}
+
+/// `<state>/locks/<env>.op.next`: held by whoever waits for `<env>.op`.
+fn next_path(state_dir: &Path, env: &str) -> PathBuf {
+    dir(state_dir).join(format!("{env}.op.next"))
+}
+
 impl EnvLock {
     /// Takes the lock of `env` without waiting; writes `holder` into it.
     pub fn try_acquire(state_dir: &Path, env: &str, holder: &str) -> Result<EnvLock, LockError> {
-        let path = path(state_dir, env);
-        let io = |source| LockError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        std::fs::create_dir_all(dir(state_dir)).map_err(io)?;
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
-        // SAFETY: flock on a file descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
-                return Err(LockError::Held {
-                    env: env.to_owned(),
-                    holder: if holder.is_empty() {
-                        "another process".to_owned()
-                    } else {
-                        holder.to_owned()
-                    },
-                    path: path.display().to_string(),
-                });
-            }
-            return Err(io(err));
-        }
-        file.set_len(0).map_err(io)?;
-        file.rewind().map_err(io)?;
-        file.write_all(holder.as_bytes()).map_err(io)?;
-        Ok(EnvLock { file, path })
+        flock_at(path(state_dir, env), state_dir, env, holder)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// The operation lock of an environment (see the module docs); released on
+/// drop. Every acquisition opens the file anew, so two holders in one
+/// process exclude each other as two processes do.
+///
+/// Fair to the one who waits: [`OpLock::acquire`] first takes
+/// `<env>.op.next`, and [`OpLock::try_acquire`] (the daemon's passes and
+/// scheduled backups, which come back every second) yields while anyone
+/// holds that, so a CLI restore is not starved by back-to-back passes.
+#[derive(Debug)]
+pub struct OpLock {
+    _held: EnvLock,
+    _next: Option<EnvLock>,
+}
+
+impl OpLock {
+    /// Takes the operation lock of `env` without waiting; refused while
+    /// someone waits for it in [`OpLock::acquire`].
+    pub fn try_acquire(state_dir: &Path, env: &str, holder: &str) -> Result<OpLock, LockError> {
+        // Held by a waiter: that one goes first. Free: released at once.
+        drop(flock_at(next_path(state_dir, env), state_dir, env, holder)?);
+        let held = flock_at(op_path(state_dir, env), state_dir, env, holder)?;
+        Ok(OpLock {
+            _held: held,
+            _next: None,
+        })
+    }
+
+    /// Takes it, waiting while someone else holds it; `waiting` is called
+    /// once with the holder's name when it has to wait.
+    pub fn acquire(
+        state_dir: &Path,
+        env: &str,
+        holder: &str,
+        waiting: impl FnOnce(&str),
+    ) -> Result<OpLock, LockError> {
+        let mut waiting = Some(waiting);
+        let mut say = |other: &str| {
+            if let Some(say) = waiting.take() {
+                say(other);
+            }
+        };
+        // The holder is a pass or a backup; they take seconds.
+        let pause = || std::thread::sleep(std::time::Duration::from_millis(100));
+        let next = loop {
+            match flock_at(next_path(state_dir, env), state_dir, env, holder) {
+                Err(LockError::Held { holder: other, .. }) => {
+                    say(&other);
+                    pause();
+                }
+                other => break other?,
+            }
+        };
+        loop {
+            match flock_at(op_path(state_dir, env), state_dir, env, holder) {
+                Err(LockError::Held { holder: other, .. }) => {
+                    say(&other);
+                    pause();
+                }
+                other => {
+                    return Ok(OpLock {
+                        _held: other?,
+                        _next: Some(next),
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn flock_at(
+    path: PathBuf,
+    state_dir: &Path,
+    env: &str,
+    holder: &str,
+) -> Result<EnvLock, LockError> {
+    let io = |source| LockError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir(state_dir)).map_err(io)?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io)?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(LockError::Held {
+                env: env.to_owned(),
+                holder: if holder.is_empty() {
+                    "another process".to_owned()
+                } else {
+                    holder.to_owned()
+                },
+                path: path.display().to_string(),
+            });
+        }
+        return Err(io(err));
+    }
+    file.set_len(0).map_err(io)?;
+    file.rewind().map_err(io)?;
+    file.write_all(holder.as_bytes()).map_err(io)?;
+    Ok(EnvLock { file, path })
 }
 
 impl Drop for EnvLock {
@@ -137,5 +231,36 @@ mod tests {
         let _b = EnvLock::try_acquire(dir.path(), "prod", "cli").unwrap();
         drop(a);
         EnvLock::try_acquire(dir.path(), "dev", "cli").unwrap();
+    }
+
+    #[test]
+    fn the_operation_lock_excludes_within_one_process_and_waits_for_release() {
+        let dir = tempfile::tempdir().unwrap();
+        // The daemon's environment lock does not hold the operation lock.
+        let _env = EnvLock::try_acquire(dir.path(), "dev", "daemon pid 1").unwrap();
+        let pass = OpLock::try_acquire(dir.path(), "dev", "daemon pass").unwrap();
+        let e = OpLock::try_acquire(dir.path(), "dev", "backup").unwrap_err();
+        assert!(
+            matches!(&e, LockError::Held { holder, .. } if holder == "daemon pass"),
+            "{e}"
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let state = dir.path().to_owned();
+        let waiter = std::thread::spawn(move || {
+            OpLock::acquire(&state, "dev", "restore", |h| tx.send(h.to_owned()).unwrap())
+                .map(|_| ())
+        });
+        // It says whom it waits for; meanwhile the next pass yields to it.
+        assert_eq!(rx.recv().unwrap(), "daemon pass");
+        let e = OpLock::try_acquire(dir.path(), "dev", "next pass").unwrap_err();
+        assert!(
+            matches!(&e, LockError::Held { holder, .. } if holder == "restore"),
+            "{e}"
+        );
+        drop(pass);
+        let restore = waiter.join().unwrap();
+        assert!(restore.is_ok(), "{restore:?}");
+        // Released with the restore: the next pass runs.
+        OpLock::try_acquire(dir.path(), "dev", "next pass").unwrap();
     }
 }

@@ -287,6 +287,7 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
             verify_poll: config.verify_poll,
             lease: electors.get(env).cloned(),
             metrics: metrics.clone(),
+            state_dir: config.state_dir.clone(),
         };
         if let Some(elector) = electors.get(env) {
             tasks.spawn(lease::run(

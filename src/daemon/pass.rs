@@ -43,6 +43,8 @@ pub struct EnvContext {
     pub lease: Option<Arc<super::lease::Elector>>,
     /// The daemon's counters (`/metrics`).
     pub metrics: Arc<crate::http::metrics::Metrics>,
+    /// The state directory (for the environment's operation lock).
+    pub state_dir: std::path::PathBuf,
 }
 
 impl EnvContext {

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::lock::{LockError, OpLock};
 use super::pass::{self, EnvContext, Memo, PassEnd};
 use crate::store::Trigger;
 
@@ -191,9 +192,21 @@ pub async fn run(
             trigger = trigger.as_str(),
             commit = tracing::field::Empty
         );
-        let end = pass::run(&ctx, &mut memo, trigger, since)
-            .instrument(span)
-            .await;
+        // A CLI backup or restore (or a scheduled backup) changing the
+        // containers holds the operation lock: the pass waits for it
+        // instead of judging the commit by a container someone stopped.
+        let holder = format!("the daemon's pass (pid {})", std::process::id());
+        let end = match OpLock::try_acquire(&ctx.state_dir, &ctx.name, &holder) {
+            Ok(_op) => {
+                pass::run(&ctx, &mut memo, trigger, since)
+                    .instrument(span)
+                    .await
+            }
+            Err(LockError::Held { holder, .. }) => PassEnd::Retry(format!(
+                "{holder} is changing the environment; the pass runs when it is done"
+            )),
+            Err(e) => PassEnd::Retry(e.to_string()),
+        };
         stats.running.store(false, Ordering::Relaxed);
         if let Some(lease) = &ctx.lease {
             lease.state_changed();

@@ -1193,3 +1193,149 @@ async fn daemon_runs_jobs_on_schedule_and_before_an_apply() {
         "{out}"
     );
 }
+
+/// #17 item 1: CLI restores while the daemon drives the environment (a
+/// drift check every second). Each restore stops the service; the daemon's
+/// passes wait on the environment's operation lock instead of restarting
+/// the container mid-restore and judging the commit by it. Every restore
+/// succeeds, the last good commit is never marked failed, and drift
+/// correction still works afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_restores_while_the_daemon_runs_never_poison_the_last_good_commit() {
+    use crate::daemon_support::{Bare, Daemon, Options, cli};
+    let Some(docker) = docker().await else { return };
+    let project = docker_support::project_name("brace");
+    let _cleanup = Cleanup::new(&[&project]);
+    let env = format!("e{}", project.trim_start_matches("dlt-"));
+    let dest_dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let files = vec![
+        (
+            "driftless.yaml",
+            format!(
+                "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {{}}\nenvironments:\n  {env}:\n    values: environments/values.yaml\n    targets: [local]\n    health: {{ deadline: 60s, settle: 1s }}\n    drift_interval: 1s\n"
+            ),
+        ),
+        ("environments/values.yaml", "{}\n".to_owned()),
+        (
+            "compose/stack.yaml",
+            format!(
+                // Stopped, it exits 143 as a server killed by SIGTERM does:
+                // a verdict the daemon would act on.
+                "name: {project}\nservices:\n  app:\n    image: {BUSYBOX}\n    command: [sh, -c, \"trap 'exit 143' TERM; sleep 3600 & wait\"]\n    volumes:\n      - data:/data\nvolumes:\n  data: {{}}\n"
+            ),
+        ),
+        (
+            "backups/jobs.yaml",
+            format!(
+                "jobs:\n  - name: files\n    schedule: \"0 3 * * 1\"\n    source: {{ volume: {{ volume: data, service: app }} }}\n    consistency: stop\n    destination: {{ local: {} }}\n",
+                dest_dir.path().display()
+            ),
+        ),
+    ];
+    let bare = Bare::new(&files);
+    let c1 = crate::daemon_support::git(&bare.path(), &["rev-parse", "main"]);
+    let mut d = Daemon::start(&Options {
+        repo: bare.path(),
+        env: env.clone(),
+        state_dir: state.path().to_owned(),
+        secrets_dir: secrets.path().to_owned(),
+        poll: "1s",
+        watch: false,
+        extra: String::new(),
+        vars: vec![],
+    });
+    d.ready().await;
+    let long = Duration::from_secs(120);
+    d.wait(&env, "first deploy", long, |s| {
+        s["last_good"]["commit"] == c1
+    })
+    .await;
+    let app = driftless::backup::docker::one_container(&docker, &project, "app")
+        .await
+        .unwrap();
+    // Enough data that a restore takes a few polls' time.
+    bs::exec(
+        &docker,
+        &app,
+        &[
+            "sh",
+            "-c",
+            "echo precious > /data/f && head -c 100000000 /dev/urandom > /data/big",
+        ],
+    )
+    .await
+    .unwrap();
+
+    let repo = bare.path().to_str().unwrap().to_owned();
+    let state_arg = state.path().to_str().unwrap().to_owned();
+    let secrets_arg = secrets.path().to_str().unwrap().to_owned();
+    let with_env = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend([
+            "--env",
+            &env,
+            "--repo",
+            &repo,
+            "--rev",
+            "main",
+            "--state-dir",
+            &state_arg,
+            "--secrets-dir",
+            &secrets_arg,
+        ]);
+        cli(&all)
+    };
+    let (code, _, err) = with_env(&["backup", "run", "files"]);
+    assert_eq!(code, 0, "{err}\n{}", d.log_text());
+    for round in 0..4 {
+        let app = driftless::backup::docker::one_container(&docker, &project, "app")
+            .await
+            .unwrap();
+        bs::exec(&docker, &app, &["sh", "-c", "echo broken > /data/f"])
+            .await
+            .unwrap();
+        let (code, out, err) = with_env(&["backup", "restore", "files", "--yes"]);
+        assert_eq!(code, 0, "restore {round}: {out}{err}\n{}", d.log_text());
+        let app = driftless::backup::docker::one_container(&docker, &project, "app")
+            .await
+            .unwrap();
+        assert_eq!(
+            bs::exec(&docker, &app, &["cat", "/data/f"]).await.unwrap(),
+            "precious\n",
+            "restore {round}"
+        );
+    }
+    let s = d.status(&env).await.expect("status");
+    let failed = s["failed_commits"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|f| f["commit"] == c1));
+    assert!(!failed, "the last good commit was marked failed: {s}");
+    assert_eq!(s["last_good"]["commit"], c1, "{s}");
+    assert!(s["control"]["suspended"].is_null(), "{s}");
+
+    // Drift correction still runs: a removed container comes back (found
+    // by a poll's fingerprint or the drift timer, whichever is first).
+    let app = driftless::backup::docker::one_container(&docker, &project, "app")
+        .await
+        .unwrap();
+    let out = std::process::Command::new("docker")
+        .args(["rm", "-f", &app])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let last = s["last_reconcile"]["id"].as_i64().unwrap_or(0);
+    d.wait(&env, "drift corrected", long, |s| {
+        s["last_reconcile"]["id"].as_i64().unwrap_or(0) > last
+            && s["last_reconcile"]["outcome"] == "healthy"
+    })
+    .await;
+    let back = driftless::backup::docker::one_container(&docker, &project, "app")
+        .await
+        .unwrap();
+    assert_eq!(
+        bs::exec(&docker, &back, &["cat", "/data/f"]).await.unwrap(),
+        "precious\n"
+    );
+}

@@ -436,6 +436,17 @@ fn render(args: RenderArgs) -> Result<i32> {
             missing.join(", ")
         );
     }
+    for (file, keys, decrypted) in loaded.renderer.sops_values() {
+        let how = if decrypted {
+            "decrypted, shown masked"
+        } else {
+            "no age identity on this host, rendered as placeholders"
+        };
+        eprintln!(
+            "note: values from SOPS file {file} ({how}): {}",
+            keys.join(", ")
+        );
+    }
     match &args.out {
         Some(dir) => {
             for (path, file) in &loaded.checked.files {

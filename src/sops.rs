@@ -272,6 +272,83 @@ pub fn decrypt(
     })
 }
 
+/// The shape of a SOPS file without decrypting it: the document with each
+/// encrypted leaf as an empty string, and its leaves (encrypted ones with
+/// empty text). For checking a repo where no identity is present.
+pub fn outline(file: &str, bytes: &[u8]) -> Result<Decrypted, SopsError> {
+    let (tree, meta) = parse(file, bytes)?;
+    let mut leaves = Vec::new();
+    let tree = outline_node(
+        tree,
+        &meta,
+        &mut Vec::new(),
+        &mut String::new(),
+        &mut leaves,
+    );
+    Ok(Decrypted {
+        tree,
+        leaves,
+        mac: String::new(),
+    })
+}
+
+fn outline_node(
+    node: Node,
+    meta: &Metadata,
+    keys: &mut Vec<String>,
+    shown: &mut String,
+    leaves: &mut Vec<Leaf>,
+) -> Node {
+    match node {
+        Node::Map(entries) => Node::Map(
+            entries
+                .into_iter()
+                .map(|(k, v)| {
+                    let len = shown.len();
+                    if !shown.is_empty() {
+                        shown.push('.');
+                    }
+                    shown.push_str(&k);
+                    keys.push(k.clone());
+                    let v = outline_node(v, meta, keys, shown, leaves);
+                    keys.pop();
+                    shown.truncate(len);
+                    (k, v)
+                })
+                .collect(),
+        ),
+        Node::List(items) => Node::List(
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let len = shown.len();
+                    let _ = write!(shown, "[{i}]");
+                    let v = outline_node(v, meta, keys, shown, leaves);
+                    shown.truncate(len);
+                    v
+                })
+                .collect(),
+        ),
+        Node::Null => Node::Null,
+        leaf => {
+            let encrypted = meta.should_encrypt(keys);
+            let (node, text) = if encrypted {
+                (Node::Str(String::new()), String::new())
+            } else {
+                let text = scalar_text(&leaf).unwrap_or_default();
+                (leaf, text)
+            };
+            leaves.push(Leaf {
+                path: shown.clone(),
+                text,
+                encrypted,
+            });
+            node
+        }
+    }
+}
+
 /// The data key of a SOPS file, opened with `identities` (for
 /// cross-checks against other age implementations; never print it).
 pub fn open_data_key(

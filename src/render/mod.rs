@@ -11,7 +11,10 @@
 //! path that leaves the repo is an error. The context is the top-level keys
 //! of the environment's values file plus `environment` (the environment's
 //! name); `secret("name")` reads a [`SecretSource`] and records the value for
-//! masking. Render does no IO other than reading secrets.
+//! masking; `sops("path")` decrypts a SOPS file of the snapshot with this
+//! host's age identities ([`crate::sops`]) and treats each encrypted value
+//! the same way. Render does no IO other than reading secrets and
+//! identities.
 //!
 //! A [`Renderer`] is built once per environment and snapshot, compiles each
 //! template once, and can be shared by threads rendering files in parallel.
@@ -410,6 +413,15 @@ impl Renderer {
     /// `environment:`) so that every output masks it.
     pub fn record_secret(&self, value: &str) {
         self.ledger.record(value);
+    }
+
+    /// The encrypted values read from SOPS files by `sops()` so far:
+    /// `(file, key paths, decrypted)` sorted by file; `decrypted` is false
+    /// when there was no age identity and they rendered as placeholders
+    /// ([`SecretMode::Placeholder`]). The values themselves are secrets
+    /// ([`Renderer::masker`]).
+    pub fn sops_values(&self) -> Vec<(String, Vec<String>, bool)> {
+        self.ledger.sops_values()
     }
 
     /// Names `secret()` was called with that are not set, sorted. In

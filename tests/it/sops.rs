@@ -338,3 +338,285 @@ print(json.dumps({'values': out, 'mac': mac}))
         );
     }
 }
+
+/// A SOPS YAML file as `sops encrypt` writes it, made by an independent
+/// encryptor (Python `cryptography` AES-GCM and Go's `age` CLI): string
+/// leaves of `doc` encrypted unless a key ends in `_unencrypted`, the MAC
+/// over every leaf, the data key armored for `recipient`.
+pub fn encrypt_yaml(doc: &serde_json::Value, recipient: &str) -> String {
+    let script = r#"
+import base64, datetime, hashlib, json, os, subprocess, sys
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+doc, recipient = json.loads(sys.argv[1]), sys.argv[2]
+key = os.urandom(32)
+h = hashlib.sha512()
+b = lambda x: base64.b64encode(x).decode()
+def enc(text, aad):
+    iv = os.urandom(32)
+    ct = AESGCM(key).encrypt(iv, text.encode(), aad.encode())
+    return 'ENC[AES256_GCM,data:%s,iv:%s,tag:%s,type:str]' % (b(ct[:-16]), b(iv), b(ct[-16:]))
+def walk(node, keys):
+    if isinstance(node, dict):
+        return {k: walk(v, keys + [k]) for k, v in node.items()}
+    if isinstance(node, list):
+        return [walk(v, keys) for v in node]
+    h.update(node.encode())
+    if any(k.endswith('_unencrypted') for k in keys):
+        return node
+    return enc(node, ':'.join(keys) + ':')
+body = walk(doc, [])
+armored = subprocess.run(['age', '-a', '-r', recipient], input=key, capture_output=True, check=True).stdout.decode()
+now = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
+body['sops'] = {'age': [{'recipient': recipient, 'enc': armored}], 'lastmodified': now,
+                'mac': enc(h.hexdigest().upper(), now), 'unencrypted_suffix': '_unencrypted', 'version': '3.9.0'}
+def emit(node, indent):
+    out = ''
+    for k, v in node.items():
+        if isinstance(v, dict):
+            out += '%s%s:\n%s' % (indent, k, emit(v, indent + '    '))
+        elif isinstance(v, list):
+            out += '%s%s:\n' % (indent, k)
+            for item in v:
+                if not isinstance(item, dict):
+                    out += '%s    - %s\n' % (indent, json.dumps(item))
+                    continue
+                lines = emit(item, indent + '      ').splitlines(True)
+                out += indent + '    - ' + lines[0].lstrip() + ''.join(lines[1:])
+        else:
+            out += '%s%s: %s\n' % (indent, k, json.dumps(v))
+    return out
+sys.stdout.write(emit(body, ''))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &doc.to_string(), recipient])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A new age identity from `age-keygen`, written to `dir/age.key` (where
+/// the daemon looks in its secrets directory); returns the public key.
+pub fn age_keygen(dir: &std::path::Path) -> String {
+    let key = dir.join(sops::IDENTITY_FILE_NAME);
+    let out = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&key)
+        .output()
+        .expect("age-keygen runs (apt install age)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("age-keygen")
+        .arg("-y")
+        .arg(&key)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// What the independent encryptor writes, driftless reads.
+#[test]
+fn a_file_from_an_independent_encryptor_decrypts() {
+    let keys = tempfile::tempdir().unwrap();
+    let recipient = age_keygen(keys.path());
+    let doc = serde_json::json!({"db": {"password": "pa55/word~x", "hosts": ["db-1.internal", "db-2.internal"], "user_unencrypted": "app"}});
+    let text = encrypt_yaml(&doc, &recipient);
+    let identities = ids_at(&keys.path().join(sops::IDENTITY_FILE_NAME));
+    let d = sops::decrypt("x.sops.yaml", text.as_bytes(), Some(&identities)).unwrap();
+    let got: Vec<(&str, &str, bool)> = d
+        .leaves
+        .iter()
+        .map(|l| (l.path.as_str(), l.text.as_str(), l.encrypted))
+        .collect();
+    assert_eq!(
+        got,
+        // In document order (the json! map sorts its keys).
+        [
+            ("db.hosts[0]", "db-1.internal", true),
+            ("db.hosts[1]", "db-2.internal", true),
+            ("db.password", "pa55/word~x", true),
+            ("db.user_unencrypted", "app", false),
+        ]
+    );
+}
+
+fn ids_at(path: &std::path::Path) -> Identities {
+    Identities::parse(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A SOPS value in a Compose environment variable reaches the container in
+/// clear, and is masked in `render`, in the dry-run diff and in logs; a
+/// tampered file stops the reconcile naming the file, nothing applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sops_value_in_a_compose_env_var_is_deployed_and_masked_everywhere() {
+    use crate::daemon_support::{Bare, cli};
+    use crate::docker_support::{BUSYBOX, Cleanup, engine, project_name};
+    const SECRET: &str = "Sops/Pw~9x+Q=LEAKME";
+    let Some(engine) = engine().await else {
+        return;
+    };
+    let docker = engine.docker();
+    let project = project_name("sops-env");
+    let env = format!("e{}", project.trim_start_matches("dlt-").replace('_', "-"));
+    let _cleanup = Cleanup::new(&[&project]);
+    let secrets = tempfile::tempdir().unwrap();
+    let recipient = age_keygen(secrets.path());
+    let sops_file = encrypt_yaml(
+        &serde_json::json!({"db": {"password": SECRET, "user_unencrypted": "app"}}),
+        &recipient,
+    );
+    let manifest = format!(
+        "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {{}}\nenvironments:\n  {env}:\n    values: environments/values.yaml\n    targets: [local]\n    health: {{ deadline: 60s, settle: 1s }}\n"
+    );
+    let stack = |extra: &str| {
+        format!(
+            "{{% set db = sops('secrets/db.sops.yaml').db %}}name: {project}\nservices:\n  app:\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n    environment:\n      DB_PASSWORD: \"{{{{ db.password }}}}\"\n      DB_URL: postgres://{{{{ db.user_unencrypted }}}}:{{{{ db.password | urlencode }}}}@db/app\n{extra}"
+        )
+    };
+    let files = |sops_text: &str, extra: &str| {
+        vec![
+            ("driftless.yaml", manifest.clone()),
+            ("environments/values.yaml", "{}\n".to_owned()),
+            ("secrets/db.sops.yaml", sops_text.to_owned()),
+            ("compose/stack.yaml.j2", stack(extra)),
+        ]
+    };
+    let bare = Bare::new(&files(&sops_file, ""));
+    let state = tempfile::tempdir().unwrap();
+    let repo = bare.path().to_str().unwrap().to_owned();
+    let secrets_arg = secrets.path().to_str().unwrap().to_owned();
+    let state_arg = state.path().to_str().unwrap().to_owned();
+    let mut outputs: Vec<(String, String)> = Vec::new();
+    let repo_args = ["--repo", &repo, "--rev", "main"];
+
+    // Without an identity, render checks the repo with placeholders.
+    let mut render = vec!["render", "--env", &env];
+    render.extend(repo_args);
+    let (code, out, err) = cli(&render);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("DB_PASSWORD: \"<sops:secrets/db.sops.yaml#db.password>\""),
+        "{out}"
+    );
+    assert!(err.contains("no age identity on this host"), "{err}");
+    // With one, render decrypts and shows the values masked, and says
+    // which values came from SOPS.
+    render.extend(["--secrets-dir", &secrets_arg]);
+    let (code, out, err) = cli(&render);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("DB_PASSWORD: \"******\""), "{out}");
+    assert!(
+        out.contains("DB_URL: postgres://app:******@db/app"),
+        "{out}"
+    );
+    assert!(
+        err.contains(
+            "note: values from SOPS file secrets/db.sops.yaml (decrypted, shown masked): db.password"
+        ),
+        "{err}"
+    );
+    outputs.push(("render".into(), out + &err));
+
+    let mut dry = vec![
+        "reconcile",
+        "--env",
+        &env,
+        "--dry-run",
+        "--state-dir",
+        &state_arg,
+        "--secrets-dir",
+        &secrets_arg,
+    ];
+    dry.extend(repo_args);
+    let (code, out, err) = cli(&dry);
+    assert_eq!(code, 0, "{err}");
+    outputs.push(("dry-run before the deploy".into(), out + &err));
+    let apply: Vec<&str> = dry.iter().copied().filter(|a| *a != "--dry-run").collect();
+    let (code, out, err) = cli(&apply);
+    assert_eq!(code, 0, "{out}{err}");
+    outputs.push(("reconcile".into(), out + &err));
+
+    // The container got the clear value.
+    let filter = std::collections::HashMap::from([(
+        "label",
+        vec![format!("com.docker.compose.project={project}")],
+    )]);
+    let list = docker
+        .list_containers(Some(
+            bollard::query_parameters::ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filter)
+                .build(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    let id = list[0].id.clone().unwrap();
+    let inspect = docker
+        .inspect_container(
+            &id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .unwrap();
+    let container_env = inspect.config.unwrap().env.unwrap_or_default();
+    assert!(
+        container_env.contains(&format!("DB_PASSWORD={SECRET}")),
+        "{container_env:?}"
+    );
+
+    // A change: the dry-run diff shows the new variable, masked.
+    bare.commit(
+        &files(&sops_file, "      NEW: \"{{ db.password }}-new\"\n"),
+        "v2",
+    );
+    let (code, out, err) = cli(&dry);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("NEW"), "{out}");
+    outputs.push(("dry-run of a change".into(), out + &err));
+
+    // A tampered file (one byte of the password's ciphertext): refused
+    // naming the file and the value; the container is left as it was.
+    let tampered = {
+        let at = sops_file.find("password: \"ENC[AES256_GCM,data:").unwrap() + 32;
+        let mut bytes = sops_file.clone().into_bytes();
+        bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+        String::from_utf8(bytes).unwrap()
+    };
+    bare.commit(&files(&tampered, ""), "tampered");
+    let (code, out, err) = cli(&apply);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("SOPS file `secrets/db.sops.yaml`") && err.contains("db.password"),
+        "{err}"
+    );
+    outputs.push(("tampered reconcile".into(), out + &err));
+    let after = docker
+        .list_containers(Some(
+            bollard::query_parameters::ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filter)
+                .build(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].id.as_deref(), Some(id.as_str()), "nothing applied");
+
+    let url = SECRET
+        .replace('/', "%2F")
+        .replace('~', "%7E")
+        .replace('+', "%2B")
+        .replace('=', "%3D");
+    for (what, text) in &outputs {
+        assert!(!text.contains("LEAKME"), "{what}: {text}");
+        assert!(!text.contains(&url), "{what}: {text}");
+    }
+}

@@ -544,19 +544,7 @@ async fn a_sops_value_in_a_compose_env_var_is_deployed_and_masked_everywhere() {
     outputs.push(("reconcile".into(), out + &err));
 
     // The container got the clear value.
-    let filter = std::collections::HashMap::from([(
-        "label",
-        vec![format!("com.docker.compose.project={project}")],
-    )]);
-    let list = docker
-        .list_containers(Some(
-            bollard::query_parameters::ListContainersOptionsBuilder::default()
-                .all(true)
-                .filters(&filter)
-                .build(),
-        ))
-        .await
-        .unwrap();
+    let list = containers(docker, &project).await;
     assert_eq!(list.len(), 1, "{list:?}");
     let id = list[0].id.clone().unwrap();
     let inspect = docker
@@ -598,15 +586,7 @@ async fn a_sops_value_in_a_compose_env_var_is_deployed_and_masked_everywhere() {
         "{err}"
     );
     outputs.push(("tampered reconcile".into(), out + &err));
-    let after = docker
-        .list_containers(Some(
-            bollard::query_parameters::ListContainersOptionsBuilder::default()
-                .all(true)
-                .filters(&filter)
-                .build(),
-        ))
-        .await
-        .unwrap();
+    let after = containers(docker, &project).await;
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].id.as_deref(), Some(id.as_str()), "nothing applied");
 
@@ -619,4 +599,24 @@ async fn a_sops_value_in_a_compose_env_var_is_deployed_and_masked_everywhere() {
         assert!(!text.contains("LEAKME"), "{what}: {text}");
         assert!(!text.contains(&url), "{what}: {text}");
     }
+}
+
+/// The containers (running or not) of Compose project `project`.
+async fn containers(
+    docker: &bollard::Docker,
+    project: &str,
+) -> Vec<bollard::models::ContainerSummary> {
+    let filter = std::collections::HashMap::from([(
+        "label",
+        vec![format!("com.docker.compose.project={project}")],
+    )]);
+    docker
+        .list_containers(Some(
+            bollard::query_parameters::ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filter)
+                .build(),
+        ))
+        .await
+        .unwrap()
 }

@@ -39,9 +39,6 @@ const ENC_PREFIX: &str = "ENC[AES256_GCM,";
 /// AES-256-GCM with the 32-byte nonces sops writes (`nonceSize = 32`).
 type SopsGcm = aes_gcm::AesGcm<aes_gcm::aes::Aes256, U32>;
 
-/// Suffixes that mark a file as SOPS-encrypted without any configuration.
-pub const SUFFIXES: [&str; 4] = [".sops.yaml", ".sops.yml", ".sops.json", ".sops.env"];
-
 /// The variable naming the age identity file.
 pub const IDENTITY_FILE_ENV: &str = "DRIFTLESS_AGE_IDENTITY_FILE";
 /// The identity file in the secrets directory. The `.` keeps it out of
@@ -117,11 +114,6 @@ impl Format {
             _ => Format::Yaml,
         }
     }
-}
-
-/// Whether `path` is a SOPS file by its name alone.
-pub fn is_sops_path(path: &str) -> bool {
-    SUFFIXES.iter().any(|s| path.ends_with(s))
 }
 
 /// Why a file could not be decrypted. Every message names the file.

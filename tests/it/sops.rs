@@ -620,3 +620,114 @@ async fn containers(
         .await
         .unwrap()
 }
+
+/// A renderer over `files` (a work-tree snapshot) with the secrets
+/// directory `dir`, for environment `dev` and an empty context.
+fn renderer(
+    files: &[(&str, String)],
+    dir: Option<&std::path::Path>,
+    mode: driftless::render::SecretMode,
+) -> driftless::render::Renderer {
+    let snapshot = driftless::source::Snapshot::from_files(
+        driftless::source::Revision::WorkTree {
+            head: None,
+            dirty: true,
+        },
+        files
+            .iter()
+            .map(|(p, c)| ((*p).to_owned(), c.as_bytes().to_vec())),
+    );
+    let secrets = driftless::secrets::SecretSource {
+        dir: dir.map(std::path::Path::to_owned),
+        from_env: false,
+    };
+    driftless::render::Renderer::with_context(snapshot, "dev", serde_json::json!({}), secrets, mode)
+}
+
+/// Text a template derives from a SOPS value (filters, concatenation) is
+/// masked as the value is; plain values of the file are not secrets.
+#[test]
+fn text_derived_from_a_sops_value_is_masked_like_a_secret() {
+    use driftless::render::SecretMode;
+    let keys = tempfile::tempdir().unwrap();
+    let recipient = age_keygen(keys.path());
+    let secret = "Derived-Sops-Secret-77";
+    let file = encrypt_yaml(
+        &serde_json::json!({"api": {"token": secret, "host_unencrypted": "api.internal"}}),
+        &recipient,
+    );
+    let template = "{% set api = sops('secrets/api.sops.yaml').api %}\
+        host: {{ api.host_unencrypted }}\n\
+        upper: {{ api.token | upper }}\n\
+        b64: {{ api.token | b64encode }}\n\
+        joined: {{ 'Bearer ' ~ api.token ~ '!' }}\n";
+    let r = renderer(
+        &[
+            ("secrets/api.sops.yaml", file),
+            ("out.yaml.j2", template.to_owned()),
+        ],
+        Some(keys.path()),
+        SecretMode::Require,
+    );
+    let out = r.render("out.yaml").unwrap();
+    let text = out.text().unwrap();
+    assert!(
+        text.contains(&secret.to_uppercase()),
+        "the real output: {text}"
+    );
+    let masked = r.masker().mask(text).into_owned();
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+    for form in [secret.to_owned(), secret.to_uppercase(), b64] {
+        assert!(!masked.contains(&form), "{form} in {masked}");
+    }
+    assert!(
+        masked.starts_with("host: api.internal\nupper: ******\nb64: ******\njoined: Bearer ******"),
+        "{masked}"
+    );
+    assert_eq!(
+        r.sops_values(),
+        [(
+            "secrets/api.sops.yaml".to_owned(),
+            vec!["api.token".to_owned()],
+            true
+        )]
+    );
+}
+
+/// `reconcile` (Require) without an identity fails naming the file and its
+/// recipient; a value too short to mask is refused naming it.
+#[test]
+fn without_a_key_or_with_a_short_value_the_render_fails_naming_the_file() {
+    use driftless::render::SecretMode;
+    let keys = tempfile::tempdir().unwrap();
+    let recipient = age_keygen(keys.path());
+    let file = encrypt_yaml(
+        &serde_json::json!({"pin": "123", "token": "long-enough-token"}),
+        &recipient,
+    );
+    let files = [
+        ("s.sops.yaml", file),
+        ("a.j2", "{{ sops('s.sops.yaml').token }}\n".to_owned()),
+    ];
+    let err = renderer(&files, None, SecretMode::Require)
+        .render("a")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("SOPS file `s.sops.yaml`")
+            && err.contains(&recipient)
+            && err.contains("no age identity"),
+        "{err}"
+    );
+    let err = renderer(&files, Some(keys.path()), SecretMode::Require)
+        .render("a")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("SOPS file `s.sops.yaml`")
+            && err.contains("`pin`")
+            && err.contains("shorter than 4"),
+        "{err}"
+    );
+}

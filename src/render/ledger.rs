@@ -206,24 +206,41 @@ impl Ledger {
                 "sops(`{path}`): the path must be inside the repository, relative to its root"
             ))
         })?;
-        let file = self.sops_file(snapshot, &path).map_err(fail)?;
-        let json = file
-            .decrypted
-            .tree
-            .to_json(&mut |leaf, node| {
-                let name = format!("{path}#{leaf}");
-                Ok(match (file.secrets.contains(leaf), node) {
-                    (true, _) if file.placeholders => {
-                        serde_json::Value::String(sops_placeholder(&name))
-                    }
-                    (true, sops::Node::Str(text)) if !text.is_empty() => {
-                        serde_json::Value::String(self.hand_out(&name, text.clone()))
-                    }
-                    _ => node.scalar_json(),
-                })
-            })
-            .map_err(fail)?;
+        let json = self.sops_json(snapshot, &path).map_err(fail)?;
         Ok(minijinja::Value::from(minijinja::value::Serde(&json)))
+    }
+
+    /// The document of the SOPS file `path` (normalized) for one render:
+    /// encrypted values handed out (stand-ins in a shadow render).
+    pub(super) fn sops_json(
+        &self,
+        snapshot: &Snapshot,
+        path: &str,
+    ) -> Result<serde_json::Value, String> {
+        let file = self.sops_file(snapshot, path)?;
+        file.decrypted.tree.to_json(&mut |leaf, node| {
+            let name = format!("{path}#{leaf}");
+            Ok(match (file.secrets.contains(leaf), node) {
+                (true, _) if file.placeholders => {
+                    serde_json::Value::String(sops_placeholder(&name))
+                }
+                (true, sops::Node::Str(text)) if !text.is_empty() => {
+                    serde_json::Value::String(self.hand_out(&name, text.clone()))
+                }
+                _ => node.scalar_json(),
+            })
+        })
+    }
+
+    /// The top-level keys of the SOPS file `path`; an error when its
+    /// document is not a mapping or it does not decrypt.
+    pub(super) fn sops_keys(&self, snapshot: &Snapshot, path: &str) -> Result<Vec<String>, String> {
+        match &self.sops_file(snapshot, path)?.decrypted.tree {
+            sops::Node::Map(entries) => Ok(entries.iter().map(|(k, _)| k.clone()).collect()),
+            _ => Err(format!(
+                "SOPS file `{path}` is not a mapping, so it cannot be merged into the values"
+            )),
+        }
     }
 
     /// `path` decrypted, from the cache or now.

@@ -731,3 +731,56 @@ fn without_a_key_or_with_a_short_value_the_render_fails_naming_the_file() {
         "{err}"
     );
 }
+
+/// `decrypt:` in driftless.yaml merges a SOPS file's top-level keys into
+/// the environment's values: templates read `db.password` as a value, it
+/// renders masked, and a key the values file has too is an error naming
+/// the SOPS file.
+#[test]
+fn decrypt_merges_a_sops_file_into_the_values_masked() {
+    use crate::support::RepoBuilder;
+    let keys = tempfile::tempdir().unwrap();
+    let recipient = age_keygen(keys.path());
+    let secret = "Merged-Values-Secret-42";
+    let file = encrypt_yaml(
+        &serde_json::json!({"db": {"password": secret, "user_unencrypted": "app"}}),
+        &recipient,
+    );
+    let manifest = "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {}\nenvironments:\n  dev:\n    targets: [local]\n    decrypt: [\"environments/dev.*.sops.yaml\"]\n";
+    let stack = "name: merged\nservices:\n  app:\n    image: busybox:1\n    environment:\n      DB: \"postgres://{{ db.user_unencrypted }}:{{ db.password }}@db/{{ app_name }}\"\n";
+    let repo = RepoBuilder::new()
+        .file("driftless.yaml", manifest)
+        .file("environments/dev.yaml", "app_name: shop\n")
+        .file("environments/dev.db.sops.yaml", &file)
+        .file("compose/app.yaml.j2", stack);
+    let dir = keys.path().to_str().unwrap();
+    let run = repo.driftless(&["render", "--env", "dev", "--secrets-dir", dir]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains("DB: \"postgres://app:******@db/shop\""),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains(secret) && !run.stderr.contains(secret));
+    assert!(
+        run.stderr
+            .contains("values from SOPS file environments/dev.db.sops.yaml"),
+        "{}",
+        run.stderr
+    );
+
+    let clash = RepoBuilder::new()
+        .file("driftless.yaml", manifest)
+        .file("environments/dev.yaml", "db: {}\n")
+        .file("environments/dev.db.sops.yaml", &file)
+        .file("compose/app.yaml.j2", stack);
+    let run = clash.driftless(&["render", "--env", "dev", "--secrets-dir", dir]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "SOPS file `environments/dev.db.sops.yaml` defines top-level key `db`: the values file defines it too"
+        ),
+        "{}",
+        run.stderr
+    );
+}

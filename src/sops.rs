@@ -58,8 +58,8 @@ pub enum Node {
     Map(Vec<(String, Node)>),
 }
 
-/// One leaf of a decrypted file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One leaf of a decrypted file. `Debug` leaves out encrypted text.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Leaf {
     /// Map keys from the root, with `[i]` for list items (`db.hosts[1]`).
     pub path: String,
@@ -69,8 +69,23 @@ pub struct Leaf {
     pub encrypted: bool,
 }
 
-/// A decrypted SOPS file.
-#[derive(Debug, Clone, PartialEq)]
+impl std::fmt::Debug for Leaf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = if self.encrypted {
+            "<secret>"
+        } else {
+            &self.text
+        };
+        f.debug_struct("Leaf")
+            .field("path", &self.path)
+            .field("text", &text)
+            .field("encrypted", &self.encrypted)
+            .finish()
+    }
+}
+
+/// A decrypted SOPS file. `Debug` shows its leaves without secret text.
+#[derive(Clone, PartialEq)]
 pub struct Decrypted {
     /// The document without its `sops` metadata; encrypted leaves replaced
     /// by [`Node::Str`] of their plaintext.
@@ -80,6 +95,14 @@ pub struct Decrypted {
     /// The MAC (upper-case hex SHA-512), equal to the stored one. A hash of
     /// the plaintext: as secret as the values.
     pub mac: String,
+}
+
+impl std::fmt::Debug for Decrypted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decrypted")
+            .field("leaves", &self.leaves)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Decrypted {

@@ -191,6 +191,18 @@ fn prod_reads_its_pagerduty_key_from_a_sops_file() {
         "{}",
         run.stderr
     );
+
+    // Where the key is not (CI), validate checks prod with placeholders
+    // and says so.
+    let run = driftless(&example_repo(), &["validate", "--env", "prod"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains(
+            "SOPS files not decrypted (no age identity, checked with placeholders): environments/prod.sops.yaml"
+        ),
+        "{}",
+        run.stdout
+    );
 }
 
 /// Every secret the example's templates read.

@@ -452,8 +452,9 @@ fn ids_at(path: &std::path::Path) -> Identities {
 }
 
 /// A SOPS value in a Compose environment variable reaches the container in
-/// clear, and is masked in `render`, in the dry-run diff and in logs; a
-/// tampered file stops the reconcile naming the file, nothing applied.
+/// clear, and is masked in `render`, in the dry-run diff, in reconcile
+/// output, in history and in the state files; a tampered file stops the
+/// reconcile naming the file, nothing applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sops_value_in_a_compose_env_var_is_deployed_and_masked_everywhere() {
     use crate::daemon_support::{Bare, cli};
@@ -589,6 +590,29 @@ async fn a_sops_value_in_a_compose_env_var_is_deployed_and_masked_everywhere() {
     let after = containers(docker, &project).await;
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].id.as_deref(), Some(id.as_str()), "nothing applied");
+
+    // History, from the state the reconciles recorded, and the state files.
+    let (code, out, err) = cli(&[
+        "history",
+        "--env",
+        &env,
+        "--output",
+        "json",
+        "--state-dir",
+        &state_arg,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("tampered") || out.contains(&env), "{out}");
+    outputs.push(("history".into(), out + &err));
+    for entry in std::fs::read_dir(state.path()).unwrap().flatten() {
+        if entry.path().is_file() {
+            let bytes = std::fs::read(entry.path()).unwrap();
+            outputs.push((
+                entry.path().display().to_string(),
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ));
+        }
+    }
 
     let url = SECRET
         .replace('/', "%2F")

@@ -319,11 +319,7 @@ fn outline_node(
             entries
                 .into_iter()
                 .map(|(k, v)| {
-                    let len = shown.len();
-                    if !shown.is_empty() {
-                        shown.push('.');
-                    }
-                    shown.push_str(&k);
+                    let len = push_key(shown, &k);
                     keys.push(k.clone());
                     let v = outline_node(v, meta, keys, shown, leaves);
                     keys.pop();
@@ -337,8 +333,7 @@ fn outline_node(
                 .into_iter()
                 .enumerate()
                 .map(|(i, v)| {
-                    let len = shown.len();
-                    let _ = write!(shown, "[{i}]");
+                    let len = push_index(shown, i);
                     let v = outline_node(v, meta, keys, shown, leaves);
                     shown.truncate(len);
                     v
@@ -681,11 +676,7 @@ impl Walk<'_> {
             Node::Map(entries) => {
                 let mut out = Vec::with_capacity(entries.len());
                 for (k, v) in entries {
-                    let len = shown.len();
-                    if !shown.is_empty() {
-                        shown.push('.');
-                    }
-                    shown.push_str(&k);
+                    let len = push_key(shown, &k);
                     keys.push(k.clone());
                     let v = self.node(v, keys, shown)?;
                     keys.pop();
@@ -697,8 +688,7 @@ impl Walk<'_> {
             Node::List(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for (i, v) in items.into_iter().enumerate() {
-                    let len = shown.len();
-                    let _ = write!(shown, "[{i}]");
+                    let len = push_index(shown, i);
                     out.push(self.node(v, keys, shown)?);
                     shown.truncate(len);
                 }
@@ -743,6 +733,25 @@ impl Walk<'_> {
         });
         Ok(node)
     }
+}
+
+/// Appends map key `key` to a shown path (`a.b`); returns the length to
+/// truncate back to.
+fn push_key(path: &mut String, key: &str) -> usize {
+    let len = path.len();
+    if !path.is_empty() {
+        path.push('.');
+    }
+    path.push_str(key);
+    len
+}
+
+/// Appends list index `i` to a shown path (`a[1]`); returns the length to
+/// truncate back to.
+fn push_index(path: &mut String, i: usize) -> usize {
+    let len = path.len();
+    let _ = write!(path, "[{i}]");
+    len
 }
 
 /// The bytes sops hashes for a decrypted value of sops type `kind`
@@ -1005,23 +1014,19 @@ impl Node {
     /// (given the path as in [`Leaf::path`] and the node).
     pub fn to_json(
         &self,
-        leaf: &mut dyn FnMut(&str, &Node) -> Result<serde_json::Value, String>,
-    ) -> Result<serde_json::Value, String> {
+        leaf: &mut dyn FnMut(&str, &Node) -> serde_json::Value,
+    ) -> serde_json::Value {
         fn go(
             node: &Node,
             path: &mut String,
-            leaf: &mut dyn FnMut(&str, &Node) -> Result<serde_json::Value, String>,
-        ) -> Result<serde_json::Value, String> {
-            Ok(match node {
+            leaf: &mut dyn FnMut(&str, &Node) -> serde_json::Value,
+        ) -> serde_json::Value {
+            match node {
                 Node::Map(entries) => {
                     let mut map = serde_json::Map::new();
                     for (k, v) in entries {
-                        let len = path.len();
-                        if !path.is_empty() {
-                            path.push('.');
-                        }
-                        path.push_str(k);
-                        map.insert(k.clone(), go(v, path, leaf)?);
+                        let len = push_key(path, k);
+                        map.insert(k.clone(), go(v, path, leaf));
                         path.truncate(len);
                     }
                     serde_json::Value::Object(map)
@@ -1029,16 +1034,15 @@ impl Node {
                 Node::List(items) => {
                     let mut out = Vec::with_capacity(items.len());
                     for (i, v) in items.iter().enumerate() {
-                        let len = path.len();
-                        let _ = write!(path, "[{i}]");
-                        out.push(go(v, path, leaf)?);
+                        let len = push_index(path, i);
+                        out.push(go(v, path, leaf));
                         path.truncate(len);
                     }
                     serde_json::Value::Array(out)
                 }
                 Node::Null => serde_json::Value::Null,
-                scalar => leaf(path, scalar)?,
-            })
+                scalar => leaf(path, scalar),
+            }
         }
         go(self, &mut String::new(), leaf)
     }

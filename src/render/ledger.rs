@@ -218,9 +218,9 @@ impl Ledger {
         path: &str,
     ) -> Result<serde_json::Value, String> {
         let file = self.sops_file(snapshot, path)?;
-        file.decrypted.tree.to_json(&mut |leaf, node| {
+        Ok(file.decrypted.tree.to_json(&mut |leaf, node| {
             let name = format!("{path}#{leaf}");
-            Ok(match (file.secrets.contains(leaf), node) {
+            match (file.secrets.contains(leaf), node) {
                 (true, _) if file.placeholders => {
                     serde_json::Value::String(sops_placeholder(&name))
                 }
@@ -228,8 +228,8 @@ impl Ledger {
                     serde_json::Value::String(self.hand_out(&name, text.clone()))
                 }
                 _ => node.scalar_json(),
-            })
-        })
+            }
+        }))
     }
 
     /// The top-level keys of the SOPS file `path`; an error when its

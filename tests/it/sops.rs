@@ -808,3 +808,45 @@ fn decrypt_merges_a_sops_file_into_the_values_masked() {
         run.stderr
     );
 }
+
+/// `DRIFTLESS_AGE_IDENTITY_FILE` names the identity file outside the
+/// secrets directory; an unreadable one fails the render naming it.
+#[test]
+fn the_identity_file_variable_is_read_and_a_bad_one_is_named() {
+    use crate::support::RepoBuilder;
+    let keys = tempfile::tempdir().unwrap();
+    let recipient = age_keygen(keys.path());
+    let key_file = keys.path().join(sops::IDENTITY_FILE_NAME);
+    let file = encrypt_yaml(
+        &serde_json::json!({"token": "Identity-Var-Token-9"}),
+        &recipient,
+    );
+    let repo = RepoBuilder::minimal()
+        .file("s.sops.yaml", &file)
+        .file("compose/app.yaml.j2", "name: idvar\nservices:\n  app:\n    image: busybox:1\n    environment:\n      T: \"{{ sops('s.sops.yaml').token }}\"\n");
+    let render = |identity: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_driftless"))
+            .args(["render", "--env", "dev", "--repo"])
+            .arg(repo.path())
+            .env_remove("DRIFTLESS_SECRETS_DIR")
+            .env(sops::IDENTITY_FILE_ENV, identity)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = render(&key_file);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("T: \"******\""), "{out}");
+    assert!(err.contains("(decrypted, shown masked): token"), "{err}");
+    let missing = keys.path().join("nope.key");
+    let (code, _, err) = render(&missing);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("DRIFTLESS_AGE_IDENTITY_FILE") && err.contains("nope.key"),
+        "{err}"
+    );
+}

@@ -436,6 +436,17 @@ fn render(args: RenderArgs) -> Result<i32> {
             missing.join(", ")
         );
     }
+    for (file, keys, decrypted) in loaded.renderer.sops_values() {
+        let how = if decrypted {
+            "decrypted, shown masked"
+        } else {
+            "no age identity on this host, rendered as placeholders"
+        };
+        eprintln!(
+            "note: values from SOPS file {file} ({how}): {}",
+            keys.join(", ")
+        );
+    }
     match &args.out {
         Some(dir) => {
             for (path, file) in &loaded.checked.files {
@@ -514,6 +525,13 @@ fn validate(args: ValidateArgs) -> Result<i32> {
                     "rule_files": count("prometheus"),
                     "backup_jobs": s.backups.len(),
                     "missing_secrets": loaded.renderer.missing_secrets(),
+                    "sops_not_decrypted": loaded
+                        .renderer
+                        .sops_values()
+                        .into_iter()
+                        .filter(|(_, _, decrypted)| !decrypted)
+                        .map(|(file, _, _)| file)
+                        .collect::<Vec<_>>(),
                 }));
                 all.extend(loaded.checked.warnings);
             }
@@ -552,8 +570,21 @@ fn report(args: &ValidateArgs, summaries: &[serde_json::Value], diags: &Diagnost
                     names.join(", ")
                 ),
             };
+            let sops: Vec<&str> = s["sops_not_decrypted"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n.as_str())
+                .collect();
+            let sops = match sops.as_slice() {
+                [] => String::new(),
+                files => format!(
+                    "; SOPS files not decrypted (no age identity, checked with placeholders): {}",
+                    files.join(", ")
+                ),
+            };
             println!(
-                "{env}: {mark} at {} — {} services, {} Kubernetes objects, {} rule files, {} backup jobs{missing}",
+                "{env}: {mark} at {} — {} services, {} Kubernetes objects, {} rule files, {} backup jobs{missing}{sops}",
                 s["revision_short"].as_str().unwrap_or("?"),
                 s["services"],
                 s["objects"],

@@ -22,6 +22,7 @@ pub mod diag;
 pub mod duration;
 pub mod glob;
 pub mod secrets;
+pub mod sops;
 pub mod yaml;
 
 pub mod backend;

@@ -118,6 +118,8 @@ struct RawEnvironment {
     instance: Option<Spanned<String>>,
     #[serde(default)]
     adopt: bool,
+    #[serde(default)]
+    decrypt: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -386,6 +388,9 @@ pub struct Environment {
     /// What a plan may adopt of a project of the same name it does not own
     /// (`adopt: true`: projects no driftless deployed).
     pub adopt: Adopt,
+    /// Globs over repo paths of SOPS files whose top-level keys are merged
+    /// into the values (`decrypt:`), decrypted at render time.
+    pub decrypt: Vec<String>,
 }
 
 /// The ownership id of `env` deployed from the repo known as `repo`
@@ -721,6 +726,14 @@ impl Manifest {
                 Some(p) => paths.overlay(p),
                 None => paths.clone(),
             };
+            for glob in &env.decrypt {
+                if let Err(e) = crate::glob::Glob::new(glob) {
+                    diags.push(err(
+                        format!("environments.{name}.decrypt: invalid glob `{glob}`: {e}"),
+                        line,
+                    ));
+                }
+            }
             if globs_ok {
                 for glob in paths_globs(&env_paths) {
                     if let Err(e) = crate::glob::Glob::new(glob) {
@@ -819,6 +832,7 @@ impl Manifest {
                         ok.then_some(i.value)
                     }),
                     adopt: if env.adopt { Adopt::Unmanaged } else { Adopt::No },
+                    decrypt: env.decrypt,
                     name,
                 },
             );

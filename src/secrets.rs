@@ -240,6 +240,31 @@ impl SecretSource {
         format!("DRIFTLESS_SECRET_{upper}")
     }
 
+    /// The age identities SOPS files are decrypted with: the file named by
+    /// `DRIFTLESS_AGE_IDENTITY_FILE` (when variables are read), else
+    /// `age.key` in the secrets directory; `Ok(None)` when neither is there.
+    pub fn age_identities(&self) -> Result<Option<crate::sops::Identities>, String> {
+        use crate::sops::{IDENTITY_FILE_ENV, IDENTITY_FILE_NAME, Identities};
+        let read = |path: &std::path::Path, what: &str| {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("{what}: cannot read {}: {e}", path.display()))?;
+            Identities::parse(&text).map_err(|e| format!("{what} {}: {e}", path.display()))
+        };
+        if self.from_env
+            && let Some(path) = std::env::var_os(IDENTITY_FILE_ENV)
+        {
+            return read(std::path::Path::new(&path), IDENTITY_FILE_ENV).map(Some);
+        }
+        let Some(dir) = &self.dir else {
+            return Ok(None);
+        };
+        let path = dir.join(IDENTITY_FILE_NAME);
+        match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            _ => read(&path, "age identity file").map(Some),
+        }
+    }
+
     /// Looks a secret up: file first, then environment variable. A trailing
     /// newline in a file is dropped (as `echo pw > file` writes one).
     pub fn get(&self, name: &str) -> Result<String, SecretError> {

@@ -106,7 +106,8 @@ pub fn load(
         &env.values,
         options.secrets.clone(),
         options.mode,
-    )?;
+    )?
+    .decrypt_values(&env.decrypt)?;
     let mut checked = check::environment(&manifest, env, &renderer)?;
     checked.state.instance = manifest::instance(env, &source.identity());
     Ok(Loaded {

@@ -1,6 +1,6 @@
 //! The minijinja environment of one renderer: Jinja2-compatible syntax
 //! settings, a loader confined to the snapshot, driftless's filters and
-//! `secret()`, and the limits that keep a hostile template from taking the
+//! `secret()` and `sops()`, and the limits that keep a hostile template from taking the
 //! daemon down.
 
 use std::borrow::Cow;
@@ -61,13 +61,16 @@ pub(super) fn environment(snapshot: Snapshot, ledger: Arc<Ledger>) -> Environmen
         Ok(normal) if normal != name => Cow::Owned(normal),
         _ => Cow::Borrowed(name),
     });
+    let files = snapshot.clone();
     env.set_loader(move |name| load(&snapshot, name));
 
     // Python methods Jinja2 templates call (`d.items()`, `s.startswith()`,
     // `d.get(k)`, ...) that minijinja leaves to this contrib callback.
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     filters::register(&mut env);
+    let sops_ledger = Arc::clone(&ledger);
     env.add_function("secret", move |name: &str| ledger.secret(name));
+    env.add_function("sops", move |path: &str| sops_ledger.sops(&files, path));
     env
 }
 

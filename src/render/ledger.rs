@@ -15,12 +15,14 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use minijinja::{Error, ErrorKind};
 
 use super::SecretMode;
-use crate::secrets::{Masker, SecretError, SecretSource};
+use crate::secrets::{MIN_SECRET_LEN, Masker, SecretError, SecretSource};
+use crate::sops;
+use crate::source::{self, Snapshot};
 
 /// What a lookup of one name gave.
 #[derive(Debug, Clone)]
@@ -45,6 +47,21 @@ pub(super) struct Ledger {
     seed: u64,
     /// Rendered text derived from secrets (filters, slices, macros, ...).
     derived: Mutex<BTreeSet<String>>,
+    /// SOPS files by repo path, decrypted once per renderer (or why not).
+    sops: Mutex<BTreeMap<String, Result<Arc<SopsFile>, String>>>,
+    /// This host's age identities, read on the first `sops()`.
+    identities: OnceLock<Result<Option<sops::Identities>, String>>,
+}
+
+/// One decrypted SOPS file.
+#[derive(Debug)]
+struct SopsFile {
+    decrypted: sops::Decrypted,
+    /// Paths of its encrypted (secret) leaves.
+    secrets: BTreeSet<String>,
+    /// Not decrypted (no identity in [`SecretMode::Placeholder`]): its
+    /// encrypted values render as placeholders.
+    placeholders: bool,
 }
 
 /// The render running on this thread.
@@ -121,6 +138,8 @@ impl Ledger {
             stand_ins: Mutex::new(BTreeMap::new()),
             seed: seed.finish(),
             derived: Mutex::new(BTreeSet::new()),
+            sops: Mutex::new(BTreeMap::new()),
+            identities: OnceLock::new(),
         }
     }
 
@@ -174,6 +193,126 @@ impl Ledger {
                 }
             }
         }
+    }
+
+    /// The body of `sops(path)`: the decrypted document of the repo file
+    /// `path`. Each encrypted value is a secret named `path#key.path`:
+    /// masked, stood in for by shadow renders, traced through filters like
+    /// a `secret()` value. Plain values keep their types.
+    pub(super) fn sops(&self, snapshot: &Snapshot, path: &str) -> Result<minijinja::Value, Error> {
+        let fail = |message: String| Error::new(ErrorKind::InvalidOperation, message);
+        let path = source::normalize(path).map_err(|_| {
+            fail(format!(
+                "sops(`{path}`): the path must be inside the repository, relative to its root"
+            ))
+        })?;
+        let json = self.sops_json(snapshot, &path).map_err(fail)?;
+        Ok(minijinja::Value::from(minijinja::value::Serde(&json)))
+    }
+
+    /// The document of the SOPS file `path` (normalized) for one render:
+    /// encrypted values handed out (stand-ins in a shadow render).
+    pub(super) fn sops_json(
+        &self,
+        snapshot: &Snapshot,
+        path: &str,
+    ) -> Result<serde_json::Value, String> {
+        let file = self.sops_file(snapshot, path)?;
+        Ok(file.decrypted.tree.to_json(&mut |leaf, node| {
+            let name = format!("{path}#{leaf}");
+            match (file.secrets.contains(leaf), node) {
+                (true, _) if file.placeholders => {
+                    serde_json::Value::String(sops_placeholder(&name))
+                }
+                (true, sops::Node::Str(text)) if !text.is_empty() => {
+                    serde_json::Value::String(self.hand_out(&name, text.clone()))
+                }
+                _ => node.scalar_json(),
+            }
+        }))
+    }
+
+    /// The top-level keys of the SOPS file `path`; an error when its
+    /// document is not a mapping or it does not decrypt.
+    pub(super) fn sops_keys(&self, snapshot: &Snapshot, path: &str) -> Result<Vec<String>, String> {
+        match &self.sops_file(snapshot, path)?.decrypted.tree {
+            sops::Node::Map(entries) => Ok(entries.iter().map(|(k, _)| k.clone()).collect()),
+            _ => Err(format!(
+                "SOPS file `{path}` is not a mapping, so it cannot be merged into the values"
+            )),
+        }
+    }
+
+    /// `path` decrypted, from the cache or now.
+    fn sops_file(&self, snapshot: &Snapshot, path: &str) -> Result<Arc<SopsFile>, String> {
+        let mut cache = self.sops.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(done) = cache.get(path) {
+            return done.clone();
+        }
+        let done = self.decrypt(snapshot, path);
+        cache.insert(path.to_owned(), done.clone());
+        done
+    }
+
+    fn decrypt(&self, snapshot: &Snapshot, path: &str) -> Result<Arc<SopsFile>, String> {
+        let bytes = snapshot
+            .get(path)
+            .ok_or_else(|| format!("SOPS file `{path}` is not in the repository"))?;
+        let identities = self
+            .identities
+            .get_or_init(|| self.source.age_identities())
+            .as_ref()
+            .map_err(Clone::clone)?;
+        if identities.is_none() && self.mode == SecretMode::Placeholder {
+            // Checked where no identity is present (CI): the shape of the
+            // file, its encrypted values as placeholders.
+            let outline = sops::outline(path, bytes).map_err(|e| e.to_string())?;
+            let secrets = outline.secrets().map(|l| l.path.clone()).collect();
+            return Ok(Arc::new(SopsFile {
+                decrypted: outline,
+                secrets,
+                placeholders: true,
+            }));
+        }
+        let decrypted =
+            sops::decrypt(path, bytes, identities.as_ref()).map_err(|e| e.to_string())?;
+        let mut secrets = BTreeSet::new();
+        for leaf in decrypted.secrets() {
+            if !leaf.text.is_empty() && leaf.text.len() < MIN_SECRET_LEN {
+                return Err(format!(
+                    "SOPS file `{path}`: value `{}` is shorter than {MIN_SECRET_LEN} characters and could not be masked in output",
+                    leaf.path
+                ));
+            }
+            secrets.insert(leaf.path.clone());
+        }
+        // Before any value can reach a log line or an output.
+        for leaf in decrypted.secrets() {
+            self.record(&leaf.text);
+        }
+        Ok(Arc::new(SopsFile {
+            decrypted,
+            secrets,
+            placeholders: false,
+        }))
+    }
+
+    /// The encrypted values of each SOPS file read so far, as
+    /// `(file, key paths, decrypted)`, for `render` to say which values
+    /// came from SOPS (`decrypted` false: rendered as placeholders).
+    pub(super) fn sops_values(&self) -> Vec<(String, Vec<String>, bool)> {
+        let cache = self.sops.lock().unwrap_or_else(PoisonError::into_inner);
+        cache
+            .iter()
+            .filter_map(|(path, f)| {
+                let f = f.as_ref().ok()?;
+                Some((
+                    path.clone(),
+                    f.secrets.iter().cloned().collect(),
+                    !f.placeholders,
+                ))
+            })
+            .collect()
     }
 
     /// `value`, or its stand-in in a shadow render; noted in the scope.
@@ -261,6 +400,12 @@ impl Ledger {
     pub(super) fn used(&self) -> Vec<String> {
         self.seen().keys().cloned().collect()
     }
+}
+
+/// What an encrypted SOPS value renders as in [`SecretMode::Placeholder`]
+/// when this host has no age identity (`<sops:file#key.path>`).
+pub(super) fn sops_placeholder(name: &str) -> String {
+    format!("<sops:{name}>")
 }
 
 /// What a missing secret renders as in [`SecretMode::Placeholder`].

@@ -11,7 +11,10 @@
 //! path that leaves the repo is an error. The context is the top-level keys
 //! of the environment's values file plus `environment` (the environment's
 //! name); `secret("name")` reads a [`SecretSource`] and records the value for
-//! masking. Render does no IO other than reading secrets.
+//! masking; `sops("path")` decrypts a SOPS file of the snapshot with this
+//! host's age identities ([`crate::sops`]) and treats each encrypted value
+//! the same way. Render does no IO other than reading secrets and
+//! identities.
 //!
 //! A [`Renderer`] is built once per environment and snapshot, compiles each
 //! template once, and can be shared by threads rendering files in parallel.
@@ -94,6 +97,8 @@ pub struct Renderer {
     context: minijinja::Value,
     jinja: minijinja::Environment<'static>,
     ledger: Arc<ledger::Ledger>,
+    /// SOPS files whose top-level keys join the context (`decrypt:`).
+    decrypted_values: Vec<String>,
 }
 
 impl Renderer {
@@ -153,7 +158,100 @@ impl Renderer {
             values: serde_json::Value::Object(values),
             context: minijinja::Value::from(minijinja::value::Serde(&context)),
             ledger,
+            decrypted_values: Vec::new(),
         }
+    }
+
+    /// Merges the top-level keys of the SOPS files matching `globs` (repo
+    /// paths; `decrypt:` in `driftless.yaml`) into what templates see, in
+    /// path order. Their encrypted values are secrets like `sops()`'s. A
+    /// file that does not decrypt, is not a mapping, or has a key that the
+    /// values file, `environment` or an earlier file has, is an error
+    /// naming it. Compose `${VAR}` interpolation does not see them.
+    pub fn decrypt_values(mut self, globs: &[String]) -> Result<Renderer, Diagnostics> {
+        let fail =
+            |message: String, file: &str| Diagnostic::error(message).env(&self.env).file(file);
+        let mut matchers = Vec::new();
+        for g in globs {
+            matchers.push(crate::glob::Glob::new(g).map_err(|e| {
+                fail(
+                    format!("invalid decrypt glob `{g}`: {e}"),
+                    crate::manifest::FILE,
+                )
+            })?);
+        }
+        let paths: BTreeSet<String> = self
+            .snapshot
+            .paths()
+            .filter(|p| matchers.iter().any(|m| m.is_match(p)))
+            .map(str::to_owned)
+            .collect();
+        let mut owner: std::collections::BTreeMap<String, String> =
+            std::collections::BTreeMap::new();
+        let mut diags = Diagnostics::default();
+        for path in &paths {
+            let keys = match self.ledger.sops_keys(&self.snapshot, path) {
+                Ok(keys) => keys,
+                Err(e) => {
+                    diags.push(fail(e, path));
+                    continue;
+                }
+            };
+            for key in keys {
+                let clash = if key == "environment" {
+                    Some("driftless sets `environment` to the environment's name".to_owned())
+                } else if self.values.get(&key).is_some() {
+                    Some("the values file defines it too".to_owned())
+                } else {
+                    owner
+                        .get(&key)
+                        .map(|other| format!("SOPS file `{other}` defines it too"))
+                };
+                match clash {
+                    Some(why) => diags.push(
+                        fail(
+                            format!("SOPS file `{path}` defines top-level key `{key}`: {why}"),
+                            path,
+                        )
+                        .hint("rename the key; values from SOPS files are merged at the top level"),
+                    ),
+                    None => {
+                        owner.insert(key, path.clone());
+                    }
+                }
+            }
+        }
+        if !diags.is_empty() {
+            return Err(diags);
+        }
+        self.decrypted_values = paths.into_iter().collect();
+        Ok(self)
+    }
+
+    /// The context of one render: the values, plus the SOPS files of
+    /// [`Renderer::decrypt_values`] handed out for this render.
+    fn context_of_render(&self, template: &str) -> Result<minijinja::Value, Diagnostic> {
+        if self.decrypted_values.is_empty() {
+            return Ok(self.context.clone());
+        }
+        let mut map = match &self.values {
+            serde_json::Value::Object(map) => map.clone(),
+            _ => serde_json::Map::new(),
+        };
+        map.insert(
+            "environment".to_owned(),
+            serde_json::Value::String(self.env.clone()),
+        );
+        for path in &self.decrypted_values {
+            let json = self
+                .ledger
+                .sops_json(&self.snapshot, path)
+                .map_err(|e| Diagnostic::error(e).env(&self.env).file(template))?;
+            if let serde_json::Value::Object(entries) = json {
+                map.extend(entries);
+            }
+        }
+        Ok(minijinja::Value::from(minijinja::value::Serde(&map)))
     }
 
     /// The environment's name.
@@ -296,7 +394,8 @@ impl Renderer {
             .get_template(path)
             .map_err(|e| self.diagnostic(&e, path))?;
         let mut out = engine::CappedOutput::default();
-        if let Err(e) = template.render_captured_to(self.context.clone(), &mut out) {
+        let context = self.context_of_render(path)?;
+        if let Err(e) = template.render_captured_to(context, &mut out) {
             if out.overflowed {
                 return Err(Diagnostic::error(format!(
                     "rendered output is larger than {} MiB",
@@ -410,6 +509,15 @@ impl Renderer {
     /// `environment:`) so that every output masks it.
     pub fn record_secret(&self, value: &str) {
         self.ledger.record(value);
+    }
+
+    /// The encrypted values read from SOPS files by `sops()` so far:
+    /// `(file, key paths, decrypted)` sorted by file; `decrypted` is false
+    /// when there was no age identity and they rendered as placeholders
+    /// ([`SecretMode::Placeholder`]). The values themselves are secrets
+    /// ([`Renderer::masker`]).
+    pub fn sops_values(&self) -> Vec<(String, Vec<String>, bool)> {
+        self.ledger.sops_values()
     }
 
     /// Names `secret()` was called with that are not set, sorted. In

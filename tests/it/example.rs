@@ -142,6 +142,69 @@ fn secrets_are_placeholders_without_a_secrets_dir() {
     assert!(rendered(&loaded).contains("<secret:postgres_password>"));
 }
 
+/// Prod's PagerDuty key is in Git, SOPS-encrypted for the prod daemon's age
+/// key (a test key here): with that key in the secrets directory it
+/// decrypts into the Alertmanager config, and `render` shows it masked.
+#[test]
+fn prod_reads_its_pagerduty_key_from_a_sops_file() {
+    const KEY: &str = "R0UT1NG-example-prod-5f0c2a9e7d41b3c8";
+    let secrets = secrets_but(&[]);
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/sops/example-prod.age.key");
+    std::fs::copy(&fixture, secrets.path().join("age.key")).unwrap();
+    let source = Source::open(
+        example_repo().to_str().unwrap(),
+        None,
+        &std::env::temp_dir(),
+        &Auth::None,
+    )
+    .unwrap();
+    let options = RenderOptions {
+        secrets: SecretSource {
+            dir: Some(secrets.path().to_owned()),
+            from_env: false,
+        },
+        mode: SecretMode::Require,
+        limits: Limits::default(),
+    };
+    let loaded = reconcile::load(&source, "prod", &options).unwrap_or_else(|d| panic!("{d}"));
+    let alertmanager = &loaded.checked.files["compose/alertmanager/alertmanager.yml"];
+    let text = String::from_utf8_lossy(&alertmanager.content);
+    assert!(text.contains(&format!("routing_key: \"{KEY}\"")), "{text}");
+
+    let dir = secrets.path().to_str().unwrap();
+    let run = driftless(
+        &example_repo(),
+        &["render", "--env", "prod", "--secrets-dir", dir],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains("routing_key: \"******\""),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains(KEY) && !run.stderr.contains(KEY));
+    assert!(
+        run.stderr.contains(
+            "note: values from SOPS file environments/prod.sops.yaml (decrypted, shown masked): pagerduty_routing_key"
+        ),
+        "{}",
+        run.stderr
+    );
+
+    // Where the key is not (CI), validate checks prod with placeholders
+    // and says so.
+    let run = driftless(&example_repo(), &["validate", "--env", "prod"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains(
+            "SOPS files not decrypted (no age identity, checked with placeholders): environments/prod.sops.yaml"
+        ),
+        "{}",
+        run.stdout
+    );
+}
+
 /// Every secret the example's templates read.
 const SECRETS: &[&str] = &[
     "alertmanager_webhook_token",
@@ -152,7 +215,6 @@ const SECRETS: &[&str] = &[
     "logstash_writer_password",
     "mongodb_app_password",
     "mongodb_root_password",
-    "pagerduty_routing_key",
     "postgres_password",
     "redis_password",
     "slack_webhook_url",

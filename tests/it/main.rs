@@ -39,5 +39,6 @@ mod render;
 mod rollout;
 mod rules;
 mod secrets;
+mod sops;
 mod source;
 mod validate;

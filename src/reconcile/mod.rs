@@ -137,13 +137,50 @@ pub async fn plan<B: Backend>(
     desired: &DesiredState,
     masker: &Masker,
 ) -> Result<Plan, BackendError> {
+    let lives = read_live(backends, desired, masker).await?;
+    plan_live(backends, desired, &lives, masker).await
+}
+
+/// The live state of every target, in target order: what [`plan_live`]
+/// compares with and what [`digest`] fingerprints.
+pub async fn read_live<B: Backend>(
+    backends: &[B],
+    desired: &DesiredState,
+    masker: &Masker,
+) -> Result<Vec<B::Live>, BackendError> {
+    let ctx = context(desired, masker);
+    let mut lives = Vec::with_capacity(desired.targets.len());
+    for (backend, target) in pairs(backends, desired) {
+        lives.push(backend.read_live(target, ctx).await?);
+    }
+    Ok(lives)
+}
+
+/// Plans every target of `desired` against `lives` (from [`read_live`]).
+pub async fn plan_live<B: Backend>(
+    backends: &[B],
+    desired: &DesiredState,
+    lives: &[B::Live],
+    masker: &Masker,
+) -> Result<Plan, BackendError> {
     let mut plan = Plan::new(&desired.environment.name, desired.revision.clone());
     let ctx = context(desired, masker);
-    for (backend, target) in pairs(backends, desired) {
-        let live = backend.read_live(target, ctx).await?;
-        plan.changes.extend(backend.plan(target, &live, ctx).await?);
+    for ((backend, target), live) in pairs(backends, desired).zip(lives) {
+        plan.changes.extend(backend.plan(target, live, ctx).await?);
     }
     Ok(plan)
+}
+
+/// A digest of live states: equal digests mean nothing changed on the
+/// targets. The live types are plain data with ordered maps; their debug
+/// form is a faithful, stable rendering of everything the planner reads.
+pub fn digest<L: std::fmt::Debug>(lives: &[L]) -> Vec<u8> {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    for live in lives {
+        hasher.update(format!("{live:?}").as_bytes());
+    }
+    hasher.finalize().to_vec()
 }
 
 /// Applies `plan` — the very value a dry-run printed — target by target,

@@ -16,12 +16,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::decide::{self, Ended, Key, Next, Policy, Run, Suspension};
 use super::{Loaded, RenderOptions, probe};
-use crate::backend::{Backend, BackendError, Context, Driver, DriverLive, Health, Verdict};
+use crate::backend::{BackendError, Driver, DriverLive, Health, Verdict};
 use crate::model::{DesiredState, Resources};
 use crate::plan::Plan;
 use crate::secrets::Masker;
@@ -238,6 +237,8 @@ pub struct Prepared {
     pub plan: Plan,
     /// The caller's masker with the render's secrets added.
     pub masker: Masker,
+    /// The digest of the live state the plan was made from ([`fingerprint`]).
+    pub fingerprint: Vec<u8>,
 }
 
 /// Connects and plans a loaded environment: drops the targets `identity`
@@ -262,12 +263,15 @@ pub async fn prepare(
         desired.environment.adopt = crate::manifest::Adopt::Any;
     }
     let drivers = super::connect(&desired).await?;
+    // One read of the live state: pinning, the plan and (when nothing
+    // changes) the pass's fingerprint all come from it.
+    let lives = super::read_live(&drivers, &desired, &masker).await?;
     if let Some(ids) = pin {
-        let live = live_images(&drivers, &desired, &masker).await?;
-        pin_images(&mut desired, ids, &live);
+        pin_images(&mut desired, ids, &live_images(&lives));
     }
-    let plan = super::plan(&drivers, &desired, &masker).await?;
+    let plan = super::plan_live(&drivers, &desired, &lives, &masker).await?;
     Ok(Prepared {
+        fingerprint: super::digest(&lives),
         desired,
         drivers,
         plan,
@@ -556,6 +560,7 @@ async fn deploy<H: Hooks>(
         drivers,
         plan,
         masker,
+        fingerprint: planned_fingerprint,
     } = match prepared {
         Ok(p) => p,
         Err(e) => return rec.backend_error(e, false),
@@ -674,9 +679,14 @@ async fn deploy<H: Hooks>(
             return rec.end(Outcome::Unhealthy, Ended::Bad, Some(reason));
         }
     }
-    let fp = fingerprint(&drivers, &desired, &masker)
-        .await
-        .unwrap_or_default();
+    // Nothing applied: the live state is the one the plan read.
+    let fp = if changed {
+        fingerprint(&drivers, &desired, &masker)
+            .await
+            .unwrap_or_default()
+    } else {
+        planned_fingerprint
+    };
     memo.applied = Some(Applied {
         key,
         desired,
@@ -796,28 +806,17 @@ fn ms(since: Instant) -> u64 {
     since.elapsed().as_millis() as u64
 }
 
-/// Reference → image id on each target, as the engine resolves them now.
-async fn live_images(
-    drivers: &[Driver],
-    desired: &DesiredState,
-    masker: &Masker,
-) -> Result<BTreeMap<String, String>, BackendError> {
-    let ctx = Context {
-        environment: &desired.environment.name,
-        masker,
-        allow: &desired.environment.allow,
-        owner: super::owner(desired),
-    };
-    let mut out = BTreeMap::new();
-    // Only Compose targets run images driftless pins; others are not read.
-    for (d, t) in drivers.iter().zip(&desired.targets) {
-        if matches!(d, Driver::Compose(_))
-            && let DriverLive::Compose(live) = d.read_live(t, ctx).await?
-        {
-            out.extend(live.images);
-        }
-    }
-    Ok(out)
+/// Reference → image id on each target, as the engine resolved them when
+/// `lives` was read. Only Compose targets run images driftless pins.
+fn live_images(lives: &[DriverLive]) -> BTreeMap<String, String> {
+    lives
+        .iter()
+        .filter_map(|l| match l {
+            DriverLive::Compose(live) => Some(live.images.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
 }
 
 /// Pins each service to the image id its last good run recorded, where the
@@ -844,27 +843,15 @@ pub fn pin_images(desired: &mut DesiredState, ids: &ImageIds, live: &BTreeMap<St
     }
 }
 
-/// A digest of the live state of every target: equal digests mean nothing
-/// changed on the engine since the last pass.
+/// A digest of the live state of every target, read now: equal digests
+/// mean nothing changed on the engine since the last pass.
 pub async fn fingerprint(
     drivers: &[Driver],
     desired: &DesiredState,
     masker: &Masker,
 ) -> Result<Vec<u8>, BackendError> {
-    let ctx = Context {
-        environment: &desired.environment.name,
-        masker,
-        allow: &desired.environment.allow,
-        owner: super::owner(desired),
-    };
-    let mut hasher = Sha256::new();
-    for (d, t) in drivers.iter().zip(&desired.targets) {
-        let live = d.read_live(t, ctx).await?;
-        // The live types are plain data with ordered maps; their debug form
-        // is a faithful, stable rendering of everything the planner reads.
-        hasher.update(format!("{live:?}").as_bytes());
-    }
-    Ok(hasher.finalize().to_vec())
+    let lives = super::read_live(drivers, desired, masker).await?;
+    Ok(super::digest(&lives))
 }
 
 #[cfg(test)]

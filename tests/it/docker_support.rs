@@ -294,16 +294,19 @@ pub async fn containers(
 
 /// A unix socket that forwards to the engine's and counts connections.
 /// bollard keeps no idle connections (one per request), so the count is
-/// the number of API calls made through it.
+/// the number of API calls made through it; each call's request line
+/// (`GET /v1.41/volumes?…`) is kept too.
 pub struct CountingProxy {
     pub host: String,
     count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
 
 impl CountingProxy {
     pub fn start() -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let upstream = std::env::var("DOCKER_HOST")
             .ok()
             .and_then(|h| h.strip_prefix("unix://").map(str::to_owned))
@@ -312,13 +315,34 @@ impl CountingProxy {
         let path = dir.path().join("docker.sock");
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
         let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = count.clone();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (counter, seen) = (count.clone(), lines.clone());
         let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
                 let upstream = upstream.clone();
+                let seen = seen.clone();
                 tokio::spawn(async move {
-                    if let Ok(mut engine) = tokio::net::UnixStream::connect(&upstream).await {
+                    let Ok(mut engine) = tokio::net::UnixStream::connect(&upstream).await else {
+                        return;
+                    };
+                    // The request line arrives first; read up to its end.
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.contains(&b'\n') {
+                        match client.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let line = head
+                        .split(|b| *b == b'\r' || *b == b'\n')
+                        .next()
+                        .unwrap_or(&[]);
+                    seen.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(line).into_owned());
+                    if engine.write_all(&head).await.is_ok() {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
                     }
                 });
@@ -327,6 +351,7 @@ impl CountingProxy {
         CountingProxy {
             host: format!("unix://{}", path.display()),
             count,
+            lines,
             task,
             _dir: dir,
         }
@@ -347,7 +372,14 @@ impl CountingProxy {
 
     /// Calls since the last `take`.
     pub fn take(&self) -> usize {
+        self.lines.lock().unwrap().clear();
         self.count.swap(0, Ordering::SeqCst)
+    }
+
+    /// The request lines since the last `take` (or `take_lines`).
+    pub fn take_lines(&self) -> Vec<String> {
+        self.count.store(0, Ordering::SeqCst);
+        std::mem::take(&mut *self.lines.lock().unwrap())
     }
 }
 

@@ -5,8 +5,8 @@
 use std::process::Command;
 
 use crate::daemon_support::{Daemon, free_port};
-use crate::docker_support::{BUSYBOX, Cleanup, engine, project_name};
-use crate::support::{RepoBuilder, Run, driftless, git};
+use crate::docker_support::{BUSYBOX, Cleanup, CountingProxy, engine, project_name};
+use crate::support::{RepoBuilder, Run, driftless, driftless_with_env, git};
 
 /// A committed repo with one environment (named uniquely: an environment
 /// owns every project it deployed) and a two-service stack.
@@ -61,6 +61,57 @@ impl Fixture {
         std::fs::write(self.repo.path().join(path), content).unwrap();
         git(self.repo.path(), &["commit", "-q", "-am", "change"]);
     }
+}
+
+/// How many times the calls in `lines` read the whole live state: the
+/// volume list (`GET /volumes?…`, `/v1.NN/` in front when versioned) is
+/// sent by that read only.
+fn live_reads(lines: &[String]) -> usize {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("GET "))
+        .map(|p| match p.strip_prefix("/v1.") {
+            Some(rest) => rest.split_once('/').map_or("", |(_, r)| r),
+            None => p.trim_start_matches('/'),
+        })
+        .filter(|rest| rest.starts_with("volumes?") || rest.starts_with("volumes "))
+        .count()
+}
+
+/// #13: a dry-run and a no-op pass read the live state once — pinning, the
+/// plan and the fingerprint share that read. Counted through a proxy on
+/// the engine's socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_op_pass_reads_the_live_state_once() {
+    let Some(_engine) = engine().await else {
+        return;
+    };
+    let f = Fixture::new("cli-reads");
+    let _cleanup = Cleanup::new(&[&f.project]);
+    let proxy = CountingProxy::start();
+    let run = |args: &[&str]| {
+        let mut all = vec![
+            "reconcile",
+            "--env",
+            &f.env,
+            "--secrets-dir",
+            f.secrets.path().to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        let run = driftless_with_env(f.repo.path(), &all, &[("DOCKER_HOST", &proxy.host)]);
+        assert!(matches!(run.code, 0 | 2), "{run:?}");
+        live_reads(&proxy.take_lines())
+    };
+    let dry = run(&["--dry-run"]);
+    let first = run(&[]);
+    let noop = run(&[]);
+    f.commit("compose/www/index.html", "<h1>v2</h1>\n");
+    let change = run(&[]);
+    eprintln!("live reads: dry-run {dry}, first deploy {first}, no-op {noop}, change {change}");
+    assert_eq!(dry, 1, "dry-run");
+    assert_eq!(noop, 1, "no-op");
+    // Plan, the apply's own read, the fingerprint after it.
+    assert!(first <= 3 && change <= 3, "first {first}, change {change}");
 }
 
 fn json(run: &Run) -> serde_json::Value {

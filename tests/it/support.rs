@@ -120,6 +120,11 @@ pub struct Run {
 /// caller's environment).
 #[allow(dead_code)]
 pub fn driftless(repo: &std::path::Path, args: &[&str]) -> Run {
+    driftless_with_env(repo, args, &[])
+}
+
+/// [`driftless`] with extra environment variables.
+pub fn driftless_with_env(repo: &std::path::Path, args: &[&str], vars: &[(&str, &str)]) -> Run {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_driftless"));
     cmd.args(args).arg("--repo").arg(repo);
     for (k, _) in std::env::vars() {
@@ -127,6 +132,7 @@ pub fn driftless(repo: &std::path::Path, args: &[&str]) -> Run {
             cmd.env_remove(k);
         }
     }
+    cmd.envs(vars.iter().copied());
     let out = cmd.output().expect("run driftless");
     Run {
         code: out.status.code().unwrap_or(-1),

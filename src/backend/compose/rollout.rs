@@ -23,7 +23,7 @@ use bollard::query_parameters::{
 };
 
 use crate::backend::BackendError;
-use crate::model::compose::{FailureAction, Mount, Service, UpdateOrder};
+use crate::model::compose::{ConfigFrom, FailureAction, Mount, Service, UpdateOrder};
 
 use super::apply::{Applier, State};
 use super::live::LiveContainer;
@@ -91,11 +91,12 @@ pub fn decide(service: &Service, reason: &str) -> Option<Decision> {
         }
         _ => {}
     }
-    if let Some(order) = config.order {
-        return Some(decision(
-            order,
-            "asked for by `deploy.update_config.order`".into(),
-        ));
+    // The Compose file's order overrules the safety rules for its service;
+    // an environment's default may only be more careful.
+    let asked = format!("asked for by {}", config.order_key());
+    match (config.order, config.from) {
+        (Some(UpdateOrder::StartFirst), ConfigFrom::Environment) | (None, _) => {}
+        (Some(order), _) => return Some(decision(order, asked)),
     }
     if let Some(name) = &service.container_name {
         return stop_first(format!(
@@ -133,9 +134,13 @@ pub fn decide(service: &Service, reason: &str) -> Option<Decision> {
             "mounts named volume `{volume}` read-write: two writers on one data directory can corrupt it"
         ));
     }
+    let safe = "no container_name, fixed host port or address, or read-write named volume";
     Some(decision(
         UpdateOrder::StartFirst,
-        "no container_name, fixed host port or address, or read-write named volume".into(),
+        match config.order {
+            Some(_) => format!("{asked}; {safe}"),
+            None => safe.into(),
+        },
     ))
 }
 
@@ -442,7 +447,7 @@ impl Applier<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::compose::{Port, ServiceNetwork};
+    use crate::model::compose::{Port, ServiceNetwork, UpdateConfig};
 
     fn order(s: &Service) -> (UpdateOrder, String) {
         let d = decide(s, "image changed").unwrap();
@@ -531,6 +536,42 @@ mod tests {
             ..Service::default()
         };
         assert!(order(&fixed_ip).1.contains("10.5.0.9 on network `back`"));
+    }
+
+    #[test]
+    fn an_environment_default_order_never_overrules_the_safety_rules() {
+        let from_env = |order| UpdateConfig {
+            order: Some(order),
+            from: ConfigFrom::Environment,
+            ..UpdateConfig::default()
+        };
+        let mut named = Service {
+            container_name: Some("proxy".into()),
+            update_config: from_env(UpdateOrder::StartFirst),
+            ..Service::default()
+        };
+        assert_eq!(order(&named).0, UpdateOrder::StopFirst);
+        named.container_name = None;
+        assert_eq!(
+            order(&named),
+            (
+                UpdateOrder::StartFirst,
+                "asked for by the environment's `update_config.order` in driftless.yaml; \
+                 no container_name, fixed host port or address, or read-write named volume"
+                    .into()
+            )
+        );
+        named.update_config = from_env(UpdateOrder::StopFirst);
+        assert_eq!(
+            order(&named),
+            (
+                UpdateOrder::StopFirst,
+                "asked for by the environment's `update_config.order` in driftless.yaml".into()
+            )
+        );
+        // A rollback names its own key.
+        named.update_config.rollback = true;
+        assert!(order(&named).1.contains("`rollback_config.order`"));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::docker_support::{
 
 /// httpd serving `/` (the image's `/variant` file says which image
 /// answers), healthy once it answers itself.
-fn web(image: &str) -> Service {
+pub(crate) fn web(image: &str) -> Service {
     Service {
         image: image.into(),
         command: Some(
@@ -114,7 +114,10 @@ async fn requests_after(b: &ComposeBackend, project: &str, seen: usize, n: usize
 }
 
 /// The web replicas' names, container ids and image ids.
-async fn web_replicas(b: &ComposeBackend, project: &str) -> Vec<(String, String, String)> {
+pub(crate) async fn web_replicas(
+    b: &ComposeBackend,
+    project: &str,
+) -> Vec<(String, String, String)> {
     let mut out: Vec<(String, String, String)> = containers(b, project)
         .await
         .into_iter()

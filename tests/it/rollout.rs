@@ -327,3 +327,110 @@ async fn a_pass_after_an_interrupted_replacement_converges() {
         "{again:#?}"
     );
 }
+
+/// The real binary killed with SIGKILL at a named instant of a start-first
+/// replacement — the new web-1 started under its temporary name, the old
+/// web-1 still running — seen by watching the engine's container list.
+/// The next `reconcile` converges: exactly the two replicas, under their
+/// canonical names, on the new image; nothing runs twice.
+#[tokio::test]
+async fn kill_9_mid_replacement_then_reconcile_converges() {
+    use crate::support::{RepoBuilder, git};
+    let Some(b) = engine().await else { return };
+    let name = project_name("rollout-kill");
+    let _cleanup = Cleanup::new(&[&name]);
+    let env = format!("e{}", name.trim_start_matches("dlt-").replace('_', "-"));
+    let manifest = format!(
+        "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {{}}\nenvironments:\n  {env}:\n    values: environments/values.yaml\n    targets: [local]\n    health: {{ deadline: 60s, settle: 1s }}\n"
+    );
+    let stack = |image: &str| {
+        format!(
+            "name: {name}\nservices:\n  web:\n    image: {image}\n    command: [httpd, -f, -p, \"80\", -h, /]\n    deploy: {{ replicas: 2 }}\n    stop_grace_period: 1s\n    healthcheck:\n      test: [\"CMD\", \"wget\", \"-q\", \"-O-\", \"http://127.0.0.1/variant\"]\n      interval: 1s\n      retries: 30\n"
+        )
+    };
+    let repo = RepoBuilder::new()
+        .file("driftless.yaml", manifest)
+        .file("environments/values.yaml", "{}\n")
+        .file("compose/stack.yaml", stack(BUSYBOX));
+    git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-q", "-m", "v1"]);
+    let state = tempfile::tempdir().unwrap();
+    let command = || {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_driftless"));
+        cmd.args(["reconcile", "--env", &env, "--state-dir"])
+            .arg(state.path())
+            .arg("--repo")
+            .arg(repo.path());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("DRIFTLESS_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd
+    };
+    let first = command().output().unwrap();
+    assert!(first.status.success(), "{first:?}");
+    let old = web_replicas(&b, &name).await;
+
+    std::fs::write(repo.path().join("compose/stack.yaml"), stack(BUSYBOX_2)).unwrap();
+    git(repo.path(), &["commit", "-q", "-am", "v2"]);
+    let mut child = command()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let temporary = format!("{name}-web-1-driftless-next");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let live = containers(&b, &name).await;
+        let running = |c: &&bollard::models::ContainerSummary| {
+            c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
+        };
+        let new_started = live.iter().filter(running).any(|c| {
+            c.names
+                .as_ref()
+                .is_some_and(|n| n.iter().any(|n| n.trim_start_matches('/') == temporary))
+        });
+        let old_running = live
+            .iter()
+            .filter(running)
+            .any(|c| c.id.as_deref() == Some(&old[0].1));
+        if new_started && old_running {
+            break;
+        }
+        let live: Vec<_> = live.iter().map(|c| (&c.names, &c.state)).collect();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never saw the new web-1 beside the old one: {live:?}"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "reconcile ended first");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // Both are there, as the kill left them.
+    let left = web_replicas(&b, &name).await;
+    assert_eq!(left.len(), 3, "{left:?}");
+
+    let again = command().output().unwrap();
+    assert!(again.status.success(), "{again:?}");
+    let v2 = image_id(&b, BUSYBOX_2).await;
+    let now: Vec<(String, String)> = web_replicas(&b, &name)
+        .await
+        .into_iter()
+        .map(|(name, _, image)| (name, image))
+        .collect();
+    assert_eq!(
+        now,
+        [
+            (format!("{name}-web-1"), v2.clone()),
+            (format!("{name}-web-2"), v2)
+        ]
+    );
+    let dry = command()
+        .args(["--dry-run", "--detailed-exitcode"])
+        .output()
+        .unwrap();
+    assert_eq!(dry.status.code(), Some(0), "{dry:?}");
+}

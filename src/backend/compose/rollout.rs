@@ -242,18 +242,27 @@ impl Applier<'_> {
             project::container_name(&r.project.name, r.service_name, r.service, r.number);
         let temporary = temporary_name(&canonical);
         tracing::info!(container = %canonical, replacement = %temporary, "replacing start-first");
+        // `aliased`: the failure came after it may have joined the
+        // service's DNS on some network.
         let gated = match self.create_as(&r, &temporary, true, resource).await {
             Ok(id) => match self.gate(&id, r.service).await {
-                Ok(()) => self.join_aliases(&id, &r).await.map(|()| id),
-                Err(why) => Err(why),
+                Ok(()) => self
+                    .join_aliases(&id, &r)
+                    .await
+                    .map(|()| id)
+                    .map_err(|why| (why, true)),
+                Err(why) => Err((why, false)),
             },
-            Err(e) => Err(crate::diag::error_chain(&e)),
+            Err(e) => Err((crate::diag::error_chain(&e), false)),
         };
         let id = match gated {
             Ok(id) => id,
-            Err(why) => {
+            Err((why, aliased)) => {
                 // Whatever was created goes; the old container never stopped.
-                self.leave_dns(&temporary, &r).await;
+                // Out of the service's DNS, it is removed at once.
+                if aliased {
+                    self.leave_dns(&temporary, &r).await;
+                }
                 let _ = self
                     .docker()
                     .remove_container(
@@ -316,9 +325,9 @@ impl Applier<'_> {
         Ok(())
     }
 
-    /// Takes a container (the old one, or a new one that failed) out of its
-    /// service's DNS before it is stopped, without cutting the requests it
-    /// is serving. A stopping container stays in Docker's DNS until its
+    /// Takes a container (the old one, or a new one that failed once it had
+    /// joined with aliases) out of its service's DNS before it is stopped,
+    /// without cutting the requests it is serving. A stopping container stays in Docker's DNS until its
     /// process has exited, so clients keep being sent to it while it dies;
     /// and the engine drops a DNS alias only when the container leaves the
     /// network. So it leaves each network and at once rejoins it without

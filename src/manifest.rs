@@ -13,6 +13,7 @@ use serde_saphyr::Spanned;
 
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::duration;
+use crate::model::compose::{ConfigFrom, FailureAction, UpdateConfig, UpdateOrder};
 use crate::yaml;
 
 /// The manifest's file name at the repo root.
@@ -120,6 +121,21 @@ struct RawEnvironment {
     adopt: bool,
     #[serde(default)]
     decrypt: Vec<String>,
+    update_config: Option<RawUpdateConfig>,
+    rollback_config: Option<RawUpdateConfig>,
+}
+
+/// `environments.<env>.update_config` / `rollback_config`: the default for
+/// services whose Compose file sets none, Compose's keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpdateConfig {
+    order: Option<Spanned<String>>,
+    parallelism: Option<Spanned<i64>>,
+    delay: Option<Spanned<String>>,
+    failure_action: Option<Spanned<String>>,
+    monitor: Option<Spanned<String>>,
+    max_failure_ratio: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -391,6 +407,13 @@ pub struct Environment {
     /// Globs over repo paths of SOPS files whose top-level keys are merged
     /// into the values (`decrypt:`), decrypted at render time.
     pub decrypt: Vec<String>,
+    /// `update_config`: how a service whose Compose file has no
+    /// `deploy.update_config` replaces its replicas. Its `order:
+    /// start-first` still yields to the safety rules (only a Compose file
+    /// can overrule them for its service).
+    pub update_config: Option<UpdateConfig>,
+    /// `rollback_config`: the same for a rollback to the last good commit.
+    pub rollback_config: Option<UpdateConfig>,
 }
 
 /// The ownership id of `env` deployed from the repo known as `repo`
@@ -833,6 +856,13 @@ impl Manifest {
                     }),
                     adopt: if env.adopt { Adopt::Unmanaged } else { Adopt::No },
                     decrypt: env.decrypt,
+                    update_config: env.update_config.map(|u| {
+                        update_config(&format!("environments.{name}.update_config"), u, line, &mut diags)
+                    }),
+                    rollback_config: env.rollback_config.map(|u| UpdateConfig {
+                        rollback: true,
+                        ..update_config(&format!("environments.{name}.rollback_config"), u, line, &mut diags)
+                    }),
                     name,
                 },
             );
@@ -973,6 +1003,94 @@ fn claim_problems(
 }
 
 /// Validates `environments.<name>.compose`.
+/// An environment's default `update_config` / `rollback_config` at `path`,
+/// each bad value an error on its line (`line`: the environment's, where
+/// the value has none).
+fn update_config(
+    path: &str,
+    raw: RawUpdateConfig,
+    line: u64,
+    diags: &mut Diagnostics,
+) -> UpdateConfig {
+    let mut u = UpdateConfig {
+        from: ConfigFrom::Environment,
+        ..UpdateConfig::default()
+    };
+    let mut bad = |key: &str, at: u64, problem: String, hint: &str| {
+        diags.push(
+            Diagnostic::error(format!("{path}.{key}: {problem}"))
+                .file(FILE)
+                .line(if at == 0 { line } else { at } as u32)
+                .hint(hint.to_owned()),
+        );
+    };
+    if let Some(order) = raw.order {
+        match order.value.as_str() {
+            "stop-first" => u.order = Some(UpdateOrder::StopFirst),
+            "start-first" => u.order = Some(UpdateOrder::StartFirst),
+            other => bad(
+                "order",
+                order.referenced.line(),
+                format!("`{other}` is not an update order"),
+                "stop-first or start-first",
+            ),
+        }
+    }
+    if let Some(n) = raw.parallelism {
+        match u32::try_from(n.value) {
+            Ok(p) if p <= 10_000 => u.parallelism = p,
+            _ => bad(
+                "parallelism",
+                n.referenced.line(),
+                format!("{} is not a number of replicas", n.value),
+                "0 (all at once) to 10000",
+            ),
+        }
+    }
+    for (key, raw, field) in [
+        ("delay", raw.delay, &mut u.delay),
+        ("monitor", raw.monitor, &mut u.monitor),
+    ] {
+        if let Some(d) = raw {
+            match duration::parse(&d.value) {
+                Ok(v) => *field = v,
+                Err(e) => bad(
+                    key,
+                    d.referenced.line(),
+                    e.to_string(),
+                    "a duration such as `10s` or `1m30s`",
+                ),
+            }
+        }
+    }
+    if let Some(action) = raw.failure_action {
+        match action.value.as_str() {
+            "pause" => u.failure_action = FailureAction::Pause,
+            "continue" => u.failure_action = FailureAction::Continue,
+            "rollback" => u.failure_action = FailureAction::Rollback,
+            other => bad(
+                "failure_action",
+                action.referenced.line(),
+                format!("`{other}` is not a failure action"),
+                "pause, continue or rollback",
+            ),
+        }
+    }
+    if let Some(r) = raw.max_failure_ratio {
+        if (0.0..=1.0).contains(&r.value) {
+            u.max_failure_ratio = r.value;
+        } else {
+            bad(
+                "max_failure_ratio",
+                r.referenced.line(),
+                format!("{} is not a ratio", r.value),
+                "a share of the replicas between 0 and 1",
+            );
+        }
+    }
+    u
+}
+
 fn compose_settings(name: &str, raw: RawCompose, diags: &mut Diagnostics) -> ComposeSettings {
     let mut settings = ComposeSettings::default();
     if let Some(profiles) = raw.profiles {

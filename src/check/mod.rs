@@ -254,7 +254,8 @@ pub fn environment(
         };
         match result {
             Ok(loaded) => {
-                let project = loaded.project;
+                let mut project = loaded.project;
+                environment_update_defaults(env, &mut project);
                 // Compose secret values are masked in every output, as
                 // `secret()` values are.
                 for f in project.services.values().flat_map(|s| &s.secrets) {
@@ -478,6 +479,24 @@ pub fn environment(
         warnings: warnings.into_iter().map(|d| d.or_env(&env.name)).collect(),
         files,
     })
+}
+
+/// The environment's `update_config` / `rollback_config` for each service
+/// whose Compose file sets none: the Compose file's own wins, whole.
+fn environment_update_defaults(env: &crate::manifest::Environment, project: &mut Project) {
+    for s in project.services.values_mut() {
+        use crate::model::compose::ConfigFrom;
+        if let Some(u) = &env.update_config
+            && s.update_config.from == ConfigFrom::Defaults
+        {
+            s.update_config = u.clone();
+        }
+        if let Some(u) = &env.rollback_config
+            && s.rollback_config.from == ConfigFrom::Defaults
+        {
+            s.rollback_config = u.clone();
+        }
+    }
 }
 
 /// Profiles set for the whole environment (driftless.yaml's

@@ -371,6 +371,26 @@ pub struct UpdateConfig {
     pub monitor: Duration,
     /// Share of replicas that may fail before the update fails (0..=1).
     pub max_failure_ratio: f64,
+    /// Who set it: Swarm's defaults, the Compose file, or the environment's
+    /// default in driftless.yaml (the Compose file's own wins).
+    #[serde(skip)]
+    pub from: ConfigFrom,
+    /// It is a `rollback_config`: what replaces replicas when the
+    /// environment rolls back.
+    #[serde(skip)]
+    pub rollback: bool,
+}
+
+/// Where an [`UpdateConfig`] comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConfigFrom {
+    /// Nobody set it: Swarm's defaults.
+    #[default]
+    Defaults,
+    /// The service's `deploy.update_config` / `deploy.rollback_config`.
+    Compose,
+    /// The environment's `update_config` / `rollback_config` in driftless.yaml.
+    Environment,
 }
 
 impl Default for UpdateConfig {
@@ -382,6 +402,8 @@ impl Default for UpdateConfig {
             failure_action: FailureAction::Pause,
             monitor: Duration::from_secs(5),
             max_failure_ratio: 0.0,
+            from: ConfigFrom::Defaults,
+            rollback: false,
         }
     }
 }
@@ -389,6 +411,19 @@ impl Default for UpdateConfig {
 impl UpdateConfig {
     pub fn is_default(&self) -> bool {
         *self == UpdateConfig::default()
+    }
+
+    /// The key that set `order`, as the plan names it.
+    pub fn order_key(&self) -> String {
+        let key = if self.rollback {
+            "rollback_config"
+        } else {
+            "update_config"
+        };
+        match self.from {
+            ConfigFrom::Environment => format!("the environment's `{key}.order` in driftless.yaml"),
+            ConfigFrom::Compose | ConfigFrom::Defaults => format!("`deploy.{key}.order`"),
+        }
     }
 }
 

@@ -536,7 +536,7 @@ async fn deploy<H: Hooks>(
         }
     };
     rec.timings.load_ms = Some(ms(t));
-    let loaded = match loaded {
+    let mut loaded = match loaded {
         Ok(Ok(l)) => l,
         Ok(Err(diags)) => {
             return rec.end(Outcome::Invalid, Ended::Invalid, Some(diags.to_string()));
@@ -553,6 +553,9 @@ async fn deploy<H: Hooks>(
 
     // plan
     let t = Instant::now();
+    if run.kind() == Kind::Rollback {
+        use_rollback_config(&mut loaded.checked.state);
+    }
     let prepared = prepare(loaded, env.scope, run.pin.as_ref()).await;
     rec.timings.plan_ms = Some(ms(t));
     let Prepared {
@@ -843,6 +846,21 @@ pub fn pin_images(desired: &mut DesiredState, ids: &ImageIds, live: &BTreeMap<St
     }
 }
 
+/// A rollback replaces replicas as each service's `rollback_config` says
+/// (Swarm's meaning), not its `update_config`.
+pub fn use_rollback_config(desired: &mut DesiredState) {
+    for t in &mut desired.targets {
+        if let Resources::Compose(projects) = &mut t.resources {
+            for s in projects.iter_mut().flat_map(|p| p.services.values_mut()) {
+                s.update_config = crate::model::compose::UpdateConfig {
+                    rollback: true,
+                    ..s.rollback_config.clone()
+                };
+            }
+        }
+    }
+}
+
 /// A digest of the live state of every target, read now: equal digests
 /// mean nothing changed on the engine since the last pass.
 pub async fn fingerprint(
@@ -859,8 +877,9 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    #[test]
-    fn pins_only_services_whose_reference_moved() {
+    /// Environment `dev` on one Compose target holding project `p` with
+    /// services `a`, `b`, `c` on images `img:1..3`.
+    fn three_services() -> DesiredState {
         let text = "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {}\nenvironments:\n  dev:\n    targets: [local]\n";
         let manifest = crate::manifest::Manifest::parse(text).unwrap();
         let mut p = crate::model::compose::Project {
@@ -880,7 +899,7 @@ mod tests {
                 },
             );
         }
-        let mut desired = DesiredState {
+        DesiredState {
             environment: manifest.environments["dev"].clone(),
             instance: "dev@test".into(),
             revision: crate::source::Revision::Commit { id: "c".into() },
@@ -889,7 +908,29 @@ mod tests {
                 resources: Resources::Compose(vec![p]),
             }],
             backups: vec![],
+        }
+    }
+
+    #[test]
+    fn a_rollback_replaces_replicas_as_rollback_config_says() {
+        let mut desired = three_services();
+        let Resources::Compose(projects) = &mut desired.targets[0].resources else {
+            unreachable!()
         };
+        let a = projects[0].services.get_mut("a").unwrap();
+        a.update_config.parallelism = 1;
+        a.rollback_config.parallelism = 0;
+        use_rollback_config(&mut desired);
+        let Resources::Compose(projects) = &desired.targets[0].resources else {
+            unreachable!()
+        };
+        let u = &projects[0].services["a"].update_config;
+        assert_eq!((u.parallelism, u.rollback), (0, true));
+    }
+
+    #[test]
+    fn pins_only_services_whose_reference_moved() {
+        let mut desired = three_services();
         let ids: ImageIds = [
             ("p/a".to_owned(), "sha256:a".to_owned()),
             ("p/b".to_owned(), "sha256:b".to_owned()),

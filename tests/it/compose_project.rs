@@ -207,3 +207,81 @@ fn include_cycles_missing_files_and_unvalued_secrets_are_refused_with_their_line
         ],
     );
 }
+
+#[test]
+fn an_environment_update_config_is_the_default_and_the_compose_file_wins() {
+    use driftless::model::compose::{FailureAction, UpdateOrder};
+    use std::time::Duration;
+    let stack = "services:
+  web:
+    image: busybox:1.36
+  api:
+    image: busybox:1.36
+    deploy:
+      update_config: {parallelism: 3}
+";
+    let settings = "    update_config:
+      order: stop-first
+      parallelism: 2
+      delay: 5s
+      failure_action: continue
+      monitor: 2s
+      max_failure_ratio: 0.5
+    rollback_config: {parallelism: 0}
+";
+    let repo = RepoBuilder::new()
+        .file("environments/dev.yaml", "{}\n")
+        .file("compose/stack.yaml", stack)
+        .file("driftless.yaml", manifest(settings));
+    let p = &projects(&repo)[0];
+    let web = &p.services["web"].update_config;
+    assert_eq!(
+        (
+            web.order,
+            web.parallelism,
+            web.delay,
+            web.failure_action,
+            web.monitor,
+            web.max_failure_ratio
+        ),
+        (
+            Some(UpdateOrder::StopFirst),
+            2,
+            Duration::from_secs(5),
+            FailureAction::Continue,
+            Duration::from_secs(2),
+            0.5
+        )
+    );
+    assert_eq!(p.services["web"].rollback_config.parallelism, 0);
+    // The Compose file's own update_config wins whole: Swarm's defaults for
+    // what it leaves out, not the environment's.
+    let api = &p.services["api"].update_config;
+    assert_eq!(
+        (api.order, api.parallelism, api.delay),
+        (None, 3, Duration::ZERO)
+    );
+    assert_eq!(p.services["api"].rollback_config.parallelism, 0);
+
+    let bad = "    update_config:
+      order: blue-green
+      parallelism: -1
+      delay: soon
+      failure_action: retry
+      max_failure_ratio: 2
+";
+    let repo = RepoBuilder::new()
+        .file("environments/dev.yaml", "{}\n")
+        .file("compose/stack.yaml", stack)
+        .file("driftless.yaml", manifest(bad));
+    refused(
+        &repo.driftless(&["validate"]),
+        &[
+            "driftless.yaml:9: environments.dev.update_config.order: `blue-green` is not an update order",
+            "driftless.yaml:10: environments.dev.update_config.parallelism: -1 is not a number of replicas",
+            "driftless.yaml:11: environments.dev.update_config.delay:",
+            "driftless.yaml:12: environments.dev.update_config.failure_action: `retry` is not a failure action",
+            "driftless.yaml:13: environments.dev.update_config.max_failure_ratio: 2 is not a ratio",
+        ],
+    );
+}

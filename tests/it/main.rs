@@ -37,6 +37,7 @@ mod reconcile_cli;
 mod remote_docker;
 mod render;
 mod rollout;
+mod rollout_batches;
 mod rules;
 mod secrets;
 mod sops;

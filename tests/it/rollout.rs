@@ -23,7 +23,7 @@ use crate::docker_support::{
 
 /// httpd serving `/` (the image's `/variant` file says which image
 /// answers), healthy once it answers itself.
-fn web(image: &str) -> Service {
+pub(crate) fn web(image: &str) -> Service {
     Service {
         image: image.into(),
         command: Some(
@@ -51,11 +51,13 @@ fn web(image: &str) -> Service {
 }
 
 /// One line per request to `web`: the variant that answered, or `FAIL`
-/// (no `wget -T`: this busybox build crashes with it).
+/// (no `wget -T`: this busybox build crashes with it; `timeout` makes a
+/// request that hangs — sent to a container cut off mid-request — count
+/// as failed instead of stalling the loop).
 /// Bounded: at most 3,000 requests (2.5 minutes).
 fn client() -> Service {
     let script = "i=0; while [ $i -lt 3000 ]; do \
-                  if v=$(wget -q -O- http://web/variant); then echo \"ok $v\"; \
+                  if v=$(busybox timeout 5 wget -q -O- http://web/variant); then echo \"ok $v\"; \
                   else echo FAIL; fi; i=$((i+1)); sleep 0.05; done";
     Service {
         image: BUSYBOX.into(),
@@ -112,7 +114,10 @@ async fn requests_after(b: &ComposeBackend, project: &str, seen: usize, n: usize
 }
 
 /// The web replicas' names, container ids and image ids.
-async fn web_replicas(b: &ComposeBackend, project: &str) -> Vec<(String, String, String)> {
+pub(crate) async fn web_replicas(
+    b: &ComposeBackend,
+    project: &str,
+) -> Vec<(String, String, String)> {
     let mut out: Vec<(String, String, String)> = containers(b, project)
         .await
         .into_iter()
@@ -171,12 +176,17 @@ async fn start_first_keeps_the_service_answering_through_an_update() {
     let updated = answers(&b, &name).await.len();
     let lines = requests_after(&b, &name, updated, 20).await;
 
-    // A new container joins the service's DNS when it starts, before its
-    // server listens (Docker's embedded DNS knows nothing of health): seen,
-    // at most one request per new container fails in that window. The old
-    // ones leave DNS before they stop, so their stop costs none.
-    let failed = lines.iter().filter(|l| *l == "FAIL").count();
-    assert!(failed <= 2, "failed requests during the update: {lines:?}");
+    // Not one request failed: a new container gets the service's alias
+    // only once healthy, and an old one leaves DNS (keeping its address, so
+    // a request in flight to it completes) before it stops. A request that
+    // resolved to the old one just as it rejoins its network without
+    // aliases is delayed about 1 s (TCP resends its SYN), within the
+    // client's 5 s bound; a bound under 1 s would count it (measured in
+    // benches/rollout_vs_compose.sh).
+    assert!(
+        lines.iter().all(|l| l != "FAIL"),
+        "failed requests during the update: {lines:?}"
+    );
     assert!(before.iter().all(|l| l == "ok 1"), "{before:?}");
     assert!(
         lines[updated..].iter().all(|l| l == "ok 2"),
@@ -234,12 +244,13 @@ async fn a_new_replica_failing_health_leaves_the_old_ones_serving() {
     );
     let failed_at = answers(&b, &name).await.len();
     let lines = requests_after(&b, &name, failed_at, 10).await;
-    // The new replica joins the service's DNS when it starts, before its
-    // server listens (Docker's embedded DNS knows nothing of health): seen,
-    // at most one request failed in that window. The old replicas answered
-    // every other one, and only they answer after.
-    let failed = lines.iter().filter(|l| *l == "FAIL").count();
-    assert!(failed <= 1, "the old replicas kept serving: {lines:?}");
+    // The new replica never had the service's alias (it is given only to
+    // a healthy one): the old replicas answered every request, and only
+    // they answer after.
+    assert!(
+        lines.iter().all(|l| l != "FAIL"),
+        "the old replicas kept serving: {lines:?}"
+    );
     assert!(
         lines[failed_at..].iter().all(|l| l != "ok 2"),
         "{:?}",
@@ -319,4 +330,111 @@ async fn a_pass_after_an_interrupted_replacement_converges() {
         again.iter().all(|c| c.action == Action::Unchanged),
         "{again:#?}"
     );
+}
+
+/// The real binary killed with SIGKILL at a named instant of a start-first
+/// replacement — the new web-1 started under its temporary name, the old
+/// web-1 still running — seen by watching the engine's container list.
+/// The next `reconcile` converges: exactly the two replicas, under their
+/// canonical names, on the new image; nothing runs twice.
+#[tokio::test]
+async fn kill_9_mid_replacement_then_reconcile_converges() {
+    use crate::support::{RepoBuilder, git};
+    let Some(b) = engine().await else { return };
+    let name = project_name("rollout-kill");
+    let _cleanup = Cleanup::new(&[&name]);
+    let env = format!("e{}", name.trim_start_matches("dlt-").replace('_', "-"));
+    let manifest = format!(
+        "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {{}}\nenvironments:\n  {env}:\n    values: environments/values.yaml\n    targets: [local]\n    health: {{ deadline: 60s, settle: 1s }}\n"
+    );
+    let stack = |image: &str| {
+        format!(
+            "name: {name}\nservices:\n  web:\n    image: {image}\n    command: [httpd, -f, -p, \"80\", -h, /]\n    deploy: {{ replicas: 2 }}\n    stop_grace_period: 1s\n    healthcheck:\n      test: [\"CMD\", \"wget\", \"-q\", \"-O-\", \"http://127.0.0.1/variant\"]\n      interval: 1s\n      retries: 30\n"
+        )
+    };
+    let repo = RepoBuilder::new()
+        .file("driftless.yaml", manifest)
+        .file("environments/values.yaml", "{}\n")
+        .file("compose/stack.yaml", stack(BUSYBOX));
+    git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-q", "-m", "v1"]);
+    let state = tempfile::tempdir().unwrap();
+    let command = || {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_driftless"));
+        cmd.args(["reconcile", "--env", &env, "--state-dir"])
+            .arg(state.path())
+            .arg("--repo")
+            .arg(repo.path());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("DRIFTLESS_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd
+    };
+    let first = command().output().unwrap();
+    assert!(first.status.success(), "{first:?}");
+    let old = web_replicas(&b, &name).await;
+
+    std::fs::write(repo.path().join("compose/stack.yaml"), stack(BUSYBOX_2)).unwrap();
+    git(repo.path(), &["commit", "-q", "-am", "v2"]);
+    let mut child = command()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let temporary = format!("{name}-web-1-driftless-next");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let live = containers(&b, &name).await;
+        let running = |c: &&bollard::models::ContainerSummary| {
+            c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
+        };
+        let new_started = live.iter().filter(running).any(|c| {
+            c.names
+                .as_ref()
+                .is_some_and(|n| n.iter().any(|n| n.trim_start_matches('/') == temporary))
+        });
+        let old_running = live
+            .iter()
+            .filter(running)
+            .any(|c| c.id.as_deref() == Some(&old[0].1));
+        if new_started && old_running {
+            break;
+        }
+        let live: Vec<_> = live.iter().map(|c| (&c.names, &c.state)).collect();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never saw the new web-1 beside the old one: {live:?}"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "reconcile ended first");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // Both are there, as the kill left them.
+    let left = web_replicas(&b, &name).await;
+    assert_eq!(left.len(), 3, "{left:?}");
+
+    let again = command().output().unwrap();
+    assert!(again.status.success(), "{again:?}");
+    let v2 = image_id(&b, BUSYBOX_2).await;
+    let now: Vec<(String, String)> = web_replicas(&b, &name)
+        .await
+        .into_iter()
+        .map(|(name, _, image)| (name, image))
+        .collect();
+    assert_eq!(
+        now,
+        [
+            (format!("{name}-web-1"), v2.clone()),
+            (format!("{name}-web-2"), v2)
+        ]
+    );
+    let dry = command()
+        .args(["--dry-run", "--detailed-exitcode"])
+        .output()
+        .unwrap();
+    assert_eq!(dry.status.code(), Some(0), "{dry:?}");
 }

@@ -734,11 +734,22 @@ impl<'a> Applier<'a> {
         temporary: bool,
         resource: &str,
     ) -> Result<String> {
-        let (mut body, extra_networks) = spec::container(r);
+        let (mut body, mut extra_networks) = spec::container(r);
         if temporary {
             body.labels
                 .get_or_insert_with(Default::default)
                 .insert(labels::TEMPORARY.to_owned(), name.to_owned());
+            // Out of the service's DNS until it is healthy: Docker's DNS
+            // would answer with it as soon as it starts, before its server
+            // listens. [`rollout`] gives it its aliases once it is gated.
+            let endpoints = body
+                .networking_config
+                .iter_mut()
+                .flat_map(|n| n.endpoints_config.iter_mut().flat_map(|e| e.values_mut()))
+                .chain(extra_networks.iter_mut().map(|(_, e)| e));
+            for endpoint in endpoints {
+                endpoint.aliases = None;
+            }
         }
         tracing::info!(container = %name, "creating container");
         let mut options = CreateContainerOptionsBuilder::default().name(name);

@@ -10,9 +10,9 @@ use super::{Ctx, dotenv, engine, syntax};
 use crate::diag::Diagnostic;
 use crate::model::Origin;
 use crate::model::compose::{
-    BIND_LISTING, ContextFile, Dependency, DependencyCondition, FailureAction, FileMount,
-    Healthcheck, Logging, Mount, Network, Port, ResourceSet, Service, ServiceNetwork, Ulimit,
-    UpdateConfig, UpdateOrder, Volume,
+    BIND_LISTING, ConfigFrom, ContextFile, Dependency, DependencyCondition, FailureAction,
+    FileMount, Healthcheck, Logging, Mount, Network, Port, ResourceSet, Service, ServiceNetwork,
+    Ulimit, UpdateConfig, UpdateOrder, Volume,
 };
 use crate::source::join_relative;
 use crate::yaml::{Node, Value};
@@ -1754,7 +1754,12 @@ fn deploy<'n>(
             }
             "restart_policy" => restart_policy(ctx, v, &fp, s),
             "update_config" => s.update_config = update_config(ctx, v, &fp, start_first),
-            "rollback_config" => s.rollback_config = update_config(ctx, v, &fp, start_first),
+            "rollback_config" => {
+                s.rollback_config = UpdateConfig {
+                    rollback: true,
+                    ..update_config(ctx, v, &fp, start_first)
+                }
+            }
             "labels" | "placement" | "endpoint_mode" => ctx.swarm_only(k, &fp),
             k if k.starts_with("x-") => {}
             _ => ctx.unsupported(k, &fp),
@@ -1770,7 +1775,10 @@ fn update_config<'n>(
     path: &str,
     start_first: &mut Vec<(&'n Node, String)>,
 ) -> UpdateConfig {
-    let mut u = UpdateConfig::default();
+    let mut u = UpdateConfig {
+        from: ConfigFrom::Compose,
+        ..UpdateConfig::default()
+    };
     for (k, v) in ctx.map(node, path).unwrap_or_default() {
         let Some(key) = ctx.key(k, path) else {
             continue;

@@ -1,0 +1,235 @@
+//! `deploy.update_config` on a 4-replica service against the real engine:
+//! `parallelism`, `delay`, `failure_action` and `max_failure_ratio` change
+//! which replicas are replaced, which keep running and what the deploy
+//! reports, as Swarm documents them.
+//!
+//! Which new replicas fail is made deterministic with tokens: the new
+//! definition's command takes the first free token (a directory in a
+//! shared volume) and serves, or exits 1 when none is left; replicas are
+//! replaced in number order.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bollard::query_parameters::InspectContainerOptions;
+use driftless::backend::Backend;
+use driftless::backend::compose::ComposeBackend;
+use driftless::manifest::Allow;
+use driftless::model::compose::{
+    ConfigFrom, FailureAction, Mount, Project, Service, UpdateConfig, UpdateOrder, Volume,
+};
+use driftless::secrets::Masker;
+
+use crate::compose_backend::{ctx, desired, dry_run, reconcile};
+use crate::compose_build::image_id;
+use crate::docker_support::{BUSYBOX, BUSYBOX_2, Cleanup, engine, project_name};
+use crate::rollout::{web, web_replicas};
+
+/// Four replicas of the v1 httpd.
+fn v1() -> Service {
+    Service {
+        replicas: 4,
+        ..web(BUSYBOX)
+    }
+}
+
+/// v2: serves only with one of `tokens` tokens, replaced as `u` says.
+fn v2(tokens: u32, u: UpdateConfig) -> Service {
+    let list: Vec<String> = (1..=tokens).map(|i| i.to_string()).collect();
+    let script = format!(
+        "for i in {}; do mkdir /t/$i 2>/dev/null && exec httpd -f -p 80 -h /; done; exit 1",
+        list.join(" ")
+    );
+    Service {
+        command: Some(vec!["sh".into(), "-c".into(), script]),
+        // Written by one new replica at a time: asked for explicitly.
+        volumes: vec![Mount::Volume {
+            source: Some("tokens".into()),
+            target: "/t".into(),
+            read_only: false,
+            no_copy: false,
+        }],
+        update_config: UpdateConfig {
+            order: Some(UpdateOrder::StartFirst),
+            from: ConfigFrom::Compose,
+            ..u
+        },
+        replicas: 4,
+        ..web(BUSYBOX_2)
+    }
+}
+
+fn project(name: &str, web: Service) -> Project {
+    Project {
+        name: name.into(),
+        services: [("web".to_owned(), web)].into(),
+        networks: BTreeMap::new(),
+        volumes: [(
+            "tokens".to_owned(),
+            Volume {
+                name: format!("{name}_tokens"),
+                ..Volume::default()
+            },
+        )]
+        .into(),
+        disabled_services: Default::default(),
+        origin: Default::default(),
+    }
+}
+
+/// Deploys v1, then applies v2 with `tokens` and `u`: the apply's result,
+/// and per replica (by number) whether it now runs v2 and, if not, whether
+/// it is the same container as before.
+async fn update(
+    b: &ComposeBackend,
+    name: &str,
+    tokens: u32,
+    u: UpdateConfig,
+) -> (Result<(), String>, Vec<&'static str>) {
+    reconcile(b, name, &desired(vec![project(name, v1())])).await;
+    let before = web_replicas(b, name).await;
+    let d = desired(vec![project(name, v2(tokens, u))]);
+    let changes = dry_run(b, name, &d, &Allow::default()).await.unwrap();
+    let masker = Masker::default();
+    let allow = Allow::default();
+    let result = b
+        .apply(&d, &changes, ctx(name, &masker, &allow))
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string());
+    let v2_id = image_id(b, BUSYBOX_2).await;
+    let after = web_replicas(b, name).await;
+    assert_eq!(
+        after.iter().map(|r| &r.0).collect::<Vec<_>>(),
+        before.iter().map(|r| &r.0).collect::<Vec<_>>(),
+        "exactly the four replicas, under their canonical names"
+    );
+    let states = after
+        .iter()
+        .zip(&before)
+        .map(|(now, was)| {
+            if now.2 == v2_id {
+                "new"
+            } else if now.1 == was.1 {
+                "old"
+            } else {
+                "other"
+            }
+        })
+        .collect();
+    (result, states)
+}
+
+fn config(parallelism: u32, failure_action: FailureAction, max_failure_ratio: f64) -> UpdateConfig {
+    UpdateConfig {
+        parallelism,
+        failure_action,
+        max_failure_ratio,
+        ..UpdateConfig::default()
+    }
+}
+
+/// `pause` and `rollback` both stop at the first replica past the ratio
+/// and fail the deploy; what `rollback` adds is the environment's: a failed
+/// deploy takes its normal failure path, the rollback to the last good
+/// commit (replaced as `rollback_config` says).
+#[tokio::test]
+async fn pause_and_rollback_stop_at_the_first_failed_replica() {
+    let Some(b) = engine().await else { return };
+    for action in [FailureAction::Pause, FailureAction::Rollback] {
+        let name = project_name(&format!("batch-{action:?}").to_lowercase());
+        let _cleanup = Cleanup::new(&[&name]);
+        let (result, states) = update(&b, &name, 2, config(1, action, 0.0)).await;
+        // 1 and 2 took the tokens; 3 failed, so 4 was never tried.
+        assert_eq!(states, ["new", "new", "old", "old"], "{action:?}");
+        let err = result.unwrap_err();
+        assert!(
+            err.contains(&format!("{name}/web")) && err.contains("(1 of 4 replicas)"),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("{name}-web-3")) && err.contains("exited with code 1"),
+            "{err}"
+        );
+        assert!(!err.contains(&format!("{name}-web-4")), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn continue_tries_every_replica_then_fails() {
+    let Some(b) = engine().await else { return };
+    let name = project_name("batch-continue");
+    let _cleanup = Cleanup::new(&[&name]);
+    let (result, states) = update(&b, &name, 2, config(1, FailureAction::Continue, 0.0)).await;
+    // 3 and 4 were both tried, both failed, both kept their old container.
+    assert_eq!(states, ["new", "new", "old", "old"]);
+    let err = result.unwrap_err();
+    assert!(err.contains("(2 of 4 replicas)"), "{err}");
+    assert!(err.contains(&format!("{name}-web-4")), "{err}");
+}
+
+#[tokio::test]
+async fn failures_within_max_failure_ratio_do_not_fail_the_deploy() {
+    let Some(b) = engine().await else { return };
+    let name = project_name("batch-ratio");
+    let _cleanup = Cleanup::new(&[&name]);
+    // Two failures of four are a ratio of 0.5: tolerated, and the update
+    // went on past the first.
+    let (result, states) = update(&b, &name, 2, config(1, FailureAction::Pause, 0.5)).await;
+    assert_eq!(result, Ok(()));
+    assert_eq!(states, ["new", "new", "old", "old"]);
+}
+
+#[tokio::test]
+async fn parallelism_is_how_many_replicas_are_tried_at_once() {
+    let Some(b) = engine().await else { return };
+    // No token: every new replica fails; with `pause` the update stops
+    // after the first batch, so the count of failures is the batch size.
+    for (parallelism, failed) in [(2, 2), (0, 4)] {
+        let name = project_name(&format!("batch-par{parallelism}"));
+        let _cleanup = Cleanup::new(&[&name]);
+        let (result, states) =
+            update(&b, &name, 0, config(parallelism, FailureAction::Pause, 0.0)).await;
+        assert_eq!(states, ["old"; 4], "parallelism {parallelism}");
+        let err = result.unwrap_err();
+        assert!(err.contains(&format!("({failed} of 4 replicas)")), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn delay_separates_the_batches() {
+    let Some(b) = engine().await else { return };
+    let name = project_name("batch-delay");
+    let _cleanup = Cleanup::new(&[&name]);
+    let delay = Duration::from_secs(3);
+    let u = UpdateConfig {
+        delay,
+        ..config(2, FailureAction::Pause, 0.0)
+    };
+    let (result, states) = update(&b, &name, 4, u).await;
+    assert_eq!(result, Ok(()));
+    assert_eq!(states, ["new"; 4]);
+    let mut started = Vec::new();
+    for n in 1..=4 {
+        let inspect = b
+            .docker()
+            .inspect_container(&format!("{name}-web-{n}"), None::<InspectContainerOptions>)
+            .await
+            .unwrap();
+        let at = inspect.state.and_then(|s| s.started_at).unwrap();
+        started.push(chrono::DateTime::parse_from_rfc3339(&at).unwrap());
+    }
+    // Two batches of two: each pair started together, the second pair at
+    // least `delay` after the first.
+    let apart = |a: usize, b: usize| (started[b] - started[a]).to_std().unwrap_or_default();
+    assert!(
+        apart(0, 1) < Duration::from_secs(1) || apart(1, 0) < Duration::from_secs(1),
+        "{started:?}"
+    );
+    let first = started[0].max(started[1]);
+    let second = started[2].min(started[3]);
+    assert!(
+        (second - first).to_std().unwrap_or_default() >= delay,
+        "{started:?}"
+    );
+}

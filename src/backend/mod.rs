@@ -137,14 +137,29 @@ pub trait Backend: Send + Sync {
         ctx: Context<'_>,
     ) -> impl Future<Output = Result<Vec<Change>, BackendError>> + Send;
 
-    /// Executes `changes` (as returned by `plan`) against the target,
-    /// stopping at the first hard error.
+    /// Executes `changes` (as returned by `plan` from `live`) against the
+    /// target, stopping at the first hard error. `live` is the state the
+    /// plan read: the apply does not read it again.
+    fn apply_live(
+        &self,
+        desired: &TargetState,
+        changes: &[Change],
+        live: &Self::Live,
+        ctx: Context<'_>,
+    ) -> impl Future<Output = Result<ApplyReport, BackendError>> + Send;
+
+    /// [`Backend::apply_live`] on the live state as read now.
     fn apply(
         &self,
         desired: &TargetState,
         changes: &[Change],
         ctx: Context<'_>,
-    ) -> impl Future<Output = Result<ApplyReport, BackendError>> + Send;
+    ) -> impl Future<Output = Result<ApplyReport, BackendError>> + Send {
+        async move {
+            let live = self.read_live(desired, ctx).await?;
+            self.apply_live(desired, changes, &live, ctx).await
+        }
+    }
 
     /// One verdict per desired resource, as of now (verify polls this until
     /// its deadline).
@@ -239,16 +254,28 @@ impl Backend for Driver {
         }
     }
 
-    async fn apply(
+    async fn apply_live(
         &self,
         desired: &TargetState,
         changes: &[Change],
+        live: &DriverLive,
         ctx: Context<'_>,
     ) -> Result<ApplyReport, BackendError> {
-        match self {
-            Driver::Compose(b) => b.apply(desired, changes, ctx).await,
-            Driver::Kube(b) => b.apply(desired, changes, ctx).await,
-            Driver::Rules(b) => b.apply(desired, changes, ctx).await,
+        match (self, live) {
+            (Driver::Compose(b), DriverLive::Compose(l)) => {
+                b.apply_live(desired, changes, l, ctx).await
+            }
+            (Driver::Kube(b), DriverLive::Kube(l)) => b.apply_live(desired, changes, l, ctx).await,
+            (Driver::Rules(b), DriverLive::Rules(l)) => {
+                b.apply_live(desired, changes, l, ctx).await
+            }
+            (b, _) => Err(BackendError::Refused {
+                target: desired.target.name.clone(),
+                message: format!(
+                    "live state of another kind given to the {} backend",
+                    b.kind()
+                ),
+            }),
         }
     }
 

@@ -121,6 +121,95 @@ impl RulesBackend {
         })
     }
 
+    async fn apply_changes(
+        &self,
+        desired: &TargetState,
+        changes: &[Change],
+        ctx: Context<'_>,
+    ) -> Result<ApplyReport, BackendError> {
+        let files = rule_files(desired)?;
+        let mut writes: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut deletes: Vec<String> = Vec::new();
+        let mut applied = Vec::new();
+        for c in changes.iter().filter(|c| c.resource.kind == KIND) {
+            match c.action {
+                Action::Create | Action::Update | Action::Recreate { .. } => {
+                    let f = files
+                        .iter()
+                        .find(|f| f.name == c.resource.name)
+                        .ok_or_else(|| BackendError::Refused {
+                            target: self.target.clone(),
+                            message: format!(
+                                "the plan writes {} but the desired state has no such file",
+                                c.resource.name
+                            ),
+                        })?;
+                    let mut content = header(ctx.environment).into_bytes();
+                    content.extend_from_slice(f.content.as_bytes());
+                    writes.push((f.name.clone(), content));
+                }
+                Action::Delete => deletes.push(c.resource.name.clone()),
+                Action::Unchanged => continue,
+            }
+            applied.push(c.clone());
+        }
+        if applied.is_empty() {
+            return Ok(ApplyReport::default());
+        }
+        let touched = || {
+            applied
+                .iter()
+                .map(|c| c.resource.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        // What the touched files are now, to put back if Prometheus says no.
+        let before = self.list().await.map_err(|e| self.unavailable(e))?;
+        let mut restore_writes = Vec::new();
+        let mut restore_deletes = Vec::new();
+        for c in &applied {
+            match before.get(&c.resource.name) {
+                Some(bytes) => restore_writes.push((c.resource.name.clone(), bytes.clone())),
+                None => restore_deletes.push(c.resource.name.clone()),
+            }
+        }
+        let fail = |message: String| BackendError::Apply {
+            target: self.target.clone(),
+            resource: format!("{KIND} {}", touched()),
+            message,
+        };
+        let changed = async {
+            self.write(&writes).await?;
+            self.remove(&deletes).await
+        }
+        .await;
+        let reloaded = match changed {
+            Ok(()) => self.reload().await,
+            Err(e) => Err(e),
+        };
+        let Err(error) = reloaded else {
+            return Ok(ApplyReport {
+                applied,
+                image_ids: BTreeMap::new(),
+            });
+        };
+        // Put the previous files back and make Prometheus load them again.
+        let restored = async {
+            self.write(&restore_writes).await?;
+            self.remove(&restore_deletes).await?;
+            self.reload().await
+        }
+        .await;
+        Err(fail(match restored {
+            Ok(()) => format!(
+                "Prometheus rejected the new rule files; the previous files were restored and reloaded: {error} (Prometheus's log names the file and the reason)"
+            ),
+            Err(e) => format!(
+                "Prometheus rejected the new rule files ({error}); restoring the previous files failed too: {e}"
+            ),
+        }))
+    }
+
     fn unavailable(&self, message: impl std::fmt::Display) -> BackendError {
         BackendError::Unavailable {
             target: self.target.clone(),
@@ -628,93 +717,25 @@ impl Backend for RulesBackend {
 
     /// Writes and deletes as planned, reloads Prometheus, and on a failed
     /// reload restores the files as they were and reloads again.
+    /// The rules directory is read again as the apply writes it (the
+    /// container may be one this same apply created): `live` is not read.
+    async fn apply_live(
+        &self,
+        desired: &TargetState,
+        changes: &[Change],
+        _live: &Self::Live,
+        ctx: Context<'_>,
+    ) -> Result<ApplyReport, BackendError> {
+        self.apply_changes(desired, changes, ctx).await
+    }
+
     async fn apply(
         &self,
         desired: &TargetState,
         changes: &[Change],
         ctx: Context<'_>,
     ) -> Result<ApplyReport, BackendError> {
-        let files = rule_files(desired)?;
-        let mut writes: Vec<(String, Vec<u8>)> = Vec::new();
-        let mut deletes: Vec<String> = Vec::new();
-        let mut applied = Vec::new();
-        for c in changes.iter().filter(|c| c.resource.kind == KIND) {
-            match c.action {
-                Action::Create | Action::Update | Action::Recreate { .. } => {
-                    let f = files
-                        .iter()
-                        .find(|f| f.name == c.resource.name)
-                        .ok_or_else(|| BackendError::Refused {
-                            target: self.target.clone(),
-                            message: format!(
-                                "the plan writes {} but the desired state has no such file",
-                                c.resource.name
-                            ),
-                        })?;
-                    let mut content = header(ctx.environment).into_bytes();
-                    content.extend_from_slice(f.content.as_bytes());
-                    writes.push((f.name.clone(), content));
-                }
-                Action::Delete => deletes.push(c.resource.name.clone()),
-                Action::Unchanged => continue,
-            }
-            applied.push(c.clone());
-        }
-        if applied.is_empty() {
-            return Ok(ApplyReport::default());
-        }
-        let touched = || {
-            applied
-                .iter()
-                .map(|c| c.resource.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        // What the touched files are now, to put back if Prometheus says no.
-        let before = self.list().await.map_err(|e| self.unavailable(e))?;
-        let mut restore_writes = Vec::new();
-        let mut restore_deletes = Vec::new();
-        for c in &applied {
-            match before.get(&c.resource.name) {
-                Some(bytes) => restore_writes.push((c.resource.name.clone(), bytes.clone())),
-                None => restore_deletes.push(c.resource.name.clone()),
-            }
-        }
-        let fail = |message: String| BackendError::Apply {
-            target: self.target.clone(),
-            resource: format!("{KIND} {}", touched()),
-            message,
-        };
-        let changed = async {
-            self.write(&writes).await?;
-            self.remove(&deletes).await
-        }
-        .await;
-        let reloaded = match changed {
-            Ok(()) => self.reload().await,
-            Err(e) => Err(e),
-        };
-        let Err(error) = reloaded else {
-            return Ok(ApplyReport {
-                applied,
-                image_ids: BTreeMap::new(),
-            });
-        };
-        // Put the previous files back and make Prometheus load them again.
-        let restored = async {
-            self.write(&restore_writes).await?;
-            self.remove(&restore_deletes).await?;
-            self.reload().await
-        }
-        .await;
-        Err(fail(match restored {
-            Ok(()) => format!(
-                "Prometheus rejected the new rule files; the previous files were restored and reloaded: {error} (Prometheus's log names the file and the reason)"
-            ),
-            Err(e) => format!(
-                "Prometheus rejected the new rule files ({error}); restoring the previous files failed too: {e}"
-            ),
-        }))
+        self.apply_changes(desired, changes, ctx).await
     }
 
     async fn health(

@@ -192,18 +192,31 @@ pub async fn apply<B: Backend>(
     plan: &Plan,
     masker: &Masker,
 ) -> Result<ApplyReport, BackendError> {
+    let lives = read_live(backends, desired, masker).await?;
+    apply_live(backends, desired, plan, &lives, masker).await
+}
+
+/// [`apply`] of a plan made from `lives` (from [`read_live`]), which the
+/// backends use instead of reading the live state again.
+pub async fn apply_live<B: Backend>(
+    backends: &[B],
+    desired: &DesiredState,
+    plan: &Plan,
+    lives: &[B::Live],
+    masker: &Masker,
+) -> Result<ApplyReport, BackendError> {
     let ctx = context(desired, masker);
     let mut report = ApplyReport::default();
-    let mut ordered: Vec<_> = pairs(backends, desired).collect();
-    ordered.sort_by_key(|(_, t)| matches!(t.target.kind, TargetKind::Prometheus(_)));
-    for (backend, target) in ordered {
+    let mut ordered: Vec<_> = pairs(backends, desired).zip(lives).collect();
+    ordered.sort_by_key(|((_, t), _)| matches!(t.target.kind, TargetKind::Prometheus(_)));
+    for ((backend, target), live) in ordered {
         let changes: Vec<_> = plan
             .changes
             .iter()
             .filter(|c| c.target == target.target.name)
             .cloned()
             .collect();
-        let r = backend.apply(target, &changes, ctx).await?;
+        let r = backend.apply_live(target, &changes, live, ctx).await?;
         report.applied.extend(r.applied);
         report.image_ids.extend(r.image_ids);
     }

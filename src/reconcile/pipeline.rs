@@ -221,8 +221,9 @@ impl Memo {
                 projects.clear();
             }
         }
-        let plan = super::plan(&applied.drivers, &empty, &applied.masker).await?;
-        super::apply(&applied.drivers, &empty, &plan, &applied.masker)
+        let lives = super::read_live(&applied.drivers, &empty, &applied.masker).await?;
+        let plan = super::plan_live(&applied.drivers, &empty, &lives, &applied.masker).await?;
+        super::apply_live(&applied.drivers, &empty, &plan, &lives, &applied.masker)
             .await
             .map(|_| ())
     }
@@ -237,7 +238,9 @@ pub struct Prepared {
     pub plan: Plan,
     /// The caller's masker with the render's secrets added.
     pub masker: Masker,
-    /// The digest of the live state the plan was made from ([`fingerprint`]).
+    /// The live state the plan was made from, per target (the apply's too).
+    pub lives: Vec<DriverLive>,
+    /// Its digest ([`fingerprint`]).
     pub fingerprint: Vec<u8>,
 }
 
@@ -272,6 +275,7 @@ pub async fn prepare(
     let plan = super::plan_live(&drivers, &desired, &lives, &masker).await?;
     Ok(Prepared {
         fingerprint: super::digest(&lives),
+        lives,
         desired,
         drivers,
         plan,
@@ -564,6 +568,7 @@ async fn deploy<H: Hooks>(
         plan,
         masker,
         fingerprint: planned_fingerprint,
+        lives,
     } = match prepared {
         Ok(p) => p,
         Err(e) => return rec.backend_error(e, false),
@@ -620,7 +625,7 @@ async fn deploy<H: Hooks>(
         return rec.end(Outcome::Failed, Ended::Transient, Some(e));
     }
     let t = Instant::now();
-    let applied = super::apply(&drivers, &desired, &plan, &masker).await;
+    let applied = super::apply_live(&drivers, &desired, &plan, &lives, &masker).await;
     rec.timings.apply_ms = Some(ms(t));
     // From here on the memo describes what is live, good or bad.
     let report = match applied {

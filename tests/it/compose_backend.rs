@@ -901,22 +901,29 @@ async fn noop_plan_of_fourteen_services_is_four_calls() {
     assert_eq!(proxy.take(), 1, "connect negotiates the API version once");
 
     let allow = Allow::default();
+    let masker = Masker::default();
     let start = Instant::now();
-    let changes = dry_run(&counted, &name, &d, &allow).await.unwrap();
+    let live = counted
+        .read_live(&d, ctx(&name, &masker, &allow))
+        .await
+        .unwrap();
+    let changes = counted
+        .plan(&d, &live, ctx(&name, &masker, &allow))
+        .await
+        .unwrap();
     let elapsed = start.elapsed();
     assert!(changed(&changes).is_empty(), "{changes:#?}");
     assert_eq!(changes.len(), 15, "14 services and the default network");
     assert_eq!(proxy.take(), 4, "a no-op plan is one list call per kind");
     eprintln!("no-op plan of 14 services: 4 API calls, {elapsed:?}");
 
-    let masker = Masker::default();
     let report = counted
-        .apply(&d, &changes, ctx(&name, &masker, &allow))
+        .apply_live(&d, &changes, &live, ctx(&name, &masker, &allow))
         .await
         .unwrap();
     assert!(report.applied.is_empty());
     assert_eq!(report.image_ids.len(), 14);
-    assert_eq!(proxy.take(), 1, "a no-op apply lists images only");
+    assert_eq!(proxy.take(), 0, "a no-op apply of a plan sends nothing");
 }
 
 /// An image in a registry that needs a login: without credentials the pull

@@ -88,10 +88,11 @@ impl Backend for FakeEngine {
         Ok(changes)
     }
 
-    async fn apply(
+    async fn apply_live(
         &self,
         desired: &TargetState,
         changes: &[Change],
+        _: &Self::Live,
         _: Context<'_>,
     ) -> Result<ApplyReport, BackendError> {
         *self.applies.lock().unwrap() += 1;

@@ -85,7 +85,8 @@ impl<'a> Applier<'a> {
 
     /// Runs `changes`; returns what was applied and every desired service's
     /// image id.
-    pub async fn run(&self, changes: &[Change]) -> Result<ApplyReport> {
+    /// Applies `changes`, planned from `live` (not read again).
+    pub async fn run(&self, changes: &[Change], live: &Live) -> Result<ApplyReport> {
         // Check the whole list before touching anything.
         let mut references = BTreeSet::new();
         // Present images the pull policy wants pulled again (`always` on
@@ -144,19 +145,13 @@ impl<'a> Applier<'a> {
         }
 
         if changes.iter().all(|c| c.action == Action::Unchanged) {
-            // Nothing to do: one call for the image ids the report carries.
-            let listed = self
-                .docker()
-                .list_images(Some(ListImagesOptionsBuilder::default().build()))
-                .await
-                .map_err(|e| self.backend.unavailable(e))?;
+            // Nothing to do: the image ids the report carries are the
+            // plan's.
             let mut report = ApplyReport::default();
-            self.report_images(&image::resolve(self.references(), &listed), &mut report);
+            self.report_images(&live.images, &mut report);
             return Ok(report);
         }
-        let live = live::read(self.docker(), self.ctx, self.projects)
-            .await
-            .map_err(|e| self.backend.unavailable(e))?;
+        let live = live.clone();
         // Builds, then pulls, before anything is stopped: a failed build or
         // pull leaves the running stack as it was.
         let built = self.build_images(changes, &live).await?;

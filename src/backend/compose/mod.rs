@@ -229,13 +229,16 @@ impl Backend for ComposeBackend {
         plan::plan(&desired.target.name, projects(desired)?, live, ctx)
     }
 
-    async fn apply(
+    async fn apply_live(
         &self,
         desired: &TargetState,
         changes: &[Change],
+        live: &Live,
         ctx: Context<'_>,
     ) -> Result<ApplyReport, BackendError> {
-        apply::Applier::new(self, desired, ctx)?.run(changes).await
+        apply::Applier::new(self, desired, ctx)?
+            .run(changes, live)
+            .await
     }
 
     async fn health(

@@ -346,6 +346,17 @@ impl Backend for KubeBackend {
         plan::plan(self, objects(desired)?, live, ctx).await
     }
 
+    /// Server-side apply needs no live state: `live` is not read.
+    async fn apply_live(
+        &self,
+        desired: &TargetState,
+        changes: &[Change],
+        _live: &Self::Live,
+        ctx: Context<'_>,
+    ) -> Result<ApplyReport, BackendError> {
+        apply::apply(self, objects(desired)?, changes, ctx).await
+    }
+
     async fn apply(
         &self,
         desired: &TargetState,

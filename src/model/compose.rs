@@ -481,6 +481,11 @@ pub enum Mount {
     Tmpfs {
         target: String,
         size: Option<u64>,
+        /// Permission bits of the mount's root (`tmpfs.mode`); left out of
+        /// the config hash when unset, so a hash from before it was
+        /// supported still matches.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
     },
 }
 

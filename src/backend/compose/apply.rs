@@ -154,9 +154,12 @@ impl<'a> Applier<'a> {
             self.report_images(&image::resolve(self.references(), &listed), &mut report);
             return Ok(report);
         }
-        let live = live::read(self.docker(), self.ctx, self.projects)
+        let mut live = live::read(self.docker(), self.ctx, self.projects)
             .await
             .map_err(|e| self.backend.unavailable(e))?;
+        // What the git build contexts' refs name now decides, as in the
+        // plan, whether their images are built.
+        live::resolve_git_contexts(self.projects, &mut live).await;
         // Builds, then pulls, before anything is stopped: a failed build or
         // pull leaves the running stack as it was.
         let built = self.build_images(changes, &live).await?;
@@ -268,19 +271,27 @@ impl<'a> Applier<'a> {
             let Some(b) = build::of(s) else { continue };
             let present = live.images.contains_key(&s.image);
             if done.contains(s.image.as_str())
-                || build::needed(s, live.builds.get(&s.image), present).is_none()
+                || build::needed(s, live.builds.get(&s.image), present, &live.git_commits).is_none()
             {
                 continue;
             }
-            build::build(self.docker(), s, b).await.map_err(|e| {
-                self.error(
-                    &c.resource.name,
-                    format!(
-                        "building image {} failed; nothing was changed: {e}",
-                        s.image
-                    ),
-                )
-            })?;
+            let credentials = match self.backend.docker_config.as_deref() {
+                Some(path) => image::all_credentials(path).map_err(|e| {
+                    self.error(&c.resource.name, format!("registry credentials: {e}"))
+                })?,
+                None => Default::default(),
+            };
+            build::build(self.docker(), s, b, &credentials, &live.git_commits)
+                .await
+                .map_err(|e| {
+                    self.error(
+                        &c.resource.name,
+                        format!(
+                            "building image {} failed; nothing was changed: {e}",
+                            s.image
+                        ),
+                    )
+                })?;
             done.insert(s.image.as_str());
         }
         Ok(!done.is_empty())

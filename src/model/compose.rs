@@ -152,6 +152,8 @@ pub struct Build {
     /// Network mode for `RUN` steps (`host`, `none`, `default`).
     pub network: Option<String>,
     pub extra_hosts: Vec<String>,
+    /// More names for the built image (`build.tags`), besides `image`.
+    pub tags: Vec<String>,
     pub shm_size: Option<u64>,
     pub cache_from: Vec<String>,
     pub no_cache: bool,
@@ -170,6 +172,7 @@ impl Build {
             labels: BTreeMap::new(),
             network: None,
             extra_hosts: Vec::new(),
+            tags: Vec::new(),
             shm_size: None,
             cache_from: Vec::new(),
             no_cache: false,
@@ -516,6 +519,11 @@ pub enum Mount {
     Tmpfs {
         target: String,
         size: Option<u64>,
+        /// Permission bits of the mount's root (`tmpfs.mode`); left out of
+        /// the config hash when unset, so a hash from before it was
+        /// supported still matches.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
     },
 }
 

@@ -473,6 +473,100 @@ fn clone_into(dir: &Path, origin: &Origin) -> Result<(), SourceError> {
     fetch_into(repo, origin)
 }
 
+/// The commit `reference` names on the remote at `url` now — a branch, a
+/// tag (peeled), a full ref name, or the remote's `HEAD` when `None` —
+/// asked with one ref listing, as `git ls-remote` does, fetching nothing
+/// (blocking: run it in `spawn_blocking`). gix needs a repository to
+/// talk through: an empty bare one in the temp directory, removed after.
+/// ssh runs in batch mode (no prompt); no credentials are sent over https.
+pub fn ls_remote(url: &str, reference: Option<&str>) -> Result<String, SourceError> {
+    let context = || format!("list the refs of {}", redact(url));
+    let dir = std::env::temp_dir().join(format!(
+        "driftless-ls-remote-{}-{}",
+        std::process::id(),
+        unique_suffix()
+    ));
+    let result = (|| {
+        let mut repo = gix::ThreadSafeRepository::init_opts(
+            &dir,
+            gix::create::Kind::Bare,
+            gix::create::Options::default(),
+            gix::open::Options::isolated(),
+        )
+        .map_err(|e| git_error(context(), &e))?
+        .to_thread_local();
+        let mut config = repo.config_snapshot_mut();
+        config
+            .set_value(
+                &gix::config::tree::Core::SSH_COMMAND,
+                "ssh -o BatchMode=yes",
+            )
+            .map_err(|e| git_error(context(), &e))?;
+        config.commit().map_err(|e| git_error(context(), &e))?;
+        let remote = repo
+            .remote_at(url)
+            .and_then(|r| r.with_refspecs(FETCH_REFSPECS, Direction::Fetch))
+            .map_err(|e| git_error(context(), &e))?
+            .with_fetch_tags(gix::remote::fetch::Tags::None);
+        let connection = remote
+            .connect(Direction::Fetch)
+            .map_err(|e| git_error(context(), &e))?
+            .with_credentials(credentials(None, None));
+        let (map, _) = connection
+            .ref_map(
+                gix::progress::Discard,
+                gix::remote::ref_map::Options {
+                    prefix_from_spec_as_filter_on_remote: false,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| git_error(context(), &e))?;
+        pick_ref(&map.remote_refs, reference).ok_or_else(|| {
+            SourceError::Git(format!(
+                "{}: no branch or tag `{}`",
+                context(),
+                reference.unwrap_or("HEAD")
+            ))
+        })
+    })();
+    std::fs::remove_dir_all(&dir).ok();
+    result
+}
+
+/// The commit `reference` names among a remote's refs: `refs/heads/<r>`
+/// before `refs/tags/<r>` (an annotated tag peeled), a full name as it is,
+/// `HEAD` for `None`.
+fn pick_ref(refs: &[gix::protocol::handshake::Ref], reference: Option<&str>) -> Option<String> {
+    use gix::protocol::handshake::Ref;
+    let names: Vec<String> = match reference {
+        None => vec!["HEAD".to_owned()],
+        Some(r) if r.starts_with("refs/") || r == "HEAD" => vec![r.to_owned()],
+        Some(r) => vec![format!("refs/heads/{r}"), format!("refs/tags/{r}")],
+    };
+    names.iter().find_map(|name| {
+        refs.iter().find_map(|r| {
+            let (full, commit) = match r {
+                Ref::Peeled {
+                    full_ref_name,
+                    object,
+                    ..
+                }
+                | Ref::Direct {
+                    full_ref_name,
+                    object,
+                }
+                | Ref::Symbolic {
+                    full_ref_name,
+                    object,
+                    ..
+                } => (full_ref_name, Some(object)),
+                Ref::Unborn { full_ref_name, .. } => (full_ref_name, None),
+            };
+            (full.as_slice() == name.as_bytes()).then(|| commit.map(ToString::to_string))?
+        })
+    })
+}
+
 /// Writes `[remote "origin"]` (url and refspecs, never credentials) to the
 /// repo's config file, so `git -C <cache> remote -v` tells what it is.
 fn save_origin(
@@ -750,6 +844,45 @@ fn io_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pick_ref_finds_branches_before_tags_and_peels_annotated_tags() {
+        use gix::protocol::handshake::Ref;
+        let id = |c: char| gix::ObjectId::from_hex(c.to_string().repeat(40).as_bytes()).unwrap();
+        let refs = vec![
+            Ref::Symbolic {
+                full_ref_name: "HEAD".into(),
+                target: "refs/heads/main".into(),
+                tag: None,
+                object: id('a'),
+            },
+            Ref::Direct {
+                full_ref_name: "refs/heads/main".into(),
+                object: id('a'),
+            },
+            Ref::Direct {
+                full_ref_name: "refs/heads/v1".into(),
+                object: id('b'),
+            },
+            Ref::Peeled {
+                full_ref_name: "refs/tags/v1".into(),
+                tag: id('c'),
+                object: id('d'),
+            },
+            Ref::Peeled {
+                full_ref_name: "refs/tags/v2".into(),
+                tag: id('e'),
+                object: id('f'),
+            },
+        ];
+        let pick = |r: Option<&str>| pick_ref(&refs, r).map(|c| c[..1].to_owned());
+        assert_eq!(pick(None).as_deref(), Some("a"));
+        assert_eq!(pick(Some("main")).as_deref(), Some("a"));
+        assert_eq!(pick(Some("v1")).as_deref(), Some("b"), "the branch wins");
+        assert_eq!(pick(Some("refs/tags/v1")).as_deref(), Some("d"), "peeled");
+        assert_eq!(pick(Some("v2")).as_deref(), Some("f"));
+        assert_eq!(pick(Some("gone")), None);
+    }
 
     #[test]
     fn repo_can_move_into_spawn_blocking() {

@@ -1,7 +1,9 @@
 //! `build:` on the real engine, from the Compose file through the loader:
 //! a built service runs; a re-plan sends no context; a changed context
 //! file rebuilds and recreates only that service, naming the file; a
-//! failing Dockerfile applies nothing and shows the log tail; a rollback
+//! failing Dockerfile applies nothing and shows the log tail; several
+//! `extra_hosts` reach the build and several `tags` name its image; a `FROM` image behind a registry login is
+//! pulled with the Docker config's logins; a rollback
 //! pinned to the recorded image id runs it without rebuilding; a context
 //! outside the repo is refused at validate.
 //!
@@ -22,7 +24,7 @@ use driftless::plan::Action;
 use driftless::secrets::Masker;
 
 use crate::compose_backend::{changed, container_ids, ctx, desired, dry_run, read_file, reconcile};
-use crate::docker_support::{BUSYBOX, Cleanup, CountingProxy, engine, project_name};
+use crate::docker_support::{BUSYBOX, Cleanup, CountingProxy, Registry, engine, project_name};
 use crate::support::RepoBuilder;
 
 /// The web service's Dockerfile: the fixture image plus a page from the
@@ -241,6 +243,109 @@ async fn a_changed_context_file_rebuilds_and_recreates_only_that_service() {
     );
 }
 
+/// A repo of one service `web` built from `compose/web/` with `dockerfile`
+/// and the extra `build` keys (YAML lines at the mapping's indentation).
+fn one_built(name: &str, build_keys: &str, dockerfile: &str) -> BTreeMap<String, Vec<u8>> {
+    let stack = format!(
+        "name: {name}\nservices:\n  web:\n    build:\n      context: ./web\n{build_keys}    command: [sleep, \"3600\"]\n    stop_grace_period: 1s\n"
+    );
+    [
+        ("compose/stack.yaml", stack),
+        ("compose/web/Dockerfile", dockerfile.to_owned()),
+    ]
+    .into_iter()
+    .map(|(p, c)| (p.to_owned(), c.into_bytes()))
+    .collect()
+}
+
+/// `build.extra_hosts` and `build.tags` with several entries: each host is
+/// in `/etc/hosts` of the build's `RUN` steps and each tag names the built
+/// image (the API takes both parameters once per value).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_takes_every_extra_host_and_tag() {
+    let Some(b) = engine().await else { return };
+    let name = project_name("build-hosts");
+    let image = format!("{name}-web");
+    let tags = [format!("{name}-extra:1"), format!("{name}-extra:2")];
+    let _cleanup = Cleanup::new(&[&name])
+        .image(&image)
+        .image(&tags[0])
+        .image(&tags[1]);
+    let files = one_built(
+        &name,
+        &format!(
+            "      extra_hosts: [\"db.internal=10.1.2.3\", \"cache.internal:10.1.2.4\"]\n      tags: [\"{}\", \"{}\"]\n",
+            tags[0], tags[1]
+        ),
+        &format!("FROM {BUSYBOX}\nRUN cat /etc/hosts > /hosts.txt\n"),
+    );
+    reconcile(&b, &name, &desired(vec![load(&files)])).await;
+    let hosts = read_file(&b, &format!("{name}-web-1"), "/hosts.txt").await;
+    for (ip, host) in [("10.1.2.3", "db.internal"), ("10.1.2.4", "cache.internal")] {
+        assert!(
+            hosts
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == [ip, host]),
+            "{host} missing from the build's /etc/hosts:\n{hosts}"
+        );
+    }
+    let built = image_id(&b, &image).await;
+    for tag in &tags {
+        assert_eq!(image_id(&b, tag).await, built, "{tag}");
+    }
+}
+
+/// A `FROM` image in a registry that wants a login: without the Docker
+/// config's logins the build fails with the registry's refusal and nothing
+/// is created; with them (`X-Registry-Config`) the engine pulls the base
+/// image and the service runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_pulls_its_base_image_with_the_registry_login() {
+    let Some(b) = engine().await else { return };
+    let registry = Registry::start().await;
+    let name = project_name("build-auth");
+    // Pushed, and its local tag removed: the build must pull it.
+    let base = registry
+        .push(b.docker(), BUSYBOX, &format!("driftless/{name}-base"), "v1")
+        .await;
+    let _cleanup = Cleanup::new(&[&name])
+        .image(&format!("{name}-web"))
+        .image(&base);
+    let files = one_built(
+        &name,
+        "",
+        &format!("FROM {base}\nRUN echo built > /built.txt\n"),
+    );
+    let d = desired(vec![load(&files)]);
+    let allow = Allow::default();
+    let masker = Masker::default();
+
+    let anonymous = b.with_docker_config(registry.dir.path().join("no-logins.json"));
+    let changes = dry_run(&anonymous, &name, &d, &allow).await.unwrap();
+    let err = anonymous
+        .apply(&d, &changes, ctx(&name, &masker, &allow))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("building image") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert!(
+        err.contains("no basic auth credentials") || err.contains("unauthorized"),
+        "the registry's refusal: {err}"
+    );
+    assert!(container_ids(&anonymous, &name).await.is_empty());
+
+    let Some(b) = engine().await else { return };
+    let b = b.with_docker_config(registry.docker_config());
+    reconcile(&b, &name, &d).await;
+    assert_eq!(
+        read_file(&b, &format!("{name}-web-1"), "/built.txt").await,
+        "built\n"
+    );
+}
+
 /// A Dockerfile whose step fails: the apply fails before anything is
 /// stopped, with the engine's error and the tail of the build log; the
 /// running container stays.
@@ -395,4 +500,144 @@ fn a_context_outside_the_repo_is_refused_at_validate() {
         "{}",
         run.stderr
     );
+}
+
+/// A `git daemon` on 127.0.0.1 serving one repository, `ctx.git`, whose
+/// `main` takes the commits of [`GitDaemon::commit`].
+struct GitDaemon {
+    /// `127.0.0.1:PORT`.
+    address: String,
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl GitDaemon {
+    fn git(dir: &std::path::Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@localhost"])
+            .args(args)
+            .output()
+            .expect("git");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    async fn start() -> GitDaemon {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        std::fs::create_dir(&work).unwrap();
+        GitDaemon::git(&work, &["init", "-q", "-b", "main"]);
+        GitDaemon::git(dir.path(), &["init", "-q", "--bare", "ctx.git"]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // git-daemon itself, not `git daemon`, which would run it as a
+        // child that outlives a kill of its parent.
+        let exec_path = GitDaemon::git(dir.path(), &["--exec-path"]);
+        let child = std::process::Command::new(format!("{exec_path}/git-daemon"))
+            .arg("--reuseaddr")
+            .arg("--export-all")
+            .arg("--listen=127.0.0.1")
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", dir.path().display()))
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("git daemon");
+        let address = format!("127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(&address).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "git daemon did not listen"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        GitDaemon {
+            address,
+            dir,
+            child,
+        }
+    }
+
+    /// Writes `files`, commits them and pushes `main`; returns the commit.
+    fn commit(&self, files: &[(&str, &str)]) -> String {
+        let work = self.dir.path().join("work");
+        for (path, content) in files {
+            std::fs::write(work.join(path), content).unwrap();
+        }
+        GitDaemon::git(&work, &["add", "-A"]);
+        GitDaemon::git(&work, &["commit", "-q", "-m", "change"]);
+        let bare = self.dir.path().join("ctx.git");
+        GitDaemon::git(
+            &work,
+            &["push", "-q", bare.to_str().unwrap(), "main:refs/heads/main"],
+        );
+        GitDaemon::git(&work, &["rev-parse", "HEAD"])
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A git URL context, fetched by the engine from a local `git daemon`: a
+/// re-plan while `main` holds its commit builds nothing (one ref listing,
+/// no build); a commit pushed to `main` rebuilds the image and recreates
+/// the service, naming the commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_git_context_rebuilds_when_its_branch_moves() {
+    let Some(b) = engine().await else { return };
+    let git = GitDaemon::start().await;
+    let name = project_name("build-git");
+    let image = format!("{name}-web");
+    let _cleanup = Cleanup::new(&[&name]).image(&image);
+    git.commit(&[
+        (
+            "Dockerfile",
+            &format!("FROM {BUSYBOX}\nCOPY page.txt /page.txt\n"),
+        ),
+        ("page.txt", "v1\n"),
+    ]);
+    let url = format!("git://{}/ctx.git#main", git.address);
+    let stack = format!(
+        "name: {name}\nservices:\n  web:\n    build: {url}\n    command: [sleep, \"3600\"]\n    stop_grace_period: 1s\n"
+    );
+    let files = BTreeMap::from([("compose/stack.yaml".to_owned(), stack.into_bytes())]);
+    let d = desired(vec![load(&files)]);
+    reconcile(&b, &name, &d).await;
+    let container = format!("{name}-web-1");
+    assert_eq!(read_file(&b, &container, "/page.txt").await, "v1\n");
+    let first = image_id(&b, &image).await;
+    let _first = Cleanup::new(&[]).image(&first);
+
+    let allow = Allow::default();
+    let plan = dry_run(&b, &name, &d, &allow).await.unwrap();
+    assert!(changed(&plan).is_empty(), "an unmoved branch: {plan:#?}");
+
+    let commit = git.commit(&[("page.txt", "v2\n")]);
+    let (changes, _) = reconcile(&b, &name, &d).await;
+    assert_eq!(
+        changed(&changes),
+        [(
+            format!("{name}/web"),
+            Action::Recreate {
+                reason: format!(
+                    "image rebuilt: build context changed: {url} is at {}",
+                    &commit[..12]
+                )
+            }
+        )]
+    );
+    assert_eq!(read_file(&b, &container, "/page.txt").await, "v2\n");
+    assert_ne!(image_id(&b, &image).await, first);
+    let plan = dry_run(&b, &name, &d, &allow).await.unwrap();
+    assert!(changed(&plan).is_empty(), "{plan:#?}");
 }

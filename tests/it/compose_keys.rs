@@ -407,3 +407,71 @@ async fn a_failing_post_start_hook_fails_the_apply() {
         "{err}"
     );
 }
+
+/// The mount options the container's kernel shows for `target`
+/// (`/proc/mounts`), e.g. `rw,nosuid,nodev,noexec,relatime,size=4096k,mode=1770`.
+fn mount_options(container: &str, target: &str) -> String {
+    let out = std::process::Command::new("docker")
+        .args(["exec", container, "cat", "/proc/mounts"])
+        .output()
+        .expect("docker CLI");
+    let mounts = String::from_utf8_lossy(&out.stdout);
+    mounts
+        .lines()
+        .find_map(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            (fields.get(1) == Some(&target)).then(|| fields[3].to_owned())
+        })
+        .unwrap_or_else(|| panic!("no mount at {target} in {container}: {mounts}"))
+}
+
+/// `tmpfs` in the long volume syntax: `size` and `mode` reach the engine's
+/// mount (`TmpfsOptions`, as docker compose sets them) and the kernel's
+/// mount options; a changed mode recreates the service naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tmpfs_long_syntax_applies_size_and_mode() {
+    let Some(b) = engine().await else { return };
+    let name = project_name("tmpfsmode");
+    let _cleanup = Cleanup::new(&[&name]);
+    let yaml = |mode: &str| {
+        format!(
+            "name: {name}\nservices:\n  app:\n    image: {BUSYBOX}\n    command: [sleep, '3600']\n    stop_grace_period: 1s\n    volumes:\n      - type: tmpfs\n        target: /scratch\n        tmpfs: {{size: 4m, mode: {mode}}}\n"
+        )
+    };
+    let container = format!("{name}-app-1");
+    // 1777 is tmpfs's default, which the kernel does not list.
+    reconcile(&b, &name, &desired(vec![load(&yaml("01770"))])).await;
+    let mounts = inspect(&b, &container)
+        .await
+        .host_config
+        .unwrap()
+        .mounts
+        .unwrap();
+    let options = mounts[0].tmpfs_options.as_ref().unwrap();
+    assert_eq!(
+        (options.size_bytes, options.mode),
+        (Some(4 << 20), Some(0o1770))
+    );
+    let kernel = mount_options(&container, "/scratch");
+    assert!(
+        kernel.contains("size=4096k") && kernel.contains("mode=1770"),
+        "{kernel}"
+    );
+
+    // The mode as an octal string, as the specification also allows.
+    let d = desired(vec![load(&yaml("'700'"))]);
+    let (changes, _) = reconcile(&b, &name, &d).await;
+    assert_eq!(
+        changed(&changes),
+        [(
+            format!("{name}/app"),
+            Action::Recreate {
+                reason: "config changed: volumes".into()
+            }
+        )]
+    );
+    let kernel = mount_options(&container, "/scratch");
+    assert!(kernel.contains("mode=700"), "{kernel}");
+    let allow = Allow::default();
+    assert!(changed(&dry_run(&b, &name, &d, &allow).await.unwrap()).is_empty());
+}

@@ -263,19 +263,27 @@ impl<'a> Applier<'a> {
             let Some(b) = build::of(s) else { continue };
             let present = live.images.contains_key(&s.image);
             if done.contains(s.image.as_str())
-                || build::needed(s, live.builds.get(&s.image), present).is_none()
+                || build::needed(s, live.builds.get(&s.image), present, &live.git_commits).is_none()
             {
                 continue;
             }
-            build::build(self.docker(), s, b).await.map_err(|e| {
-                self.error(
-                    &c.resource.name,
-                    format!(
-                        "building image {} failed; nothing was changed: {e}",
-                        s.image
-                    ),
-                )
-            })?;
+            let credentials = match self.backend.docker_config.as_deref() {
+                Some(path) => image::all_credentials(path).map_err(|e| {
+                    self.error(&c.resource.name, format!("registry credentials: {e}"))
+                })?,
+                None => Default::default(),
+            };
+            build::build(self.docker(), s, b, &credentials, &live.git_commits)
+                .await
+                .map_err(|e| {
+                    self.error(
+                        &c.resource.name,
+                        format!(
+                            "building image {} failed; nothing was changed: {e}",
+                            s.image
+                        ),
+                    )
+                })?;
             done.insert(s.image.as_str());
         }
         Ok(!done.is_empty())

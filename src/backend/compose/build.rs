@@ -13,7 +13,9 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use axum::http::Uri;
 use bollard::Docker;
+use bollard::auth::DockerCredentials;
 use bollard::query_parameters::BuildImageOptionsBuilder;
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -54,6 +56,8 @@ struct Options<'a> {
     labels: &'a BTreeMap<String, String>,
     network: &'a Option<String>,
     extra_hosts: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    tags: &'a [String],
     shm_size: Option<u64>,
     cache_from: &'a [String],
     no_cache: bool,
@@ -81,6 +85,7 @@ fn options(service: &Service, b: &Build) -> String {
         labels: &b.labels,
         network: &b.network,
         extra_hosts: &b.extra_hosts,
+        tags: &b.tags,
         shm_size: b.shm_size,
         cache_from: &b.cache_from,
         no_cache: b.no_cache,
@@ -95,13 +100,47 @@ pub fn options_hash(service: &Service, b: &Build) -> String {
     sha256_hex(options(service, b).as_bytes())
 }
 
-/// The build hash: options and the context's content. A remote context is
-/// known by its URL only (the engine fetches it): a moved branch is not
-/// seen until the URL or another option changes.
-pub fn build_hash(service: &Service, b: &Build) -> String {
+/// The repository and ref of a git URL context as the engine reads it
+/// (`<repository>#<ref>:<directory>`, `github.com/…` over https); `None`
+/// for a URL the engine downloads (a tarball or a Dockerfile).
+pub fn git_context(url: &str) -> Option<(String, Option<String>)> {
+    let (repo, fragment) = match url.split_once('#') {
+        Some((r, f)) => (r, Some(f)),
+        None => (url, None),
+    };
+    let git = ["git://", "git@", "github.com/", "ssh://"]
+        .iter()
+        .any(|p| url.starts_with(p))
+        || ((url.starts_with("http://") || url.starts_with("https://")) && repo.ends_with(".git"));
+    if !git {
+        return None;
+    }
+    let repo = if repo.starts_with("github.com/") {
+        format!("https://{repo}")
+    } else {
+        repo.to_owned()
+    };
+    let reference = fragment
+        .map(|f| f.split_once(':').map_or(f, |(r, _)| r))
+        .filter(|r| !r.is_empty())
+        .map(str::to_owned);
+    Some((repo, reference))
+}
+
+/// The commit a remote git context's ref names, as the live read found it.
+pub fn git_commit<'a>(b: &Build, commits: &'a BTreeMap<String, String>) -> Option<&'a str> {
+    match &b.context {
+        BuildContext::Remote { url } => commits.get(url).map(String::as_str),
+        BuildContext::Snapshot { .. } => None,
+    }
+}
+
+/// The build hash: options and the context's content — for a git URL
+/// context, the commit its ref names (`commit`), else its URL alone.
+pub fn build_hash(service: &Service, b: &Build, commit: Option<&str>) -> String {
     let content = match &b.context {
         BuildContext::Snapshot { files, .. } => context_digest(files),
-        BuildContext::Remote { .. } => String::new(),
+        BuildContext::Remote { .. } => commit.unwrap_or_default().to_owned(),
     };
     sha256_hex(format!("{}\n{content}", options_hash(service, b)).as_bytes())
 }
@@ -138,12 +177,20 @@ pub fn of(service: &Service) -> Option<&Build> {
 
 /// Why `service` must be built before it runs, or `None` when the image
 /// its reference names was built from exactly this context and options.
-pub fn needed(service: &Service, live: Option<&BuiltImage>, present: bool) -> Option<String> {
+/// `commits` holds what the remotes of git URL contexts answered; a
+/// remote that did not answer keeps its image while the options hold.
+pub fn needed(
+    service: &Service,
+    live: Option<&BuiltImage>,
+    present: bool,
+    commits: &BTreeMap<String, String>,
+) -> Option<String> {
     let b = of(service)?;
     let Some(live) = live.filter(|_| present) else {
         return Some("not built yet".to_owned());
     };
-    if live.hash.as_deref() == Some(build_hash(service, b).as_str()) {
+    let commit = git_commit(b, commits);
+    if live.hash.as_deref() == Some(build_hash(service, b, commit).as_str()) {
         return None;
     }
     if live.hash.is_none() {
@@ -151,6 +198,14 @@ pub fn needed(service: &Service, live: Option<&BuiltImage>, present: bool) -> Op
     }
     if live.options.as_deref() != Some(options_hash(service, b).as_str()) {
         return Some("build options changed".to_owned());
+    }
+    if let BuildContext::Remote { url } = &b.context {
+        let commit = commit?;
+        let url = crate::source::git::redact(url);
+        return Some(format!(
+            "build context changed: {url} is at {}",
+            &commit[..commit.len().min(12)]
+        ));
     }
     let (Some(old), Some(new)) = (&live.files, files_label(b)) else {
         return Some("build context changed".to_owned());
@@ -195,6 +250,31 @@ pub fn context_tar(b: &Build) -> std::io::Result<Vec<u8>> {
     builder.into_inner()
 }
 
+/// `&key=value` for each pair, encoded for a query.
+fn query_pairs(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let pair = form_urlencoded::Serializer::new(String::new())
+                .append_pair(k, v)
+                .finish();
+            format!("&{pair}")
+        })
+        .collect()
+}
+
+/// `uri` with `extra` appended to its query, for the build request only.
+fn with_query(uri: &Uri, extra: &str) -> Option<Uri> {
+    if !uri.path().ends_with("/build") {
+        return None;
+    }
+    let query = uri.query().unwrap_or_default();
+    let path_and_query = format!("{}?{query}{extra}", uri.path());
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    Uri::from_parts(parts).ok()
+}
+
 /// Lines of build output kept for an error.
 const LOG_TAIL: usize = 20;
 
@@ -219,16 +299,29 @@ impl std::fmt::Display for BuildFailure {
 }
 
 /// Builds `service`'s image as `service.image` with the classic builder,
-/// labelled with its build hash. Sends the context from the model (or lets
-/// the engine fetch a remote one).
-pub async fn build(docker: &Docker, service: &Service, b: &Build) -> Result<(), BuildFailure> {
+/// labelled with its build hash (a git context's with the commit in
+/// `commits`: the engine fetches the ref itself, so a ref that moves in
+/// between is built once more on the next pass). Sends the context from the model (or lets
+/// the engine fetch a remote one), and `credentials` (registry → login,
+/// the `X-Registry-Config` header) for the pulls of its `FROM` images, as
+/// the docker CLI sends every login of its config.
+pub async fn build(
+    docker: &Docker,
+    service: &Service,
+    b: &Build,
+    credentials: &HashMap<String, DockerCredentials>,
+    commits: &BTreeMap<String, String>,
+) -> Result<(), BuildFailure> {
     let fail = |message: String| BuildFailure {
         message,
         log_tail: Vec::new(),
     };
     let tar = context_tar(b).map_err(|e| fail(format!("build context archive: {e}")))?;
     let mut image_labels: HashMap<String, String> = b.labels.clone().into_iter().collect();
-    image_labels.insert(labels::BUILD.into(), build_hash(service, b));
+    image_labels.insert(
+        labels::BUILD.into(),
+        build_hash(service, b, git_commit(b, commits)),
+    );
     image_labels.insert(labels::BUILD_OPTIONS.into(), options_hash(service, b));
     if let Some(files) = files_label(b) {
         image_labels.insert(labels::BUILD_FILES.into(), files);
@@ -254,6 +347,31 @@ pub async fn build(docker: &Docker, service: &Service, b: &Build) -> Result<(), 
     if let Some(host) = b.extra_hosts.first() {
         options = options.extrahosts(host);
     }
+    // The API takes `t` once per name and `extrahosts` once per host;
+    // bollard's options hold one value of each, so the others are added to
+    // the query of this request.
+    let more: Vec<(&str, &str)> = b
+        .tags
+        .iter()
+        .map(|t| ("t", t.as_str()))
+        .chain(
+            b.extra_hosts
+                .iter()
+                .skip(1)
+                .map(|h| ("extrahosts", h.as_str())),
+        )
+        .collect();
+    let docker = if more.is_empty() {
+        docker.clone()
+    } else {
+        let more = query_pairs(&more);
+        docker.clone().with_request_modifier(move |mut req| {
+            if let Some(uri) = with_query(req.uri(), &more) {
+                *req.uri_mut() = uri;
+            }
+            req
+        })
+    };
     if let Some(size) = b.shm_size {
         options = options.shmsize(i32::try_from(size).unwrap_or(i32::MAX));
     }
@@ -268,8 +386,11 @@ pub async fn build(docker: &Docker, service: &Service, b: &Build) -> Result<(), 
     }
     tracing::info!(image = %service.image, "building image");
     let mut log: VecDeque<String> = VecDeque::new();
-    let mut stream =
-        docker.build_image(options.build(), None, Some(bollard::body_full(tar.into())));
+    let mut stream = docker.build_image(
+        options.build(),
+        Some(credentials.clone()),
+        Some(bollard::body_full(tar.into())),
+    );
     while let Some(item) = stream.next().await {
         match item {
             Ok(info) => {
@@ -328,7 +449,7 @@ mod tests {
     fn built(s: &Service) -> BuiltImage {
         let b = s.build.as_ref().unwrap();
         BuiltImage {
-            hash: Some(build_hash(s, b)),
+            hash: Some(build_hash(s, b, None)),
             options: Some(options_hash(s, b)),
             files: files_label(b),
         }
@@ -336,35 +457,84 @@ mod tests {
 
     #[test]
     fn an_unchanged_context_needs_no_build_and_a_change_names_the_files() {
+        let none = BTreeMap::new();
         let s = service(&[("Dockerfile", "FROM x\n"), ("a.txt", "1"), ("b.txt", "2")]);
         let live = built(&s);
-        assert_eq!(needed(&s, Some(&live), true), None);
+        assert_eq!(needed(&s, Some(&live), true, &none), None);
         assert_eq!(
-            needed(&s, Some(&live), false).as_deref(),
+            needed(&s, Some(&live), false, &none).as_deref(),
             Some("not built yet")
         );
         let changed = service(&[("Dockerfile", "FROM x\n"), ("a.txt", "1!"), ("c.txt", "3")]);
         assert_eq!(
-            needed(&changed, Some(&live), true).as_deref(),
+            needed(&changed, Some(&live), true, &none).as_deref(),
             Some("build context changed: a.txt, b.txt, c.txt")
         );
         let mut option = s.clone();
         option.build.as_mut().unwrap().target = Some("prod".into());
         assert_eq!(
-            needed(&option, Some(&live), true).as_deref(),
+            needed(&option, Some(&live), true, &none).as_deref(),
             Some("build options changed")
         );
         let mut pinned = changed.clone();
         pinned.image = "sha256:abc".into();
         assert_eq!(
-            needed(&pinned, Some(&live), true),
+            needed(&pinned, Some(&live), true, &none),
             None,
             "pinned: never built"
         );
         assert_eq!(
-            needed(&s, Some(&BuiltImage::default()), true).as_deref(),
+            needed(&s, Some(&BuiltImage::default()), true, &none).as_deref(),
             Some("the image was not built by driftless")
         );
+    }
+
+    #[test]
+    fn a_git_context_rebuilds_when_its_ref_moves_and_not_otherwise() {
+        let url = "https://git.example/shop/web.git#main:app";
+        let s = Service {
+            image: "shop-web".into(),
+            build: Some(Build::new(
+                BuildContext::Remote { url: url.into() },
+                "Dockerfile",
+            )),
+            ..Service::default()
+        };
+        let b = s.build.as_ref().unwrap();
+        let at = |c: &str| BTreeMap::from([(url.to_owned(), c.to_owned())]);
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        let live = BuiltImage {
+            hash: Some(build_hash(&s, b, Some(commit))),
+            options: Some(options_hash(&s, b)),
+            files: None,
+        };
+        assert_eq!(needed(&s, Some(&live), true, &at(commit)), None);
+        let moved = "fedcba9876543210fedcba9876543210fedcba98";
+        assert_eq!(
+            needed(&s, Some(&live), true, &at(moved)).as_deref(),
+            Some(
+                "build context changed: https://git.example/shop/web.git#main:app is at fedcba987654"
+            )
+        );
+        // The remote did not answer: the image is kept.
+        assert_eq!(needed(&s, Some(&live), true, &BTreeMap::new()), None);
+
+        assert_eq!(
+            git_context(url),
+            Some((
+                "https://git.example/shop/web.git".into(),
+                Some("main".into())
+            ))
+        );
+        assert_eq!(
+            git_context("github.com/shop/web"),
+            Some(("https://github.com/shop/web".into(), None))
+        );
+        assert_eq!(
+            git_context("git@git.example:shop/web.git#v1.2"),
+            Some(("git@git.example:shop/web.git".into(), Some("v1.2".into())))
+        );
+        assert_eq!(git_context("https://example.com/context.tar.gz"), None);
     }
 
     #[test]
@@ -380,6 +550,23 @@ mod tests {
             .map(|e| e.unwrap().path().unwrap().display().to_string())
             .collect();
         assert_eq!(names, ["Dockerfile", "dir/a.txt"]);
+    }
+
+    #[test]
+    fn more_tags_and_hosts_are_repeated_query_parameters() {
+        let uri: Uri = "http://localhost/v1.41/build?t=shop-web&extrahosts=a%3A10.0.0.1"
+            .parse()
+            .unwrap();
+        let more = query_pairs(&[("t", "shop/web:1"), ("extrahosts", "b:10.0.0.2")]);
+        assert_eq!(
+            with_query(&uri, &more).unwrap().to_string(),
+            "http://localhost/v1.41/build?t=shop-web&extrahosts=a%3A10.0.0.1&t=shop%2Fweb%3A1&extrahosts=b%3A10.0.0.2"
+        );
+        let other: Uri = "http://localhost/v1.41/images/json".parse().unwrap();
+        assert!(
+            with_query(&other, &more).is_none(),
+            "only the build request"
+        );
     }
 
     #[test]

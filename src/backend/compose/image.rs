@@ -6,7 +6,7 @@
 //! service's image without a call per service; and reads registry
 //! credentials from the standard Docker client config.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -103,11 +103,9 @@ pub fn docker_config_path() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|home| Path::new(&home).join(".docker/config.json"))
 }
 
-/// Credentials for `registry` from a Docker client config's `auths`
-/// (`auth` is base64 `user:password`). Credential helpers (`credsStore`,
-/// `credHelpers`) are not run. A missing or unreadable config means
-/// anonymous pulls; a malformed entry is an error naming the file.
-pub fn credentials(config: &Path, registry: &str) -> Result<Option<DockerCredentials>, String> {
+/// The `auths` of a Docker client config; `None` when the file is missing
+/// or has none.
+fn auths(config: &Path) -> Result<Option<serde_json::Map<String, serde_json::Value>>, String> {
     let text = match std::fs::read_to_string(config) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -115,7 +113,50 @@ pub fn credentials(config: &Path, registry: &str) -> Result<Option<DockerCredent
     };
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", config.display()))?;
-    let Some(auths) = json.get("auths").and_then(|a| a.as_object()) else {
+    Ok(json.get("auths").and_then(|a| a.as_object()).cloned())
+}
+
+/// The login of one `auths` entry (`auth` is base64 `user:password`), for
+/// `registry`; `None` for an entry without `auth`.
+fn login(
+    config: &Path,
+    key: &str,
+    entry: &serde_json::Value,
+    registry: &str,
+) -> Result<Option<DockerCredentials>, String> {
+    let Some(auth) = entry.get("auth").and_then(|a| a.as_str()) else {
+        return Ok(None);
+    };
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(auth.trim())
+        .map_err(|_| {
+            format!(
+                "{}: auths.{key}.auth is not base64 `user:password`",
+                config.display()
+            )
+        })?;
+    let decoded = String::from_utf8(decoded)
+        .map_err(|_| format!("{}: auths.{key}.auth is not UTF-8", config.display()))?;
+    let (user, password) = decoded.split_once(':').ok_or_else(|| {
+        format!(
+            "{}: auths.{key}.auth is not `user:password`",
+            config.display()
+        )
+    })?;
+    Ok(Some(DockerCredentials {
+        username: Some(user.to_owned()),
+        password: Some(password.to_owned()),
+        serveraddress: Some(registry.to_owned()),
+        ..DockerCredentials::default()
+    }))
+}
+
+/// Credentials for `registry` from a Docker client config's `auths`
+/// (`auth` is base64 `user:password`). Credential helpers (`credsStore`,
+/// `credHelpers`) are not run. A missing or unreadable config means
+/// anonymous pulls; a malformed entry is an error naming the file.
+pub fn credentials(config: &Path, registry: &str) -> Result<Option<DockerCredentials>, String> {
+    let Some(auths) = auths(config)? else {
         return Ok(None);
     };
     // Docker Hub's entry is keyed by its legacy URL.
@@ -137,31 +178,21 @@ pub fn credentials(config: &Path, registry: &str) -> Result<Option<DockerCredent
     let Some(entry) = keys.iter().find_map(|k| auths.get(k)) else {
         return Ok(None);
     };
-    let Some(auth) = entry.get("auth").and_then(|a| a.as_str()) else {
-        return Ok(None);
-    };
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(auth.trim())
-        .map_err(|_| {
-            format!(
-                "{}: auths.{registry}.auth is not base64 `user:password`",
-                config.display()
-            )
-        })?;
-    let decoded = String::from_utf8(decoded)
-        .map_err(|_| format!("{}: auths.{registry}.auth is not UTF-8", config.display()))?;
-    let (user, password) = decoded.split_once(':').ok_or_else(|| {
-        format!(
-            "{}: auths.{registry}.auth is not `user:password`",
-            config.display()
-        )
-    })?;
-    Ok(Some(DockerCredentials {
-        username: Some(user.to_owned()),
-        password: Some(password.to_owned()),
-        serveraddress: Some(registry.to_owned()),
-        ..DockerCredentials::default()
-    }))
+    login(config, registry, entry, registry)
+}
+
+/// Every login of a Docker client config's `auths`, keyed as the file
+/// keys them: what a build sends in `X-Registry-Config` for the pulls of
+/// its `FROM` images, as the docker CLI and docker-compose send them (the
+/// engine picks the entry of each base image's registry).
+pub fn all_credentials(config: &Path) -> Result<HashMap<String, DockerCredentials>, String> {
+    let mut out = HashMap::new();
+    for (key, entry) in auths(config)?.unwrap_or_default() {
+        if let Some(c) = login(config, &key, &entry, &key)? {
+            out.insert(key, c);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -219,6 +250,14 @@ mod tests {
         assert_eq!(c.username.as_deref(), Some("alice"));
         assert_eq!(c.password.as_deref(), Some("s3cret:x"));
         assert!(credentials(&path, "docker.io").unwrap().is_none());
+        let all = all_credentials(&path).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all["127.0.0.1:5000"].password.as_deref(), Some("s3cret:x"));
+        assert!(
+            all_credentials(&dir.path().join("none.json"))
+                .unwrap()
+                .is_empty()
+        );
         assert!(
             credentials(&dir.path().join("none.json"), "x")
                 .unwrap()

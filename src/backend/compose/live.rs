@@ -24,7 +24,7 @@ use bollard::query_parameters::{
 
 use super::build::BuiltImage;
 use super::{binds, image, labels};
-use crate::model::compose::{Ipam, IpamPool, Project, PullPolicy};
+use crate::model::compose::{BuildContext, Ipam, IpamPool, Project, PullPolicy};
 
 /// The live state relevant to one environment on one engine.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -50,6 +50,9 @@ pub struct Live {
     /// Volume of a bound repo directory → what it holds of the repo, for
     /// the existing ones whose listing a container could read.
     pub bind_listings: BTreeMap<String, binds::Listing>,
+    /// Git URL build context → the commit its ref names now, for the
+    /// remotes that answered ([`resolve_git_contexts`]).
+    pub git_commits: BTreeMap<String, String>,
 }
 
 /// A container as listed (no inspect).
@@ -314,6 +317,59 @@ pub async fn check_registry(
     Ok(())
 }
 
+/// Longest wait for one remote's ref listing.
+const GIT_ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// For each git URL build context of the desired services, the commit its
+/// ref names now: one ref listing per URL, as `git ls-remote` (a commit id
+/// in the URL is its own answer), so a moved branch rebuilds and an
+/// unchanged one does not. A remote that cannot be asked from here is
+/// logged and left out: its image is then kept while its build options
+/// are unchanged (the engine, which fetches the context, may reach what
+/// driftless cannot).
+pub async fn resolve_git_contexts(projects: &[Project], live: &mut Live) {
+    let urls: BTreeSet<&str> = projects
+        .iter()
+        .flat_map(|p| p.services.values())
+        .filter_map(super::build::of)
+        .filter_map(|b| match &b.context {
+            BuildContext::Remote { url } => Some(url.as_str()),
+            BuildContext::Snapshot { .. } => None,
+        })
+        .collect();
+    for url in urls {
+        let Some((repo, reference)) = super::build::git_context(url) else {
+            continue;
+        };
+        if let Some(commit) = reference
+            .as_deref()
+            .filter(|r| r.len() == 40 && r.bytes().all(|c| c.is_ascii_hexdigit()))
+        {
+            live.git_commits
+                .insert(url.to_owned(), commit.to_ascii_lowercase());
+            continue;
+        }
+        let ask = tokio::task::spawn_blocking(move || {
+            crate::source::git::ls_remote(&repo, reference.as_deref())
+        });
+        let why = match tokio::time::timeout(GIT_ASK_TIMEOUT, ask).await {
+            Ok(Ok(Ok(commit))) => {
+                live.git_commits.insert(url.to_owned(), commit);
+                continue;
+            }
+            Ok(Ok(Err(e))) => e.to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer in {} s", GIT_ASK_TIMEOUT.as_secs()),
+        };
+        tracing::warn!(
+            context = %crate::source::git::redact(url),
+            error = %why,
+            "cannot ask the remote which commit the build context's ref names; \
+             its image is rebuilt only when its build options change"
+        );
+    }
+}
+
 impl Live {
     /// Builds the live state of the environment whose ownership id is
     /// `instance` from the engine's list answers.
@@ -476,6 +532,7 @@ impl Live {
             api_version: None,
             builds,
             bind_listings: BTreeMap::new(),
+            git_commits: BTreeMap::new(),
         }
     }
 

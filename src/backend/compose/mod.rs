@@ -217,6 +217,8 @@ impl Backend for ComposeBackend {
         )
         .await
         .map_err(|e| self.unavailable(format!("pull_policy: {e}")))?;
+        // Git URL build contexts: one ref listing per remote.
+        live::resolve_git_contexts(projects, &mut live).await;
         Ok(live)
     }
 

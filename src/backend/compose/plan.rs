@@ -345,7 +345,7 @@ fn rebuilds<'p>(projects: &'p [Project], live: &Live) -> BTreeMap<&'p str, Strin
     let mut out = BTreeMap::new();
     for s in projects.iter().flat_map(|p| p.services.values()) {
         let present = live.images.contains_key(&s.image);
-        if let Some(why) = build::needed(s, live.builds.get(&s.image), present) {
+        if let Some(why) = build::needed(s, live.builds.get(&s.image), present, &live.git_commits) {
             out.entry(s.image.as_str()).or_insert(why);
         }
     }

@@ -508,11 +508,12 @@ pub fn mounts(p: &Project, s: &Service, home: Option<&str>) -> (Vec<EngineMount>
                 }),
                 ..EngineMount::default()
             }),
-            Mount::Tmpfs { target, size } => mounts.push(EngineMount {
+            Mount::Tmpfs { target, size, mode } => mounts.push(EngineMount {
                 typ: Some(MountType::TMPFS),
                 target: Some(target.clone()),
-                tmpfs_options: size.map(|size| MountTmpfsOptions {
-                    size_bytes: Some(size as i64),
+                tmpfs_options: (size.is_some() || mode.is_some()).then(|| MountTmpfsOptions {
+                    size_bytes: size.map(|size| size as i64),
+                    mode: mode.map(i64::from),
                     ..MountTmpfsOptions::default()
                 }),
                 ..EngineMount::default()
@@ -976,6 +977,44 @@ mod tests {
         assert_eq!(needs["services.web.healthcheck.start_interval"], (1, 44));
         assert_eq!(needs["services.web.annotations"], (1, 43));
         assert_eq!(needs["services.web.mac_address"], (1, 44));
+    }
+
+    #[test]
+    fn tmpfs_mounts_carry_size_and_mode_as_docker_compose_sets_them() {
+        let t = |size: Option<u64>, mode: Option<u32>| Mount::Tmpfs {
+            target: "/scratch".into(),
+            size,
+            mode,
+        };
+        let s = Service {
+            volumes: vec![
+                t(Some(8 << 20), Some(0o1777)),
+                t(None, Some(0o700)),
+                t(None, None),
+            ],
+            ..Service::default()
+        };
+        let (mounts, binds) = mounts(&Project::default(), &s, None);
+        assert!(binds.is_empty());
+        let options: Vec<_> = mounts
+            .iter()
+            .map(|m| {
+                assert_eq!(m.typ, Some(MountType::TMPFS));
+                m.tmpfs_options.as_ref().map(|o| (o.size_bytes, o.mode))
+            })
+            .collect();
+        assert_eq!(
+            options,
+            [
+                Some((Some(8 << 20), Some(0o1777))),
+                Some((None, Some(0o700))),
+                None
+            ]
+        );
+        // Unset, the mode is not in the definition: config hashes from
+        // before `tmpfs.mode` was supported stay the same.
+        let json = serde_json::to_string(&t(Some(1), None)).unwrap();
+        assert!(!json.contains("mode"), "{json}");
     }
 
     #[test]

@@ -25,7 +25,6 @@ fn buildkit_only(key: &str) -> Option<&'static str> {
         "secrets" => "build secrets",
         "cache_to" => "cache export",
         "platforms" => "multi-platform builds",
-        "tags" => "extra image tags",
         "privileged" => "privileged builds",
         "entitlements" => "build entitlements",
         "provenance" => "provenance attestations",
@@ -65,15 +64,19 @@ pub(crate) fn build(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Build> {
                     "target" => b.target = ctx.text(v, &fp).filter(|t| !t.is_empty()),
                     "labels" => b.labels = ctx.labels(v, &fp),
                     "network" => b.network = ctx.text(v, &fp).filter(|n| !n.is_empty()),
-                    "extra_hosts" => {
-                        b.extra_hosts = super::service::extra_hosts(ctx, v, &fp);
-                        if b.extra_hosts.len() > 1 {
-                            ctx.report(
-                                Diagnostic::error("a build takes one extra host through the Engine API")
-                                    .hint("the build API's `extrahosts` is one value in the client driftless uses; keep one entry, or add the others to the Dockerfile's `RUN` steps"),
-                                v,
-                                &fp,
-                            );
+                    "extra_hosts" => b.extra_hosts = super::service::extra_hosts(ctx, v, &fp),
+                    "tags" => {
+                        for (tag, at) in ctx.texts(v, &fp) {
+                            if let Some(why) = super::reference::problem(&tag) {
+                                ctx.report(
+                                    Diagnostic::error(format!("invalid image reference `{tag}`: {why}"))
+                                        .hint("write `[registry/]repository[:tag]`, the name the built image is also tagged with"),
+                                    at,
+                                    &fp,
+                                );
+                            } else if !b.tags.contains(&tag) {
+                                b.tags.push(tag);
+                            }
                         }
                     }
                     "shm_size" => b.shm_size = ctx.bytes(v, &fp),

@@ -736,7 +736,7 @@ fn volumes(ctx: &mut Ctx, node: &Node, path: &str, refs: &Refs) -> (Vec<Mount>, 
                     no_copy,
                 });
             }
-            Kind::Tmpfs(size) => mounts.push(Mount::Tmpfs { target, size }),
+            Kind::Tmpfs { size, mode } => mounts.push(Mount::Tmpfs { target, size, mode }),
             Kind::Bind(source) if syntax::is_windows_path(&source) => ctx.report(
                 Diagnostic::error(format!("bind source `{source}` is a Windows path"))
                     .hint("driftless deploys to Linux Docker engines; use an absolute Linux path"),
@@ -817,7 +817,10 @@ fn volumes(ctx: &mut Ctx, node: &Node, path: &str, refs: &Refs) -> (Vec<Mount>, 
 enum Kind {
     Volume(Option<String>),
     Bind(String),
-    Tmpfs(Option<u64>),
+    Tmpfs {
+        size: Option<u64>,
+        mode: Option<u32>,
+    },
 }
 
 struct VolumeSpec {
@@ -910,6 +913,7 @@ fn long_volume(
     let mut target = None;
     let mut read_only = false;
     let mut tmpfs_size = None;
+    let mut tmpfs_mode = None;
     let mut bind = BindSpec::default();
     let mut no_copy = false;
     for (k, v) in fields {
@@ -959,6 +963,11 @@ fn long_volume(
                                 }
                             }
                         }
+                        // As docker compose: the engine mount's
+                        // `TmpfsOptions.Mode`, what `--mount
+                        // type=tmpfs,tmpfs-mode=…` sets.
+                        "mode" => tmpfs_mode = file_mode(ctx, tv, &tp),
+                        k if k.starts_with("x-") => {}
                         _ => ctx.unsupported(tk, &tp),
                     }
                 }
@@ -990,7 +999,10 @@ fn long_volume(
                         return None;
                     }
                 },
-                "tmpfs" => Kind::Tmpfs(tmpfs_size),
+                "tmpfs" => Kind::Tmpfs {
+                    size: tmpfs_size,
+                    mode: tmpfs_mode,
+                },
                 other => {
                     ctx.error(
                     tnode,

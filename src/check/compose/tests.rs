@@ -141,7 +141,7 @@ services:
       - /anonymous
       - type: tmpfs
         target: /tmp
-        tmpfs: {size: 64m}
+        tmpfs: {size: 64m, mode: 01777}
     configs:
       - site
       - source: inline
@@ -294,7 +294,8 @@ configs:
             },
             Mount::Tmpfs {
                 target: "/tmp".into(),
-                size: Some(64 << 20)
+                size: Some(64 << 20),
+                mode: Some(0o1777),
             },
         ]
     );

@@ -71,7 +71,8 @@ services:
       target: prod
       labels: [team=core]
       network: host
-      extra_hosts: ["db:10.0.0.2"]
+      extra_hosts: ["db:10.0.0.2", "cache=10.0.0.3"]
+      tags: [registry.example/api:latest, registry.example/api:latest, api-local]
       shm_size: 64m
       cache_from: [registry.example/api:1]
       no_cache: true
@@ -97,7 +98,8 @@ services:
     assert_eq!(b.target.as_deref(), Some("prod"));
     assert_eq!(b.labels["team"], "core");
     assert_eq!(b.network.as_deref(), Some("host"));
-    assert_eq!(b.extra_hosts, ["db:10.0.0.2"]);
+    assert_eq!(b.extra_hosts, ["db:10.0.0.2", "cache:10.0.0.3"]);
+    assert_eq!(b.tags, ["registry.example/api:latest", "api-local"]);
     assert_eq!(b.shm_size, Some(64 * 1024 * 1024));
     assert_eq!(b.cache_from, ["registry.example/api:1"]);
     assert!(b.no_cache && b.pull);

@@ -267,10 +267,14 @@ pub async fn prepare(
     }
     let drivers = super::connect(&desired).await?;
     // One read of the live state: pinning, the plan and (when nothing
-    // changes) the pass's fingerprint all come from it.
-    let lives = super::read_live(&drivers, &desired, &masker).await?;
-    if let Some(ids) = pin {
-        pin_images(&mut desired, ids, &live_images(&lives));
+    // changes) the pass's fingerprint all come from it — unless services
+    // were pinned to image ids, which that read did not resolve (a pinned
+    // rollback reads once more).
+    let mut lives = super::read_live(&drivers, &desired, &masker).await?;
+    if let Some(ids) = pin
+        && pin_images(&mut desired, ids, &live_images(&lives)) > 0
+    {
+        lives = super::read_live(&drivers, &desired, &masker).await?;
     }
     let plan = super::plan_live(&drivers, &desired, &lives, &masker).await?;
     Ok(Prepared {
@@ -832,7 +836,12 @@ fn live_images(lives: &[DriverLive]) -> BTreeMap<String, String> {
 /// A service whose reference still resolves to the recorded id keeps it, so
 /// a rollback recreates only what the bad commit changed; the engine then
 /// creates containers from `sha256:` ids for the rest.
-pub fn pin_images(desired: &mut DesiredState, ids: &ImageIds, live: &BTreeMap<String, String>) {
+pub fn pin_images(
+    desired: &mut DesiredState,
+    ids: &ImageIds,
+    live: &BTreeMap<String, String>,
+) -> usize {
+    let mut pinned = 0;
     for t in &mut desired.targets {
         let Resources::Compose(projects) = &mut t.resources else {
             continue;
@@ -845,10 +854,12 @@ pub fn pin_images(desired: &mut DesiredState, ids: &ImageIds, live: &BTreeMap<St
                 {
                     tracing::info!(service = %key, image = %s.image, id = %id, "pinned to the recorded image id");
                     s.image = id.clone();
+                    pinned += 1;
                 }
             }
         }
     }
+    pinned
 }
 
 /// A rollback replaces replicas as each service's `rollback_config` says
@@ -947,7 +958,7 @@ mod tests {
             ("img:2".to_owned(), "sha256:new".to_owned()),
         ]
         .into();
-        pin_images(&mut desired, &ids, &live);
+        assert_eq!(pin_images(&mut desired, &ids, &live), 1);
         let Resources::Compose(projects) = &desired.targets[0].resources else {
             unreachable!()
         };

@@ -872,7 +872,7 @@ async fn a_missing_socket_is_named_in_the_error() {
 
 /// The no-op plan of a 14-service stack costs four API calls (containers,
 /// networks, volumes, images) whatever the number of services, and the
-/// no-op apply one more (image ids for the report).
+/// no-op apply of that plan none (its image ids are the plan's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn noop_plan_of_fourteen_services_is_four_calls() {
     let Some(b) = engine().await else { return };

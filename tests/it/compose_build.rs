@@ -139,7 +139,7 @@ async fn deploy(b: &ComposeBackend, test: &str, page: &str) -> Deployed {
 }
 
 /// Deploys `web` built from the commit, then re-plans through a counting
-/// proxy: the no-op plan is the four list calls and the no-op apply one —
+/// proxy: the no-op plan is the four list calls and the no-op apply none —
 /// no build, no context sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_built_service_runs_and_a_replan_sends_no_context() {
@@ -185,16 +185,27 @@ async fn a_built_service_runs_and_a_replan_sends_no_context() {
     // Loaded again from the same files, as the next pass would.
     let again = desired(vec![load(&repo(&name, "v1\n", &dockerfile()))]);
     let allow = Allow::default();
-    let changes = dry_run(&counted, &name, &again, &allow).await.unwrap();
+    let masker = Masker::default();
+    let live = counted
+        .read_live(&again, ctx(&name, &masker, &allow))
+        .await
+        .unwrap();
+    let changes = counted
+        .plan(&again, &live, ctx(&name, &masker, &allow))
+        .await
+        .unwrap();
     assert!(changed(&changes).is_empty(), "{changes:#?}");
     assert_eq!(proxy.take(), 4, "a no-op plan is the four list calls");
-    let masker = Masker::default();
     let report = counted
-        .apply(&again, &changes, ctx(&name, &masker, &allow))
+        .apply_live(&again, &changes, &live, ctx(&name, &masker, &allow))
         .await
         .unwrap();
     assert!(report.applied.is_empty());
-    assert_eq!(proxy.take(), 1, "a no-op apply lists images only: no build");
+    assert_eq!(
+        proxy.take(),
+        0,
+        "a no-op apply of the plan sends nothing: no build"
+    );
     assert_eq!(image_id(&b, &image).await, built, "nothing was rebuilt");
 }
 

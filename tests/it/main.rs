@@ -33,6 +33,7 @@ mod operator;
 mod ownership;
 mod pipeline;
 mod policies;
+mod quickstart;
 mod reconcile_cli;
 mod remote_docker;
 mod render;

@@ -378,45 +378,13 @@ impl Helper {
         volume: &str,
         read_only: bool,
     ) -> Result<Helper, BackupError> {
-        let filters = HashMap::from([("volume", vec![volume.to_owned()])]);
-        let users = docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::default()
-                    .all(true)
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(docker_err(format!("find containers using volume {volume}")))?;
-        let image = users
-            .iter()
-            .find(|c| c.labels.as_ref().is_none_or(|l| !l.contains_key(HELPER_LABEL)))
-            .and_then(|c| c.image_id.clone())
-            .ok_or_else(|| {
-                BackupError::Source(format!(
-                    "volume {volume} is used by no container, so there is no local image to read it with; deploy its service first"
-                ))
-            })?;
+        let image = volume_image(docker, volume).await?;
         let body = ContainerCreateBody {
             image: Some(image),
             // Never started, but the engine wants a command for an image
             // without one.
             cmd: Some(vec!["driftless-backup-helper".to_owned()]),
-            labels: Some(HashMap::from([(
-                HELPER_LABEL.to_owned(),
-                volume.to_owned(),
-            )])),
-            host_config: Some(HostConfig {
-                mounts: Some(vec![Mount {
-                    typ: Some(MountType::VOLUME),
-                    source: Some(volume.to_owned()),
-                    target: Some(VOLUME_MOUNT.to_owned()),
-                    read_only: Some(read_only),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            ..Default::default()
+            ..helper_body(volume, read_only)
         };
         Helper::new(
             docker,
@@ -424,6 +392,33 @@ impl Helper {
             &format!("create a helper container for volume {volume}"),
         )
         .await
+    }
+
+    /// Empties `volume` — everything under its root, dot files included —
+    /// with a throwaway container of the image its containers run, started
+    /// as `/bin/sh -c 'rm -rf …'` (the Engine API extracts and reads
+    /// archives but removes no files). An image without a shell and `rm`
+    /// is an error that names `--merge`.
+    pub async fn empty_volume(docker: &Docker, volume: &str) -> Result<(), BackupError> {
+        let image = volume_image(docker, volume).await?;
+        let script = format!("rm -rf {VOLUME_MOUNT}/* {VOLUME_MOUNT}/.[!.]* {VOLUME_MOUNT}/..?*");
+        let body = ContainerCreateBody {
+            image: Some(image.clone()),
+            entrypoint: Some(vec!["/bin/sh".to_owned(), "-c".to_owned(), script]),
+            cmd: Some(Vec::new()),
+            user: Some("0:0".to_owned()),
+            network_disabled: Some(true),
+            ..helper_body(volume, false)
+        };
+        let helper = Helper::new(docker, body, &format!("empty volume {volume}")).await?;
+        let done = crate::backend::compose::binds::run_to_end(docker, &helper.id).await;
+        helper.remove().await;
+        done.map_err(|e| {
+            BackupError::Restore(format!(
+                "empty volume {volume} before the restore (`/bin/sh -c rm -rf` in image {}): {e}; `--merge` extracts over the volume without emptying it",
+                short(image.trim_start_matches("sha256:"))
+            ))
+        })
     }
 
     /// Creates (does not start) a container from `body`.
@@ -462,6 +457,51 @@ impl Drop for Helper {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move { remove_container(&docker, &id).await });
         }
+    }
+}
+
+/// The image a container using `volume` runs (never a helper's): local, so
+/// nothing is pulled.
+async fn volume_image(docker: &Docker, volume: &str) -> Result<String, BackupError> {
+    let filters = HashMap::from([("volume", vec![volume.to_owned()])]);
+    let users = docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .map_err(docker_err(format!("find containers using volume {volume}")))?;
+    users
+        .iter()
+        .find(|c| c.labels.as_ref().is_none_or(|l| !l.contains_key(HELPER_LABEL)))
+        .and_then(|c| c.image_id.clone())
+        .ok_or_else(|| {
+            BackupError::Source(format!(
+                "volume {volume} is used by no container, so there is no local image to read it with; deploy its service first"
+            ))
+        })
+}
+
+/// A helper container's labels and mount of `volume` at [`VOLUME_MOUNT`].
+fn helper_body(volume: &str, read_only: bool) -> ContainerCreateBody {
+    ContainerCreateBody {
+        labels: Some(HashMap::from([(
+            HELPER_LABEL.to_owned(),
+            volume.to_owned(),
+        )])),
+        host_config: Some(HostConfig {
+            mounts: Some(vec![Mount {
+                typ: Some(MountType::VOLUME),
+                source: Some(volume.to_owned()),
+                target: Some(VOLUME_MOUNT.to_owned()),
+                read_only: Some(read_only),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 

@@ -761,13 +761,25 @@ pub async fn read_plain(
     Ok(out)
 }
 
+/// How a volume backup is restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreMode {
+    /// The volume is emptied first, so it holds what the backup holds and
+    /// nothing else (files created after the backup are gone).
+    Clean,
+    /// Extracted over what is there: files the backup does not hold stay.
+    Merge,
+}
+
 /// Restores `manifest` for `job`: verified first, then fed to the job's
-/// restore command on stdin, or extracted into its volume or path (the
-/// service's containers stopped meanwhile and started again after).
+/// restore command on stdin, or extracted into its volume (emptied first
+/// with [`RestoreMode::Clean`]) or path (always merged), the service's
+/// containers stopped meanwhile and started again after.
 pub async fn restore(
     ctx: &Context,
     job: &BackupJob,
     manifest: &Manifest,
+    mode: RestoreMode,
 ) -> Result<(), BackupError> {
     let dest: Arc<dyn Destination> = Arc::from(destination(job, &ctx.env)?);
     if manifest.encoding.encrypted && ctx.identities.is_none() {
@@ -808,7 +820,13 @@ pub async fn restore(
                 service.as_deref(),
                 Consistency::Stop,
                 false,
-                |helper| async move { dk::extract_into(&ctx.docker, &helper, "/", rx).await },
+                |helper| async move {
+                    if mode == RestoreMode::Clean {
+                        let name = ctx.volume_name(project.as_deref(), volume);
+                        dk::Helper::empty_volume(&ctx.docker, &name).await?;
+                    }
+                    dk::extract_into(&ctx.docker, &helper, "/", rx).await
+                },
             )
             .await
         }

@@ -81,6 +81,10 @@ pub struct RestoreArgs {
     /// of restoring it into the service.
     #[arg(long)]
     pub output_file: Option<std::path::PathBuf>,
+    /// A volume backup is extracted over the volume, keeping files the
+    /// backup does not hold (default: the volume is emptied first).
+    #[arg(long)]
+    pub merge: bool,
 }
 
 struct Loaded {
@@ -394,12 +398,17 @@ fn restore(args: RestoreArgs) -> Result<i32> {
         return Ok(0);
     }
     let what = format!(
-        "restore backup {} (taken {}, {}) of job {} into environment {}, replacing what is there now",
+        "restore backup {} (taken {}, {}) of job {} into environment {}, {}",
         manifest.id,
         when(manifest.started_at),
         manifest.source,
         job.name,
-        common.env
+        common.env,
+        if args.merge {
+            "extracting over what is there now"
+        } else {
+            "replacing what is there now"
+        }
     );
     if !args.yes {
         if !std::io::stdin().is_terminal() {
@@ -427,7 +436,12 @@ fn restore(args: RestoreArgs) -> Result<i32> {
         )
         .await?
         .with_identities(ids);
-        runner::restore(&ctx, job, &manifest).await
+        let mode = if args.merge {
+            runner::RestoreMode::Merge
+        } else {
+            runner::RestoreMode::Clean
+        };
+        runner::restore(&ctx, job, &manifest, mode).await
     });
     drop(hold);
     match result {

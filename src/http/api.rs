@@ -269,7 +269,9 @@ impl axum::extract::FromRequest<Arc<AppState>> for Mutation {
     }
 }
 
-async fn trigger(
+/// `POST /api/v1/environments/{env}/reconcile`, and its alias of the first
+/// API, `POST /api/environments/{env}/reconcile`.
+pub(super) async fn trigger(
     State(s): State<Arc<AppState>>,
     Mutation { env, entry, .. }: Mutation,
 ) -> Response {

@@ -1,7 +1,8 @@
 //! The daemon's HTTP surface (axum, one listener): the GitHub webhook,
 //! `/healthz`, `/readyz`, `/metrics` ([`metrics`]), the JSON API under
 //! `/api/v1` ([`api`]), the status page at `/` ([`status`]), and the first
-//! API (`/api/environments`, kept for existing callers).
+//! API (`GET /api/environments`, and `POST /api/environments/{env}/reconcile`
+//! as an alias of `/api/v1`'s trigger; kept for existing callers).
 //!
 //! Handlers are thin: they check the request, read the store or mark
 //! environments dirty, and answer. None of them fetches, renders or applies
@@ -13,7 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use axum::Json;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,7 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::daemon::config::{ReadAccess, Secret};
 use crate::daemon::worker::{Dirty, WorkerStats};
 use crate::secrets::Masker;
-use crate::store::{Store, Trigger};
+use crate::store::Store;
 
 pub mod api;
 pub mod client;
@@ -224,7 +225,9 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> axum::Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/environments", get(environments))
-        .route("/api/environments/{env}/reconcile", post(trigger))
+        // The first API's trigger, kept as an alias of /api/v1's: one
+        // handler, so both answer with the same body and the same checks.
+        .route("/api/environments/{env}/reconcile", post(api::trigger))
         .route("/metrics", get(metrics_text))
         .merge(
             axum::Router::new()
@@ -468,29 +471,6 @@ async fn environments(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Res
         out.insert(name.clone(), value);
     }
     answer(StatusCode::OK, serde_json::json!({"environments": out}))
-}
-
-async fn trigger(
-    State(s): State<Arc<AppState>>,
-    Path(env): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = authorized(&s, &headers) {
-        return r;
-    }
-    match s.envs.get(&env) {
-        Some(e) => {
-            e.dirty.mark(Trigger::Manual);
-            answer(
-                StatusCode::ACCEPTED,
-                serde_json::json!({"status": "accepted", "environments": [env]}),
-            )
-        }
-        None => answer(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({"error": format!("this daemon does not drive environment `{env}`")}),
-        ),
-    }
 }
 
 /// A token bucket: `rate` requests per second on average, `burst` at once.

@@ -18,6 +18,15 @@ fn root_commit(repo: &Repo, pinned: &Option<String>) -> Result<String, SourceErr
     }
 }
 
+/// The repo at `path` when it is a bare one (`HEAD` and `objects/` at its
+/// top, no work tree).
+fn bare_repo(path: &Path) -> Option<Repo> {
+    if !(path.join("HEAD").is_file() && path.join("objects").is_dir()) {
+        return None;
+    }
+    Repo::open(path).ok().filter(|r| r.work_dir().is_none())
+}
+
 /// An opened desired-state repo.
 pub enum Source {
     /// A local directory read as it is, uncommitted edits included.
@@ -32,7 +41,8 @@ pub enum Source {
 
 impl Source {
     /// Opens `--repo` (a path or URL) with an optional `--rev`. A local path
-    /// without a revision is read as a work tree.
+    /// without a revision is read as a work tree, or, when it is a bare repo,
+    /// at its `HEAD` (environments at their branches), as a remote is.
     pub fn open(
         repo: &str,
         rev: Option<&str>,
@@ -50,9 +60,18 @@ impl Source {
                 });
             }
             return match rev {
-                None => Ok(Source::WorkTree {
-                    root: path.to_owned(),
-                }),
+                None => match bare_repo(path) {
+                    // A bare repo has no files to read as they are: it is
+                    // read as a remote is, `HEAD` and each environment's
+                    // branch.
+                    Some(repo) => Ok(Source::Git {
+                        repo: Box::new(repo),
+                        pinned: None,
+                    }),
+                    None => Ok(Source::WorkTree {
+                        root: path.to_owned(),
+                    }),
+                },
                 Some(rev) => {
                     let repo = Repo::open(path)?;
                     let commit = repo.resolve(rev)?;

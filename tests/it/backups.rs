@@ -8,6 +8,7 @@ use std::time::Duration;
 use bollard::Docker;
 use driftless::backup::codec::Identities;
 use driftless::backup::destination::{Destination, LocalDir};
+use driftless::backup::runner::RestoreMode;
 use driftless::backup::{Context, runner};
 use driftless::model::{
     BackupJob, BackupSource, Compression, Consistency, Destination as Dest, Origin, Retention,
@@ -169,7 +170,9 @@ async fn postgres_dump_restores_into_a_fresh_database_row_for_row() {
     let ctx_b = context(&docker, vec![bs::project(&b, &["postgres"], &[])]);
     let manifests = dest(&pg_job(&b)).manifests().unwrap();
     let latest = runner::pick(&manifests, None).expect("a verified backup");
-    runner::restore(&ctx_b, &pg_job(&b), &latest).await.unwrap();
+    runner::restore(&ctx_b, &pg_job(&b), &latest, RestoreMode::Clean)
+        .await
+        .unwrap();
 
     let query = {
         let mut q = bs::psql("app");
@@ -444,23 +447,53 @@ async fn paused_volume_backup_restores_byte_for_byte_and_resumes_the_service() {
     )
     .await;
     let manifest = runner::pick(&dest(&vol_job).manifests().unwrap(), None).unwrap();
-    runner::restore(ctx, &vol_job, &manifest).await.unwrap();
+    runner::restore(ctx, &vol_job, &manifest, RestoreMode::Clean)
+        .await
+        .unwrap();
     assert!(
         is_running_unpaused(&docker, app).await,
         "the service is started again after a restore"
     );
+    // A clean restore (the default): the volume holds the backup, and the
+    // file created after it is gone.
     let restored = files(&docker, app, "/data").await;
-    assert_eq!(restored.get("data/a.bin"), original.get("data/a.bin"));
+    assert_eq!(restored, original);
+
+    // --merge extracts over the volume: files created since stay.
+    put_files(
+        &docker,
+        app,
+        "/data",
+        &[
+            ("a.bin", b"overwritten".to_vec()),
+            (".later", b"y".to_vec()),
+        ],
+    )
+    .await;
+    runner::restore(ctx, &vol_job, &manifest, RestoreMode::Merge)
+        .await
+        .unwrap();
+    let merged = files(&docker, app, "/data").await;
+    assert_eq!(merged.get("data/a.bin"), original.get("data/a.bin"));
     assert_eq!(
-        restored.get("data/sub/b.txt"),
-        original.get("data/sub/b.txt")
+        merged.get("data/.later"),
+        Some(&b"y".to_vec()),
+        "{:?}",
+        merged.keys()
     );
+    assert_eq!(merged.len(), original.len() + 1, "{:?}", merged.keys());
+
+    // A clean restore removes dot files too.
+    runner::restore(ctx, &vol_job, &manifest, RestoreMode::Clean)
+        .await
+        .unwrap();
+    assert_eq!(files(&docker, app, "/data").await, original);
 }
 
 /// Regression: the helper container that reads a volume was refused by the
 /// engine ("No command specified") when the service's image has no CMD.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn volume_of_a_service_whose_image_has_no_command_is_backed_up() {
+async fn volume_of_a_service_whose_image_has_no_command_is_backed_up_and_merged_back() {
     let Some(docker) = docker().await else { return };
     let p = docker_support::project_name("nocmd");
     let image = format!("driftless-test/nocmd:{p}");
@@ -516,6 +549,33 @@ async fn volume_of_a_service_whose_image_has_no_command_is_backed_up() {
         .map(|e| e.unwrap().path().unwrap().display().to_string())
         .collect();
     assert!(names.iter().any(|n| n == "driftless-volume/f"), "{names:?}");
+
+    // No /bin/sh in the image to empty the volume with: a clean restore
+    // fails naming `--merge`, the volume and the service as they were;
+    // `--merge` restores over it.
+    put_files(
+        &docker,
+        &app,
+        "/data",
+        &[("f", b"changed".to_vec()), ("later", b"new".to_vec())],
+    )
+    .await;
+    let e = runner::restore(&ctx, &j, &m, RestoreMode::Clean)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/bin/sh") && e.contains("--merge"), "{e}");
+    assert!(
+        is_running_unpaused(&docker, &app).await,
+        "resumed after a failed restore"
+    );
+    assert_eq!(files(&docker, &app, "/data").await.len(), 2);
+    runner::restore(&ctx, &j, &m, RestoreMode::Merge)
+        .await
+        .unwrap();
+    let now = files(&docker, &app, "/data").await;
+    assert_eq!(now.get("data/f"), Some(&b"kept".to_vec()));
+    assert_eq!(now.get("data/later"), Some(&b"new".to_vec()));
 }
 
 /// The restore-test volumes this process left behind.

@@ -403,12 +403,29 @@ async fn mutations_need_the_token_write_the_control_and_wake_the_worker() {
         .await;
     assert_eq!(code, 409, "{body}");
 
-    // Trigger.
-    let (code, _) = s
+    // Trigger, and the first API's path: an alias with the same answer
+    // and the same checks.
+    let (code, v1) = s
         .post("/api/v1/environments/dev/reconcile", Some(TOKEN), "")
         .await;
-    assert_eq!(code, 202);
+    assert_eq!(code, 202, "{v1}");
+    assert_eq!(v1, json!({"status": "accepted", "environment": "dev"}));
     assert_eq!(dev.marks(), 1);
+    let (code, old) = s
+        .post("/api/environments/dev/reconcile", Some(TOKEN), "")
+        .await;
+    assert_eq!((code, &old), (202, &v1));
+    assert_eq!(dev.marks(), 2);
+    for (path, token, want) in [
+        ("/api/environments/dev/reconcile", None, 401),
+        ("/api/environments/nope/reconcile", Some(TOKEN), 404),
+    ] {
+        let (code, old) = s.post(path, token, "").await;
+        let (v1_code, v1) = s.post(&path.replace("/api/", "/api/v1/"), token, "").await;
+        assert_eq!((code, &old), (want, &v1), "{path}");
+        assert_eq!(v1_code, want, "{path}");
+    }
+    assert_eq!(dev.marks(), 2);
 
     // Suspend with a reason; a secret in it is masked.
     let (_, page) = s.get(&s.base, "/", None).await;
@@ -481,7 +498,7 @@ async fn mutations_need_the_token_write_the_control_and_wake_the_worker() {
     assert_eq!(code, 200);
     assert_eq!(store.control("dev").unwrap(), Default::default());
     assert!(store.failed_commits("dev").unwrap().is_empty());
-    assert_eq!(dev.marks(), 5, "every accepted mutation wakes the worker");
+    assert_eq!(dev.marks(), 6, "every accepted mutation wakes the worker");
     assert_eq!(s.state.envs["prod"].dirty.marks(), 0);
 }
 

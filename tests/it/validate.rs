@@ -32,6 +32,25 @@ fn valid_minimal_repo_passes() {
 }
 
 #[test]
+fn a_bare_repo_without_rev_is_read_at_its_head() {
+    let repo = RepoBuilder::minimal().file("compose/stack.yaml", STACK_HEAD);
+    crate::support::git(repo.path(), &["init", "-q"]);
+    crate::support::git(repo.path(), &["add", "-A"]);
+    crate::support::git(repo.path(), &["commit", "-q", "-m", "one service"]);
+    let bare = tempfile::tempdir().unwrap();
+    let bare_path = bare.path().join("desired.git");
+    let from = repo.path().to_str().unwrap();
+    crate::support::git(bare.path(), &["clone", "-q", "--bare", from, "desired.git"]);
+    // A later edit of the work tree is not in the bare repo.
+    let repo = repo.file("compose/stack.yaml", "services: [\n");
+    assert_eq!(repo.driftless(&["validate"]).code, 1);
+    let run = crate::support::driftless(&bare_path, &["validate"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("dev: ok"), "{run:?}");
+    assert!(run.stdout.contains("1 services"), "{run:?}");
+}
+
+#[test]
 fn template_syntax_error() {
     let repo = RepoBuilder::minimal().file(
         "compose/stack.yaml.j2",

@@ -416,7 +416,7 @@ async fn create_helper(
 }
 
 /// Starts a helper and waits for it to exit with code 0.
-async fn run_to_end(docker: &Docker, id: &str) -> Result<(), String> {
+pub(crate) async fn run_to_end(docker: &Docker, id: &str) -> Result<(), String> {
     docker
         .start_container(id, None::<StartContainerOptions>)
         .await

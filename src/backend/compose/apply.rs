@@ -1073,6 +1073,8 @@ mod tests {
             read_only: true,
             files: vec![file("/conf/app.conf")],
             volumes: vec![Mount::Volume {
+                subpath: None,
+                labels: Default::default(),
                 source: None,
                 target: "/conf".into(),
                 read_only: false,

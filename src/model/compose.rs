@@ -476,6 +476,15 @@ pub enum Mount {
         /// `target` into an empty volume.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         no_copy: bool,
+        /// `volume.subpath`: the directory of the volume mounted at
+        /// `target` (Engine API 1.45).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        subpath: Option<String>,
+        /// `volume.labels`: labels the engine puts on the volume when it
+        /// creates it for this mount (an anonymous one, or a named one not
+        /// created yet), as docker compose passes them.
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        labels: BTreeMap<String, String>,
     },
     /// A bind mount of a host path: absolute, or `~`/`~/…` (the home of the
     /// user running driftless, expanded when the container is created).
@@ -492,6 +501,11 @@ pub enum Mount {
         /// `rprivate`, `private`, `rshared`, `shared`, `rslave`, `slave`.
         #[serde(skip_serializing_if = "Option::is_none")]
         propagation: Option<String>,
+        /// `bind.recursive` other than `enabled`: `disabled` (submounts
+        /// not bound), `writable` (submounts left writable under a
+        /// read-only bind) or `readonly` (read-only forced on submounts).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recursive: Option<String>,
         /// Create a missing host path (the short syntax always does, the
         /// long one with `bind.create_host_path`). Left out of the config
         /// hash: it changes nothing for a container whose path exists.
@@ -809,6 +823,7 @@ mod tests {
         // none of the options added later keeps its hash, so upgrading
         // driftless recreates nothing.
         let bind = Mount::Bind {
+            recursive: None,
             source: "/srv".into(),
             target: "/srv".into(),
             read_only: true,
@@ -821,6 +836,8 @@ mod tests {
             r#"{"type":"bind","source":"/srv","target":"/srv","read_only":true}"#
         );
         let volume = Mount::Volume {
+            subpath: None,
+            labels: Default::default(),
             source: Some("data".into()),
             target: "/data".into(),
             read_only: false,

@@ -475,3 +475,40 @@ async fn tmpfs_long_syntax_applies_size_and_mode() {
     let allow = Allow::default();
     assert!(changed(&dry_run(&b, &name, &d, &allow).await.unwrap()).is_empty());
 }
+
+/// `bind.recursive: disabled` reaches the engine as `NonRecursive` (known
+/// to a 1.41 engine), and `volume.labels` label the anonymous volume the
+/// engine creates for the mount, as docker compose passes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_recursive_disabled_and_volume_labels_reach_the_engine() {
+    let Some(b) = engine().await else { return };
+    let name = project_name("mountopts");
+    let _cleanup = Cleanup::new(&[&name]);
+    let yaml = format!(
+        "name: {name}\nservices:\n  app:\n    image: {BUSYBOX}\n    command: [sleep, '3600']\n    stop_grace_period: 1s\n    volumes:\n      - type: bind\n        source: /tmp\n        target: /host-tmp\n        read_only: true\n        bind: {{recursive: disabled}}\n      - type: volume\n        target: /cache\n        volume: {{labels: {{com.example.team: web}}}}\n"
+    );
+    let d = desired(vec![load(&yaml)]);
+    reconcile(&b, &name, &d).await;
+    let c = inspect(&b, &format!("{name}-app-1")).await;
+    let mounts = c.host_config.unwrap().mounts.unwrap();
+    let bind = mounts
+        .iter()
+        .find(|m| m.target.as_deref() == Some("/host-tmp"))
+        .unwrap();
+    assert_eq!(
+        bind.bind_options.as_ref().unwrap().non_recursive,
+        Some(true)
+    );
+    let volume = c
+        .mounts
+        .unwrap()
+        .into_iter()
+        .find(|m| m.destination.as_deref() == Some("/cache"))
+        .unwrap()
+        .name
+        .unwrap();
+    let labels = b.docker().inspect_volume(&volume).await.unwrap().labels;
+    assert_eq!(labels["com.example.team"], "web", "{labels:?}");
+    let allow = Allow::default();
+    assert!(changed(&dry_run(&b, &name, &d, &allow).await.unwrap()).is_empty());
+}

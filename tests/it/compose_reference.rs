@@ -1334,6 +1334,16 @@ configs:
             (1, 49),
             "    networks:\n      default:\n        interface_name: eth7\n",
         ),
+        (
+            "volumes[0].volume.subpath",
+            (1, 45),
+            "    volumes:\n      - type: volume\n        target: /c\n        volume: {subpath: app}\n",
+        ),
+        (
+            "volumes[0].bind.recursive",
+            (1, 44),
+            "    volumes:\n      - type: bind\n        source: /tmp\n        target: /t\n        read_only: true\n        bind: {recursive: readonly}\n",
+        ),
     ] {
         if have >= need {
             continue;

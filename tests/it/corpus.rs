@@ -267,7 +267,7 @@ const COMPOSE_REJECTED: &[(&str, &str)] = &[
     ),
     (
         "compose/compose-go/loader/full-example.yml",
-        "bind source not in repo, cannot apply external, container_name with replicas, file not in repo, network_mode with networks, path outside repo, secret without value, start-first with fixed host port, static address outside its subnet, undefined reference, unset variable, unsupported additional_contexts, unsupported platforms, unsupported secrets, unsupported ssh",
+        "bind source not in repo, cannot apply external, container_name with replicas, file not in repo, network_mode with networks, path outside repo, secret without value, start-first with fixed host port, static address outside its subnet, undefined reference, unsupported additional_contexts, unsupported platforms, unsupported secrets, unsupported ssh",
     ),
     (
         "compose/compose-go/loader/testdata/combined/compose.yaml",

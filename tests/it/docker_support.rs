@@ -225,7 +225,12 @@ async fn remove_projects(projects: &[String], images: &[String]) {
             let _ = docker
                 .remove_container(
                     c.id.as_deref().unwrap_or_default(),
-                    Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                    Some(
+                        RemoveContainerOptionsBuilder::default()
+                            .force(true)
+                            .v(true)
+                            .build(),
+                    ),
                 )
                 .await;
         }

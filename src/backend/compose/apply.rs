@@ -480,7 +480,7 @@ impl<'a> Applier<'a> {
             })
             .await
             .map(|_| ())
-            .map_err(|e| self.error(name, e))
+            .map_err(|e| self.error(name, network_create_error(&e, net.ipam.is_empty())))
     }
 
     async fn volume(&self, c: &Change) -> Result<()> {
@@ -1054,6 +1054,23 @@ fn not_modified(e: bollard::errors::Error) -> std::result::Result<(), bollard::e
     }
 }
 
+/// Why a network could not be created, with what to do when the engine's
+/// address pools are used up (a 20.10 engine's defaults give about 30
+/// bridge networks; each project network without `ipam` takes one).
+fn network_create_error(e: &bollard::errors::Error, without_ipam: bool) -> String {
+    let text = e.to_string();
+    if without_ipam && text.contains("could not find an available, non-overlapping") {
+        return format!(
+            "{text}: the engine's address pools are used up, one subnet per network. \
+             Remove networks nothing uses (`docker network prune`), give the engine more \
+             or smaller pools (`default-address-pools` in /etc/docker/daemon.json, e.g. \
+             {{\"base\": \"10.200.0.0/16\", \"size\": 24}}, then restart it), or give this \
+             network a subnet of its own (`ipam: {{config: [{{subnet: …}}]}}`)"
+        );
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1073,6 +1090,8 @@ mod tests {
             read_only: true,
             files: vec![file("/conf/app.conf")],
             volumes: vec![Mount::Volume {
+                subpath: None,
+                labels: Default::default(),
                 source: None,
                 target: "/conf".into(),
                 read_only: false,
@@ -1085,5 +1104,28 @@ mod tests {
         assert_eq!(s.unwritable_file(), Some("/etc/other.conf"));
         s.read_only = false;
         assert_eq!(s.unwritable_file(), None);
+    }
+
+    #[test]
+    fn exhausted_address_pools_say_what_to_do() {
+        let e = bollard::errors::Error::DockerResponseServerError {
+            status_code: 403,
+            message: "could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network".into(),
+        };
+        let text = network_create_error(&e, true);
+        assert!(
+            text.starts_with("Docker responded with status code 403: could not find"),
+            "{text}"
+        );
+        for hint in ["docker network prune", "default-address-pools", "ipam"] {
+            assert!(text.contains(hint), "{hint}: {text}");
+        }
+        // Another error, or a network with its own subnet, is left as is.
+        assert_eq!(network_create_error(&e, false), e.to_string());
+        let other = bollard::errors::Error::DockerResponseServerError {
+            status_code: 409,
+            message: "network with name x already exists".into(),
+        };
+        assert_eq!(network_create_error(&other, true), other.to_string());
     }
 }

@@ -1102,6 +1102,8 @@ mod tests {
             protocol: "tcp".into(),
         }];
         p.services.get_mut("db").unwrap().volumes = vec![Mount::Volume {
+            subpath: None,
+            labels: Default::default(),
             source: Some("data".into()),
             target: "/data".into(),
             read_only: false,

@@ -502,6 +502,8 @@ mod tests {
 
         let database = Service {
             volumes: vec![Mount::Volume {
+                subpath: None,
+                labels: Default::default(),
                 source: Some("pgdata".into()),
                 target: "/var/lib/postgresql/data".into(),
                 read_only: false,
@@ -517,12 +519,16 @@ mod tests {
         let reader = Service {
             volumes: vec![
                 Mount::Volume {
+                    subpath: None,
+                    labels: Default::default(),
                     source: Some("assets".into()),
                     target: "/srv".into(),
                     read_only: true,
                     no_copy: false,
                 },
                 Mount::Volume {
+                    subpath: None,
+                    labels: Default::default(),
                     source: None,
                     target: "/tmp/cache".into(),
                     read_only: false,
@@ -587,6 +593,8 @@ mod tests {
     fn an_explicit_order_wins_and_broken_replicas_have_none() {
         let mut database = Service {
             volumes: vec![Mount::Volume {
+                subpath: None,
+                labels: Default::default(),
                 source: Some("data".into()),
                 target: "/data".into(),
                 read_only: false,

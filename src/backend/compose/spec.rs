@@ -337,6 +337,21 @@ pub fn api_requirements(p: &Project) -> Vec<(String, (u32, u32))> {
             }
         }
     }
+    for (name, s) in &p.services {
+        for (i, m) in s.volumes.iter().enumerate() {
+            let at = |key: &str| format!("services.{name}.volumes[{i}].{key}");
+            match m {
+                Mount::Volume {
+                    subpath: Some(_), ..
+                } => out.push((at("volume.subpath"), (1, 45))),
+                // `disabled` is `NonRecursive`, known since 1.40.
+                Mount::Bind {
+                    recursive: Some(r), ..
+                } if r != "disabled" => out.push((at("bind.recursive"), (1, 44))),
+                _ => {}
+            }
+        }
+    }
     for (key, n) in &p.networks {
         if n.enable_ipv4 == Some(false) && !n.external {
             out.push((format!("networks.{key}.enable_ipv4"), (1, 47)));
@@ -447,6 +462,8 @@ pub fn mounts(p: &Project, s: &Service, home: Option<&str>) -> (Vec<EngineMount>
                 target,
                 read_only,
                 no_copy,
+                subpath,
+                labels,
             } => mounts.push(EngineMount {
                 typ: Some(MountType::VOLUME),
                 // A key of the project's `volumes:` becomes its engine name.
@@ -458,9 +475,13 @@ pub fn mounts(p: &Project, s: &Service, home: Option<&str>) -> (Vec<EngineMount>
                 }),
                 target: Some(target.clone()),
                 read_only: Some(*read_only),
-                volume_options: no_copy.then(|| MountVolumeOptions {
-                    no_copy: Some(true),
-                    ..MountVolumeOptions::default()
+                volume_options: (*no_copy || subpath.is_some() || !labels.is_empty()).then(|| {
+                    MountVolumeOptions {
+                        no_copy: no_copy.then_some(true),
+                        subpath: subpath.clone(),
+                        labels: (!labels.is_empty()).then(|| labels.clone().into_iter().collect()),
+                        ..MountVolumeOptions::default()
+                    }
                 }),
                 ..EngineMount::default()
             }),
@@ -470,10 +491,13 @@ pub fn mounts(p: &Project, s: &Service, home: Option<&str>) -> (Vec<EngineMount>
                 read_only,
                 selinux,
                 propagation,
+                recursive,
                 create_host_path,
             } => {
                 let source = bind_source(source, home);
-                if *create_host_path || selinux.is_some() {
+                // The `host:target:opts` form cannot say `recursive`; the
+                // loader refuses it with `create_host_path` or `selinux`.
+                if (*create_host_path || selinux.is_some()) && recursive.is_none() {
                     let mut options = vec![if *read_only { "ro" } else { "rw" }];
                     options.extend(selinux.as_deref());
                     options.extend(propagation.as_deref());
@@ -484,9 +508,21 @@ pub fn mounts(p: &Project, s: &Service, home: Option<&str>) -> (Vec<EngineMount>
                         source: Some(source),
                         target: Some(target.clone()),
                         read_only: Some(*read_only),
-                        bind_options: propagation.as_ref().map(|p| MountBindOptions {
-                            propagation: MountBindOptionsPropagationEnum::from_str(p).ok(),
-                            ..MountBindOptions::default()
+                        bind_options: (propagation.is_some() || recursive.is_some()).then(|| {
+                            MountBindOptions {
+                                propagation: propagation.as_ref().and_then(|p| {
+                                    MountBindOptionsPropagationEnum::from_str(p).ok()
+                                }),
+                                // As docker compose maps `bind.recursive`.
+                                non_recursive: (recursive.as_deref() == Some("disabled"))
+                                    .then_some(true),
+                                read_only_non_recursive: (recursive.as_deref() == Some("writable"))
+                                    .then_some(true),
+                                read_only_force_recursive: (recursive.as_deref()
+                                    == Some("readonly"))
+                                .then_some(true),
+                                ..MountBindOptions::default()
+                            }
                         }),
                         ..EngineMount::default()
                     });
@@ -646,6 +682,8 @@ mod tests {
                 protocol: "tcp".into(),
             }],
             volumes: vec![Mount::Volume {
+                subpath: None,
+                labels: Default::default(),
                 source: Some("data".into()),
                 target: "/data".into(),
                 read_only: false,
@@ -1018,6 +1056,68 @@ mod tests {
     }
 
     #[test]
+    fn subpath_labels_and_recursive_map_as_docker_compose_sets_them() {
+        let bind = |recursive: &str| Mount::Bind {
+            source: "/srv".into(),
+            target: "/srv".into(),
+            read_only: true,
+            selinux: None,
+            propagation: None,
+            recursive: Some(recursive.into()),
+            create_host_path: false,
+        };
+        let s = Service {
+            volumes: vec![
+                Mount::Volume {
+                    source: None,
+                    target: "/cache".into(),
+                    read_only: false,
+                    no_copy: false,
+                    subpath: Some("app".into()),
+                    labels: [("team".to_owned(), "web".to_owned())].into(),
+                },
+                bind("disabled"),
+                bind("writable"),
+                bind("readonly"),
+            ],
+            ..Service::default()
+        };
+        let (mounts, binds) = mounts(&Project::default(), &s, None);
+        assert!(binds.is_empty());
+        let v = mounts[0].volume_options.as_ref().unwrap();
+        assert_eq!(v.subpath.as_deref(), Some("app"));
+        assert_eq!(v.labels.as_ref().unwrap()["team"], "web");
+        assert_eq!(v.no_copy, None);
+        let b = |i: usize| {
+            let o = mounts[i].bind_options.clone().unwrap();
+            (
+                o.non_recursive,
+                o.read_only_non_recursive,
+                o.read_only_force_recursive,
+            )
+        };
+        assert_eq!(b(1), (Some(true), None, None));
+        assert_eq!(b(2), (None, Some(true), None));
+        assert_eq!(b(3), (None, None, Some(true)));
+        // `disabled` is known to 1.41 engines; the others and `subpath` are not.
+        let p = Project {
+            name: "p".into(),
+            services: [("web".to_owned(), s)].into(),
+            ..Project::default()
+        };
+        let needs: BTreeMap<_, _> = api_requirements(&p).into_iter().collect();
+        assert_eq!(
+            needs,
+            [
+                ("services.web.volumes[0].volume.subpath".to_owned(), (1, 45)),
+                ("services.web.volumes[2].bind.recursive".to_owned(), (1, 44)),
+                ("services.web.volumes[3].bind.recursive".to_owned(), (1, 44)),
+            ]
+            .into()
+        );
+    }
+
+    #[test]
     fn binds_map_as_docker_compose_passes_them() {
         let b = |source: &str,
                  target: &str,
@@ -1025,6 +1125,7 @@ mod tests {
                  propagation: Option<&str>,
                  create: bool| {
             Mount::Bind {
+                recursive: None,
                 source: source.into(),
                 target: target.into(),
                 read_only: target == "/ro",
@@ -1043,6 +1144,8 @@ mod tests {
                 // SELinux needs `Binds` even without `create_host_path`.
                 b("/srv/l", "/l", Some("Z"), None, false),
                 Mount::Volume {
+                    subpath: None,
+                    labels: Default::default(),
                     source: Some("data".into()),
                     target: "/data".into(),
                     read_only: false,

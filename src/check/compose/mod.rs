@@ -190,6 +190,10 @@ pub(crate) struct Ctx<'a> {
     dotenv: Option<(String, String)>,
     /// The Compose files the project is built from, main file first.
     sources: Vec<String>,
+    /// The project name as interpolation sees it in `${COMPOSE_PROJECT_NAME}`:
+    /// compose-go sets the variable to the project's final name before it
+    /// interpolates the files, whatever named it.
+    interpolated_project_name: Option<String>,
 }
 
 impl<'a> Ctx<'a> {
@@ -209,6 +213,7 @@ impl<'a> Ctx<'a> {
             swarm_only: Vec::new(),
             develop: None,
             sources: vec![input.file.to_owned()],
+            interpolated_project_name: None,
         }
     }
 
@@ -238,6 +243,7 @@ impl<'a> Ctx<'a> {
             return None;
         }
         self.read_dotenv();
+        self.interpolated_project_name = self.implied_project_name(&root);
         self.interpolate(&mut root, "");
         let mut chain = vec![file.to_owned()];
         self.expand_includes(&mut root, file, &mut chain);
@@ -445,10 +451,37 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// Interpolates a parsed file's tree with the project's variables.
+    /// The name the project will have, before the file is interpolated, as
+    /// compose-go's `projectName` finds it: a non-empty
+    /// `COMPOSE_PROJECT_NAME`, else `name:` (itself interpolated), else the
+    /// default normalised. `None` when that name is invalid: the error is
+    /// reported where the name is decided.
+    fn implied_project_name(&self, root: &Node) -> Option<String> {
+        let from_var = self
+            .vars
+            .get(profiles::PROJECT_NAME)
+            .filter(|v| !v.is_empty())
+            .cloned();
+        let name = from_var.or_else(|| {
+            let template = root.get("name")?.scalar_text()?;
+            let vars = &self.vars;
+            let lookup = |k: &str| vars.get(k).cloned();
+            let mut subst = interpolate::Substitution::new(&lookup);
+            subst.substitute(&template).ok().filter(|n| !n.is_empty())
+        });
+        let name = name.unwrap_or_else(|| normalize_project_name(self.input.default_project_name));
+        valid_project_name(&name).then_some(name)
+    }
+
+    /// Interpolates a parsed file's tree with the project's variables and
+    /// `COMPOSE_PROJECT_NAME` set to the project's name.
     fn interpolate(&mut self, root: &mut Node, path: &str) {
         let vars = &self.vars;
-        let lookup = |k: &str| vars.get(k).cloned();
+        let name = self.interpolated_project_name.as_ref();
+        let lookup = |k: &str| match name {
+            Some(name) if k == profiles::PROJECT_NAME => Some(name.clone()),
+            _ => vars.get(k).cloned(),
+        };
         let mut subst = interpolate::Substitution::new(&lookup);
         let mut failures = Vec::new();
         interpolate::interpolate_tree(root, path, &mut subst, &mut failures);

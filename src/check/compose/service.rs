@@ -709,6 +709,8 @@ fn volumes(ctx: &mut Ctx, node: &Node, path: &str, refs: &Refs) -> (Vec<Mount>, 
             read_only,
             bind,
             no_copy,
+            subpath,
+            volume_labels,
         } = spec;
         if no_copy && !matches!(kind, Kind::Volume(_)) {
             ctx.warning(
@@ -734,6 +736,8 @@ fn volumes(ctx: &mut Ctx, node: &Node, path: &str, refs: &Refs) -> (Vec<Mount>, 
                     target,
                     read_only,
                     no_copy,
+                    subpath,
+                    labels: volume_labels,
                 });
             }
             Kind::Tmpfs { size, mode } => mounts.push(Mount::Tmpfs { target, size, mode }),
@@ -749,6 +753,7 @@ fn volumes(ctx: &mut Ctx, node: &Node, path: &str, refs: &Refs) -> (Vec<Mount>, 
                 read_only,
                 selinux: bind.selinux,
                 propagation: bind.propagation,
+                recursive: bind.recursive.clone(),
                 create_host_path: bind.create_host_path,
             }),
             Kind::Bind(source) if source.starts_with('~') => {
@@ -776,6 +781,7 @@ fn volumes(ctx: &mut Ctx, node: &Node, path: &str, refs: &Refs) -> (Vec<Mount>, 
                     read_only,
                     selinux: bind.selinux,
                     propagation: bind.propagation,
+                    recursive: bind.recursive.clone(),
                     create_host_path: bind.create_host_path,
                 });
             }
@@ -829,6 +835,8 @@ struct VolumeSpec {
     read_only: bool,
     bind: BindSpec,
     no_copy: bool,
+    subpath: Option<String>,
+    volume_labels: BTreeMap<String, String>,
 }
 
 /// The bind options of one mount, as written.
@@ -837,7 +845,12 @@ struct BindSpec {
     selinux: Option<String>,
     propagation: Option<String>,
     create_host_path: bool,
+    /// `recursive` other than `enabled`.
+    recursive: Option<String>,
 }
+
+/// `bind.recursive` values other than the default `enabled`.
+const RECURSIVE: [&str; 3] = ["disabled", "writable", "readonly"];
 
 /// Bind propagation modes the engine takes.
 const PROPAGATIONS: [&str; 6] = [
@@ -899,6 +912,8 @@ fn short_volume(ctx: &mut Ctx, item: &Node, text: &str, path: &str) -> Option<Vo
         read_only,
         bind,
         no_copy,
+        subpath: None,
+        volume_labels: BTreeMap::new(),
     })
 }
 
@@ -916,6 +931,8 @@ fn long_volume(
     let mut tmpfs_mode = None;
     let mut bind = BindSpec::default();
     let mut no_copy = false;
+    let mut subpath = None;
+    let mut volume_labels = BTreeMap::new();
     for (k, v) in fields {
         let Some(key) = ctx.key(k, path) else {
             continue;
@@ -936,6 +953,8 @@ fn long_volume(
                     let vp = format!("{fp}.{vkey}");
                     match vkey {
                         "nocopy" => no_copy = ctx.bool(vv, &vp).unwrap_or(false),
+                        "subpath" => subpath = ctx.text(vv, &vp).filter(|p| !p.is_empty()),
+                        "labels" => volume_labels = ctx.labels(vv, &vp),
                         k if k.starts_with("x-") => {}
                         _ => ctx.unsupported(vk, &vp),
                     }
@@ -984,6 +1003,15 @@ fn long_volume(
         );
         return None;
     };
+    if bind.recursive.is_some() && (bind.create_host_path || bind.selinux.is_some()) {
+        ctx.report(
+            Diagnostic::error("`bind.recursive` cannot be combined with `create_host_path` or `selinux`")
+                .hint("the engine takes those only in the `-v host:target:opts` form, which has no recursion option; drop one of them"),
+            item,
+            path,
+        );
+        return None;
+    }
     let kind = match kind {
         None => {
             ctx.error(item, path, "a mount needs `type:` (volume, bind or tmpfs)");
@@ -1003,6 +1031,15 @@ fn long_volume(
                     size: tmpfs_size,
                     mode: tmpfs_mode,
                 },
+                "image" => {
+                    ctx.report(
+                        Diagnostic::error("mount type `image` (an image's files mounted read-only) is not supported by driftless")
+                            .hint("it needs Docker Engine API 1.47 (Docker 28) or later; copy the files into a volume, or build them into this service's image"),
+                        tnode,
+                        &format!("{path}.type"),
+                    );
+                    return None;
+                }
                 other => {
                     ctx.error(
                     tnode,
@@ -1020,6 +1057,8 @@ fn long_volume(
         read_only,
         bind,
         no_copy,
+        subpath,
+        volume_labels,
     })
 }
 
@@ -1034,6 +1073,19 @@ fn bind_options(ctx: &mut Ctx, node: &Node, path: &str) -> BindSpec {
         let bp = format!("{path}.{bkey}");
         match bkey {
             "create_host_path" => bind.create_host_path = ctx.bool(bv, &bp).unwrap_or(false),
+            "recursive" => {
+                if let Some(r) = ctx.text(bv, &bp) {
+                    if RECURSIVE.contains(&r.as_str()) {
+                        bind.recursive = Some(r);
+                    } else if r != "enabled" {
+                        ctx.error(
+                            bv,
+                            &bp,
+                            format!("`recursive` must be `enabled`, `disabled`, `writable` or `readonly`, not `{r}`"),
+                        );
+                    }
+                }
+            }
             "propagation" => {
                 if let Some(p) = ctx.text(bv, &bp) {
                     if PROPAGATIONS.contains(&p.as_str()) {

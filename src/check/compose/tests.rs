@@ -267,6 +267,8 @@ configs:
         web.volumes,
         [
             Mount::Volume {
+                subpath: None,
+                labels: Default::default(),
                 source: Some("data".into()),
                 target: "/var/lib/data".into(),
                 read_only: false,
@@ -279,6 +281,7 @@ configs:
                 files: web.volumes[1].repo_files().to_vec().into(),
             },
             Mount::Bind {
+                recursive: None,
                 source: "/var/run/docker.sock".into(),
                 target: "/var/run/docker.sock".into(),
                 read_only: true,
@@ -287,6 +290,8 @@ configs:
                 create_host_path: true,
             },
             Mount::Volume {
+                subpath: None,
+                labels: Default::default(),
                 source: None,
                 target: "/anonymous".into(),
                 read_only: false,

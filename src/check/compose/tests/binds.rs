@@ -13,6 +13,7 @@ fn mounts(text: &str) -> (Vec<Mount>, Vec<crate::diag::Diagnostic>) {
 
 fn bind(source: &str, target: &str, read_only: bool) -> Mount {
     Mount::Bind {
+        recursive: None,
         source: source.into(),
         target: target.into(),
         read_only,
@@ -36,6 +37,7 @@ fn short_syntax_options_map_to_the_bind() {
             create_host_path,
             ..
         } => Mount::Bind {
+            recursive: None,
             source,
             target,
             read_only,
@@ -64,6 +66,7 @@ fn long_syntax_bind_options_and_volume_nocopy() {
     assert_eq!(
         m[0],
         Mount::Bind {
+            recursive: None,
             source: "/srv/a".into(),
             target: "/a".into(),
             read_only: false,
@@ -172,4 +175,56 @@ fn a_repo_file_named_like_the_listing_is_refused() {
     let errors = repo.err("compose/stack.yaml");
     assert_eq!(errors.len(), 1, "{errors:#?}");
     assert!(errors[0].message.contains(BIND_LISTING));
+}
+
+#[test]
+fn volume_subpath_labels_and_bind_recursive_are_read_and_image_mounts_refused() {
+    let (m, warnings) = mounts(
+        "services:\n  app:\n    image: x\n    volumes:\n      - type: volume\n        target: /cache\n        volume: {subpath: app, labels: {team: web}}\n      - type: bind\n        source: /srv/a\n        target: /a\n        bind: {recursive: disabled}\n      - type: bind\n        source: /srv/b\n        target: /b\n        bind: {recursive: enabled}\n",
+    );
+    assert!(warnings.is_empty(), "{warnings:#?}");
+    assert_eq!(
+        m[0],
+        Mount::Volume {
+            source: None,
+            target: "/cache".into(),
+            read_only: false,
+            no_copy: false,
+            subpath: Some("app".into()),
+            labels: [("team".to_owned(), "web".to_owned())].into(),
+        }
+    );
+    assert!(matches!(&m[1], Mount::Bind { recursive: Some(r), .. } if r == "disabled"));
+    // `enabled` is the default: nothing to send.
+    assert!(matches!(
+        &m[2],
+        Mount::Bind {
+            recursive: None,
+            ..
+        }
+    ));
+    let e = single_error(
+        &one(
+            "services:\n  app:\n    image: x\n    volumes:\n      - type: bind\n        source: /srv\n        target: /a\n        bind: {recursive: sometimes}\n",
+        ),
+        8,
+        "services.app.volumes[0].bind.recursive",
+    );
+    assert!(e.message.contains("writable"), "{e}");
+    let e = single_error(
+        &one(
+            "services:\n  app:\n    image: x\n    volumes:\n      - type: image\n        source: app:1\n        target: /a\n",
+        ),
+        5,
+        "services.app.volumes[0].type",
+    );
+    assert!(e.hint.unwrap().contains("1.47"));
+    let e = single_error(
+        &one(
+            "services:\n  app:\n    image: x\n    volumes:\n      - type: bind\n        source: /srv\n        target: /a\n        bind: {recursive: disabled, create_host_path: true}\n",
+        ),
+        5,
+        "services.app.volumes[0]",
+    );
+    assert!(e.message.contains("create_host_path"), "{e}");
 }

@@ -205,6 +205,8 @@ fn an_override_file_merges_over_the_main_file_with_compose_rules() {
     assert_eq!(
         web.volumes,
         [Mount::Volume {
+            subpath: None,
+            labels: Default::default(),
             source: Some("other".into()),
             target: "/data".into(),
             read_only: false,

@@ -185,3 +185,23 @@ fn compose_project_name_from_dotenv_beats_the_name_key() {
     assert_eq!(errors[0].line, Some(2));
     assert!(errors[0].hint.as_deref().unwrap().contains("myshop"));
 }
+
+#[test]
+fn compose_project_name_interpolates_to_the_project_name() {
+    // As compose-go sets it before interpolating: from `name:` (itself
+    // interpolated), from the variable, else the default name; no warning.
+    let text = "name: shop-${STAGE}\nservices:\n  a: {image: \"${COMPOSE_PROJECT_NAME}:1.0\"}\n";
+    let (p, warnings) = Repo::new(&[("compose/stack.yaml", text)])
+        .var("STAGE", "prod")
+        .ok("compose/stack.yaml");
+    assert_eq!(p.services["a"].image, "shop-prod:1.0");
+    assert!(warnings.is_empty(), "{warnings:#?}");
+    let (p, _) = Repo::new(&[("compose/stack.yaml", text)])
+        .var("STAGE", "prod")
+        .var("COMPOSE_PROJECT_NAME", "other")
+        .ok("compose/stack.yaml");
+    assert_eq!(p.services["a"].image, "other:1.0");
+    let text = "services:\n  a: {image: \"${COMPOSE_PROJECT_NAME}:1.0\"}\n";
+    let (p, _) = Repo::new(&[("compose/stack.yaml", text)]).ok("compose/stack.yaml");
+    assert_eq!(p.services["a"].image, "myapp:1.0");
+}

@@ -306,19 +306,20 @@ impl Cli {
     }
 }
 
-/// A 4-replica httpd on `image`; with `tokens`, the v2 of [`v2`] replaced
-/// one at a time, `failure_action: pause`.
-fn paused_stack(name: &str, image: &str, tokens: bool) -> String {
-    let mut s =
-        format!("name: {name}\nservices:\n  web:\n    image: {image}\n    stop_grace_period: 1s\n");
-    if tokens {
-        s.push_str(
-            "    command: [sh, -c, \"for i in 1 2; do mkdir /t/$$i 2>/dev/null && exec httpd -f -p 80 -h /; done; exit 1\"]\n    volumes: [tokens:/t]\n    deploy:\n      replicas: 4\n      update_config: { parallelism: 1, failure_action: pause, order: start-first, monitor: 1s }\nvolumes:\n  tokens: {}\n",
-        );
+/// A 4-replica httpd on `image` with the extra `deploy:` keys `deploy`;
+/// with `tokens`, the v2 of [`v2`] (two tokens).
+fn token_stack(name: &str, image: &str, tokens: bool, deploy: &str) -> String {
+    let (command, volumes) = if tokens {
+        (
+            "[sh, -c, \"for i in 1 2; do mkdir /t/$$i 2>/dev/null && exec httpd -f -p 80 -h /; done; exit 1\"]\n    volumes: [tokens:/t]",
+            "volumes:\n  tokens: {}\n",
+        )
     } else {
-        s.push_str("    command: [httpd, -f, -p, \"80\", -h, /]\n    deploy: { replicas: 4 }\n");
-    }
-    s
+        ("[httpd, -f, -p, \"80\", -h, /]", "")
+    };
+    format!(
+        "name: {name}\nservices:\n  web:\n    image: {image}\n    stop_grace_period: 1s\n    command: {command}\n    deploy:\n      replicas: 4\n{deploy}{volumes}"
+    )
 }
 
 /// Swarm's `pause` through the whole pipeline: the update stops at the
@@ -333,7 +334,7 @@ async fn a_paused_update_stays_half_updated_until_resumed() {
     let Some(b) = engine().await else { return };
     let name = project_name("batch-paused");
     let _cleanup = Cleanup::new(&[&name]);
-    let cli = Cli::new(&name, &paused_stack(&name, BUSYBOX, false));
+    let cli = Cli::new(&name, &token_stack(&name, BUSYBOX, false, ""));
     let first = cli.run(&["reconcile"]);
     assert!(first.status.success(), "{first:?}");
     let v1 = crate::support::git(cli.repo.path(), &["rev-parse", "HEAD"])
@@ -341,7 +342,15 @@ async fn a_paused_update_stays_half_updated_until_resumed() {
         .to_owned();
     let before = web_replicas(&b, &name).await;
     assert_eq!(before.len(), 4, "{before:?}");
-    cli.commit(&paused_stack(&name, BUSYBOX_2, true), "v2");
+    cli.commit(
+        &token_stack(
+            &name,
+            BUSYBOX_2,
+            true,
+            "      update_config: { parallelism: 1, failure_action: pause, order: start-first, monitor: 1s }\n",
+        ),
+        "v2",
+    );
 
     let paused = cli.run(&["reconcile"]);
     assert!(!paused.status.success(), "{paused:?}");
@@ -398,4 +407,63 @@ async fn a_paused_update_stays_half_updated_until_resumed() {
     assert_eq!(doc["reconciles"][0]["kind"], "deploy", "{doc:#}");
     assert_eq!(doc["failed_commits"], serde_json::json!([]), "{doc:#}");
     assert!(doc["control"]["suspended"].is_string(), "{doc:#}");
+}
+
+/// The automatic rollback after a failed update replaces replicas as
+/// `rollback_config` says, not `update_config`: the update went
+/// start-first one at a time (two replaced, the third failed), the
+/// rollback stop-first all at once, as the history's plans say; after it
+/// every replica runs the last good image again.
+#[tokio::test]
+async fn an_automatic_rollback_replaces_as_rollback_config_says() {
+    let Some(b) = engine().await else { return };
+    let name = project_name("batch-rollback");
+    let _cleanup = Cleanup::new(&[&name]);
+    // The Compose file's deploy keys, the same in both commits (the
+    // rollback applies the last good commit's definition).
+    let deploy = "      update_config: { parallelism: 1, failure_action: rollback, order: start-first, monitor: 1s }\n      rollback_config: { parallelism: 0, order: stop-first }\n";
+    let cli = Cli::new(&name, &token_stack(&name, BUSYBOX, false, deploy));
+    let first = cli.run(&["reconcile"]);
+    assert!(first.status.success(), "{first:?}");
+    cli.commit(&token_stack(&name, BUSYBOX_2, true, deploy), "v2");
+    let failed = cli.run(&["reconcile"]);
+    assert!(!failed.status.success(), "{failed:?}");
+
+    let v1_id = image_id(&b, BUSYBOX).await;
+    let now = web_replicas(&b, &name).await;
+    assert_eq!(now.len(), 4, "{now:?}");
+    assert!(now.iter().all(|r| r.2 == v1_id), "{now:?}");
+    let doc = cli.history();
+    let runs: Vec<(&str, &str, &str)> = doc["reconciles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+                r["diff"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let [
+        (rb_kind, rb_outcome, rb_plan),
+        (up_kind, up_outcome, up_plan),
+        _,
+    ] = runs[..]
+    else {
+        panic!("{doc:#}")
+    };
+    assert_eq!((rb_kind, rb_outcome), ("rollback", "healthy"), "{doc:#}");
+    assert_eq!((up_kind, up_outcome), ("deploy", "failed"), "{doc:#}");
+    assert!(
+        up_plan.contains("start-first, 1 at a time (asked for by `deploy.update_config.order`)"),
+        "{up_plan}"
+    );
+    assert!(
+        rb_plan.contains("stop-first, all at once (asked for by `deploy.rollback_config.order`)"),
+        "{rb_plan}"
+    );
+    let error = doc["reconciles"][1]["error"].as_str().unwrap();
+    assert!(error.contains("(1 of 4 replicas)"), "{error}");
 }

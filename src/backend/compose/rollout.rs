@@ -228,9 +228,11 @@ impl Applier<'_> {
             failures.join("; ")
         );
         Err(match config.failure_action {
-            // Swarm's `pause`: the update stops where it is; replicas
-            // already replaced keep the new definition.
-            FailureAction::Pause => {
+            // Swarm's `pause`, asked for in an `update_config`: the update
+            // stops where it is; replicas already replaced keep the new
+            // definition. With no `update_config` at all a failed
+            // replacement takes the environment's failure path (rollback).
+            FailureAction::Pause if config.from != ConfigFrom::Defaults => {
                 let replaced = tried - failures.len();
                 self.paused(
                     resource,
@@ -242,7 +244,7 @@ impl Applier<'_> {
                     ),
                 )
             }
-            FailureAction::Rollback | FailureAction::Continue => self.error(resource, message),
+            _ => self.error(resource, message),
         })
     }
 

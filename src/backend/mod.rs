@@ -65,6 +65,15 @@ pub enum BackendError {
         resource: String,
         message: String,
     },
+    /// An update stopped part-way because the resource asks for it
+    /// (`failure_action: pause`): what was replaced stays, the rest keeps
+    /// its old definition, and nothing is rolled back automatically.
+    #[error("{target}: {resource}: {message}")]
+    Paused {
+        target: String,
+        resource: String,
+        message: String,
+    },
 }
 
 impl BackendError {

@@ -6,7 +6,7 @@
 //! [`may_skip`] says when a trigger may be answered by comparing the live
 //! state's fingerprint instead of running the pipeline; [`after`] says what
 //! follows from how a run ended (record, retry, mark failed, roll back,
-//! suspend). The daemon's pass and `driftless reconcile` act on these
+//! suspend — a paused update suspends without rolling back). The daemon's pass and `driftless reconcile` act on these
 //! values; neither decides anything itself. No IO, no clock.
 
 use crate::source::CommitId;
@@ -167,6 +167,9 @@ pub enum Ended {
     Refused,
     /// Applying failed or the result is unhealthy.
     Bad,
+    /// Applying stopped part-way because a service asks for it
+    /// (`failure_action: pause`): half updated, and meant to stay so.
+    Paused,
     /// The repo, an engine or the store was unreachable: nothing ran to an
     /// end.
     Transient,
@@ -190,6 +193,10 @@ pub enum Suspension {
     FirstDeployFailed,
     /// `failed` went bad and so did the rollback from it.
     RollbackFailed { failed: CommitId },
+    /// The head's update paused (`failure_action: pause`, as Swarm): it
+    /// stays half updated, is neither marked failed nor rolled back, and
+    /// `resume` continues the update with the branch's head.
+    UpdatePaused,
 }
 
 /// What follows from how a run ended.
@@ -248,13 +255,20 @@ pub fn after(run: &Run, ended: Ended, last_good: Option<&LastGood>, policy: Poli
         (Ended::Invalid | Ended::Refused, origin) => Next::Reject {
             mark_failed: !matches!(origin, Origin::Pinned) && !is_last_good,
         },
-        (Ended::Bad, Origin::Pinned) => Next::Suspend {
+        // Only a new commit's update pauses (Swarm's `pause`); re-applying
+        // the last good state or a pin that stops part-way went bad.
+        (Ended::Paused, Origin::Head) if !is_last_good => Next::Suspend {
+            why: Suspension::UpdatePaused,
+            mark_failed: false,
+            remove_created: false,
+        },
+        (Ended::Bad | Ended::Paused, Origin::Pinned) => Next::Suspend {
             why: Suspension::PinnedFailed,
             mark_failed: false,
             remove_created: false,
         },
-        (Ended::Bad, Origin::LastGood { .. }) => Next::RetryLastGood,
-        (Ended::Bad, Origin::Head) => match last_good {
+        (Ended::Bad | Ended::Paused, Origin::LastGood { .. }) => Next::RetryLastGood,
+        (Ended::Bad | Ended::Paused, Origin::Head) => match last_good {
             None => Next::Suspend {
                 why: Suspension::FirstDeployFailed,
                 mark_failed: true,
@@ -495,7 +509,15 @@ mod tests {
             ("a bad rollback state is retried, never marked", &restored, Ended::Bad, Some(&lg), on, Next::RetryLastGood),
             ("a bad pin suspends", &pinned, Ended::Bad, Some(&lg), on, suspend(Suspension::PinnedFailed)),
             ("a bad pin suspends without a last good commit", &pinned, Ended::Bad, None, on, suspend(Suspension::PinnedFailed)),
-            ("a bad rollback suspends", &rollback, Ended::Bad, Some(&lg), on, rollback_failed),
+            ("a bad rollback suspends", &rollback, Ended::Bad, Some(&lg), on, rollback_failed.clone()),
+            // Paused part-way (`failure_action: pause`).
+            ("a paused head suspends, neither marked nor rolled back", &head, Ended::Paused, Some(&lg), on, suspend(Suspension::UpdatePaused)),
+            ("a paused head suspends with rollback off", &head, Ended::Paused, Some(&lg), off, suspend(Suspension::UpdatePaused)),
+            ("a paused head suspends without a last good commit", &head, Ended::Paused, None, remove, suspend(Suspension::UpdatePaused)),
+            ("a paused last good commit is retried", &lg_again, Ended::Paused, Some(&lg), on, Next::RetryLastGood),
+            ("a paused rollback state is retried", &restored, Ended::Paused, Some(&lg), on, Next::RetryLastGood),
+            ("a paused pin suspends as failed", &pinned, Ended::Paused, Some(&lg), on, suspend(Suspension::PinnedFailed)),
+            ("a paused rollback suspends as failed", &rollback, Ended::Paused, Some(&lg), on, rollback_failed),
         ];
         for (name, run, ended, last_good, policy, want) in cases {
             assert_eq!(after(run, ended, last_good, policy), want, "{name}");

@@ -427,6 +427,19 @@ pub async fn reconcile<H: Hooks>(
                         None,
                         format!("first deploy of {} failed: {error}", commit.short()),
                     ),
+                    Suspension::UpdatePaused => (
+                        NoticeKind::DeployFailed,
+                        &commit,
+                        None,
+                        format!(
+                            "update to {} paused, not rolled back: {error}; \
+                             `driftless resume --env {}` continues it with the branch's head \
+                             (push a fix first), `driftless rollback --env {} --to <sha>` goes back",
+                            commit.short(),
+                            env.name,
+                            env.name
+                        ),
+                    ),
                     Suspension::RollbackFailed { failed } => {
                         let reason = match &rolled_from {
                             Some((first, _)) => format!(
@@ -809,6 +822,8 @@ impl<H: Hooks> Recorder<'_, H> {
             BackendError::Refused { .. } => Ended::Refused,
             BackendError::Apply { .. } if applying => Ended::Bad,
             BackendError::Apply { .. } => Ended::Refused,
+            BackendError::Paused { .. } if applying => Ended::Paused,
+            BackendError::Paused { .. } => Ended::Refused,
         };
         self.end(Outcome::Failed, ended, Some(text))
     }

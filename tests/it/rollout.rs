@@ -237,6 +237,12 @@ async fn a_new_replica_failing_health_leaves_the_old_ones_serving() {
         .apply(&d, &changes, ctx(&name, &masker, &allow))
         .await
         .expect_err("the new replica never becomes healthy");
+    // No `update_config`: a failed deploy (the environment rolls back),
+    // not Swarm's default `pause`.
+    assert!(
+        matches!(err, driftless::backend::BackendError::Apply { .. }),
+        "{err:?}"
+    );
     let text = err.to_string();
     assert!(
         text.contains(&format!("{name}/web")) && text.contains("failed its healthcheck"),

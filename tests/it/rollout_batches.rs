@@ -101,14 +101,25 @@ async fn update(
         .map_err(|e| e.to_string());
     let v2_id = image_id(b, BUSYBOX_2).await;
     let after = web_replicas(b, name).await;
+    let states = states(&after, &before, &v2_id);
+    (result, states)
+}
+
+/// Per replica (by number) of `after`: `new` when it runs `v2_id`, `old`
+/// when it is the same container as in `before`, `other` otherwise.
+fn states(
+    after: &[(String, String, String)],
+    before: &[(String, String, String)],
+    v2_id: &str,
+) -> Vec<&'static str> {
     assert_eq!(
         after.iter().map(|r| &r.0).collect::<Vec<_>>(),
         before.iter().map(|r| &r.0).collect::<Vec<_>>(),
-        "exactly the four replicas, under their canonical names"
+        "exactly the replicas, under their canonical names"
     );
-    let states = after
+    after
         .iter()
-        .zip(&before)
+        .zip(before)
         .map(|(now, was)| {
             if now.2 == v2_id {
                 "new"
@@ -118,8 +129,7 @@ async fn update(
                 "other"
             }
         })
-        .collect();
-    (result, states)
+        .collect()
 }
 
 fn config(parallelism: u32, failure_action: FailureAction, max_failure_ratio: f64) -> UpdateConfig {
@@ -234,4 +244,228 @@ async fn delay_separates_the_batches() {
         (second - first).to_std().unwrap_or_default() >= delay,
         "{started:?}"
     );
+}
+
+/// `driftless` run against a one-environment repo and state dir, as a
+/// user runs it (no `DRIFTLESS_*` from the test's environment).
+struct Cli {
+    env: String,
+    repo: crate::support::RepoBuilder,
+    state: tempfile::TempDir,
+}
+
+impl Cli {
+    fn new(name: &str, stack: &str) -> Cli {
+        use crate::support::{RepoBuilder, git};
+        let env = format!("e{}", name.trim_start_matches("dlt-").replace('_', "-"));
+        let manifest = format!(
+            "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {{}}\nenvironments:\n  {env}:\n    values: environments/values.yaml\n    targets: [local]\n    health: {{ deadline: 60s, settle: 1s }}\n"
+        );
+        let repo = RepoBuilder::new()
+            .file("driftless.yaml", manifest)
+            .file("environments/values.yaml", "{}\n")
+            .file("compose/stack.yaml", stack);
+        git(repo.path(), &["init", "-q"]);
+        git(repo.path(), &["add", "-A"]);
+        git(repo.path(), &["commit", "-q", "-m", "v1"]);
+        Cli {
+            env,
+            repo,
+            state: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Commits `stack` as the head; its id.
+    fn commit(&self, stack: &str, message: &str) -> String {
+        use crate::support::git;
+        std::fs::write(self.repo.path().join("compose/stack.yaml"), stack).unwrap();
+        git(self.repo.path(), &["commit", "-q", "-am", message]);
+        git(self.repo.path(), &["rev-parse", "HEAD"])
+            .trim()
+            .to_owned()
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_driftless"));
+        cmd.args(args)
+            .args(["--env", &self.env, "--state-dir"])
+            .arg(self.state.path());
+        if args[0] == "reconcile" {
+            cmd.arg("--repo").arg(self.repo.path());
+        }
+        for (k, _) in std::env::vars() {
+            if k.starts_with("DRIFTLESS_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.output().unwrap()
+    }
+
+    fn history(&self) -> serde_json::Value {
+        let out = self.run(&["history", "--output", "json"]);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+/// A 4-replica httpd on `image` with the extra `deploy:` keys `deploy`;
+/// with `tokens`, the v2 of [`v2`] (two tokens).
+fn token_stack(name: &str, image: &str, tokens: bool, deploy: &str) -> String {
+    let (command, volumes) = if tokens {
+        (
+            "[sh, -c, \"for i in 1 2; do mkdir /t/$$i 2>/dev/null && exec httpd -f -p 80 -h /; done; exit 1\"]\n    volumes: [tokens:/t]",
+            "volumes:\n  tokens: {}\n",
+        )
+    } else {
+        ("[httpd, -f, -p, \"80\", -h, /]", "")
+    };
+    format!(
+        "name: {name}\nservices:\n  web:\n    image: {image}\n    stop_grace_period: 1s\n    command: {command}\n    deploy:\n      replicas: 4\n{deploy}{volumes}"
+    )
+}
+
+/// Swarm's `pause` through the whole pipeline: the update stops at the
+/// first failed replica, the two replaced keep the new definition and the
+/// two not yet replaced their old containers; the commit is not marked
+/// failed and nothing is rolled back (automatic rollback is on), the
+/// environment is suspended with a reason saying so and how to continue,
+/// and after `driftless resume` the next pass tries the head's update
+/// again.
+#[tokio::test]
+async fn a_paused_update_stays_half_updated_until_resumed() {
+    let Some(b) = engine().await else { return };
+    let name = project_name("batch-paused");
+    let _cleanup = Cleanup::new(&[&name]);
+    let cli = Cli::new(&name, &token_stack(&name, BUSYBOX, false, ""));
+    let first = cli.run(&["reconcile"]);
+    assert!(first.status.success(), "{first:?}");
+    let v1 = crate::support::git(cli.repo.path(), &["rev-parse", "HEAD"])
+        .trim()
+        .to_owned();
+    let before = web_replicas(&b, &name).await;
+    assert_eq!(before.len(), 4, "{before:?}");
+    cli.commit(
+        &token_stack(
+            &name,
+            BUSYBOX_2,
+            true,
+            "      update_config: { parallelism: 1, failure_action: pause, order: start-first, monitor: 1s }\n",
+        ),
+        "v2",
+    );
+
+    let paused = cli.run(&["reconcile"]);
+    assert!(!paused.status.success(), "{paused:?}");
+    let v2_id = image_id(&b, BUSYBOX_2).await;
+    let half = web_replicas(&b, &name).await;
+    assert_eq!(states(&half, &before, &v2_id), ["new", "new", "old", "old"]);
+
+    let doc = cli.history();
+    let suspended = doc["control"]["suspended"].as_str().unwrap_or_default();
+    for words in [
+        "paused, not rolled back",
+        "2 of 4 replicas run the new definition, 2 the old",
+        &format!("{name}-web-3"),
+        &format!("driftless resume --env {}", cli.env),
+    ] {
+        assert!(suspended.contains(words), "{words:?} in {doc:#}");
+    }
+    assert_eq!(doc["last_good"]["commit"], v1.as_str(), "{doc:#}");
+    assert_eq!(doc["failed_commits"], serde_json::json!([]), "{doc:#}");
+    let kinds: Vec<(&str, &str)> = doc["reconciles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["kind"].as_str().unwrap(), r["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [("deploy", "failed"), ("deploy", "healthy")],
+        "{doc:#}"
+    );
+    let error = doc["reconciles"][0]["error"].as_str().unwrap();
+    assert!(error.contains("update paused"), "{error}");
+
+    // Suspended: another reconcile changes nothing.
+    let again = cli.run(&["reconcile"]);
+    assert!(!again.status.success(), "{again:?}");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("is suspended"),
+        "{again:?}"
+    );
+    assert_eq!(web_replicas(&b, &name).await, half);
+
+    // Resumed: the head's update is tried again (the fixture's tokens are
+    // all taken, so it pauses again at its first replica), still without
+    // a rollback and with the half-updated replicas kept.
+    let resumed = cli.run(&["resume"]);
+    assert!(resumed.status.success(), "{resumed:?}");
+    let on = cli.run(&["reconcile"]);
+    assert!(!on.status.success(), "{on:?}");
+    assert_eq!(web_replicas(&b, &name).await, half);
+    let doc = cli.history();
+    let error = doc["reconciles"][0]["error"].as_str().unwrap();
+    assert!(error.contains("update paused"), "{error}");
+    assert_eq!(doc["reconciles"][0]["kind"], "deploy", "{doc:#}");
+    assert_eq!(doc["failed_commits"], serde_json::json!([]), "{doc:#}");
+    assert!(doc["control"]["suspended"].is_string(), "{doc:#}");
+}
+
+/// The automatic rollback after a failed update replaces replicas as
+/// `rollback_config` says, not `update_config`: the update went
+/// start-first one at a time (two replaced, the third failed), the
+/// rollback stop-first all at once, as the history's plans say; after it
+/// every replica runs the last good image again.
+#[tokio::test]
+async fn an_automatic_rollback_replaces_as_rollback_config_says() {
+    let Some(b) = engine().await else { return };
+    let name = project_name("batch-rollback");
+    let _cleanup = Cleanup::new(&[&name]);
+    // The Compose file's deploy keys, the same in both commits (the
+    // rollback applies the last good commit's definition).
+    let deploy = "      update_config: { parallelism: 1, failure_action: rollback, order: start-first, monitor: 1s }\n      rollback_config: { parallelism: 0, order: stop-first }\n";
+    let cli = Cli::new(&name, &token_stack(&name, BUSYBOX, false, deploy));
+    let first = cli.run(&["reconcile"]);
+    assert!(first.status.success(), "{first:?}");
+    cli.commit(&token_stack(&name, BUSYBOX_2, true, deploy), "v2");
+    let failed = cli.run(&["reconcile"]);
+    assert!(!failed.status.success(), "{failed:?}");
+
+    let v1_id = image_id(&b, BUSYBOX).await;
+    let now = web_replicas(&b, &name).await;
+    assert_eq!(now.len(), 4, "{now:?}");
+    assert!(now.iter().all(|r| r.2 == v1_id), "{now:?}");
+    let doc = cli.history();
+    let runs: Vec<(&str, &str, &str)> = doc["reconciles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+                r["diff"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let [
+        (rb_kind, rb_outcome, rb_plan),
+        (up_kind, up_outcome, up_plan),
+        _,
+    ] = runs[..]
+    else {
+        panic!("{doc:#}")
+    };
+    assert_eq!((rb_kind, rb_outcome), ("rollback", "healthy"), "{doc:#}");
+    assert_eq!((up_kind, up_outcome), ("deploy", "failed"), "{doc:#}");
+    assert!(
+        up_plan.contains("start-first, 1 at a time (asked for by `deploy.update_config.order`)"),
+        "{up_plan}"
+    );
+    assert!(
+        rb_plan.contains("stop-first, all at once (asked for by `deploy.rollback_config.order`)"),
+        "{rb_plan}"
+    );
+    let error = doc["reconciles"][1]["error"].as_str().unwrap();
+    assert!(error.contains("(1 of 4 replicas)"), "{error}");
 }

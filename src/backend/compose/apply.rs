@@ -75,6 +75,15 @@ impl<'a> Applier<'a> {
         }
     }
 
+    /// [`BackendError::Paused`] for `resource`, `message` masked.
+    pub(super) fn paused(&self, resource: &str, message: impl std::fmt::Display) -> BackendError {
+        BackendError::Paused {
+            target: self.target().to_owned(),
+            resource: resource.to_owned(),
+            message: self.ctx.masker.mask(&message.to_string()).into_owned(),
+        }
+    }
+
     /// The desired service a change names (`project/service`).
     fn service(&self, name: &str) -> Option<(&'a Project, &'a str, &'a Service)> {
         let (p, s) = name.split_once('/')?;

@@ -171,7 +171,8 @@ impl Applier<'_> {
     /// removed and the new one renamed to the canonical name. A new
     /// container that fails is removed and its old one left running; past
     /// `max_failure_ratio`, `failure_action` decides (`continue` goes on,
-    /// `pause` and `rollback` fail the apply naming the service).
+    /// `rollback` fails the apply naming the service, `pause` stops it as
+    /// [`BackendError::Paused`]: the environment does not roll back).
     pub(super) async fn replace_start_first<'r>(
         &self,
         old: &[&LiveContainer],
@@ -189,6 +190,7 @@ impl Applier<'_> {
             n => n as usize,
         };
         let mut failures = Vec::new();
+        let mut tried = 0;
         for (i, chunk) in old.chunks(batch).enumerate() {
             if i > 0 && !config.delay.is_zero() {
                 tokio::time::sleep(config.delay).await;
@@ -199,6 +201,7 @@ impl Applier<'_> {
                     .map(|c| self.replace_one(c, replica(c.number), resource, state)),
             )
             .await;
+            tried += chunk.len();
             for result in results {
                 match result {
                     Ok(()) => {}
@@ -218,15 +221,31 @@ impl Applier<'_> {
             }
             return Ok(());
         }
-        Err(self.error(
-            resource,
-            format!(
-                "start-first update failed ({} of {} replicas): {}",
-                failures.len(),
-                old.len(),
-                failures.join("; ")
-            ),
-        ))
+        let message = format!(
+            "start-first update failed ({} of {} replicas): {}",
+            failures.len(),
+            old.len(),
+            failures.join("; ")
+        );
+        Err(match config.failure_action {
+            // Swarm's `pause`, asked for in an `update_config`: the update
+            // stops where it is; replicas already replaced keep the new
+            // definition. With no `update_config` at all a failed
+            // replacement takes the environment's failure path (rollback).
+            FailureAction::Pause if config.from != ConfigFrom::Defaults => {
+                let replaced = tried - failures.len();
+                self.paused(
+                    resource,
+                    format!(
+                        "{message}; update paused: {replaced} of {} replicas run the new \
+                         definition, {} the old",
+                        old.len(),
+                        old.len() - replaced
+                    ),
+                )
+            }
+            _ => self.error(resource, message),
+        })
     }
 
     /// One replica: new under a temporary name, gated, old out, renamed.

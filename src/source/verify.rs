@@ -81,9 +81,10 @@ struct Entry {
     valid_before: Option<i64>,
 }
 
-/// A line of `allowed_signers` that does not parse.
+/// A line of `allowed_signers` that does not parse (`line` 0: the file
+/// cannot be read).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{origin}:{line}: {why}")]
+#[error("{origin}{}: {why}", if *.line == 0 { String::new() } else { format!(":{line}") })]
 pub struct ParseError {
     pub origin: String,
     pub line: usize,

@@ -384,12 +384,16 @@ mod tests {
         /// `ssh-keygen -t ed25519`: the private key's path and the public
         /// key line.
         fn key(&self, name: &str) -> (PathBuf, String) {
+            self.key_of_type(name, "ed25519")
+        }
+
+        fn key_of_type(&self, name: &str, kind: &str) -> (PathBuf, String) {
             let path = self.root.join(name);
             let p = path.to_str().unwrap();
             run(
                 &self.root,
                 "ssh-keygen",
-                &["-q", "-t", "ed25519", "-N", "", "-C", name, "-f", p],
+                &["-q", "-t", kind, "-N", "", "-C", name, "-f", p],
             );
             let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
             (path, public.trim().to_owned())
@@ -445,6 +449,74 @@ mod tests {
             &["-l", "-f", key.with_extension("pub").to_str().unwrap()],
         );
         assert!(listed.contains(&signer.key), "{listed} vs {}", signer.key);
+    }
+
+    #[test]
+    fn ecdsa_and_rsa_signing_keys_are_verified_too() {
+        let f = Fixture::new();
+        for kind in ["ecdsa", "rsa"] {
+            let (key, public) = f.key_of_type(kind, kind);
+            f.commit(kind, Some(&key));
+            let allowed = format!("{kind}@example.com {public}\n");
+            let signer = f.verify("HEAD", &allowed).unwrap();
+            assert_eq!(signer.principals, format!("{kind}@example.com"));
+        }
+    }
+
+    #[test]
+    fn an_openpgp_signature_is_refused_as_not_verified() {
+        let f = Fixture::new();
+        let home = f.root.join("gnupg");
+        std::fs::create_dir(&home).unwrap();
+        let gpg = |args: &[&str]| {
+            let out = Command::new("gpg")
+                .args(["--batch", "--homedir", home.to_str().unwrap()])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        gpg(&[
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            "Bob <bob@example.com>",
+            "ed25519",
+            "sign",
+            "never",
+        ]);
+        std::fs::write(f.repo.join("b"), "b").unwrap();
+        run(&f.repo, "git", &["add", "b"]);
+        let status = Command::new("git")
+            .args(["-c", "user.name=Bob", "-c", "user.email=bob@example.com"])
+            .args([
+                "-c",
+                "user.signingkey=bob@example.com",
+                "commit",
+                "-q",
+                "-S",
+                "-m",
+                "b",
+            ])
+            .env("GNUPGHOME", &home)
+            .current_dir(&f.repo)
+            .status()
+            .unwrap();
+        // The agent gpg started for this home.
+        let _ = Command::new("gpgconf")
+            .args(["--kill", "gpg-agent"])
+            .env("GNUPGHOME", &home)
+            .status();
+        assert!(status.success());
+        let (_, public) = f.key("alice");
+        let refusal = f
+            .verify("HEAD", &format!("alice@example.com {public}"))
+            .unwrap_err();
+        assert_eq!(refusal, Refusal::Unsupported("an OpenPGP"));
     }
 
     #[test]

@@ -73,6 +73,24 @@ pub enum Command {
     Status(StatusArgs),
     /// Backup jobs of an environment: list, run, verify, restore.
     Backup(backup::BackupArgs),
+    /// Check a commit's SSH signature against an allowed_signers file, as
+    /// the daemon does for `verify: { signatures: required }`.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Local desired-state repo.
+    #[arg(long, default_value = ".", env = "DRIFTLESS_REPO")]
+    pub repo: PathBuf,
+    /// Commit to verify: a sha, branch or tag.
+    #[arg(long, default_value = "HEAD")]
+    pub rev: String,
+    /// The allowed_signers file (`ssh-keygen -Y verify` format).
+    #[arg(long, env = "DRIFTLESS_ALLOWED_SIGNERS")]
+    pub allowed_signers: PathBuf,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
 }
 
 /// The daemon's state directory (store and lock files).
@@ -402,7 +420,36 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::History(args) => history_cmd(args),
         Command::Status(args) => status_cmd(args),
         Command::Backup(args) => backup::run(args),
+        Command::Verify(args) => verify_cmd(args),
     }
+}
+
+/// Prints the verdict on `--rev`'s signature; exit 1 when it is refused.
+fn verify_cmd(args: VerifyArgs) -> Result<i32> {
+    use driftless::source::verify::{AllowedSigners, verify_commit};
+    let allowed = AllowedSigners::load(&args.allowed_signers)?;
+    let repo = driftless::source::Repo::open(&args.repo)
+        .with_context(|| format!("cannot open repo `{}`", args.repo.display()))?;
+    let (id, data) = repo.commit_object(&args.rev)?;
+    let verdict = verify_commit(&data, &allowed, chrono::Utc::now().timestamp());
+    if args.output == Output::Json {
+        let doc = match &verdict {
+            Ok(signer) => serde_json::json!({
+                "commit": id, "verified": true,
+                "signer": signer.principals, "key": signer.key,
+            }),
+            Err(refusal) => serde_json::json!({
+                "commit": id, "verified": false, "reason": refusal.to_string(),
+            }),
+        };
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        match &verdict {
+            Ok(signer) => println!("commit {}: good signature by {signer}", short(&id)),
+            Err(refusal) => println!("commit {}: refused: {refusal}", short(&id)),
+        }
+    }
+    Ok(if verdict.is_ok() { 0 } else { 1 })
 }
 
 fn print_diagnostics(diags: &Diagnostics, masker: &Masker) {

@@ -46,6 +46,17 @@ struct RawConfig {
     #[serde(default)]
     retention: RawRetention,
     leases: Option<RawLeases>,
+    /// Per environment: the commits it applies must be signed.
+    #[serde(default)]
+    verify: std::collections::BTreeMap<String, RawVerify>,
+}
+
+/// `verify: { <env>: { signatures: required, allowed_signers: FILE } }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVerify {
+    signatures: String,
+    allowed_signers: Option<PathBuf>,
 }
 
 /// `leases:` — leader election among replicas (see `daemon::lease`).
@@ -203,6 +214,19 @@ pub struct DaemonConfig {
     /// Start from an empty store when a used state directory's store is
     /// gone, instead of refusing to start (`--accept-lost-state`).
     pub accept_lost_state: bool,
+    /// Environments whose commits must carry a good signature, with the
+    /// allowed_signers file each is checked against. Only here, in the
+    /// daemon's configuration: a commit cannot weaken its own check.
+    pub verify: std::collections::BTreeMap<String, SignaturePolicy>,
+}
+
+/// `verify: { signatures: required, allowed_signers: FILE }` of one
+/// environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignaturePolicy {
+    /// Read again at every check, so a rotated key takes effect without a
+    /// restart.
+    pub allowed_signers: PathBuf,
 }
 
 /// Every problem found in the configuration, one per line.
@@ -442,6 +466,38 @@ impl DaemonConfig {
         if let Some(l) = &leases {
             errors.extend(l.check());
         }
+        let mut verify = std::collections::BTreeMap::new();
+        for (env, v) in raw.verify {
+            let at = format!("verify.{env}");
+            if !crate::manifest::valid_name(&env) {
+                errors.push(format!("{at}: `{env}` is not a valid environment name"));
+            }
+            match (v.signatures.as_str(), v.allowed_signers) {
+                ("off", _) => {}
+                ("required", Some(path)) => {
+                    match crate::source::verify::AllowedSigners::load(&path) {
+                        Ok(a) if a.is_empty() => errors.push(format!(
+                            "{at}.allowed_signers: {} lists no key",
+                            path.display()
+                        )),
+                        Ok(_) => {}
+                        Err(e) => errors.push(format!("{at}.allowed_signers: {e}")),
+                    }
+                    verify.insert(
+                        env,
+                        SignaturePolicy {
+                            allowed_signers: path,
+                        },
+                    );
+                }
+                ("required", None) => errors.push(format!(
+                    "{at}: `signatures: required` needs `allowed_signers: FILE`"
+                )),
+                (other, _) => errors.push(format!(
+                    "{at}.signatures: `{other}` is not one of required, off"
+                )),
+            }
+        }
         if !errors.is_empty() {
             return Err(ConfigError(errors));
         }
@@ -491,6 +547,7 @@ impl DaemonConfig {
             },
             leases,
             accept_lost_state: o.accept_lost_state,
+            verify,
         })
     }
 
@@ -525,6 +582,10 @@ impl DaemonConfig {
             },
             "retention": self.retention,
             "accept_lost_state": self.accept_lost_state,
+            "verify": self.verify.iter().map(|(env, p)| (env.clone(), serde_json::json!({
+                "signatures": "required",
+                "allowed_signers": p.allowed_signers,
+            }))).collect::<serde_json::Map<_, _>>(),
             "leases": self.leases.as_ref().map(|l| serde_json::json!({
                 "namespace": l.namespace,
                 "holder": l.holder,
@@ -627,6 +688,59 @@ bogus_key: 1
             "{errors:?}"
         );
         assert!(errors[0].contains("d.yaml:2"), "{errors:?}");
+    }
+
+    #[test]
+    fn verify_requires_a_readable_allowed_signers_file_per_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let allowed = dir.path().join("allowed_signers");
+        std::fs::write(
+            &allowed,
+            "ops@example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGz7hV4M8t1qgZ2rdtYQ9z1iJvC2eP6q5+5b3m9pS0dl\n",
+        )
+        .unwrap();
+        let file = dir.path().join("d.yaml");
+        let config = |verify: &str| {
+            std::fs::write(&file, format!("repo: /r\nverify:\n{verify}")).unwrap();
+            DaemonConfig::resolve_with(
+                &Overrides {
+                    config: Some(file.clone()),
+                    ..Overrides::default()
+                },
+                &no_env,
+            )
+        };
+        let c = config(&format!(
+            "  prod:\n    signatures: required\n    allowed_signers: {}\n  dev:\n    signatures: off\n",
+            allowed.display()
+        ))
+        .unwrap();
+        assert_eq!(c.verify.keys().collect::<Vec<_>>(), ["prod"]);
+        assert_eq!(c.verify["prod"].allowed_signers, allowed);
+        assert_eq!(c.sanitized()["verify"]["prod"]["signatures"], "required");
+        let ConfigError(errors) = config(
+            "  prod:\n    signatures: required\n  dev:\n    signatures: maybe\n  qa:\n    signatures: required\n    allowed_signers: /nonexistent\n",
+        )
+        .unwrap_err();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("verify.prod: `signatures: required` needs")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("verify.dev.signatures: `maybe`")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("/nonexistent: cannot read")),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -288,6 +288,7 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
             lease: electors.get(env).cloned(),
             metrics: metrics.clone(),
             state_dir: config.state_dir.clone(),
+            signatures: config.verify.get(env).cloned(),
         };
         if let Some(elector) = electors.get(env) {
             tasks.spawn(lease::run(

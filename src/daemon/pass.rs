@@ -17,7 +17,7 @@ use super::alert::{Event, EventKind, Notifier};
 use super::repo::{Head, HeadError, Lookup, RepoHandle};
 use crate::reconcile::RenderOptions;
 use crate::reconcile::decide::{self, Decision, Policy, Run};
-use crate::reconcile::pipeline::{self, End, Hooks, Notice, NoticeKind};
+use crate::reconcile::pipeline::{self, Admission, End, Hooks, Notice, NoticeKind};
 use crate::secrets::Masker;
 use crate::source::{CommitId, Source};
 use crate::store::{Outcome, Store, Timings, Trigger};
@@ -45,6 +45,9 @@ pub struct EnvContext {
     pub metrics: Arc<crate::http::metrics::Metrics>,
     /// The state directory (for the environment's operation lock).
     pub state_dir: std::path::PathBuf,
+    /// The daemon's `verify:` policy for this environment: every head or
+    /// pinned commit must carry a good signature.
+    pub signatures: Option<super::config::SignaturePolicy>,
 }
 
 impl EnvContext {
@@ -215,6 +218,27 @@ struct DaemonHooks<'a> {
 impl Hooks for DaemonHooks<'_> {
     fn source_at(&self, commit: &CommitId) -> Result<Source, String> {
         Ok(self.ctx.repo.at(commit))
+    }
+
+    /// With `verify: { signatures: required }`: a good signature by an
+    /// allowed signer, or the commit is refused.
+    async fn admit(&self, commit: &CommitId) -> Result<(), Admission> {
+        let Some(policy) = &self.ctx.signatures else {
+            return Ok(());
+        };
+        let verdict = self
+            .ctx
+            .repo
+            .verify(commit, policy.allowed_signers.clone())
+            .await
+            .map_err(|e| Admission::Transient(format!("signature check: {e}")))?;
+        match verdict {
+            Ok(signer) => {
+                tracing::info!(commit = commit.short(), signer = %signer, "signature verified");
+                Ok(())
+            }
+            Err(refusal) => Err(Admission::Refused(format!("signature check: {refusal}"))),
+        }
     }
 
     /// Only while this replica still holds the environment's Lease,

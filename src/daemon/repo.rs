@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::manifest;
 use crate::reconcile;
-use crate::source::{Auth, CommitId, Limits, Repo, Source, SourceError};
+use crate::source::{Auth, CommitId, Limits, Repo, Source, SourceError, verify};
 
 /// The repo a daemon follows.
 #[derive(Debug)]
@@ -188,6 +188,26 @@ impl RepoHandle {
         })
         .await
         .map_err(|e| HeadError::Unreadable(format!("manifest task: {e}")))?
+    }
+
+    /// Checks `commit`'s signature against the allowed_signers file at
+    /// `allowed` (read now, so a rotated file applies at once). The outer
+    /// error is a check that could not run.
+    pub async fn verify(
+        self: &Arc<Self>,
+        commit: &CommitId,
+        allowed: PathBuf,
+    ) -> Result<Result<verify::Signer, verify::Refusal>, String> {
+        let me = self.clone();
+        let commit = commit.to_string();
+        tokio::task::spawn_blocking(move || {
+            let allowed = verify::AllowedSigners::load(&allowed).map_err(|e| e.to_string())?;
+            let (_, data) = me.repo.commit_object(&commit).map_err(|e| e.to_string())?;
+            let now = chrono::Utc::now().timestamp();
+            Ok(verify::verify_commit(&data, &allowed, now))
+        })
+        .await
+        .map_err(|e| format!("signature task: {e}"))?
     }
 
     /// The root manifest at the default branch.

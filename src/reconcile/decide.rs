@@ -163,6 +163,9 @@ pub enum Ended {
     Good,
     /// Render or check failed: nothing was applied.
     Invalid,
+    /// The commit failed the signature check the daemon requires: nothing
+    /// was read from it, nothing applied. Followed up like [`Ended::Invalid`].
+    Unverified,
     /// A backend refused the plan: nothing was applied.
     Refused,
     /// Applying failed or the result is unhealthy.
@@ -252,7 +255,7 @@ pub fn after(run: &Run, ended: Ended, last_good: Option<&LastGood>, policy: Poli
             mark_failed: false,
             remove_created: false,
         },
-        (Ended::Invalid | Ended::Refused, origin) => Next::Reject {
+        (Ended::Invalid | Ended::Unverified | Ended::Refused, origin) => Next::Reject {
             mark_failed: !matches!(origin, Origin::Pinned) && !is_last_good,
         },
         // Only a new commit's update pauses (Swarm's `pause`); re-applying

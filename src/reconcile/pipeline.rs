@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use super::decide::{self, Ended, Key, Next, Policy, Run, Suspension};
+use super::decide::{self, Ended, Key, Next, Origin, Policy, Run, Suspension};
 use super::{Loaded, RenderOptions, probe};
 use crate::backend::{BackendError, Driver, DriverLive, Health, Verdict};
 use crate::model::{DesiredState, Resources};
@@ -111,6 +111,14 @@ pub trait Hooks: Sync {
         None
     }
 
+    /// Checked before a head or pinned commit that is not the last good one
+    /// is read: the daemon's signature check. A refusal ends the run as
+    /// [`Ended::Unverified`] (recorded as invalid, marked failed, notified;
+    /// nothing is read from the commit or applied).
+    fn admit(&self, _commit: &CommitId) -> impl Future<Output = Result<(), Admission>> + Send {
+        async { Ok(()) }
+    }
+
     /// Checked right before each apply; an error stops the reconcile as
     /// transient, nothing applied (the daemon's Lease fence).
     fn fence(&self) -> impl Future<Output = Result<(), String>> + Send {
@@ -127,6 +135,15 @@ pub trait Hooks: Sync {
     fn notify(&self, _notice: Notice) -> impl Future<Output = ()> + Send {
         async {}
     }
+}
+
+/// Why [`Hooks::admit`] did not admit a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// The commit is refused (unsigned, bad signature, signer not allowed).
+    Refused(String),
+    /// The check could not run (the allowed signers unreadable): retry.
+    Transient(String),
 }
 
 /// What a reconcile did.
@@ -358,6 +375,7 @@ pub async fn reconcile<H: Hooks>(
             Next::Reject { mark_failed } => {
                 let (label, kind, what) = match ended {
                     Ended::Invalid => ("invalid", NoticeKind::Invalid, "does not render or check"),
+                    Ended::Unverified => ("invalid", NoticeKind::Invalid, "is refused"),
                     _ => ("refused", NoticeKind::DeployFailed, "was refused"),
                 };
                 let effects = Effects {
@@ -541,6 +559,20 @@ async fn deploy<H: Hooks>(
     match begun {
         Ok(id) => rec.id = Some(id),
         Err(e) => return rec.end(Outcome::Failed, Ended::Transient, Some(e.to_string())),
+    }
+
+    // A commit that already ran as the last good one was admitted then.
+    let admitted_before = last_good.is_some_and(|lg| lg.commit == run.commit);
+    if matches!(run.origin, Origin::Head | Origin::Pinned) && !admitted_before {
+        match hooks.admit(&run.commit).await {
+            Ok(()) => {}
+            Err(Admission::Refused(why)) => {
+                return rec.end(Outcome::Invalid, Ended::Unverified, Some(why));
+            }
+            Err(Admission::Transient(why)) => {
+                return rec.end(Outcome::Failed, Ended::Transient, Some(why));
+            }
+        }
     }
 
     // source → render → check

@@ -265,6 +265,19 @@ impl Repo {
         ))
     }
 
+    /// The full id and the raw object (without the `commit <len>\0`
+    /// header) of the commit `rev` resolves to, as a signature covers it.
+    pub fn commit_object(&self, rev: &str) -> Result<(String, Vec<u8>), SourceError> {
+        let id = self.resolve(rev)?;
+        let oid = gix::ObjectId::from_hex(id.as_bytes())
+            .map_err(|e| SourceError::Git(format!("resolve `{rev}`: {e}")))?;
+        let repo = self.local();
+        let object = repo
+            .find_object(oid)
+            .map_err(|e| git_error(format!("read commit {id}"), &e))?;
+        Ok((id, object.data.clone()))
+    }
+
     /// The content of regular file `name` in the root directory of
     /// `commit`, reading that one tree and blob only; `None` when the root
     /// holds no regular file of that name (absent, or a symlink that needs

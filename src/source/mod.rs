@@ -16,6 +16,7 @@ pub mod git;
 mod identity;
 mod origin;
 mod tree;
+pub mod verify;
 pub mod worktree;
 
 pub use commit::{CommitId, short};

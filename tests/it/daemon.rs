@@ -1370,3 +1370,116 @@ async fn manual_pass(d: &mut Daemon, env: &str) {
     })
     .await;
 }
+
+/// An ed25519 key made by `ssh-keygen` and an allowed_signers file
+/// listing it, in `dir`.
+fn signing_key(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let key = dir.join("signer");
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "signer", "-f"])
+        .arg(&key)
+        .output()
+        .expect("ssh-keygen");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let allowed = dir.join("allowed_signers");
+    std::fs::write(
+        &allowed,
+        format!("ops@example.com namespaces=\"git\" {}", public.trim()),
+    )
+    .unwrap();
+    (key, allowed)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_signatures_required_an_unsigned_push_is_refused_and_a_signed_one_applies() {
+    let Some(_engine) = engine().await else {
+        return;
+    };
+    let receiver = Receiver::start().await;
+    let stack = Stack::new("daemon-signed", BUSYBOX, &receiver.url);
+    let _cleanup = Cleanup::new(&[&stack.project]);
+    let secrets = secrets_dir();
+    let state = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let (key, allowed) = signing_key(keys.path());
+    // The initial commit is unsigned.
+    let bare = Bare::new(&stack.files("good v1", GOOD_CHECK, ""));
+    let c1 = crate::daemon_support::git(&bare.path(), &["rev-parse", "main"]);
+    let mut options = stack.options(&bare, state.path(), secrets.path());
+    options.extra = format!(
+        "verify:\n  {}:\n    signatures: required\n    allowed_signers: {}\n",
+        stack.env,
+        allowed.display()
+    );
+    let mut d = Daemon::start(&options);
+    d.ready().await;
+    let env = stack.env.clone();
+    let long = Duration::from_secs(120);
+
+    // Not applied: refused against the commit, with the reason.
+    d.wait(&env, "c1 refused", long, failed(&c1)).await;
+    let s = d.status(&env).await.unwrap();
+    assert!(s["last_good"].is_null(), "{s:#}");
+    assert_eq!(s["last_reconcile"]["outcome"], "invalid", "{s:#}");
+    let error = s["last_reconcile"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("the commit is not signed"), "{s:#}");
+    assert!(stack.page().await.starts_with("unreachable"));
+
+    // Every later commit of the clone is signed with the key.
+    let work = bare.work();
+    let git = |args: &[&str]| crate::daemon_support::git(&work, args);
+    git(&["config", "gpg.format", "ssh"]);
+    git(&["config", "user.signingkey", key.to_str().unwrap()]);
+    git(&["config", "commit.gpgsign", "true"]);
+    let c2 = bare.commit(&stack.files("good v2", GOOD_CHECK, ""), "signed v2");
+    d.wait(&env, "c2 applied", long, last_good_is(&c2)).await;
+    assert_eq!(stack.page().await.trim(), "good v2");
+
+    // An unsigned push: nothing applied, the last good commit keeps running.
+    git(&["config", "commit.gpgsign", "false"]);
+    let c3 = bare.commit(&stack.files("good v3", GOOD_CHECK, ""), "unsigned v3");
+    d.wait(&env, "c3 refused", long, failed(&c3)).await;
+    assert_eq!(stack.page().await.trim(), "good v2");
+    let s = d.status(&env).await.unwrap();
+    assert_eq!(s["last_good"]["commit"], c2.as_str(), "{s:#}");
+    let h = Daemon::history(state.path(), &env);
+    let row = &rows_for(&h, &c3)[0];
+    assert_eq!(row["outcome"], "invalid", "{h:#}");
+    assert!(
+        row["error"].as_str().unwrap().contains("signature check"),
+        "{row:#}"
+    );
+    let metrics = d.client().get(d.url("/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    let invalid = format!("driftless_reconciles_total{{env=\"{env}\",outcome=\"invalid\"}} 2\n");
+    assert!(metrics.contains(&invalid), "{metrics}");
+    let page = status_page(&d, &env).await;
+    assert!(page.contains("the commit is not signed"), "{page}");
+    assert!(
+        receiver
+            .all()
+            .iter()
+            .any(|b| b.contains(&c3[..12]) && b.contains("not signed")),
+        "{:?}",
+        receiver.all()
+    );
+
+    // The next signed commit applies.
+    git(&["config", "commit.gpgsign", "true"]);
+    let c4 = bare.commit(&stack.files("good v4", GOOD_CHECK, ""), "signed v4");
+    d.wait(&env, "c4 applied", long, last_good_is(&c4)).await;
+    assert_eq!(stack.page().await.trim(), "good v4");
+}
+
+/// The daemon's status page, as a browser gets it from loopback.
+async fn status_page(d: &Daemon, env: &str) -> String {
+    let r = d.client().get(d.url("/")).send().await.unwrap();
+    let page = r.text().await.unwrap();
+    assert!(page.contains(env), "{page}");
+    page
+}

@@ -41,6 +41,7 @@ mod rollout;
 mod rollout_batches;
 mod rules;
 mod secrets;
+mod signatures;
 mod sops;
 mod source;
 mod validate;

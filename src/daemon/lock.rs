@@ -129,36 +129,23 @@ impl OpLock {
         waiting: impl FnOnce(&str),
     ) -> Result<OpLock, LockError> {
         let mut waiting = Some(waiting);
-        let mut say = |other: &str| {
-            if let Some(say) = waiting.take() {
-                say(other);
+        let mut wait_for = |path: PathBuf| loop {
+            match flock_at(path.clone(), state_dir, env, holder) {
+                Err(LockError::Held { holder: other, .. }) => {
+                    if let Some(say) = waiting.take() {
+                        say(&other);
+                    }
+                    // The holder is a pass or a backup; they take seconds.
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                other => return other,
             }
         };
-        // The holder is a pass or a backup; they take seconds.
-        let pause = || std::thread::sleep(std::time::Duration::from_millis(100));
-        let next = loop {
-            match flock_at(next_path(state_dir, env), state_dir, env, holder) {
-                Err(LockError::Held { holder: other, .. }) => {
-                    say(&other);
-                    pause();
-                }
-                other => break other?,
-            }
-        };
-        loop {
-            match flock_at(op_path(state_dir, env), state_dir, env, holder) {
-                Err(LockError::Held { holder: other, .. }) => {
-                    say(&other);
-                    pause();
-                }
-                other => {
-                    return Ok(OpLock {
-                        _held: other?,
-                        _next: Some(next),
-                    });
-                }
-            }
-        }
+        let next = wait_for(next_path(state_dir, env))?;
+        Ok(OpLock {
+            _held: wait_for(op_path(state_dir, env))?,
+            _next: Some(next),
+        })
     }
 }
 

@@ -89,6 +89,74 @@ pub struct Live {
     pub missing_container: Option<String>,
 }
 
+/// What went wrong reading or changing a rules directory or talking to
+/// Prometheus; each keeps the error it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("{action} {}: {source}", path.display())]
+    Host {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{action} {dir} in container {container}: {source}")]
+    Container {
+        action: &'static str,
+        dir: String,
+        container: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("{action} {dir} in container {container}: {source}")]
+    Archive {
+        action: &'static str,
+        dir: String,
+        container: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("container {0} does not exist; the rules target needs it running")]
+    NoContainer(String),
+    #[error("exec `{command}` in container {container}: {source}")]
+    Exec {
+        command: String,
+        container: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("`{command}` in container {container} exited with {status}: {output}")]
+    ExecFailed {
+        command: String,
+        container: String,
+        status: String,
+        output: String,
+    },
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    #[error("{method} {url}: {}", error_chain(source))]
+    Request {
+        method: &'static str,
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// Prometheus answered with an error status; its own words.
+    #[error("{method} {url}: {status}: {body}")]
+    Status {
+        method: &'static str,
+        url: String,
+        status: reqwest::StatusCode,
+        body: String,
+    },
+    #[error("GET {url}: unexpected answer: {source}")]
+    Answer {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 impl RulesBackend {
     /// Connects to a Prometheus target: its rules directory on this host,
     /// or `container` on the target's Docker engine (`docker_target`, else
@@ -114,9 +182,9 @@ impl RulesBackend {
             target: name.to_owned(),
             url: target.url.trim_end_matches('/').to_owned(),
             store,
-            http: http_client().map_err(|message| BackendError::Unavailable {
+            http: http_client().map_err(|e| BackendError::Unavailable {
                 target: name.to_owned(),
-                message,
+                message: e.to_string(),
             })?,
         })
     }
@@ -219,7 +287,7 @@ impl RulesBackend {
 
     /// Every regular file directly in the rules directory: name → bytes;
     /// `None` when the container holding it does not exist.
-    async fn list_live(&self) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
+    async fn list_live(&self) -> Result<Option<BTreeMap<String, Vec<u8>>>, RulesError> {
         match &self.store {
             Store::Host(dir) => list_host(dir).map(Some),
             Store::Container {
@@ -231,16 +299,19 @@ impl RulesBackend {
     }
 
     /// Every regular file directly in the rules directory: name → bytes.
-    async fn list(&self) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    async fn list(&self) -> Result<BTreeMap<String, Vec<u8>>, RulesError> {
+        // The host store answers `Some` always (a missing directory is empty).
         self.list_live().await?.ok_or_else(|| match &self.store {
-            Store::Container { container, .. } => {
-                format!("container {container} does not exist; the rules target needs it running")
-            }
-            Store::Host(dir) => format!("{} cannot be read", dir.display()),
+            Store::Container { container, .. } => RulesError::NoContainer(container.clone()),
+            Store::Host(dir) => RulesError::Host {
+                action: "read",
+                path: dir.clone(),
+                source: std::io::ErrorKind::NotFound.into(),
+            },
         })
     }
 
-    async fn write(&self, files: &[(String, Vec<u8>)]) -> Result<(), String> {
+    async fn write(&self, files: &[(String, Vec<u8>)]) -> Result<(), RulesError> {
         if files.is_empty() {
             return Ok(());
         }
@@ -254,7 +325,7 @@ impl RulesBackend {
         }
     }
 
-    async fn remove(&self, names: &[String]) -> Result<(), String> {
+    async fn remove(&self, names: &[String]) -> Result<(), RulesError> {
         if names.is_empty() {
             return Ok(());
         }
@@ -264,7 +335,13 @@ impl RulesBackend {
                     match std::fs::remove_file(dir.join(n)) {
                         Ok(()) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(format!("remove {}: {e}", dir.join(n).display())),
+                        Err(source) => {
+                            return Err(RulesError::Host {
+                                action: "remove",
+                                path: dir.join(n),
+                                source,
+                            });
+                        }
                     }
                 }
                 Ok(())
@@ -282,44 +359,55 @@ impl RulesBackend {
     }
 
     /// `POST /-/reload`; Prometheus's own words on failure.
-    pub async fn reload(&self) -> Result<(), String> {
+    pub async fn reload(&self) -> Result<(), RulesError> {
         let url = format!("{}/-/reload", self.url);
-        let resp = self
-            .http
-            .post(&url)
-            .send()
-            .await
-            .map_err(|e| format!("POST {url}: {}", error_chain(&e)))?;
+        let resp = match self.http.post(&url).send().await {
+            Ok(resp) => resp,
+            Err(source) => {
+                return Err(RulesError::Request {
+                    method: "POST",
+                    url,
+                    source,
+                });
+            }
+        };
         let status = resp.status();
         if status.is_success() {
             return Ok(());
         }
         let body = resp.text().await.unwrap_or_default();
-        Err(format!(
-            "POST {url}: {status}: {}",
-            body.trim().trim_end_matches('.')
-        ))
+        Err(RulesError::Status {
+            method: "POST",
+            url,
+            status,
+            body: body.trim().trim_end_matches('.').to_owned(),
+        })
     }
 
     /// The rule groups Prometheus has loaded (`GET /api/v1/rules`).
-    pub async fn loaded_groups(&self) -> Result<Vec<LoadedGroup>, String> {
+    pub async fn loaded_groups(&self) -> Result<Vec<LoadedGroup>, RulesError> {
         let url = format!("{}/api/v1/rules", self.url);
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
+        let request = |source| RulesError::Request {
+            method: "GET",
+            url: url.clone(),
+            source,
+        };
+        let resp = self.http.get(&url).send().await.map_err(request)?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| format!("GET {url}: {e}"))?;
+        let body = resp.bytes().await.map_err(request)?;
         if !status.is_success() {
-            return Err(format!(
-                "GET {url}: {status}: {}",
-                String::from_utf8_lossy(&body).trim()
-            ));
+            return Err(RulesError::Status {
+                method: "GET",
+                url,
+                status,
+                body: String::from_utf8_lossy(&body).trim().to_owned(),
+            });
         }
-        let parsed: RulesResponse = serde_json::from_slice(&body)
-            .map_err(|e| format!("GET {url}: unexpected answer: {e}"))?;
+        let parsed: RulesResponse =
+            serde_json::from_slice(&body).map_err(|source| RulesError::Answer {
+                url: url.clone(),
+                source,
+            })?;
         Ok(parsed.data.groups)
     }
 }
@@ -356,7 +444,7 @@ struct RulesData {
     groups: Vec<LoadedGroup>,
 }
 
-fn http_client() -> Result<reqwest::Client, String> {
+fn http_client() -> Result<reqwest::Client, RulesError> {
     // The binary installs the ring provider at start; a library user (or a
     // test) may not have, and reqwest's rustls needs one.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -365,22 +453,32 @@ fn http_client() -> Result<reqwest::Client, String> {
         // A reload with many rules takes a while; Prometheus answers when done.
         .timeout(Duration::from_secs(120))
         .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+        .map_err(RulesError::Client)
 }
 
 fn is_temp(name: &str) -> bool {
     name.starts_with('.') && name.ends_with(".driftless-tmp")
 }
 
-fn list_host(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, String> {
+/// An I/O error on `path` of the host's rules directory.
+fn host(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RulesError {
+    let path = path.to_owned();
+    move |source| RulesError::Host {
+        action,
+        path,
+        source,
+    }
+}
+
+fn list_host(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, RulesError> {
     let mut out = BTreeMap::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(format!("read {}: {e}", dir.display())),
+        Err(e) => return Err(host("read", dir)(e)),
     };
     for entry in entries {
-        let entry = entry.map_err(|e| format!("read {}: {e}", dir.display()))?;
+        let entry = entry.map_err(host("read", dir))?;
         // Regular files only: symlinks and directories are never driftless's.
         let Ok(kind) = entry.file_type() else {
             continue;
@@ -391,22 +489,21 @@ fn list_host(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, String> {
         if !kind.is_file() || is_temp(&name) {
             continue;
         }
-        let bytes = std::fs::read(entry.path())
-            .map_err(|e| format!("read {}: {e}", entry.path().display()))?;
+        let bytes = std::fs::read(entry.path()).map_err(host("read", &entry.path()))?;
         out.insert(name, bytes);
     }
     Ok(out)
 }
 
-fn write_host(dir: &Path, files: &[(String, Vec<u8>)]) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+fn write_host(dir: &Path, files: &[(String, Vec<u8>)]) -> Result<(), RulesError> {
+    std::fs::create_dir_all(dir).map_err(host("create", dir))?;
     for (name, content) in files {
         let tmp = dir.join(format!(".{name}.driftless-tmp"));
         let dest = dir.join(name);
-        std::fs::write(&tmp, content).map_err(|e| format!("write {}: {e}", tmp.display()))?;
+        std::fs::write(&tmp, content).map_err(host("write", &tmp))?;
         if let Err(e) = std::fs::rename(&tmp, &dest) {
             let _ = std::fs::remove_file(&tmp);
-            return Err(format!("rename into {}: {e}", dest.display()));
+            return Err(host("rename into", &dest)(e));
         }
     }
     Ok(())
@@ -418,7 +515,7 @@ async fn list_container(
     docker: &Docker,
     container: &str,
     dir: &str,
-) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
+) -> Result<Option<BTreeMap<String, Vec<u8>>>, RulesError> {
     let options = bollard::query_parameters::DownloadFromContainerOptionsBuilder::default()
         .path(&format!("{dir}/"))
         .build();
@@ -434,23 +531,31 @@ async fn list_container(
             }) => {
                 return Ok((!message.contains("No such container")).then(BTreeMap::new));
             }
-            Err(e) => return Err(format!("read {dir} in container {container}: {e}")),
+            Err(source) => {
+                return Err(RulesError::Container {
+                    action: "read",
+                    dir: dir.to_owned(),
+                    container: container.to_owned(),
+                    source,
+                });
+            }
         }
     }
+    let archive_error = |source| RulesError::Archive {
+        action: "read",
+        dir: dir.to_owned(),
+        container: container.to_owned(),
+        source,
+    };
     let mut out = BTreeMap::new();
     let mut archive = tar::Archive::new(tar_bytes.as_slice());
-    let entries = archive
-        .entries()
-        .map_err(|e| format!("read {dir} in container {container}: {e}"))?;
+    let entries = archive.entries().map_err(archive_error)?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| format!("read {dir} in container {container}: {e}"))?;
+        let mut entry = entry.map_err(archive_error)?;
         if entry.header().entry_type() != tar::EntryType::Regular {
             continue;
         }
-        let path = entry
-            .path()
-            .map_err(|e| format!("read {dir} in container {container}: {e}"))?
-            .into_owned();
+        let path = entry.path().map_err(archive_error)?.into_owned();
         // The archive holds `<dir name>/<file>`: only direct children count.
         let parts: Vec<_> = path.components().collect();
         if parts.len() != 2 {
@@ -463,8 +568,7 @@ async fn list_container(
             continue;
         }
         let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut entry, &mut bytes)
-            .map_err(|e| format!("read {dir}/{name} in container {container}: {e}"))?;
+        std::io::Read::read_to_end(&mut entry, &mut bytes).map_err(archive_error)?;
         out.insert(name, bytes);
     }
     Ok(Some(out))
@@ -475,7 +579,13 @@ async fn write_container(
     container: &str,
     dir: &str,
     files: &[(String, Vec<u8>)],
-) -> Result<(), String> {
+) -> Result<(), RulesError> {
+    let archive_error = |source| RulesError::Archive {
+        action: "build the archive for",
+        dir: dir.to_owned(),
+        container: container.to_owned(),
+        source,
+    };
     let mut builder = tar::Builder::new(Vec::new());
     for (name, content) in files {
         let mut header = tar::Header::new_gnu();
@@ -486,24 +596,32 @@ async fn write_container(
         let path = format!("{}/{name}", dir.trim_start_matches('/'));
         builder
             .append_data(&mut header, path, content.as_slice())
-            .map_err(|e| format!("build archive: {e}"))?;
+            .map_err(archive_error)?;
     }
-    let tar = builder
-        .into_inner()
-        .map_err(|e| format!("build archive: {e}"))?;
+    let tar = builder.into_inner().map_err(archive_error)?;
     let options = bollard::query_parameters::UploadToContainerOptionsBuilder::default()
         .path("/")
         .build();
     docker
         .upload_to_container(container, Some(options), bollard::body_full(tar.into()))
         .await
-        .map_err(|e| format!("write into {dir} in container {container}: {e}"))
+        .map_err(|source| RulesError::Container {
+            action: "write into",
+            dir: dir.to_owned(),
+            container: container.to_owned(),
+            source,
+        })
 }
 
 /// Runs `cmd` (an argument vector) in `container`; an error with its output
 /// when it exits non-zero.
-async fn exec(docker: &Docker, container: &str, cmd: Vec<String>) -> Result<(), String> {
+async fn exec(docker: &Docker, container: &str, cmd: Vec<String>) -> Result<(), RulesError> {
     let what = cmd.join(" ");
+    let exec_error = |source| RulesError::Exec {
+        command: what.clone(),
+        container: container.to_owned(),
+        source,
+    };
     let config = bollard::models::ExecConfig {
         cmd: Some(cmd),
         attach_stdout: Some(true),
@@ -513,11 +631,11 @@ async fn exec(docker: &Docker, container: &str, cmd: Vec<String>) -> Result<(), 
     let created = docker
         .create_exec(container, config)
         .await
-        .map_err(|e| format!("exec `{what}` in container {container}: {e}"))?;
+        .map_err(exec_error)?;
     let started = docker
         .start_exec(&created.id, None)
         .await
-        .map_err(|e| format!("exec `{what}` in container {container}: {e}"))?;
+        .map_err(exec_error)?;
     let mut output = String::new();
     if let bollard::exec::StartExecResults::Attached {
         output: mut out, ..
@@ -529,17 +647,15 @@ async fn exec(docker: &Docker, container: &str, cmd: Vec<String>) -> Result<(), 
             }
         }
     }
-    let inspect = docker
-        .inspect_exec(&created.id)
-        .await
-        .map_err(|e| format!("exec `{what}` in container {container}: {e}"))?;
+    let inspect = docker.inspect_exec(&created.id).await.map_err(exec_error)?;
     match inspect.exit_code {
         Some(0) => Ok(()),
-        code => Err(format!(
-            "`{what}` in container {container} exited with {}: {}",
-            code.map_or("no status".to_owned(), |c| c.to_string()),
-            output.trim()
-        )),
+        code => Err(RulesError::ExecFailed {
+            command: what,
+            container: container.to_owned(),
+            status: code.map_or("no status".to_owned(), |c| c.to_string()),
+            output: output.trim().to_owned(),
+        }),
     }
 }
 

@@ -257,6 +257,38 @@ fn now_micro() -> MicroTime {
     MicroTime(k8s_openapi::jiff::Timestamp::now())
 }
 
+/// Why a lease step, the fence before an apply, or the lease client failed;
+/// each keeps the error it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("this replica does not hold lease {0}")]
+    NotHeld(String),
+    #[error("lease {name} was not renewed within {deadline}; not applying")]
+    Expired { name: String, deadline: String },
+    #[error("lease {name} changed hands (now held by {by}); not applying")]
+    ChangedHands { name: String, by: String },
+    /// The API server refused or could not be reached.
+    #[error("{action} lease {name}: {}", api_message(source))]
+    Api {
+        action: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot store the handed-over state: {0}")]
+    HandOver(#[source] crate::store::StoreError),
+    #[error("cannot read kubeconfig {}: {source}", path.display())]
+    Kubeconfig {
+        path: std::path::PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("no kubeconfig and not running in a cluster: {0}")]
+    NoConfig(#[source] kube::config::InferConfigError),
+    #[error("cannot build a Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+}
+
 fn api_message(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
@@ -307,24 +339,23 @@ impl Elector {
     /// Checks, right before an apply, that this replica still holds the
     /// Lease: locally (deadline) and on the server (holder and the
     /// resourceVersion it last wrote). Costs one GET.
-    pub async fn fence(&self) -> Result<(), String> {
+    pub async fn fence(&self) -> Result<(), LeaseError> {
         let mut state = self.state.lock().await;
         let Some(held) = state.held.clone() else {
-            return Err(format!("this replica does not hold lease {}", self.name));
+            return Err(LeaseError::NotHeld(self.name.clone()));
         };
         if Instant::now() >= held.until {
             self.drop_hold(&mut state);
-            return Err(format!(
-                "lease {} was not renewed within {}; not applying",
-                self.name,
-                crate::duration::format(self.settings.renew_deadline)
-            ));
+            return Err(LeaseError::Expired {
+                name: self.name.clone(),
+                deadline: crate::duration::format(self.settings.renew_deadline),
+            });
         }
         let live = self
             .api
             .get_opt(&self.name)
             .await
-            .map_err(|e| format!("cannot read lease {}: {}", self.name, api_message(&e)))?;
+            .map_err(self.api_error("cannot read"))?;
         let ours = held.lease.metadata.resource_version.as_deref();
         match live {
             Some(l)
@@ -340,11 +371,20 @@ impl Elector {
                     .unwrap_or("nobody")
                     .to_owned();
                 self.drop_hold(&mut state);
-                Err(format!(
-                    "lease {} changed hands (now held by {by}); not applying",
-                    self.name
-                ))
+                Err(LeaseError::ChangedHands {
+                    name: self.name.clone(),
+                    by,
+                })
             }
+        }
+    }
+
+    fn api_error(&self, action: &'static str) -> impl FnOnce(kube::Error) -> LeaseError {
+        let name = self.name.clone();
+        move |source| LeaseError::Api {
+            action,
+            name,
+            source,
         }
     }
 
@@ -385,7 +425,7 @@ impl Elector {
 
     /// One election step: renew what we hold, or look and take what is
     /// free or expired.
-    pub async fn step(&self) -> Result<Step, String> {
+    pub async fn step(&self) -> Result<Step, LeaseError> {
         let mut state = self.state.lock().await;
         let started = Instant::now();
         if let Some(held) = state.held.clone() {
@@ -412,7 +452,7 @@ impl Elector {
                         tracing::warn!(env = %self.env, error = %api_message(&e), "cannot renew the lease in time; stepping down");
                         return Ok(Step::Lost);
                     }
-                    Err(format!("renew lease {}: {}", self.name, api_message(&e)))
+                    Err(self.api_error("renew")(e))
                 }
             };
         }
@@ -422,7 +462,7 @@ impl Elector {
             .api
             .get_opt(&self.name)
             .await
-            .map_err(|e| format!("read lease {}: {}", self.name, api_message(&e)))?;
+            .map_err(self.api_error("read"))?;
         let now = Instant::now();
         let rv = live
             .as_ref()
@@ -502,7 +542,7 @@ impl Elector {
                         Ok(h) => {
                             let env = self.env.clone();
                             if let Err(e) = self.store.call(move |s| h.write(s, &env)).await {
-                                return Err(format!("cannot store the handed-over state: {e}"));
+                                return Err(LeaseError::HandOver(e));
                             }
                         }
                         Err(e) => {
@@ -529,7 +569,7 @@ impl Elector {
             }
             // Another replica was quicker: it holds it now.
             Err(e) if is_conflict(&e) => Ok(Step::Follower),
-            Err(e) => Err(format!("take lease {}: {}", self.name, api_message(&e))),
+            Err(e) => Err(self.api_error("take")(e)),
         }
     }
 
@@ -620,21 +660,22 @@ pub async fn run(elector: Arc<Elector>, dirty: Arc<Dirty>, cancel: CancellationT
 
 /// A kube client for the Leases: the configured kubeconfig, else the
 /// default search (KUBECONFIG, ~/.kube/config), else in-cluster.
-pub async fn client(settings: &LeaseSettings) -> Result<kube::Client, String> {
+pub async fn client(settings: &LeaseSettings) -> Result<kube::Client, LeaseError> {
     use kube::config::{KubeConfigOptions, Kubeconfig};
     let config = match &settings.kubeconfig {
         Some(path) => {
-            let file = Kubeconfig::read_from(path)
-                .map_err(|e| format!("cannot read kubeconfig {}: {e}", path.display()))?;
+            let kubeconfig = |source| LeaseError::Kubeconfig {
+                path: path.clone(),
+                source,
+            };
+            let file = Kubeconfig::read_from(path).map_err(kubeconfig)?;
             kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
                 .await
-                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+                .map_err(kubeconfig)?
         }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| format!("no kubeconfig and not running in a cluster: {e}"))?,
+        None => kube::Config::infer().await.map_err(LeaseError::NoConfig)?,
     };
-    kube::Client::try_from(config).map_err(|e| format!("cannot build a Kubernetes client: {e}"))
+    kube::Client::try_from(config).map_err(LeaseError::Client)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use super::alert::{Event, EventKind, Notifier};
 use super::repo::{Head, HeadError, Lookup, RepoHandle};
 use crate::reconcile::RenderOptions;
 use crate::reconcile::decide::{self, Decision, Policy, Run};
-use crate::reconcile::pipeline::{self, Admission, End, Hooks, Notice, NoticeKind};
+use crate::reconcile::pipeline::{self, Admission, End, Fenced, Hooks, Notice, NoticeKind};
 use crate::secrets::Masker;
 use crate::source::{CommitId, Source};
 use crate::store::{Outcome, Store, Timings, Trigger};
@@ -243,9 +243,9 @@ impl Hooks for DaemonHooks<'_> {
 
     /// Only while this replica still holds the environment's Lease,
     /// checked on the server.
-    async fn fence(&self) -> Result<(), String> {
+    async fn fence(&self) -> Result<(), Fenced> {
         match &self.ctx.lease {
-            Some(lease) => lease.fence().await,
+            Some(lease) => Ok(lease.fence().await?),
             None => Ok(()),
         }
     }

@@ -99,6 +99,10 @@ pub struct Notice {
     pub message: String,
 }
 
+/// Why the caller's fence refused an apply (the daemon's Lease), with
+/// its cause.
+pub type Fenced = Box<dyn std::error::Error + Send + Sync>;
+
 /// Where the callers of [`reconcile`] differ.
 pub trait Hooks: Sync {
     /// The source that reads `commit`.
@@ -121,7 +125,7 @@ pub trait Hooks: Sync {
 
     /// Checked right before each apply; an error stops the reconcile as
     /// transient, nothing applied (the daemon's Lease fence).
-    fn fence(&self) -> impl Future<Output = Result<(), String>> + Send {
+    fn fence(&self) -> impl Future<Output = Result<(), Fenced>> + Send {
         async { Ok(()) }
     }
 
@@ -671,6 +675,7 @@ async fn deploy<H: Hooks>(
     // apply (a no-op plan only lists images, for the ids) — only past the
     // caller's fence (the daemon's Lease, checked on the server).
     if let Err(e) = hooks.fence().await {
+        let e = crate::diag::error_chain(&*e);
         return rec.end(Outcome::Failed, Ended::Transient, Some(e));
     }
     let t = Instant::now();

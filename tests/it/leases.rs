@@ -378,7 +378,7 @@ async fn a_released_lease_is_taken_at_once() {
 /// server-side check — the Lease has another holder and resourceVersion.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fence_reads_the_lease_even_when_the_local_clock_says_leader() {
-    use driftless::daemon::lease::Step;
+    use driftless::daemon::lease::{LeaseError, Step};
     let server = FakeApiServer::start().await;
     let e = electors(
         &server,
@@ -404,7 +404,10 @@ async fn the_fence_reads_the_lease_even_when_the_local_clock_says_leader() {
     }
     assert!(a.is_leader(), "a's local clock still says leader");
     let err = a.fence().await.unwrap_err();
-    assert!(err.contains("changed hands (now held by b)"), "{err}");
+    assert!(
+        matches!(&err, LeaseError::ChangedHands { by, .. } if by == "b"),
+        "{err}"
+    );
     assert!(!a.is_leader(), "a failed fence ends a's leadership");
     b.fence().await.expect("the new holder passes");
     // a's next renewal loses the race instead of overwriting b.

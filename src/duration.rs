@@ -1,6 +1,10 @@
 //! Durations as users write them in driftless.yaml, Compose files and
 //! Prometheus rules: Go's form (`1m30s`, `500ms`, `2h`), plus `d`/`w`/`y`
 //! as Prometheus allows. A bare integer is seconds.
+//!
+//! Errors are `String` on purpose: a parse error is the message of a
+//! diagnostic, which the caller places at the file and line of the input;
+//! there is no underlying error to keep as a cause.
 
 use std::time::Duration;
 

@@ -5,6 +5,10 @@
 //! Hand-written rather than compiled to a regex: matching a few dozen repo
 //! paths against a few globs per environment must cost microseconds, and
 //! building regexes cost more than the whole render.
+//!
+//! Errors are `String` on purpose: a parse error is the message of a
+//! diagnostic, which the caller places at the file and line of the input;
+//! there is no underlying error to keep as a cause.
 
 /// A compiled glob: its brace alternatives, each split into segments.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,6 +6,10 @@
 //! from Sunday, where standard cron uses 0–7 with 0 and 7 both Sunday and
 //! 1 = Monday. A 5-field expression is translated here so that `0 3 * * 1`
 //! keeps meaning Monday.
+//!
+//! Errors are `String` on purpose: a parse error is the message of a
+//! diagnostic, which the caller places at the file and line of the input;
+//! there is no underlying error to keep as a cause.
 
 use std::str::FromStr;
 

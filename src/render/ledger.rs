@@ -47,7 +47,9 @@ pub(super) struct Ledger {
     seed: u64,
     /// Rendered text derived from secrets (filters, slices, macros, ...).
     derived: Mutex<BTreeSet<String>>,
-    /// SOPS files by repo path, decrypted once per renderer (or why not).
+    /// SOPS files by repo path, decrypted once per renderer (or why not:
+    /// the message of the template error it becomes, the same for every
+    /// later call, so a `String` rather than an error that cannot be cloned).
     sops: Mutex<BTreeMap<String, Result<Arc<SopsFile>, String>>>,
     /// This host's age identities, read on the first `sops()`.
     identities: OnceLock<Result<Option<sops::Identities>, String>>,

@@ -2,6 +2,10 @@
 //! Docker libraries it uses) parses it: ports (`127.0.0.1:8080-8081:80-81/udp`),
 //! volumes (`./conf:/etc/app:ro`), byte sizes (`512m`), and commands given as
 //! one string (split like a shell would, without running one).
+//!
+//! Errors are `String` on purpose: a parse error is the message of a
+//! diagnostic, which the caller places at the file and line of the input;
+//! there is no underlying error to keep as a cause.
 
 use crate::model::compose::Port;
 

@@ -3,6 +3,10 @@
 //! `[a-zA-Z_:][a-zA-Z0-9_:]*` metric names; 3.x (UTF-8 validation) allows any
 //! non-empty UTF-8 string. Durations are Prometheus's (`model.Duration`):
 //! `1y2w3d4h5m6s7ms` units in that order, integers only, or `0`.
+//!
+//! Errors are `String` on purpose: a parse error is the message of a
+//! diagnostic, which the caller places at the file and line of the input;
+//! there is no underlying error to keep as a cause.
 
 /// How names are validated; the Prometheus major version decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,6 +2,10 @@
 //! Prometheus's parser does), then walked for experimental functions and
 //! aggregations, which Prometheus rejects unless the feature flag
 //! `promql-experimental-functions` is enabled.
+//!
+//! Errors are `String` on purpose: a parse error is the message of a
+//! diagnostic, which the caller places at the file and line of the input;
+//! there is no underlying error to keep as a cause.
 
 use promql_parser::parser::{self, Expr};
 

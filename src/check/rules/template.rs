@@ -14,6 +14,10 @@
 //! found; number literals are checked for shape, not range; the function
 //! list is the union over Prometheus 2.x and 3.x; custom delimiters are not
 //! supported (Prometheus uses none).
+//!
+//! Errors are `String` on purpose: Go's own message (`template: NAME:LINE:
+//! MSG`) is the diagnostic, placed by the caller at the rule's file and
+//! line; there is no underlying error to keep as a cause.
 
 use std::collections::HashSet;
 

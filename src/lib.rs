@@ -21,6 +21,7 @@
 pub mod diag;
 pub mod duration;
 pub mod glob;
+pub mod pools;
 pub mod secrets;
 pub mod sops;
 pub mod yaml;

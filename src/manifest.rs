@@ -285,7 +285,7 @@ impl TargetKind {
 }
 
 /// A Docker engine. Credentials are paths on the daemon's host, never repo content.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DockerTarget {
     /// `unix:///var/run/docker.sock`, `tcp://host:2376`, `ssh://user@host`;
@@ -296,6 +296,10 @@ pub struct DockerTarget {
     pub tls_cert_path: Option<String>,
     /// Private key file for `ssh://` hosts.
     pub ssh_key_file: Option<String>,
+    /// IPv4 ranges project networks without `ipam` get their subnets from,
+    /// instead of the engine's default pools (about 30 networks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub address_pools: Vec<crate::pools::AddressPool>,
 }
 
 impl DockerTarget {
@@ -314,6 +318,20 @@ impl DockerTarget {
             {
                 problems.push(format!(
                     "`{key}: {v}` must be an absolute path on the daemon's host (credentials never come from the repo)"
+                ));
+            }
+        }
+        let mut pools: Vec<crate::pools::Pool> = Vec::new();
+        for pool in &self.address_pools {
+            match pool.check() {
+                Ok(p) => pools.push(p),
+                Err(e) => problems.push(format!("`address_pools`: {e}")),
+            }
+        }
+        for (i, a) in pools.iter().enumerate() {
+            if let Some(b) = pools[i + 1..].iter().find(|b| a.overlaps(b)) {
+                problems.push(format!(
+                    "`address_pools`: {a} overlaps {b}; give each pool its own range"
                 ));
             }
         }
@@ -1186,7 +1204,7 @@ mod tests {
         let target = |host: &str, certs: Option<&str>| super::DockerTarget {
             host: Some(host.into()),
             tls_cert_path: certs.map(Into::into),
-            ssh_key_file: None,
+            ..super::DockerTarget::default()
         };
         let problems = target("tcp://h:2376", Some("certs")).problems();
         assert!(problems[0].contains("absolute path"), "{problems:?}");
@@ -1236,6 +1254,33 @@ mod tests {
         let d = diags.errors().next().unwrap();
         assert!(d.message.contains("environments.dev.instance"), "{d}");
         assert_eq!(d.line, Some(8), "{d}");
+    }
+
+    #[test]
+    fn address_pools_are_checked_with_the_target_line() {
+        let pools = |list: &str| {
+            format!(
+                "apiVersion: driftless/v1\ntargets:\n  local:\n    docker:\n      address_pools: {list}\nenvironments:\n  dev:\n    targets: [local]\n"
+            )
+        };
+        let m = Manifest::parse(&pools("[{base: 10.231.0.0/16, size: 24}]")).unwrap();
+        let TargetKind::Docker(d) = &m.targets["local"].kind else {
+            panic!("a docker target");
+        };
+        assert_eq!(d.address_pools[0].base, "10.231.0.0/16");
+        let diags = Manifest::parse(&pools(
+            "[{base: 10.231.0.1/16, size: 24}, {base: 10.232.0.0/16, size: 12}, {base: 10.0.0.0/8, size: 24}, {base: 10.3.0.0/16, size: 24}]",
+        ))
+        .unwrap_err();
+        let all = diags.to_string();
+        for want in [
+            "host bits set",
+            "must be between the base's prefix (16) and 30",
+            "10.0.0.0/8 (size 24) overlaps 10.3.0.0/16 (size 24)",
+        ] {
+            assert!(all.contains(want), "{want}: {all}");
+        }
+        assert!(diags.errors().all(|d| d.line == Some(4)), "{all}");
     }
 
     #[test]

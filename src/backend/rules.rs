@@ -33,7 +33,7 @@ use serde::Deserialize;
 
 use crate::backend::{ApplyReport, Backend, BackendError, Context, Health, Verdict};
 use crate::diag::error_chain;
-use crate::manifest::{DockerTarget, PrometheusTarget};
+use crate::manifest::PrometheusTarget;
 use crate::model::{Resources, RuleFile, TargetState};
 use crate::plan::{Action, Change, Resource, unified_diff};
 
@@ -165,11 +165,7 @@ impl RulesBackend {
         let store = match &target.container {
             None => Store::Host(PathBuf::from(&target.rules_dir)),
             Some(container) => {
-                let docker_target = target.docker.clone().unwrap_or(DockerTarget {
-                    host: None,
-                    tls_cert_path: None,
-                    ssh_key_file: None,
-                });
+                let docker_target = target.docker.clone().unwrap_or_default();
                 let compose = super::compose::ComposeBackend::connect(&docker_target).await?;
                 Store::Container {
                     docker: compose.docker().clone(),

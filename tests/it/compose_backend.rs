@@ -859,8 +859,7 @@ async fn retagged_image_is_an_image_change() {
 async fn a_missing_socket_is_named_in_the_error() {
     let target = driftless::manifest::DockerTarget {
         host: Some("unix:///nonexistent/docker.sock".into()),
-        tls_cert_path: None,
-        ssh_key_file: None,
+        ..local_target()
     };
     let err = ComposeBackend::connect(&target)
         .await

@@ -62,11 +62,7 @@ pub async fn engine() -> Option<ComposeBackend> {
 
 /// The local engine as a target (`host` unset: `DOCKER_HOST` or the socket).
 pub fn local_target() -> DockerTarget {
-    DockerTarget {
-        host: None,
-        tls_cert_path: None,
-        ssh_key_file: None,
-    }
+    DockerTarget::default()
 }
 
 /// Builds the fixture images once per process (and not at all when the

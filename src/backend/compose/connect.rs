@@ -182,7 +182,7 @@ mod tests {
         DockerTarget {
             host: Some(host.into()),
             tls_cert_path: certs.map(Into::into),
-            ssh_key_file: None,
+            ..DockerTarget::default()
         }
     }
 

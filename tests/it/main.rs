@@ -9,6 +9,7 @@ mod sshd;
 mod support;
 mod tls_proxy;
 
+mod address_pools;
 mod backups;
 mod branches;
 mod compose_backend;

@@ -9,26 +9,21 @@ use driftless::backend::compose::ComposeBackend;
 
 use crate::docker_support::{BUSYBOX, Cleanup, containers, engine, project_name};
 use crate::sshd::Sshd;
-use crate::support::{RepoBuilder, Run, git};
+use crate::support::{RepoBuilder, Run};
 use crate::tls_proxy::{Pki, TlsProxy};
 
 /// A committed repo whose one environment deploys one busybox service to
 /// the docker target `remote` at `host` (with `extra` target keys).
 fn repo(env: &str, project: &str, host: &str, extra: &str) -> RepoBuilder {
-    let manifest = format!(
-        "apiVersion: driftless/v1\ntargets:\n  remote:\n    docker: {{ host: \"{host}\"{extra} }}\nenvironments:\n  {env}:\n    values: environments/values.yaml\n    targets: [remote]\n    health: {{ deadline: 60s, settle: 1s }}\n"
-    );
     let stack = format!(
         "name: {project}\nservices:\n  app:\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n    init: true\n"
     );
-    let repo = RepoBuilder::new()
-        .file("driftless.yaml", manifest)
-        .file("environments/values.yaml", "{}\n")
-        .file("compose/stack.yaml", stack);
-    git(repo.path(), &["init", "-q"]);
-    git(repo.path(), &["add", "-A"]);
-    git(repo.path(), &["commit", "-q", "-m", "v1"]);
-    repo
+    RepoBuilder::one_stack(
+        "remote",
+        &format!("{{ host: \"{host}\"{extra} }}"),
+        env,
+        &stack,
+    )
 }
 
 /// Runs the CLI off the async runtime (the proxy lives on it).

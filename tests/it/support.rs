@@ -57,6 +57,24 @@ impl RepoBuilder {
             .file("environments/dev.yaml", "replicas: 1\n")
     }
 
+    /// A committed repo whose environment `env` deploys `stack`
+    /// (`compose/stack.yaml`) to the one target `name`, a Docker target
+    /// with the settings `docker` (a YAML flow mapping, `{}` for the local
+    /// engine); empty values, a 60 s health deadline.
+    pub fn one_stack(name: &str, docker: &str, env: &str, stack: &str) -> Self {
+        let manifest = format!(
+            "apiVersion: driftless/v1\ntargets:\n  {name}:\n    docker: {docker}\nenvironments:\n  {env}:\n    values: environments/values.yaml\n    targets: [{name}]\n    health: {{ deadline: 60s, settle: 1s }}\n"
+        );
+        let repo = RepoBuilder::new()
+            .file("driftless.yaml", manifest)
+            .file("environments/values.yaml", "{}\n")
+            .file("compose/stack.yaml", stack);
+        git(repo.path(), &["init", "-q"]);
+        git(repo.path(), &["add", "-A"]);
+        git(repo.path(), &["commit", "-q", "-m", "v1"]);
+        repo
+    }
+
     pub fn file(self, path: &str, content: impl AsRef<[u8]>) -> Self {
         let dest = self.dir.path().join(path);
         std::fs::create_dir_all(dest.parent().unwrap()).unwrap();

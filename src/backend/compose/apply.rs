@@ -28,7 +28,7 @@ use futures_util::StreamExt;
 use super::live::{Live, LiveContainer};
 use super::{
     ComposeBackend, archive, binds, build, hash, hooks, image, labels, live, plan, project,
-    rollout, spec,
+    rollout, spec, subnets,
 };
 use crate::backend::{ApplyReport, BackendError, Context};
 use crate::model::TargetState;
@@ -412,7 +412,7 @@ impl<'a> Applier<'a> {
     async fn network(&self, c: &Change, state: &State) -> Result<()> {
         let name = &c.resource.name;
         match &c.action {
-            Action::Create => self.create_network(name).await,
+            Action::Create => self.create_network(name, None).await,
             Action::Recreate { .. } => {
                 // The engine removes a network only with no endpoints: our
                 // containers on it go (their services are recreated later in
@@ -422,6 +422,13 @@ impl<'a> Applier<'a> {
                     .inspect_network(name, None::<InspectNetworkOptions>)
                     .await
                     .map_err(|e| self.error(name, e))?;
+                let old_subnet = net
+                    .ipam
+                    .as_ref()
+                    .and_then(|i| i.config.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .find_map(|c| crate::pools::Ipv4Net::parse(c.subnet.as_deref()?).ok());
                 for id in net.containers.unwrap_or_default().into_keys() {
                     match state.live.containers.iter().find(|c| c.id == id) {
                         Some(ours) => {
@@ -445,7 +452,7 @@ impl<'a> Applier<'a> {
                     .remove_network(name)
                     .await
                     .map_err(|e| self.error(name, e))?;
-                self.create_network(name).await
+                self.create_network(name, old_subnet).await
             }
             Action::Delete => self
                 .docker()
@@ -457,7 +464,14 @@ impl<'a> Applier<'a> {
         }
     }
 
-    async fn create_network(&self, name: &str) -> Result<()> {
+    /// Creates the desired network `name`; one that takes its subnet from
+    /// the target's address pools asks for `old_subnet` (a recreated
+    /// network's) first.
+    async fn create_network(
+        &self,
+        name: &str,
+        old_subnet: Option<crate::pools::Ipv4Net>,
+    ) -> Result<()> {
         let (project, key, net) = self
             .projects
             .iter()
@@ -474,6 +488,17 @@ impl<'a> Applier<'a> {
         labels_map.insert(labels::VERSION.into(), labels::VERSION_VALUE.into());
         labels_map.insert(labels::ENVIRONMENT.into(), self.ctx.environment.into());
         labels_map.insert(labels::INSTANCE.into(), self.ctx.owner.instance.into());
+        let pools = subnets::of(self.desired);
+        let ipam = if subnets::wants_pool(&pools, &net) {
+            let used = subnets::used(self.docker()).await.map_err(|e| {
+                self.error(name, format!("list networks for the address pools: {e}"))
+            })?;
+            let subnet = subnets::pick(&pools, &used, old_subnet, name, self.target())
+                .map_err(|m| self.error(name, m))?;
+            subnets::ipam_with(subnet)
+        } else {
+            net.ipam.clone()
+        };
         self.docker()
             .create_network(NetworkCreateRequest {
                 name: name.to_owned(),
@@ -482,14 +507,14 @@ impl<'a> Applier<'a> {
                 attachable: net.attachable.then_some(true),
                 enable_ipv6: net.enable_ipv6,
                 enable_ipv4: net.enable_ipv4,
-                ipam: (!net.ipam.is_empty()).then(|| spec::ipam(&net.ipam)),
+                ipam: (!ipam.is_empty()).then(|| spec::ipam(&ipam)),
                 options: Some(net.driver_opts.clone().into_iter().collect()),
                 labels: Some(labels_map),
                 ..NetworkCreateRequest::default()
             })
             .await
             .map(|_| ())
-            .map_err(|e| self.error(name, network_create_error(&e, net.ipam.is_empty())))
+            .map_err(|e| self.error(name, network_create_error(&e, ipam.is_empty())))
     }
 
     async fn volume(&self, c: &Change) -> Result<()> {
@@ -1073,7 +1098,9 @@ fn network_create_error(e: &bollard::errors::Error, without_ipam: bool) -> Strin
             "{text}: the engine's address pools are used up, one subnet per network. \
              Remove networks nothing uses (`docker network prune`), give the engine more \
              or smaller pools (`default-address-pools` in /etc/docker/daemon.json, e.g. \
-             {{\"base\": \"10.200.0.0/16\", \"size\": 24}}, then restart it), or give this \
+             {{\"base\": \"10.200.0.0/16\", \"size\": 24}}, then restart it), let driftless \
+             give project networks subnets from a range of yours (`address_pools: [{{base: \
+             10.200.0.0/16, size: 24}}]` on the Docker target in driftless.yaml), or give this \
              network a subnet of its own (`ipam: {{config: [{{subnet: …}}]}}`)"
         );
     }
@@ -1126,7 +1153,12 @@ mod tests {
             text.starts_with("Docker responded with status code 403: could not find"),
             "{text}"
         );
-        for hint in ["docker network prune", "default-address-pools", "ipam"] {
+        for hint in [
+            "docker network prune",
+            "default-address-pools",
+            "address_pools:",
+            "ipam",
+        ] {
             assert!(text.contains(hint), "{hint}: {text}");
         }
         // Another error, or a network with its own subnet, is left as is.

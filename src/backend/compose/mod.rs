@@ -39,6 +39,7 @@ pub mod plan;
 pub mod project;
 pub mod rollout;
 pub mod spec;
+pub mod subnets;
 
 pub use live::Live;
 
@@ -228,7 +229,10 @@ impl Backend for ComposeBackend {
         live: &Live,
         ctx: Context<'_>,
     ) -> Result<Vec<Change>, BackendError> {
-        plan::plan(&desired.target.name, projects(desired)?, live, ctx)
+        let projects = projects(desired)?;
+        let mut changes = plan::plan(&desired.target.name, projects, live, ctx)?;
+        subnets::plan(&self.docker, desired, projects, live, &mut changes).await?;
+        Ok(changes)
     }
 
     async fn apply_live(

@@ -19,6 +19,30 @@ use crate::manifest::DockerTarget;
 /// Request timeout in seconds for every engine connection.
 const TIMEOUT_SECS: u64 = 120;
 
+/// An engine call that failed, named (`list containers`), so a hung
+/// engine's timeout says what it did not answer.
+#[derive(Debug, thiserror::Error)]
+#[error("{call}: {}", describe(source))]
+pub struct EngineError {
+    pub call: &'static str,
+    #[source]
+    pub source: bollard::errors::Error,
+}
+
+/// `call`'s failure as an [`EngineError`].
+pub fn failed(call: &'static str) -> impl FnOnce(bollard::errors::Error) -> EngineError {
+    move |source| EngineError { call, source }
+}
+
+fn describe(e: &bollard::errors::Error) -> String {
+    match e {
+        bollard::errors::Error::RequestTimeoutError => format!(
+            "the engine did not answer within {TIMEOUT_SECS} s (it may be hung: does `docker info` answer?)"
+        ),
+        e => e.to_string(),
+    }
+}
+
 /// A resolved way to reach an engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
@@ -177,6 +201,23 @@ impl Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timed_out_call_names_the_call_and_says_the_engine_may_be_hung() {
+        let e = failed("list containers")(bollard::errors::Error::RequestTimeoutError);
+        assert_eq!(
+            e.to_string(),
+            "list containers: the engine did not answer within 120 s (it may be hung: does `docker info` answer?)"
+        );
+        let other = failed("list images")(bollard::errors::Error::DockerResponseServerError {
+            status_code: 500,
+            message: "boom".into(),
+        });
+        assert_eq!(
+            other.to_string(),
+            "list images: Docker responded with status code 500: boom"
+        );
+    }
 
     fn target(host: &str, certs: Option<&str>) -> DockerTarget {
         DockerTarget {

@@ -21,8 +21,10 @@ use bollard::query_parameters::{
     ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptionsBuilder,
     ListVolumesOptionsBuilder,
 };
+use futures_util::TryFutureExt;
 
 use super::build::BuiltImage;
+use super::connect::{EngineError, failed};
 use super::{binds, image, labels};
 use crate::model::compose::{BuildContext, Ipam, IpamPool, Project, PullPolicy};
 
@@ -182,7 +184,7 @@ pub async fn read(
     docker: &Docker,
     ctx: crate::backend::Context<'_>,
     projects: &[Project],
-) -> Result<Live, bollard::errors::Error> {
+) -> Result<Live, EngineError> {
     // One filter on the presence of the project label returns every Compose
     // resource on the engine; the environment's own ones (including those of
     // projects it no longer renders) are picked out client-side, because the
@@ -209,23 +211,31 @@ pub async fn read(
     } else {
         &compose_only
     };
-    let containers = docker.list_containers(Some(
-        ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&compose_only)
-            .build(),
-    ));
-    let networks = docker.list_networks(Some(
-        ListNetworksOptionsBuilder::default()
-            .filters(networks_filter)
-            .build(),
-    ));
-    let volumes = docker.list_volumes(Some(
-        ListVolumesOptionsBuilder::default()
-            .filters(volumes_filter)
-            .build(),
-    ));
-    let images = docker.list_images(Some(ListImagesOptionsBuilder::default().build()));
+    let containers = docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&compose_only)
+                .build(),
+        ))
+        .map_err(failed("list containers"));
+    let networks = docker
+        .list_networks(Some(
+            ListNetworksOptionsBuilder::default()
+                .filters(networks_filter)
+                .build(),
+        ))
+        .map_err(failed("list networks"));
+    let volumes = docker
+        .list_volumes(Some(
+            ListVolumesOptionsBuilder::default()
+                .filters(volumes_filter)
+                .build(),
+        ))
+        .map_err(failed("list volumes"));
+    let images = docker
+        .list_images(Some(ListImagesOptionsBuilder::default().build()))
+        .map_err(failed("list images"));
     let (containers, networks, volumes, images) =
         futures_util::try_join!(containers, networks, volumes, images)?;
     let mut live = Live::from_listings(
@@ -244,8 +254,9 @@ pub async fn read(
         .filter(|c| c.owner == Ownership::Ours)
         .map(|c| c.id.clone())
         .collect();
-    live.bind_listings =
-        binds::read_listings(docker, &ours, projects, &containers, &live.volumes).await?;
+    live.bind_listings = binds::read_listings(docker, &ours, projects, &containers, &live.volumes)
+        .await
+        .map_err(failed("read the bind volumes' listings"))?;
     let version = docker.client_version();
     live.api_version = Some((version.major_version as u32, version.minor_version as u32));
     Ok(live)

@@ -73,7 +73,7 @@ pub enum Command {
     Status(StatusArgs),
     /// Backup jobs of an environment: list, run, verify, restore.
     Backup(backup::BackupArgs),
-    /// Check a commit's SSH signature against an allowed_signers file, as
+    /// Check a commit's signature (SSH or OpenPGP), or a signed tag's, as
     /// the daemon does for `verify: { signatures: required }`.
     Verify(VerifyArgs),
 }
@@ -86,9 +86,17 @@ pub struct VerifyArgs {
     /// Commit to verify: a sha, branch or tag.
     #[arg(long, default_value = "HEAD")]
     pub rev: String,
-    /// The allowed_signers file (`ssh-keygen -Y verify` format).
+    /// The allowed_signers file of SSH keys (`ssh-keygen -Y verify` format).
     #[arg(long, env = "DRIFTLESS_ALLOWED_SIGNERS")]
-    pub allowed_signers: PathBuf,
+    pub allowed_signers: Option<PathBuf>,
+    /// A file of armored OpenPGP public keys (`gpg --armor --export`);
+    /// repeat for several files.
+    #[arg(long = "openpgp-keys", value_name = "FILE")]
+    pub openpgp_keys: Vec<PathBuf>,
+    /// What must be signed: `head` (the commit), `tag` (an annotated tag
+    /// pointing at it) or `tag_and_head`.
+    #[arg(long, default_value = "head", value_parser = parse_mode)]
+    pub mode: driftless::source::verify::Mode,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
 }
@@ -424,29 +432,51 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
+fn parse_mode(s: &str) -> Result<driftless::source::verify::Mode, String> {
+    use driftless::source::verify::Mode;
+    Mode::parse(s).ok_or_else(|| format!("`{s}` is not one of {}", Mode::NAMES))
+}
+
 /// Prints the verdict on `--rev`'s signature; exit 1 when it is refused.
 fn verify_cmd(args: VerifyArgs) -> Result<i32> {
-    use driftless::source::verify::{AllowedSigners, verify_commit};
-    let allowed = AllowedSigners::load(&args.allowed_signers)?;
+    use driftless::source::verify::{Keys, check};
+    if args.allowed_signers.is_none() && args.openpgp_keys.is_empty() {
+        anyhow::bail!(
+            "no keys to verify against: give --allowed-signers FILE (SSH) or \
+             --openpgp-keys FILE (OpenPGP), or both"
+        );
+    }
+    let keys = Keys::load(args.allowed_signers.as_deref(), &args.openpgp_keys)?;
     let repo = driftless::source::Repo::open(&args.repo)
         .with_context(|| format!("cannot open repo `{}`", args.repo.display()))?;
-    let (id, data) = repo.commit_object(&args.rev)?;
-    let verdict = verify_commit(&data, &allowed, chrono::Utc::now().timestamp());
+    let id = repo.resolve(&args.rev)?;
+    let verdict = check(&repo, &id, &keys, args.mode, chrono::Utc::now().timestamp())?;
     if args.output == Output::Json {
         let doc = match &verdict {
-            Ok(signer) => serde_json::json!({
-                "commit": id, "verified": true,
-                "signer": signer.principals, "key": signer.key,
-            }),
-            Err(refusal) => serde_json::json!({
-                "commit": id, "verified": false, "reason": refusal.to_string(),
+            Ok(accepted) => {
+                let own = accepted.iter().find(|a| a.tag.is_none());
+                serde_json::json!({
+                    "commit": id, "verified": true,
+                    "signer": own.map(|a| &a.signer.principals),
+                    "key": own.map(|a| &a.signer.key),
+                    "tags": accepted.iter().filter_map(|a| a.tag.as_ref().map(|t| serde_json::json!({
+                        "tag": t, "signer": a.signer.principals, "key": a.signer.key,
+                    }))).collect::<Vec<_>>(),
+                })
+            }
+            Err(reason) => serde_json::json!({
+                "commit": id, "verified": false, "reason": reason,
             }),
         };
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         match &verdict {
-            Ok(signer) => println!("commit {}: good signature by {signer}", short(&id)),
-            Err(refusal) => println!("commit {}: refused: {refusal}", short(&id)),
+            Ok(accepted) => {
+                for a in accepted {
+                    println!("commit {}: {a}", short(&id));
+                }
+            }
+            Err(reason) => println!("commit {}: refused: {reason}", short(&id)),
         }
     }
     Ok(if verdict.is_ok() { 0 } else { 1 })

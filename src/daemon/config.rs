@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::secrets::MASK;
 use crate::source::Auth;
+use crate::source::verify::Mode;
 use crate::store::Retention;
 
 /// The default configuration file name (read from the working directory
@@ -51,12 +52,16 @@ struct RawConfig {
     verify: std::collections::BTreeMap<String, RawVerify>,
 }
 
-/// `verify: { <env>: { signatures: required, allowed_signers: FILE } }`.
+/// `verify: { <env>: { signatures: required, allowed_signers: FILE,
+/// openpgp_keys: [FILE, …], mode: head | tag | tag_and_head } }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawVerify {
     signatures: String,
     allowed_signers: Option<PathBuf>,
+    #[serde(default)]
+    openpgp_keys: Vec<PathBuf>,
+    mode: Option<String>,
 }
 
 /// `leases:` — leader election among replicas (see `daemon::lease`).
@@ -220,13 +225,17 @@ pub struct DaemonConfig {
     pub verify: std::collections::BTreeMap<String, SignaturePolicy>,
 }
 
-/// `verify: { signatures: required, allowed_signers: FILE }` of one
-/// environment.
+/// `verify: { signatures: required, allowed_signers: FILE, openpgp_keys:
+/// [FILE], mode: … }` of one environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignaturePolicy {
-    /// Read again at every check, so a rotated key takes effect without a
-    /// restart.
-    pub allowed_signers: PathBuf,
+    /// SSH keys. The key files are read again at every check, so a rotated
+    /// key takes effect without a restart.
+    pub allowed_signers: Option<PathBuf>,
+    /// Armored OpenPGP public keys (`gpg --armor --export`).
+    pub openpgp_keys: Vec<PathBuf>,
+    /// The commit, a signed tag pointing at it, or both.
+    pub mode: crate::source::verify::Mode,
 }
 
 /// Every problem found in the configuration, one per line.
@@ -472,26 +481,45 @@ impl DaemonConfig {
             if !crate::manifest::valid_name(&env) {
                 errors.push(format!("{at}: `{env}` is not a valid environment name"));
             }
-            match (v.signatures.as_str(), v.allowed_signers) {
+            let mode = match v.mode.as_deref() {
+                None => Mode::Head,
+                Some(m) => Mode::parse(m).unwrap_or_else(|| {
+                    errors.push(format!("{at}.mode: `{m}` is not one of {}", Mode::NAMES));
+                    Mode::Head
+                }),
+            };
+            let keyed = v.allowed_signers.is_some() || !v.openpgp_keys.is_empty();
+            match (v.signatures.as_str(), keyed) {
                 ("off", _) => {}
-                ("required", Some(path)) => {
-                    match crate::source::verify::AllowedSigners::load(&path) {
-                        Ok(a) if a.is_empty() => errors.push(format!(
-                            "{at}.allowed_signers: {} lists no key",
-                            path.display()
-                        )),
-                        Ok(_) => {}
-                        Err(e) => errors.push(format!("{at}.allowed_signers: {e}")),
+                ("required", true) => {
+                    if let Some(path) = &v.allowed_signers {
+                        match crate::source::verify::AllowedSigners::load(path) {
+                            Ok(a) if a.is_empty() => errors.push(format!(
+                                "{at}.allowed_signers: {} lists no key",
+                                path.display()
+                            )),
+                            Ok(_) => {}
+                            Err(e) => errors.push(format!("{at}.allowed_signers: {e}")),
+                        }
+                    }
+                    for (i, path) in v.openpgp_keys.iter().enumerate() {
+                        let keys = std::slice::from_ref(path);
+                        if let Err(e) = crate::source::verify::openpgp::Keyring::load(keys) {
+                            errors.push(format!("{at}.openpgp_keys[{i}]: {e}"));
+                        }
                     }
                     verify.insert(
                         env,
                         SignaturePolicy {
-                            allowed_signers: path,
+                            allowed_signers: v.allowed_signers,
+                            openpgp_keys: v.openpgp_keys,
+                            mode,
                         },
                     );
                 }
-                ("required", None) => errors.push(format!(
-                    "{at}: `signatures: required` needs `allowed_signers: FILE`"
+                ("required", false) => errors.push(format!(
+                    "{at}: `signatures: required` needs `allowed_signers: FILE` (SSH keys) \
+                     or `openpgp_keys: [FILE]` (armored OpenPGP keys), or both"
                 )),
                 (other, _) => errors.push(format!(
                     "{at}.signatures: `{other}` is not one of required, off"
@@ -585,6 +613,8 @@ impl DaemonConfig {
             "verify": self.verify.iter().map(|(env, p)| (env.clone(), serde_json::json!({
                 "signatures": "required",
                 "allowed_signers": p.allowed_signers,
+                "openpgp_keys": p.openpgp_keys,
+                "mode": p.mode,
             }))).collect::<serde_json::Map<_, _>>(),
             "leases": self.leases.as_ref().map(|l| serde_json::json!({
                 "namespace": l.namespace,
@@ -628,6 +658,84 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    /// Resolves a config file of `repo: /r` and the lines `verify` of a
+    /// `verify:` map, written to `file`.
+    fn verify_config(file: &Path, verify: &str) -> Result<DaemonConfig, ConfigError> {
+        std::fs::write(file, format!("repo: /r\nverify:\n{verify}")).unwrap();
+        resolve_file(file)
+    }
+
+    fn resolve_file(file: &Path) -> Result<DaemonConfig, ConfigError> {
+        DaemonConfig::resolve_with(
+            &Overrides {
+                config: Some(file.to_owned()),
+                ..Overrides::default()
+            },
+            &no_env,
+        )
+    }
+
+    /// `examples/daemon/driftless-daemon.yaml` with its key files, as an
+    /// operator installs them in /etc/driftless.
+    #[test]
+    fn the_example_daemon_config_requires_signatures_for_prod() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/daemon");
+        let etc = tempfile::tempdir().unwrap();
+        for f in ["allowed_signers", "release-team.asc"] {
+            std::fs::copy(example.join(f), etc.path().join(f)).unwrap();
+        }
+        std::fs::write(etc.path().join("api-token"), "example-api-token-value\n").unwrap();
+        let text = std::fs::read_to_string(example.join("driftless-daemon.yaml")).unwrap();
+        let at = format!("{}/", etc.path().display());
+        let file = etc.path().join("driftless-daemon.yaml");
+        std::fs::write(&file, text.replace("/etc/driftless/", &at)).unwrap();
+        let c = resolve_file(&file).unwrap();
+        assert_eq!(c.verify.keys().collect::<Vec<_>>(), ["prod"]);
+        let prod = &c.verify["prod"];
+        assert_eq!(prod.mode, Mode::Head);
+        let keys =
+            crate::source::verify::Keys::load(prod.allowed_signers.as_deref(), &prod.openpgp_keys)
+                .unwrap();
+        assert!(!keys.ssh.is_empty());
+        assert_eq!(keys.openpgp.len(), 1);
+    }
+
+    #[test]
+    fn verify_takes_openpgp_keys_and_a_mode_and_names_bad_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("d.yaml");
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/daemon");
+        let asc = example.join("release-team.asc");
+        let not_a_key = example.join("allowed_signers");
+        let config = |verify: String| verify_config(&file, &verify);
+        let c = config(format!(
+            "  prod: {{ signatures: required, openpgp_keys: [{}], mode: tag }}\n",
+            asc.display()
+        ))
+        .unwrap();
+        assert_eq!(c.verify["prod"].mode, Mode::Tag);
+        assert_eq!(c.verify["prod"].allowed_signers, None);
+        assert_eq!(c.sanitized()["verify"]["prod"]["mode"], "tag");
+        let ConfigError(errors) = config(format!(
+            "  prod: {{ signatures: required, openpgp_keys: [{}, {}], mode: latest }}\n",
+            asc.display(),
+            not_a_key.display()
+        ))
+        .unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].starts_with("verify.prod.mode: `latest` is not one of head, tag"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].starts_with(&format!(
+                "verify.prod.openpgp_keys[1]: {}",
+                not_a_key.display()
+            )),
+            "{errors:?}"
+        );
     }
 
     #[test]
@@ -700,23 +808,14 @@ bogus_key: 1
         )
         .unwrap();
         let file = dir.path().join("d.yaml");
-        let config = |verify: &str| {
-            std::fs::write(&file, format!("repo: /r\nverify:\n{verify}")).unwrap();
-            DaemonConfig::resolve_with(
-                &Overrides {
-                    config: Some(file.clone()),
-                    ..Overrides::default()
-                },
-                &no_env,
-            )
-        };
+        let config = |verify: &str| verify_config(&file, verify);
         let c = config(&format!(
             "  prod:\n    signatures: required\n    allowed_signers: {}\n  dev:\n    signatures: off\n",
             allowed.display()
         ))
         .unwrap();
         assert_eq!(c.verify.keys().collect::<Vec<_>>(), ["prod"]);
-        assert_eq!(c.verify["prod"].allowed_signers, allowed);
+        assert_eq!(c.verify["prod"].allowed_signers.as_ref(), Some(&allowed));
         assert_eq!(c.sanitized()["verify"]["prod"]["signatures"], "required");
         let ConfigError(errors) = config(
             "  prod:\n    signatures: required\n  dev:\n    signatures: maybe\n  qa:\n    signatures: required\n    allowed_signers: /nonexistent\n",

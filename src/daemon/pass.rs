@@ -229,12 +229,14 @@ impl Hooks for DaemonHooks<'_> {
         let verdict = self
             .ctx
             .repo
-            .verify(commit, policy.allowed_signers.clone())
+            .verify(commit, policy.clone())
             .await
             .map_err(|e| Admission::Transient(format!("signature check: {e}")))?;
         match verdict {
-            Ok(signer) => {
-                tracing::info!(commit = commit.short(), signer = %signer, "signature verified");
+            Ok(accepted) => {
+                for a in accepted {
+                    tracing::info!(commit = commit.short(), verdict = %a, "signature verified");
+                }
                 Ok(())
             }
             Err(refusal) => Err(Admission::Refused(format!("signature check: {refusal}"))),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use super::config::SignaturePolicy;
 use crate::manifest;
 use crate::reconcile;
 use crate::source::{Auth, CommitId, Limits, Repo, Source, SourceError, verify};
@@ -190,21 +191,22 @@ impl RepoHandle {
         .map_err(|e| HeadError::Unreadable(format!("manifest task: {e}")))?
     }
 
-    /// Checks `commit`'s signature against the allowed_signers file at
-    /// `allowed` (read now, so a rotated file applies at once). The outer
-    /// error is a check that could not run.
+    /// Checks `commit` under `policy`: its own signature, a signed tag
+    /// pointing at it, or both, against the policy's key files (read now,
+    /// so a rotated file applies at once). The outer error is a check that
+    /// could not run; the inner one the refusal, in words.
     pub async fn verify(
         self: &Arc<Self>,
         commit: &CommitId,
-        allowed: PathBuf,
-    ) -> Result<Result<verify::Signer, verify::Refusal>, String> {
+        policy: SignaturePolicy,
+    ) -> Result<Result<Vec<verify::Accepted>, String>, String> {
         let me = self.clone();
         let commit = commit.to_string();
         tokio::task::spawn_blocking(move || {
-            let allowed = verify::AllowedSigners::load(&allowed).map_err(|e| e.to_string())?;
-            let (_, data) = me.repo.commit_object(&commit).map_err(|e| e.to_string())?;
+            let keys = verify::Keys::load(policy.allowed_signers.as_deref(), &policy.openpgp_keys)
+                .map_err(|e| e.to_string())?;
             let now = chrono::Utc::now().timestamp();
-            Ok(verify::verify_commit(&data, &allowed, now))
+            verify::check(&me.repo, &commit, &keys, policy.mode, now).map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| format!("signature task: {e}"))?

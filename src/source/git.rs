@@ -80,6 +80,15 @@ impl fmt::Debug for Repo {
 /// Name of the remote in cached clones.
 const ORIGIN: &str = "origin";
 
+/// A tag that leads to a commit ([`Repo::tags_at`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagAt {
+    /// The short name (`v1.4`).
+    pub name: String,
+    /// The raw annotated tag object; `None`: a lightweight tag.
+    pub object: Option<Vec<u8>>,
+}
+
 /// What a fetch maps, remote → cache.
 const FETCH_REFSPECS: [&str; 3] = [
     "+refs/heads/*:refs/heads/*",
@@ -276,6 +285,40 @@ impl Repo {
             .find_object(oid)
             .map_err(|e| git_error(format!("read commit {id}"), &e))?;
         Ok((id, object.data.clone()))
+    }
+
+    /// The tags (`refs/tags/*`) that lead to `commit`, by short name, each
+    /// with its raw tag object as stored (`None`: a lightweight tag, which
+    /// can carry no signature). Sorted by name.
+    pub fn tags_at(&self, commit: &str) -> Result<Vec<TagAt>, SourceError> {
+        let want = gix::ObjectId::from_hex(commit.as_bytes())
+            .map_err(|e| SourceError::Git(format!("tags of `{commit}`: {e}")))?;
+        let repo = self.local();
+        let fail = |e: &(dyn std::error::Error + 'static)| git_error("list tags", e);
+        let platform = repo.references().map_err(|e| fail(&e))?;
+        let mut out = Vec::new();
+        for reference in platform.tags().map_err(|e| fail(&e))? {
+            let mut reference = reference.map_err(|e| fail(&e))?;
+            let name = reference.name().shorten().to_string();
+            // Before peeling: peeling rewrites the reference's target.
+            let Some(direct) = reference.target().try_id().map(ToOwned::to_owned) else {
+                continue;
+            };
+            // A tag that leads to no commit (a tree, a blob) is not this one.
+            let Ok(peeled) = reference.peel_to_commit() else {
+                continue;
+            };
+            if peeled.id != want {
+                continue;
+            }
+            let object = repo
+                .find_object(direct)
+                .map_err(|e| git_error(format!("read tag `{name}`"), &e))?;
+            let data = (object.kind == gix::object::Kind::Tag).then(|| object.data.clone());
+            out.push(TagAt { name, object: data });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 
     /// The content of regular file `name` in the root directory of

@@ -13,10 +13,18 @@
 //! a committer date is chosen by whoever signs, so a key past its
 //! `valid-before` signs nothing the daemon applies any more.
 //!
-//! OpenPGP and X.509 signatures are recognised and refused as unsupported.
+//! OpenPGP signatures (GnuPG's, git's default format) are checked in
+//! [`openpgp`] against armored public keys. X.509 signatures (gpgsm) are
+//! recognised and refused as unsupported.
+//!
+//! Annotated tags are signed the same way, with the signature appended to
+//! the tag message instead of a `gpgsig` header; [`check`] verifies the
+//! commit, a signed tag pointing at it, or both ([`Mode`]).
+
+pub mod openpgp;
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use chrono::{Local, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use gix::bstr::ByteSlice;
@@ -25,26 +33,54 @@ use ssh_key::{HashAlg, PublicKey, SshSig, public::KeyData};
 /// The SSHSIG namespace git signs commits in.
 pub const NAMESPACE: &str = "git";
 
-/// Why a commit is not accepted.
+/// What carries a signature: a commit or an annotated tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Object {
+    Commit,
+    Tag,
+}
+
+impl fmt::Display for Object {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Object::Commit => "commit",
+            Object::Tag => "tag",
+        })
+    }
+}
+
+/// Why a commit (or tag) is not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error("the commit is not signed")]
-    Unsigned,
-    #[error("the commit carries {0} signature; only SSH signatures (gpg.format=ssh) are verified")]
-    Unsupported(&'static str),
+    #[error("the {0} is not signed")]
+    Unsigned(Object),
+    #[error("the {0} carries {1} signature; only SSH and OpenPGP signatures are verified")]
+    Unsupported(Object, &'static str),
     #[error("the signature cannot be read: {0}")]
     Malformed(String),
-    #[error("the signature by {key} does not match the commit (rewritten or corrupted): {why}")]
-    BadSignature { key: String, why: String },
+    #[error("the signature by {key} does not match the {object} (rewritten or corrupted): {why}")]
+    BadSignature {
+        object: Object,
+        key: String,
+        why: String,
+    },
     #[error(
-        "the commit is signed by {key}, which allowed_signers does not list for namespace `git`"
+        "the {object} is signed by {key}, which allowed_signers does not list for namespace `git`"
     )]
-    NotAllowed { key: String },
+    NotAllowed { object: Object, key: String },
+    #[error("the {object} is signed by OpenPGP key {key}, which is not among the openpgp_keys")]
+    UnknownOpenPgpKey { object: Object, key: String },
     #[error("the signing key {key} of {signer} is {why}")]
     OutsideValidity {
         signer: String,
         key: String,
         why: String,
+    },
+    #[error("the signature by {key} of {signer} expired {expired}")]
+    SignatureExpired {
+        signer: String,
+        key: String,
+        expired: String,
     },
 }
 
@@ -126,6 +162,41 @@ impl AllowedSigners {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+/// Every key a signature is checked against: SSH keys from an
+/// `allowed_signers` file and OpenPGP public keys.
+#[derive(Debug, Clone, Default)]
+pub struct Keys {
+    pub ssh: AllowedSigners,
+    pub openpgp: openpgp::Keyring,
+}
+
+impl Keys {
+    /// Reads the files (read again at each check by the daemon, so a
+    /// rotated key needs no restart).
+    pub fn load(allowed_signers: Option<&Path>, openpgp: &[PathBuf]) -> Result<Keys, ParseError> {
+        Ok(Keys {
+            ssh: match allowed_signers {
+                Some(path) => AllowedSigners::load(path)?,
+                None => AllowedSigners::default(),
+            },
+            openpgp: openpgp::Keyring::load(openpgp)?,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ssh.is_empty() && self.openpgp.is_empty()
+    }
+}
+
+impl From<AllowedSigners> for Keys {
+    fn from(ssh: AllowedSigners) -> Keys {
+        Keys {
+            ssh,
+            openpgp: openpgp::Keyring::default(),
+        }
     }
 }
 
@@ -246,33 +317,91 @@ fn parse_time(v: &str) -> Result<i64, String> {
 }
 
 /// Verifies the raw commit object `data` (as stored, without the
-/// `commit <len>\0` header) against `allowed`, at `now` (Unix seconds).
-pub fn verify_commit(data: &[u8], allowed: &AllowedSigners, now: i64) -> Result<Signer, Refusal> {
+/// `commit <len>\0` header) against `keys`, at `now` (Unix seconds).
+pub fn verify_commit(data: &[u8], keys: &Keys, now: i64) -> Result<Signer, Refusal> {
     let kind = gix::hash::Kind::Sha1;
     let (signature, signed) = gix::objs::CommitRefIter::signature(data, kind)
         .map_err(|e| Refusal::Malformed(e.to_string()))?
-        .ok_or(Refusal::Unsigned)?;
-    let signature = signature.to_str_lossy();
-    let signature = signature.trim();
-    if signature.starts_with("-----BEGIN PGP SIGNATURE-----") {
-        return Err(Refusal::Unsupported("an OpenPGP"));
-    }
-    if signature.starts_with("-----BEGIN SIGNED MESSAGE-----") {
-        return Err(Refusal::Unsupported("an X.509"));
-    }
-    let sig = SshSig::from_pem(signature).map_err(|e| Refusal::Malformed(e.to_string()))?;
-    let key = PublicKey::from(sig.public_key().clone());
-    let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-    key.verify(NAMESPACE, signed.to_bstring().as_slice(), &sig)
-        .map_err(|e| Refusal::BadSignature {
-            key: fingerprint.clone(),
-            why: e.to_string(),
-        })?;
+        .ok_or(Refusal::Unsigned(Object::Commit))?;
     let committed = gix::objs::CommitRefIter::from_bytes(data, kind)
         .committer()
         .ok()
         .and_then(|c| c.time().ok())
         .map(|t| t.seconds);
+    let signature = signature.to_str_lossy();
+    let signed = signed.to_bstring();
+    verify_signature(
+        Object::Commit,
+        signature.trim(),
+        signed.as_slice(),
+        committed,
+        keys,
+        now,
+    )
+}
+
+/// A raw annotated tag object split into what was signed and the armored
+/// signature git appends to the message (the last line that starts a
+/// signature, as git's `parse_signed_buffer` finds it); `None`: unsigned.
+fn split_tag(data: &[u8]) -> Option<(&[u8], &[u8])> {
+    const STARTS: [&[u8]; 4] = [
+        b"-----BEGIN PGP SIGNATURE-----",
+        b"-----BEGIN PGP MESSAGE-----",
+        b"-----BEGIN SSH SIGNATURE-----",
+        b"-----BEGIN SIGNED MESSAGE-----",
+    ];
+    let body = data.find(b"\n\n")? + 2;
+    let mut at = body;
+    let mut found = None;
+    while at < data.len() {
+        let line = &data[at..];
+        if STARTS.iter().any(|s| line.starts_with(s)) {
+            found = Some(at);
+        }
+        at += line.find_byte(b'\n').map_or(line.len(), |n| n + 1);
+    }
+    found.map(|i| data.split_at(i))
+}
+
+/// Verifies the raw annotated tag object `data` against `keys`, at `now`.
+/// Which commit the tag points to is the caller's to check.
+pub fn verify_tag(data: &[u8], keys: &Keys, now: i64) -> Result<Signer, Refusal> {
+    let (signed, signature) = split_tag(data).ok_or(Refusal::Unsigned(Object::Tag))?;
+    let tagged = gix::objs::TagRef::from_bytes(data, gix::hash::Kind::Sha1)
+        .ok()
+        .and_then(|t| t.tagger().ok().flatten())
+        .and_then(|t| t.time().ok())
+        .map(|t| t.seconds);
+    let signature = signature.to_str_lossy();
+    verify_signature(Object::Tag, signature.trim(), signed, tagged, keys, now)
+}
+
+/// Verifies an armored `signature` over `signed`; `signed_at` is the
+/// committer or tagger time (SSH signatures carry no time of their own).
+fn verify_signature(
+    object: Object,
+    signature: &str,
+    signed: &[u8],
+    signed_at: Option<i64>,
+    keys: &Keys,
+    now: i64,
+) -> Result<Signer, Refusal> {
+    if signature.starts_with("-----BEGIN PGP SIGNATURE-----") {
+        return openpgp::verify(object, signature, signed, &keys.openpgp, now);
+    }
+    if signature.starts_with("-----BEGIN SIGNED MESSAGE-----") {
+        return Err(Refusal::Unsupported(object, "an X.509"));
+    }
+    let allowed = &keys.ssh;
+    let sig = SshSig::from_pem(signature).map_err(|e| Refusal::Malformed(e.to_string()))?;
+    let key = PublicKey::from(sig.public_key().clone());
+    let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+    key.verify(NAMESPACE, signed, &sig)
+        .map_err(|e| Refusal::BadSignature {
+            object,
+            key: fingerprint.clone(),
+            why: e.to_string(),
+        })?;
 
     let matching: Vec<&Entry> = allowed
         .entries
@@ -286,7 +415,7 @@ pub fn verify_commit(data: &[u8], allowed: &AllowedSigners, now: i64) -> Result<
         .collect();
     let mut outside = None;
     for entry in &matching {
-        match validity(entry, committed, now) {
+        match validity(entry, signed_at, now, object) {
             Ok(()) => {
                 return Ok(Signer {
                     principals: entry.principals.clone(),
@@ -302,17 +431,134 @@ pub fn verify_commit(data: &[u8], allowed: &AllowedSigners, now: i64) -> Result<
             }
         }
     }
-    Err(outside.unwrap_or(Refusal::NotAllowed { key: fingerprint }))
+    Err(outside.unwrap_or(Refusal::NotAllowed {
+        object,
+        key: fingerprint,
+    }))
 }
 
-/// Whether `entry`'s validity window holds the committer time and `now`.
-fn validity(entry: &Entry, committed: Option<i64>, now: i64) -> Result<(), String> {
-    let show = |t: i64| {
-        chrono::DateTime::from_timestamp(t, 0)
-            .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-            .unwrap_or_else(|| t.to_string())
-    };
-    for (at, what) in [(committed, "the commit time"), (Some(now), "now")] {
+/// A Unix time as `2026-01-31 12:00:00 UTC`.
+pub(crate) fn show_time(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| t.to_string())
+}
+
+/// What must carry a good signature for a commit to be applied (Flux's
+/// GitRepository `verify.mode`, for how driftless follows refs: an
+/// environment's `branch:` names a branch or a tag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// The commit itself (on a branch: its head, a merge commit included).
+    #[default]
+    Head,
+    /// An annotated tag that points at the commit (`git tag -s`); the
+    /// commit itself may be unsigned. A release process that signs tags,
+    /// not every commit.
+    Tag,
+    /// Both.
+    TagAndHead,
+}
+
+impl Mode {
+    pub const NAMES: &str = "head, tag, tag_and_head";
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "head" => Some(Mode::Head),
+            "tag" => Some(Mode::Tag),
+            "tag_and_head" => Some(Mode::TagAndHead),
+            _ => None,
+        }
+    }
+}
+
+/// One good signature [`check`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// `None`: the commit's own signature; else the tag's short name.
+    pub tag: Option<String>,
+    pub signer: Signer,
+}
+
+impl fmt::Display for Accepted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.tag {
+            None => write!(f, "good signature by {}", self.signer),
+            Some(tag) => write!(f, "tag `{tag}`: good signature by {}", self.signer),
+        }
+    }
+}
+
+/// The verdict on `commit` under `mode`: the good signatures, or why the
+/// commit is refused (the text names the tags tried). In tag modes the
+/// first annotated tag (by name) leading to the commit whose signature is
+/// good admits it; every tag is a candidate, so a commit pinned by an
+/// operator passes when its release tag is signed. The outer error is a
+/// repository that cannot be read.
+pub fn check(
+    repo: &super::Repo,
+    commit: &str,
+    keys: &Keys,
+    mode: Mode,
+    now: i64,
+) -> Result<Result<Vec<Accepted>, String>, super::SourceError> {
+    let mut accepted = Vec::new();
+    if matches!(mode, Mode::Head | Mode::TagAndHead) {
+        let (_, data) = repo.commit_object(commit)?;
+        match verify_commit(&data, keys, now) {
+            Ok(signer) => accepted.push(Accepted { tag: None, signer }),
+            Err(refusal) => return Ok(Err(refusal.to_string())),
+        }
+    }
+    if matches!(mode, Mode::Tag | Mode::TagAndHead) {
+        let tags = repo.tags_at(commit)?;
+        let mut why = Vec::new();
+        let mut good = None;
+        for super::git::TagAt { name, object } in tags {
+            let Some(data) = object else {
+                why.push(format!(
+                    "`{name}` is a lightweight tag (it cannot be signed)"
+                ));
+                continue;
+            };
+            match verify_tag(&data, keys, now) {
+                Ok(signer) => {
+                    good = Some(Accepted {
+                        tag: Some(name),
+                        signer,
+                    });
+                    break;
+                }
+                Err(refusal) => why.push(format!("`{name}`: {refusal}")),
+            }
+        }
+        match good {
+            Some(a) => accepted.push(a),
+            None if why.is_empty() => {
+                return Ok(Err(
+                    "no tag points to the commit; `mode: tag` needs a signed annotated tag (git tag -s)"
+                        .to_owned(),
+                ));
+            }
+            None => {
+                return Ok(Err(format!(
+                    "no tag pointing to the commit has a good signature: {}",
+                    why.join("; ")
+                )));
+            }
+        }
+    }
+    Ok(Ok(accepted))
+}
+
+/// Whether `entry`'s validity window holds the committer (tagger) time
+/// and `now`.
+fn validity(entry: &Entry, signed_at: Option<i64>, now: i64, object: Object) -> Result<(), String> {
+    let show = show_time;
+    let signed = format!("the {object} time");
+    for (at, what) in [(signed_at, signed.as_str()), (Some(now), "now")] {
         let Some(at) = at else { continue };
         if let Some(before) = entry.valid_before
             && at >= before
@@ -428,8 +674,173 @@ mod tests {
 
         fn verify(&self, rev: &str, allowed: &str) -> Result<Signer, Refusal> {
             let allowed = AllowedSigners::parse(allowed, "allowed_signers").unwrap();
+            self.verify_with(rev, &Keys::from(allowed))
+        }
+
+        fn verify_with(&self, rev: &str, keys: &Keys) -> Result<Signer, Refusal> {
             let (_, data) = Repo::open(&self.repo).unwrap().commit_object(rev).unwrap();
-            verify_commit(&data, &allowed, Utc::now().timestamp())
+            verify_commit(&data, keys, Utc::now().timestamp())
+        }
+
+        /// `git commit -S` of a file change with GnuPG key `uid` of `gpg`.
+        fn gpg_commit(&self, file: &str, gpg: &Gpg, uid: &str) -> String {
+            std::fs::write(self.repo.join(file), file).unwrap();
+            run(&self.repo, "git", &["add", file]);
+            let sign = format!("user.signingkey={uid}");
+            let program = format!("gpg.program={}", gpg.program.display());
+            gpg.git(
+                &self.repo,
+                &[
+                    "-c", &program, "-c", &sign, "commit", "-q", "-S", "-m", file,
+                ],
+            );
+            run(&self.repo, "git", &["rev-parse", "HEAD"])
+                .trim()
+                .to_owned()
+        }
+
+        /// Commit `id` with its message `message` replaced, signature
+        /// header kept: an object written by hand with `git hash-object`.
+        fn forge(&self, id: &str, message: &str) -> String {
+            let raw = run(&self.repo, "git", &["cat-file", "commit", id]);
+            let forged = raw.replacen(message, "\n\nrun something else\n", 1);
+            assert_ne!(raw, forged);
+            let path = self.root.join("forged");
+            std::fs::write(&path, &forged).unwrap();
+            let args = ["hash-object", "-t", "commit", "-w", path.to_str().unwrap()];
+            run(&self.repo, "git", &args).trim().to_owned()
+        }
+
+        /// `git tag -s` of `target` (default HEAD) by Bob's GnuPG key.
+        fn gpg_tag(&self, gpg: &Gpg, name: &str, message: &str, target: Option<&str>) {
+            let program = format!("gpg.program={}", gpg.program.display());
+            let mut args = vec!["-c", &program, "-c", "user.signingkey=bob@example.com"];
+            args.extend(["tag", "-s", "-m", message, name]);
+            args.extend(target);
+            gpg.git(&self.repo, &args);
+        }
+
+        /// The verdict of [`check`] on HEAD under `mode`.
+        fn check(&self, keys: &Keys, mode: Mode) -> Result<Vec<Accepted>, String> {
+            let repo = Repo::open(&self.repo).unwrap();
+            let head = repo.resolve("HEAD").unwrap();
+            check(&repo, &head, keys, mode, Utc::now().timestamp()).unwrap()
+        }
+    }
+
+    /// A GnuPG home of its own (the real `gpg`), its agent stopped at drop.
+    /// `program` runs gpg with `--faked-system-time` when `at` is set, so a
+    /// test can sign "in the past".
+    struct Gpg {
+        home: PathBuf,
+        program: PathBuf,
+        at: PathBuf,
+    }
+
+    impl Gpg {
+        fn new(root: &Path) -> Gpg {
+            let home = root.join("gnupg");
+            std::fs::create_dir(&home).unwrap();
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+            }
+            // The wrapper takes no input from any repo: fixed text, fixed paths.
+            let at = root.join("gpg-time");
+            let program = root.join("gpg-wrapper");
+            std::fs::write(
+                &program,
+                format!(
+                    "#!/bin/sh\nif [ -s '{at}' ]; then exec gpg --faked-system-time \"$(cat '{at}')\" \"$@\"; fi\nexec gpg \"$@\"\n",
+                    at = at.display()
+                ),
+            )
+            .unwrap();
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            Gpg { home, program, at }
+        }
+
+        fn gpg(&self, args: &[&str]) -> String {
+            let out = Command::new(&self.program)
+                .args(["--batch", "--quiet", "--pinentry-mode", "loopback"])
+                .args(["--passphrase", ""])
+                .args(args)
+                .env("GNUPGHOME", &self.home)
+                .output()
+                .unwrap_or_else(|e| panic!("gpg: {e}"));
+            assert!(
+                out.status.success(),
+                "gpg {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        }
+
+        fn git(&self, dir: &Path, args: &[&str]) -> String {
+            let out = Command::new("git")
+                .args(["-c", "user.name=Bob", "-c", "user.email=bob@example.com"])
+                .args(args)
+                .current_dir(dir)
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("HOME", dir)
+                .env("GNUPGHOME", &self.home)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        }
+
+        /// Runs gpg as if the clock said `at` (`20200101T000000`), or the
+        /// real time (`None`).
+        fn clock(&self, at: Option<&str>) {
+            std::fs::write(&self.at, at.map(|t| format!("{t}!")).unwrap_or_default()).unwrap();
+        }
+
+        /// A new ed25519 signing key for `uid`, expiring as gpg reads
+        /// `expire` (`never`, `1d`, …); its fingerprint.
+        fn key(&self, uid: &str, expire: &str) -> String {
+            self.gpg(&["--quick-gen-key", uid, "ed25519", "sign", expire]);
+            self.fingerprint(uid)
+        }
+
+        fn fingerprint(&self, uid: &str) -> String {
+            let listed = self.gpg(&["--with-colons", "--fingerprint", uid]);
+            listed
+                .lines()
+                .find_map(|l| l.strip_prefix("fpr:"))
+                .map(|l| l.trim_matches(':').to_owned())
+                .unwrap()
+        }
+
+        /// `gpg --armor --export uid`.
+        fn export(&self, uid: &str) -> String {
+            self.gpg(&["--armor", "--export", uid])
+        }
+
+        fn keyring(&self, uids: &[&str]) -> Keys {
+            let text: String = uids.iter().map(|u| self.export(u)).collect();
+            Keys {
+                openpgp: openpgp::Keyring::parse(&text, "keys.asc").unwrap(),
+                ..Keys::default()
+            }
+        }
+    }
+
+    impl Drop for Gpg {
+        fn drop(&mut self) {
+            let _ = Command::new("gpgconf")
+                .args(["--kill", "gpg-agent"])
+                .env("GNUPGHOME", &self.home)
+                .status();
         }
     }
 
@@ -464,68 +875,15 @@ mod tests {
     }
 
     #[test]
-    fn an_openpgp_signature_is_refused_as_not_verified() {
-        let f = Fixture::new();
-        let home = f.root.join("gnupg");
-        std::fs::create_dir(&home).unwrap();
-        let gpg = |args: &[&str]| {
-            let out = Command::new("gpg")
-                .args(["--batch", "--homedir", home.to_str().unwrap()])
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        gpg(&[
-            "--passphrase",
-            "",
-            "--quick-gen-key",
-            "Bob <bob@example.com>",
-            "ed25519",
-            "sign",
-            "never",
-        ]);
-        std::fs::write(f.repo.join("b"), "b").unwrap();
-        run(&f.repo, "git", &["add", "b"]);
-        let status = Command::new("git")
-            .args(["-c", "user.name=Bob", "-c", "user.email=bob@example.com"])
-            .args([
-                "-c",
-                "user.signingkey=bob@example.com",
-                "commit",
-                "-q",
-                "-S",
-                "-m",
-                "b",
-            ])
-            .env("GNUPGHOME", &home)
-            .current_dir(&f.repo)
-            .status()
-            .unwrap();
-        // The agent gpg started for this home.
-        let _ = Command::new("gpgconf")
-            .args(["--kill", "gpg-agent"])
-            .env("GNUPGHOME", &home)
-            .status();
-        assert!(status.success());
-        let (_, public) = f.key("alice");
-        let refusal = f
-            .verify("HEAD", &format!("alice@example.com {public}"))
-            .unwrap_err();
-        assert_eq!(refusal, Refusal::Unsupported("an OpenPGP"));
-    }
-
-    #[test]
     fn an_unsigned_commit_is_refused() {
         let f = Fixture::new();
         let (_, public) = f.key("alice");
         f.commit("a", None);
         let allowed = format!("alice@example.com {public}\n");
-        assert_eq!(f.verify("HEAD", &allowed), Err(Refusal::Unsigned));
+        assert_eq!(
+            f.verify("HEAD", &allowed),
+            Err(Refusal::Unsigned(Object::Commit))
+        );
     }
 
     #[test]
@@ -554,18 +912,9 @@ mod tests {
         let id = f.commit("a", Some(&key));
         // The same signature header over a different message: a commit
         // object written by hand with `git hash-object`.
-        let raw = run(&f.repo, "git", &["cat-file", "commit", &id]);
-        let forged = raw.replacen("\n\na\n", "\n\nrun something else\n", 1);
-        assert_ne!(raw, forged);
-        let path = f.root.join("forged");
-        std::fs::write(&path, &forged).unwrap();
-        let forged_id = run(
-            &f.repo,
-            "git",
-            &["hash-object", "-t", "commit", "-w", path.to_str().unwrap()],
-        );
+        let forged_id = f.forge(&id, "\n\na\n");
         let allowed = format!("alice@example.com {public}\n");
-        let refusal = f.verify(forged_id.trim(), &allowed).unwrap_err();
+        let refusal = f.verify(&forged_id, &allowed).unwrap_err();
         assert!(matches!(refusal, Refusal::BadSignature { .. }), "{refusal}");
         // git agrees: the forged commit does not verify.
         std::fs::write(f.root.join("allowed"), &allowed).unwrap();
@@ -575,7 +924,7 @@ mod tests {
                 "gpg.ssh.allowedSignersFile=../allowed",
                 "verify-commit",
             ])
-            .arg(forged_id.trim())
+            .arg(&forged_id)
             .current_dir(&f.repo)
             .output()
             .unwrap();
@@ -601,6 +950,236 @@ mod tests {
             "alice@example.com valid-after=\"20200101\",valid-before=\"29990101\" {public}\n"
         );
         assert!(f.verify("HEAD", &window).is_ok());
+    }
+
+    #[test]
+    fn a_gnupg_signed_commit_is_accepted_with_its_user_id_and_fingerprint() {
+        let f = Fixture::new();
+        let gpg = Gpg::new(&f.root);
+        let fingerprint = gpg.key("Bob <bob@example.com>", "never");
+        f.gpg_commit("b", &gpg, "bob@example.com");
+        let signer = f
+            .verify_with("HEAD", &gpg.keyring(&["bob@example.com"]))
+            .unwrap();
+        assert_eq!(signer.principals, "Bob <bob@example.com>");
+        // The fingerprint gpg itself prints.
+        assert_eq!(signer.key, fingerprint);
+        // git agrees the signature is good.
+        gpg.git(&f.repo, &["verify-commit", "HEAD"]);
+    }
+
+    #[test]
+    fn a_gnupg_signing_subkey_is_named_with_its_primary_key() {
+        let f = Fixture::new();
+        let gpg = Gpg::new(&f.root);
+        let primary = gpg.key("Carol <carol@example.com>", "never");
+        gpg.gpg(&["--quick-add-key", &primary, "ed25519", "sign", "never"]);
+        f.gpg_commit("c", &gpg, "carol@example.com");
+        let signer = f
+            .verify_with("HEAD", &gpg.keyring(&["carol@example.com"]))
+            .unwrap();
+        assert!(
+            signer.key.ends_with(&format!("(subkey of {primary})")),
+            "{}",
+            signer.key
+        );
+    }
+
+    #[test]
+    fn a_gnupg_signature_by_a_key_not_listed_is_refused_with_its_fingerprint() {
+        let f = Fixture::new();
+        let gpg = Gpg::new(&f.root);
+        gpg.key("Bob <bob@example.com>", "never");
+        let mallory = gpg.key("Mallory <mallory@example.com>", "never");
+        f.gpg_commit("m", &gpg, "mallory@example.com");
+        let refusal = f
+            .verify_with("HEAD", &gpg.keyring(&["bob@example.com"]))
+            .unwrap_err();
+        assert_eq!(
+            refusal,
+            Refusal::UnknownOpenPgpKey {
+                object: Object::Commit,
+                key: mallory
+            }
+        );
+        // With SSH keys only, the same: no OpenPGP key is trusted.
+        let (_, alice) = f.key("alice");
+        let refusal = f
+            .verify("HEAD", &format!("alice@example.com {alice}"))
+            .unwrap_err();
+        assert!(
+            matches!(refusal, Refusal::UnknownOpenPgpKey { .. }),
+            "{refusal}"
+        );
+    }
+
+    #[test]
+    fn a_rewritten_gnupg_signed_commit_fails_its_signature() {
+        let f = Fixture::new();
+        let gpg = Gpg::new(&f.root);
+        let fingerprint = gpg.key("Bob <bob@example.com>", "never");
+        let id = f.gpg_commit("b", &gpg, "bob@example.com");
+        let forged_id = f.forge(&id, "\n\nb\n");
+        let refusal = f
+            .verify_with(&forged_id, &gpg.keyring(&["bob@example.com"]))
+            .unwrap_err();
+        let Refusal::BadSignature { key, .. } = &refusal else {
+            panic!("{refusal}");
+        };
+        assert_eq!(key, &format!("{fingerprint} (Bob <bob@example.com>)"));
+        // git agrees.
+        let out = Command::new("git")
+            .args(["verify-commit", &forged_id])
+            .current_dir(&f.repo)
+            .env("GNUPGHOME", &gpg.home)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+    }
+
+    #[test]
+    fn an_expired_or_revoked_gnupg_key_is_refused() {
+        let f = Fixture::new();
+        let gpg = Gpg::new(&f.root);
+        // Made and used in January 2020, expired a day later.
+        gpg.clock(Some("20200101T120000"));
+        let old = gpg.key("Old <old@example.com>", "1d");
+        f.gpg_commit("old", &gpg, "old@example.com");
+        gpg.clock(None);
+        let refusal = f
+            .verify_with("HEAD", &gpg.keyring(&["old@example.com"]))
+            .unwrap_err();
+        let Refusal::OutsideValidity { signer, key, why } = &refusal else {
+            panic!("{refusal}");
+        };
+        assert_eq!((signer.as_str(), key), ("Old <old@example.com>", &old));
+        assert!(
+            why.starts_with("expired: expired 2020-01-02 12:00:00 UTC, now is"),
+            "{why}"
+        );
+
+        // Revoked with the certificate gpg wrote when it made the key.
+        let revoked = gpg.key("Rev <rev@example.com>", "never");
+        f.gpg_commit("rev", &gpg, "rev@example.com");
+        let cert = std::fs::read_to_string(
+            gpg.home
+                .join("openpgp-revocs.d")
+                .join(format!("{revoked}.rev")),
+        )
+        .unwrap();
+        let cert = cert.replace(":-----BEGIN", "-----BEGIN");
+        let cert_path = f.root.join("revoke.asc");
+        std::fs::write(&cert_path, cert).unwrap();
+        gpg.gpg(&["--import", cert_path.to_str().unwrap()]);
+        let refusal = f
+            .verify_with("HEAD", &gpg.keyring(&["rev@example.com"]))
+            .unwrap_err();
+        assert!(
+            refusal.to_string().starts_with(&format!(
+                "the signing key {revoked} of Rev <rev@example.com> is revoked"
+            )),
+            "{refusal}"
+        );
+    }
+
+    #[test]
+    fn openpgp_key_files_that_do_not_parse_are_named() {
+        let e = openpgp::Keyring::parse("ssh-ed25519 AAAA\n", "k.asc").unwrap_err();
+        assert_eq!(e.origin, "k.asc");
+        assert!(e.why.contains("gpg --armor --export"), "{e}");
+        let e = openpgp::Keyring::parse(
+            "# ops\n-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nnot base64\n-----END PGP PUBLIC KEY BLOCK-----\n",
+            "k.asc",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+    }
+
+    #[test]
+    fn tag_mode_accepts_a_signed_tag_on_an_unsigned_commit_and_refuses_an_unsigned_tag() {
+        let f = Fixture::new();
+        let gpg = Gpg::new(&f.root);
+        gpg.key("Bob <bob@example.com>", "never");
+        let (ssh_key, ssh_public) = f.key("alice");
+        f.commit("a", None);
+        let keys = Keys {
+            ssh: AllowedSigners::parse(&format!("alice@example.com {ssh_public}"), "a").unwrap(),
+            ..gpg.keyring(&["bob@example.com"])
+        };
+        // No tag at all, then a lightweight one, then an unsigned annotated one.
+        let no_tag = f.check(&keys, Mode::Tag).unwrap_err();
+        assert!(
+            no_tag.starts_with("no tag points to the commit"),
+            "{no_tag}"
+        );
+        run(&f.repo, "git", &["tag", "light"]);
+        gpg.git(&f.repo, &["tag", "-a", "-m", "release 1", "v1"]);
+        let unsigned = f.check(&keys, Mode::Tag).unwrap_err();
+        assert_eq!(
+            unsigned,
+            "no tag pointing to the commit has a good signature: `light` is a lightweight \
+             tag (it cannot be signed); `v1`: the tag is not signed"
+        );
+        // The commit itself is unsigned: head and tag_and_head refuse.
+        assert_eq!(
+            f.check(&keys, Mode::TagAndHead).unwrap_err(),
+            "the commit is not signed"
+        );
+
+        // `git tag -s` with GnuPG: accepted in tag mode.
+        f.gpg_tag(&gpg, "v2", "release 2", None);
+        let accepted = f.check(&keys, Mode::Tag).unwrap();
+        assert_eq!(accepted.len(), 1);
+        assert_eq!(accepted[0].tag.as_deref(), Some("v2"));
+        assert_eq!(accepted[0].signer.principals, "Bob <bob@example.com>");
+        // git agrees.
+        gpg.git(&f.repo, &["verify-tag", "v2"]);
+
+        // An SSH-signed tag too; a rewritten tag message fails.
+        let sign = format!("user.signingkey={}", ssh_key.display());
+        gpg.git(
+            &f.repo,
+            &[
+                "-c",
+                "gpg.format=ssh",
+                "-c",
+                &sign,
+                "tag",
+                "-s",
+                "-m",
+                "release 3",
+                "v3",
+            ],
+        );
+        let raw = run(&f.repo, "git", &["cat-file", "tag", "v3"]);
+        let signer = verify_tag(raw.as_bytes(), &keys, Utc::now().timestamp()).unwrap();
+        assert_eq!(signer.principals, "alice@example.com");
+        // Either kind of tag signature over a rewritten message fails.
+        for (tag, message) in [("v3", "release 3"), ("v2", "release 2")] {
+            let raw = run(&f.repo, "git", &["cat-file", "tag", tag]);
+            let forged = raw.replacen(message, "release 9", 1);
+            assert_ne!(raw, forged);
+            let refusal = verify_tag(forged.as_bytes(), &keys, Utc::now().timestamp()).unwrap_err();
+            assert!(
+                matches!(
+                    refusal,
+                    Refusal::BadSignature {
+                        object: Object::Tag,
+                        ..
+                    }
+                ),
+                "{tag}: {refusal}"
+            );
+        }
+
+        // A signed commit and a signed tag: tag_and_head passes.
+        let id = f.gpg_commit("c", &gpg, "bob@example.com");
+        assert!(f.check(&keys, Mode::TagAndHead).is_err(), "untagged");
+        f.gpg_tag(&gpg, "v5", "release 5", Some(&id));
+        let accepted = f.check(&keys, Mode::TagAndHead).unwrap();
+        assert_eq!(accepted.len(), 2, "{accepted:?}");
+        assert_eq!(accepted[0].tag, None);
+        assert_eq!(accepted[1].tag.as_deref(), Some("v5"));
     }
 
     #[test]

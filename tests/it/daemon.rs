@@ -1476,6 +1476,76 @@ async fn with_signatures_required_an_unsigned_push_is_refused_and_a_signed_one_a
     assert_eq!(stack.page().await.trim(), "good v4");
 }
 
+/// `mode: tag` with GnuPG keys: a commit applies only when a signed
+/// annotated tag points at it (the commit itself unsigned), and an unsigned
+/// tag is refused by name, through the same status and metrics as any
+/// refusal.
+#[tokio::test(flavor = "multi_thread")]
+async fn in_tag_mode_only_a_commit_with_a_gnupg_signed_tag_applies() {
+    let Some(_engine) = engine().await else {
+        return;
+    };
+    let receiver = Receiver::start().await;
+    let stack = Stack::new("daemon-tagged", BUSYBOX, &receiver.url);
+    let _cleanup = Cleanup::new(&[&stack.project]);
+    let secrets = secrets_dir();
+    let state = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let gpg = crate::signatures::Gpg::new(keys.path(), "Release Team <release@example.com>");
+    let asc = keys.path().join("release-team.asc");
+    std::fs::write(&asc, gpg.export("release@example.com")).unwrap();
+    let bare = Bare::new(&stack.files("good v1", GOOD_CHECK, ""));
+    let c1 = crate::daemon_support::git(&bare.path(), &["rev-parse", "main"]);
+    let mut options = stack.options(&bare, state.path(), secrets.path());
+    options.extra = format!(
+        "verify:\n  {}:\n    signatures: required\n    openpgp_keys: [{}]\n    mode: tag\n",
+        stack.env,
+        asc.display()
+    );
+    let mut d = Daemon::start(&options);
+    d.ready().await;
+    let env = stack.env.clone();
+    let long = Duration::from_secs(120);
+
+    // Untagged: refused.
+    d.wait(&env, "c1 refused", long, failed(&c1)).await;
+    let s = d.status(&env).await.unwrap();
+    let error = s["last_reconcile"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("no tag points to the commit"), "{s:#}");
+    assert!(stack.page().await.starts_with("unreachable"));
+
+    // An unsigned commit with a signed tag, the tag pushed first: applied.
+    let work = bare.work();
+    let git = |args: &[&str]| crate::daemon_support::git(&work, args);
+    git(&["config", "gpg.program", gpg.program.to_str().unwrap()]);
+    git(&["config", "user.signingkey", "release@example.com"]);
+    let c2 = bare.commit_unpushed(&stack.files("good v2", GOOD_CHECK, ""), "v2");
+    git(&["tag", "-s", "-m", "release 2", "v2"]);
+    git(&["push", "-q", "origin", "v2"]);
+    git(&["push", "-q", "origin", "HEAD:main"]);
+    d.wait(&env, "c2 applied", long, last_good_is(&c2)).await;
+    assert_eq!(stack.page().await.trim(), "good v2");
+
+    // An unsigned annotated tag: refused by name, v2 keeps running.
+    let c3 = bare.commit_unpushed(&stack.files("good v3", GOOD_CHECK, ""), "v3");
+    git(&["tag", "-a", "-m", "release 3", "v3"]);
+    git(&["push", "-q", "origin", "v3"]);
+    git(&["push", "-q", "origin", "HEAD:main"]);
+    d.wait(&env, "c3 refused", long, failed(&c3)).await;
+    assert_eq!(stack.page().await.trim(), "good v2");
+    let s = d.status(&env).await.unwrap();
+    assert_eq!(s["last_good"]["commit"], c2.as_str(), "{s:#}");
+    let error = s["last_reconcile"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("signature check: no tag pointing to the commit has a good signature: `v3`: the tag is not signed"),
+        "{s:#}"
+    );
+    let metrics = d.client().get(d.url("/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    let invalid = format!("driftless_reconciles_total{{env=\"{env}\",outcome=\"invalid\"}} 2\n");
+    assert!(metrics.contains(&invalid), "{metrics}");
+}
+
 /// The daemon's status page, as a browser gets it from loopback.
 async fn status_page(d: &Daemon, env: &str) -> String {
     let r = d.client().get(d.url("/")).send().await.unwrap();

@@ -106,6 +106,13 @@ impl Bare {
 
     /// Writes `files`, commits, pushes to `main`; returns the commit id.
     pub fn commit(&self, files: &[(&str, String)], message: &str) -> String {
+        let id = self.commit_unpushed(files, message);
+        git(&self.work(), &["push", "-q", "origin", "HEAD:main"]);
+        id
+    }
+
+    /// [`Bare::commit`] without the push (to push a tag with it).
+    pub fn commit_unpushed(&self, files: &[(&str, String)], message: &str) -> String {
         for (path, content) in files {
             let dest = self.work().join(path);
             std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
@@ -113,7 +120,6 @@ impl Bare {
         }
         git(&self.work(), &["add", "-A"]);
         git(&self.work(), &["commit", "-q", "-m", message]);
-        git(&self.work(), &["push", "-q", "origin", "HEAD:main"]);
         git(&self.work(), &["rev-parse", "HEAD"])
     }
 }

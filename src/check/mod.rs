@@ -226,6 +226,7 @@ pub fn environment(
             variables: &variables,
             read: &read,
             is_dir: &list_dir,
+            is_executable: &|p: &str| renderer.is_executable(p),
             yaml: manifest.yaml,
         };
         let options = compose::Options {

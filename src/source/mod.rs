@@ -5,7 +5,7 @@
 //! [`worktree`]), with paths normalised and symlinks already resolved inside
 //! the snapshot. Nothing downstream touches the file system of the host.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -167,6 +167,10 @@ pub enum SourceError {
 pub struct Snapshot {
     revision: Revision,
     files: Arc<BTreeMap<String, Arc<[u8]>>>,
+    /// Paths whose file is executable: git's mode 100755 for a commit, the
+    /// owner's execute bit for a work tree (as git records it). A symlink's
+    /// path takes the bit of the file it resolves to.
+    executable: Arc<BTreeSet<String>>,
 }
 
 impl Snapshot {
@@ -183,6 +187,7 @@ impl Snapshot {
         Snapshot {
             revision,
             files: Arc::new(files),
+            executable: Arc::default(),
         }
     }
 
@@ -195,7 +200,24 @@ impl Snapshot {
         Snapshot {
             revision,
             files: Arc::new(files.into_iter().collect()),
+            executable: Arc::default(),
         }
+    }
+
+    /// The snapshot with `paths` marked executable (paths not in the
+    /// snapshot are ignored).
+    pub fn with_executable(mut self, paths: impl IntoIterator<Item = String>) -> Self {
+        let set: BTreeSet<String> = paths
+            .into_iter()
+            .filter(|p| self.files.contains_key(p))
+            .collect();
+        self.executable = Arc::new(set);
+        self
+    }
+
+    /// Whether the file at `path` is executable (git mode 100755).
+    pub fn is_executable(&self, path: &str) -> bool {
+        self.executable.contains(path)
     }
 
     pub fn revision(&self) -> &Revision {

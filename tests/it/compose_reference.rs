@@ -1178,6 +1178,7 @@ pub(crate) fn load(text: &str, files: &[(&str, &str)]) -> driftless::model::comp
         variables: &variables,
         read: &read,
         is_dir: &is_dir,
+        is_executable: &|_: &str| false,
         yaml: Default::default(),
     }) {
         Ok((project, _)) => project,

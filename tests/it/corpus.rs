@@ -57,6 +57,14 @@ impl CorpusRepo {
         )
     }
 
+    /// Whether the file has its owner's execute bit, as git records it.
+    fn is_executable(&self, path: &str) -> bool {
+        use std::os::unix::fs::PermissionsExt;
+        self.resolve(path)
+            .and_then(|f| std::fs::metadata(f).ok())
+            .is_some_and(|m| m.is_file() && m.permissions().mode() & 0o100 != 0)
+    }
+
     fn files_under(&self, path: &str) -> Vec<String> {
         let Some(dir) = self.resolve(path).filter(|d| d.is_dir()) else {
             return Vec::new();
@@ -429,6 +437,7 @@ fn load_compose(repo: &CorpusRepo, file: &str) -> Result<(Project, Vec<Diagnosti
     let variables = BTreeMap::new();
     let read = |p: &str| repo.read(p);
     let is_dir = |p: &str| repo.files_under(p);
+    let is_executable = |p: &str| repo.is_executable(p);
     compose::load(&compose::Input {
         file,
         text: &text,
@@ -436,6 +445,7 @@ fn load_compose(repo: &CorpusRepo, file: &str) -> Result<(Project, Vec<Diagnosti
         variables: &variables,
         read: &read,
         is_dir: &is_dir,
+        is_executable: &is_executable,
         yaml: Default::default(),
     })
 }
@@ -762,6 +772,7 @@ fn anchor_fixtures_load_or_are_refused_by_the_alias_budget() {
             variables: &variables,
             read: &read,
             is_dir: &is_dir,
+            is_executable: &|_: &str| false,
             yaml: Default::default(),
         });
         (r, text.lines().count() as u32)

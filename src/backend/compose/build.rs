@@ -148,7 +148,8 @@ pub fn build_hash(service: &Service, b: &Build, commit: Option<&str>) -> String 
 /// Largest context whose per-file digests are kept in a label.
 const FILES_LABEL_MAX: usize = 200;
 
-/// `path sha256-prefix` per file, for contexts of up to
+/// `path sha256-prefix` per file (` 755` after it for a file sent
+/// executable, so a `chmod +x` names the file), for contexts of up to
 /// [`FILES_LABEL_MAX`] files.
 pub fn files_label(b: &Build) -> Option<String> {
     let BuildContext::Snapshot { files, .. } = &b.context else {
@@ -160,7 +161,13 @@ pub fn files_label(b: &Build) -> Option<String> {
     Some(
         files
             .iter()
-            .map(|f| format!("{} {}", f.path, &sha256_hex(&f.content)[..16]))
+            .map(|f| {
+                let digest = &sha256_hex(&f.content)[..16];
+                match f.mode {
+                    0o644 => format!("{} {digest}", f.path),
+                    mode => format!("{} {digest} {mode:o}", f.path),
+                }
+            })
             .collect::<Vec<_>>()
             .join("\n"),
     )
@@ -486,6 +493,47 @@ mod tests {
         assert_eq!(
             needed(&s, Some(&BuiltImage::default()), true, &none).as_deref(),
             Some("the image was not built by driftless")
+        );
+    }
+
+    #[test]
+    fn a_mode_change_alone_rebuilds_naming_the_file_and_the_tar_carries_it() {
+        let none = BTreeMap::new();
+        let s = service(&[("Dockerfile", "FROM x\n"), ("run", "echo hi\n")]);
+        let live = built(&s);
+        let mut chmod = s.clone();
+        if let Some(Build {
+            context: BuildContext::Snapshot { files, .. },
+            ..
+        }) = chmod.build.as_mut()
+        {
+            files[1].mode = 0o755;
+        }
+        assert_ne!(
+            build_hash(&s, s.build.as_ref().unwrap(), None),
+            build_hash(&chmod, chmod.build.as_ref().unwrap(), None),
+            "the mode is part of the context's hash"
+        );
+        assert_eq!(
+            needed(&chmod, Some(&live), true, &none).as_deref(),
+            Some("build context changed: run")
+        );
+        let tar = context_tar(chmod.build.as_ref().unwrap()).unwrap();
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let modes: Vec<(String, u32)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.path().unwrap().display().to_string(),
+                    e.header().mode().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            modes,
+            [("Dockerfile".to_owned(), 0o644), ("run".to_owned(), 0o755)]
         );
     }
 

@@ -267,7 +267,7 @@ pub(crate) fn build(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Build> {
         };
         files.push(ContextFile {
             path: rel.to_owned(),
-            mode: mode_of(&content),
+            mode: mode_of((ctx.input.is_executable)(&repo_path)),
             content,
         });
     }
@@ -330,14 +330,11 @@ fn generated(text: &str) -> ContextFile {
     }
 }
 
-/// The mode a context file is sent with. A snapshot does not carry file
-/// modes, so scripts (`#!`) and ELF binaries are sent executable.
-pub(crate) fn mode_of(content: &[u8]) -> u32 {
-    if content.starts_with(b"#!") || content.starts_with(b"\x7fELF") {
-        0o755
-    } else {
-        0o644
-    }
+/// The mode a repo file is sent with, from the execute bit git records
+/// for it: 0755 for mode 100755, else 0644 (what a checkout gives it with
+/// the usual umask, and what the docker CLI would then send).
+pub(crate) fn mode_of(executable: bool) -> u32 {
+    if executable { 0o755 } else { 0o644 }
 }
 
 /// `.dockerignore`: patterns in order, `!` re-includes, a pattern that

@@ -64,6 +64,9 @@ pub struct Input<'a> {
     /// Repo paths of the files under a repo directory, at any depth (empty
     /// when the directory does not exist).
     pub is_dir: &'a dyn Fn(&str) -> Vec<String>,
+    /// Whether a rendered repo file is executable (git mode 100755): build
+    /// contexts and bound directories send it with mode 0755, else 0644.
+    pub is_executable: &'a dyn Fn(&str) -> bool,
     /// YAML limits for this file and the files it `extends` (the repo's
     /// `limits:`).
     pub yaml: yaml::Limits,

@@ -1198,7 +1198,7 @@ fn repo_bind(
         }
         if let Some(content) = ctx.read_bytes(&file, Some(item), path) {
             files.push(ContextFile {
-                mode: super::build::mode_of(&content),
+                mode: super::build::mode_of((ctx.input.is_executable)(&file)),
                 path: sub,
                 content,
             });

@@ -1,7 +1,7 @@
 //! Loader tests: each Compose feature from the user's side, with the line
 //! and object path of every error.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,8 @@ use crate::model::compose::*;
 pub(super) struct Repo {
     files: BTreeMap<String, Vec<u8>>,
     vars: BTreeMap<String, String>,
+    /// Files committed with mode 100755.
+    executable: BTreeSet<String>,
 }
 
 impl Repo {
@@ -23,7 +25,14 @@ impl Repo {
                 .map(|(p, c)| (p.to_string(), c.as_bytes().to_vec()))
                 .collect(),
             vars: BTreeMap::new(),
+            executable: BTreeSet::new(),
         }
+    }
+
+    /// Marks `path` as committed executable (git mode 100755).
+    pub(super) fn executable(mut self, path: &str) -> Repo {
+        self.executable.insert(path.into());
+        self
     }
 
     pub(super) fn var(mut self, k: &str, v: &str) -> Repo {
@@ -66,6 +75,7 @@ impl Repo {
                 variables: &self.vars,
                 read: &read,
                 is_dir: &is_dir,
+                is_executable: &|p: &str| self.executable.contains(p),
                 yaml: Default::default(),
             },
             options,

@@ -30,9 +30,13 @@ fn the_short_form_builds_the_directory_and_names_the_image_after_the_project() {
         ),
         ("compose/web/Dockerfile", DOCKERFILE),
         ("compose/web/run.sh", "#!/bin/sh\necho hi\n"),
+        ("compose/web/tool", "no interpreter line\n"),
+        ("compose/web/lib.sh", "#!/bin/sh\n# sourced, never run\n"),
         ("compose/web/index.html", "hello\n"),
         ("compose/other.txt", "not in the context\n"),
-    ]);
+    ])
+    .executable("compose/web/run.sh")
+    .executable("compose/web/tool");
     let (p, _) = repo.ok("compose/stack.yaml");
     let web = &p.services["Web"];
     assert_eq!(web.image, "shop-web", "`<project>-<service>`, lowercase");
@@ -43,8 +47,11 @@ fn the_short_form_builds_the_directory_and_names_the_image_after_the_project() {
         [
             ("Dockerfile", 0o644),
             ("index.html", 0o644),
-            ("run.sh", 0o755)
-        ]
+            ("lib.sh", 0o644),
+            ("run.sh", 0o755),
+            ("tool", 0o755),
+        ],
+        "modes as git records them, whatever the content"
     );
     let BuildContext::Snapshot { dir, .. } = &b.context else {
         unreachable!()

@@ -148,7 +148,9 @@ fn services_binding_one_directory_get_its_files_once_per_project() {
         ),
         ("compose/shared/a.txt", "a"),
         ("compose/shared/sub/b.sh", "#!/bin/sh\n"),
-    ]);
+        ("compose/shared/sub/c.sh", "#!/bin/sh\n"),
+    ])
+    .executable("compose/shared/sub/b.sh");
     let (p, _) = repo.ok("compose/stack.yaml");
     let app = &p.services["app"];
     let web = &p.services["web"];
@@ -157,7 +159,11 @@ fn services_binding_one_directory_get_its_files_once_per_project() {
         .iter()
         .map(|f| (f.path.as_str(), f.mode))
         .collect();
-    assert_eq!(paths, [("a.txt", 0o644), ("sub/b.sh", 0o755)]);
+    // Modes as git records them: `c.sh` is committed 100644.
+    assert_eq!(
+        paths,
+        [("a.txt", 0o644), ("sub/b.sh", 0o755), ("sub/c.sh", 0o644)]
+    );
     assert_eq!(app.volumes[0].repo_files(), web.volumes[0].repo_files());
     // A single file is still copied into each container.
     assert_eq!(app.files[0].target, "/etc/a.txt");

@@ -1345,6 +1345,12 @@ configs:
             (1, 44),
             "    volumes:\n      - type: bind\n        source: /tmp\n        target: /t\n        read_only: true\n        bind: {recursive: readonly}\n",
         ),
+        // An engine before 1.48 refuses the mount type itself.
+        (
+            "volumes[0].type",
+            (1, 48),
+            "    volumes:\n      - type: image\n        source: driftless-test/busybox:2\n        target: /img\n        image: {subpath: bin}\n",
+        ),
     ] {
         if have >= need {
             continue;

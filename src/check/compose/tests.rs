@@ -278,7 +278,6 @@ configs:
         [
             Mount::Volume {
                 subpath: None,
-                labels: Default::default(),
                 source: Some("data".into()),
                 target: "/var/lib/data".into(),
                 read_only: false,
@@ -301,7 +300,6 @@ configs:
             },
             Mount::Volume {
                 subpath: None,
-                labels: Default::default(),
                 source: None,
                 target: "/anonymous".into(),
                 read_only: false,

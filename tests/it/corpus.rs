@@ -813,3 +813,66 @@ fn anchor_fixtures_load_or_are_refused_by_the_alias_budget() {
         "{e}"
     );
 }
+
+/// The README's supported-keys table lists every key of the Compose
+/// specification — each top-level key and each service key of
+/// `compose-spec.json` — in its first column, with what driftless does
+/// with it in the second: a key added to the spec (or dropped from the
+/// table) fails here until the table says what happens to it.
+#[test]
+fn the_readme_key_table_covers_every_key_of_the_spec() {
+    let schema: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(support::corpus().join("compose/schema/compose-spec.json"))
+            .expect("compose-spec.json in the corpus"),
+    )
+    .expect("the schema is JSON");
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        v.as_object()
+            .expect("a properties object")
+            .keys()
+            .cloned()
+            .collect()
+    };
+    let top = keys(&schema["properties"]);
+    let service = keys(&schema["definitions"]["service"]["properties"]);
+    assert!(top.len() >= 9 && service.len() >= 92, "{top:?} {service:?}");
+
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let start = readme
+        .find("### Supported Compose keys")
+        .expect("the README has a supported-keys section");
+    let section = &readme[start..];
+    let section = &section[..section[4..].find("\n### ").map_or(section.len(), |e| e + 4)];
+    let mut listed = BTreeSet::new();
+    let mut rows = 0;
+    for line in section.lines().filter(|l| l.starts_with("| ")) {
+        let cells: Vec<&str> = line.trim_matches('|').split(" | ").collect();
+        if cells[0].trim() == "keys" || cells[0].starts_with("---") {
+            continue;
+        }
+        rows += 1;
+        assert!(
+            cells.len() >= 2 && !cells[cells.len() - 1].trim().is_empty(),
+            "a row says what happens to its keys: {line}"
+        );
+        let mut rest = cells[0];
+        while let Some(open) = rest.find('`') {
+            let Some(close) = rest[open + 1..].find('`') else {
+                break;
+            };
+            listed.insert(rest[open + 1..open + 1 + close].to_owned());
+            rest = &rest[open + 1 + close + 1..];
+        }
+    }
+    assert!(rows > 10, "the table was found: {rows} rows");
+    let missing: Vec<&String> = top
+        .iter()
+        .chain(&service)
+        .filter(|k| !listed.contains(*k))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "keys of compose-spec.json the README's table does not list: {missing:?}"
+    );
+}

@@ -201,9 +201,23 @@ pub enum BuildContext {
 pub struct ContextFile {
     /// Path inside the context, `/`-separated.
     pub path: String,
-    /// Unix mode the file is sent with.
+    /// Unix mode the file is sent with: 0755 or 0644, or [`SYMLINK_MODE`]
+    /// for a symlink, whose `content` is then its target text (as git
+    /// stores a link).
     pub mode: u32,
     pub content: std::sync::Arc<[u8]>,
+}
+
+/// The mode of a symlink in a build context (`S_IFLNK | 0777`).
+pub const SYMLINK_MODE: u32 = 0o120777;
+
+impl ContextFile {
+    /// The target text of a symlink; `None` for a regular file.
+    pub fn link_target(&self) -> Option<&str> {
+        (self.mode == SYMLINK_MODE)
+            .then(|| std::str::from_utf8(&self.content).ok())
+            .flatten()
+    }
 }
 
 /// A context serialises as its file count and digest, never its contents.

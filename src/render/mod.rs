@@ -287,6 +287,16 @@ impl Renderer {
         }
     }
 
+    /// The symlinks at or under `dir` (path, target text): a link is its
+    /// own output, never rendered.
+    pub fn links_under(&self, dir: &str) -> Vec<(String, String)> {
+        self.snapshot
+            .links_under(dir)
+            .into_iter()
+            .map(|(p, t)| (p.to_owned(), t.to_owned()))
+            .collect()
+    }
+
     /// A snapshot file that is its own output (not a template).
     fn is_verbatim(&self, path: &str) -> bool {
         self.snapshot.contains(path) && output_of(path) == path

@@ -265,7 +265,8 @@ impl Repo {
         }
         Ok(
             Snapshot::from_shared(Revision::Commit { id: id.to_string() }, out)
-                .with_executable(executable),
+                .with_executable(executable)
+                .with_links(raw.links()),
         )
     }
 

@@ -171,6 +171,11 @@ pub struct Snapshot {
     /// owner's execute bit for a work tree (as git records it). A symlink's
     /// path takes the bit of the file it resolves to.
     executable: Arc<BTreeSet<String>>,
+    /// The symlinks of the tree (path → target text, as git stores them),
+    /// for readers that send a link as a link (build contexts). Their
+    /// paths are not files of the snapshot unless the link resolves to a
+    /// file; a directory link's files appear under its path.
+    links: Arc<BTreeMap<String, String>>,
 }
 
 impl Snapshot {
@@ -188,6 +193,7 @@ impl Snapshot {
             revision,
             files: Arc::new(files),
             executable: Arc::default(),
+            links: Arc::default(),
         }
     }
 
@@ -201,6 +207,7 @@ impl Snapshot {
             revision,
             files: Arc::new(files.into_iter().collect()),
             executable: Arc::default(),
+            links: Arc::default(),
         }
     }
 
@@ -218,6 +225,27 @@ impl Snapshot {
     /// Whether the file at `path` is executable (git mode 100755).
     pub fn is_executable(&self, path: &str) -> bool {
         self.executable.contains(path)
+    }
+
+    /// The snapshot with the tree's symlinks (path → target text).
+    pub fn with_links(mut self, links: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.links = Arc::new(links.into_iter().collect());
+        self
+    }
+
+    /// The symlinks at or under directory `dir` (`""`: the root), with
+    /// their target text, sorted by path.
+    pub fn links_under(&self, dir: &str) -> Vec<(&str, &str)> {
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", dir.trim_end_matches('/'))
+        };
+        self.links
+            .range(prefix.clone()..)
+            .take_while(|(p, _)| p.starts_with(&prefix))
+            .map(|(p, t)| (p.as_str(), t.as_str()))
+            .collect()
     }
 
     pub fn revision(&self) -> &Revision {

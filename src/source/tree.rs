@@ -154,6 +154,14 @@ impl<T> RawTree<T> {
         }
     }
 
+    /// The symlinks (path, target text), sorted by path.
+    pub(crate) fn links(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        self.nodes.iter().filter_map(|(path, node)| match node {
+            Node::Link(text) => Some((path.clone(), text.clone())),
+            Node::File(_) => None,
+        })
+    }
+
     /// Iterates regular files and symlinks (with their target text).
     pub(crate) fn nodes(&self) -> impl Iterator<Item = (&str, &Node<T>)> {
         self.nodes.iter().map(|(path, node)| (path.as_str(), node))

@@ -104,7 +104,9 @@ pub fn snapshot(root: &Path, limits: Limits) -> Result<Snapshot, SourceError> {
             }
         },
     };
-    Ok(Snapshot::from_shared(revision, out).with_executable(executable))
+    Ok(Snapshot::from_shared(revision, out)
+        .with_executable(executable)
+        .with_links(raw.links()))
 }
 
 /// The repository `root` lives in.

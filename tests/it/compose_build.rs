@@ -77,6 +77,7 @@ pub(crate) fn load(files: &BTreeMap<String, Vec<u8>>) -> Project {
         read: &read,
         is_dir: &is_dir,
         is_executable: &|_: &str| false,
+        links_under: &|_: &str| Vec::new(),
         yaml: Default::default(),
     }) {
         Ok((p, _)) => p,
@@ -656,8 +657,9 @@ async fn a_git_context_rebuilds_when_its_branch_moves() {
 
 /// File modes in a build context are git's: a script committed 100755
 /// without a `#!` line is sent (and runs) executable, a `#!` file
-/// committed 100644 stays 0644 in the image — from a commit, and from a
-/// work tree, where a `chmod +x` alone is a change naming the file.
+/// committed 100644 stays 0644 in the image, and a symlink stays a link —
+/// from a commit, and from a work tree, where a `chmod +x` alone is a
+/// change naming the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn context_file_modes_are_the_ones_git_records() {
     use std::os::unix::fs::PermissionsExt;
@@ -668,7 +670,8 @@ async fn context_file_modes_are_the_ones_git_records() {
     let env = "modes";
     let dockerfile = format!(
         "FROM {BUSYBOX}\nCOPY . /app\n\
-         RUN /app/tool > /ran.txt && /bin/busybox stat -c '%a %n' /app/lib.sh /app/tool /app/page.txt > /modes.txt\n\
+         RUN /app/run > /ran.txt && /bin/busybox readlink /app/run > /link.txt \
+         && /bin/busybox stat -c '%a %n' /app/lib.sh /app/tool /app/page.txt > /modes.txt\n\
          CMD [\"sleep\", \"3600\"]\n"
     );
     let repo = RepoBuilder::new()
@@ -686,7 +689,8 @@ async fn context_file_modes_are_the_ones_git_records() {
         .file("compose/web/Dockerfile", dockerfile)
         .file("compose/web/tool", "echo tool ran\n")
         .file("compose/web/lib.sh", "#!/bin/sh\n# sourced, never run\n")
-        .file("compose/web/page.txt", "page\n");
+        .file("compose/web/page.txt", "page\n")
+        .symlink("compose/web/run", "tool");
     let chmod = |rel: &str, mode: u32| {
         std::fs::set_permissions(repo.path().join(rel), std::fs::Permissions::from_mode(mode))
             .unwrap()
@@ -723,6 +727,8 @@ async fn context_file_modes_are_the_ones_git_records() {
         "644 /app/lib.sh\n755 /app/tool\n644 /app/page.txt\n"
     );
     assert_eq!(in_image("/ran.txt").await, "tool ran\n");
+    // A link goes as a link, as the docker CLI sends it.
+    assert_eq!(in_image("/link.txt").await, "tool\n");
 
     // From the work tree: `chmod +x` alone is a change, named (the dry
     // run reads the uncommitted tree; applying wants it committed).

@@ -1179,6 +1179,7 @@ pub(crate) fn load(text: &str, files: &[(&str, &str)]) -> driftless::model::comp
         read: &read,
         is_dir: &is_dir,
         is_executable: &|_: &str| false,
+        links_under: &|_: &str| Vec::new(),
         yaml: Default::default(),
     }) {
         Ok((project, _)) => project,

@@ -446,6 +446,7 @@ fn load_compose(repo: &CorpusRepo, file: &str) -> Result<(Project, Vec<Diagnosti
         read: &read,
         is_dir: &is_dir,
         is_executable: &is_executable,
+        links_under: &|_: &str| Vec::new(),
         yaml: Default::default(),
     })
 }
@@ -773,6 +774,7 @@ fn anchor_fixtures_load_or_are_refused_by_the_alias_budget() {
             read: &read,
             is_dir: &is_dir,
             is_executable: &|_: &str| false,
+            links_under: &|_: &str| Vec::new(),
             yaml: Default::default(),
         });
         (r, text.lines().count() as u32)

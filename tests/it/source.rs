@@ -326,7 +326,8 @@ fn chmod(root: &Path, rel: &str, mode: u32) {
 }
 
 /// Git records 100755 or 100644 per file; both readers carry that bit,
-/// whatever the content says (`#!` or not), and a link takes its target's.
+/// whatever the content says (`#!` or not), and a link takes its target's
+/// (its own text is kept too, for readers that send links as links).
 #[test]
 fn execute_bits_come_from_git_in_commits_and_worktrees() {
     let (_tmp, dir) = new_repo();
@@ -348,6 +349,8 @@ fn execute_bits_come_from_git_in_commits_and_worktrees() {
         assert!(!snap.is_executable("bin/lib.sh"), "`#!` committed 100644");
         assert!(!snap.is_executable("bin/plain.txt"));
         assert!(snap.is_executable("run"), "a link takes its target's bit");
+        assert_eq!(snap.links_under(""), [("run", "bin/tool")]);
+        assert!(snap.links_under("bin").is_empty());
     }
 
     // A `chmod +x` alone makes the work tree dirty, and the next commit

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::Ctx;
 use crate::diag::Diagnostic;
-use crate::model::compose::{Build, BuildContext, ContextFile};
+use crate::model::compose::{Build, BuildContext, ContextFile, SYMLINK_MODE};
 use crate::source::{SourceError, join_relative};
 use crate::yaml::{Node, Value};
 
@@ -252,11 +252,38 @@ pub(crate) fn build(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Build> {
         return None;
     }
 
+    // Symlinks go as links, as the docker CLI sends them: not as a copy
+    // of the file a link names, nor as the files of a directory it names.
+    // A link named as the Dockerfile is read through, as the builder reads it.
+    let links: Vec<(String, String)> = (ctx.input.links_under)(&dir)
+        .into_iter()
+        .filter_map(|(p, target)| Some((p.strip_prefix(&prefix)?.to_owned(), target)))
+        .filter(|(rel, _)| *rel != b.dockerfile)
+        .collect();
+    let through_link = |rel: &str| {
+        links.iter().any(|(link, _)| {
+            rel.strip_prefix(link.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+    };
     let mut files = Vec::new();
+    for (rel, target) in &links {
+        if rel != ".dockerignore" && ignore.excludes(rel) {
+            continue;
+        }
+        files.push(ContextFile {
+            path: rel.clone(),
+            mode: SYMLINK_MODE,
+            content: Arc::from(target.as_bytes()),
+        });
+    }
     for repo_path in listed {
         let Some(rel) = repo_path.strip_prefix(&prefix) else {
             continue;
         };
+        if through_link(rel) {
+            continue;
+        }
         // The Dockerfile and `.dockerignore` are always sent, as the docker
         // CLI sends them (the builder needs them; `COPY` still skips them).
         if rel != b.dockerfile && rel != ".dockerignore" && ignore.excludes(rel) {

@@ -15,6 +15,8 @@ pub(super) struct Repo {
     vars: BTreeMap<String, String>,
     /// Files committed with mode 100755.
     executable: BTreeSet<String>,
+    /// Symlinks: path → target text.
+    links: BTreeMap<String, String>,
 }
 
 impl Repo {
@@ -26,7 +28,15 @@ impl Repo {
                 .collect(),
             vars: BTreeMap::new(),
             executable: BTreeSet::new(),
+            links: BTreeMap::new(),
         }
+    }
+
+    /// Adds a symlink at `path` to `target` (its files, if any, are given
+    /// with [`Repo::new`] as the snapshot resolves them).
+    pub(super) fn link(mut self, path: &str, target: &str) -> Repo {
+        self.links.insert(path.into(), target.into());
+        self
     }
 
     /// Marks `path` as committed executable (git mode 100755).
@@ -54,16 +64,16 @@ impl Repo {
         let read = |p: &str| -> Option<Result<Arc<[u8]>, Diagnostic>> {
             self.files.get(p).map(|c| Ok(Arc::from(c.as_slice())))
         };
+        // What is under a repo directory (`""`: the root).
+        let under = |dir: &str, path: &str| dir.is_empty() || path.starts_with(&format!("{dir}/"));
         let is_dir = |p: &str| -> Vec<String> {
-            let prefix = if p.is_empty() {
-                String::new()
-            } else {
-                format!("{p}/")
-            };
-            self.files
-                .keys()
-                .filter(|k| k.starts_with(&prefix))
-                .cloned()
+            self.files.keys().filter(|k| under(p, k)).cloned().collect()
+        };
+        let links_under = |d: &str| -> Vec<(String, String)> {
+            self.links
+                .iter()
+                .filter(|(p, _)| under(d, p))
+                .map(|(p, t)| (p.clone(), t.clone()))
                 .collect()
         };
         let text = String::from_utf8(self.files[file].clone()).unwrap();
@@ -76,6 +86,7 @@ impl Repo {
                 read: &read,
                 is_dir: &is_dir,
                 is_executable: &|p: &str| self.executable.contains(p),
+                links_under: &links_under,
                 yaml: Default::default(),
             },
             options,

@@ -59,6 +59,53 @@ fn the_short_form_builds_the_directory_and_names_the_image_after_the_project() {
     assert_eq!(dir, "compose/web");
 }
 
+/// A symlink goes as a link, as the docker CLI sends it: not the file it
+/// names, not the files of the directory it names (which the snapshot
+/// shows under its path); `.dockerignore` applies to its path.
+#[test]
+fn symlinks_in_a_context_are_sent_as_links() {
+    let repo = Repo::new(&[
+        (
+            "compose/stack.yaml",
+            "name: shop\nservices:\n  web:\n    build: ./web\n",
+        ),
+        ("compose/web/Dockerfile", DOCKERFILE),
+        ("compose/web/.dockerignore", "skipped\n"),
+        ("compose/web/tool", "echo hi\n"),
+        // The snapshot resolves links: `run` reads as `tool`, `current/`
+        // holds the files of `releases/v2/`.
+        ("compose/web/run", "echo hi\n"),
+        ("compose/web/releases/v2/a.txt", "a\n"),
+        ("compose/web/current/a.txt", "a\n"),
+        ("compose/web/skipped", "echo hi\n"),
+    ])
+    .executable("compose/web/tool")
+    .executable("compose/web/run")
+    .link("compose/web/run", "tool")
+    .link("compose/web/current", "releases/v2")
+    .link("compose/web/skipped", "tool")
+    .link("compose/other-link", "web");
+    let b = build_of(&repo, "web");
+    let BuildContext::Snapshot { files, .. } = &b.context else {
+        unreachable!()
+    };
+    let got: Vec<(&str, u32, Option<&str>)> = files
+        .iter()
+        .map(|f| (f.path.as_str(), f.mode, f.link_target()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (".dockerignore", 0o644, None),
+            ("Dockerfile", 0o644, None),
+            ("current", 0o120777, Some("releases/v2")),
+            ("releases/v2/a.txt", 0o644, None),
+            ("run", 0o120777, Some("tool")),
+            ("tool", 0o755, None),
+        ]
+    );
+}
+
 #[test]
 fn the_long_form_takes_every_classic_build_option() {
     let repo = Repo::new(&[

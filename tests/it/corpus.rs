@@ -34,6 +34,13 @@ impl CorpusRepo {
         CorpusRepo { root }
     }
 
+    /// A repo rooted at `root` (a fixture directory).
+    fn at(root: &Path) -> Self {
+        CorpusRepo {
+            root: root.canonicalize().expect("fixture directory"),
+        }
+    }
+
     /// The file at a repo path, if it is a file inside the corpus.
     fn resolve(&self, path: &str) -> Option<PathBuf> {
         if path.starts_with('/') || path.split('/').any(|p| p == "..") {
@@ -876,5 +883,67 @@ fn the_readme_key_table_covers_every_key_of_the_spec() {
     assert!(
         missing.is_empty(),
         "keys of compose-spec.json the README's table does not list: {missing:?}"
+    );
+}
+
+/// A build-context fixture per `build:` form (the corpus holds Compose
+/// files without their contexts): the short form, the long one with a
+/// Dockerfile elsewhere in the context, args and target, an inline
+/// Dockerfile, and a git URL — each loads, its context read from the
+/// files with `.dockerignore` applied and modes from the file system.
+#[test]
+fn build_context_fixtures_load_in_every_form() {
+    use driftless::model::compose::BuildContext;
+    let repo = CorpusRepo::at(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
+    let (p, warnings) = load_compose(&repo, "compose/build-forms/compose.yaml")
+        .unwrap_or_else(|d| panic!("the build fixture loads:\n{d}"));
+    assert!(warnings.is_empty(), "{warnings:#?}");
+    let context = |service: &str| -> (String, Vec<(String, u32)>) {
+        let b = p.services[service].build.as_ref().expect("a build");
+        match &b.context {
+            BuildContext::Snapshot { dir, files } => (
+                dir.clone(),
+                files.iter().map(|f| (f.path.clone(), f.mode)).collect(),
+            ),
+            BuildContext::Remote { url } => (url.clone(), Vec::new()),
+        }
+    };
+    let owned = |v: &[(&str, u32)]| -> Vec<(String, u32)> {
+        v.iter().map(|(p, m)| ((*p).to_owned(), *m)).collect()
+    };
+    assert_eq!(p.services["web"].image, "build-forms-web");
+    assert_eq!(
+        context("web"),
+        (
+            "compose/build-forms/web".to_owned(),
+            owned(&[
+                (".dockerignore", 0o644),
+                ("Dockerfile", 0o644),
+                ("index.html", 0o644),
+                ("start", 0o755),
+            ])
+        )
+    );
+    let api = p.services["api"].build.as_ref().unwrap();
+    assert_eq!(p.services["api"].image, "registry.example/api:2");
+    assert_eq!(api.dockerfile, "docker/api.Dockerfile");
+    assert_eq!(api.target.as_deref(), Some("prod"));
+    assert_eq!(api.args["VERSION"], "2");
+    assert_eq!(
+        context("api").1,
+        owned(&[("docker/api.Dockerfile", 0o644), ("main.sh", 0o644)])
+    );
+    let inline = p.services["inline"].build.as_ref().unwrap();
+    assert!(inline.dockerfile.starts_with(".dockerfile."), "{inline:?}");
+    assert!(
+        context("inline")
+            .1
+            .iter()
+            .any(|(f, _)| *f == inline.dockerfile),
+        "the inline Dockerfile is sent in the context"
+    );
+    assert_eq!(
+        context("remote").0,
+        "https://git.example/shop/web.git#main:app"
     );
 }

@@ -226,6 +226,8 @@ pub fn environment(
             variables: &variables,
             read: &read,
             is_dir: &list_dir,
+            is_executable: &|p: &str| renderer.is_executable(p),
+            links_under: &|d: &str| renderer.links_under(d),
             yaml: manifest.yaml,
         };
         let options = compose::Options {

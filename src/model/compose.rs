@@ -201,9 +201,23 @@ pub enum BuildContext {
 pub struct ContextFile {
     /// Path inside the context, `/`-separated.
     pub path: String,
-    /// Unix mode the file is sent with.
+    /// Unix mode the file is sent with: 0755 or 0644, or [`SYMLINK_MODE`]
+    /// for a symlink, whose `content` is then its target text (as git
+    /// stores a link).
     pub mode: u32,
     pub content: std::sync::Arc<[u8]>,
+}
+
+/// The mode of a symlink in a build context (`S_IFLNK | 0777`).
+pub const SYMLINK_MODE: u32 = 0o120777;
+
+impl ContextFile {
+    /// The target text of a symlink; `None` for a regular file.
+    pub fn link_target(&self) -> Option<&str> {
+        (self.mode == SYMLINK_MODE)
+            .then(|| std::str::from_utf8(&self.content).ok())
+            .flatten()
+    }
 }
 
 /// A context serialises as its file count and digest, never its contents.
@@ -480,11 +494,6 @@ pub enum Mount {
         /// `target` (Engine API 1.45).
         #[serde(skip_serializing_if = "Option::is_none")]
         subpath: Option<String>,
-        /// `volume.labels`: labels the engine puts on the volume when it
-        /// creates it for this mount (an anonymous one, or a named one not
-        /// created yet), as docker compose passes them.
-        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-        labels: BTreeMap<String, String>,
     },
     /// A bind mount of a host path: absolute, or `~`/`~/…` (the home of the
     /// user running driftless, expanded when the container is created).
@@ -529,6 +538,17 @@ pub enum Mount {
         /// creates a missing host path).
         #[serde(skip)]
         files: std::sync::Arc<[ContextFile]>,
+    },
+    /// `type: image`: the files of image `source` mounted at `target`, as
+    /// docker compose mounts them (Engine API 1.48, Docker 28).
+    Image {
+        /// The image reference, as written.
+        source: String,
+        target: String,
+        read_only: bool,
+        /// `image.subpath`: the directory of the image mounted at `target`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        subpath: Option<String>,
     },
     Tmpfs {
         target: String,
@@ -837,7 +857,6 @@ mod tests {
         );
         let volume = Mount::Volume {
             subpath: None,
-            labels: Default::default(),
             source: Some("data".into()),
             target: "/data".into(),
             read_only: false,

@@ -275,6 +275,28 @@ impl Renderer {
         self.snapshot.contains(&template_path(output_path)) || self.is_verbatim(output_path)
     }
 
+    /// Whether the file `output_path` renders from is executable in the
+    /// snapshot (git mode 100755): the template's bit for a `.j2`, else the
+    /// file's own.
+    pub fn is_executable(&self, output_path: &str) -> bool {
+        let template = template_path(output_path);
+        if self.snapshot.contains(&template) {
+            self.snapshot.is_executable(&template)
+        } else {
+            self.snapshot.is_executable(output_path)
+        }
+    }
+
+    /// The symlinks at or under `dir` (path, target text): a link is its
+    /// own output, never rendered.
+    pub fn links_under(&self, dir: &str) -> Vec<(String, String)> {
+        self.snapshot
+            .links_under(dir)
+            .into_iter()
+            .map(|(p, t)| (p.to_owned(), t.to_owned()))
+            .collect()
+    }
+
     /// A snapshot file that is its own output (not a template).
     fn is_verbatim(&self, path: &str) -> bool {
         self.snapshot.contains(path) && output_of(path) == path

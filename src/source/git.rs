@@ -254,7 +254,11 @@ impl Repo {
         let files = raw.resolve(&limits)?;
         let mut loaded: HashMap<&str, Arc<[u8]>> = HashMap::with_capacity(raw.file_count());
         let mut out = Vec::with_capacity(files.len());
+        let mut executable = Vec::new();
         for (path, real) in &files {
+            if raw.is_executable(real) {
+                executable.push(path.clone());
+            }
             let content = match loaded.get(real.as_str()) {
                 Some(content) => Arc::clone(content),
                 None => {
@@ -268,10 +272,11 @@ impl Repo {
             };
             out.push((path.clone(), content));
         }
-        Ok(Snapshot::from_shared(
-            Revision::Commit { id: id.to_string() },
-            out,
-        ))
+        Ok(
+            Snapshot::from_shared(Revision::Commit { id: id.to_string() }, out)
+                .with_executable(executable)
+                .with_links(raw.links()),
+        )
     }
 
     /// The full id and the raw object (without the `commit <len>\0`
@@ -431,8 +436,11 @@ pub(crate) fn read_tree(
                     raw.add_dir(path.clone());
                     pending.push((entry.oid.to_owned(), path));
                 }
-                gix::objs::tree::EntryKind::Blob | gix::objs::tree::EntryKind::BlobExecutable => {
-                    raw.add_file(path, entry.oid.to_owned());
+                gix::objs::tree::EntryKind::Blob => {
+                    raw.add_file(path, entry.oid.to_owned(), false);
+                }
+                gix::objs::tree::EntryKind::BlobExecutable => {
+                    raw.add_file(path, entry.oid.to_owned(), true);
                 }
                 gix::objs::tree::EntryKind::Link => {
                     let text = read_blob(repo, entry.oid.to_owned(), &path, limits)?;

@@ -5,7 +5,7 @@
 //! [`worktree`]), with paths normalised and symlinks already resolved inside
 //! the snapshot. Nothing downstream touches the file system of the host.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -167,6 +167,15 @@ pub enum SourceError {
 pub struct Snapshot {
     revision: Revision,
     files: Arc<BTreeMap<String, Arc<[u8]>>>,
+    /// Paths whose file is executable: git's mode 100755 for a commit, the
+    /// owner's execute bit for a work tree (as git records it). A symlink's
+    /// path takes the bit of the file it resolves to.
+    executable: Arc<BTreeSet<String>>,
+    /// The symlinks of the tree (path → target text, as git stores them),
+    /// for readers that send a link as a link (build contexts). Their
+    /// paths are not files of the snapshot unless the link resolves to a
+    /// file; a directory link's files appear under its path.
+    links: Arc<BTreeMap<String, String>>,
 }
 
 impl Snapshot {
@@ -183,6 +192,8 @@ impl Snapshot {
         Snapshot {
             revision,
             files: Arc::new(files),
+            executable: Arc::default(),
+            links: Arc::default(),
         }
     }
 
@@ -195,7 +206,46 @@ impl Snapshot {
         Snapshot {
             revision,
             files: Arc::new(files.into_iter().collect()),
+            executable: Arc::default(),
+            links: Arc::default(),
         }
+    }
+
+    /// The snapshot with `paths` marked executable (paths not in the
+    /// snapshot are ignored).
+    pub fn with_executable(mut self, paths: impl IntoIterator<Item = String>) -> Self {
+        let set: BTreeSet<String> = paths
+            .into_iter()
+            .filter(|p| self.files.contains_key(p))
+            .collect();
+        self.executable = Arc::new(set);
+        self
+    }
+
+    /// Whether the file at `path` is executable (git mode 100755).
+    pub fn is_executable(&self, path: &str) -> bool {
+        self.executable.contains(path)
+    }
+
+    /// The snapshot with the tree's symlinks (path → target text).
+    pub fn with_links(mut self, links: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.links = Arc::new(links.into_iter().collect());
+        self
+    }
+
+    /// The symlinks at or under directory `dir` (`""`: the root), with
+    /// their target text, sorted by path.
+    pub fn links_under(&self, dir: &str) -> Vec<(&str, &str)> {
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", dir.trim_end_matches('/'))
+        };
+        self.links
+            .range(prefix.clone()..)
+            .take_while(|(p, _)| p.starts_with(&prefix))
+            .map(|(p, t)| (p.as_str(), t.as_str()))
+            .collect()
     }
 
     pub fn revision(&self) -> &Revision {

@@ -32,6 +32,8 @@ pub(crate) enum Node<T> {
 pub(crate) struct RawTree<T> {
     nodes: BTreeMap<String, Node<T>>,
     dirs: BTreeSet<String>,
+    /// Regular files with the executable bit (git mode 100755).
+    executable: BTreeSet<String>,
     files: usize,
     /// Bytes of all paths admitted so far (see [`RawTree::admit`]).
     path_bytes: usize,
@@ -55,6 +57,7 @@ impl<T> RawTree<T> {
         RawTree {
             nodes: BTreeMap::new(),
             dirs: BTreeSet::new(),
+            executable: BTreeSet::new(),
             files: 0,
             path_bytes: 0,
         }
@@ -118,9 +121,19 @@ impl<T> RawTree<T> {
         self.dirs.len()
     }
 
-    pub(crate) fn add_file(&mut self, path: String, file: T) {
+    /// Adds a regular file; `executable` is its execute bit as git records
+    /// it (mode 100755 rather than 100644).
+    pub(crate) fn add_file(&mut self, path: String, file: T, executable: bool) {
         self.files += 1;
+        if executable {
+            self.executable.insert(path.clone());
+        }
         self.nodes.insert(path, Node::File(file));
+    }
+
+    /// Whether the regular file at real path `path` is executable.
+    pub(crate) fn is_executable(&self, path: &str) -> bool {
+        self.executable.contains(path)
     }
 
     pub(crate) fn add_link(&mut self, path: String, target: String) {
@@ -139,6 +152,14 @@ impl<T> RawTree<T> {
             Some(Node::File(file)) => Some(file),
             _ => None,
         }
+    }
+
+    /// The symlinks (path, target text), sorted by path.
+    pub(crate) fn links(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        self.nodes.iter().filter_map(|(path, node)| match node {
+            Node::Link(text) => Some((path.clone(), text.clone())),
+            Node::File(_) => None,
+        })
     }
 
     /// Iterates regular files and symlinks (with their target text).
@@ -414,7 +435,7 @@ mod tests {
             }
             match link {
                 Some(target) => t.add_link((*path).to_owned(), (*target).to_owned()),
-                None => t.add_file((*path).to_owned(), ()),
+                None => t.add_file((*path).to_owned(), (), false),
             }
         }
         t

@@ -11,8 +11,8 @@
 //! and resolves it inside the snapshot, and files are opened with
 //! `O_NOFOLLOW`, so a link swapped in during the walk is not read through.
 //!
-//! `dirty` compares the files (content and symlink targets) with `HEAD`'s
-//! tree. It compares bytes as they are on disk: a repo whose
+//! `dirty` compares the files (content, execute bit and symlink targets)
+//! with `HEAD`'s tree. It compares bytes as they are on disk: a repo whose
 //! `.gitattributes` convert line endings on checkout looks dirty.
 
 use std::collections::HashMap;
@@ -60,7 +60,11 @@ pub fn snapshot(root: &Path, limits: Limits) -> Result<Snapshot, SourceError> {
     let files = raw.resolve(&limits)?;
     let mut loaded: HashMap<&str, Arc<[u8]>> = HashMap::with_capacity(raw.file_count());
     let mut out = Vec::with_capacity(files.len());
+    let mut executable = Vec::new();
     for (path, real) in &files {
+        if raw.is_executable(real) {
+            executable.push(path.clone());
+        }
         let content = match loaded.get(real.as_str()) {
             Some(content) => Arc::clone(content),
             None => {
@@ -100,7 +104,9 @@ pub fn snapshot(root: &Path, limits: Limits) -> Result<Snapshot, SourceError> {
             }
         },
     };
-    Ok(Snapshot::from_shared(revision, out))
+    Ok(Snapshot::from_shared(revision, out)
+        .with_executable(executable)
+        .with_links(raw.links()))
 }
 
 /// The repository `root` lives in.
@@ -197,10 +203,13 @@ fn differs(
         }
         let same = match (node, head_node) {
             (Node::Link(a), Node::Link(b)) => a == b,
-            (Node::File(_), Node::File(oid)) => loaded.get(path).is_some_and(|content| {
-                gix::objs::compute_hash(repo.object_hash(), gix::objs::Kind::Blob, content)
-                    .is_ok_and(|id| id == *oid)
-            }),
+            (Node::File(_), Node::File(oid)) => {
+                work.is_executable(path) == head.is_executable(path)
+                    && loaded.get(path).is_some_and(|content| {
+                        gix::objs::compute_hash(repo.object_hash(), gix::objs::Kind::Blob, content)
+                            .is_ok_and(|id| id == *oid)
+                    })
+            }
             _ => false,
         };
         if !same {
@@ -349,14 +358,11 @@ fn walk(root: &Path, ignore: &mut Ignore<'_>, limits: Limits) -> Result<RawTree<
                 if ignore.skips(&path, Mode::FILE)? {
                     continue;
                 }
-                let size = entry
-                    .metadata()
-                    .map_err(|source| SourceError::Io {
-                        path: path.clone(),
-                        source,
-                    })?
-                    .len();
-                raw.add_file(path, size);
+                let meta = entry.metadata().map_err(|source| SourceError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                raw.add_file(path, meta.len(), executable(&meta));
             }
             // Sockets, FIFOs and devices are not content: skipped, like git.
             if raw.entry_count() > limits.max_files || raw.dir_count() > limits.max_files {
@@ -367,6 +373,21 @@ fn walk(root: &Path, ignore: &mut Ignore<'_>, limits: Limits) -> Result<RawTree<
         }
     }
     Ok(raw)
+}
+
+/// Whether git would record the file as executable (mode 100755): the
+/// owner's execute bit, as git reads it with `core.fileMode` on.
+fn executable(meta: &std::fs::Metadata) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        meta.permissions().mode() & 0o100 != 0
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        false
+    }
 }
 
 /// Reads the regular file `abs` (snapshot path `rel`) without following a

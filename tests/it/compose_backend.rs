@@ -527,7 +527,6 @@ async fn removed_service_goes_and_its_volume_stays() {
     let mut db = sleeper();
     db.volumes = vec![Mount::Volume {
         subpath: None,
-        labels: Default::default(),
         source: Some("data".into()),
         target: "/data".into(),
         read_only: false,

@@ -25,7 +25,7 @@ use driftless::secrets::Masker;
 
 use crate::compose_backend::{changed, container_ids, ctx, desired, dry_run, read_file, reconcile};
 use crate::docker_support::{BUSYBOX, Cleanup, CountingProxy, Registry, engine, project_name};
-use crate::support::RepoBuilder;
+use crate::support::{RepoBuilder, git};
 
 /// The web service's Dockerfile: the fixture image plus a page from the
 /// context, served by httpd.
@@ -76,6 +76,8 @@ pub(crate) fn load(files: &BTreeMap<String, Vec<u8>>) -> Project {
         variables: &variables,
         read: &read,
         is_dir: &is_dir,
+        is_executable: &|_: &str| false,
+        links_under: &|_: &str| Vec::new(),
         yaml: Default::default(),
     }) {
         Ok((p, _)) => p,
@@ -651,4 +653,98 @@ async fn a_git_context_rebuilds_when_its_branch_moves() {
     assert_ne!(image_id(&b, &image).await, first);
     let plan = dry_run(&b, &name, &d, &allow).await.unwrap();
     assert!(changed(&plan).is_empty(), "{plan:#?}");
+}
+
+/// File modes in a build context are git's: a script committed 100755
+/// without a `#!` line is sent (and runs) executable, a `#!` file
+/// committed 100644 stays 0644 in the image, and a symlink stays a link —
+/// from a commit, and from a work tree, where a `chmod +x` alone is a
+/// change naming the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_file_modes_are_the_ones_git_records() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(b) = engine().await else { return };
+    let name = project_name("build-modes");
+    let image = format!("{name}-web");
+    let _cleanup = Cleanup::new(&[&name]).image(&image);
+    let env = "modes";
+    let dockerfile = format!(
+        "FROM {BUSYBOX}\nCOPY . /app\n\
+         RUN /app/run > /ran.txt && /bin/busybox readlink /app/run > /link.txt \
+         && /bin/busybox stat -c '%a %n' /app/lib.sh /app/tool /app/page.txt > /modes.txt\n\
+         CMD [\"sleep\", \"3600\"]\n"
+    );
+    let repo = RepoBuilder::new()
+        .file(
+            "driftless.yaml",
+            format!(
+                "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {{}}\nenvironments:\n  {env}:\n    values: environments/values.yaml\n    targets: [local]\n    health: {{ deadline: 60s, settle: 1s }}\n"
+            ),
+        )
+        .file("environments/values.yaml", "{}\n")
+        .file(
+            "compose/stack.yaml",
+            format!("name: {name}\nservices:\n  web:\n    build: ./web\n    stop_grace_period: 1s\n"),
+        )
+        .file("compose/web/Dockerfile", dockerfile)
+        .file("compose/web/tool", "echo tool ran\n")
+        .file("compose/web/lib.sh", "#!/bin/sh\n# sourced, never run\n")
+        .file("compose/web/page.txt", "page\n")
+        .symlink("compose/web/run", "tool");
+    let chmod = |rel: &str, mode: u32| {
+        std::fs::set_permissions(repo.path().join(rel), std::fs::Permissions::from_mode(mode))
+            .unwrap()
+    };
+    chmod("compose/web/tool", 0o755);
+    chmod("compose/web/lib.sh", 0o644);
+    git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-q", "-m", "modes"]);
+    let state = tempfile::tempdir().unwrap();
+    let state = state.path().to_str().unwrap();
+    let in_image = |path: &'static str| {
+        let b = &b;
+        let name = name.clone();
+        async move {
+            let ids = container_ids(b, &name).await;
+            read_file(b, &ids[&format!("{name}-web-1")], path).await
+        }
+    };
+
+    // From the commit (`--rev HEAD`).
+    let run = repo.driftless(&[
+        "reconcile",
+        "--env",
+        env,
+        "--rev",
+        "HEAD",
+        "--state-dir",
+        state,
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        in_image("/modes.txt").await,
+        "644 /app/lib.sh\n755 /app/tool\n644 /app/page.txt\n"
+    );
+    assert_eq!(in_image("/ran.txt").await, "tool ran\n");
+    // A link goes as a link, as the docker CLI sends it.
+    assert_eq!(in_image("/link.txt").await, "tool\n");
+
+    // From the work tree: `chmod +x` alone is a change, named (the dry
+    // run reads the uncommitted tree; applying wants it committed).
+    chmod("compose/web/lib.sh", 0o755);
+    let dry = repo.driftless(&["reconcile", "--env", env, "--dry-run"]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert!(
+        dry.stdout.contains("build context changed: lib.sh"),
+        "{}",
+        dry.stdout
+    );
+    git(repo.path(), &["commit", "-q", "-am", "chmod +x lib.sh"]);
+    let run = repo.driftless(&["reconcile", "--env", env, "--state-dir", state]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        in_image("/modes.txt").await,
+        "755 /app/lib.sh\n755 /app/tool\n644 /app/page.txt\n"
+    );
 }

@@ -1178,6 +1178,8 @@ pub(crate) fn load(text: &str, files: &[(&str, &str)]) -> driftless::model::comp
         variables: &variables,
         read: &read,
         is_dir: &is_dir,
+        is_executable: &|_: &str| false,
+        links_under: &|_: &str| Vec::new(),
         yaml: Default::default(),
     }) {
         Ok((project, _)) => project,
@@ -1343,6 +1345,12 @@ configs:
             "volumes[0].bind.recursive",
             (1, 44),
             "    volumes:\n      - type: bind\n        source: /tmp\n        target: /t\n        read_only: true\n        bind: {recursive: readonly}\n",
+        ),
+        // An engine before 1.48 refuses the mount type itself.
+        (
+            "volumes[0].type",
+            (1, 48),
+            "    volumes:\n      - type: image\n        source: driftless-test/busybox:2\n        target: /img\n        image: {subpath: bin}\n",
         ),
     ] {
         if have >= need {

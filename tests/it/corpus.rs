@@ -34,6 +34,13 @@ impl CorpusRepo {
         CorpusRepo { root }
     }
 
+    /// A repo rooted at `root` (a fixture directory).
+    fn at(root: &Path) -> Self {
+        CorpusRepo {
+            root: root.canonicalize().expect("fixture directory"),
+        }
+    }
+
     /// The file at a repo path, if it is a file inside the corpus.
     fn resolve(&self, path: &str) -> Option<PathBuf> {
         if path.starts_with('/') || path.split('/').any(|p| p == "..") {
@@ -55,6 +62,14 @@ impl CorpusRepo {
                 .map(Arc::from)
                 .map_err(|e| Diagnostic::error(e.to_string()).file(path)),
         )
+    }
+
+    /// Whether the file has its owner's execute bit, as git records it.
+    fn is_executable(&self, path: &str) -> bool {
+        use std::os::unix::fs::PermissionsExt;
+        self.resolve(path)
+            .and_then(|f| std::fs::metadata(f).ok())
+            .is_some_and(|m| m.is_file() && m.permissions().mode() & 0o100 != 0)
     }
 
     fn files_under(&self, path: &str) -> Vec<String> {
@@ -429,6 +444,7 @@ fn load_compose(repo: &CorpusRepo, file: &str) -> Result<(Project, Vec<Diagnosti
     let variables = BTreeMap::new();
     let read = |p: &str| repo.read(p);
     let is_dir = |p: &str| repo.files_under(p);
+    let is_executable = |p: &str| repo.is_executable(p);
     compose::load(&compose::Input {
         file,
         text: &text,
@@ -436,6 +452,8 @@ fn load_compose(repo: &CorpusRepo, file: &str) -> Result<(Project, Vec<Diagnosti
         variables: &variables,
         read: &read,
         is_dir: &is_dir,
+        is_executable: &is_executable,
+        links_under: &|_: &str| Vec::new(),
         yaml: Default::default(),
     })
 }
@@ -762,6 +780,8 @@ fn anchor_fixtures_load_or_are_refused_by_the_alias_budget() {
             variables: &variables,
             read: &read,
             is_dir: &is_dir,
+            is_executable: &|_: &str| false,
+            links_under: &|_: &str| Vec::new(),
             yaml: Default::default(),
         });
         (r, text.lines().count() as u32)
@@ -800,5 +820,130 @@ fn anchor_fixtures_load_or_are_refused_by_the_alias_budget() {
             .as_deref()
             .is_some_and(|h| h.contains("limits.yaml_alias_expansion")),
         "{e}"
+    );
+}
+
+/// The README's supported-keys table lists every key of the Compose
+/// specification — each top-level key and each service key of
+/// `compose-spec.json` — in its first column, with what driftless does
+/// with it in the second: a key added to the spec (or dropped from the
+/// table) fails here until the table says what happens to it.
+#[test]
+fn the_readme_key_table_covers_every_key_of_the_spec() {
+    let schema: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(support::corpus().join("compose/schema/compose-spec.json"))
+            .expect("compose-spec.json in the corpus"),
+    )
+    .expect("the schema is JSON");
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        v.as_object()
+            .expect("a properties object")
+            .keys()
+            .cloned()
+            .collect()
+    };
+    let top = keys(&schema["properties"]);
+    let service = keys(&schema["definitions"]["service"]["properties"]);
+    assert!(top.len() >= 9 && service.len() >= 92, "{top:?} {service:?}");
+
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let start = readme
+        .find("### Supported Compose keys")
+        .expect("the README has a supported-keys section");
+    let section = &readme[start..];
+    let section = &section[..section[4..].find("\n### ").map_or(section.len(), |e| e + 4)];
+    let mut listed = BTreeSet::new();
+    let mut rows = 0;
+    for line in section.lines().filter(|l| l.starts_with("| ")) {
+        let cells: Vec<&str> = line.trim_matches('|').split(" | ").collect();
+        if cells[0].trim() == "keys" || cells[0].starts_with("---") {
+            continue;
+        }
+        rows += 1;
+        assert!(
+            cells.len() >= 2 && !cells[cells.len() - 1].trim().is_empty(),
+            "a row says what happens to its keys: {line}"
+        );
+        let mut rest = cells[0];
+        while let Some(open) = rest.find('`') {
+            let Some(close) = rest[open + 1..].find('`') else {
+                break;
+            };
+            listed.insert(rest[open + 1..open + 1 + close].to_owned());
+            rest = &rest[open + 1 + close + 1..];
+        }
+    }
+    assert!(rows > 10, "the table was found: {rows} rows");
+    let missing: Vec<&String> = top
+        .iter()
+        .chain(&service)
+        .filter(|k| !listed.contains(*k))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "keys of compose-spec.json the README's table does not list: {missing:?}"
+    );
+}
+
+/// A build-context fixture per `build:` form (the corpus holds Compose
+/// files without their contexts): the short form, the long one with a
+/// Dockerfile elsewhere in the context, args and target, an inline
+/// Dockerfile, and a git URL — each loads, its context read from the
+/// files with `.dockerignore` applied and modes from the file system.
+#[test]
+fn build_context_fixtures_load_in_every_form() {
+    use driftless::model::compose::BuildContext;
+    let repo = CorpusRepo::at(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
+    let (p, warnings) = load_compose(&repo, "compose/build-forms/compose.yaml")
+        .unwrap_or_else(|d| panic!("the build fixture loads:\n{d}"));
+    assert!(warnings.is_empty(), "{warnings:#?}");
+    let context = |service: &str| -> (String, Vec<(String, u32)>) {
+        let b = p.services[service].build.as_ref().expect("a build");
+        match &b.context {
+            BuildContext::Snapshot { dir, files } => (
+                dir.clone(),
+                files.iter().map(|f| (f.path.clone(), f.mode)).collect(),
+            ),
+            BuildContext::Remote { url } => (url.clone(), Vec::new()),
+        }
+    };
+    let owned = |v: &[(&str, u32)]| -> Vec<(String, u32)> {
+        v.iter().map(|(p, m)| ((*p).to_owned(), *m)).collect()
+    };
+    assert_eq!(p.services["web"].image, "build-forms-web");
+    assert_eq!(
+        context("web"),
+        (
+            "compose/build-forms/web".to_owned(),
+            owned(&[
+                (".dockerignore", 0o644),
+                ("Dockerfile", 0o644),
+                ("index.html", 0o644),
+                ("start", 0o755),
+            ])
+        )
+    );
+    let api = p.services["api"].build.as_ref().unwrap();
+    assert_eq!(p.services["api"].image, "registry.example/api:2");
+    assert_eq!(api.dockerfile, "docker/api.Dockerfile");
+    assert_eq!(api.target.as_deref(), Some("prod"));
+    assert_eq!(api.args["VERSION"], "2");
+    assert_eq!(
+        context("api").1,
+        owned(&[("docker/api.Dockerfile", 0o644), ("main.sh", 0o644)])
+    );
+    let inline = p.services["inline"].build.as_ref().unwrap();
+    assert!(inline.dockerfile.starts_with(".dockerfile."), "{inline:?}");
+    assert!(
+        context("inline")
+            .1
+            .iter()
+            .any(|(f, _)| *f == inline.dockerfile),
+        "the inline Dockerfile is sent in the context"
+    );
+    assert_eq!(
+        context("remote").0,
+        "https://git.example/shop/web.git#main:app"
     );
 }

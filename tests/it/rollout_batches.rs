@@ -45,7 +45,6 @@ fn v2(tokens: u32, u: UpdateConfig) -> Service {
         // Written by one new replica at a time: asked for explicitly.
         volumes: vec![Mount::Volume {
             subpath: None,
-            labels: Default::default(),
             source: Some("tokens".into()),
             target: "/t".into(),
             read_only: false,

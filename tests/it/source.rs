@@ -48,6 +48,17 @@ fn paths(snap: &Snapshot) -> Vec<&str> {
     snap.paths().collect()
 }
 
+/// Whether the work tree at `dir` differs from its `HEAD`.
+fn dirty(dir: &Path) -> bool {
+    match worktree::snapshot(dir, Limits::default())
+        .unwrap()
+        .revision()
+    {
+        Revision::WorkTree { dirty, .. } => *dirty,
+        other => panic!("{other:?}"),
+    }
+}
+
 /// Reads `dir`'s HEAD commit and its work tree, both ways.
 fn both(dir: &Path, limits: Limits) -> [Result<Snapshot, SourceError>; 2] {
     let repo = Repo::open(dir).unwrap();
@@ -250,13 +261,6 @@ fn a_clean_worktree_is_its_head_commit() {
     assert_eq!(paths(&snap), paths(&committed));
 
     // A deleted file, a changed link target, an added file: each is dirty.
-    let dirty = |dir: &Path| match worktree::snapshot(dir, Limits::default())
-        .unwrap()
-        .revision()
-    {
-        Revision::WorkTree { dirty, .. } => *dirty,
-        other => panic!("{other:?}"),
-    };
     std::fs::remove_file(dir.join("link")).unwrap();
     assert!(dirty(&dir));
     symlink(&dir, "link", "./a/b.txt");
@@ -314,6 +318,52 @@ fn symlinks_inside_the_repo_resolve_in_commits_and_worktrees() {
         assert!(!snap.contains("dir-link"));
         assert_eq!(snap.len(), 6, "{:?}", paths(&snap));
     }
+}
+
+fn chmod(root: &Path, rel: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(root.join(rel), std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Git records 100755 or 100644 per file; both readers carry that bit,
+/// whatever the content says (`#!` or not), and a link takes its target's
+/// (its own text is kept too, for readers that send links as links).
+#[test]
+fn execute_bits_come_from_git_in_commits_and_worktrees() {
+    let (_tmp, dir) = new_repo();
+    write(&dir, "bin/tool", "no interpreter line\n");
+    write(&dir, "bin/lib.sh", "#!/bin/sh\n# sourced, not run\n");
+    write(&dir, "bin/plain.txt", "text\n");
+    chmod(&dir, "bin/tool", 0o755);
+    chmod(&dir, "bin/lib.sh", 0o644);
+    symlink(&dir, "run", "bin/tool");
+    let head = commit_all(&dir, "modes");
+    let tree = git(&dir, &["ls-tree", "-r", &head]);
+    assert!(
+        tree.contains("100755 blob") && tree.contains("100644 blob"),
+        "{tree}"
+    );
+    for snap in both(&dir, Limits::default()) {
+        let snap = snap.unwrap();
+        assert!(snap.is_executable("bin/tool"), "mode 100755 without `#!`");
+        assert!(!snap.is_executable("bin/lib.sh"), "`#!` committed 100644");
+        assert!(!snap.is_executable("bin/plain.txt"));
+        assert!(snap.is_executable("run"), "a link takes its target's bit");
+        assert_eq!(snap.links_under(""), [("run", "bin/tool")]);
+        assert!(snap.links_under("bin").is_empty());
+    }
+
+    // A `chmod +x` alone makes the work tree dirty, and the next commit
+    // carries it.
+    assert!(!dirty(&dir));
+    chmod(&dir, "bin/lib.sh", 0o755);
+    assert!(dirty(&dir));
+    let next = commit_all(&dir, "chmod +x");
+    let snap = Repo::open(&dir)
+        .unwrap()
+        .snapshot(&next, Limits::default())
+        .unwrap();
+    assert!(snap.is_executable("bin/lib.sh"));
 }
 
 #[test]

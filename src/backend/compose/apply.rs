@@ -1127,7 +1127,6 @@ mod tests {
             files: vec![file("/conf/app.conf")],
             volumes: vec![Mount::Volume {
                 subpath: None,
-                labels: Default::default(),
                 source: None,
                 target: "/conf".into(),
                 read_only: false,

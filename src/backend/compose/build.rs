@@ -148,7 +148,8 @@ pub fn build_hash(service: &Service, b: &Build, commit: Option<&str>) -> String 
 /// Largest context whose per-file digests are kept in a label.
 const FILES_LABEL_MAX: usize = 200;
 
-/// `path sha256-prefix` per file, for contexts of up to
+/// `path sha256-prefix` per file (` 755` after it for a file sent
+/// executable, so a `chmod +x` names the file), for contexts of up to
 /// [`FILES_LABEL_MAX`] files.
 pub fn files_label(b: &Build) -> Option<String> {
     let BuildContext::Snapshot { files, .. } = &b.context else {
@@ -160,7 +161,13 @@ pub fn files_label(b: &Build) -> Option<String> {
     Some(
         files
             .iter()
-            .map(|f| format!("{} {}", f.path, &sha256_hex(&f.content)[..16]))
+            .map(|f| {
+                let digest = &sha256_hex(&f.content)[..16];
+                match f.mode {
+                    0o644 => format!("{} {digest}", f.path),
+                    mode => format!("{} {digest} {mode:o}", f.path),
+                }
+            })
             .collect::<Vec<_>>()
             .join("\n"),
     )
@@ -234,17 +241,29 @@ pub fn needed(
     ))
 }
 
-/// The context as a tar (mtime 0, root-owned), in the order of the model.
+/// The context as a tar (mtime 0, root-owned), in the order of the model;
+/// symlinks as symlink entries.
 pub fn context_tar(b: &Build) -> std::io::Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
     if let BuildContext::Snapshot { files, .. } = &b.context {
         for f in files {
             let mut header = tar::Header::new_gnu();
-            header.set_size(f.content.len() as u64);
-            header.set_mode(f.mode);
             header.set_mtime(0);
-            header.set_entry_type(tar::EntryType::Regular);
-            builder.append_data(&mut header, &f.path, &f.content[..])?;
+            match f.link_target() {
+                // A link as the docker CLI sends it: its target text.
+                Some(target) => {
+                    header.set_entry_type(tar::EntryType::Symlink);
+                    header.set_mode(0o777);
+                    header.set_size(0);
+                    builder.append_link(&mut header, &f.path, target)?;
+                }
+                None => {
+                    header.set_size(f.content.len() as u64);
+                    header.set_mode(f.mode);
+                    header.set_entry_type(tar::EntryType::Regular);
+                    builder.append_data(&mut header, &f.path, &f.content[..])?;
+                }
+            }
         }
     }
     builder.into_inner()
@@ -486,6 +505,91 @@ mod tests {
         assert_eq!(
             needed(&s, Some(&BuiltImage::default()), true, &none).as_deref(),
             Some("the image was not built by driftless")
+        );
+    }
+
+    #[test]
+    fn a_mode_change_alone_rebuilds_naming_the_file_and_the_tar_carries_it() {
+        let none = BTreeMap::new();
+        let s = service(&[("Dockerfile", "FROM x\n"), ("run", "echo hi\n")]);
+        let live = built(&s);
+        let mut chmod = s.clone();
+        if let Some(Build {
+            context: BuildContext::Snapshot { files, .. },
+            ..
+        }) = chmod.build.as_mut()
+        {
+            files[1].mode = 0o755;
+        }
+        assert_ne!(
+            build_hash(&s, s.build.as_ref().unwrap(), None),
+            build_hash(&chmod, chmod.build.as_ref().unwrap(), None),
+            "the mode is part of the context's hash"
+        );
+        assert_eq!(
+            needed(&chmod, Some(&live), true, &none).as_deref(),
+            Some("build context changed: run")
+        );
+        let tar = context_tar(chmod.build.as_ref().unwrap()).unwrap();
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let modes: Vec<(String, u32)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.path().unwrap().display().to_string(),
+                    e.header().mode().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            modes,
+            [("Dockerfile".to_owned(), 0o644), ("run".to_owned(), 0o755)]
+        );
+    }
+
+    #[test]
+    fn a_symlink_is_a_symlink_entry_and_part_of_the_hash() {
+        let mut s = service(&[("Dockerfile", "FROM x\n"), ("run", "tool")]);
+        let before = build_hash(&s, s.build.as_ref().unwrap(), None);
+        if let Some(Build {
+            context: BuildContext::Snapshot { files, .. },
+            ..
+        }) = s.build.as_mut()
+        {
+            files[1].mode = crate::model::compose::SYMLINK_MODE;
+        }
+        let b = s.build.as_ref().unwrap();
+        assert_ne!(
+            build_hash(&s, b, None),
+            before,
+            "a link is not its text as a file"
+        );
+        let tar = context_tar(b).unwrap();
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let entries: Vec<(String, tar::EntryType, Option<String>)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.path().unwrap().display().to_string(),
+                    e.header().entry_type(),
+                    e.link_name().unwrap().map(|l| l.display().to_string()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                ("Dockerfile".to_owned(), tar::EntryType::Regular, None),
+                (
+                    "run".to_owned(),
+                    tar::EntryType::Symlink,
+                    Some("tool".to_owned())
+                ),
+            ]
         );
     }
 

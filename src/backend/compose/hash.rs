@@ -615,6 +615,34 @@ mod tests {
     }
 
     #[test]
+    fn an_image_mount_is_in_the_hash_and_its_change_names_volumes() {
+        use crate::model::compose::Mount;
+        let image = |subpath: Option<&str>| Mount::Image {
+            source: "registry.example/assets:2".into(),
+            target: "/assets".into(),
+            read_only: true,
+            subpath: subpath.map(Into::into),
+        };
+        let base = service();
+        let mut s = service();
+        s.volumes.push(image(None));
+        let mounted = config_hash(&s, "sha256:0123");
+        assert_ne!(mounted, config_hash(&base, "sha256:0123"));
+        let text = definition_text(&s, Some("sha256:0123"));
+        assert!(
+            text.contains("type: image") && text.contains("source: registry.example/assets:2"),
+            "{text}"
+        );
+        let mut sub = service();
+        sub.volumes.push(image(Some("www")));
+        assert_ne!(config_hash(&sub, "sha256:0123"), mounted);
+        assert_eq!(
+            changed_fields(&text, &definition_text(&sub, Some("sha256:0123"))),
+            ["volumes"]
+        );
+    }
+
+    #[test]
     fn definition_text_shows_files_line_by_line() {
         let text = definition_text(&service(), Some("sha256:0123"));
         assert!(text.contains("image_id: sha256:0123\n"), "{text}");

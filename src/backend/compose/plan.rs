@@ -846,7 +846,7 @@ fn refuse_unsupported(projects: &[Project], live: &Live) -> Result<(), String> {
             if have < need {
                 return Err(format!(
                     "{key} needs Docker Engine API {}.{} or later; this engine speaks {}.{}, \
-                     and would ignore it",
+                     and would ignore or refuse it",
                     need.0, need.1, have.0, have.1
                 ));
             }
@@ -1103,7 +1103,6 @@ mod tests {
         }];
         p.services.get_mut("db").unwrap().volumes = vec![Mount::Volume {
             subpath: None,
-            labels: Default::default(),
             source: Some("data".into()),
             target: "/data".into(),
             read_only: false,

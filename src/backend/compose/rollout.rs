@@ -522,7 +522,6 @@ mod tests {
         let database = Service {
             volumes: vec![Mount::Volume {
                 subpath: None,
-                labels: Default::default(),
                 source: Some("pgdata".into()),
                 target: "/var/lib/postgresql/data".into(),
                 read_only: false,
@@ -539,7 +538,6 @@ mod tests {
             volumes: vec![
                 Mount::Volume {
                     subpath: None,
-                    labels: Default::default(),
                     source: Some("assets".into()),
                     target: "/srv".into(),
                     read_only: true,
@@ -547,7 +545,6 @@ mod tests {
                 },
                 Mount::Volume {
                     subpath: None,
-                    labels: Default::default(),
                     source: None,
                     target: "/tmp/cache".into(),
                     read_only: false,
@@ -613,7 +610,6 @@ mod tests {
         let mut database = Service {
             volumes: vec![Mount::Volume {
                 subpath: None,
-                labels: Default::default(),
                 source: Some("data".into()),
                 target: "/data".into(),
                 read_only: false,

@@ -10,9 +10,10 @@ use std::str::FromStr;
 use bollard::models::{
     ContainerCreateBody, DeviceMapping, DeviceRequest, EndpointIpamConfig, EndpointSettings,
     HealthConfig, HostConfig, HostConfigCgroupnsModeEnum, HostConfigLogConfig, IpamConfig,
-    Mount as EngineMount, MountBindOptions, MountBindOptionsPropagationEnum, MountTmpfsOptions,
-    MountType, MountVolumeOptions, NetworkingConfig, PortBinding, ResourcesBlkioWeightDevice,
-    ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum, ThrottleDevice,
+    Mount as EngineMount, MountBindOptions, MountBindOptionsPropagationEnum, MountImageOptions,
+    MountTmpfsOptions, MountType, MountVolumeOptions, NetworkingConfig, PortBinding,
+    ResourcesBlkioWeightDevice, ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
+    ThrottleDevice,
 };
 
 use super::{binds, labels, project};
@@ -344,6 +345,9 @@ pub fn api_requirements(p: &Project) -> Vec<(String, (u32, u32))> {
                 Mount::Volume {
                     subpath: Some(_), ..
                 } => out.push((at("volume.subpath"), (1, 45))),
+                // Image mounts came with Docker 28; an older engine refuses
+                // the mount type, so the plan says so first.
+                Mount::Image { .. } => out.push((at("type"), (1, 48))),
                 // `disabled` is `NonRecursive`, known since 1.40.
                 Mount::Bind {
                     recursive: Some(r), ..
@@ -463,7 +467,6 @@ pub fn mounts(p: &Project, s: &Service, home: Option<&str>) -> (Vec<EngineMount>
                 read_only,
                 no_copy,
                 subpath,
-                labels,
             } => mounts.push(EngineMount {
                 typ: Some(MountType::VOLUME),
                 // A key of the project's `volumes:` becomes its engine name.
@@ -475,13 +478,10 @@ pub fn mounts(p: &Project, s: &Service, home: Option<&str>) -> (Vec<EngineMount>
                 }),
                 target: Some(target.clone()),
                 read_only: Some(*read_only),
-                volume_options: (*no_copy || subpath.is_some() || !labels.is_empty()).then(|| {
-                    MountVolumeOptions {
-                        no_copy: no_copy.then_some(true),
-                        subpath: subpath.clone(),
-                        labels: (!labels.is_empty()).then(|| labels.clone().into_iter().collect()),
-                        ..MountVolumeOptions::default()
-                    }
+                volume_options: (*no_copy || subpath.is_some()).then(|| MountVolumeOptions {
+                    no_copy: no_copy.then_some(true),
+                    subpath: subpath.clone(),
+                    ..MountVolumeOptions::default()
                 }),
                 ..EngineMount::default()
             }),
@@ -541,6 +541,23 @@ pub fn mounts(p: &Project, s: &Service, home: Option<&str>) -> (Vec<EngineMount>
                 volume_options: Some(MountVolumeOptions {
                     no_copy: Some(true),
                     ..MountVolumeOptions::default()
+                }),
+                ..EngineMount::default()
+            }),
+            // As docker compose: the image reference as the source, its
+            // subpath in `ImageOptions`.
+            Mount::Image {
+                source,
+                target,
+                read_only,
+                subpath,
+            } => mounts.push(EngineMount {
+                typ: Some(MountType::IMAGE),
+                source: Some(source.clone()),
+                target: Some(target.clone()),
+                read_only: Some(*read_only),
+                image_options: subpath.as_ref().map(|subpath| MountImageOptions {
+                    subpath: Some(subpath.clone()),
                 }),
                 ..EngineMount::default()
             }),
@@ -683,7 +700,6 @@ mod tests {
             }],
             volumes: vec![Mount::Volume {
                 subpath: None,
-                labels: Default::default(),
                 source: Some("data".into()),
                 target: "/data".into(),
                 read_only: false,
@@ -1056,7 +1072,7 @@ mod tests {
     }
 
     #[test]
-    fn subpath_labels_and_recursive_map_as_docker_compose_sets_them() {
+    fn subpath_recursive_and_image_mounts_map_as_docker_compose_sets_them() {
         let bind = |recursive: &str| Mount::Bind {
             source: "/srv".into(),
             target: "/srv".into(),
@@ -1074,11 +1090,16 @@ mod tests {
                     read_only: false,
                     no_copy: false,
                     subpath: Some("app".into()),
-                    labels: [("team".to_owned(), "web".to_owned())].into(),
                 },
                 bind("disabled"),
                 bind("writable"),
                 bind("readonly"),
+                Mount::Image {
+                    source: "registry.example/assets:2".into(),
+                    target: "/assets".into(),
+                    read_only: true,
+                    subpath: Some("www".into()),
+                },
             ],
             ..Service::default()
         };
@@ -1086,8 +1107,16 @@ mod tests {
         assert!(binds.is_empty());
         let v = mounts[0].volume_options.as_ref().unwrap();
         assert_eq!(v.subpath.as_deref(), Some("app"));
-        assert_eq!(v.labels.as_ref().unwrap()["team"], "web");
+        assert_eq!(v.labels, None, "docker compose sends no volume labels");
         assert_eq!(v.no_copy, None);
+        let image = &mounts[4];
+        assert_eq!(image.typ, Some(MountType::IMAGE));
+        assert_eq!(image.source.as_deref(), Some("registry.example/assets:2"));
+        assert_eq!(image.read_only, Some(true));
+        assert_eq!(
+            image.image_options.as_ref().unwrap().subpath.as_deref(),
+            Some("www")
+        );
         let b = |i: usize| {
             let o = mounts[i].bind_options.clone().unwrap();
             (
@@ -1112,6 +1141,7 @@ mod tests {
                 ("services.web.volumes[0].volume.subpath".to_owned(), (1, 45)),
                 ("services.web.volumes[2].bind.recursive".to_owned(), (1, 44)),
                 ("services.web.volumes[3].bind.recursive".to_owned(), (1, 44)),
+                ("services.web.volumes[4].type".to_owned(), (1, 48)),
             ]
             .into()
         );
@@ -1145,7 +1175,6 @@ mod tests {
                 b("/srv/l", "/l", Some("Z"), None, false),
                 Mount::Volume {
                     subpath: None,
-                    labels: Default::default(),
                     source: Some("data".into()),
                     target: "/data".into(),
                     read_only: false,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::Ctx;
 use crate::diag::Diagnostic;
-use crate::model::compose::{Build, BuildContext, ContextFile};
+use crate::model::compose::{Build, BuildContext, ContextFile, SYMLINK_MODE};
 use crate::source::{SourceError, join_relative};
 use crate::yaml::{Node, Value};
 
@@ -252,11 +252,38 @@ pub(crate) fn build(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Build> {
         return None;
     }
 
+    // Symlinks go as links, as the docker CLI sends them: not as a copy
+    // of the file a link names, nor as the files of a directory it names.
+    // A link named as the Dockerfile is read through, as the builder reads it.
+    let links: Vec<(String, String)> = (ctx.input.links_under)(&dir)
+        .into_iter()
+        .filter_map(|(p, target)| Some((p.strip_prefix(&prefix)?.to_owned(), target)))
+        .filter(|(rel, _)| *rel != b.dockerfile)
+        .collect();
+    let through_link = |rel: &str| {
+        links.iter().any(|(link, _)| {
+            rel.strip_prefix(link.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+    };
     let mut files = Vec::new();
+    for (rel, target) in &links {
+        if rel != ".dockerignore" && ignore.excludes(rel) {
+            continue;
+        }
+        files.push(ContextFile {
+            path: rel.clone(),
+            mode: SYMLINK_MODE,
+            content: Arc::from(target.as_bytes()),
+        });
+    }
     for repo_path in listed {
         let Some(rel) = repo_path.strip_prefix(&prefix) else {
             continue;
         };
+        if through_link(rel) {
+            continue;
+        }
         // The Dockerfile and `.dockerignore` are always sent, as the docker
         // CLI sends them (the builder needs them; `COPY` still skips them).
         if rel != b.dockerfile && rel != ".dockerignore" && ignore.excludes(rel) {
@@ -267,7 +294,7 @@ pub(crate) fn build(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Build> {
         };
         files.push(ContextFile {
             path: rel.to_owned(),
-            mode: mode_of(&content),
+            mode: mode_of((ctx.input.is_executable)(&repo_path)),
             content,
         });
     }
@@ -330,14 +357,11 @@ fn generated(text: &str) -> ContextFile {
     }
 }
 
-/// The mode a context file is sent with. A snapshot does not carry file
-/// modes, so scripts (`#!`) and ELF binaries are sent executable.
-pub(crate) fn mode_of(content: &[u8]) -> u32 {
-    if content.starts_with(b"#!") || content.starts_with(b"\x7fELF") {
-        0o755
-    } else {
-        0o644
-    }
+/// The mode a repo file is sent with, from the execute bit git records
+/// for it: 0755 for mode 100755, else 0644 (what a checkout gives it with
+/// the usual umask, and what the docker CLI would then send).
+pub(crate) fn mode_of(executable: bool) -> u32 {
+    if executable { 0o755 } else { 0o644 }
 }
 
 /// `.dockerignore`: patterns in order, `!` re-includes, a pattern that

@@ -64,6 +64,12 @@ pub struct Input<'a> {
     /// Repo paths of the files under a repo directory, at any depth (empty
     /// when the directory does not exist).
     pub is_dir: &'a dyn Fn(&str) -> Vec<String>,
+    /// Whether a rendered repo file is executable (git mode 100755): build
+    /// contexts and bound directories send it with mode 0755, else 0644.
+    pub is_executable: &'a dyn Fn(&str) -> bool,
+    /// The repo's symlinks at or under a directory (path, target text):
+    /// a build context sends each as a link, as the docker CLI does.
+    pub links_under: &'a dyn Fn(&str) -> Vec<(String, String)>,
     /// YAML limits for this file and the files it `extends` (the repo's
     /// `limits:`).
     pub yaml: yaml::Limits,

@@ -710,7 +710,6 @@ fn volumes(ctx: &mut Ctx, node: &Node, path: &str, refs: &Refs) -> (Vec<Mount>, 
             bind,
             no_copy,
             subpath,
-            volume_labels,
         } = spec;
         if no_copy && !matches!(kind, Kind::Volume(_)) {
             ctx.warning(
@@ -737,9 +736,14 @@ fn volumes(ctx: &mut Ctx, node: &Node, path: &str, refs: &Refs) -> (Vec<Mount>, 
                     read_only,
                     no_copy,
                     subpath,
-                    labels: volume_labels,
                 });
             }
+            Kind::Image { source, subpath } => mounts.push(Mount::Image {
+                source,
+                target,
+                read_only,
+                subpath,
+            }),
             Kind::Tmpfs { size, mode } => mounts.push(Mount::Tmpfs { target, size, mode }),
             Kind::Bind(source) if syntax::is_windows_path(&source) => ctx.report(
                 Diagnostic::error(format!("bind source `{source}` is a Windows path"))
@@ -823,6 +827,11 @@ fn volumes(ctx: &mut Ctx, node: &Node, path: &str, refs: &Refs) -> (Vec<Mount>, 
 enum Kind {
     Volume(Option<String>),
     Bind(String),
+    /// `type: image`: the image reference and `image.subpath`.
+    Image {
+        source: String,
+        subpath: Option<String>,
+    },
     Tmpfs {
         size: Option<u64>,
         mode: Option<u32>,
@@ -836,7 +845,6 @@ struct VolumeSpec {
     bind: BindSpec,
     no_copy: bool,
     subpath: Option<String>,
-    volume_labels: BTreeMap<String, String>,
 }
 
 /// The bind options of one mount, as written.
@@ -913,7 +921,6 @@ fn short_volume(ctx: &mut Ctx, item: &Node, text: &str, path: &str) -> Option<Vo
         bind,
         no_copy,
         subpath: None,
-        volume_labels: BTreeMap::new(),
     })
 }
 
@@ -932,7 +939,7 @@ fn long_volume(
     let mut bind = BindSpec::default();
     let mut no_copy = false;
     let mut subpath = None;
-    let mut volume_labels = BTreeMap::new();
+    let mut image_subpath = None;
     for (k, v) in fields {
         let Some(key) = ctx.key(k, path) else {
             continue;
@@ -954,9 +961,44 @@ fn long_volume(
                     match vkey {
                         "nocopy" => no_copy = ctx.bool(vv, &vp).unwrap_or(false),
                         "subpath" => subpath = ctx.text(vv, &vp).filter(|p| !p.is_empty()),
-                        "labels" => volume_labels = ctx.labels(vv, &vp),
+                        // docker compose reads `labels` (the schema has it)
+                        // and drops it: its model of a volume mount has no
+                        // labels, so the engine never sees them.
+                        "labels" => {
+                            ctx.labels(vv, &vp);
+                            ctx.warning(
+                                vk,
+                                &vp,
+                                "docker compose ignores `volume.labels` on a mount, and so does driftless; label a named volume with the top-level `volumes.<name>.labels`",
+                            );
+                        }
                         k if k.starts_with("x-") => {}
                         _ => ctx.unsupported(vk, &vp),
+                    }
+                }
+            }
+            "image" => {
+                for (ik, iv) in ctx.map(v, &fp).unwrap_or_default() {
+                    let Some(ikey) = ctx.key(ik, &fp) else {
+                        continue;
+                    };
+                    let ip = format!("{fp}.{ikey}");
+                    match ikey {
+                        "subpath" => {
+                            image_subpath = ctx.text(iv, &ip).filter(|p| !p.is_empty());
+                            if image_subpath.as_deref().is_some_and(|p| {
+                                p.starts_with('/') || p.split('/').any(|c| c == "..")
+                            }) {
+                                ctx.error(
+                                    iv,
+                                    &ip,
+                                    "`image.subpath` must be a path inside the image, relative and without `..`",
+                                );
+                                image_subpath = None;
+                            }
+                        }
+                        k if k.starts_with("x-") => {}
+                        _ => ctx.unsupported(ik, &ip),
                     }
                 }
             }
@@ -1014,42 +1056,49 @@ fn long_volume(
     }
     let kind = match kind {
         None => {
-            ctx.error(item, path, "a mount needs `type:` (volume, bind or tmpfs)");
+            ctx.error(
+                item,
+                path,
+                "a mount needs `type:` (volume, bind, tmpfs or image)",
+            );
             return None;
         }
-        Some((t, tnode)) => {
-            match t.as_str() {
-                "volume" => Kind::Volume(source),
-                "bind" => match source {
-                    Some(source) => Kind::Bind(source),
-                    None => {
-                        ctx.error(item, path, "a bind mount needs `source:`");
-                        return None;
-                    }
+        Some((t, tnode)) => match t.as_str() {
+            "volume" => Kind::Volume(source),
+            "bind" => match source {
+                Some(source) => Kind::Bind(source),
+                None => {
+                    ctx.error(item, path, "a bind mount needs `source:`");
+                    return None;
+                }
+            },
+            "tmpfs" => Kind::Tmpfs {
+                size: tmpfs_size,
+                mode: tmpfs_mode,
+            },
+            "image" => match source.filter(|s| !s.is_empty()) {
+                Some(source) => Kind::Image {
+                    source,
+                    subpath: image_subpath,
                 },
-                "tmpfs" => Kind::Tmpfs {
-                    size: tmpfs_size,
-                    mode: tmpfs_mode,
-                },
-                "image" => {
-                    ctx.report(
-                        Diagnostic::error("mount type `image` (an image's files mounted read-only) is not supported by driftless")
-                            .hint("it needs Docker Engine API 1.47 (Docker 28) or later; copy the files into a volume, or build them into this service's image"),
-                        tnode,
-                        &format!("{path}.type"),
+                None => {
+                    ctx.error(
+                        item,
+                        path,
+                        "an image mount needs `source:`, the image reference",
                     );
                     return None;
                 }
-                other => {
-                    ctx.error(
+            },
+            other => {
+                ctx.error(
                     tnode,
                     &format!("{path}.type"),
-                    format!("mount type `{other}` is not supported by driftless (volume, bind, tmpfs)"),
+                    format!("mount type `{other}` is not supported by driftless (volume, bind, tmpfs, image)"),
                 );
-                    return None;
-                }
+                return None;
             }
-        }
+        },
     };
     Some(VolumeSpec {
         kind,
@@ -1058,7 +1107,6 @@ fn long_volume(
         bind,
         no_copy,
         subpath,
-        volume_labels,
     })
 }
 
@@ -1198,7 +1246,7 @@ fn repo_bind(
         }
         if let Some(content) = ctx.read_bytes(&file, Some(item), path) {
             files.push(ContextFile {
-                mode: super::build::mode_of(&content),
+                mode: super::build::mode_of((ctx.input.is_executable)(&file)),
                 path: sub,
                 content,
             });
@@ -2000,6 +2048,7 @@ fn dedup_mounts(s: &mut Service) {
         Mount::Volume { target, .. }
         | Mount::Bind { target, .. }
         | Mount::RepoDir { target, .. }
+        | Mount::Image { target, .. }
         | Mount::Tmpfs { target, .. } => target.clone(),
     };
     let mut mounts: Vec<Mount> = Vec::new();

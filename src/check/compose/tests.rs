@@ -1,7 +1,7 @@
 //! Loader tests: each Compose feature from the user's side, with the line
 //! and object path of every error.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,10 @@ use crate::model::compose::*;
 pub(super) struct Repo {
     files: BTreeMap<String, Vec<u8>>,
     vars: BTreeMap<String, String>,
+    /// Files committed with mode 100755.
+    executable: BTreeSet<String>,
+    /// Symlinks: path → target text.
+    links: BTreeMap<String, String>,
 }
 
 impl Repo {
@@ -23,7 +27,22 @@ impl Repo {
                 .map(|(p, c)| (p.to_string(), c.as_bytes().to_vec()))
                 .collect(),
             vars: BTreeMap::new(),
+            executable: BTreeSet::new(),
+            links: BTreeMap::new(),
         }
+    }
+
+    /// Adds a symlink at `path` to `target` (its files, if any, are given
+    /// with [`Repo::new`] as the snapshot resolves them).
+    pub(super) fn link(mut self, path: &str, target: &str) -> Repo {
+        self.links.insert(path.into(), target.into());
+        self
+    }
+
+    /// Marks `path` as committed executable (git mode 100755).
+    pub(super) fn executable(mut self, path: &str) -> Repo {
+        self.executable.insert(path.into());
+        self
     }
 
     pub(super) fn var(mut self, k: &str, v: &str) -> Repo {
@@ -45,16 +64,16 @@ impl Repo {
         let read = |p: &str| -> Option<Result<Arc<[u8]>, Diagnostic>> {
             self.files.get(p).map(|c| Ok(Arc::from(c.as_slice())))
         };
+        // What is under a repo directory (`""`: the root).
+        let under = |dir: &str, path: &str| dir.is_empty() || path.starts_with(&format!("{dir}/"));
         let is_dir = |p: &str| -> Vec<String> {
-            let prefix = if p.is_empty() {
-                String::new()
-            } else {
-                format!("{p}/")
-            };
-            self.files
-                .keys()
-                .filter(|k| k.starts_with(&prefix))
-                .cloned()
+            self.files.keys().filter(|k| under(p, k)).cloned().collect()
+        };
+        let links_under = |d: &str| -> Vec<(String, String)> {
+            self.links
+                .iter()
+                .filter(|(p, _)| under(d, p))
+                .map(|(p, t)| (p.clone(), t.clone()))
                 .collect()
         };
         let text = String::from_utf8(self.files[file].clone()).unwrap();
@@ -66,6 +85,8 @@ impl Repo {
                 variables: &self.vars,
                 read: &read,
                 is_dir: &is_dir,
+                is_executable: &|p: &str| self.executable.contains(p),
+                links_under: &links_under,
                 yaml: Default::default(),
             },
             options,
@@ -268,7 +289,6 @@ configs:
         [
             Mount::Volume {
                 subpath: None,
-                labels: Default::default(),
                 source: Some("data".into()),
                 target: "/var/lib/data".into(),
                 read_only: false,
@@ -291,7 +311,6 @@ configs:
             },
             Mount::Volume {
                 subpath: None,
-                labels: Default::default(),
                 source: None,
                 target: "/anonymous".into(),
                 read_only: false,

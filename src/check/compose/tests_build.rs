@@ -30,9 +30,13 @@ fn the_short_form_builds_the_directory_and_names_the_image_after_the_project() {
         ),
         ("compose/web/Dockerfile", DOCKERFILE),
         ("compose/web/run.sh", "#!/bin/sh\necho hi\n"),
+        ("compose/web/tool", "no interpreter line\n"),
+        ("compose/web/lib.sh", "#!/bin/sh\n# sourced, never run\n"),
         ("compose/web/index.html", "hello\n"),
         ("compose/other.txt", "not in the context\n"),
-    ]);
+    ])
+    .executable("compose/web/run.sh")
+    .executable("compose/web/tool");
     let (p, _) = repo.ok("compose/stack.yaml");
     let web = &p.services["Web"];
     assert_eq!(web.image, "shop-web", "`<project>-<service>`, lowercase");
@@ -43,13 +47,63 @@ fn the_short_form_builds_the_directory_and_names_the_image_after_the_project() {
         [
             ("Dockerfile", 0o644),
             ("index.html", 0o644),
-            ("run.sh", 0o755)
-        ]
+            ("lib.sh", 0o644),
+            ("run.sh", 0o755),
+            ("tool", 0o755),
+        ],
+        "modes as git records them, whatever the content"
     );
     let BuildContext::Snapshot { dir, .. } = &b.context else {
         unreachable!()
     };
     assert_eq!(dir, "compose/web");
+}
+
+/// A symlink goes as a link, as the docker CLI sends it: not the file it
+/// names, not the files of the directory it names (which the snapshot
+/// shows under its path); `.dockerignore` applies to its path.
+#[test]
+fn symlinks_in_a_context_are_sent_as_links() {
+    let repo = Repo::new(&[
+        (
+            "compose/stack.yaml",
+            "name: shop\nservices:\n  web:\n    build: ./web\n",
+        ),
+        ("compose/web/Dockerfile", DOCKERFILE),
+        ("compose/web/.dockerignore", "skipped\n"),
+        ("compose/web/tool", "echo hi\n"),
+        // The snapshot resolves links: `run` reads as `tool`, `current/`
+        // holds the files of `releases/v2/`.
+        ("compose/web/run", "echo hi\n"),
+        ("compose/web/releases/v2/a.txt", "a\n"),
+        ("compose/web/current/a.txt", "a\n"),
+        ("compose/web/skipped", "echo hi\n"),
+    ])
+    .executable("compose/web/tool")
+    .executable("compose/web/run")
+    .link("compose/web/run", "tool")
+    .link("compose/web/current", "releases/v2")
+    .link("compose/web/skipped", "tool")
+    .link("compose/other-link", "web");
+    let b = build_of(&repo, "web");
+    let BuildContext::Snapshot { files, .. } = &b.context else {
+        unreachable!()
+    };
+    let got: Vec<(&str, u32, Option<&str>)> = files
+        .iter()
+        .map(|f| (f.path.as_str(), f.mode, f.link_target()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (".dockerignore", 0o644, None),
+            ("Dockerfile", 0o644, None),
+            ("current", 0o120777, Some("releases/v2")),
+            ("releases/v2/a.txt", 0o644, None),
+            ("run", 0o120777, Some("tool")),
+            ("tool", 0o755, None),
+        ]
+    );
 }
 
 #[test]

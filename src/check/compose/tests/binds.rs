@@ -148,7 +148,9 @@ fn services_binding_one_directory_get_its_files_once_per_project() {
         ),
         ("compose/shared/a.txt", "a"),
         ("compose/shared/sub/b.sh", "#!/bin/sh\n"),
-    ]);
+        ("compose/shared/sub/c.sh", "#!/bin/sh\n"),
+    ])
+    .executable("compose/shared/sub/b.sh");
     let (p, _) = repo.ok("compose/stack.yaml");
     let app = &p.services["app"];
     let web = &p.services["web"];
@@ -157,7 +159,11 @@ fn services_binding_one_directory_get_its_files_once_per_project() {
         .iter()
         .map(|f| (f.path.as_str(), f.mode))
         .collect();
-    assert_eq!(paths, [("a.txt", 0o644), ("sub/b.sh", 0o755)]);
+    // Modes as git records them: `c.sh` is committed 100644.
+    assert_eq!(
+        paths,
+        [("a.txt", 0o644), ("sub/b.sh", 0o755), ("sub/c.sh", 0o644)]
+    );
     assert_eq!(app.volumes[0].repo_files(), web.volumes[0].repo_files());
     // A single file is still copied into each container.
     assert_eq!(app.files[0].target, "/etc/a.txt");
@@ -177,10 +183,37 @@ fn a_repo_file_named_like_the_listing_is_refused() {
     assert!(errors[0].message.contains(BIND_LISTING));
 }
 
+/// docker compose reads `volume.labels` and drops it (its mount model has
+/// no labels): accepted, said as a warning at its line, not sent.
 #[test]
-fn volume_subpath_labels_and_bind_recursive_are_read_and_image_mounts_refused() {
+fn volume_labels_on_a_mount_are_ignored_as_docker_compose_ignores_them() {
     let (m, warnings) = mounts(
-        "services:\n  app:\n    image: x\n    volumes:\n      - type: volume\n        target: /cache\n        volume: {subpath: app, labels: {team: web}}\n      - type: bind\n        source: /srv/a\n        target: /a\n        bind: {recursive: disabled}\n      - type: bind\n        source: /srv/b\n        target: /b\n        bind: {recursive: enabled}\n",
+        "services:\n  app:\n    image: x\n    volumes:\n      - type: volume\n        target: /cache\n        volume:\n          labels: {team: web}\n",
+    );
+    assert_eq!(
+        m,
+        [Mount::Volume {
+            source: None,
+            target: "/cache".into(),
+            read_only: false,
+            no_copy: false,
+            subpath: None,
+        }]
+    );
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0]
+            .message
+            .contains("docker compose ignores `volume.labels`"),
+        "{warnings:#?}"
+    );
+    assert_eq!(warnings[0].line, Some(8), "{warnings:#?}");
+}
+
+#[test]
+fn volume_subpath_bind_recursive_and_image_mounts_are_read() {
+    let (m, warnings) = mounts(
+        "services:\n  app:\n    image: x\n    volumes:\n      - type: volume\n        target: /cache\n        volume: {subpath: app}\n      - type: bind\n        source: /srv/a\n        target: /a\n        bind: {recursive: disabled}\n      - type: bind\n        source: /srv/b\n        target: /b\n        bind: {recursive: enabled}\n      - type: image\n        source: registry.example/assets:2\n        target: /assets\n        read_only: true\n        image: {subpath: www/static}\n",
     );
     assert!(warnings.is_empty(), "{warnings:#?}");
     assert_eq!(
@@ -191,7 +224,6 @@ fn volume_subpath_labels_and_bind_recursive_are_read_and_image_mounts_refused() 
             read_only: false,
             no_copy: false,
             subpath: Some("app".into()),
-            labels: [("team".to_owned(), "web".to_owned())].into(),
         }
     );
     assert!(matches!(&m[1], Mount::Bind { recursive: Some(r), .. } if r == "disabled"));
@@ -203,6 +235,15 @@ fn volume_subpath_labels_and_bind_recursive_are_read_and_image_mounts_refused() 
             ..
         }
     ));
+    assert_eq!(
+        m[3],
+        Mount::Image {
+            source: "registry.example/assets:2".into(),
+            target: "/assets".into(),
+            read_only: true,
+            subpath: Some("www/static".into()),
+        }
+    );
     let e = single_error(
         &one(
             "services:\n  app:\n    image: x\n    volumes:\n      - type: bind\n        source: /srv\n        target: /a\n        bind: {recursive: sometimes}\n",
@@ -213,12 +254,20 @@ fn volume_subpath_labels_and_bind_recursive_are_read_and_image_mounts_refused() 
     assert!(e.message.contains("writable"), "{e}");
     let e = single_error(
         &one(
-            "services:\n  app:\n    image: x\n    volumes:\n      - type: image\n        source: app:1\n        target: /a\n",
+            "services:\n  app:\n    image: x\n    volumes:\n      - type: image\n        target: /a\n",
         ),
         5,
-        "services.app.volumes[0].type",
+        "services.app.volumes[0]",
     );
-    assert!(e.hint.unwrap().contains("1.47"));
+    assert!(e.message.contains("needs `source:`"), "{e}");
+    let e = single_error(
+        &one(
+            "services:\n  app:\n    image: x\n    volumes:\n      - type: image\n        source: app:1\n        target: /a\n        image: {subpath: ../etc}\n",
+        ),
+        8,
+        "services.app.volumes[0].image.subpath",
+    );
+    assert!(e.message.contains("without `..`"), "{e}");
     let e = single_error(
         &one(
             "services:\n  app:\n    image: x\n    volumes:\n      - type: bind\n        source: /srv\n        target: /a\n        bind: {recursive: disabled, create_host_path: true}\n",

@@ -206,7 +206,6 @@ fn an_override_file_merges_over_the_main_file_with_compose_rules() {
         web.volumes,
         [Mount::Volume {
             subpath: None,
-            labels: Default::default(),
             source: Some("other".into()),
             target: "/data".into(),
             read_only: false,

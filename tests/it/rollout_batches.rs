@@ -328,9 +328,12 @@ fn token_stack(name: &str, image: &str, tokens: bool, deploy: &str) -> String {
 /// first failed replica, the two replaced keep the new definition and the
 /// two not yet replaced their old containers; the commit is not marked
 /// failed and nothing is rolled back (automatic rollback is on), the
-/// environment is suspended with a reason saying so and how to continue,
-/// and after `driftless resume` the next pass tries the head's update
-/// again.
+/// environment is suspended with a reason saying so and how to continue.
+/// After `driftless resume` the next pass tries the head's update again
+/// and, as Swarm continues a paused update, replaces only the replicas not
+/// yet updated: first with the fixture's tokens all taken (it pauses again
+/// at web-3), then with two tokens freed (web-3 and web-4 take them); the
+/// replicas updated before the pause keep their containers throughout.
 #[tokio::test]
 async fn a_paused_update_stays_half_updated_until_resumed() {
     let Some(b) = engine().await else { return };
@@ -395,9 +398,9 @@ async fn a_paused_update_stays_half_updated_until_resumed() {
     );
     assert_eq!(web_replicas(&b, &name).await, half);
 
-    // Resumed: the head's update is tried again (the fixture's tokens are
-    // all taken, so it pauses again at its first replica), still without
-    // a rollback and with the half-updated replicas kept.
+    // Resumed with the tokens all taken: the update goes on at web-3 (the
+    // one replica it tries, out of the two not yet updated), which fails,
+    // so it pauses again; still no rollback.
     let resumed = cli.run(&["resume"]);
     assert!(resumed.status.success(), "{resumed:?}");
     let on = cli.run(&["reconcile"]);
@@ -406,9 +409,43 @@ async fn a_paused_update_stays_half_updated_until_resumed() {
     let doc = cli.history();
     let error = doc["reconciles"][0]["error"].as_str().unwrap();
     assert!(error.contains("update paused"), "{error}");
+    assert!(error.contains("(1 of 2 replicas)"), "{error}");
+    assert!(
+        error.contains("2 of 4 replicas run the new definition, 2 the old"),
+        "{error}"
+    );
+    assert!(error.contains(&format!("{name}-web-3")), "{error}");
     assert_eq!(doc["reconciles"][0]["kind"], "deploy", "{doc:#}");
     assert_eq!(doc["failed_commits"], serde_json::json!([]), "{doc:#}");
     assert!(doc["control"]["suspended"].is_string(), "{doc:#}");
+
+    // Two tokens freed (the fix a user would push): resumed, the update
+    // replaces web-3 and web-4 only and the deploy succeeds.
+    crate::backup_support::exec(
+        b.docker(),
+        &format!("{name}-web-1"),
+        &["busybox", "rmdir", "/t/1", "/t/2"],
+    )
+    .await
+    .unwrap();
+    assert!(cli.run(&["resume"]).status.success());
+    let done = cli.run(&["reconcile"]);
+    assert!(done.status.success(), "{done:?}");
+    let now = web_replicas(&b, &name).await;
+    assert_eq!(&now[..2], &half[..2], "updated before the pause: kept");
+    assert_eq!(states(&now, &before, &v2_id), ["new"; 4]);
+    let doc = cli.history();
+    assert_eq!(doc["reconciles"][0]["outcome"], "healthy", "{doc:#}");
+    let plan = doc["reconciles"][0]["diff"].as_str().unwrap_or_default();
+    assert!(
+        plan.contains("2 of 4 replicas already run it and are kept"),
+        "{plan}"
+    );
+    assert_eq!(
+        doc["control"]["suspended"],
+        serde_json::Value::Null,
+        "{doc:#}"
+    );
 }
 
 /// The automatic rollback after a failed update replaces replicas as

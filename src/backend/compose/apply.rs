@@ -636,10 +636,11 @@ impl<'a> Applier<'a> {
         let (p, service_name, service) = self
             .service(name)
             .ok_or_else(|| self.error(name, "the change names a service that is not desired"))?;
-        // A recreate for a changed definition replaces every replica; other
-        // changes (scale, exited containers) replace only what is wrong.
+        // A recreated network or a replaced namespace owner takes every
+        // replica; any other change replaces only the replicas that do not
+        // run the desired definition — after a paused update, the rest.
         let force =
-            matches!(&c.action, Action::Recreate { reason } if rollout::replaces_all(reason));
+            matches!(&c.action, Action::Recreate { reason } if rollout::replaces_current(reason));
         let start_first = matches!(&c.action, Action::Recreate { reason }
             if rollout::decide(service, reason).is_some_and(|d| d.order == UpdateOrder::StartFirst));
         self.converge(p, service_name, service, force, start_first, state)

@@ -64,6 +64,15 @@ pub fn replaces_all(reason: &str) -> bool {
         )
 }
 
+/// Whether a recreate for `reason` replaces replicas that already run the
+/// desired definition: their network is recreated, or a service they share
+/// a namespace or volumes with is replaced. Any other rollout replaces only
+/// replicas whose config hash or image differ, so an update resumed after
+/// `failure_action: pause` replaces only the replicas not yet updated.
+pub fn replaces_current(reason: &str) -> bool {
+    matches!(reason, "network changed" | "dependency recreated")
+}
+
 /// How a recreate for `reason` replaces the service's replicas; `None`
 /// when it replaces only broken ones (nothing is serving there to keep).
 ///
@@ -234,12 +243,16 @@ impl Applier<'_> {
             // replacement takes the environment's failure path (rollback).
             FailureAction::Pause if config.from != ConfigFrom::Defaults => {
                 let replaced = tried - failures.len();
+                // Replicas this update left alone already ran it (an
+                // update resumed after a pause).
+                let replicas = (service.replicas as usize).max(old.len());
+                let already = replicas - old.len();
                 self.paused(
                     resource,
                     format!(
-                        "{message}; update paused: {replaced} of {} replicas run the new \
+                        "{message}; update paused: {} of {replicas} replicas run the new \
                          definition, {} the old",
-                        old.len(),
+                        already + replaced,
                         old.len() - replaced
                     ),
                 )

@@ -33,7 +33,8 @@ fn v1() -> Service {
     }
 }
 
-/// v2: serves only with one of `tokens` tokens, replaced as `u` says.
+/// v2: serves only with one of `tokens` tokens, replaced as `u` says
+/// (start-first unless it names an order).
 fn v2(tokens: u32, u: UpdateConfig) -> Service {
     let list: Vec<String> = (1..=tokens).map(|i| i.to_string()).collect();
     let script = format!(
@@ -52,7 +53,7 @@ fn v2(tokens: u32, u: UpdateConfig) -> Service {
             no_copy: false,
         }],
         update_config: UpdateConfig {
-            order: Some(UpdateOrder::StartFirst),
+            order: u.order.or(Some(UpdateOrder::StartFirst)),
             from: ConfigFrom::Compose,
             ..u
         },
@@ -205,6 +206,65 @@ async fn parallelism_is_how_many_replicas_are_tried_at_once() {
         assert_eq!(states, ["old"; 4], "parallelism {parallelism}");
         let err = result.unwrap_err();
         assert!(err.contains(&format!("({failed} of 4 replicas)")), "{err}");
+    }
+}
+
+/// stop-first batches obey the same settings: each old replica is stopped,
+/// its new one started and gated, `parallelism` at a time; a new replica
+/// that fails stays as it is (its old one is gone), so it counts as
+/// running the new definition.
+fn stop_first(parallelism: u32, failure_action: FailureAction, ratio: f64) -> UpdateConfig {
+    UpdateConfig {
+        order: Some(UpdateOrder::StopFirst),
+        ..config(parallelism, failure_action, ratio)
+    }
+}
+
+#[tokio::test]
+async fn stop_first_pauses_after_the_batch_that_failed() {
+    let Some(b) = engine().await else { return };
+    let name = project_name("batch-stop-pause");
+    let _cleanup = Cleanup::new(&[&name]);
+    // No token: both new replicas of the first batch fail; 3 and 4 are
+    // never touched.
+    let (result, states) = update(&b, &name, 0, stop_first(2, FailureAction::Pause, 0.0)).await;
+    assert_eq!(states, ["new", "new", "old", "old"]);
+    let err = result.unwrap_err();
+    for words in [
+        "stop-first update failed (2 of 4 replicas)",
+        &format!("new replica {name}-web-1 exited with code 1"),
+        "its old container was already removed",
+        "update paused: 0 of 4 replicas run the new definition, 2 failed it",
+        "2 the old",
+    ] {
+        assert!(err.contains(words), "{words:?} in {err}");
+    }
+    assert!(!err.contains(&format!("{name}-web-3")), "{err}");
+}
+
+#[tokio::test]
+async fn stop_first_continue_replaces_every_replica_then_fails() {
+    let Some(b) = engine().await else { return };
+    for (ratio, fails) in [(0.0, true), (0.5, false)] {
+        let name = project_name(&format!("batch-stop-cont{}", ratio > 0.0));
+        let _cleanup = Cleanup::new(&[&name]);
+        // Two tokens: 1 and 2 serve, 3 and 4 fail; `continue` went on past 3.
+        let (result, states) =
+            update(&b, &name, 2, stop_first(1, FailureAction::Continue, ratio)).await;
+        assert_eq!(states, ["new"; 4], "ratio {ratio}");
+        match result {
+            // Past the ratio: the deploy fails (and the environment takes
+            // its failure path), as with start-first.
+            Err(err) if fails => {
+                assert!(
+                    err.contains("stop-first update failed (2 of 4 replicas)"),
+                    "{err}"
+                );
+                assert!(err.contains(&format!("{name}-web-4")), "{err}");
+            }
+            Ok(()) if !fails => {}
+            other => panic!("ratio {ratio}: {other:?}"),
+        }
     }
 }
 

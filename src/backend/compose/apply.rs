@@ -641,24 +641,28 @@ impl<'a> Applier<'a> {
         // run the desired definition — after a paused update, the rest.
         let force =
             matches!(&c.action, Action::Recreate { reason } if rollout::replaces_current(reason));
-        let start_first = matches!(&c.action, Action::Recreate { reason }
-            if rollout::decide(service, reason).is_some_and(|d| d.order == UpdateOrder::StartFirst));
-        self.converge(p, service_name, service, force, start_first, state)
+        // A changed definition rolls out in batches; other changes (scale,
+        // exited containers) replace what is wrong at once.
+        let order = match &c.action {
+            Action::Recreate { reason } => rollout::decide(service, reason).map(|d| d.order),
+            _ => None,
+        };
+        self.converge(p, service_name, service, force, order, state)
             .await
     }
 
-    /// Brings one service to its desired replicas: removes extra and
-    /// outdated containers (highest numbers first) — or, `start_first`,
-    /// replaces running outdated ones with new ones gated on health
-    /// ([`rollout`]) — then creates and starts the missing numbers after
-    /// waiting for the service's dependencies.
+    /// Brings one service to its desired replicas: removes extra containers
+    /// and outdated ones (highest numbers first) — or, in a rollout
+    /// (`order`), replaces running outdated ones in batches, each new one
+    /// gated on health ([`rollout`]) — then creates and starts the missing
+    /// numbers after waiting for the service's dependencies.
     async fn converge(
         &self,
         p: &Project,
         name: &str,
         service: &Service,
         force: bool,
-        start_first: bool,
+        order: Option<UpdateOrder>,
         state: &State,
     ) -> Result<()> {
         let resource = format!("{}/{name}", p.name);
@@ -695,7 +699,7 @@ impl<'a> Applier<'a> {
                 || c.number == 0
                 || c.number > service.replicas
                 || kept.contains(&c.number);
-            if !extra && outdated && start_first && c.state == live::ContainerState::Running {
+            if !extra && outdated && order.is_some() && c.state == live::ContainerState::Running {
                 kept.insert(c.number);
                 replace.push(c);
             } else if extra || outdated {
@@ -724,8 +728,10 @@ impl<'a> Applier<'a> {
             instance: self.ctx.owner.instance,
         };
         replace.reverse();
-        self.replace_start_first(&replace, &replica, &resource, state)
-            .await?;
+        if let Some(order) = order {
+            self.roll_out(order, &replace, &replica, &resource, state)
+                .await?;
+        }
         for number in missing {
             self.create_and_start(&replica(number), &resource).await?;
         }

@@ -774,6 +774,7 @@ mod tests {
             masker,
             allow,
             owner: crate::backend::Owner::new("dev@test"),
+            progress: None,
         }
     }
 

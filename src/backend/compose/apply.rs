@@ -30,6 +30,7 @@ use super::{
     ComposeBackend, archive, binds, build, hash, hooks, image, labels, live, plan, project,
     rollout, spec,
 };
+use crate::backend::progress::Tracked;
 use crate::backend::{ApplyReport, BackendError, Context};
 use crate::model::TargetState;
 use crate::model::compose::{DependencyCondition, Project, PullPolicy, Service, UpdateOrder};
@@ -61,6 +62,20 @@ impl<'a> Applier<'a> {
 
     pub(super) fn docker(&self) -> &Docker {
         &self.backend.docker
+    }
+
+    /// Shows `resource` as being replaced (`total` replicas, `order`) in
+    /// the apply's progress, until the guard is dropped.
+    pub(super) fn track(&self, resource: &str, order: UpdateOrder, total: usize) -> Tracked<'a> {
+        match self.ctx.progress {
+            Some(p) => p.track(
+                self.target(),
+                resource,
+                order,
+                u32::try_from(total).unwrap_or(u32::MAX),
+            ),
+            None => Tracked::none(),
+        }
     }
 
     fn target(&self) -> &str {

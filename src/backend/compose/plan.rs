@@ -986,6 +986,7 @@ mod tests {
                     instance: "dev@github.com/acme/a",
                     adopt,
                 },
+                progress: None,
             },
         )
     }

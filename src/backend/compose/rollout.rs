@@ -13,7 +13,8 @@
 //! network aliases, so Docker's DNS and label-routed proxies answer with
 //! both, the old one leaves DNS, drains and stops, and the new one takes
 //! the canonical name. Stop-first: the old one stops, the new one starts
-//! under the canonical name and is gated the same way.
+//! under the canonical name and is gated the same way. Each step is shown
+//! in the apply's [`Progress`](crate::backend::progress::Progress).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -27,6 +28,7 @@ use bollard::query_parameters::{
 };
 
 use crate::backend::BackendError;
+use crate::backend::progress::{Phase, Tracked};
 use crate::model::compose::{ConfigFrom, FailureAction, Mount, Service, UpdateOrder};
 
 use super::apply::{Applier, State};
@@ -182,7 +184,9 @@ impl Applier<'_> {
     /// Replaces the running containers `old` (one per replica number) of
     /// `resource` in `order`, in batches of the service's `parallelism`
     /// with its `delay` between them, each replica as [`Self::replace_one`]
-    /// does. Past `max_failure_ratio`, `failure_action` decides, the same for both
+    /// does, and
+    /// shows how far it got in the apply's progress. Past
+    /// `max_failure_ratio`, `failure_action` decides, the same for both
     /// orders: `continue` goes on with the other batches, `rollback` and
     /// `pause` stop at the batch that crossed it; then the apply fails
     /// naming the service — as [`BackendError::Paused`] with `pause` asked
@@ -205,17 +209,24 @@ impl Applier<'_> {
             0 => old.len(),
             n => n as usize,
         };
+        let tracked = self.track(resource, order, old.len());
         let mut failures = Vec::new();
         let mut tried = 0;
         for (i, chunk) in old.chunks(batch).enumerate() {
             if i > 0 && !config.delay.is_zero() {
                 tokio::time::sleep(config.delay).await;
             }
-            let results = futures_util::future::join_all(
-                chunk
-                    .iter()
-                    .map(|c| self.replace_one(order, c, replica(c.number), resource, state)),
-            )
+            let results = futures_util::future::join_all(chunk.iter().map(|c| {
+                let r = replica(c.number);
+                let tracked = &tracked;
+                async move {
+                    let result = self
+                        .replace_one(order, c, r, resource, state, tracked)
+                        .await;
+                    tracked.done();
+                    result
+                }
+            }))
             .await;
             tried += chunk.len();
             failures.extend(results.into_iter().filter_map(Result::err));
@@ -288,37 +299,45 @@ impl Applier<'_> {
         r: spec::Replica<'_>,
         resource: &str,
         state: &State,
+        tracked: &Tracked<'_>,
     ) -> Result<(), String> {
         let canonical =
             project::container_name(&r.project.name, r.service_name, r.service, r.number);
         if order == UpdateOrder::StopFirst {
             tracing::info!(container = %canonical, "replacing stop-first");
+            tracked.phase(Phase::StoppingOld);
             self.remove_container(old, Some(r.service), state)
                 .await
                 .map_err(|e| crate::diag::error_chain(&e))?;
+            tracked.phase(Phase::StartingNew);
             let id = self
                 .create_as(&r, &canonical, false, resource)
                 .await
                 .map_err(|e| {
                     format!("new replica {canonical}: {}", crate::diag::error_chain(&e))
                 })?;
+            tracked.phase(Phase::WaitingHealthy);
             return self.gate(&id, r.service).await.map_err(|why| {
                 format!("new replica {canonical} {why}; its old container was already removed")
             });
         }
         let temporary = temporary_name(&canonical);
         tracing::info!(container = %canonical, replacement = %temporary, "replacing start-first");
+        tracked.phase(Phase::StartingNew);
         // `aliased`: the failure came after it may have joined the
         // service's DNS on some network.
         let gated = match self.create_as(&r, &temporary, true, resource).await {
-            Ok(id) => match self.gate(&id, r.service).await {
-                Ok(()) => self
-                    .join_aliases(&id, &r)
-                    .await
-                    .map(|()| id)
-                    .map_err(|why| (why, true)),
-                Err(why) => Err((why, false)),
-            },
+            Ok(id) => {
+                tracked.phase(Phase::WaitingHealthy);
+                match self.gate(&id, r.service).await {
+                    Ok(()) => self
+                        .join_aliases(&id, &r)
+                        .await
+                        .map(|()| id)
+                        .map_err(|why| (why, true)),
+                    Err(why) => Err((why, false)),
+                }
+            }
             Err(e) => Err((crate::diag::error_chain(&e), false)),
         };
         let id = match gated {
@@ -342,6 +361,7 @@ impl Applier<'_> {
                 ));
             }
         };
+        tracked.phase(Phase::DrainingOld);
         self.leave_dns(&old.id, &r).await;
         self.remove_container(old, Some(r.service), state)
             .await

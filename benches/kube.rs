@@ -149,6 +149,7 @@ impl Bench {
                 masker: &masker,
                 allow: &allow,
                 owner: driftless::backend::Owner::new("bench@test"),
+                progress: None,
             };
             let live = b.read_live(&t, ctx).await.unwrap();
             let plan = b.plan(&t, &live, ctx).await.unwrap();
@@ -168,6 +169,7 @@ impl Bench {
                 masker: &masker,
                 allow: &allow,
                 owner: driftless::backend::Owner::new("bench@test"),
+                progress: None,
             };
             let live = b.read_live(t, ctx).await.unwrap();
             let plan = b.plan(t, &live, ctx).await.unwrap();

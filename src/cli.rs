@@ -821,6 +821,7 @@ fn reconcile_cmd(args: ReconcileArgs) -> Result<i32> {
         scope,
         http: &http,
         verify_poll: std::time::Duration::from_secs(1),
+        progress: None,
     };
     let run = Run {
         commit,
@@ -1287,6 +1288,18 @@ fn status_cmd(args: StatusArgs) -> Result<i32> {
             line.push_str(&format!("; suspended: {r}"));
         }
         println!("{line}");
+        // Only a daemon knows: its running pass's replacements.
+        for r in e["worker"]["replacing"].as_array().into_iter().flatten() {
+            println!(
+                "  replacing {}: {} {}, {} of {} replicas done, {}",
+                r["target"].as_str().unwrap_or("?"),
+                r["service"].as_str().unwrap_or("?"),
+                r["order"].as_str().unwrap_or("?"),
+                r["done"],
+                r["total"],
+                r["phase"].as_str().unwrap_or("?").replace('-', " ")
+            );
+        }
     }
     Ok(0)
 }

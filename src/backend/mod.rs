@@ -16,6 +16,7 @@ use crate::secrets::Masker;
 
 pub mod compose;
 pub mod kube;
+pub mod progress;
 pub mod rules;
 
 /// What a backend needs besides the desired state to plan and apply.
@@ -27,6 +28,9 @@ pub struct Context<'a> {
     pub allow: &'a Allow,
     /// Which live resources the environment owns, and which it may adopt.
     pub owner: Owner<'a>,
+    /// Where an apply shows the services it is replacing (the daemon's
+    /// status reads it); `None` when nobody watches.
+    pub progress: Option<&'a progress::Progress>,
 }
 
 /// The ownership of what an environment deploys: every resource it creates

@@ -886,6 +886,7 @@ mod tests {
             masker,
             allow,
             owner: crate::backend::Owner::new("dev@test"),
+            progress: None,
         }
     }
 

@@ -289,6 +289,7 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
             metrics: metrics.clone(),
             state_dir: config.state_dir.clone(),
             signatures: config.verify.get(env).cloned(),
+            progress: stats.replacing.clone(),
         };
         if let Some(elector) = electors.get(env) {
             tasks.spawn(lease::run(

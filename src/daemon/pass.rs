@@ -48,6 +48,9 @@ pub struct EnvContext {
     /// The daemon's `verify:` policy for this environment: every head or
     /// pinned commit must carry a good signature.
     pub signatures: Option<super::config::SignaturePolicy>,
+    /// Where the apply shows the services it is replacing: the worker's
+    /// [`WorkerStats::replacing`](super::worker::WorkerStats::replacing).
+    pub progress: Arc<crate::backend::progress::Progress>,
 }
 
 impl EnvContext {
@@ -67,6 +70,7 @@ impl EnvContext {
             },
             http: &self.http,
             verify_poll: self.verify_poll,
+            progress: Some(&self.progress),
         }
     }
 }

@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use super::lock::{LockError, OpLock};
 use super::pass::{self, EnvContext, Memo, PassEnd};
+use crate::backend::progress::{Progress, Replacing};
 use crate::store::Trigger;
 
 /// The dirty flag of one environment.
@@ -104,6 +105,9 @@ pub struct WorkerStats {
     pub drift_checks: AtomicU64,
     pub running: AtomicBool,
     pub last_error: Mutex<Option<String>>,
+    /// The services the running pass's apply is replacing (written by the
+    /// backend through the apply's context).
+    pub replacing: Arc<Progress>,
 }
 
 impl WorkerStats {
@@ -117,6 +121,7 @@ impl WorkerStats {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            replacing: self.replacing.now(),
         }
     }
 }
@@ -130,6 +135,9 @@ pub struct WorkerStatus {
     pub running: bool,
     /// The transient failure being retried, if any.
     pub last_error: Option<String>,
+    /// Services whose replicas are being replaced now: order, replicas
+    /// done of total, and the phase of the current batch.
+    pub replacing: Vec<Replacing>,
 }
 
 /// Retry timing after transient failures: doubling from `initial` to `max`.

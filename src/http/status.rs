@@ -68,6 +68,8 @@ struct EnvView {
     running: bool,
     pending: bool,
     last_error: Option<String>,
+    /// The services the running pass is replacing, one line each.
+    replacing: Vec<String>,
     diff: Vec<Line>,
     diff_truncated: bool,
     diff_of: Option<String>,
@@ -158,6 +160,7 @@ fn build(s: &AppState, p: &PageParams) -> Result<String, String> {
             running: worker.running,
             pending: entry.dirty.is_pending(),
             last_error: worker.last_error,
+            replacing: worker.replacing.iter().map(|r| r.text()).collect(),
             diff,
             diff_truncated,
             diff_of: last.as_ref().map(|r| {
@@ -276,6 +279,10 @@ mod tests {
                     running: false,
                     pending: false,
                     last_error: None,
+                    replacing: vec![
+                        "local: p/<i>a</i> start-first, 1 of 2 replicas done, waiting healthy"
+                            .into(),
+                    ],
                     diff: diff_lines(
                         "plan for dev\n~ t: service p/a  update\n    --- live\n    +++ desired\n    @@ -1 +1 @@\n    -a\n    +b\n     c\n",
                     )
@@ -287,6 +294,13 @@ mod tests {
             })
             .unwrap();
         assert!(html.contains("&lt;script&gt;dev"), "{html}");
+        assert!(
+            html.contains(
+                "<li>Replacing local: p&#x2f;&lt;i&gt;a&lt;&#x2f;i&gt; start-first, 1 of 2 replicas done, \
+                 waiting healthy</li>"
+            ),
+            "{html}"
+        );
         assert!(!html.contains("<script>"), "{html}");
         assert!(
             html.contains(r#"<span class="del">    -a</span>"#),

@@ -12,6 +12,7 @@ pub mod probe;
 
 use std::time::Duration;
 
+use crate::backend::progress::Progress;
 use crate::backend::{ApplyReport, Backend, BackendError, Context, Driver, Health, Owner, Verdict};
 use crate::check::{self, Checked};
 use crate::diag::{Diagnostic, Diagnostics};
@@ -193,19 +194,24 @@ pub async fn apply<B: Backend>(
     masker: &Masker,
 ) -> Result<ApplyReport, BackendError> {
     let lives = read_live(backends, desired, masker).await?;
-    apply_live(backends, desired, plan, &lives, masker).await
+    apply_live(backends, desired, plan, &lives, masker, None).await
 }
 
 /// [`apply`] of a plan made from `lives` (from [`read_live`]), which the
-/// backends use instead of reading the live state again.
+/// backends use instead of reading the live state again; the services it
+/// replaces are shown in `progress`.
 pub async fn apply_live<B: Backend>(
     backends: &[B],
     desired: &DesiredState,
     plan: &Plan,
     lives: &[B::Live],
     masker: &Masker,
+    progress: Option<&Progress>,
 ) -> Result<ApplyReport, BackendError> {
-    let ctx = context(desired, masker);
+    let ctx = Context {
+        progress,
+        ..context(desired, masker)
+    };
     let mut report = ApplyReport::default();
     let mut ordered: Vec<_> = pairs(backends, desired).zip(lives).collect();
     ordered.sort_by_key(|((_, t), _)| matches!(t.target.kind, TargetKind::Prometheus(_)));
@@ -266,6 +272,7 @@ fn context<'a>(desired: &'a DesiredState, masker: &'a Masker) -> Context<'a> {
         masker,
         allow: &desired.environment.allow,
         owner: owner(desired),
+        progress: None,
     }
 }
 

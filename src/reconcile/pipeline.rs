@@ -39,6 +39,9 @@ pub struct Env<'a> {
     pub http: &'a reqwest::Client,
     /// How often verify polls the backends.
     pub verify_poll: Duration,
+    /// Where the apply shows the services it is replacing (the daemon's
+    /// status); `None` when nobody watches.
+    pub progress: Option<&'a crate::backend::progress::Progress>,
 }
 
 impl Env<'_> {
@@ -244,9 +247,16 @@ impl Memo {
         }
         let lives = super::read_live(&applied.drivers, &empty, &applied.masker).await?;
         let plan = super::plan_live(&applied.drivers, &empty, &lives, &applied.masker).await?;
-        super::apply_live(&applied.drivers, &empty, &plan, &lives, &applied.masker)
-            .await
-            .map(|_| ())
+        super::apply_live(
+            &applied.drivers,
+            &empty,
+            &plan,
+            &lives,
+            &applied.masker,
+            None,
+        )
+        .await
+        .map(|_| ())
     }
 }
 
@@ -679,7 +689,7 @@ async fn deploy<H: Hooks>(
         return rec.end(Outcome::Failed, Ended::Transient, Some(e));
     }
     let t = Instant::now();
-    let applied = super::apply_live(&drivers, &desired, &plan, &lives, &masker).await;
+    let applied = super::apply_live(&drivers, &desired, &plan, &lives, &masker, env.progress).await;
     rec.timings.apply_ms = Some(ms(t));
     // From here on the memo describes what is live, good or bad.
     let report = match applied {

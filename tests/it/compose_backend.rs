@@ -45,6 +45,7 @@ pub(crate) fn ctx<'a>(env: &'a str, masker: &'a Masker, allow: &'a Allow) -> Con
         masker,
         allow,
         owner: driftless::backend::Owner::new(env),
+        progress: None,
     }
 }
 

@@ -475,6 +475,7 @@ async fn a_volume_of_that_name_driftless_did_not_create_is_left_alone() {
                 masker: &masker,
                 allow: &allow,
                 owner: driftless::backend::Owner::new(&env),
+                progress: None,
             },
         )
         .await

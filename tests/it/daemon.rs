@@ -277,9 +277,15 @@ async fn pushes_deploy_bad_commits_roll_back_to_pinned_images_and_nothing_leaks(
     assert_eq!(s["last_good"]["commit"], c2.as_str());
     let h = Daemon::history(state.path(), &env);
     let rows = rows_for(&h, &c3);
+    // The published port makes it stop-first: the new container is gated
+    // on its healthcheck as it replaces the old, so the apply itself fails.
     assert!(
-        rows.iter()
-            .any(|r| r["kind"] == "deploy" && r["outcome"] == "unhealthy"),
+        rows.iter().any(|r| r["kind"] == "deploy"
+            && r["outcome"] == "failed"
+            && r["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("stop-first update failed")
+                    && e.contains("failed its healthcheck"))),
         "{rows:#?}"
     );
     assert!(

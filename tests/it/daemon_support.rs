@@ -147,6 +147,22 @@ pub struct Options {
     pub vars: Vec<(String, String)>,
 }
 
+impl Options {
+    /// A daemon for `env` watching the bare repo `repo` (polling hourly).
+    pub fn watching(repo: &Bare, env: &str, state_dir: &Path, secrets_dir: &Path) -> Options {
+        Options {
+            repo: repo.path(),
+            env: env.to_owned(),
+            state_dir: state_dir.to_owned(),
+            secrets_dir: secrets_dir.to_owned(),
+            poll: "1h",
+            watch: true,
+            extra: String::new(),
+            vars: vec![],
+        }
+    }
+}
+
 /// A running daemon; killed on drop.
 pub struct Daemon {
     child: Option<Child>,

@@ -113,6 +113,7 @@ impl Fixture {
             masker: &self.masker,
             allow,
             owner: driftless::backend::Owner::new("prod@test"),
+            progress: None,
         }
     }
 

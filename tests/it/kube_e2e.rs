@@ -133,6 +133,7 @@ impl E2e {
             masker: &self.masker,
             allow,
             owner: driftless::backend::Owner::new(ENV),
+            progress: None,
         };
         let live = self.backend.read_live(&self.target, ctx).await?;
         self.backend.plan(&self.target, &live, ctx).await
@@ -144,6 +145,7 @@ impl E2e {
             masker: &self.masker,
             allow,
             owner: driftless::backend::Owner::new(ENV),
+            progress: None,
         };
         self.backend
             .apply(&self.target, plan, ctx)

@@ -444,3 +444,152 @@ async fn kill_9_mid_replacement_then_reconcile_converges() {
         .unwrap();
     assert_eq!(dry.status.code(), Some(0), "{dry:?}");
 }
+
+/// While the daemon replaces a service, its status says so — the API's
+/// `worker.replacing` (order, replicas done of total, phase), the status
+/// page and `driftless status --daemon` — and says nothing once the
+/// rollout is over. The new image's healthcheck turns healthy only after
+/// a few seconds, so each new replica is seen waiting for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_daemon_status_shows_a_service_being_replaced() {
+    use crate::daemon_support::{API_TOKEN, Bare, Daemon, Options, git};
+    let Some(_b) = engine().await else { return };
+    let name = project_name("rollout-status");
+    let _cleanup = Cleanup::new(&[&name]);
+    let env = format!("e{}", name.trim_start_matches("dlt-").replace('_', "-"));
+    let manifest = format!(
+        "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {{}}\nenvironments:\n  {env}:\n    values: environments/values.yaml\n    targets: [local]\n    health: {{ deadline: 60s, settle: 1s }}\n    drift_interval: 1h\n"
+    );
+    // Healthy once /tmp/ready exists: at once for v1, after 3 s for v2.
+    let stack = |image: &str, wait: u32| {
+        format!(
+            "name: {name}\nservices:\n  web:\n    image: {image}\n    command: [sh, -c, \"sleep {wait}; touch /tmp/ready; exec httpd -f -p 80 -h /\"]\n    deploy: {{ replicas: 2 }}\n    stop_grace_period: 1s\n    healthcheck:\n      test: [CMD-SHELL, \"test -f /tmp/ready\"]\n      interval: 500ms\n      retries: 30\n"
+        )
+    };
+    let files = |image: &str, wait: u32| {
+        vec![
+            ("driftless.yaml", manifest.clone()),
+            ("environments/values.yaml", "{}\n".to_owned()),
+            ("compose/stack.yaml", stack(image, wait)),
+        ]
+    };
+    let bare = Bare::new(&files(BUSYBOX, 0));
+    let c1 = git(&bare.path(), &["rev-parse", "main"]);
+    let state = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(&Options::watching(
+        &bare,
+        &env,
+        state.path(),
+        secrets.path(),
+    ));
+    d.ready().await;
+    d.wait(&env, "first deploy", LONG, |s| {
+        s["last_good"]["commit"] == c1
+    })
+    .await;
+    let service = format!("{name}/web");
+    let replacing = |s: &serde_json::Value| -> Option<serde_json::Value> {
+        s["worker"]["replacing"]
+            .as_array()?
+            .iter()
+            .find(|r| r["service"] == service.as_str())
+            .cloned()
+    };
+
+    let c2 = bare.commit(&files(BUSYBOX_2, 3)[2..], "v2");
+    let first = api_until(&d, &env, "web-1 waiting healthy", |s| {
+        replacing(s).is_some_and(|r| r["phase"] == "waiting-healthy" && r["done"] == 0)
+    })
+    .await;
+    let r = replacing(&first).unwrap();
+    assert_eq!(
+        (&r["target"], &r["order"], &r["total"]),
+        (&"local".into(), &"start-first".into(), &2.into()),
+        "{first:#}"
+    );
+    assert_eq!(first["worker"]["running"], true, "{first:#}");
+    // The replica takes 3 s to turn healthy: the page and the CLI see it
+    // meanwhile.
+    let page = d.client().get(d.url("/")).send().await.unwrap();
+    let page = page.text().await.unwrap();
+    // As the template escapes it (`/` too).
+    let escaped = service.replace('/', "&#x2f;");
+    assert!(
+        page.contains(&format!(
+            "Replacing local: {escaped} start-first, 0 of 2 replicas done, waiting healthy"
+        )),
+        "{page}"
+    );
+    let token = secrets.path().join("token");
+    std::fs::write(&token, API_TOKEN).unwrap();
+    let (code, out, err) = crate::daemon_support::cli(&[
+        "status",
+        "--env",
+        &env,
+        "--daemon",
+        &d.url(""),
+        "--token-file",
+        token.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!(
+            "replacing local: {service} start-first, 0 of 2 replicas done, waiting healthy"
+        )),
+        "{out}"
+    );
+
+    api_until(&d, &env, "web-2 waiting healthy", |s| {
+        replacing(s).is_some_and(|r| r["phase"] == "waiting-healthy" && r["done"] == 1)
+    })
+    .await;
+    let end = api_until(&d, &env, "the rollout's end", |s| {
+        s["last_good"]["commit"] == c2.as_str()
+    })
+    .await;
+    assert_eq!(end["worker"]["replacing"], serde_json::json!([]), "{end:#}");
+    let page = d.client().get(d.url("/")).send().await.unwrap();
+    assert!(!page.text().await.unwrap().contains("Replacing"));
+}
+
+/// Polls `GET /api/v1/environments/{env}` — the versioned API, as a
+/// dashboard reads it — until `pred` holds; panics with the daemon's logs
+/// after [`LONG`].
+async fn api_until(
+    d: &crate::daemon_support::Daemon,
+    env: &str,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let s = match d
+            .client()
+            .get(d.url(&format!("/api/v1/environments/{env}")))
+            .bearer_auth(crate::daemon_support::API_TOKEN)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+        {
+            Ok(r) => r
+                .text()
+                .await
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok()),
+            Err(_) => None,
+        };
+        if let Some(s) = s.as_ref().filter(|s| pred(s)) {
+            return s.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never saw {what}; status: {s:#?}\nlogs:\n{}",
+            d.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How long a deploy may take in the daemon test.
+const LONG: Duration = Duration::from_secs(120);

@@ -33,7 +33,8 @@ fn v1() -> Service {
     }
 }
 
-/// v2: serves only with one of `tokens` tokens, replaced as `u` says.
+/// v2: serves only with one of `tokens` tokens, replaced as `u` says
+/// (start-first unless it names an order).
 fn v2(tokens: u32, u: UpdateConfig) -> Service {
     let list: Vec<String> = (1..=tokens).map(|i| i.to_string()).collect();
     let script = format!(
@@ -51,7 +52,7 @@ fn v2(tokens: u32, u: UpdateConfig) -> Service {
             no_copy: false,
         }],
         update_config: UpdateConfig {
-            order: Some(UpdateOrder::StartFirst),
+            order: u.order.or(Some(UpdateOrder::StartFirst)),
             from: ConfigFrom::Compose,
             ..u
         },
@@ -207,6 +208,65 @@ async fn parallelism_is_how_many_replicas_are_tried_at_once() {
     }
 }
 
+/// stop-first batches obey the same settings: each old replica is stopped,
+/// its new one started and gated, `parallelism` at a time; a new replica
+/// that fails stays as it is (its old one is gone), so it counts as
+/// running the new definition.
+fn stop_first(parallelism: u32, failure_action: FailureAction, ratio: f64) -> UpdateConfig {
+    UpdateConfig {
+        order: Some(UpdateOrder::StopFirst),
+        ..config(parallelism, failure_action, ratio)
+    }
+}
+
+#[tokio::test]
+async fn stop_first_pauses_after_the_batch_that_failed() {
+    let Some(b) = engine().await else { return };
+    let name = project_name("batch-stop-pause");
+    let _cleanup = Cleanup::new(&[&name]);
+    // No token: both new replicas of the first batch fail; 3 and 4 are
+    // never touched.
+    let (result, states) = update(&b, &name, 0, stop_first(2, FailureAction::Pause, 0.0)).await;
+    assert_eq!(states, ["new", "new", "old", "old"]);
+    let err = result.unwrap_err();
+    for words in [
+        "stop-first update failed (2 of 4 replicas)",
+        &format!("new replica {name}-web-1 exited with code 1"),
+        "its old container was already removed",
+        "update paused: 0 of 4 replicas run the new definition, 2 failed it",
+        "2 the old",
+    ] {
+        assert!(err.contains(words), "{words:?} in {err}");
+    }
+    assert!(!err.contains(&format!("{name}-web-3")), "{err}");
+}
+
+#[tokio::test]
+async fn stop_first_continue_replaces_every_replica_then_fails() {
+    let Some(b) = engine().await else { return };
+    for (ratio, fails) in [(0.0, true), (0.5, false)] {
+        let name = project_name(&format!("batch-stop-cont{}", ratio > 0.0));
+        let _cleanup = Cleanup::new(&[&name]);
+        // Two tokens: 1 and 2 serve, 3 and 4 fail; `continue` went on past 3.
+        let (result, states) =
+            update(&b, &name, 2, stop_first(1, FailureAction::Continue, ratio)).await;
+        assert_eq!(states, ["new"; 4], "ratio {ratio}");
+        match result {
+            // Past the ratio: the deploy fails (and the environment takes
+            // its failure path), as with start-first.
+            Err(err) if fails => {
+                assert!(
+                    err.contains("stop-first update failed (2 of 4 replicas)"),
+                    "{err}"
+                );
+                assert!(err.contains(&format!("{name}-web-4")), "{err}");
+            }
+            Ok(()) if !fails => {}
+            other => panic!("ratio {ratio}: {other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn delay_separates_the_batches() {
     let Some(b) = engine().await else { return };
@@ -327,9 +387,12 @@ fn token_stack(name: &str, image: &str, tokens: bool, deploy: &str) -> String {
 /// first failed replica, the two replaced keep the new definition and the
 /// two not yet replaced their old containers; the commit is not marked
 /// failed and nothing is rolled back (automatic rollback is on), the
-/// environment is suspended with a reason saying so and how to continue,
-/// and after `driftless resume` the next pass tries the head's update
-/// again.
+/// environment is suspended with a reason saying so and how to continue.
+/// After `driftless resume` the next pass tries the head's update again
+/// and, as Swarm continues a paused update, replaces only the replicas not
+/// yet updated: first with the fixture's tokens all taken (it pauses again
+/// at web-3), then with two tokens freed (web-3 and web-4 take them); the
+/// replicas updated before the pause keep their containers throughout.
 #[tokio::test]
 async fn a_paused_update_stays_half_updated_until_resumed() {
     let Some(b) = engine().await else { return };
@@ -394,9 +457,9 @@ async fn a_paused_update_stays_half_updated_until_resumed() {
     );
     assert_eq!(web_replicas(&b, &name).await, half);
 
-    // Resumed: the head's update is tried again (the fixture's tokens are
-    // all taken, so it pauses again at its first replica), still without
-    // a rollback and with the half-updated replicas kept.
+    // Resumed with the tokens all taken: the update goes on at web-3 (the
+    // one replica it tries, out of the two not yet updated), which fails,
+    // so it pauses again; still no rollback.
     let resumed = cli.run(&["resume"]);
     assert!(resumed.status.success(), "{resumed:?}");
     let on = cli.run(&["reconcile"]);
@@ -405,9 +468,43 @@ async fn a_paused_update_stays_half_updated_until_resumed() {
     let doc = cli.history();
     let error = doc["reconciles"][0]["error"].as_str().unwrap();
     assert!(error.contains("update paused"), "{error}");
+    assert!(error.contains("(1 of 2 replicas)"), "{error}");
+    assert!(
+        error.contains("2 of 4 replicas run the new definition, 2 the old"),
+        "{error}"
+    );
+    assert!(error.contains(&format!("{name}-web-3")), "{error}");
     assert_eq!(doc["reconciles"][0]["kind"], "deploy", "{doc:#}");
     assert_eq!(doc["failed_commits"], serde_json::json!([]), "{doc:#}");
     assert!(doc["control"]["suspended"].is_string(), "{doc:#}");
+
+    // Two tokens freed (the fix a user would push): resumed, the update
+    // replaces web-3 and web-4 only and the deploy succeeds.
+    crate::backup_support::exec(
+        b.docker(),
+        &format!("{name}-web-1"),
+        &["busybox", "rmdir", "/t/1", "/t/2"],
+    )
+    .await
+    .unwrap();
+    assert!(cli.run(&["resume"]).status.success());
+    let done = cli.run(&["reconcile"]);
+    assert!(done.status.success(), "{done:?}");
+    let now = web_replicas(&b, &name).await;
+    assert_eq!(&now[..2], &half[..2], "updated before the pause: kept");
+    assert_eq!(states(&now, &before, &v2_id), ["new"; 4]);
+    let doc = cli.history();
+    assert_eq!(doc["reconciles"][0]["outcome"], "healthy", "{doc:#}");
+    let plan = doc["reconciles"][0]["diff"].as_str().unwrap_or_default();
+    assert!(
+        plan.contains("2 of 4 replicas already run it and are kept"),
+        "{plan}"
+    );
+    assert_eq!(
+        doc["control"]["suspended"],
+        serde_json::Value::Null,
+        "{doc:#}"
+    );
 }
 
 /// The automatic rollback after a failed update replaces replicas as

@@ -332,6 +332,7 @@ pub(crate) mod live {
             masker: &masker,
             allow: &allow,
             owner: driftless::backend::Owner::new("dev@test"),
+            progress: None,
         };
         // A file someone put there by hand: never touched.
         let theirs = prom.rules_dir().join("hand-made.yml");
@@ -469,6 +470,7 @@ pub(crate) mod live {
             masker: &masker,
             allow: &allow,
             owner: driftless::backend::Owner::new("dev@test"),
+            progress: None,
         };
         let b = connect(&t).await;
         let p = plan(&b, &t, ctx).await;
@@ -542,6 +544,7 @@ pub(crate) mod live {
             masker: &masker,
             allow: &allow,
             owner: driftless::backend::Owner::new("dev@test"),
+            progress: None,
         };
         let t1 = with_files(
             target.clone(),

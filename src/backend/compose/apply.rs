@@ -30,6 +30,7 @@ use super::{
     ComposeBackend, archive, binds, build, hash, hooks, image, labels, live, plan, project,
     rollout, spec, subnets,
 };
+use crate::backend::progress::Tracked;
 use crate::backend::{ApplyReport, BackendError, Context};
 use crate::model::TargetState;
 use crate::model::compose::{DependencyCondition, Project, PullPolicy, Service, UpdateOrder};
@@ -61,6 +62,20 @@ impl<'a> Applier<'a> {
 
     pub(super) fn docker(&self) -> &Docker {
         &self.backend.docker
+    }
+
+    /// Shows `resource` as being replaced (`total` replicas, `order`) in
+    /// the apply's progress, until the guard is dropped.
+    pub(super) fn track(&self, resource: &str, order: UpdateOrder, total: usize) -> Tracked<'a> {
+        match self.ctx.progress {
+            Some(p) => p.track(
+                self.target(),
+                resource,
+                order,
+                u32::try_from(total).unwrap_or(u32::MAX),
+            ),
+            None => Tracked::none(),
+        }
     }
 
     fn target(&self) -> &str {
@@ -661,28 +676,33 @@ impl<'a> Applier<'a> {
         let (p, service_name, service) = self
             .service(name)
             .ok_or_else(|| self.error(name, "the change names a service that is not desired"))?;
-        // A recreate for a changed definition replaces every replica; other
-        // changes (scale, exited containers) replace only what is wrong.
+        // A recreated network or a replaced namespace owner takes every
+        // replica; any other change replaces only the replicas that do not
+        // run the desired definition — after a paused update, the rest.
         let force =
-            matches!(&c.action, Action::Recreate { reason } if rollout::replaces_all(reason));
-        let start_first = matches!(&c.action, Action::Recreate { reason }
-            if rollout::decide(service, reason).is_some_and(|d| d.order == UpdateOrder::StartFirst));
-        self.converge(p, service_name, service, force, start_first, state)
+            matches!(&c.action, Action::Recreate { reason } if rollout::replaces_current(reason));
+        // A changed definition rolls out in batches; other changes (scale,
+        // exited containers) replace what is wrong at once.
+        let order = match &c.action {
+            Action::Recreate { reason } => rollout::decide(service, reason).map(|d| d.order),
+            _ => None,
+        };
+        self.converge(p, service_name, service, force, order, state)
             .await
     }
 
-    /// Brings one service to its desired replicas: removes extra and
-    /// outdated containers (highest numbers first) — or, `start_first`,
-    /// replaces running outdated ones with new ones gated on health
-    /// ([`rollout`]) — then creates and starts the missing numbers after
-    /// waiting for the service's dependencies.
+    /// Brings one service to its desired replicas: removes extra containers
+    /// and outdated ones (highest numbers first) — or, in a rollout
+    /// (`order`), replaces running outdated ones in batches, each new one
+    /// gated on health ([`rollout`]) — then creates and starts the missing
+    /// numbers after waiting for the service's dependencies.
     async fn converge(
         &self,
         p: &Project,
         name: &str,
         service: &Service,
         force: bool,
-        start_first: bool,
+        order: Option<UpdateOrder>,
         state: &State,
     ) -> Result<()> {
         let resource = format!("{}/{name}", p.name);
@@ -719,7 +739,7 @@ impl<'a> Applier<'a> {
                 || c.number == 0
                 || c.number > service.replicas
                 || kept.contains(&c.number);
-            if !extra && outdated && start_first && c.state == live::ContainerState::Running {
+            if !extra && outdated && order.is_some() && c.state == live::ContainerState::Running {
                 kept.insert(c.number);
                 replace.push(c);
             } else if extra || outdated {
@@ -748,8 +768,10 @@ impl<'a> Applier<'a> {
             instance: self.ctx.owner.instance,
         };
         replace.reverse();
-        self.replace_start_first(&replace, &replica, &resource, state)
-            .await?;
+        if let Some(order) = order {
+            self.roll_out(order, &replace, &replica, &resource, state)
+                .await?;
+        }
         for number in missing {
             self.create_and_start(&replica(number), &resource).await?;
         }

@@ -407,8 +407,19 @@ fn service_change(
         return c;
     }
 
+    // Replicas that run the desired definition and image (after a paused
+    // update, those it replaced): the apply leaves them, and the diff is
+    // the one of the others. Not when a newer image is pulled first.
+    let current = |c: &LiveContainer| {
+        newer.is_none()
+            && image_id.is_some_and(|id| {
+                c.image_id == id && hash::hash_matches(c.config_hash.as_deref(), service, id)
+            })
+    };
     let live_text = containers
         .iter()
+        .filter(|c| !current(c))
+        .chain(&containers)
         .find_map(|c| c.definition.clone())
         .unwrap_or_default();
     let recreate = |reason: &str| Action::Recreate {
@@ -490,9 +501,17 @@ fn service_change(
                 "the change is in a masked (secret) value".to_owned()
             }
         });
+        let up_to_date = containers.iter().filter(|c| current(c)).count();
+        let rest = (up_to_date > 0).then(|| {
+            format!(
+                "{up_to_date} of {} replicas already run it and are kept",
+                containers.len()
+            )
+        });
         c.detail = Some(join_detail([
             pull,
             masked_only,
+            rest,
             scale_text(&containers, service),
         ]))
         .filter(|d| !d.is_empty());
@@ -967,6 +986,7 @@ mod tests {
                     instance: "dev@github.com/acme/a",
                     adopt,
                 },
+                progress: None,
             },
         )
     }

@@ -4,12 +4,17 @@
 //! container starts, is gated on health, and only then the old one stops)
 //! where two containers of the service can safely run side by side,
 //! stop-first otherwise, each with its reason. The apply side (below it)
-//! replaces replicas start-first: a new container under a temporary name
-//! ([`temporary_name`], marked by [`labels::TEMPORARY`]) with the labels of
-//! the one it replaces, out of the service's DNS until it is healthy; then
-//! it is given the service's network aliases, so Docker's DNS and
-//! label-routed proxies answer with both, the old one leaves DNS, drains and
-//! stops, and the new one takes the canonical name.
+//! is one batch loop for both orders ([`Applier::roll_out`]): `parallelism`,
+//! `delay`, `monitor`, `failure_action` and `max_failure_ratio` act the
+//! same whichever order replaces a replica. Start-first: a new container
+//! under a temporary name ([`temporary_name`], marked by
+//! [`labels::TEMPORARY`]) with the labels of the one it replaces, out of
+//! the service's DNS until it is healthy; then it is given the service's
+//! network aliases, so Docker's DNS and label-routed proxies answer with
+//! both, the old one leaves DNS, drains and stops, and the new one takes
+//! the canonical name. Stop-first: the old one stops, the new one starts
+//! under the canonical name and is gated the same way. Each step is shown
+//! in the apply's [`Progress`](crate::backend::progress::Progress).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -23,6 +28,7 @@ use bollard::query_parameters::{
 };
 
 use crate::backend::BackendError;
+use crate::backend::progress::{Phase, Tracked};
 use crate::model::compose::{ConfigFrom, FailureAction, Mount, Service, UpdateOrder};
 
 use super::apply::{Applier, State};
@@ -53,8 +59,10 @@ impl Decision {
     }
 }
 
-/// Whether a recreate for `reason` replaces every replica (a changed
-/// definition or image), rather than only the broken ones.
+/// Whether a recreate for `reason` is a rollout: the service's definition
+/// or image changed (or its network or namespace owner is replaced), so
+/// its replicas are replaced in batches as its `update_config` says, rather
+/// than only the broken ones at once.
 pub fn replaces_all(reason: &str) -> bool {
     reason.starts_with("config changed")
         || reason.starts_with("image rebuilt")
@@ -62,6 +70,15 @@ pub fn replaces_all(reason: &str) -> bool {
             reason,
             "image changed" | "network changed" | "dependency recreated"
         )
+}
+
+/// Whether a recreate for `reason` replaces replicas that already run the
+/// desired definition: their network is recreated, or a service they share
+/// a namespace or volumes with is replaced. Any other rollout replaces only
+/// replicas whose config hash or image differ, so an update resumed after
+/// `failure_action: pause` replaces only the replicas not yet updated.
+pub fn replaces_current(reason: &str) -> bool {
+    matches!(reason, "network changed" | "dependency recreated")
 }
 
 /// How a recreate for `reason` replaces the service's replicas; `None`
@@ -165,16 +182,19 @@ const POLL: Duration = Duration::from_millis(200);
 
 impl Applier<'_> {
     /// Replaces the running containers `old` (one per replica number) of
-    /// `resource` start-first, in batches of the service's `parallelism`
-    /// with its `delay` between them: each new container is created under
-    /// a temporary name, gated on health, then the old one is stopped and
-    /// removed and the new one renamed to the canonical name. A new
-    /// container that fails is removed and its old one left running; past
-    /// `max_failure_ratio`, `failure_action` decides (`continue` goes on,
-    /// `rollback` fails the apply naming the service, `pause` stops it as
-    /// [`BackendError::Paused`]: the environment does not roll back).
-    pub(super) async fn replace_start_first<'r>(
+    /// `resource` in `order`, in batches of the service's `parallelism`
+    /// with its `delay` between them, each replica as [`Self::replace_one`]
+    /// does, and
+    /// shows how far it got in the apply's progress. Past
+    /// `max_failure_ratio`, `failure_action` decides, the same for both
+    /// orders: `continue` goes on with the other batches, `rollback` and
+    /// `pause` stop at the batch that crossed it; then the apply fails
+    /// naming the service — as [`BackendError::Paused`] with `pause` asked
+    /// for (the environment does not roll back). Failures within the ratio
+    /// are logged and the update succeeds.
+    pub(super) async fn roll_out<'r>(
         &self,
+        order: UpdateOrder,
         old: &[&LiveContainer],
         replica: &(dyn Fn(u32) -> spec::Replica<'r> + Sync),
         resource: &str,
@@ -189,25 +209,27 @@ impl Applier<'_> {
             0 => old.len(),
             n => n as usize,
         };
+        let tracked = self.track(resource, order, old.len());
         let mut failures = Vec::new();
         let mut tried = 0;
         for (i, chunk) in old.chunks(batch).enumerate() {
             if i > 0 && !config.delay.is_zero() {
                 tokio::time::sleep(config.delay).await;
             }
-            let results = futures_util::future::join_all(
-                chunk
-                    .iter()
-                    .map(|c| self.replace_one(c, replica(c.number), resource, state)),
-            )
+            let results = futures_util::future::join_all(chunk.iter().map(|c| {
+                let r = replica(c.number);
+                let tracked = &tracked;
+                async move {
+                    let result = self
+                        .replace_one(order, c, r, resource, state, tracked)
+                        .await;
+                    tracked.done();
+                    result
+                }
+            }))
             .await;
             tried += chunk.len();
-            for result in results {
-                match result {
-                    Ok(()) => {}
-                    Err(why) => failures.push(why),
-                }
-            }
+            failures.extend(results.into_iter().filter_map(Result::err));
             let ratio = failures.len() as f64 / old.len() as f64;
             if ratio > config.max_failure_ratio && config.failure_action != FailureAction::Continue
             {
@@ -221,8 +243,13 @@ impl Applier<'_> {
             }
             return Ok(());
         }
+        let (words, failed_new) = match order {
+            UpdateOrder::StartFirst => ("start-first", 0),
+            // The failed new containers stay: their old ones are gone.
+            UpdateOrder::StopFirst => ("stop-first", failures.len()),
+        };
         let message = format!(
-            "start-first update failed ({} of {} replicas): {}",
+            "{words} update failed ({} of {} replicas): {}",
             failures.len(),
             old.len(),
             failures.join("; ")
@@ -234,13 +261,21 @@ impl Applier<'_> {
             // replacement takes the environment's failure path (rollback).
             FailureAction::Pause if config.from != ConfigFrom::Defaults => {
                 let replaced = tried - failures.len();
+                // Replicas this update left alone already ran it (an
+                // update resumed after a pause).
+                let replicas = (service.replicas as usize).max(old.len());
+                let already = replicas - old.len();
+                let failed = match failed_new {
+                    0 => String::new(),
+                    n => format!(", {n} failed it (left as they are, to inspect)"),
+                };
                 self.paused(
                     resource,
                     format!(
-                        "{message}; update paused: {replaced} of {} replicas run the new \
-                         definition, {} the old",
-                        old.len(),
-                        old.len() - replaced
+                        "{message}; update paused: {} of {replicas} replicas run the new \
+                         definition{failed}, {} the old",
+                        already + replaced,
+                        old.len() - replaced - failed_new
                     ),
                 )
             }
@@ -248,30 +283,61 @@ impl Applier<'_> {
         })
     }
 
-    /// One replica: new under a temporary name, gated, old out, renamed.
-    /// The error is the reason, for the caller to name the service with.
+    /// One replica in `order`. The error is the reason, for the caller to
+    /// name the service with.
+    ///
+    /// stop-first: the old container is stopped and removed (its
+    /// `pre_stop` hooks, `stop_signal`, `stop_grace_period`), the new one
+    /// created under the canonical name and gated as start-first's is; a
+    /// new one that fails its gate is left as it is (its old one is gone;
+    /// Swarm keeps a failed task too). start-first: new under a temporary
+    /// name, gated, old out, renamed.
     async fn replace_one(
         &self,
+        order: UpdateOrder,
         old: &LiveContainer,
         r: spec::Replica<'_>,
         resource: &str,
         state: &State,
+        tracked: &Tracked<'_>,
     ) -> Result<(), String> {
         let canonical =
             project::container_name(&r.project.name, r.service_name, r.service, r.number);
+        if order == UpdateOrder::StopFirst {
+            tracing::info!(container = %canonical, "replacing stop-first");
+            tracked.phase(Phase::StoppingOld);
+            self.remove_container(old, Some(r.service), state)
+                .await
+                .map_err(|e| crate::diag::error_chain(&e))?;
+            tracked.phase(Phase::StartingNew);
+            let id = self
+                .create_as(&r, &canonical, false, resource)
+                .await
+                .map_err(|e| {
+                    format!("new replica {canonical}: {}", crate::diag::error_chain(&e))
+                })?;
+            tracked.phase(Phase::WaitingHealthy);
+            return self.gate(&id, r.service).await.map_err(|why| {
+                format!("new replica {canonical} {why}; its old container was already removed")
+            });
+        }
         let temporary = temporary_name(&canonical);
         tracing::info!(container = %canonical, replacement = %temporary, "replacing start-first");
+        tracked.phase(Phase::StartingNew);
         // `aliased`: the failure came after it may have joined the
         // service's DNS on some network.
         let gated = match self.create_as(&r, &temporary, true, resource).await {
-            Ok(id) => match self.gate(&id, r.service).await {
-                Ok(()) => self
-                    .join_aliases(&id, &r)
-                    .await
-                    .map(|()| id)
-                    .map_err(|why| (why, true)),
-                Err(why) => Err((why, false)),
-            },
+            Ok(id) => {
+                tracked.phase(Phase::WaitingHealthy);
+                match self.gate(&id, r.service).await {
+                    Ok(()) => self
+                        .join_aliases(&id, &r)
+                        .await
+                        .map(|()| id)
+                        .map_err(|why| (why, true)),
+                    Err(why) => Err((why, false)),
+                }
+            }
             Err(e) => Err((crate::diag::error_chain(&e), false)),
         };
         let id = match gated {
@@ -295,6 +361,7 @@ impl Applier<'_> {
                 ));
             }
         };
+        tracked.phase(Phase::DrainingOld);
         self.leave_dns(&old.id, &r).await;
         self.remove_container(old, Some(r.service), state)
             .await

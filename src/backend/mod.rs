@@ -212,7 +212,14 @@ impl Driver {
                 compose::ComposeBackend::connect(d)
                     .await
                     .map_err(|e| e.naming_target(&target.name))?
-                    .with_settle(env.health.settle),
+                    .with_settle(env.health.settle)
+                    // A replica gated during an update, or a dependency
+                    // waited on, may take as long as the environment
+                    // gives its health (a slow database), never less
+                    // than the backend's own 120 s.
+                    .with_dependency_timeout(
+                        env.health.deadline.max(compose::DEFAULT_DEPENDENCY_TIMEOUT),
+                    ),
             )),
             TargetKind::Kubernetes(k) => Ok(Driver::Kube(
                 kube::KubeBackend::connect(&target.name, k).await?,

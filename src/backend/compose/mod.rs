@@ -92,6 +92,10 @@ pub mod labels {
 /// The socket used when neither the target nor `DOCKER_HOST` names one.
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 
+/// How long a dependency or a gated replica may take to turn healthy
+/// unless the environment's health deadline is longer.
+pub const DEFAULT_DEPENDENCY_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A connection to one Docker engine, driving Compose projects on it.
 #[derive(Debug, Clone)]
 pub struct ComposeBackend {
@@ -136,7 +140,7 @@ impl ComposeBackend {
             docker,
             host,
             settle: Duration::from_secs(10),
-            dependency_timeout: Duration::from_secs(120),
+            dependency_timeout: DEFAULT_DEPENDENCY_TIMEOUT,
             docker_config: image::docker_config_path(),
         })
     }

@@ -156,6 +156,12 @@ async fn round(
                 tracing::debug!(service = %f.service, reference = %f.reference, digest = %digest, "registry checked");
             }
             Err(e) => {
+                let outcome = if e.retry_after().is_some() {
+                    "rate_limited"
+                } else {
+                    "error"
+                };
+                ctx.metrics.image_check(&ctx.name, outcome);
                 let failures = errors.get(&f.service).map_or(1, |(n, _)| n + 1);
                 let wait = backoff(followed.interval, failures, e.retry_after());
                 tracing::warn!(
@@ -190,9 +196,11 @@ async fn round(
         match recorded {
             Ok(true) => {
                 tracing::info!(service = %f.service, reference = %f.reference, "new image digest found");
+                ctx.metrics.image_check(&ctx.name, "new");
                 news = true;
             }
-            Ok(false) => {}
+            Ok(false) if errors.contains_key(&f.service) => {}
+            Ok(false) => ctx.metrics.image_check(&ctx.name, "unchanged"),
             Err(e) => tracing::error!(error = %e, "cannot record an image check"),
         }
     }

@@ -232,6 +232,17 @@ async fn a_followed_tag_deploys_new_digests_and_a_rolled_back_digest_stays_rolle
     assert_eq!(img["reference"], reference.as_str(), "{v1_status:#}");
     assert_eq!(img["running"], fixed.as_str(), "{v1_status:#}");
     assert!(img["error"].is_null(), "{v1_status:#}");
+    // Each digest was news once; the other checks found nothing new.
+    let metrics = d.client().get(d.url("/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    let new = format!("driftless_image_checks_total{{env=\"{env}\",outcome=\"new\"}} 4\n");
+    assert!(metrics.contains(&new), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "driftless_image_checks_total{{env=\"{env}\",outcome=\"unchanged\"}}"
+        )),
+        "{metrics}"
+    );
     for digest in [&d1, &d2, &bad, &fixed] {
         let _ = docker
             .remove_image(

@@ -62,6 +62,7 @@ fn seed(store: &Store) {
                 changes: plan["changes"].as_array().map(|c| c.len() as u32),
                 error: None,
                 image_ids: ImageIds::new(),
+                digests: Default::default(),
                 timings: Timings {
                     plan_ms: Some(40),
                     apply_ms: Some(900),

@@ -750,7 +750,7 @@ fn reconcile_cmd(args: ReconcileArgs) -> Result<i32> {
     if args.dry_run {
         // The same load and plan as an apply; nothing applied or recorded.
         return runtime.block_on(async {
-            let plan = match pipeline::prepare(loaded, scope, None).await {
+            let plan = match pipeline::prepare(loaded, scope, None, &Default::default()).await {
                 Ok(p) => p.plan,
                 Err(e) => {
                     eprintln!("error[{env}]: {}", masker.mask(&e.to_string()));
@@ -826,6 +826,7 @@ fn reconcile_cmd(args: ReconcileArgs) -> Result<i32> {
     let run = Run {
         commit,
         pin: None,
+        images: Default::default(),
         origin: Origin::Head,
     };
     let hooks = CliHooks {

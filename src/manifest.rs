@@ -123,6 +123,9 @@ struct RawEnvironment {
     decrypt: Vec<String>,
     update_config: Option<RawUpdateConfig>,
     rollback_config: Option<RawUpdateConfig>,
+    #[serde(default)]
+    image_updates: BTreeMap<String, Spanned<String>>,
+    image_poll_interval: Option<String>,
 }
 
 /// `environments.<env>.update_config` / `rollback_config`: the default for
@@ -432,6 +435,13 @@ pub struct Environment {
     pub update_config: Option<UpdateConfig>,
     /// `rollback_config`: the same for a rollback to the last good commit.
     pub rollback_config: Option<UpdateConfig>,
+    /// `image_updates`: service (`name` or `project/name`) → the image
+    /// update policy, for services whose Compose file sets no
+    /// `driftless.io/image-update` label.
+    pub image_updates: BTreeMap<String, crate::model::compose::ImageUpdate>,
+    /// How often followed images are checked in their registries
+    /// (default 5 min; each check is jittered by up to a tenth).
+    pub image_poll_interval: Duration,
 }
 
 /// The ownership id of `env` deployed from the repo known as `repo`
@@ -813,6 +823,24 @@ impl Manifest {
                 Duration::from_secs(300),
                 &mut diags,
             );
+            let image_poll_interval = dur(
+                "image_poll_interval",
+                &env.image_poll_interval,
+                Duration::from_secs(300),
+                &mut diags,
+            );
+            let mut image_updates = BTreeMap::new();
+            for (service, policy) in env.image_updates {
+                match crate::model::compose::ImageUpdate::parse(&policy.value) {
+                    Ok(p) => {
+                        image_updates.insert(service, p);
+                    }
+                    Err(e) => diags.push(err(
+                        format!("environments.{name}.image_updates.{service}: {e}"),
+                        policy.referenced.line(),
+                    )),
+                }
+            }
             let mut probes = Vec::new();
             for p in env.health.probes {
                 let field = format!("health.probes.{}.interval", p.name);
@@ -881,6 +909,8 @@ impl Manifest {
                         rollback: true,
                         ..update_config(&format!("environments.{name}.rollback_config"), u, line, &mut diags)
                     }),
+                    image_updates,
+                    image_poll_interval,
                     name,
                 },
             );
@@ -1219,6 +1249,31 @@ mod tests {
     use super::*;
 
     const MINIMAL: &str = "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {}\nenvironments:\n  dev:\n    targets: [local]\n";
+
+    #[test]
+    fn image_updates_and_their_poll_interval_are_parsed_and_bad_policies_named_at_their_line() {
+        let m = Manifest::parse(MINIMAL).unwrap();
+        let dev = m.environment("dev").unwrap();
+        assert!(dev.image_updates.is_empty());
+        assert_eq!(dev.image_poll_interval, Duration::from_secs(300));
+        let text = format!(
+            "{MINIMAL}    image_poll_interval: 30s\n    image_updates:\n      web: digest\n      shop/api: digest\n"
+        );
+        let m = Manifest::parse(&text).unwrap();
+        let dev = m.environment("dev").unwrap();
+        assert_eq!(dev.image_poll_interval, Duration::from_secs(30));
+        assert_eq!(
+            dev.image_updates.keys().collect::<Vec<_>>(),
+            ["shop/api", "web"]
+        );
+        let bad =
+            format!("{MINIMAL}    image_updates:\n      web: digest\n      api: \"semver:^2\"\n");
+        let e = Manifest::parse(&bad).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("image_updates.api"), "{text}");
+        assert!(text.contains("not supported yet"), "{text}");
+        assert!(text.contains(":10"), "the line of the policy: {text}");
+    }
 
     #[test]
     fn minimal_manifest_gets_defaults() {

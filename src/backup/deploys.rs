@@ -212,6 +212,7 @@ mod tests {
             changes: None,
             error: None,
             image_ids: ImageIds::new(),
+            digests: Default::default(),
             timings: Timings::default(),
         };
         s.finish(id, &finish, at).unwrap();

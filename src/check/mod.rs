@@ -486,7 +486,22 @@ pub fn environment(
 /// The environment's `update_config` / `rollback_config` for each service
 /// whose Compose file sets none: the Compose file's own wins, whole.
 fn environment_update_defaults(env: &crate::manifest::Environment, project: &mut Project) {
-    for s in project.services.values_mut() {
+    for (name, s) in project.services.iter_mut() {
+        // The environment's `image_updates` for a service without the
+        // label (the label wins); a built image has nothing to follow.
+        if s.follow.is_none()
+            && s.build.is_none()
+            && !s.image.contains('@')
+            && let Some(policy) = env
+                .image_updates
+                .get(&format!("{}/{name}", project.name))
+                .or_else(|| env.image_updates.get(name))
+        {
+            s.follow = Some(crate::model::compose::Follow {
+                policy: policy.clone(),
+                reference: s.image.clone(),
+            });
+        }
         use crate::model::compose::ConfigFrom;
         if let Some(u) = &env.update_config
             && s.update_config.from == ConfigFrom::Defaults

@@ -41,7 +41,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::worker::Dirty;
 use crate::source::CommitId;
-use crate::store::{Control, EnvState, FailedCommit, ImageIds, LastGood, Store, Trigger};
+use crate::store::{
+    Control, Digests, EnvState, FailedCommit, FailedImage, ImageIds, LastGood, Store, Trigger,
+};
 
 /// The annotation holding the hand-over state.
 pub const STATE_ANNOTATION: &str = "driftless.io/state";
@@ -114,12 +116,17 @@ pub struct HandOver {
     pub pinned: Option<CommitId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspended: Option<String>,
+    /// Digests of followed services that failed (the newest 50).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_images: Vec<FailedImage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandOverGood {
     pub commit: CommitId,
     pub image_ids: ImageIds,
+    #[serde(default, skip_serializing_if = "Digests::is_empty")]
+    pub digests: Digests,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,7 +156,9 @@ impl HandOver {
             last_good: state.last_good.map(|lg| HandOverGood {
                 commit: lg.commit,
                 image_ids: lg.image_ids,
+                digests: lg.digests,
             }),
+            failed_images: state.failed_images.into_iter().take(MAX_FAILED).collect(),
             failed,
             pinned: control.pinned,
             suspended: control.suspended,
@@ -163,6 +172,7 @@ impl HandOver {
             last_good: self.last_good.as_ref().map(|lg| LastGood {
                 commit: lg.commit.clone(),
                 image_ids: lg.image_ids.clone(),
+                digests: lg.digests.clone(),
                 reconcile_id: None,
                 recorded_at: 0,
             }),
@@ -175,6 +185,7 @@ impl HandOver {
                     failed_at: f.at,
                 })
                 .collect(),
+            failed_images: self.failed_images.clone(),
             control: Control {
                 pinned: self.pinned.clone(),
                 suspended: self.suspended.clone(),

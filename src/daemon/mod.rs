@@ -34,6 +34,7 @@ use crate::store::{OnLost, Store, StoreError};
 pub mod alert;
 pub mod backups;
 pub mod config;
+pub mod images;
 pub mod lease;
 pub mod lock;
 pub mod pass;
@@ -233,6 +234,10 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
         .build()
         .context("HTTP client")?;
     let notifier = alert::Notifier::new(http.clone(), masker.clone());
+    let registry = Arc::new(crate::backend::compose::registry::Client::new(
+        http.clone(),
+        crate::backend::compose::image::docker_config_path(),
+    ));
     let render = RenderOptions {
         secrets: SecretSource {
             dir: config.secrets_dir.clone(),
@@ -290,6 +295,7 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
             state_dir: config.state_dir.clone(),
             signatures: config.verify.get(env).cloned(),
             progress: stats.replacing.clone(),
+            followed: Arc::new(tokio::sync::watch::channel(images::Followed::default()).0),
         };
         if let Some(elector) = electors.get(env) {
             tasks.spawn(lease::run(
@@ -301,6 +307,14 @@ pub async fn run(config: DaemonConfig) -> Result<i32> {
         let drift = manifest.environments[env].drift_interval;
         // Backups run beside the worker, on their own schedules.
         tasks.spawn(backups::run(ctx.clone(), cancel.child_token()));
+        // Followed images are checked beside the worker, on their own timer.
+        tasks.spawn(images::run(
+            ctx.clone(),
+            dirty.clone(),
+            registry.clone(),
+            ctx.followed.subscribe(),
+            cancel.child_token(),
+        ));
         workers.spawn(worker::run(
             ctx,
             dirty.clone(),

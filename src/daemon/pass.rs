@@ -51,6 +51,9 @@ pub struct EnvContext {
     /// Where the apply shows the services it is replacing: the worker's
     /// [`WorkerStats::replacing`](super::worker::WorkerStats::replacing).
     pub progress: Arc<crate::backend::progress::Progress>,
+    /// Where the worker publishes the followed images of what it applied,
+    /// for the image poller.
+    pub followed: Arc<tokio::sync::watch::Sender<super::images::Followed>>,
 }
 
 impl EnvContext {
@@ -92,6 +95,13 @@ impl Memo {
             .applied()
             .map(|a| a.desired.environment.drift_interval)
     }
+
+    /// The followed images of what was last applied.
+    pub fn followed(&self) -> Option<super::images::Followed> {
+        self.pipeline
+            .applied()
+            .map(|a| super::images::Followed::of(&a.desired))
+    }
 }
 
 /// How a pass ended, for the worker.
@@ -113,7 +123,11 @@ pub async fn run(ctx: &EnvContext, memo: &mut Memo, trigger: Trigger, since: Ins
         return PassEnd::Retry(ctx.masker.mask(&format!("fetch: {e}")).into_owned());
     }
     let name = ctx.name.clone();
-    let state = match ctx.store.call(move |s| s.env_state(&name)).await {
+    let read = ctx
+        .store
+        .call(move |s| Ok((s.env_state(&name)?, s.newest_digests(&name)?)))
+        .await;
+    let (state, newest) = match read {
         Ok(s) => s,
         Err(e) => return PassEnd::Retry(e.to_string()),
     };
@@ -168,7 +182,7 @@ pub async fn run(ctx: &EnvContext, memo: &mut Memo, trigger: Trigger, since: Ins
     let env = &head.environment;
 
     // What should run now.
-    let run = match decide::what_to_run(&state, &head.commit, env.rollback.automatic) {
+    let run = match decide::what_to_run(&state, &head.commit, env.rollback.automatic, &newest) {
         Decision::Run(run) => run,
         Decision::Wait { failed } => {
             tracing::debug!(commit = %failed, "head is marked failed; waiting for a newer commit");

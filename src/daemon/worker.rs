@@ -89,7 +89,7 @@ impl Dirty {
 fn rank(t: Trigger) -> u8 {
     match t {
         Trigger::Poll | Trigger::Watch => 0,
-        Trigger::Webhook => 1,
+        Trigger::Webhook | Trigger::Image => 1,
         Trigger::Drift | Trigger::Retry => 2,
         Trigger::Startup | Trigger::Manual => 3,
     }
@@ -221,6 +221,13 @@ pub async fn run(
         }
         if let Some(d) = memo.drift_interval() {
             drift_interval = d;
+        }
+        if let Some(followed) = memo.followed() {
+            ctx.followed.send_if_modified(|f| {
+                let changed = *f != followed;
+                *f = followed;
+                changed
+            });
         }
         // A pass that may have ended at the fingerprint is no drift check:
         // with polls more frequent than the drift interval, resetting the

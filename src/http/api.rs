@@ -105,9 +105,20 @@ async fn environment(
     let Some(entry) = s.envs.get(&env) else {
         return unknown_env(&s, &env);
     };
+    let name = env.clone();
+    let images = match s.store.call(move |st| st.images_status(&name)).await {
+        Ok(i) => i,
+        Err(e) => return store_error(&s, e),
+    };
     match s.status().await {
         Ok(snap) => match snap.summaries.get(&env) {
-            Some(sum) => reply(&s, StatusCode::OK, env_status(sum, entry)),
+            Some(sum) => {
+                let mut v = env_status(sum, entry);
+                // Per followed service: the policy, the newest digest the
+                // registry named, the running one, the last check and error.
+                v["images"] = serde_json::to_value(images).expect("plain data");
+                reply(&s, StatusCode::OK, v)
+            }
             None => unknown_env(&s, &env),
         },
         Err(e) => store_error(&s, e),

@@ -4,7 +4,8 @@
 //! Two kinds of series:
 //! - counters and histograms the daemon counts as it works ([`Metrics`]:
 //!   reconciles by outcome, phase durations, rollbacks, webhook requests,
-//!   git fetch errors), kept in memory since the process started;
+//!   git fetch errors, registry checks of followed images by outcome),
+//!   kept in memory since the process started;
 //! - gauges read from the state store at scrape time (resources out of
 //!   sync, the last good commit, backup last-success times), so they say
 //!   what the store says even right after a restart.
@@ -66,6 +67,8 @@ struct Inner {
     /// outcome → webhook requests.
     webhook: BTreeMap<String, u64>,
     fetch_errors: u64,
+    /// (env, outcome) → registry checks of followed images.
+    image_checks: BTreeMap<(String, String), u64>,
     /// (env, backup job) → whether the job is overdue (no success within
     /// twice its interval), as the environment's backup scheduler judged.
     backup_overdue: BTreeMap<(String, String), bool>,
@@ -127,6 +130,16 @@ impl Metrics {
         if !ok {
             i.fetch_errors += 1;
         }
+    }
+
+    /// The image poller of `env` checked a followed image: `unchanged`,
+    /// `new` (a digest not seen before), `rate_limited` or `error`.
+    pub fn image_check(&self, env: &str, outcome: &str) {
+        *self
+            .lock()
+            .image_checks
+            .entry((env.to_owned(), outcome.to_owned()))
+            .or_default() += 1;
     }
 
     /// A rollback of `env` ran.
@@ -217,6 +230,18 @@ impl Metrics {
             );
             for (env, n) in &i.rollbacks {
                 out.sample("driftless_rollbacks_total", &[("env", env)], *n as f64);
+            }
+            out.family(
+                "driftless_image_checks_total",
+                "counter",
+                "Registry checks of followed images, by environment and outcome (unchanged, new, rate_limited, error).",
+            );
+            for ((env, outcome), n) in &i.image_checks {
+                out.sample(
+                    "driftless_image_checks_total",
+                    &[("env", env), ("outcome", outcome)],
+                    *n as f64,
+                );
             }
             out.family(
                 "driftless_webhook_requests_total",
@@ -409,8 +434,15 @@ mod tests {
                 ..Timings::default()
             },
         );
+        m.image_check("dev", "new");
+        m.image_check("dev", "unchanged");
+        m.image_check("dev", "unchanged");
         let store = Store::open_in_memory().unwrap();
         let text = m.render_with(&store, &["dev".to_owned()], None, &Masker::default());
+        assert!(
+            text.contains("driftless_image_checks_total{env=\"dev\",outcome=\"unchanged\"} 2\n"),
+            "{text}"
+        );
         assert!(
             text.contains("driftless_reconciles_total{env=\"dev\",outcome=\"healthy\"} 2\n"),
             "{text}"

@@ -449,14 +449,20 @@ async fn environments(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Res
                 if let Some(r) = last.first_mut() {
                     r.plan = None;
                 }
-                Ok((last.pop(), store.env_state(&env)?))
+                Ok((
+                    last.pop(),
+                    store.env_state(&env)?,
+                    store.images_status(&env)?,
+                ))
             })
             .await;
-        let status = read.map(|(last, state)| {
+        let status = read.map(|(last, state, images)| {
             serde_json::json!({
                 "control": state.control,
                 "last_good": state.last_good,
                 "failed_commits": state.failed,
+                "failed_images": state.failed_images,
+                "images": images,
                 "last_reconcile": last,
                 "worker": entry.stats.snapshot(),
                 "pending": entry.dirty.is_pending(),

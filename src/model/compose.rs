@@ -131,8 +131,58 @@ pub struct Service {
     /// is then the name it is tagged with (`<project>-<service>` unless
     /// the file gives `image:`).
     pub build: Option<Build>,
+    /// How the image follows its registry (`driftless.io/image-update`, or
+    /// the environment's `image_updates`); `None`: it runs what its
+    /// reference names, as pulled once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub follow: Option<Follow>,
     pub origin: Origin,
 }
+
+/// A service whose image follows its registry: the reference the repo
+/// gives (`registry/app:stable`) and the policy. A revision pins the
+/// service to one digest of it (`registry/app@sha256:…`), so [`Service::image`]
+/// may name that digest while `reference` keeps the tag being followed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Follow {
+    pub policy: ImageUpdate,
+    pub reference: String,
+}
+
+/// An image update policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageUpdate {
+    /// The same tag, a new digest (Watchtower's and Komodo's meaning).
+    Digest,
+}
+
+impl ImageUpdate {
+    /// Parses a policy as the label and `image_updates` write it:
+    /// `digest`; `semver:RANGE` and `regex:PATTERN` are refused as not
+    /// supported yet, anything else as unknown.
+    pub fn parse(text: &str) -> Result<ImageUpdate, String> {
+        let text = text.trim();
+        match text {
+            "digest" => Ok(ImageUpdate::Digest),
+            _ if text.starts_with("semver:") || text.starts_with("regex:") => Err(format!(
+                "image update policy `{text}` is not supported yet: only `digest` (follow the tag's new digest) is"
+            )),
+            _ => Err(format!(
+                "`{text}` is not an image update policy: use `digest` (follow the tag's new digest)"
+            )),
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ImageUpdate::Digest => "digest",
+        }
+    }
+}
+
+/// The label that sets a service's image update policy.
+pub const IMAGE_UPDATE_LABEL: &str = "driftless.io/image-update";
 
 /// How a service's image is built (`build:`), fully resolved: the context's
 /// files are read from the commit's snapshot with `.dockerignore` applied,

@@ -1,8 +1,10 @@
 //! What a reconcile does, decided before anything is done: pure functions
 //! of the recorded state, the branch head and the environment's settings.
 //!
-//! [`what_to_run`] picks the commit (an operator's pin, the head of the
-//! branch, or the last good commit when the head is marked failed);
+//! [`what_to_run`] picks the revision — a commit and the registry digest
+//! of each followed image (an operator's pin, the head of the branch with
+//! the newest digests not marked failed, or the last good revision when
+//! the head is marked failed); [`blame`] says what a bad run marks failed;
 //! [`may_skip`] says when a trigger may be answered by comparing the live
 //! state's fingerprint instead of running the pipeline; [`after`] says what
 //! follows from how a run ended (record, retry, mark failed, roll back,
@@ -10,7 +12,7 @@
 //! values; neither decides anything itself. No IO, no clock.
 
 use crate::source::CommitId;
-use crate::store::{EnvState, ImageIds, Kind, LastGood, Outcome, Trigger};
+use crate::store::{Digests, EnvState, ImageIds, Kind, LastGood, Outcome, Trigger};
 
 /// Why a commit is the one to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +36,10 @@ pub struct Run {
     /// Image ids to pin services to (a rollback, or a pin on the last good
     /// commit): `project/service` → `sha256:…`.
     pub pin: Option<ImageIds>,
+    /// The registry digest each followed service runs (`project/service`
+    /// → `sha256:…`): with the commit, the revision. A followed service
+    /// missing here runs its reference as it is.
+    pub images: Digests,
     pub origin: Origin,
 }
 
@@ -42,6 +48,7 @@ pub struct Run {
 pub struct Key {
     pub commit: CommitId,
     pub pinned_images: bool,
+    pub images: Digests,
 }
 
 impl Run {
@@ -65,6 +72,7 @@ impl Run {
         Key {
             commit: self.commit.clone(),
             pinned_images: self.pin.is_some(),
+            images: self.images.clone(),
         }
     }
 
@@ -73,10 +81,46 @@ impl Run {
         Run {
             commit: last_good.commit.clone(),
             pin: Some(last_good.image_ids.clone()),
+            images: last_good.digests.clone(),
             origin: Origin::Rollback {
                 failed: self.commit.clone(),
             },
         }
+    }
+
+    /// The followed digests this run deploys that `last_good` did not run.
+    pub fn new_images(&self, last_good: Option<&LastGood>) -> Digests {
+        self.images
+            .iter()
+            .filter(|(s, d)| last_good.and_then(|lg| lg.digests.get(*s)) != Some(*d))
+            .map(|(s, d)| (s.clone(), d.clone()))
+            .collect()
+    }
+
+    /// Whether this run is the last good revision again: its commit, and
+    /// no digest it did not run.
+    pub fn is_revision_of(&self, last_good: Option<&LastGood>) -> bool {
+        last_good.is_some_and(|lg| lg.commit == self.commit)
+            && self.new_images(last_good).is_empty()
+    }
+}
+
+/// What a bad run is marked failed for: its commit, unless it is the last
+/// good one's (then only the new digests went bad), and every followed
+/// digest the last good revision did not run — so neither is deployed
+/// again by itself, and the rollback stays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blame {
+    pub commit: bool,
+    pub images: Digests,
+}
+
+pub fn blame(run: &Run, last_good: Option<&LastGood>) -> Blame {
+    let images = run.new_images(last_good);
+    let same_commit = last_good.is_some_and(|lg| lg.commit == run.commit);
+    Blame {
+        commit: !same_commit || images.is_empty(),
+        images,
     }
 }
 
@@ -105,22 +149,42 @@ pub enum Decision {
 }
 
 /// Picks what runs: a pin first, then the head unless it is marked failed,
-/// then the last good commit when automatic rollback is on.
-pub fn what_to_run(state: &EnvState, head: &CommitId, automatic_rollback: bool) -> Decision {
+/// then the last good revision when automatic rollback is on. `newest` is
+/// the newest digest the registry named per followed service: the head
+/// runs each unless it is marked failed, in which case the service keeps
+/// the digest of the last good revision (so a rollback stays until a newer
+/// digest appears).
+pub fn what_to_run(
+    state: &EnvState,
+    head: &CommitId,
+    automatic_rollback: bool,
+    newest: &Digests,
+) -> Decision {
     let last_good = state.last_good.as_ref();
     if let Some(pinned) = &state.control.pinned {
+        let at_last_good = last_good.filter(|lg| &lg.commit == pinned);
         return Decision::Run(Run {
             commit: pinned.clone(),
-            pin: last_good
-                .filter(|lg| &lg.commit == pinned)
-                .map(|lg| lg.image_ids.clone()),
+            pin: at_last_good.map(|lg| lg.image_ids.clone()),
+            images: at_last_good
+                .map(|lg| lg.digests.clone())
+                .unwrap_or_default(),
             origin: Origin::Pinned,
         });
     }
     if !state.failed.iter().any(|f| &f.commit == head) {
+        let mut images = Digests::new();
+        for (service, digest) in newest {
+            if !state.image_failed(service, digest) {
+                images.insert(service.clone(), digest.clone());
+            } else if let Some(good) = last_good.and_then(|lg| lg.digests.get(service)) {
+                images.insert(service.clone(), good.clone());
+            }
+        }
         return Decision::Run(Run {
             commit: head.clone(),
             pin: None,
+            images,
             origin: Origin::Head,
         });
     }
@@ -128,6 +192,7 @@ pub fn what_to_run(state: &EnvState, head: &CommitId, automatic_rollback: bool) 
         Some(lg) if &lg.commit != head && automatic_rollback => Decision::Run(Run {
             commit: lg.commit.clone(),
             pin: Some(lg.image_ids.clone()),
+            images: lg.digests.clone(),
             origin: Origin::LastGood {
                 failed: head.clone(),
             },
@@ -153,7 +218,10 @@ pub fn may_skip(trigger: Trigger, applied: Option<&Key>, run: &Key) -> bool {
 /// push the drift timer back; otherwise frequent polls would keep the drift
 /// check from ever running.
 pub fn always_plans(trigger: Trigger) -> bool {
-    !matches!(trigger, Trigger::Poll | Trigger::Watch | Trigger::Webhook)
+    !matches!(
+        trigger,
+        Trigger::Poll | Trigger::Watch | Trigger::Webhook | Trigger::Image
+    )
 }
 
 /// How a run ended.
@@ -238,7 +306,7 @@ pub enum Next {
 /// What follows from `run` ending as `ended`, given the last good commit
 /// recorded before it ran.
 pub fn after(run: &Run, ended: Ended, last_good: Option<&LastGood>, policy: Policy) -> Next {
-    let is_last_good = last_good.is_some_and(|lg| lg.commit == run.commit);
+    let is_last_good = run.is_revision_of(last_good);
     match (ended, &run.origin) {
         (Ended::Transient, _) => Next::Retry,
         (Ended::Good, Origin::Rollback { failed }) => Next::RolledBack {
@@ -301,6 +369,7 @@ mod tests {
         LastGood {
             commit: c(commit),
             image_ids: ids(commit),
+            digests: Digests::new(),
             reconcile_id: Some(1),
             recorded_at: 0,
         }
@@ -317,6 +386,7 @@ mod tests {
                     failed_at: 0,
                 })
                 .collect(),
+            failed_images: Vec::new(),
             control: Control {
                 pinned: pinned.map(c),
                 ..Control::default()
@@ -328,6 +398,7 @@ mod tests {
         Run {
             commit: c(commit),
             pin: None,
+            images: Digests::new(),
             origin,
         }
     }
@@ -361,6 +432,7 @@ mod tests {
                 Decision::Run(Run {
                     commit: c("a"),
                     pin: Some(ids("a")),
+                    images: Digests::new(),
                     origin: Origin::LastGood { failed: c("h") },
                 }),
             ),
@@ -395,6 +467,7 @@ mod tests {
                 Decision::Run(Run {
                     commit: c("a"),
                     pin: Some(ids("a")),
+                    images: Digests::new(),
                     origin: Origin::Pinned,
                 }),
             ),
@@ -406,14 +479,130 @@ mod tests {
             ),
         ];
         for (name, state, automatic, want) in cases {
-            assert_eq!(what_to_run(&state, &c("h"), automatic), want, "{name}");
+            assert_eq!(
+                what_to_run(&state, &c("h"), automatic, &Digests::new()),
+                want,
+                "{name}"
+            );
         }
+    }
+
+    fn digests(pairs: &[(&str, &str)]) -> Digests {
+        pairs
+            .iter()
+            .map(|(s, d)| (s.to_string(), d.to_string()))
+            .collect()
+    }
+
+    /// The revision a pass runs: the newest digests, except one marked
+    /// failed, which gives way to the last good revision's digest — the
+    /// rollback stays until a newer digest appears.
+    #[test]
+    fn what_to_run_follows_the_newest_digest_unless_it_failed() {
+        let mut st = state(Some("h"), &[], None);
+        st.last_good.as_mut().unwrap().digests = digests(&[("p/web", "sha256:1")]);
+        let newest = digests(&[("p/web", "sha256:2"), ("p/api", "sha256:9")]);
+        let images = |st: &EnvState, newest: &Digests| match what_to_run(st, &c("h"), true, newest)
+        {
+            Decision::Run(r) => r.images,
+            d => panic!("{d:?}"),
+        };
+        assert_eq!(images(&st, &newest), newest, "new digests are deployed");
+        st.failed_images.push(crate::store::FailedImage {
+            service: "p/web".into(),
+            digest: "sha256:2".into(),
+            reason: "unhealthy".into(),
+            failed_at: 0,
+        });
+        assert_eq!(
+            images(&st, &newest),
+            digests(&[("p/api", "sha256:9"), ("p/web", "sha256:1")]),
+            "a failed digest keeps the last good one"
+        );
+        let newer = digests(&[("p/web", "sha256:3")]);
+        assert_eq!(images(&st, &newer), newer, "a newer digest is tried");
+        // Without a last good digest, the failed one is left out: the
+        // service runs its reference as the commit names it.
+        st.last_good.as_mut().unwrap().digests.clear();
+        assert!(images(&st, &digests(&[("p/web", "sha256:2")])).is_empty());
+        // A failed head runs the last good revision with its digests.
+        let mut st = state(Some("a"), &["h"], None);
+        st.last_good.as_mut().unwrap().digests = digests(&[("p/web", "sha256:1")]);
+        assert_eq!(images(&st, &newest), digests(&[("p/web", "sha256:1")]));
+    }
+
+    /// A bad image on the last good commit is rolled back, and only the
+    /// image is marked: the commit stays deployable with a fixed image.
+    #[test]
+    fn a_bad_image_on_the_last_good_commit_rolls_back_and_blames_the_image() {
+        let on = Policy {
+            automatic_rollback: true,
+            remove_on_failed_first_deploy: false,
+        };
+        let mut lg = good("a");
+        lg.digests = digests(&[("p/web", "sha256:1")]);
+        let update = Run {
+            images: digests(&[("p/web", "sha256:2")]),
+            ..run("a", Origin::Head)
+        };
+        assert!(!update.is_revision_of(Some(&lg)));
+        let Next::RollBack(back) = after(&update, Ended::Bad, Some(&lg), on) else {
+            panic!("not rolled back");
+        };
+        assert_eq!(
+            back.images, lg.digests,
+            "rolled back to the last good digest"
+        );
+        assert_eq!(back.pin, Some(lg.image_ids.clone()));
+        assert_eq!(
+            blame(&update, Some(&lg)),
+            Blame {
+                commit: false,
+                images: digests(&[("p/web", "sha256:2")])
+            }
+        );
+        // A new commit with a new image: both are marked.
+        let both = Run {
+            images: digests(&[("p/web", "sha256:2")]),
+            ..run("h", Origin::Head)
+        };
+        assert_eq!(
+            blame(&both, Some(&lg)),
+            Blame {
+                commit: true,
+                images: digests(&[("p/web", "sha256:2")])
+            }
+        );
+        // A new commit with the last good digest: the commit alone.
+        let commit_only = Run {
+            images: lg.digests.clone(),
+            ..run("h", Origin::Head)
+        };
+        assert_eq!(
+            blame(&commit_only, Some(&lg)),
+            Blame {
+                commit: true,
+                images: Digests::new()
+            }
+        );
+        // The last good revision itself going bad is retried, never marked.
+        let again = Run {
+            images: lg.digests.clone(),
+            ..run("a", Origin::Head)
+        };
+        assert_eq!(
+            after(&again, Ended::Bad, Some(&lg), on),
+            Next::RetryLastGood
+        );
     }
 
     #[test]
     fn only_passes_that_cannot_skip_count_as_drift_checks() {
         for t in Trigger::ALL {
-            let skips = matches!(t, Trigger::Poll | Trigger::Watch | Trigger::Webhook);
+            let skips = matches!(
+                t,
+                Trigger::Poll | Trigger::Watch | Trigger::Webhook | Trigger::Image
+            );
             assert_eq!(always_plans(*t), !skips, "{t:?}");
         }
         assert!(always_plans(Trigger::Drift));
@@ -424,12 +613,14 @@ mod tests {
         let key = |commit: &str, pinned_images| Key {
             commit: c(commit),
             pinned_images,
+            images: Digests::new(),
         };
         let applied = key("a", false);
         for (trigger, skip) in [
             (Trigger::Poll, true),
             (Trigger::Watch, true),
             (Trigger::Webhook, true),
+            (Trigger::Image, true),
             (Trigger::Drift, false),
             (Trigger::Retry, false),
             (Trigger::Startup, false),
@@ -575,7 +766,8 @@ mod tests {
             rb.key(),
             Key {
                 commit: c("a"),
-                pinned_images: true
+                pinned_images: true,
+                images: Digests::new(),
             }
         );
         assert_eq!(run("h", Origin::Head).kind(), Kind::Deploy);

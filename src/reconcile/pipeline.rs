@@ -25,7 +25,9 @@ use crate::model::{DesiredState, Resources};
 use crate::plan::Plan;
 use crate::secrets::Masker;
 use crate::source::{CommitId, Source};
-use crate::store::{Effects, Finish, ImageIds, Kind, LastGood, Outcome, Store, Timings, Trigger};
+use crate::store::{
+    Digests, Effects, Finish, ImageIds, Kind, LastGood, Outcome, Store, Timings, Trigger,
+};
 
 /// The environment a reconcile drives and what it reads and writes.
 #[derive(Debug, Clone, Copy)]
@@ -183,6 +185,8 @@ pub struct RunReport {
     pub error: Option<String>,
     pub plan: Option<Plan>,
     pub image_ids: ImageIds,
+    /// The registry digests of the followed services it deployed.
+    pub digests: Digests,
     /// Backend verdicts and probe results, when verify ran.
     pub verdicts: Vec<Verdict>,
     /// The `before_apply` backups taken (`job/id`).
@@ -198,6 +202,7 @@ impl RunReport {
             error: None,
             plan: None,
             image_ids: ImageIds::new(),
+            digests: Digests::new(),
             verdicts: Vec::new(),
             backups: Vec::new(),
         }
@@ -273,16 +278,19 @@ pub struct Prepared {
     pub lives: Vec<DriverLive>,
     /// Its digest ([`fingerprint`]).
     pub fingerprint: Vec<u8>,
+    /// The followed services pinned to a registry digest, as applied.
+    pub digests: Digests,
 }
 
 /// Connects and plans a loaded environment: drops the targets `identity`
-/// does not claim, pins services to `pin`'s image ids where their
-/// references moved, plans every target. The dry-run and every run of
-/// [`reconcile`] go through here.
+/// does not claim, runs each followed service at its digest in `images`,
+/// pins services to `pin`'s image ids where their references moved, plans
+/// every target. The dry-run and every run of [`reconcile`] go through here.
 pub async fn prepare(
     loaded: Loaded,
     scope: Scope<'_>,
     pin: Option<&ImageIds>,
+    images: &Digests,
 ) -> Result<Prepared, BackendError> {
     let mut masker = scope.masker.clone();
     masker.merge(&loaded.renderer.masker());
@@ -296,6 +304,7 @@ pub async fn prepare(
     if scope.adopt {
         desired.environment.adopt = crate::manifest::Adopt::Any;
     }
+    let digests = follow_images(&mut desired, images);
     let drivers = super::connect(&desired).await?;
     // One read of the live state: pinning, the plan and (when nothing
     // changes) the pass's fingerprint all come from it — unless services
@@ -315,6 +324,7 @@ pub async fn prepare(
         drivers,
         plan,
         masker,
+        digests,
     })
 }
 
@@ -335,7 +345,7 @@ pub async fn reconcile<H: Hooks>(
     let mut runs: Vec<RunReport> = Vec::new();
     let mut run = run;
     // The bad deploy a rollback replaces: its error and matching backups.
-    let mut rolled_from: Option<(String, String)> = None;
+    let mut rolled_from: Option<(String, String, String)> = None;
     let end = loop {
         let Attempt {
             report,
@@ -365,10 +375,15 @@ pub async fn reconcile<H: Hooks>(
             }
             Next::RolledBack { failed } => {
                 record(env, pending, Effects::default()).await;
-                let (why, matching) = rolled_from.take().unwrap_or_default();
+                let (why, matching, what) = rolled_from.take().unwrap_or_else(|| {
+                    (
+                        String::new(),
+                        String::new(),
+                        format!("commit {}", failed.short()),
+                    )
+                });
                 let message = format!(
-                    "commit {} failed ({why}); rolled back to {}{matching}",
-                    failed.short(),
+                    "{what} failed ({why}); rolled back to {}{matching}",
                     commit.short()
                 );
                 hooks
@@ -423,10 +438,10 @@ pub async fn reconcile<H: Hooks>(
                 break End::Retry(mask(message));
             }
             Next::MarkFailed => {
-                record(env, pending, failed_effects(&mask, &error)).await;
+                record(env, pending, failed_effects(&mask, &error, &run, last_good)).await;
                 let message = format!(
-                    "commit {} failed and automatic rollback is off: {error}",
-                    commit.short()
+                    "{} failed and automatic rollback is off: {error}",
+                    failed_what(&run, last_good)
                 );
                 hooks
                     .notify(say(NoticeKind::DeployFailed, None, &commit, message))
@@ -434,11 +449,12 @@ pub async fn reconcile<H: Hooks>(
                 break End::Done { healthy: false };
             }
             Next::RollBack(rollback) => {
-                record(env, pending, failed_effects(&mask, &error)).await;
+                record(env, pending, failed_effects(&mask, &error, &run, last_good)).await;
                 let matching = matching_backups(env, &rollback.commit).await;
-                tracing::warn!(failed = %commit.short(), to = %rollback.commit.short(), matching = matching.as_deref().unwrap_or("none"), "rolling back to the last good commit");
+                let what = failed_what(&run, last_good);
+                tracing::warn!(failed = %what, to = %rollback.commit.short(), matching = matching.as_deref().unwrap_or("none"), "rolling back to the last good revision");
                 let matching = matching.map(|m| format!("; {m}")).unwrap_or_default();
-                rolled_from = Some((error, matching));
+                rolled_from = Some((error, matching, what));
                 run = rollback;
             }
             Next::Suspend {
@@ -474,9 +490,8 @@ pub async fn reconcile<H: Hooks>(
                     ),
                     Suspension::RollbackFailed { failed } => {
                         let reason = match &rolled_from {
-                            Some((first, _)) => format!(
-                                "commit {} failed ({first}) and the rollback to {} failed: {error}",
-                                failed.short(),
+                            Some((first, _, what)) => format!(
+                                "{what} failed ({first}) and the rollback to {} failed: {error}",
                                 commit.short()
                             ),
                             None => format!("rollback to {} failed: {error}", commit.short()),
@@ -494,10 +509,14 @@ pub async fn reconcile<H: Hooks>(
                 }
                 let reason = mask(reason);
                 tracing::error!(reason = %reason, "environment suspended");
+                let marks = if mark_failed {
+                    failed_effects(&mask, &error, &run, last_good)
+                } else {
+                    Effects::default()
+                };
                 let effects = Effects {
                     suspend: Some(reason.clone()),
-                    failed: mark_failed.then(|| mask(error.clone())),
-                    ..Effects::default()
+                    ..marks
                 };
                 record(env, pending, effects).await;
                 hooks.notify(say(kind, to, failed, reason)).await;
@@ -508,11 +527,41 @@ pub async fn reconcile<H: Hooks>(
     Report { runs, end }
 }
 
-/// The commit is marked failed for `error`.
-fn failed_effects(mask: &impl Fn(String) -> String, error: &str) -> Effects {
+/// What `run` is marked failed for ([`decide::blame`]): its commit, the
+/// new digests of followed services, or both, for `error`.
+fn failed_effects(
+    mask: &impl Fn(String) -> String,
+    error: &str,
+    run: &Run,
+    last_good: Option<&LastGood>,
+) -> Effects {
+    let blame = decide::blame(run, last_good);
+    let reason = mask(error.to_owned());
     Effects {
-        failed: Some(mask(error.to_owned())),
+        failed: blame.commit.then(|| reason.clone()),
+        failed_images: blame.images,
+        failed_images_reason: reason,
         ..Effects::default()
+    }
+}
+
+/// How a failed run is named in messages: the commit, or the new image
+/// digests when the commit is the last good one's.
+fn failed_what(run: &Run, last_good: Option<&LastGood>) -> String {
+    let blame = decide::blame(run, last_good);
+    let images: Vec<String> = blame
+        .images
+        .iter()
+        .map(|(s, d)| format!("{s}@{}", &d[..d.len().min(19)]))
+        .collect();
+    match (blame.commit, images.is_empty()) {
+        (_, true) => format!("commit {}", run.commit.short()),
+        (false, false) => format!("image {}", images.join(", ")),
+        (true, false) => format!(
+            "commit {} with image {}",
+            run.commit.short(),
+            images.join(", ")
+        ),
     }
 }
 
@@ -623,7 +672,7 @@ async fn deploy<H: Hooks>(
     if run.kind() == Kind::Rollback {
         use_rollback_config(&mut loaded.checked.state);
     }
-    let prepared = prepare(loaded, env.scope, run.pin.as_ref()).await;
+    let prepared = prepare(loaded, env.scope, run.pin.as_ref(), &run.images).await;
     rec.timings.plan_ms = Some(ms(t));
     let Prepared {
         desired,
@@ -632,10 +681,12 @@ async fn deploy<H: Hooks>(
         masker,
         fingerprint: planned_fingerprint,
         lives,
+        digests,
     } = match prepared {
         Ok(p) => p,
         Err(e) => return rec.backend_error(e, false),
     };
+    rec.report.digests = digests;
     let mut plan_json = plan.to_json();
     masker.mask_json(&mut plan_json);
     rec.plan_json = Some(plan_json);
@@ -846,6 +897,7 @@ impl<H: Hooks> Recorder<'_, H> {
                 changes: self.changes,
                 error: error.clone(),
                 image_ids: self.report.image_ids.clone(),
+                digests: self.report.digests.clone(),
                 timings: self.timings,
             },
             discard: self.discard,
@@ -893,6 +945,42 @@ fn live_images(lives: &[DriverLive]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Runs each followed service of `desired` at its digest in `images`
+/// (`registry/app@sha256:…`, the tag it follows dropped: the engine lists
+/// a pulled digest under that name); returns the digests applied. A
+/// service no longer followed keeps its reference.
+pub fn follow_images(desired: &mut DesiredState, images: &Digests) -> Digests {
+    let mut applied = Digests::new();
+    for (key, s) in services_mut(desired) {
+        if let (Some(follow), Some(digest)) = (&s.follow, images.get(&key)) {
+            let (repo, _tag) = crate::backend::compose::image::pull_parts(&follow.reference);
+            s.image = format!("{repo}@{digest}");
+            applied.insert(key, digest.clone());
+        }
+    }
+    applied
+}
+
+/// Every Compose service of `desired`, with its `project/service` key.
+fn services_mut(
+    desired: &mut DesiredState,
+) -> impl Iterator<Item = (String, &mut crate::model::compose::Service)> {
+    desired
+        .targets
+        .iter_mut()
+        .filter_map(|t| match &mut t.resources {
+            Resources::Compose(projects) => Some(projects),
+            _ => None,
+        })
+        .flatten()
+        .flat_map(|p| {
+            let project = p.name.clone();
+            p.services
+                .iter_mut()
+                .map(move |(name, s)| (format!("{project}/{name}"), s))
+        })
+}
+
 /// Pins each service to the image id its last good run recorded, where the
 /// reference no longer resolves to that id (a moved tag, a removed image).
 /// A service whose reference still resolves to the recorded id keeps it, so
@@ -904,21 +992,13 @@ pub fn pin_images(
     live: &BTreeMap<String, String>,
 ) -> usize {
     let mut pinned = 0;
-    for t in &mut desired.targets {
-        let Resources::Compose(projects) = &mut t.resources else {
-            continue;
-        };
-        for p in projects {
-            for (name, s) in p.services.iter_mut() {
-                let key = format!("{}/{name}", p.name);
-                if let Some(id) = ids.get(&key)
-                    && live.get(&s.image) != Some(id)
-                {
-                    tracing::info!(service = %key, image = %s.image, id = %id, "pinned to the recorded image id");
-                    s.image = id.clone();
-                    pinned += 1;
-                }
-            }
+    for (key, s) in services_mut(desired) {
+        if let Some(id) = ids.get(&key)
+            && live.get(&s.image) != Some(id)
+        {
+            tracing::info!(service = %key, image = %s.image, id = %id, "pinned to the recorded image id");
+            s.image = id.clone();
+            pinned += 1;
         }
     }
     pinned

@@ -293,6 +293,7 @@ mod tests {
                 changes: None,
                 error: None,
                 image_ids: Default::default(),
+                digests: Default::default(),
                 timings: Timings::default(),
             };
             s.finish(id, &end, SystemTime::now()).unwrap();

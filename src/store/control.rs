@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use super::{ImageIds, Result, Store, millis};
+use super::{Digests, ImageIds, Result, Store, millis};
 use crate::source::CommitId;
 
 /// The last commit an environment ran healthy, with the image ids it ran.
@@ -17,6 +17,9 @@ use crate::source::CommitId;
 pub struct LastGood {
     pub commit: CommitId,
     pub image_ids: ImageIds,
+    /// The registry digests of its followed services: with the commit,
+    /// the revision that ran healthy.
+    pub digests: Digests,
     pub reconcile_id: Option<i64>,
     pub recorded_at: i64,
 }
@@ -45,18 +48,44 @@ pub struct EnvState {
     pub last_good: Option<LastGood>,
     /// Newest first.
     pub failed: Vec<FailedCommit>,
+    /// Digests of followed services that failed, newest first.
+    pub failed_images: Vec<FailedImage>,
     pub control: Control,
+}
+
+/// A digest of a followed service that failed in an environment: the
+/// poller may keep finding it, it is not deployed again by itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct FailedImage {
+    /// `project/service`.
+    pub service: String,
+    pub digest: String,
+    pub reason: String,
+    pub failed_at: i64,
+}
+
+impl EnvState {
+    /// Whether `digest` of `service` is marked failed.
+    pub fn image_failed(&self, service: &str, digest: &str) -> bool {
+        self.failed_images
+            .iter()
+            .any(|f| f.service == service && f.digest == digest)
+    }
 }
 
 pub(super) fn last_good(c: &Connection, env: &str) -> Result<Option<LastGood>> {
     Ok(c.query_row(
-        "SELECT commit_id, image_ids, reconcile_id, recorded_at FROM last_good WHERE env = ?1",
+        "SELECT commit_id, image_ids, reconcile_id, recorded_at, digests FROM last_good WHERE env = ?1",
         params![env],
         |r| {
             let images: String = r.get(1)?;
+            let digests: Option<String> = r.get(4)?;
             Ok(LastGood {
                 commit: r.get(0)?,
                 image_ids: serde_json::from_str(&images).unwrap_or_default(),
+                digests: digests
+                    .and_then(|d| serde_json::from_str(&d).ok())
+                    .unwrap_or_default(),
                 reconcile_id: r.get(2)?,
                 recorded_at: r.get(3)?,
             })
@@ -70,16 +99,49 @@ pub(super) fn set_last_good(
     env: &str,
     commit: &CommitId,
     image_ids: &ImageIds,
+    digests: &Digests,
     reconcile_id: Option<i64>,
     at: SystemTime,
 ) -> Result<()> {
     let images = serde_json::to_string(image_ids).expect("plain map");
+    let digests = serde_json::to_string(digests).expect("plain map");
     c.execute(
-        "INSERT INTO last_good (env, commit_id, image_ids, reconcile_id, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (env) DO UPDATE SET commit_id = ?2, image_ids = ?3, reconcile_id = ?4, recorded_at = ?5",
-        params![env, commit, images, reconcile_id, millis(at)],
+        "INSERT INTO last_good (env, commit_id, image_ids, reconcile_id, recorded_at, digests) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (env) DO UPDATE SET commit_id = ?2, image_ids = ?3, reconcile_id = ?4, recorded_at = ?5, digests = ?6",
+        params![env, commit, images, reconcile_id, millis(at), digests],
     )?;
     Ok(())
+}
+
+pub(super) fn mark_image_failed(
+    c: &Connection,
+    env: &str,
+    service: &str,
+    digest: &str,
+    reason: &str,
+    at: SystemTime,
+) -> Result<()> {
+    c.execute(
+        "INSERT INTO failed_images (env, service, digest, reason, failed_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (env, service, digest) DO UPDATE SET reason = ?4, failed_at = ?5",
+        params![env, service, digest, reason, millis(at)],
+    )?;
+    Ok(())
+}
+
+pub(super) fn failed_images(c: &Connection, env: &str) -> Result<Vec<FailedImage>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT service, digest, reason, failed_at FROM failed_images WHERE env = ?1 ORDER BY failed_at DESC",
+    )?;
+    let rows = stmt.query_map(params![env], |r| {
+        Ok(FailedImage {
+            service: r.get(0)?,
+            digest: r.get(1)?,
+            reason: r.get(2)?,
+            failed_at: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
 pub(super) fn mark_failed(
@@ -163,7 +225,8 @@ impl Store {
         reconcile_id: Option<i64>,
         at: SystemTime,
     ) -> Result<()> {
-        self.with(|c| set_last_good(c, env, commit, image_ids, reconcile_id, at))
+        let digests = Digests::new();
+        self.with(|c| set_last_good(c, env, commit, image_ids, &digests, reconcile_id, at))
     }
 
     /// Marks `commit` failed in `env`: automatic reconciles skip it.
@@ -194,9 +257,14 @@ impl Store {
         self.with(|c| failed_commits(c, env))
     }
 
-    /// Forgets the failed marks of `env` (an operator forces a retry).
+    /// Forgets the failed marks of `env`, commits and image digests (an
+    /// operator forces a retry: `resume --retry-failed`).
     pub fn clear_failed(&self, env: &str) -> Result<usize> {
-        self.with(|c| Ok(c.execute("DELETE FROM failed_commits WHERE env = ?1", params![env])?))
+        self.transaction(|tx| {
+            let commits = tx.execute("DELETE FROM failed_commits WHERE env = ?1", params![env])?;
+            let images = tx.execute("DELETE FROM failed_images WHERE env = ?1", params![env])?;
+            Ok(commits + images)
+        })
     }
 
     /// The operator control of `env` (default: neither pinned nor suspended).
@@ -255,6 +323,7 @@ impl Store {
             Ok(EnvState {
                 last_good: last_good(tx, env)?,
                 failed: failed_commits(tx, env)?,
+                failed_images: failed_images(tx, env)?,
                 control: control(tx, env)?,
             })
         })
@@ -265,7 +334,22 @@ impl Store {
     pub fn replace_env_state(&self, env: &str, state: &EnvState, at: SystemTime) -> Result<()> {
         self.transaction(|tx| {
             if let Some(lg) = &state.last_good {
-                set_last_good(tx, env, &lg.commit, &lg.image_ids, lg.reconcile_id, at)?;
+                set_last_good(
+                    tx,
+                    env,
+                    &lg.commit,
+                    &lg.image_ids,
+                    &lg.digests,
+                    lg.reconcile_id,
+                    at,
+                )?;
+            }
+            tx.execute("DELETE FROM failed_images WHERE env = ?1", params![env])?;
+            for f in &state.failed_images {
+                tx.execute(
+                    "INSERT INTO failed_images (env, service, digest, reason, failed_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![env, f.service, f.digest, f.reason, f.failed_at],
+                )?;
             }
             tx.execute("DELETE FROM failed_commits WHERE env = ?1", params![env])?;
             for f in &state.failed {
@@ -344,11 +428,18 @@ mod tests {
             last_good: Some(LastGood {
                 commit: "c1".into(),
                 image_ids: ImageIds::new(),
+                digests: Digests::new(),
                 reconcile_id: None,
                 recorded_at: 0,
             }),
             failed: vec![FailedCommit {
                 commit: "c2".into(),
+                reason: "unhealthy".into(),
+                failed_at: 5_000,
+            }],
+            failed_images: vec![FailedImage {
+                service: "p/web".into(),
+                digest: "sha256:bad".into(),
                 reason: "unhealthy".into(),
                 failed_at: 5_000,
             }],
@@ -361,6 +452,9 @@ mod tests {
         let read = s.env_state("dev").unwrap();
         assert_eq!(read.last_good.as_ref().unwrap().commit, "c1");
         assert_eq!(read.failed, state.failed);
+        assert_eq!(read.failed_images, state.failed_images);
+        assert!(read.image_failed("p/web", "sha256:bad"));
+        assert_eq!(s.clear_failed("dev").unwrap(), 2);
         assert_eq!(read.control, state.control);
     }
 }

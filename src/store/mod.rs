@@ -9,7 +9,8 @@
 //!
 //! The folder follows the tables: [`schema`] (migrations keyed on
 //! `user_version`), [`reconciles`] (history rows and how a pass is
-//! recorded), [`control`] (last good, failed commits, pins, suspensions),
+//! recorded), [`control`] (last good, failed commits and image digests,
+//! pins, suspensions), [`images`] (what the image poller found),
 //! [`backups`], [`deliveries`], [`retention`], and [`queries`] (the
 //! operator surface's reads). Columns with a closed set of values are
 //! domain enums here ([`Trigger`], [`Kind`], [`Outcome`], [`BackupTrigger`],
@@ -33,16 +34,20 @@ pub mod backups;
 pub mod control;
 pub mod deliveries;
 pub mod identity;
+pub mod images;
 pub mod queries;
 pub mod reconciles;
 pub mod retention;
 pub mod schema;
 
 pub use backups::{BackupJobStats, BackupOutcome, BackupRun, BackupTrigger};
-pub use control::{Control, EnvState, FailedCommit, LastGood};
+pub use control::{Control, EnvState, FailedCommit, FailedImage, LastGood};
 pub use identity::{Lost, LostKind, OnLost};
+pub use images::{FollowedImage, ImageStatus};
 pub use queries::{EnvHealth, EnvSummary, HistoryQuery};
-pub use reconciles::{Effects, Finish, ImageIds, Kind, Outcome, ReconcileRecord, Timings, Trigger};
+pub use reconciles::{
+    Digests, Effects, Finish, ImageIds, Kind, Outcome, ReconcileRecord, Timings, Trigger,
+};
 pub use retention::{Pruned, Retention};
 
 /// Commit ids are stored as their text.

@@ -266,6 +266,7 @@ mod tests {
                 changes: Some(1),
                 error: None,
                 image_ids: ImageIds::new(),
+                digests: Default::default(),
                 timings: Timings::default(),
             };
             s.finish(id, &finish, t(i as u64 + 1)).unwrap();
@@ -339,6 +340,7 @@ mod tests {
             changes: Some(1),
             error: Some("unhealthy".into()),
             image_ids: ImageIds::new(),
+            digests: Default::default(),
             timings: Timings::default(),
         };
         s.finish(id, &finish, t(21)).unwrap();

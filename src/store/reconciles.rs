@@ -28,6 +28,8 @@ text_enum! {
         Manual = "manual",
         /// A retry after a failure (backoff).
         Retry = "retry",
+        /// The image poller found a new digest of a followed image.
+        Image = "image",
     }
 }
 
@@ -85,6 +87,10 @@ pub struct Timings {
 /// Image ids per service (`project/service` → `sha256:…`).
 pub type ImageIds = BTreeMap<String, String>;
 
+/// Registry digests per followed service (`project/service` →
+/// `sha256:…`): with a commit, what a revision is.
+pub type Digests = BTreeMap<String, String>;
+
 /// How a reconcile ended, as recorded. Every text here must already be masked.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Finish {
@@ -98,6 +104,8 @@ pub struct Finish {
     pub changes: Option<u32>,
     pub error: Option<String>,
     pub image_ids: ImageIds,
+    /// The followed services' registry digests it deployed.
+    pub digests: Digests,
     pub timings: Timings,
 }
 
@@ -110,6 +118,10 @@ pub struct Effects {
     pub last_good: bool,
     /// The reconcile's commit is marked failed, for this (masked) reason.
     pub failed: Option<String>,
+    /// These digests of followed services are marked failed (for the
+    /// reason in `failed_reason`): not deployed again by themselves.
+    pub failed_images: Digests,
+    pub failed_images_reason: String,
     /// The environment is suspended, for this (masked) reason; a pin stays.
     pub suspend: Option<String>,
     /// The row is not worth keeping (an unchanged re-plan by a timer): it is
@@ -138,6 +150,9 @@ pub struct ReconcileRecord {
     pub changes: Option<u32>,
     pub error: Option<String>,
     pub image_ids: ImageIds,
+    /// The followed services' registry digests it deployed.
+    #[serde(skip_serializing_if = "Digests::is_empty")]
+    pub digests: Digests,
     pub timings: Timings,
     /// Unix milliseconds.
     pub started_at: i64,
@@ -145,16 +160,17 @@ pub struct ReconcileRecord {
 }
 
 /// The columns [`row`] reads, in its order.
-pub(super) const RECORD_COLUMNS: &str = "id, env, commit_id, trigger, kind, rollback_of, outcome, plan_json, diff, changes, error, image_ids, timings, started_at, finished_at";
+pub(super) const RECORD_COLUMNS: &str = "id, env, commit_id, trigger, kind, rollback_of, outcome, plan_json, diff, changes, error, image_ids, timings, started_at, finished_at, digests";
 
 /// The same columns with the plan and diff left out (list views).
-pub(super) const RECORD_COLUMNS_BRIEF: &str = "id, env, commit_id, trigger, kind, rollback_of, outcome, NULL, NULL, changes, error, image_ids, timings, started_at, finished_at";
+pub(super) const RECORD_COLUMNS_BRIEF: &str = "id, env, commit_id, trigger, kind, rollback_of, outcome, NULL, NULL, changes, error, image_ids, timings, started_at, finished_at, digests";
 
 /// One `reconciles` row, selected as [`RECORD_COLUMNS`].
 pub(super) fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReconcileRecord> {
     let plan: Option<String> = r.get(7)?;
     let images: Option<String> = r.get(11)?;
     let timings: Option<String> = r.get(12)?;
+    let digests: Option<String> = r.get(15)?;
     Ok(ReconcileRecord {
         id: r.get(0)?,
         env: r.get(1)?,
@@ -175,6 +191,9 @@ pub(super) fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReconcileRecord> {
             .unwrap_or_default(),
         started_at: r.get(13)?,
         finished_at: r.get(14)?,
+        digests: digests
+            .and_then(|d| serde_json::from_str(&d).ok())
+            .unwrap_or_default(),
     })
 }
 
@@ -183,8 +202,9 @@ fn finish(c: &Connection, id: i64, finish: &Finish, at: SystemTime) -> Result<()
     let plan = finish.plan.as_ref().map(|p| p.to_string());
     let images = serde_json::to_string(&finish.image_ids).expect("plain map");
     let timings = serde_json::to_string(&finish.timings).expect("plain struct");
+    let digests = serde_json::to_string(&finish.digests).expect("plain map");
     c.execute(
-        "UPDATE reconciles SET commit_id = ?2, outcome = ?3, plan_json = ?4, diff = ?5, changes = ?6, error = ?7, image_ids = ?8, timings = ?9, finished_at = ?10 WHERE id = ?1",
+        "UPDATE reconciles SET commit_id = ?2, outcome = ?3, plan_json = ?4, diff = ?5, changes = ?6, error = ?7, image_ids = ?8, timings = ?9, finished_at = ?10, digests = ?11 WHERE id = ?1",
         params![
             id,
             finish.commit,
@@ -195,7 +215,8 @@ fn finish(c: &Connection, id: i64, finish: &Finish, at: SystemTime) -> Result<()
             finish.error,
             images,
             timings,
-            millis(at)
+            millis(at),
+            digests
         ],
     )?;
     Ok(())
@@ -262,10 +283,28 @@ impl Store {
             let kept = (!drop).then_some(id);
             if let Some(commit) = &end.commit {
                 if effects.last_good {
-                    super::control::set_last_good(tx, env, commit, &end.image_ids, kept, at)?;
+                    super::control::set_last_good(
+                        tx,
+                        env,
+                        commit,
+                        &end.image_ids,
+                        &end.digests,
+                        kept,
+                        at,
+                    )?;
                 }
                 if let Some(reason) = &effects.failed {
                     super::control::mark_failed(tx, env, commit, reason, at)?;
+                }
+                for (service, digest) in &effects.failed_images {
+                    super::control::mark_image_failed(
+                        tx,
+                        env,
+                        service,
+                        digest,
+                        &effects.failed_images_reason,
+                        at,
+                    )?;
                 }
             }
             if let Some(reason) = &effects.suspend {
@@ -328,6 +367,7 @@ mod tests {
             changes: Some(0),
             error: None,
             image_ids: [("p/web".to_owned(), "sha256:1".to_owned())].into(),
+            digests: Default::default(),
             timings: Timings {
                 plan_ms: Some(3),
                 ..Timings::default()

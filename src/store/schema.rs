@@ -92,6 +92,33 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     CREATE TABLE store_id (id TEXT NOT NULL);
     "#,
+    // 5: revisions — a commit plus the digest of each followed image: the
+    // digests a reconcile deployed and the last good one ran, digests that
+    // failed (never tried again by themselves), and what the image poller
+    // last found in each followed service's registry.
+    r#"
+    ALTER TABLE reconciles ADD COLUMN digests TEXT;
+    ALTER TABLE last_good ADD COLUMN digests TEXT;
+    CREATE TABLE failed_images (
+        env          TEXT NOT NULL,
+        service      TEXT NOT NULL,
+        digest       TEXT NOT NULL,
+        reason       TEXT NOT NULL,
+        failed_at    INTEGER NOT NULL,
+        PRIMARY KEY (env, service, digest)
+    );
+    CREATE TABLE followed_images (
+        env          TEXT NOT NULL,
+        service      TEXT NOT NULL,
+        reference    TEXT NOT NULL,
+        policy       TEXT NOT NULL,
+        newest       TEXT,
+        found_at     INTEGER,
+        checked_at   INTEGER,
+        error        TEXT,
+        PRIMARY KEY (env, service)
+    );
+    "#,
 ];
 
 /// Applies the migrations `c` has not had yet, each in its own transaction.

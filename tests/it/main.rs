@@ -26,6 +26,7 @@ mod deploy;
 mod example;
 mod faults;
 mod identities;
+mod images;
 mod kube_backend;
 mod kube_e2e;
 mod leases;

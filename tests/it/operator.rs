@@ -74,6 +74,7 @@ fn seeded_store(dir: &std::path::Path) -> (Arc<Store>, Vec<i64>) {
             changes: Some(1),
             error: None,
             image_ids: ImageIds::new(),
+            digests: Default::default(),
             timings: Timings {
                 plan_ms: Some(12),
                 ..Timings::default()

@@ -211,6 +211,9 @@ impl<'a> Definition<'a> {
             // How replicas are replaced, not what runs.
             update_config: _,
             rollback_config: _,
+            // What runs is the image; the label that asks to follow it
+            // is among the labels.
+            follow: _,
             origin: _,
         } = service;
         Definition {

@@ -8,7 +8,8 @@
 //! stop-first); [`spec`] maps the model onto the
 //! engine's container config; [`archive`] carries config files into
 //! containers; [`binds`] delivers bound repo directories through volumes;
-//! [`image`] resolves references and registry auth.
+//! [`image`] resolves references and registry auth; [`registry`] asks a
+//! registry which digest a tag names, without pulling.
 //!
 //! What it creates carries the labels `docker compose` v2 writes
 //! ([`labels`]), so `docker ps --filter label=com.docker.compose.project=…`
@@ -37,6 +38,7 @@ pub mod image;
 pub mod live;
 pub mod plan;
 pub mod project;
+pub mod registry;
 pub mod rollout;
 pub mod spec;
 pub mod subnets;

@@ -96,6 +96,7 @@ pub(crate) fn service(
     let mut written = engine::DeployResources::default();
     let mut label_files: Vec<(String, &Node, String)> = Vec::new();
     let mut labels = BTreeMap::new();
+    let mut labels_node = None;
     let mut pull_refresh_after = None;
     // A refused key (a `provider` service has no image) says all there is.
     let mut refused_key = false;
@@ -176,7 +177,10 @@ pub(crate) fn service(
                     }
                 }
             }
-            "labels" => labels = ctx.labels(v, &fp),
+            "labels" => {
+                labels = ctx.labels(v, &fp);
+                labels_node = Some(v);
+            }
             "label_file" => label_files = label_file_list(ctx, v, &fp),
             "container_name" => {
                 if let Some(cn) = ctx.text(v, &fp) {
@@ -343,6 +347,29 @@ pub(crate) fn service(
                 &path,
             );
             return None;
+        }
+    }
+    if let Some(policy) = s.labels.get(crate::model::compose::IMAGE_UPDATE_LABEL) {
+        let at = labels_node.unwrap_or(node);
+        let object = format!("{path}.labels");
+        match crate::model::compose::ImageUpdate::parse(policy) {
+            Err(e) => ctx.error(at, &object, e),
+            Ok(_) if s.build.is_some() => ctx.error(
+                at,
+                &object,
+                "a service built from the repo has no registry image to follow; remove the label or the `build:`",
+            ),
+            Ok(_) if s.image.contains('@') => ctx.error(
+                at,
+                &object,
+                format!("`{}` names a digest, which never moves: follow a tag instead", s.image),
+            ),
+            Ok(policy) => {
+                s.follow = Some(crate::model::compose::Follow {
+                    policy,
+                    reference: s.image.clone(),
+                })
+            }
         }
     }
     Some(s)

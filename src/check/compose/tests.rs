@@ -946,3 +946,38 @@ mod binds;
 mod include;
 mod profiles;
 mod secrets;
+
+#[test]
+fn an_image_update_label_follows_the_tag_and_refuses_what_it_cannot_follow() {
+    let (p, _) = one(
+        "services:\n  web:\n    image: 127.0.0.1:5000/app:stable\n    labels:\n      driftless.io/image-update: digest\n  db:\n    image: postgres:16\n",
+    )
+    .ok("compose/stack.yaml");
+    let follow = p.services["web"].follow.as_ref().unwrap();
+    assert_eq!(follow.policy, ImageUpdate::Digest);
+    assert_eq!(follow.reference, "127.0.0.1:5000/app:stable");
+    assert!(p.services["db"].follow.is_none());
+    for (policy, says) in [
+        ("latest", "not an image update policy"),
+        ("semver:~1.4", "not supported yet"),
+        ("regex:^v[0-9]+$", "not supported yet"),
+    ] {
+        let e = single_error(
+            &one(&format!(
+                "services:\n  web:\n    image: app:stable\n    labels:\n      driftless.io/image-update: \"{policy}\"\n"
+            )),
+            5,
+            "services.web.labels",
+        );
+        assert!(e.message.contains(says), "{policy}: {e}");
+    }
+    let e = single_error(
+        &one(&format!(
+            "services:\n  web:\n    image: app@sha256:{}\n    labels: [\"driftless.io/image-update=digest\"]\n",
+            "a".repeat(64)
+        )),
+        4,
+        "services.web.labels",
+    );
+    assert!(e.message.contains("never moves"), "{e}");
+}

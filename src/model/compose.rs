@@ -366,6 +366,16 @@ pub struct Hook {
 }
 
 impl Service {
+    /// Every image the service runs on: its own, then the sources of its
+    /// `type: image` mounts, which the engine must have as well (docker
+    /// compose pulls them like the service's image).
+    pub fn images(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.image.as_str()).chain(self.volumes.iter().filter_map(|m| match m {
+            Mount::Image { source, .. } => Some(source.as_str()),
+            _ => None,
+        }))
+    }
+
     /// A config file the engine cannot deliver: the service is `read_only`
     /// and the file is not under a writable volume or bind mount (the
     /// engine's archive API refuses to write to a read-only root file system).

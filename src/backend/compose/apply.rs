@@ -135,10 +135,13 @@ impl<'a> Applier<'a> {
                             ),
                         ));
                     }
-                    // A built image is built (below), never pulled.
-                    if build::of(s).is_none() {
-                        references.insert(s.image.as_str());
+                    // Pulled when missing: the service's image (unless it is
+                    // built, below) and the images it mounts.
+                    let mut images = s.images();
+                    if build::of(s).is_some() {
+                        images.next();
                     }
+                    references.extend(images);
                     let image_changed = matches!(&c.action, Action::Recreate { reason } if reason == "image changed");
                     match s.pull_policy {
                         PullPolicy::Always if image_changed || c.action == Action::Create => {
@@ -253,7 +256,7 @@ impl<'a> Applier<'a> {
     fn references(&self) -> BTreeSet<&'a str> {
         self.projects
             .iter()
-            .flat_map(|p| p.services.values().map(|s| s.image.as_str()))
+            .flat_map(|p| p.services.values().flat_map(Service::images))
             .collect()
     }
 

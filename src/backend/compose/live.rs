@@ -26,7 +26,7 @@ use futures_util::TryFutureExt;
 use super::build::BuiltImage;
 use super::connect::{EngineError, failed};
 use super::{binds, image, labels};
-use crate::model::compose::{BuildContext, Ipam, IpamPool, Project, PullPolicy};
+use crate::model::compose::{BuildContext, Ipam, IpamPool, Project, PullPolicy, Service};
 
 /// The live state relevant to one environment on one engine.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -508,7 +508,7 @@ impl Live {
 
         let references: BTreeSet<&str> = projects
             .iter()
-            .flat_map(|p| p.services.values().map(|s| s.image.as_str()))
+            .flat_map(|p| p.services.values().flat_map(Service::images))
             .collect();
         let resolved = image::resolve(references, images);
         let image_digests = images
@@ -694,6 +694,40 @@ mod tests {
             ]
         );
         assert_eq!(live.containers[0].number, 1);
+    }
+
+    #[test]
+    fn the_images_a_service_mounts_are_live_images_too() {
+        let mut project = projects(&["shop"]).remove(0);
+        project.services.insert(
+            "web".into(),
+            Service {
+                image: "nginx:1".into(),
+                volumes: vec![crate::model::compose::Mount::Image {
+                    source: "assets:2".into(),
+                    target: "/srv".into(),
+                    read_only: true,
+                    subpath: None,
+                }],
+                ..Service::default()
+            },
+        );
+        let image = |id: &str, tag: &str| ImageSummary {
+            id: id.into(),
+            repo_tags: vec![tag.into()],
+            ..ImageSummary::default()
+        };
+        let listed = [image("sha256:n", "nginx:1"), image("sha256:a", "assets:2")];
+        let live = Live::from_listings("dev", OURS.1, &[project], &[], &[], &[], &listed);
+        // Present: the apply pulls neither (a missing one it would pull).
+        assert_eq!(
+            live.images.get("nginx:1").map(String::as_str),
+            Some("sha256:n")
+        );
+        assert_eq!(
+            live.images.get("assets:2").map(String::as_str),
+            Some("sha256:a")
+        );
     }
 
     #[test]

@@ -301,6 +301,18 @@ impl Renderer {
                 "delete `{output_path}` or rename the template; `{template}` renders to `{output_path}`"
             ))),
             (true, false) => self.render_template(&template),
+            (false, true) if crate::sops::is_sops_name(output_path) => {
+                let content = self
+                    .ledger
+                    .sops_output(&self.snapshot, output_path)
+                    .map_err(|e| Diagnostic::error(e).env(&self.env).file(output_path))?;
+                Ok(Rendered {
+                    path: output_path.to_owned(),
+                    source: output_path.to_owned(),
+                    content: Arc::from(content),
+                    templated: false,
+                })
+            }
             (false, true) => Ok(Rendered {
                 path: output_path.to_owned(),
                 source: output_path.to_owned(),

@@ -4,7 +4,9 @@
 //! whitespace defaults, trailing newline kept, no auto-escaping) and lose the
 //! `.j2`; every other file is taken verbatim, byte for byte, so a Prometheus
 //! rule's `{{ $labels.instance }}` in a plain `.yml` needs no escaping. The
-//! same template renders the same under Python Jinja2 and driftless.
+//! same template renders the same under Python Jinja2 and driftless. The
+//! exception is a SOPS file named `*.sops.<ext>` ([`crate::sops::is_sops_name`]):
+//! it renders decrypted, in its own format, its values secrets.
 //!
 //! Templates load only from inside the snapshot: `{% include %}`,
 //! `{% import %}` and `{% extends %}` take repo-root-relative paths, and a

@@ -1218,3 +1218,55 @@ async fn sops_files_used_by_compose_are_deployed_decrypted_and_masked() {
         assert!(!text.contains("LEAKME"), "{what}: {text}");
     }
 }
+
+/// Only files named `*.sops.<ext>` render decrypted: the same encrypted
+/// dotenv under another name, and `.sops.yaml` (sops' creation rules),
+/// stay byte for byte; a decrypted file for other recipients, or read
+/// without an identity where one is required, fails naming the file.
+#[test]
+fn files_named_sops_render_decrypted_and_others_verbatim() {
+    use driftless::render::SecretMode;
+    let env = String::from_utf8(read("kustomize-controller/component/env.env")).unwrap();
+    let rules = String::from_utf8(read("kustomize-controller/.sops.yaml")).unwrap();
+    let files = [
+        ("app.sops.env", env.clone()),
+        ("app.env", env.clone()),
+        (".sops.yaml", rules.clone()),
+    ];
+    let keys = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir().join("kustomize-controller/keys/age.txt"),
+        keys.path().join(sops::IDENTITY_FILE_NAME),
+    )
+    .unwrap();
+    let r = renderer(&files, Some(keys.path()), SecretMode::Require);
+    let out = r.render("app.sops.env").unwrap();
+    assert_eq!(&*out.content, b"key=value\n");
+    assert_eq!(r.masker().mask("key=value"), "key=******");
+    assert_eq!(&*r.render("app.env").unwrap().content, env.as_bytes());
+    assert_eq!(&*r.render(".sops.yaml").unwrap().content, rules.as_bytes());
+
+    // Another host's key; no key at all where one is required.
+    let other = tempfile::tempdir().unwrap();
+    let theirs = age_keygen(other.path());
+    for (dir, why) in [
+        (Some(other.path()), theirs.as_str()),
+        (None, "no age identity"),
+    ] {
+        let err = renderer(&files, dir, SecretMode::Require)
+            .render("app.sops.env")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("app.sops.env")
+                && err.contains("age1l44xcng8dqj32nlv6d930qvvrny05hglzcv9qpc7kxjc6902ma4qufys29")
+                && err.contains(why),
+            "{err}"
+        );
+    }
+    // Without one in placeholder mode (render, validate): placeholders.
+    let out = renderer(&files, None, SecretMode::Placeholder)
+        .render("app.sops.env")
+        .unwrap();
+    assert_eq!(&*out.content, b"key=<sops:app.sops.env#key>\n");
+}

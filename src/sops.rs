@@ -33,6 +33,10 @@ use base64::Engine as _;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use sha2::Digest as _;
 
+mod emit;
+
+pub use emit::{dotenv_form, emit};
+
 /// What `sops` names each encrypted value's algorithm.
 const ENC_PREFIX: &str = "ENC[AES256_GCM,";
 
@@ -67,6 +71,17 @@ pub struct Leaf {
     pub text: String,
     /// Whether it was encrypted in the file (a secret) or plain.
     pub encrypted: bool,
+    /// Its type: for an encrypted value the `type:` sops stored with it.
+    pub kind: Kind,
+}
+
+/// The type of a leaf, as sops records it for an encrypted value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Str,
+    Int,
+    Float,
+    Bool,
 }
 
 impl std::fmt::Debug for Leaf {
@@ -80,6 +95,7 @@ impl std::fmt::Debug for Leaf {
             .field("path", &self.path)
             .field("text", &text)
             .field("encrypted", &self.encrypted)
+            .field("kind", &self.kind)
             .finish()
     }
 }
@@ -110,6 +126,27 @@ impl Decrypted {
     pub fn secrets(&self) -> impl Iterator<Item = &Leaf> {
         self.leaves.iter().filter(|l| l.encrypted)
     }
+}
+
+/// The endings that make a repo file a SOPS file decrypted into the
+/// rendered output under its own name (`app.sops.env`), as Flux's
+/// kustomize-controller decrypts the files it builds.
+pub const FILE_SUFFIXES: &[&str] = &[
+    ".sops.yaml",
+    ".sops.yml",
+    ".sops.json",
+    ".sops.env",
+    ".sops.ini",
+];
+
+/// Whether the repo path `path` names a SOPS file by its ending
+/// ([`FILE_SUFFIXES`]). `.sops.yaml` itself, sops' creation rules (not
+/// encrypted), is not one.
+pub fn is_sops_name(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    FILE_SUFFIXES
+        .iter()
+        .any(|s| name.len() > s.len() && name.to_ascii_lowercase().ends_with(s))
 }
 
 /// The store a file is read with.
@@ -343,6 +380,11 @@ fn outline_node(
         Node::Null => Node::Null,
         leaf => {
             let encrypted = meta.should_encrypt(keys);
+            let kind = if encrypted {
+                Kind::Str
+            } else {
+                Kind::of_plain(&leaf)
+            };
             let (node, text) = if encrypted {
                 (Node::Str(String::new()), String::new())
             } else {
@@ -353,6 +395,7 @@ fn outline_node(
                 path: shown.clone(),
                 text,
                 encrypted,
+                kind,
             });
             node
         }
@@ -706,22 +749,26 @@ impl Walk<'_> {
             path: shown.to_owned(),
             reason,
         };
-        let (node, text) = match (&leaf, encrypted) {
-            (Node::Str(s), true) if s.is_empty() => (leaf.clone(), String::new()),
+        let (node, text, kind) = match (&leaf, encrypted) {
+            (Node::Str(s), true) if s.is_empty() => (leaf.clone(), String::new(), Kind::Str),
             (Node::Str(s), true) => {
                 let aad = format!("{}:", keys.join(":"));
                 let (plain, kind) = open_value(s, self.key, &aad).map_err(value_err)?;
                 let plain = String::from_utf8(plain)
                     .map_err(|_| value_err("the plaintext is not UTF-8".to_owned()))?;
                 let text = canonical(&plain, &kind).map_err(value_err)?;
-                (Node::Str(text.clone()), text)
+                (Node::Str(text.clone()), text, Kind::of_sops(&kind))
             }
             (_, true) => {
                 return Err(value_err(
                     "it is not encrypted, though the file's rules say it must be".to_owned(),
                 ));
             }
-            (other, false) => (other.clone(), scalar_text(other).unwrap_or_default()),
+            (other, false) => (
+                other.clone(),
+                scalar_text(other).unwrap_or_default(),
+                Kind::of_plain(other),
+            ),
         };
         if !self.meta.mac_only_encrypted || encrypted {
             self.hash.update(text.as_bytes());
@@ -730,6 +777,7 @@ impl Walk<'_> {
             path: shown.to_owned(),
             text,
             encrypted,
+            kind,
         });
         Ok(node)
     }
@@ -773,6 +821,27 @@ fn canonical(plain: &str, kind: &str) -> Result<String, String> {
             _ => Err(format!("`{kind}` value does not parse")),
         },
         other => Err(format!("unknown value type `{other}`")),
+    }
+}
+
+impl Kind {
+    /// The kind of a sops `type:` ([`canonical`] has checked it).
+    fn of_sops(kind: &str) -> Kind {
+        match kind {
+            "int" => Kind::Int,
+            "float" => Kind::Float,
+            "bool" => Kind::Bool,
+            _ => Kind::Str,
+        }
+    }
+
+    fn of_plain(node: &Node) -> Kind {
+        match node {
+            Node::Int(_) | Node::UInt(_) => Kind::Int,
+            Node::Float(_) => Kind::Float,
+            Node::Bool(_) => Kind::Bool,
+            _ => Kind::Str,
+        }
     }
 }
 
@@ -1057,6 +1126,34 @@ impl Node {
                 .map_or(serde_json::Value::Null, serde_json::Value::Number),
             Node::Str(s) => serde_json::Value::String(s.clone()),
             Node::Null | Node::List(_) | Node::Map(_) => serde_json::Value::Null,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_sops_name;
+
+    #[test]
+    fn sops_names_are_recognised_but_not_the_creation_rules() {
+        for yes in [
+            "app.sops.env",
+            "a/b/db.sops.yaml",
+            "x.sops.yml",
+            "x.SOPS.JSON",
+            "c.sops.ini",
+        ] {
+            assert!(is_sops_name(yes), "{yes}");
+        }
+        for no in [
+            ".sops.yaml",
+            "dir/.sops.yaml",
+            "app.env",
+            "sops.yaml",
+            "app.sops.yaml.j2",
+            "app.sops.txt",
+        ] {
+            assert!(!is_sops_name(no), "{no}");
         }
     }
 }

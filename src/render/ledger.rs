@@ -234,6 +234,28 @@ impl Ledger {
         }))
     }
 
+    /// The SOPS file `path` (normalized) as a rendered file: decrypted, in
+    /// its own store's format ([`sops::emit`]); in [`SecretMode::Placeholder`]
+    /// without an identity, its encrypted values as placeholders. Its
+    /// values are secrets, recorded when it was decrypted.
+    pub(super) fn sops_output(&self, snapshot: &Snapshot, path: &str) -> Result<Vec<u8>, String> {
+        let file = self.sops_file(snapshot, path)?;
+        let bytes = snapshot.get(path).unwrap_or_default();
+        let format = sops::Format::of(path, bytes);
+        if format == sops::Format::Dotenv && !file.placeholders {
+            // The one written form the masker does not derive itself.
+            for leaf in file.decrypted.secrets() {
+                if leaf.text.contains('\n') {
+                    self.record(&sops::dotenv_form(&leaf.text));
+                }
+            }
+        }
+        Ok(sops::emit(&file.decrypted, format, &mut |leaf| {
+            file.placeholders
+                .then(|| sops_placeholder(&format!("{path}#{}", leaf.path)))
+        }))
+    }
+
     /// The top-level keys of the SOPS file `path`; an error when its
     /// document is not a mapping or it does not decrypt.
     pub(super) fn sops_keys(&self, snapshot: &Snapshot, path: &str) -> Result<Vec<String>, String> {

@@ -4,7 +4,9 @@
 //! whitespace defaults, trailing newline kept, no auto-escaping) and lose the
 //! `.j2`; every other file is taken verbatim, byte for byte, so a Prometheus
 //! rule's `{{ $labels.instance }}` in a plain `.yml` needs no escaping. The
-//! same template renders the same under Python Jinja2 and driftless.
+//! same template renders the same under Python Jinja2 and driftless. The
+//! exception is a SOPS file named `*.sops.<ext>` ([`crate::sops::is_sops_name`]):
+//! it renders decrypted, in its own format, its values secrets.
 //!
 //! Templates load only from inside the snapshot: `{% include %}`,
 //! `{% import %}` and `{% extends %}` take repo-root-relative paths, and a
@@ -323,6 +325,18 @@ impl Renderer {
                 "delete `{output_path}` or rename the template; `{template}` renders to `{output_path}`"
             ))),
             (true, false) => self.render_template(&template),
+            (false, true) if crate::sops::is_sops_name(output_path) => {
+                let content = self
+                    .ledger
+                    .sops_output(&self.snapshot, output_path)
+                    .map_err(|e| Diagnostic::error(e).env(&self.env).file(output_path))?;
+                Ok(Rendered {
+                    path: output_path.to_owned(),
+                    source: output_path.to_owned(),
+                    content: Arc::from(content),
+                    templated: false,
+                })
+            }
             (false, true) => Ok(Rendered {
                 path: output_path.to_owned(),
                 source: output_path.to_owned(),

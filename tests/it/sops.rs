@@ -451,6 +451,92 @@ fn ids_at(path: &std::path::Path) -> Identities {
     Identities::parse(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// One live SOPS test's Compose project and environment, a secrets
+/// directory holding a new age identity, and a state directory.
+struct Live {
+    project: String,
+    env: String,
+    recipient: String,
+    secrets: tempfile::TempDir,
+    state: tempfile::TempDir,
+}
+
+impl Live {
+    fn new(test: &str) -> Live {
+        let project = crate::docker_support::project_name(test);
+        let env = format!("e{}", project.trim_start_matches("dlt-").replace('_', "-"));
+        let secrets = tempfile::tempdir().unwrap();
+        let recipient = age_keygen(secrets.path());
+        Live {
+            project,
+            env,
+            recipient,
+            secrets,
+            state: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// driftless.yaml with the environment on the local engine.
+    fn manifest(&self) -> String {
+        let env = &self.env;
+        format!(
+            "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {{}}\nenvironments:\n  {env}:\n    values: environments/values.yaml\n    targets: [local]\n    health: {{ deadline: 60s, settle: 1s }}\n"
+        )
+    }
+
+    fn secrets_arg(&self) -> String {
+        self.secrets.path().to_str().unwrap().to_owned()
+    }
+
+    /// `reconcile --dry-run` of the environment of `repo`, with the
+    /// identity.
+    fn dry_run(&self, repo: &str) -> Vec<String> {
+        [
+            "reconcile",
+            "--env",
+            &self.env,
+            "--dry-run",
+            "--state-dir",
+            self.state.path().to_str().unwrap(),
+            "--secrets-dir",
+            &self.secrets_arg(),
+            "--repo",
+            repo,
+            "--rev",
+            "main",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    /// Every file of the state directory, by path.
+    fn state_files(&self) -> Vec<(String, String)> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(self.state.path()).unwrap().flatten() {
+            if entry.path().is_file() {
+                let bytes = std::fs::read(entry.path()).unwrap();
+                files.push((
+                    entry.path().display().to_string(),
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                ));
+            }
+        }
+        files
+    }
+}
+
+/// `text` with one byte of the ciphertext that follows `marker` changed.
+fn tampered(text: &str, marker: &str) -> String {
+    let at = text.find(marker).unwrap() + marker.len() + 1;
+    let mut bytes = text.to_owned().into_bytes();
+    bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+    String::from_utf8(bytes).unwrap()
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 /// A SOPS value in a Compose environment variable reaches the container in
 /// clear, and is masked in `render`, in the dry-run diff, in reconcile
 /// output, in history and in the state files; a tampered file stops the
@@ -458,24 +544,20 @@ fn ids_at(path: &std::path::Path) -> Identities {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sops_value_in_a_compose_env_var_is_deployed_and_masked_everywhere() {
     use crate::daemon_support::{Bare, cli};
-    use crate::docker_support::{BUSYBOX, Cleanup, engine, project_name};
+    use crate::docker_support::{BUSYBOX, Cleanup, engine};
     const SECRET: &str = "Sops/Pw~9x+Q=LEAKME";
     let Some(engine) = engine().await else {
         return;
     };
     let docker = engine.docker();
-    let project = project_name("sops-env");
-    let env = format!("e{}", project.trim_start_matches("dlt-").replace('_', "-"));
-    let _cleanup = Cleanup::new(&[&project]);
-    let secrets = tempfile::tempdir().unwrap();
-    let recipient = age_keygen(secrets.path());
+    let live = Live::new("sops-env");
+    let (project, env) = (&live.project, &live.env);
+    let _cleanup = Cleanup::new(&[project]);
     let sops_file = encrypt_yaml(
         &serde_json::json!({"db": {"password": SECRET, "user_unencrypted": "app"}}),
-        &recipient,
+        &live.recipient,
     );
-    let manifest = format!(
-        "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {{}}\nenvironments:\n  {env}:\n    values: environments/values.yaml\n    targets: [local]\n    health: {{ deadline: 60s, settle: 1s }}\n"
-    );
+    let manifest = live.manifest();
     let stack = |extra: &str| {
         format!(
             "{{% set db = sops('secrets/db.sops.yaml').db %}}name: {project}\nservices:\n  app:\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n    environment:\n      DB_PASSWORD: \"{{{{ db.password }}}}\"\n      DB_URL: postgres://{{{{ db.user_unencrypted }}}}:{{{{ db.password | urlencode }}}}@db/app\n{extra}"
@@ -490,10 +572,9 @@ async fn a_sops_value_in_a_compose_env_var_is_deployed_and_masked_everywhere() {
         ]
     };
     let bare = Bare::new(&files(&sops_file, ""));
-    let state = tempfile::tempdir().unwrap();
     let repo = bare.path().to_str().unwrap().to_owned();
-    let secrets_arg = secrets.path().to_str().unwrap().to_owned();
-    let state_arg = state.path().to_str().unwrap().to_owned();
+    let secrets_arg = live.secrets_arg();
+    let state_arg = live.state.path().to_str().unwrap().to_owned();
     let mut outputs: Vec<(String, String)> = Vec::new();
     let repo_args = ["--repo", &repo, "--rev", "main"];
 
@@ -525,17 +606,8 @@ async fn a_sops_value_in_a_compose_env_var_is_deployed_and_masked_everywhere() {
     );
     outputs.push(("render".into(), out + &err));
 
-    let mut dry = vec![
-        "reconcile",
-        "--env",
-        &env,
-        "--dry-run",
-        "--state-dir",
-        &state_arg,
-        "--secrets-dir",
-        &secrets_arg,
-    ];
-    dry.extend(repo_args);
+    let dry = live.dry_run(&repo);
+    let dry = strs(&dry);
     let (code, out, err) = cli(&dry);
     assert_eq!(code, 0, "{err}");
     outputs.push(("dry-run before the deploy".into(), out + &err));
@@ -545,7 +617,7 @@ async fn a_sops_value_in_a_compose_env_var_is_deployed_and_masked_everywhere() {
     outputs.push(("reconcile".into(), out + &err));
 
     // The container got the clear value.
-    let list = containers(docker, &project).await;
+    let list = containers(docker, project).await;
     assert_eq!(list.len(), 1, "{list:?}");
     let id = list[0].id.clone().unwrap();
     let inspect = docker
@@ -573,13 +645,13 @@ async fn a_sops_value_in_a_compose_env_var_is_deployed_and_masked_everywhere() {
 
     // A tampered file (one byte of the password's ciphertext): refused
     // naming the file and the value; the container is left as it was.
-    let tampered = {
-        let at = sops_file.find("password: \"ENC[AES256_GCM,data:").unwrap() + 32;
-        let mut bytes = sops_file.clone().into_bytes();
-        bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
-        String::from_utf8(bytes).unwrap()
-    };
-    bare.commit(&files(&tampered, ""), "tampered");
+    bare.commit(
+        &files(
+            &tampered(&sops_file, "password: \"ENC[AES256_GCM,data:"),
+            "",
+        ),
+        "tampered",
+    );
     let (code, out, err) = cli(&apply);
     assert_ne!(code, 0, "{out}{err}");
     assert!(
@@ -587,7 +659,7 @@ async fn a_sops_value_in_a_compose_env_var_is_deployed_and_masked_everywhere() {
         "{err}"
     );
     outputs.push(("tampered reconcile".into(), out + &err));
-    let after = containers(docker, &project).await;
+    let after = containers(docker, project).await;
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].id.as_deref(), Some(id.as_str()), "nothing applied");
 
@@ -595,24 +667,19 @@ async fn a_sops_value_in_a_compose_env_var_is_deployed_and_masked_everywhere() {
     let (code, out, err) = cli(&[
         "history",
         "--env",
-        &env,
+        env,
         "--output",
         "json",
         "--state-dir",
         &state_arg,
     ]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("tampered") || out.contains(&env), "{out}");
+    assert!(
+        out.contains("tampered") || out.contains(env.as_str()),
+        "{out}"
+    );
     outputs.push(("history".into(), out + &err));
-    for entry in std::fs::read_dir(state.path()).unwrap().flatten() {
-        if entry.path().is_file() {
-            let bytes = std::fs::read(entry.path()).unwrap();
-            outputs.push((
-                entry.path().display().to_string(),
-                String::from_utf8_lossy(&bytes).into_owned(),
-            ));
-        }
-    }
+    outputs.extend(live.state_files());
 
     let url = SECRET
         .replace('/', "%2F")
@@ -849,4 +916,357 @@ fn the_identity_file_variable_is_read_and_a_bad_one_is_named() {
         err.contains("DRIFTLESS_AGE_IDENTITY_FILE") && err.contains("nope.key"),
         "{err}"
     );
+}
+
+/// Reads a file `sops::emit` wrote with Python's own readers (PyYAML,
+/// `json`, `configparser`; dotenv by sops' rules) into its leaves:
+/// path (map keys joined by `:`, `[i]` for list items) → (Python type,
+/// the text sops hashes for it). `None` when the document has sops
+/// metadata left in it.
+fn read_back(format: sops::Format, text: &str) -> Option<BTreeMap<String, (String, String)>> {
+    let script = r#"
+import configparser, json, sys, yaml
+fmt, text = sys.argv[1], sys.argv[2]
+if fmt == 'Yaml':
+    doc = yaml.safe_load(text)
+elif fmt == 'Json':
+    doc = json.loads(text)
+elif fmt == 'Dotenv':
+    doc = {}
+    for line in text.splitlines():
+        k, v = line.split('=', 1)
+        doc[k] = v.replace('\\n', '\n')
+else:
+    p = configparser.ConfigParser(interpolation=None)
+    p.optionxform = str
+    p.read_string(text)
+    doc = {s: dict(p.items(s, raw=True)) for s in p.sections()}
+    doc = {s: {k: v for k, v in d.items() if k not in p.defaults() or s == 'DEFAULT'} for s, d in doc.items()}
+meta = isinstance(doc, dict) and ('sops' in doc or any(k.startswith('sops_') for k in doc))
+out = {}
+def walk(node, path):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            walk(v, path + ':' + k if path else k)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            walk(v, '%s[%d]' % (path, i))
+    elif isinstance(node, float) and node.is_integer():
+        out[path] = ['float', str(int(node))]  # Go's FormatFloat(f, 'f', -1)
+    elif node is not None:
+        out[path] = [type(node).__name__, str(node)]
+walk(doc, '')
+print(json.dumps(None if meta else out))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &format!("{format:?}"), text])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Every corpus file in a named store (YAML, JSON, dotenv, INI), written
+/// back as `sops decrypt` prints it, reads with Python's own readers to
+/// the expected plaintext (by SHA-256), with its types, its plain values,
+/// and no sops metadata left.
+#[test]
+fn every_corpus_file_is_written_back_in_its_own_store_with_the_expected_values() {
+    let mut checked = BTreeSet::new();
+    for (file, (key_file, rows)) in &expected() {
+        if key_file == "-" || key_file.ends_with("age-pq.txt") || file.ends_with(".txt") {
+            continue;
+        }
+        if file == "kustomize-controller/inside/secret.yaml" {
+            continue; // a binary-store document inside a plain file
+        }
+        let bytes = read(file);
+        let decrypted = sops::decrypt(file, &bytes, Some(&ids(key_file))).unwrap();
+        let format = sops::Format::of(file, &bytes);
+        let written = sops::emit(&decrypted, format, &mut |_| None);
+        let text = String::from_utf8(written).unwrap();
+        let leaves = read_back(format, &text)
+            .unwrap_or_else(|| panic!("{file}: sops metadata left in\n{text}"));
+        for leaf in &decrypted.leaves {
+            if leaf.text.is_empty() && format == sops::Format::Ini {
+                continue;
+            }
+            let path = leaf.path.replace('.', ":");
+            let (_, got) = leaves
+                .get(&path)
+                .unwrap_or_else(|| panic!("{file}: no {path} in\n{text}"));
+            if !leaf.encrypted {
+                assert_eq!(got, &leaf.text, "{file} {path}");
+            }
+        }
+        for (path, kind, want) in rows {
+            let python_type = match kind.as_str() {
+                "str" | "bytes" | "time" => "str",
+                "int" => "int",
+                "float" => "float",
+                "bool" => "bool",
+                _ => continue,
+            };
+            let (ty, got) = leaves
+                .get(path)
+                .unwrap_or_else(|| panic!("{file}: no {path} in\n{text}"));
+            assert_eq!(&sha(got.as_bytes()), want, "{file} {path}");
+            assert_eq!(ty, python_type, "{file} {path}");
+            checked.insert(format!("{format:?}"));
+        }
+    }
+    assert_eq!(checked.len(), 4, "every store checked: {checked:?}");
+}
+
+/// A SOPS dotenv file as `sops encrypt` writes it, by the independent
+/// encryptor of [`encrypt_yaml`] (Python `cryptography`, Go's `age`):
+/// values encrypted (AAD `KEY:`) unless the key ends in `_unencrypted`,
+/// the metadata as flat `sops_*` keys.
+pub fn encrypt_dotenv(pairs: &[(&str, &str)], recipient: &str) -> String {
+    let script = r#"
+import base64, datetime, hashlib, json, os, subprocess, sys
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+pairs, recipient = json.loads(sys.argv[1]), sys.argv[2]
+key = os.urandom(32)
+h = hashlib.sha512()
+b = lambda x: base64.b64encode(x).decode()
+def enc(text, aad):
+    iv = os.urandom(32)
+    ct = AESGCM(key).encrypt(iv, text.encode(), aad.encode())
+    return 'ENC[AES256_GCM,data:%s,iv:%s,tag:%s,type:str]' % (b(ct[:-16]), b(iv), b(ct[-16:]))
+out = ''
+for k, v in pairs:
+    h.update(v.encode())
+    out += '%s=%s\n' % (k, v if k.endswith('_unencrypted') else enc(v, k + ':'))
+armored = subprocess.run(['age', '-a', '-r', recipient], input=key, capture_output=True, check=True).stdout.decode()
+now = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
+out += 'sops_age__list_0__map_enc=%s\n' % armored.replace('\n', '\\n')
+out += 'sops_age__list_0__map_recipient=%s\n' % recipient
+out += 'sops_lastmodified=%s\n' % now
+out += 'sops_mac=%s\n' % enc(h.hexdigest().upper(), now)
+out += 'sops_unencrypted_suffix=_unencrypted\nsops_version=3.9.0\n'
+sys.stdout.write(out)
+"#;
+    let pairs = serde_json::to_string(pairs).unwrap();
+    let out = Command::new("python3")
+        .args(["-c", script, &pairs, recipient])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// SOPS files a Compose stack uses as files (`env_file`, a `configs`
+/// file) reach the engine decrypted, in their own format; `render` shows
+/// them with their values masked, as does the dry-run diff; without an
+/// identity `render` shows placeholders; a tampered file stops the
+/// reconcile naming it, nothing applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sops_files_used_by_compose_are_deployed_decrypted_and_masked() {
+    use crate::daemon_support::{Bare, cli};
+    use crate::docker_support::{BUSYBOX, Cleanup, engine};
+    const ENV_SECRET: &str = "Env/Pw~9x+Q=LEAKME";
+    const CONF_SECRET: &str = "Conf/Pw~7y+R=LEAKME";
+    let Some(engine) = engine().await else {
+        return;
+    };
+    let live = Live::new("sops-files");
+    let (project, env) = (&live.project, &live.env);
+    let _cleanup = Cleanup::new(&[project]);
+    let env_file = encrypt_dotenv(
+        &[
+            ("API_TOKEN", ENV_SECRET),
+            ("MODE_unencrypted", "production"),
+        ],
+        &live.recipient,
+    );
+    let conf_file = encrypt_yaml(
+        &serde_json::json!({"db": {"password": CONF_SECRET, "user_unencrypted": "app"}}),
+        &live.recipient,
+    );
+    let manifest = live.manifest();
+    let stack = |extra: &str| {
+        format!(
+            "name: {project}\nservices:\n  app:\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n    env_file: [../config/app.sops.env]\n    configs:\n      - source: appconf\n        target: /etc/app.yaml\n{extra}configs:\n  appconf:\n    file: ../config/app.sops.yaml\n"
+        )
+    };
+    let files = |env_text: &str, extra: &str| {
+        vec![
+            ("driftless.yaml", manifest.clone()),
+            ("environments/values.yaml", "{}\n".to_owned()),
+            ("config/app.sops.env", env_text.to_owned()),
+            ("config/app.sops.yaml", conf_file.clone()),
+            ("compose/stack.yaml", stack(extra)),
+        ]
+    };
+    let bare = Bare::new(&files(&env_file, ""));
+    let repo = bare.path().to_str().unwrap().to_owned();
+    let secrets_arg = live.secrets_arg();
+    let mut outputs: Vec<(String, String)> = Vec::new();
+    let repo_args = ["--repo", &repo, "--rev", "main"];
+
+    // Without an identity: the files' shape, their values as placeholders.
+    let mut render = vec!["render", "--env", &env];
+    render.extend(repo_args);
+    let (code, out, err) = cli(&render);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("API_TOKEN=<sops:config/app.sops.env#API_TOKEN>"),
+        "{out}"
+    );
+    assert!(
+        out.contains("password: \"<sops:config/app.sops.yaml#db.password>\""),
+        "{out}"
+    );
+    // With one: decrypted, in their own format, masked.
+    render.extend(["--secrets-dir", &secrets_arg]);
+    let (code, out, err) = cli(&render);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("API_TOKEN=******\nMODE_unencrypted=production\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("db:\n    password: ******\n    user_unencrypted: app\n"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("ENC[AES256_GCM") && !out.contains("sops_"),
+        "{out}"
+    );
+    assert!(
+        err.contains(
+            "note: values from SOPS file config/app.sops.env (decrypted, shown masked): API_TOKEN"
+        ),
+        "{err}"
+    );
+    outputs.push(("render".into(), out + &err));
+
+    let dry = live.dry_run(&repo);
+    let dry = strs(&dry);
+    let (code, out, err) = cli(&dry);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("API_TOKEN"),
+        "the diff shows the variable: {out}"
+    );
+    outputs.push(("dry-run before the deploy".into(), out + &err));
+    let apply: Vec<&str> = dry.iter().copied().filter(|a| *a != "--dry-run").collect();
+    let (code, out, err) = cli(&apply);
+    assert_eq!(code, 0, "{out}{err}");
+    outputs.push(("reconcile".into(), out + &err));
+
+    // The container got the plaintext: the variable and the config file.
+    let docker = engine.docker();
+    let list = containers(docker, project).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    let id = list[0].id.clone().unwrap();
+    let inspect = docker
+        .inspect_container(
+            &id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .unwrap();
+    let container_env = inspect.config.unwrap().env.unwrap_or_default();
+    assert!(
+        container_env.contains(&format!("API_TOKEN={ENV_SECRET}"))
+            && container_env.contains(&"MODE_unencrypted=production".to_owned()),
+        "{container_env:?}"
+    );
+    let name = format!("{project}-app-1");
+    let conf = crate::compose_backend::read_file(&engine, &name, "/etc/app.yaml").await;
+    assert_eq!(
+        conf,
+        format!("db:\n    password: {CONF_SECRET}\n    user_unencrypted: app\n")
+    );
+
+    // A change: the dry-run diff shows it, the values masked.
+    bare.commit(&files(&env_file, "    environment: {EXTRA: \"1\"}\n"), "v2");
+    let (code, out, err) = cli(&dry);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("EXTRA"), "{out}");
+    outputs.push(("dry-run of a change".into(), out + &err));
+
+    // A tampered env file (one byte of the token's ciphertext): refused
+    // naming the file, the container left as it was.
+    bare.commit(
+        &files(&tampered(&env_file, "API_TOKEN=ENC[AES256_GCM,data:"), ""),
+        "tampered",
+    );
+    let (code, out, err) = cli(&apply);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("SOPS file `config/app.sops.env`") && err.contains("API_TOKEN"),
+        "{err}"
+    );
+    outputs.push(("tampered reconcile".into(), out + &err));
+    let after = containers(docker, project).await;
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].id.as_deref(), Some(id.as_str()), "nothing applied");
+
+    outputs.extend(live.state_files());
+    for (what, text) in &outputs {
+        assert!(!text.contains("LEAKME"), "{what}: {text}");
+    }
+}
+
+/// Only files named `*.sops.<ext>` render decrypted: the same encrypted
+/// dotenv under another name, and `.sops.yaml` (sops' creation rules),
+/// stay byte for byte; a decrypted file for other recipients, or read
+/// without an identity where one is required, fails naming the file.
+#[test]
+fn files_named_sops_render_decrypted_and_others_verbatim() {
+    use driftless::render::SecretMode;
+    let env = String::from_utf8(read("kustomize-controller/component/env.env")).unwrap();
+    let rules = String::from_utf8(read("kustomize-controller/.sops.yaml")).unwrap();
+    let files = [
+        ("app.sops.env", env.clone()),
+        ("app.env", env.clone()),
+        (".sops.yaml", rules.clone()),
+    ];
+    let keys = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir().join("kustomize-controller/keys/age.txt"),
+        keys.path().join(sops::IDENTITY_FILE_NAME),
+    )
+    .unwrap();
+    let r = renderer(&files, Some(keys.path()), SecretMode::Require);
+    let out = r.render("app.sops.env").unwrap();
+    assert_eq!(&*out.content, b"key=value\n");
+    assert_eq!(r.masker().mask("key=value"), "key=******");
+    assert_eq!(&*r.render("app.env").unwrap().content, env.as_bytes());
+    assert_eq!(&*r.render(".sops.yaml").unwrap().content, rules.as_bytes());
+
+    // Another host's key; no key at all where one is required.
+    let other = tempfile::tempdir().unwrap();
+    let theirs = age_keygen(other.path());
+    for (dir, why) in [
+        (Some(other.path()), theirs.as_str()),
+        (None, "no age identity"),
+    ] {
+        let err = renderer(&files, dir, SecretMode::Require)
+            .render("app.sops.env")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("app.sops.env")
+                && err.contains("age1l44xcng8dqj32nlv6d930qvvrny05hglzcv9qpc7kxjc6902ma4qufys29")
+                && err.contains(why),
+            "{err}"
+        );
+    }
+    // Without one in placeholder mode (render, validate): placeholders.
+    let out = renderer(&files, None, SecretMode::Placeholder)
+        .render("app.sops.env")
+        .unwrap();
+    assert_eq!(&*out.content, b"key=<sops:app.sops.env#key>\n");
 }

@@ -32,6 +32,9 @@ async fn a_debug_log_of_a_deploy_carries_no_secret() {
     git(repo.path(), &["commit", "-q", "-m", "v1"]);
     let secrets = tempfile::tempdir().unwrap();
     std::fs::write(secrets.path().join("db_pw"), SECRET).unwrap();
+    // The CLI records each reconcile: in a state directory of the test's
+    // own, never the user's default one.
+    let state = tempfile::tempdir().unwrap();
 
     for format in ["text", "json"] {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_driftless"));
@@ -45,6 +48,8 @@ async fn a_debug_log_of_a_deploy_carries_no_secret() {
             .args(["--log-format", format, "reconcile", "--env", &env])
             .arg("--secrets-dir")
             .arg(secrets.path())
+            .arg("--state-dir")
+            .arg(state.path())
             .arg("--repo")
             .arg(repo.path())
             .output()

@@ -150,6 +150,9 @@ pub fn driftless_with_env(repo: &std::path::Path, args: &[&str], vars: &[(&str, 
             cmd.env_remove(k);
         }
     }
+    // Reconciles are recorded: into this test process's own state
+    // directory unless the test names one, never the user's default.
+    cmd.env("DRIFTLESS_STATE_DIR", test_state_dir());
     cmd.envs(vars.iter().copied());
     let out = cmd.output().expect("run driftless");
     Run {
@@ -157,6 +160,14 @@ pub fn driftless_with_env(repo: &std::path::Path, args: &[&str], vars: &[(&str, 
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// A state directory for the CLI runs of this test process that name none
+/// (`--state-dir` wins over it), removed with the machine's temp files.
+fn test_state_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"))
+        .path()
 }
 
 #[allow(dead_code)]

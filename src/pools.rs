@@ -113,9 +113,8 @@ impl Pool {
     /// The pool's subnets in address order.
     pub fn subnets(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
         let step = 1u64 << (32 - u32::from(self.size));
-        let count = 1u64 << (self.size - self.base.prefix);
-        (0..count).map(move |i| Ipv4Net {
-            // In range: base + count * step - 1 is the pool's last address.
+        (0..self.subnet_count()).map(move |i| Ipv4Net {
+            // In range: base + subnet_count * step - 1 is the pool's last address.
             base: self.base.base + (i * step) as u32,
             prefix: self.size,
         })
@@ -126,14 +125,9 @@ impl Pool {
         self.base.overlaps(&other.base)
     }
 
-    /// How many subnets the pool has.
-    pub fn len(&self) -> u64 {
+    /// How many subnets the pool has (at least one).
+    pub fn subnet_count(&self) -> u64 {
         1u64 << (self.size - self.base.prefix)
-    }
-
-    /// Never: a pool has at least one subnet.
-    pub fn is_empty(&self) -> bool {
-        false
     }
 }
 
@@ -214,7 +208,7 @@ mod tests {
                 "10.231.3.0/24"
             ]
         );
-        assert_eq!(p.len(), 4);
+        assert_eq!(p.subnet_count(), 4);
         assert_eq!(pool("0.0.0.0/0", 1).subnets().count(), 2);
     }
 

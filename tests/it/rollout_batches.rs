@@ -315,18 +315,8 @@ struct Cli {
 
 impl Cli {
     fn new(name: &str, stack: &str) -> Cli {
-        use crate::support::{RepoBuilder, git};
         let env = format!("e{}", name.trim_start_matches("dlt-").replace('_', "-"));
-        let manifest = format!(
-            "apiVersion: driftless/v1\ntargets:\n  local:\n    docker: {{}}\nenvironments:\n  {env}:\n    values: environments/values.yaml\n    targets: [local]\n    health: {{ deadline: 60s, settle: 1s }}\n"
-        );
-        let repo = RepoBuilder::new()
-            .file("driftless.yaml", manifest)
-            .file("environments/values.yaml", "{}\n")
-            .file("compose/stack.yaml", stack);
-        git(repo.path(), &["init", "-q"]);
-        git(repo.path(), &["add", "-A"]);
-        git(repo.path(), &["commit", "-q", "-m", "v1"]);
+        let repo = crate::support::RepoBuilder::one_stack("local", "{}", &env, stack);
         Cli {
             env,
             repo,

@@ -67,7 +67,7 @@ pub fn pick(
 ) -> Result<Ipv4Net, String> {
     pools::first_free(pools, used, preferred).ok_or_else(|| {
         let names: Vec<String> = pools.iter().map(ToString::to_string).collect();
-        let total: u64 = pools.iter().map(Pool::len).sum();
+        let total: u64 = pools.iter().map(Pool::subnet_count).sum();
         format!(
             "network `{network}` needs a subnet, and all {total} of the address pools {} are in \
              use on the engine; widen `address_pools` of target `{target}` in driftless.yaml, \
